@@ -1,0 +1,251 @@
+"""Frozen dataclasses passed between layers. No behaviour beyond small derived properties."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class Section:
+    """A named span of a document's text: a CSV text column, a PDF page, a BEIR title/text.
+
+    ``text[start:end]`` of the owning document is the section's text. Chunkers may use sections
+    as hard boundaries (the ``fields`` chunker emits one chunk per section); the pipeline copies
+    the metadata of the sections a chunk overlaps (for example PDF page numbers) into the chunk.
+    """
+
+    name: str
+    start: int
+    end: int
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceDocument:
+    """One document as a loader produced it, before chunking.
+
+    ``id`` is stable across re-ingests of the same source (the CSV id column, a file's relative
+    path, a URL, a BEIR ``_id``), so a changed document replaces its previous version.
+    ``metadata`` goes to ``documents.metadata`` (loaders add file size, encoding, loader version).
+    ``pii`` holds values of PII-marked fields: stored, never embedded, hidden from search output
+    unless asked for.
+    """
+
+    id: str
+    source_path: str
+    source_type: str
+    text: str
+    sections: tuple[Section, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    pii: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A source item that was reported and skipped (the rest of the batch still lands)."""
+
+    source_path: str
+    reason: str
+
+
+# --------------------------------------------------------------------------- chunking
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    """A chunk as a chunker produced it: ``document.text[start_char:end_char] == text``."""
+
+    chunk_index: int
+    chunk_type: str
+    text: str
+    start_char: int
+    end_char: int
+    token_count: int
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- embedding
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """Vectors for a batch of texts: float32 (n, dimension), L2-normalised, plus accounting."""
+
+    vectors: np.ndarray
+    tokens: int = 0
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- store input
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A chunk ready to store. ``text_hash`` is sha256 of ``text`` (the embedding cache key)."""
+
+    id: str
+    chunk_index: int
+    chunk_type: str | None
+    text: str
+    start_char: int | None
+    end_char: int | None
+    token_count: int | None
+    text_hash: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VectorBatch:
+    """Vectors of one embedding model for a document's chunks, in chunk order."""
+
+    model_name: str
+    vectors: np.ndarray
+    model_version: str | None = None
+    metadata: tuple[Mapping[str, Any], ...] | None = None  # per chunk, optional
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """A document with its chunks and their vectors, written in one transaction."""
+
+    id: str
+    source_path: str
+    source_type: str
+    content_hash: str
+    raw_text: str | None
+    chunks: tuple[ChunkRecord, ...]
+    vectors: tuple[VectorBatch, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    chunks: int = 0
+    vectors: int = 0
+    generation: int = 0
+
+
+# --------------------------------------------------------------------------- store output
+
+
+@dataclass(frozen=True)
+class ChunkView:
+    id: str
+    document_id: str
+    chunk_index: int
+    chunk_type: str | None
+    text: str
+    start_char: int | None
+    end_char: int | None
+    token_count: int | None
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DocumentView:
+    id: str
+    source_path: str
+    source_type: str
+    content_hash: str | None
+    imported_at: str
+    updated_at: str | None
+    metadata: Mapping[str, Any]
+    raw_text: str | None
+    chunks: tuple[ChunkView, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result, hydrated from SQLite. ``rank`` starts at 1."""
+
+    rank: int
+    score: float
+    chunk_id: str
+    document_id: str
+    chunk_type: str | None
+    chunk_index: int
+    text: str
+    source_path: str
+    document_metadata: Mapping[str, Any]
+    chunk_metadata: Mapping[str, Any]
+    vector_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The CLI's ``--json`` shape (contract)."""
+        return {
+            "rank": self.rank,
+            "score": self.score,
+            "chunk_id": self.chunk_id,
+            "document_id": self.document_id,
+            "chunk_type": self.chunk_type,
+            "text": self.text,
+            "source_path": self.source_path,
+            "document_metadata": dict(self.document_metadata),
+            "chunk_metadata": dict(self.chunk_metadata),
+        }
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One embedding space in a store."""
+
+    name: str
+    slug: str
+    dimension: int
+    embedder: str | None
+    model_version: str | None
+    index_type: str
+    index_params: Mapping[str, Any]
+    vector_count: int
+    generation: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    documents: int
+    chunks: int
+    embeddings: int
+    queries: int
+    retrievals: int
+    generation: int
+    schema_version: int
+    bytes_on_disk: int
+    models: tuple[ModelInfo, ...]
+    source_types: Mapping[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "documents": self.documents,
+            "chunks": self.chunks,
+            "embeddings": self.embeddings,
+            "queries": self.queries,
+            "retrievals": self.retrievals,
+            "generation": self.generation,
+            "schema_version": self.schema_version,
+            "bytes_on_disk": self.bytes_on_disk,
+            "source_types": dict(self.source_types),
+            "models": {
+                m.name: {
+                    "slug": m.slug,
+                    "dimension": m.dimension,
+                    "embedder": m.embedder,
+                    "model_version": m.model_version,
+                    "index_type": m.index_type,
+                    "index_params": dict(m.index_params),
+                    "vector_count": m.vector_count,
+                    "generation": m.generation,
+                }
+                for m in self.models
+            },
+        }
