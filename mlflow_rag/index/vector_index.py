@@ -1,0 +1,259 @@
+"""A FAISS index over one embedding model's vectors, keyed by ``embeddings.vector_id``.
+
+The index is a derived cache of the SQLite BLOBs. It knows nothing of chunks or documents:
+the store and the index meet only in the vector id (as txtai's content store and ANN do).
+
+Exact ("flat") search is a numpy matrix-vector product over the vectors FAISS holds: one
+query is memory-bandwidth bound, and BLAS uses every core, where FAISS's single-query flat
+scan uses one. Filtered search is always exact: a selector over a graph walk misses results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from mlflow_rag.errors import IndexCorrupt
+from mlflow_rag.index.choose import IndexSpec
+
+# Below this share of the vectors, gather the allowed rows and score only them; above it,
+# scoring everything once and masking is cheaper than the gather.
+GATHER_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    ids: np.ndarray  # int64 vector ids, best first
+    scores: np.ndarray  # float32 inner products
+
+
+def _float_view(flat: faiss.IndexFlatCodes, dimension: int) -> np.ndarray:
+    """The vectors an IndexFlat holds, as a (n, d) float32 view (no copy)."""
+    n = flat.ntotal
+    if n == 0:
+        return np.zeros((0, dimension), dtype=np.float32)
+    raw = faiss.rev_swig_ptr(flat.codes.data(), n * dimension * 4)
+    return np.asarray(raw).view(np.float32).reshape(n, dimension)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest scores, best first (ties: lower position first)."""
+    if k >= scores.shape[0]:
+        return np.argsort(-scores, kind="stable")
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.lexsort((part, -scores[part]))]
+
+
+class VectorIndex:
+    """One model's index plus the store generation and highest vector id it reflects."""
+
+    def __init__(
+        self, spec: IndexSpec, dimension: int, index: faiss.Index, *, generation: int,
+        max_vector_id: int,
+    ) -> None:
+        self.spec = spec
+        self.dimension = dimension
+        self.index = index
+        self.generation = generation
+        self.max_vector_id = max_vector_id
+        self._ids: np.ndarray | None = None
+        self._matrix: np.ndarray | None = None
+        self.dirty = True  # differs from the file on disk (cleared by the store on persist)
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def empty(cls, spec: IndexSpec, dimension: int) -> VectorIndex:
+        if spec.kind == "flat":
+            index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+        elif spec.kind == "hnsw":
+            hnsw = faiss.IndexHNSWFlat(dimension, spec.params["M"], faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = spec.params["ef_construction"]
+            hnsw.hnsw.efSearch = spec.params["ef_search"]
+            index = faiss.IndexIDMap2(hnsw)
+        elif spec.kind == "ivf":
+            quantizer = faiss.IndexFlatIP(dimension)
+            index = faiss.IndexIVFFlat(
+                quantizer, dimension, spec.params["nlist"], faiss.METRIC_INNER_PRODUCT
+            )
+            index.nprobe = spec.params["nprobe"]
+        else:  # choose_index validated the kind
+            raise ValueError(spec.kind)
+        return cls(spec, dimension, index, generation=0, max_vector_id=0)
+
+    @classmethod
+    def build(
+        cls, spec: IndexSpec, dimension: int, ids: np.ndarray, vectors: np.ndarray, *,
+        generation: int,
+    ) -> VectorIndex:
+        if spec.kind == "ivf":
+            nlist = max(1, min(spec.params["nlist"], len(ids)))
+            spec = IndexSpec("ivf", {**spec.params, "nlist": nlist,
+                                     "nprobe": min(spec.params["nprobe"], nlist)})
+        built = cls.empty(spec, dimension)
+        if spec.kind == "ivf":
+            training = vectors if len(vectors) else np.zeros((1, dimension), np.float32)
+            built.index.train(np.ascontiguousarray(training))
+        built.add(ids, vectors)
+        built.generation = generation
+        return built
+
+    # ----------------------------------------------------------------- mutation
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        self.index.add_with_ids(
+            np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, np.int64)
+        )
+        self.max_vector_id = max(self.max_vector_id, int(ids.max()))
+        self._invalidate()
+        self.dirty = True
+
+    def remove(self, ids: np.ndarray) -> bool:
+        """Remove ids (absent ones are ignored). False if this index type cannot remove."""
+        if len(ids) == 0:
+            return True
+        if self.spec.kind == "hnsw":
+            return False  # HNSW graphs do not support removal; the caller rebuilds
+        removed = self.index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, np.int64)))
+        if removed:
+            self._invalidate()
+            self.dirty = True
+        return True
+
+    def _invalidate(self) -> None:
+        self._ids = None
+        self._matrix = None
+
+    # ----------------------------------------------------------------- inspection
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        """All vector ids in the index (sorted ascending)."""
+        if self._ids is None:
+            if self.spec.kind == "ivf":
+                ivf = faiss.extract_index_ivf(self.index)
+                invlists = ivf.invlists
+                parts = []
+                for list_no in range(ivf.nlist):
+                    size = invlists.list_size(list_no)
+                    if size:
+                        ptr = invlists.get_ids(list_no)
+                        parts.append(np.array(faiss.rev_swig_ptr(ptr, size), dtype=np.int64))
+                ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+                self._ids = np.sort(ids)
+            else:
+                ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+                # Ids are added in increasing order and removal keeps order, so this holds;
+                # check once rather than trust it, because search maps ids by bisection.
+                if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+                    raise IndexCorrupt("index ids are not strictly increasing")
+                self._ids = ids
+        return self._ids
+
+    def matrix(self) -> np.ndarray:
+        """(n, d) float32 view of the stored vectors in id order (flat and HNSW)."""
+        if self._matrix is None:
+            inner = faiss.downcast_index(self.index.index)
+            if self.spec.kind == "hnsw":
+                inner = faiss.downcast_index(inner.storage)
+            self._matrix = _float_view(inner, self.dimension)
+        return self._matrix
+
+    def vectors_for(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (flat and HNSW), for self-checks."""
+        positions = np.searchsorted(self.ids(), ids)
+        return self.matrix()[positions]
+
+    # ----------------------------------------------------------------- search
+
+    def search(self, query: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> SearchResult:
+        """Top-k by inner product; with ``allowed`` (vector ids), exact over just those."""
+        if self.ntotal == 0 or k < 1:
+            return SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32))
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        if allowed is not None:
+            return self._search_allowed(query, k, allowed)
+        if self.spec.kind == "flat":
+            scores = self.matrix() @ query
+            best = top_k(scores, k)
+            return SearchResult(self.ids()[best], scores[best])
+        if self.spec.kind == "hnsw":
+            faiss.downcast_index(self.index.index).hnsw.efSearch = max(
+                self.spec.params["ef_search"], k
+            )
+        distances, labels = self.index.search(query.reshape(1, -1), min(k, self.ntotal))
+        keep = labels[0] >= 0
+        return SearchResult(labels[0][keep].astype(np.int64), distances[0][keep])
+
+    def _search_allowed(self, query: np.ndarray, k: int, allowed: np.ndarray) -> SearchResult:
+        if len(allowed) == 0:
+            return SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32))
+        allowed = np.asarray(allowed, dtype=np.int64)
+        if self.spec.kind == "ivf":
+            # Probing every list with a selector is an exact scan of the allowed vectors.
+            ivf = faiss.extract_index_ivf(self.index)
+            params = faiss.SearchParametersIVF(
+                sel=faiss.IDSelectorBatch(allowed), nprobe=ivf.nlist
+            )
+            distances, labels = self.index.search(
+                query.reshape(1, -1), min(k, len(allowed)), params=params
+            )
+            keep = labels[0] >= 0
+            return SearchResult(labels[0][keep].astype(np.int64), distances[0][keep])
+        ids = self.ids()
+        positions = self._positions(allowed)
+        if len(positions) == 0:
+            return SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32))
+        matrix = self.matrix()
+        if len(positions) < GATHER_FRACTION * len(ids):
+            scores = matrix[positions] @ query
+        else:
+            scores = (matrix @ query)[positions]
+        best = top_k(scores, k)
+        return SearchResult(ids[positions[best]], scores[best])
+
+    def _positions(self, allowed: np.ndarray) -> np.ndarray:
+        """Sorted, unique positions of the allowed ids that the index holds."""
+        ids = self.ids()
+        wanted = np.unique(allowed)
+        positions = np.searchsorted(ids, wanted)
+        inside = positions < len(ids)
+        positions, wanted = positions[inside], wanted[inside]
+        return positions[ids[positions] == wanted]
+
+    # ----------------------------------------------------------------- persistence
+
+    def serialize(self) -> bytes:
+        return bytes(faiss.serialize_index(self.index))
+
+    @classmethod
+    def deserialize(
+        cls, data: bytes, spec: IndexSpec, dimension: int, *, generation: int, max_vector_id: int,
+        expected_count: int,
+    ) -> VectorIndex:
+        """Only call on bytes whose sha256 was verified: FAISS may crash on corrupt input."""
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        if index.d != dimension or index.ntotal != expected_count:
+            raise IndexCorrupt(
+                f"index holds {index.ntotal} vectors of dimension {index.d}; the manifest says "
+                f"{expected_count} of dimension {dimension}"
+            )
+        loaded = cls(spec, dimension, index, generation=generation, max_vector_id=max_vector_id)
+        loaded.dirty = False
+        if spec.kind == "hnsw":
+            faiss.downcast_index(index.index).hnsw.efSearch = spec.params["ef_search"]
+        if spec.kind == "ivf":
+            faiss.extract_index_ivf(index).nprobe = spec.params["nprobe"]
+        return loaded
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,596 @@
+"""All SQL of the store lives here: connections, migrations, transactions, reads and writes.
+
+Connections follow DESIGN.md: WAL, ``synchronous=FULL`` for the writer, ``busy_timeout``,
+``foreign_keys=ON`` on every connection, ``isolation_level=None`` with explicit transactions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlflow_rag import codec
+from mlflow_rag.errors import ForeignStore, SchemaTooNew
+from mlflow_rag.store.schema import MIGRATIONS, QUERY_LOG_SCHEMA, SCHEMA_VERSION
+
+BUSY_TIMEOUT_MS = 30_000
+STORE_FORMAT = "mlflow-rag-store"
+
+# Columns every hydrated hit carries, in the order ``hit_row`` readers expect.
+HIT_COLUMNS = (
+    "c.id, c.document_id, c.chunk_type, c.chunk_index, c.text, c.metadata, "
+    "d.source_path, d.metadata"
+)
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC with microseconds: sorts lexicographically, filters compare as text."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def connect(path: Path, *, read_only: bool = False, immutable: bool = False) -> sqlite3.Connection:
+    """Open ``path``. Read-only connections never create or change the file."""
+    if read_only or immutable:
+        flags = "mode=ro&immutable=1" if immutable else "mode=ro"
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?{flags}", uri=True, isolation_level=None,
+            check_same_thread=False,
+        )
+    else:
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if not (read_only or immutable):
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def is_store_database(conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'"
+    ).fetchone()
+    if row is None:
+        return False
+    fmt = conn.execute("SELECT value FROM store_meta WHERE key = 'format'").fetchone()
+    return fmt is not None and fmt[0] == STORE_FORMAT
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def check_version(conn: sqlite3.Connection, path: Path) -> int:
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"{path} has schema version {version}, newer than this mlflow-rag knows "
+            f"({SCHEMA_VERSION}); upgrade mlflow-rag to open it"
+        )
+    return version
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> int:
+    """Apply pending migrations in order, each in its own transaction. Returns the version."""
+    version = check_version(conn, path)
+    if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        raise ForeignStore(f"{path} is an SQLite database but not a mlflow-rag store")
+    if version > 0 and not is_store_database(conn):
+        raise ForeignStore(f"{path} is an SQLite database but not a mlflow-rag store")
+    for migration in MIGRATIONS:
+        if migration.version <= version:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # executescript would COMMIT our transaction; run statement by statement.
+            for statement in _statements(migration.sql):
+                conn.execute(statement)
+            if migration.version == 1:
+                _init_meta(conn)
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                (migration.version, migration.name, utc_now()),
+            )
+            conn.execute(f"PRAGMA user_version = {migration.version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        version = migration.version
+    return version
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration script into complete statements (triggers contain semicolons)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        yield buffer.strip()
+
+
+def _init_meta(conn: sqlite3.Connection) -> None:
+    conn.executemany(
+        "INSERT INTO store_meta(key, value) VALUES (?, ?)",
+        [
+            ("format", STORE_FORMAT),
+            ("store_id", new_id()),
+            ("created_at", utc_now()),
+            ("generation", "0"),
+            ("next_id", "1"),
+        ],
+    )
+
+
+def schema_sql(conn: sqlite3.Connection) -> str:
+    """The schema as text, in a stable order (compared with the checked-in snapshot)."""
+    rows = conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL "
+        "AND name NOT LIKE 'sqlite_%' ORDER BY type, name"
+    ).fetchall()
+    return "".join(f"-- {kind} {name}\n{sql};\n\n" for kind, name, sql in rows)
+
+
+def ensure_query_log_schema(conn: sqlite3.Connection) -> None:
+    for statement in _statements(QUERY_LOG_SCHEMA):
+        conn.execute(statement)
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[int]:
+    """``BEGIN IMMEDIATE``; bumps and yields the generation; commits or rolls back."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        generation = int(get_meta(conn, "generation")) + 1
+        set_meta(conn, "generation", str(generation))
+        yield generation
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def read_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One snapshot for several reads (WAL readers see only committed data)."""
+    if conn.in_transaction:  # nested use: the outer transaction already pins the snapshot
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> str:
+    row = conn.execute("SELECT value FROM store_meta WHERE key = ?", (key,)).fetchone()
+    if row is None:
+        raise ForeignStore(f"store_meta has no {key!r}: not a complete mlflow-rag store")
+    return str(row[0])
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO store_meta(key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def generation(conn: sqlite3.Connection) -> int:
+    return int(get_meta(conn, "generation"))
+
+
+def allocate_ids(conn: sqlite3.Connection, count: int) -> int:
+    """Reserve ``count`` ids from the never-reused sequence; returns the first. In a write txn."""
+    first = int(get_meta(conn, "next_id"))
+    set_meta(conn, "next_id", str(first + count))
+    return first
+
+
+# --------------------------------------------------------------------------- models
+
+
+def model_rows(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    """(name, slug, dimension, embedder, model_version, index_type, index_params JSON)."""
+    return conn.execute(
+        "SELECT name, slug, dimension, embedder, model_version, index_type, index_params "
+        "FROM models ORDER BY name"
+    ).fetchall()
+
+
+def insert_model(
+    conn: sqlite3.Connection, *, name: str, slug: str, dimension: int, embedder: str | None,
+    model_version: str | None, index_type: str, index_params: dict[str, Any],
+) -> None:
+    conn.execute(
+        "INSERT INTO models(name, slug, dimension, embedder, model_version, index_type, "
+        "index_params, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (name, slug, dimension, embedder, model_version, index_type,
+         codec.dumps(index_params), utc_now()),
+    )
+
+
+def update_model_index(
+    conn: sqlite3.Connection, name: str, *, index_type: str, index_params: dict[str, Any]
+) -> None:
+    conn.execute(
+        "UPDATE models SET index_type = ?, index_params = ? WHERE name = ?",
+        (index_type, codec.dumps(index_params), name),
+    )
+
+
+def vector_count(conn: sqlite3.Connection, model_name: str) -> int:
+    return int(
+        conn.execute(
+            "SELECT count(*) FROM embeddings WHERE model_name = ?", (model_name,)
+        ).fetchone()[0]
+    )
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def document_states(
+    conn: sqlite3.Connection, ids: Sequence[str]
+) -> dict[str, tuple[str | None, str]]:
+    """id -> (content_hash, metadata JSON) for the ids that exist."""
+    out: dict[str, tuple[str | None, str]] = {}
+    for part in _batches(ids, 500):
+        marks = ",".join("?" * len(part))
+        for doc_id, content_hash, metadata in conn.execute(
+            f"SELECT id, content_hash, metadata FROM documents WHERE id IN ({marks})", part
+        ):
+            out[doc_id] = (content_hash, metadata)
+    return out
+
+
+def delete_document(conn: sqlite3.Connection, document_id: str) -> bool:
+    cursor = conn.execute("DELETE FROM documents WHERE id = ?", (document_id,))
+    return cursor.rowcount > 0
+
+
+def delete_chunks_of(conn: sqlite3.Connection, document_id: str) -> None:
+    conn.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
+
+
+def insert_document(
+    conn: sqlite3.Connection, *, id: str, source_path: str, source_type: str,
+    content_hash: str | None, metadata: str, raw_text: str | None, now: str,
+) -> None:
+    conn.execute(
+        "INSERT INTO documents(id, source_path, source_type, content_hash, imported_at, "
+        "updated_at, metadata, raw_text) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
+        (id, source_path, source_type, content_hash, now, metadata, raw_text),
+    )
+
+
+def update_document(
+    conn: sqlite3.Connection, *, id: str, source_path: str, source_type: str,
+    content_hash: str | None, metadata: str, raw_text: str | None, now: str,
+) -> None:
+    conn.execute(
+        "UPDATE documents SET source_path = ?, source_type = ?, content_hash = ?, "
+        "updated_at = ?, metadata = ?, raw_text = ? WHERE id = ?",
+        (source_path, source_type, content_hash, now, metadata, raw_text, id),
+    )
+
+
+def insert_chunks(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    """rows: (id, document_id, chunk_index, chunk_type, text, start_char, end_char,
+    token_count, metadata, text_hash, fts_rowid)."""
+    conn.executemany(
+        "INSERT INTO chunks(id, document_id, chunk_index, chunk_type, text, start_char, "
+        "end_char, token_count, metadata, text_hash, fts_rowid) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+
+
+def insert_embeddings(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    """rows: (id, chunk_id, model_name, model_version, vector_dimension, vector, created_at,
+    metadata, vector_id)."""
+    conn.executemany(
+        "INSERT INTO embeddings(id, chunk_id, model_name, model_version, vector_dimension, "
+        "vector, created_at, metadata, vector_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+
+
+def delete_embeddings_for(conn: sqlite3.Connection, model_name: str, chunk_ids: Sequence[str]) -> None:
+    for part in _batches(chunk_ids, 500):
+        marks = ",".join("?" * len(part))
+        conn.execute(
+            f"DELETE FROM embeddings WHERE model_name = ? AND chunk_id IN ({marks})",
+            (model_name, *part),
+        )
+
+
+def document_row(conn: sqlite3.Connection, document_id: str) -> tuple[Any, ...] | None:
+    row: tuple[Any, ...] | None = conn.execute(
+        "SELECT id, source_path, source_type, content_hash, imported_at, updated_at, "
+        "metadata, raw_text FROM documents WHERE id = ?",
+        (document_id,),
+    ).fetchone()
+    return row
+
+
+CHUNK_COLUMNS = (
+    "id, document_id, chunk_index, chunk_type, text, start_char, end_char, token_count, metadata"
+)
+
+
+def chunk_rows(conn: sqlite3.Connection, document_id: str) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        f"SELECT {CHUNK_COLUMNS} FROM chunks WHERE document_id = ? ORDER BY chunk_index",
+        (document_id,),
+    ).fetchall()
+
+
+def neighbour_rows(conn: sqlite3.Connection, chunk_id: str, n: int) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        f"SELECT {CHUNK_COLUMNS} FROM chunks WHERE document_id = "
+        "(SELECT document_id FROM chunks WHERE id = :id) AND chunk_index BETWEEN "
+        "(SELECT chunk_index FROM chunks WHERE id = :id) - :n AND "
+        "(SELECT chunk_index FROM chunks WHERE id = :id) + :n ORDER BY chunk_index",
+        {"id": chunk_id, "n": n},
+    ).fetchall()
+
+
+def find_document_rows(
+    conn: sqlite3.Connection, where: str, params: Sequence[Any], limit: int
+) -> list[tuple[Any, ...]]:
+    # Filters may name chunk fields, so match documents through their chunks.
+    return conn.execute(
+        "SELECT d.id, d.source_path, d.source_type, d.content_hash, d.imported_at, d.updated_at, "
+        "d.metadata, NULL FROM documents d WHERE d.id IN (SELECT c.document_id FROM chunks c "
+        "JOIN documents d ON d.id = c.document_id WHERE " + where + ") "
+        "ORDER BY d.imported_at, d.id LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, int]:
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks), "
+        "(SELECT count(*) FROM embeddings), (SELECT count(*) FROM queries), "
+        "(SELECT count(*) FROM retrievals)"
+    ).fetchone()
+    return dict(zip(("documents", "chunks", "embeddings", "queries", "retrievals"), row, strict=True))
+
+
+def source_type_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(
+        conn.execute("SELECT source_type, count(*) FROM documents GROUP BY source_type").fetchall()
+    )
+
+
+def integrity_check(conn: sqlite3.Connection) -> str:
+    return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+# --------------------------------------------------------------------------- vectors
+
+
+def _vectors_from_rows(rows: list[tuple[int, bytes]], dimension: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    if not rows:
+        return ids, np.zeros((0, dimension), dtype=np.float32)
+    matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dimension)
+    return ids, matrix.astype(np.float32, copy=False)
+
+
+def vectors_after(
+    conn: sqlite3.Connection, model_name: str, after_vector_id: int, dimension: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(vector_ids, float32 matrix) of the model's vectors with id > after, in id order."""
+    rows = conn.execute(
+        "SELECT vector_id, vector FROM embeddings WHERE vector_id > ? AND model_name = ? "
+        "ORDER BY vector_id",
+        (after_vector_id, model_name),
+    ).fetchall()
+    return _vectors_from_rows(rows, dimension)
+
+
+def vectors_for_chunks(
+    conn: sqlite3.Connection, model_name: str, chunk_ids: Sequence[str]
+) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for part in _batches(chunk_ids, 500):
+        marks = ",".join("?" * len(part))
+        for chunk_id, blob in conn.execute(
+            f"SELECT chunk_id, vector FROM embeddings WHERE model_name = ? "
+            f"AND chunk_id IN ({marks})",
+            (model_name, *part),
+        ):
+            out[chunk_id] = codec.blob_to_vector(blob)
+    return out
+
+
+def deletions_since(conn: sqlite3.Connection, model_name: str, since_generation: int) -> np.ndarray:
+    rows = conn.execute(
+        "SELECT vector_id FROM vector_deletions WHERE model_name = ? AND generation > ?",
+        (model_name, since_generation),
+    ).fetchall()
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+
+def cached_vectors(
+    conn: sqlite3.Connection, model_name: str, text_hashes: Sequence[str]
+) -> dict[str, bytes]:
+    """text_hash -> vector bytes for texts this model already embedded (the embedding cache)."""
+    out: dict[str, bytes] = {}
+    for part in _batches(list(dict.fromkeys(text_hashes)), 500):
+        marks = ",".join("?" * len(part))
+        for text_hash, blob in conn.execute(
+            "SELECT c.text_hash, e.vector FROM chunks c JOIN embeddings e ON e.chunk_id = c.id "
+            f"WHERE e.model_name = ? AND c.text_hash IN ({marks})",
+            (model_name, *part),
+        ):
+            out[text_hash] = blob
+    return out
+
+
+def chunks_without_vectors(
+    conn: sqlite3.Connection, model_name: str, document_ids: Sequence[str]
+) -> list[tuple[str, str, str]]:
+    """(chunk_id, text, text_hash) of the documents' chunks that lack this model's vector."""
+    out: list[tuple[str, str, str]] = []
+    for part in _batches(document_ids, 500):
+        marks = ",".join("?" * len(part))
+        out.extend(
+            conn.execute(
+                f"SELECT c.id, c.text, c.text_hash FROM chunks c WHERE c.document_id IN ({marks}) "
+                "AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.chunk_id = c.id "
+                "AND e.model_name = ?) ORDER BY c.document_id, c.chunk_index",
+                (*part, model_name),
+            ).fetchall()
+        )
+    return out
+
+
+def filtered_vector_ids(
+    conn: sqlite3.Connection, model_name: str, where: str, params: Sequence[Any]
+) -> np.ndarray:
+    rows = conn.execute(
+        "SELECT e.vector_id FROM embeddings e JOIN chunks c ON c.id = e.chunk_id "
+        "JOIN documents d ON d.id = c.document_id WHERE e.model_name = ? AND (" + where + ")",
+        (model_name, *params),
+    ).fetchall()
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+
+def hits_by_vector_ids(
+    conn: sqlite3.Connection, vector_ids: Sequence[int]
+) -> dict[int, tuple[Any, ...]]:
+    """vector_id -> hit row (``HIT_COLUMNS``), in one query."""
+    if not vector_ids:
+        return {}
+    marks = ",".join("?" * len(vector_ids))
+    rows = conn.execute(
+        f"SELECT e.vector_id, {HIT_COLUMNS} FROM embeddings e "
+        "JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id "
+        f"WHERE e.vector_id IN ({marks})",
+        [int(v) for v in vector_ids],
+    ).fetchall()
+    return {row[0]: row[1:] for row in rows}
+
+
+def hits_by_chunk_ids(
+    conn: sqlite3.Connection, chunk_ids: Sequence[str]
+) -> dict[str, tuple[Any, ...]]:
+    if not chunk_ids:
+        return {}
+    marks = ",".join("?" * len(chunk_ids))
+    rows = conn.execute(
+        f"SELECT {HIT_COLUMNS} FROM chunks c JOIN documents d ON d.id = c.document_id "
+        f"WHERE c.id IN ({marks})",
+        list(chunk_ids),
+    ).fetchall()
+    return {row[0]: row for row in rows}
+
+
+def bm25_rows(
+    conn: sqlite3.Connection, match: str, k: int, where: str, params: Sequence[Any]
+) -> list[tuple[Any, ...]]:
+    """(score, *HIT_COLUMNS) best first; score = -bm25 so that higher is better."""
+    return conn.execute(
+        f"SELECT -bm25(chunks_fts) AS score, {HIT_COLUMNS} FROM chunks_fts "
+        "JOIN chunks c ON c.fts_rowid = chunks_fts.rowid JOIN documents d ON d.id = c.document_id "
+        "WHERE chunks_fts MATCH ? AND (" + where + ") ORDER BY bm25(chunks_fts) LIMIT ?",
+        (match, *params, k),
+    ).fetchall()
+
+
+def fts_integrity_check(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('integrity-check')")
+
+
+# --------------------------------------------------------------------------- query log
+
+
+def insert_query(
+    conn: sqlite3.Connection, *, query_id: str, text: str, embedding: bytes | None,
+    model_name: str | None, timestamp: str, metadata: str,
+    retrievals: Sequence[tuple[str, str, int, float, str]],
+) -> None:
+    """retrievals: (id, chunk_id, rank, score, metadata)."""
+    conn.execute(
+        "INSERT INTO queries(id, query_text, query_embedding, model_name, timestamp, metadata) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (query_id, text, embedding, model_name, timestamp, metadata),
+    )
+    conn.executemany(
+        "INSERT INTO retrievals(id, query_id, chunk_id, rank, score, metadata) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(rid, query_id, chunk_id, rank, score, meta) for rid, chunk_id, rank, score, meta in retrievals],
+    )
+
+
+def delete_queries_before(conn: sqlite3.Connection, timestamp: str) -> int:
+    cursor = conn.execute("DELETE FROM queries WHERE timestamp < ?", (timestamp,))
+    return cursor.rowcount
+
+
+def query_rows(conn: sqlite3.Connection, limit: int) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT id, query_text, model_name, timestamp, metadata FROM queries "
+        "ORDER BY timestamp DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+
+
+def retrieval_rows(conn: sqlite3.Connection, query_id: str) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT chunk_id, rank, score, metadata FROM retrievals WHERE query_id = ? ORDER BY rank",
+        (query_id,),
+    ).fetchall()
+
+
+# --------------------------------------------------------------------------- snapshots
+
+
+def vacuum_into(conn: sqlite3.Connection, target: Path) -> None:
+    """A consistent copy of the database (never a file copy of a live WAL database)."""
+    conn.execute("VACUUM INTO ?", (str(target),))
+
+
+def finalize_snapshot(target: Path) -> None:
+    """Bundles are opened immutable and read-only: make them self-contained rollback-journal files."""
+    conn = sqlite3.connect(str(target), isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        conn.close()
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,198 @@
+"""The filter language, compiled to parameterised SQL (a pure function, no connection).
+
+A filter is a JSON object. Keys are fields; values are a scalar (equality) or an object of
+operators. ``$and`` / ``$or`` take lists of filters::
+
+    {"country": {"$in": ["Germany", "UK"]}, "imported_at": {"$gte": "2026-01-01"}}
+    {"$or": [{"chunk_type": "abstract"}, {"chunk.page": {"$lte": 3}}]}
+
+Fields:
+- document columns: ``document_id, source_path, source_type, content_hash, imported_at,
+  updated_at``; chunk columns: ``chunk_id, chunk_type, chunk_index, token_count, start_char,
+  end_char``;
+- ``chunk.<key>``: a key of the chunk's metadata;
+- ``metadata.<key>`` or any other bare key: a key of the document's metadata.
+
+Operators: ``$eq $ne $gt $gte $lt $lte $in $nin $exists``. ``$ne`` and ``$nin`` also match
+where the field is missing (as in MongoDB). Keys never become SQL text: columns come from an
+allow-list and metadata keys are bound as JSON-path parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from mlflow_rag.errors import FilterError, UnknownChoice
+
+DOCUMENT_COLUMNS = {
+    "document_id": "d.id",
+    "source_path": "d.source_path",
+    "source_type": "d.source_type",
+    "content_hash": "d.content_hash",
+    "imported_at": "d.imported_at",
+    "updated_at": "d.updated_at",
+}
+CHUNK_COLUMNS = {
+    "chunk_id": "c.id",
+    "chunk_type": "c.chunk_type",
+    "chunk_index": "c.chunk_index",
+    "token_count": "c.token_count",
+    "start_char": "c.start_char",
+    "end_char": "c.end_char",
+}
+COLUMNS = {**DOCUMENT_COLUMNS, **CHUNK_COLUMNS}
+COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+FIELD_OPERATORS = (*COMPARISONS, "$in", "$nin", "$exists")
+LOGICAL_OPERATORS = ("$and", "$or")
+MAX_DEPTH = 16
+MAX_LIST = 10_000
+MAX_CONDITIONS = 512
+MAX_KEY_LENGTH = 256
+
+Scalar = str | int | float | bool | None
+
+
+def parse_filter(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Accept a JSON string, a mapping or nothing; return a dict (``{}`` means no filter)."""
+    if text is None or text == "":
+        return {}
+    if isinstance(text, Mapping):
+        return dict(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FilterError(f"filter is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise FilterError(f"filter must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def compile_filter(spec: str | Mapping[str, Any] | None) -> tuple[str, list[Any]]:
+    """Return ``(sql, params)`` over the aliases ``d`` (documents) and ``c`` (chunks)."""
+    compiler = _Compiler()
+    sql = compiler.filter(parse_filter(spec), depth=0)
+    return sql, compiler.params
+
+
+class _Compiler:
+    def __init__(self) -> None:
+        self.params: list[Any] = []
+        self.conditions = 0
+
+    def filter(self, spec: Any, *, depth: int) -> str:
+        if depth > MAX_DEPTH:
+            raise FilterError(f"filter is nested more than {MAX_DEPTH} levels deep")
+        if not isinstance(spec, Mapping):
+            raise FilterError(f"expected a filter object, got {type(spec).__name__}")
+        if not spec:
+            return "1"
+        parts = []
+        for key, value in spec.items():
+            if not isinstance(key, str):
+                raise FilterError(f"filter keys must be strings, got {key!r}")
+            if key.startswith("$"):
+                parts.append(self.logical(key, value, depth=depth))
+            else:
+                parts.append(self.field(key, value))
+        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+
+    def logical(self, op: str, value: Any, *, depth: int) -> str:
+        if op not in LOGICAL_OPERATORS:
+            raise UnknownChoice("filter operator", op, (*LOGICAL_OPERATORS, *FIELD_OPERATORS))
+        if not isinstance(value, list) or not value:
+            raise FilterError(f"{op} takes a non-empty list of filters")
+        joiner = " AND " if op == "$and" else " OR "
+        return "(" + joiner.join(self.filter(v, depth=depth + 1) for v in value) + ")"
+
+    def field(self, key: str, value: Any) -> str:
+        expr, path = self.expression(key)
+        if isinstance(value, Mapping):
+            if not value:
+                raise FilterError(f"empty operator object for field {key!r}")
+            parts = [self.operator(key, expr, path, op, arg) for op, arg in value.items()]
+            return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+        return self.operator(key, expr, path, "$eq", value)
+
+    def expression(self, key: str) -> tuple[str, str | None]:
+        """SQL expression for a field; metadata paths are bound, never inlined."""
+        if key in COLUMNS:
+            return COLUMNS[key], None
+        if key.startswith("chunk."):
+            column, name = "c.metadata", key[len("chunk."):]
+        elif key.startswith("metadata."):
+            column, name = "d.metadata", key[len("metadata."):]
+        else:
+            column, name = "d.metadata", key
+        if not name or len(name) > MAX_KEY_LENGTH:
+            raise FilterError(f"bad filter key {key!r}: metadata keys are 1-{MAX_KEY_LENGTH} chars")
+        if '"' in name or "\\" in name or any(ord(ch) < 32 for ch in name):
+            raise FilterError(
+                f"bad filter key {key!r}: metadata keys may not contain quotes, backslashes "
+                "or control characters"
+            )
+        path = '$."' + name + '"'
+        return f"json_extract({column}, ?)", path
+
+    def bind_path(self, path: str | None) -> None:
+        if path is not None:
+            self.params.append(path)
+
+    def operator(self, key: str, expr: str, path: str | None, op: str, arg: Any) -> str:
+        self.conditions += 1
+        if self.conditions > MAX_CONDITIONS:
+            raise FilterError(f"filter has more than {MAX_CONDITIONS} conditions")
+        if op in COMPARISONS:
+            _check_scalar(key, op, arg)
+            if arg is None:
+                if op not in ("$eq", "$ne"):
+                    raise FilterError(f"{op} on {key!r} needs a number or string, not null")
+                self.bind_path(path)
+                return f"({expr} IS {'NOT ' if op == '$ne' else ''}NULL)"
+            if op in ("$gt", "$gte", "$lt", "$lte") and isinstance(arg, bool):
+                raise FilterError(f"{op} on {key!r} needs a number or string, not a boolean")
+            if op == "$ne":
+                self.bind_path(path)
+                self.bind_path(path)
+                self.params.append(arg)
+                return f"({expr} IS NULL OR {expr} != ?)"
+            self.bind_path(path)
+            self.params.append(arg)
+            return f"({expr} {COMPARISONS[op]} ?)"
+        if op in ("$in", "$nin"):
+            if not isinstance(arg, list):
+                raise FilterError(f"{op} on {key!r} takes a list, got {type(arg).__name__}")
+            if len(arg) > MAX_LIST:
+                raise FilterError(f"{op} on {key!r} has {len(arg)} values; at most {MAX_LIST}")
+            for item in arg:
+                _check_scalar(key, op, item)
+                if item is None:
+                    raise FilterError(f"{op} on {key!r} may not contain null; use $exists")
+            values = json.dumps(arg)
+            if op == "$in":
+                self.bind_path(path)
+                self.params.append(values)
+                return f"({expr} IN (SELECT value FROM json_each(?)))"
+            self.bind_path(path)
+            self.bind_path(path)
+            self.params.append(values)
+            return f"({expr} IS NULL OR {expr} NOT IN (SELECT value FROM json_each(?)))"
+        if op == "$exists":
+            if not isinstance(arg, bool):
+                raise FilterError(f"$exists on {key!r} takes true or false")
+            self.bind_path(path)
+            return f"({expr} IS {'NOT ' if arg else ''}NULL)"
+        raise UnknownChoice("filter operator", op, FIELD_OPERATORS)
+
+
+def _check_scalar(key: str, op: str, value: Any) -> None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise FilterError(f"{op} on {key!r}: NaN and infinity are not comparable")
+        return
+    raise FilterError(
+        f"{op} on {key!r} takes a string, number, boolean or null, got {type(value).__name__}"
+    )

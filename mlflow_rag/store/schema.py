@@ -1,0 +1,168 @@
+"""Ordered, named migrations. The schema version is ``PRAGMA user_version``.
+
+Append new migrations; never edit an applied one. ``tests/snapshots/schema.sql`` holds the
+schema an empty database reaches after all of them (a test keeps the two equal).
+
+Beyond the design document's five tables:
+- ``embeddings.vector_id``: the FAISS id, an explicit integer from a sequence that never
+  reuses a value (VACUUM may renumber the implicit rowid of TEXT-keyed tables, and replay of
+  an index relies on ids only growing).
+- ``chunks.fts_rowid``: the same idea for the FTS5 index over chunk text.
+- ``chunks.text_hash``: sha256 of the chunk text, the key of the embedding cache.
+- ``models``: one row per embedding space (dimension, embedder, requested index type).
+- ``vector_deletions``: written by a trigger, so an index built at generation g can be brought
+  up to date by replaying deletions and additions instead of a full rebuild.
+- ``store_meta``: generation counter, id sequence and the store's identity.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    sql: str
+
+
+_INITIAL = """
+CREATE TABLE store_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE documents (
+    id TEXT PRIMARY KEY,
+    source_path TEXT NOT NULL,
+    source_type TEXT NOT NULL,
+    content_hash TEXT,
+    imported_at TEXT NOT NULL,
+    updated_at TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
+    raw_text TEXT
+);
+CREATE INDEX idx_documents_source ON documents(source_path);
+CREATE INDEX idx_documents_hash ON documents(content_hash);
+
+CREATE TABLE chunks (
+    id TEXT PRIMARY KEY,
+    document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    chunk_index INTEGER NOT NULL,
+    chunk_type TEXT,
+    text TEXT NOT NULL,
+    start_char INTEGER,
+    end_char INTEGER,
+    token_count INTEGER,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
+    text_hash TEXT NOT NULL,
+    fts_rowid INTEGER NOT NULL UNIQUE,
+    UNIQUE (document_id, chunk_index)
+);
+CREATE INDEX idx_chunks_document ON chunks(document_id);
+CREATE INDEX idx_chunks_type ON chunks(chunk_type);
+CREATE INDEX idx_chunks_text_hash ON chunks(text_hash);
+
+CREATE TABLE models (
+    name TEXT PRIMARY KEY,
+    slug TEXT NOT NULL UNIQUE,
+    dimension INTEGER NOT NULL CHECK (dimension > 0),
+    embedder TEXT,
+    model_version TEXT,
+    index_type TEXT NOT NULL DEFAULT 'auto',
+    index_params TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(index_params)),
+    created_at TEXT NOT NULL
+);
+
+CREATE TABLE embeddings (
+    id TEXT PRIMARY KEY,
+    chunk_id TEXT NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+    model_name TEXT NOT NULL REFERENCES models(name),
+    model_version TEXT,
+    vector_dimension INTEGER NOT NULL,
+    vector BLOB NOT NULL CHECK (length(vector) = 4 * vector_dimension),
+    created_at TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
+    vector_id INTEGER NOT NULL UNIQUE,
+    UNIQUE (chunk_id, model_name)
+);
+CREATE INDEX idx_embeddings_chunk ON embeddings(chunk_id);
+CREATE INDEX idx_embeddings_model ON embeddings(model_name);
+
+CREATE TABLE vector_deletions (
+    vector_id INTEGER PRIMARY KEY,
+    model_name TEXT NOT NULL,
+    generation INTEGER NOT NULL
+);
+CREATE INDEX idx_vector_deletions_model ON vector_deletions(model_name, generation);
+
+CREATE TRIGGER embeddings_log_delete AFTER DELETE ON embeddings BEGIN
+    INSERT OR REPLACE INTO vector_deletions(vector_id, model_name, generation)
+    VALUES (old.vector_id, old.model_name,
+            (SELECT CAST(value AS INTEGER) FROM store_meta WHERE key = 'generation'));
+END;
+
+CREATE TABLE queries (
+    id TEXT PRIMARY KEY,
+    query_text TEXT NOT NULL,
+    query_embedding BLOB,
+    model_name TEXT,
+    timestamp TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
+);
+CREATE INDEX idx_queries_timestamp ON queries(timestamp);
+
+CREATE TABLE retrievals (
+    id TEXT PRIMARY KEY,
+    query_id TEXT NOT NULL REFERENCES queries(id) ON DELETE CASCADE,
+    chunk_id TEXT NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+    rank INTEGER NOT NULL,
+    score REAL NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
+);
+CREATE INDEX idx_retrievals_query ON retrievals(query_id);
+CREATE INDEX idx_retrievals_chunk ON retrievals(chunk_id);
+
+CREATE VIRTUAL TABLE chunks_fts USING fts5(
+    text, content='chunks', content_rowid='fts_rowid',
+    tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts(rowid, text) VALUES (new.fts_rowid, new.text);
+END;
+CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.fts_rowid, old.text);
+END;
+CREATE TRIGGER chunks_fts_update AFTER UPDATE OF text, fts_rowid ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.fts_rowid, old.text);
+    INSERT INTO chunks_fts(rowid, text) VALUES (new.fts_rowid, new.text);
+END;
+"""
+
+# Query logs can live in a separate writable file next to a read-only bundle (serving).
+# There the chunks table does not exist, so retrievals carry no foreign key to it.
+QUERY_LOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queries (
+    id TEXT PRIMARY KEY,
+    query_text TEXT NOT NULL,
+    query_embedding BLOB,
+    model_name TEXT,
+    timestamp TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
+);
+CREATE INDEX IF NOT EXISTS idx_queries_timestamp ON queries(timestamp);
+CREATE TABLE IF NOT EXISTS retrievals (
+    id TEXT PRIMARY KEY,
+    query_id TEXT NOT NULL REFERENCES queries(id) ON DELETE CASCADE,
+    chunk_id TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    score REAL NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
+);
+CREATE INDEX IF NOT EXISTS idx_retrievals_query ON retrievals(query_id);
+CREATE INDEX IF NOT EXISTS idx_retrievals_chunk ON retrievals(chunk_id);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", _INITIAL),)
+
+SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,906 @@
+"""The store: one SQLite file (source of truth, vectors included) + one FAISS index per model.
+
+Layout of a store directory (a contract other parts build on)::
+
+    STORE/metadata.db            documents, chunks, embeddings, queries, retrievals (+ FTS5)
+    STORE/index/<model-slug>.faiss
+    STORE/manifest.json          schema/package versions; per model: dimension, index type and
+                                 parameters, generation, vector count, sha256 of the index file
+    STORE/models/<model-slug>/   embedder state fitted at ingest (tfidf), if any
+
+Every write is one ``BEGIN IMMEDIATE`` transaction that bumps the store's generation. Index
+files are derived: each is stamped (in the manifest) with the generation it reflects, and
+opening or searching brings it up to date by replaying deletions and additions from SQLite,
+or rebuilds it when it is missing, corrupt or foreign.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlflow_rag import codec
+from mlflow_rag.errors import (
+    BundleCorrupt,
+    ChunkNotFound,
+    DimensionMismatch,
+    DocumentNotFound,
+    ForeignStore,
+    InvalidInput,
+    InvalidVector,
+    ModelNotFound,
+    RagError,
+    StoreNotFound,
+    UnknownChoice,
+)
+from mlflow_rag.index.choose import INDEX_TYPES, IndexSpec, choose_index
+from mlflow_rag.index.vector_index import VectorIndex, sha256_bytes
+from mlflow_rag.store import db
+from mlflow_rag.store.files import atomic_write_bytes, exclusive_lock, sha256_file
+from mlflow_rag.store.filters import compile_filter
+from mlflow_rag.store.manifest import Manifest, ModelEntry, read_manifest, write_manifest
+from mlflow_rag.store.schema import SCHEMA_VERSION
+from mlflow_rag.types import (
+    ChunkView,
+    DocumentRecord,
+    DocumentView,
+    Hit,
+    ModelInfo,
+    StoreStats,
+    WriteReport,
+)
+
+log = logging.getLogger("mlflow_rag.store")
+
+DB_FILE = "metadata.db"
+INDEX_DIR = "index"
+MODELS_DIR = "models"
+LOCK_FILE = ".lock"
+PII_KEY = "_pii"  # document metadata key holding PII-marked fields; hidden unless asked for
+MAX_K = 10_000
+
+
+def model_slug(name: str) -> str:
+    """File-system-safe name of a model: ``openai:text-embedding-3-small`` ->
+    ``openai-text-embedding-3-small``."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.")
+    return slug or "model"
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def public_metadata(metadata: Mapping[str, Any], *, include_pii: bool) -> dict[str, Any]:
+    if include_pii or PII_KEY not in metadata:
+        return dict(metadata)
+    return {k: v for k, v in metadata.items() if k != PII_KEY}
+
+
+def clean_vectors(vectors: Any, dimension: int, *, what: str = "vector") -> np.ndarray:
+    """Validate and L2-normalise to C-contiguous float32 (n, d). FAISS accepts NaN, inf, wrong
+    dtypes and non-contiguous arrays silently; we refuse or fix them here, before anything is
+    stored."""
+    array = np.asarray(vectors)
+    if array.dtype.kind not in "fiu" or array.dtype.kind == "c":
+        raise InvalidVector(f"{what}s must be real numbers, got dtype {array.dtype}")
+    if array.ndim == 1:
+        array = array.reshape(1, -1)
+    if array.ndim != 2:
+        raise InvalidVector(f"{what}s must be a 2-d array (n, dimension), got shape {array.shape}")
+    if array.shape[1] != dimension:
+        raise DimensionMismatch(
+            f"{what} dimension {array.shape[1]} does not match the model's dimension {dimension}"
+        )
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise InvalidVector(f"{what} {bad} contains NaN or infinity")
+    norms = np.linalg.norm(array, axis=1)
+    if (norms == 0).any():
+        bad = int(np.flatnonzero(norms == 0)[0])
+        raise InvalidVector(f"{what} {bad} has zero length and cannot be normalised")
+    return np.ascontiguousarray(array / norms[:, None], dtype=np.float32)
+
+
+def fts_query(text: str, *, max_terms: int = 64) -> str:
+    """Free text -> an FTS5 OR-query of quoted terms (no FTS syntax from the user survives)."""
+    terms = list(dict.fromkeys(t.lower() for t in re.findall(r"\w+", text)))[:max_terms]
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+def check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise InvalidInput(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+    return int(k)
+
+
+class Store:
+    """Open with :meth:`Store.open`; use as a context manager so indexes are persisted."""
+
+    def __init__(self, root: Path, conn: Any, *, read_only: bool, immutable: bool) -> None:
+        self.root = root
+        self._conn = conn
+        self.read_only = read_only or immutable
+        self.immutable = immutable
+        self._lock = threading.RLock()
+        self._indexes: dict[str, VectorIndex] = {}
+        self._persisted: dict[str, int] = {}  # model -> generation of the file on disk
+        self._models: dict[str, ModelInfo] = {}
+        self._models_generation = -1
+        self.events: list[str] = []  # rebuilds and repairs, for reports and tests
+        self.store_id = db.get_meta(conn, "store_id")
+        self.manifest = read_manifest(root)
+
+    # ----------------------------------------------------------------- open / close
+
+    @classmethod
+    def open(
+        cls, path: str | Path, *, create: bool = False, read_only: bool = False,
+        immutable: bool = False, verify_files: bool = False,
+    ) -> Store:
+        """Open the store at ``path``.
+
+        ``create``: make it if missing. ``read_only``: never write (readers, serving).
+        ``immutable``: a bundle nobody writes; ``verify_files`` checks every file against the
+        hashes in its manifest first (bundles record them) and refuses a mismatch.
+        """
+        root = Path(path)
+        db_path = root / DB_FILE
+        if not db_path.exists():
+            if not create or read_only or immutable:
+                if root.exists() and any(root.iterdir()):
+                    raise ForeignStore(
+                        f"{root} is not a mlflow-rag store (no {DB_FILE}); "
+                        "point --store at a store directory or a new path"
+                    )
+                raise StoreNotFound(
+                    f"no store at {root}; create one with `mlflow-rag ingest SOURCE --store {root}`"
+                )
+            root.mkdir(parents=True, exist_ok=True)
+        if verify_files:
+            verify_bundle(root)
+        conn = db.connect(db_path, read_only=read_only, immutable=immutable)
+        try:
+            if read_only or immutable:
+                if not db.is_store_database(conn):
+                    raise ForeignStore(f"{db_path} is not a mlflow-rag store database")
+                db.check_version(conn, db_path)
+            else:
+                db.migrate(conn, db_path)
+            store = cls(root, conn, read_only=read_only, immutable=immutable)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, RagError):
+                raise
+            if exc.__class__.__name__ == "DatabaseError":
+                raise ForeignStore(f"{db_path} is not a readable SQLite database: {exc}") from None
+            raise
+        return store
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(flush=exc[0] is None)
+
+    def close(self, *, flush: bool = True) -> None:
+        if self._conn is None:
+            return
+        try:
+            if flush and not self.read_only:
+                self.flush()
+        finally:
+            self._conn.close()
+            self._conn = None
+            self._indexes.clear()
+
+    @property
+    def conn(self) -> Any:
+        if self._conn is None:
+            raise RagError("the store is closed")
+        return self._conn
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise RagError(f"{self.root} is open read-only")
+
+    # ----------------------------------------------------------------- models
+
+    def _refresh_models(self, generation: int) -> None:
+        if generation == self._models_generation:
+            return
+        self._models = {}
+        for name, slug, dim, embedder, version, index_type, params in db.model_rows(self.conn):
+            self._models[name] = ModelInfo(
+                name=name, slug=slug, dimension=dim, embedder=embedder, model_version=version,
+                index_type=index_type, index_params=codec.loads_object(params),
+                vector_count=-1, generation=generation,
+            )
+        self._models_generation = generation
+
+    def models(self) -> list[ModelInfo]:
+        """Embedding models in this store, with their vector counts and effective index type."""
+        with self._lock, db.read_transaction(self.conn):
+            generation = db.generation(self.conn)
+            self._refresh_models(generation)
+            out = []
+            for info in self._models.values():
+                count = db.vector_count(self.conn, info.name)
+                spec = choose_index(info.index_type, count, info.dimension, info.index_params)
+                out.append(
+                    ModelInfo(
+                        name=info.name, slug=info.slug, dimension=info.dimension,
+                        embedder=info.embedder, model_version=info.model_version,
+                        index_type=spec.kind, index_params=dict(spec.params),
+                        vector_count=count, generation=generation,
+                    )
+                )
+            return out
+
+    def model(self, name: str | None = None) -> ModelInfo:
+        """The named model, or the only one. Errors list the models the store has."""
+        with self._lock, db.read_transaction(self.conn):
+            self._refresh_models(db.generation(self.conn))
+            return self._model(name)
+
+    def _model(self, name: str | None) -> ModelInfo:
+        if name is None:
+            if len(self._models) == 1:
+                return next(iter(self._models.values()))
+            if not self._models:
+                raise ModelNotFound(f"{self.root} holds no vectors yet; ingest documents first")
+            raise ModelNotFound(
+                f"{self.root} holds several embedding models; choose one with --embedder from "
+                f"{sorted(self._models)}"
+            )
+        if name not in self._models:
+            raise ModelNotFound(
+                f"no embedding model {name!r} in {self.root}; it has {sorted(self._models)}"
+            )
+        return self._models[name]
+
+    def ensure_model(
+        self, name: str, dimension: int, *, embedder: str | None = None,
+        model_version: str | None = None, index_type: str | None = None,
+        index_params: Mapping[str, Any] | None = None,
+    ) -> ModelInfo:
+        """Register an embedding model (or check an existing one has this dimension)."""
+        self._require_writable()
+        if index_type is not None and index_type not in INDEX_TYPES:
+            raise UnknownChoice("index type", index_type, INDEX_TYPES)
+        if not isinstance(dimension, int) or dimension < 1:
+            raise InvalidInput(f"dimension must be a positive integer, got {dimension!r}")
+        if index_type is not None:
+            choose_index(index_type, 0, dimension, index_params)  # validate parameters early
+        with self._lock:
+            with db.write_transaction(self.conn) as generation:
+                self._refresh_models(generation - 1)
+                existing = self._models.get(name)
+                if existing is not None:
+                    if existing.dimension != dimension:
+                        raise DimensionMismatch(
+                            f"model {name!r} in {self.root} has dimension {existing.dimension}, "
+                            f"not {dimension}"
+                        )
+                    if index_type is not None and (
+                        index_type != existing.index_type
+                        or dict(index_params or {}) != dict(existing.index_params)
+                    ):
+                        db.update_model_index(
+                            self.conn, name, index_type=index_type,
+                            index_params=dict(index_params or {}),
+                        )
+                else:
+                    slug = model_slug(name)
+                    if any(m.slug == slug for m in self._models.values()):
+                        slug = f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+                    db.insert_model(
+                        self.conn, name=name, slug=slug, dimension=dimension, embedder=embedder,
+                        model_version=model_version, index_type=index_type or "auto",
+                        index_params=dict(index_params or {}),
+                    )
+            self._models_generation = -1
+            if index_type is not None:
+                self._indexes.pop(name, None)  # rebuilt with the new settings on next use
+            return self.model(name)
+
+    def model_dir(self, name: str) -> Path:
+        """Where an embedder fitted at ingest keeps its state (inside the store)."""
+        return self.root / MODELS_DIR / self.model(name).slug
+
+    # ----------------------------------------------------------------- writes
+
+    def write(self, records: Sequence[DocumentRecord], *, skip_unchanged: bool = True) -> WriteReport:
+        """Add or replace documents with their chunks and vectors, in one transaction.
+
+        A document whose content hash and metadata equal the stored ones is unchanged and
+        skipped; one that differs replaces its chunks and vectors.
+        """
+        self._require_writable()
+        ids = [r.id for r in records]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise InvalidInput(f"document id {dup!r} appears twice in one write")
+        new = updated = unchanged = n_chunks = n_vectors = 0
+        with self._lock:
+            prepared = [self._prepare(record) for record in records]
+        with self._lock, db.write_transaction(self.conn) as generation:
+            states = db.document_states(self.conn, ids)
+            now = db.utc_now()
+            for record, metadata, vectors in prepared:
+                old = states.get(record.id)
+                if old is not None and skip_unchanged and old == (record.content_hash, metadata):
+                    unchanged += 1
+                    continue
+                fields: dict[str, Any] = {
+                    "id": record.id, "source_path": record.source_path,
+                    "source_type": record.source_type, "content_hash": record.content_hash,
+                    "metadata": metadata, "raw_text": record.raw_text, "now": now,
+                }
+                if old is not None:
+                    db.delete_chunks_of(self.conn, record.id)
+                    db.update_document(self.conn, **fields)
+                    updated += 1
+                else:
+                    db.insert_document(self.conn, **fields)
+                    new += 1
+                n_chunks += len(record.chunks)
+                first = db.allocate_ids(self.conn, len(record.chunks))
+                db.insert_chunks(
+                    self.conn,
+                    (
+                        (
+                            c.id, record.id, c.chunk_index, c.chunk_type, c.text, c.start_char,
+                            c.end_char, c.token_count, codec.metadata_json(c.metadata),
+                            c.text_hash, first + i,
+                        )
+                        for i, c in enumerate(record.chunks)
+                    ),
+                )
+                for model_name, version, matrix, per_chunk in vectors:
+                    n_vectors += self._insert_vectors(
+                        model_name, [c.id for c in record.chunks], matrix,
+                        model_version=version, metadata=per_chunk, now=now,
+                    )
+        return WriteReport(new=new, updated=updated, unchanged=unchanged, chunks=n_chunks,
+                           vectors=n_vectors, generation=generation)
+
+    def _prepare(self, record: DocumentRecord) -> tuple[DocumentRecord, str, list[Any]]:
+        """Validate before the transaction starts, so bad input never half-lands."""
+        if not record.id or not isinstance(record.id, str):
+            raise InvalidInput(f"document id must be a non-empty string, got {record.id!r}")
+        indexes = [c.chunk_index for c in record.chunks]
+        if len(set(indexes)) != len(indexes):
+            raise InvalidInput(f"document {record.id!r} has duplicate chunk_index values")
+        for c in record.chunks:
+            if not c.text or not c.text.strip():
+                raise InvalidInput(f"document {record.id!r} chunk {c.chunk_index} has empty text")
+        metadata = codec.metadata_json(record.metadata)
+        vectors = []
+        self._refresh_models(db.generation(self.conn))
+        for batch in record.vectors:
+            info = self._model(batch.model_name)
+            if len(batch.vectors) != len(record.chunks):
+                raise InvalidInput(
+                    f"document {record.id!r}: {len(batch.vectors)} vectors of {batch.model_name!r} "
+                    f"for {len(record.chunks)} chunks"
+                )
+            matrix = clean_vectors(batch.vectors, info.dimension)
+            per_chunk = [codec.metadata_json(m) for m in batch.metadata] if batch.metadata else None
+            vectors.append((info.name, batch.model_version or info.model_version, matrix, per_chunk))
+        return record, metadata, vectors
+
+    def _insert_vectors(
+        self, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
+        model_version: str | None, metadata: Sequence[str] | None, now: str,
+    ) -> int:
+        first = db.allocate_ids(self.conn, len(chunk_ids))
+        dim = matrix.shape[1]
+        db.insert_embeddings(
+            self.conn,
+            (
+                (
+                    f"{chunk_id}:{model_name}", chunk_id, model_name, model_version, dim,
+                    matrix[i].tobytes(), now, metadata[i] if metadata else "{}", first + i,
+                )
+                for i, chunk_id in enumerate(chunk_ids)
+            ),
+        )
+        return len(chunk_ids)
+
+    def add_vectors(
+        self, model_name: str, chunk_ids: Sequence[str], vectors: Any, *,
+        model_version: str | None = None, metadata: Sequence[Mapping[str, Any]] | None = None,
+        replace: bool = False,
+    ) -> int:
+        """Add one model's vectors for existing chunks (e.g. a second embedder on a store)."""
+        self._require_writable()
+        info = self.model(model_name)
+        matrix = clean_vectors(vectors, info.dimension)
+        if len(matrix) != len(chunk_ids):
+            raise InvalidInput(f"{len(matrix)} vectors for {len(chunk_ids)} chunk ids")
+        per_chunk = [codec.metadata_json(m) for m in metadata] if metadata else None
+        with self._lock, db.write_transaction(self.conn):
+            if replace:
+                db.delete_embeddings_for(self.conn, model_name, chunk_ids)
+            try:
+                return self._insert_vectors(
+                    model_name, chunk_ids, matrix, model_version=model_version or info.model_version,
+                    metadata=per_chunk, now=db.utc_now(),
+                )
+            except Exception as exc:
+                if "FOREIGN KEY" in str(exc):
+                    raise ChunkNotFound("some chunk ids do not exist in the store") from None
+                if "UNIQUE" in str(exc):
+                    raise InvalidInput(
+                        f"some chunks already have a {model_name!r} vector (pass replace=True)"
+                    ) from None
+                raise
+
+    def delete(self, document_id: str) -> None:
+        """Delete a document; its chunks and vectors cascade, and leave the index."""
+        self._require_writable()
+        with self._lock, db.write_transaction(self.conn):
+            if not db.delete_document(self.conn, document_id):
+                raise DocumentNotFound(f"no document with id {document_id!r} in {self.root}")
+
+    # ----------------------------------------------------------------- indexes
+
+    def _index_for(self, info: ModelInfo, generation: int) -> VectorIndex:
+        """The model's index, synced to ``generation``. Call inside a read transaction."""
+        index = self._indexes.get(info.name)
+        if index is None:
+            index = self._load_index(info, generation)
+            self._indexes[info.name] = index
+        if index.generation != generation:
+            index = self._sync(info, index, generation)
+        return index
+
+    def _build(self, info: ModelInfo, generation: int, reason: str) -> VectorIndex:
+        ids, vectors = db.vectors_after(self.conn, info.name, 0, info.dimension)
+        spec = choose_index(info.index_type, len(ids), info.dimension, info.index_params)
+        if reason:
+            self.events.append(f"rebuilt index for {info.name!r}: {reason}")
+            log.warning("rebuilding the %s index of %s: %s", info.name, self.root, reason)
+        index = VectorIndex.build(spec, info.dimension, ids, vectors, generation=generation)
+        self._indexes[info.name] = index
+        return index
+
+    def _load_index(self, info: ModelInfo, generation: int) -> VectorIndex:
+        """Load the index file if it checks out against the manifest, else rebuild."""
+        entry = self.manifest.models.get(info.name) if self.manifest else None
+        if entry is None:
+            return self._build(info, generation, "")  # first index of this model
+        reason = self._entry_problem(info, entry, generation)
+        if reason:
+            return self._build(info, generation, reason)
+        path = self.root / entry.index_file
+        data = path.read_bytes()
+        if sha256_bytes(data) != entry.sha256:
+            return self._build(info, generation, f"{entry.index_file} does not match its sha256")
+        spec = IndexSpec(entry.index_type, entry.index_params)
+        try:
+            index = VectorIndex.deserialize(
+                data, spec, info.dimension, generation=entry.generation,
+                max_vector_id=entry.max_vector_id, expected_count=entry.vector_count,
+            )
+        except Exception as exc:  # a hash-verified file that FAISS still refuses
+            return self._build(info, generation, f"{entry.index_file} unreadable: {exc}")
+        self._persisted[info.name] = entry.generation
+        index = self._sync(info, index, generation)
+        if index.ntotal != db.vector_count(self.conn, info.name):
+            return self._build(info, generation, "index and SQLite disagree on the vector count")
+        return index
+
+    def _entry_problem(self, info: ModelInfo, entry: ModelEntry, generation: int) -> str:
+        assert self.manifest is not None
+        if self.manifest.store_id != self.store_id:
+            return "the manifest belongs to another store"
+        if entry.dimension != info.dimension:
+            return f"index dimension {entry.dimension} != model dimension {info.dimension}"
+        if entry.generation > generation:
+            return f"index generation {entry.generation} is ahead of the database ({generation})"
+        path = self.root / entry.index_file
+        if not path.is_file():
+            return f"{entry.index_file} is missing"
+        if path.stat().st_size != entry.bytes:
+            return f"{entry.index_file} has {path.stat().st_size} bytes, expected {entry.bytes}"
+        count = db.vector_count(self.conn, info.name)
+        wanted = choose_index(info.index_type, count, info.dimension, info.index_params)
+        if wanted.kind != entry.index_type:
+            return f"index type changes from {entry.index_type} to {wanted.kind}"
+        if wanted.kind != "ivf" and dict(wanted.params) != dict(entry.index_params):
+            return "index parameters changed"
+        return ""
+
+    def _sync(self, info: ModelInfo, index: VectorIndex, generation: int) -> VectorIndex:
+        """Replay what changed since the index's generation (inside a read transaction)."""
+        deleted = db.deletions_since(self.conn, info.name, index.generation)
+        if len(deleted) and not index.remove(deleted):
+            return self._build(info, generation, "")
+        ids, vectors = db.vectors_after(self.conn, info.name, index.max_vector_id, info.dimension)
+        index.add(ids, vectors)
+        index.generation = generation
+        return index
+
+    def flush(self) -> None:
+        """Bring every model's index up to date and persist it atomically, then the manifest."""
+        if self.read_only:
+            return
+        with self._lock, exclusive_lock(self.root / LOCK_FILE):
+            manifest = read_manifest(self.root) or Manifest(self.store_id, SCHEMA_VERSION)
+            if manifest.store_id != self.store_id:
+                manifest = Manifest(self.store_id, SCHEMA_VERSION)
+            self.manifest = manifest
+            with db.read_transaction(self.conn):
+                generation = db.generation(self.conn)
+                self._refresh_models(generation)
+                current = {name: self._index_for(info, generation)
+                           for name, info in self._models.items()}
+            for name, index in current.items():
+                info = self._models[name]
+                entry = manifest.models.get(name)
+                file_ok = (
+                    entry is not None and self._persisted.get(name) is not None
+                    and entry.index_type == index.spec.kind
+                    and (self.root / entry.index_file).is_file()
+                )
+                if file_ok and not index.dirty:
+                    assert entry is not None
+                    entry.generation = generation
+                    continue
+                data = index.serialize()
+                relative = f"{INDEX_DIR}/{info.slug}.faiss"
+                atomic_write_bytes(self.root / relative, data)
+                manifest.models[name] = ModelEntry(
+                    slug=info.slug, dimension=info.dimension, embedder=info.embedder,
+                    model_version=info.model_version, index_type=index.spec.kind,
+                    index_params=dict(index.spec.params), generation=generation,
+                    vector_count=index.ntotal, max_vector_id=index.max_vector_id,
+                    index_file=relative, sha256=sha256_bytes(data), bytes=len(data),
+                )
+                self._persisted[name] = generation
+                index.dirty = False
+            for name in list(manifest.models):
+                if name not in current:
+                    del manifest.models[name]
+            manifest.generation = generation
+            manifest.schema_version = SCHEMA_VERSION
+            write_manifest(self.root, manifest)
+
+    def rebuild_index(self, model: str | None = None) -> None:
+        """Drop the in-memory index and rebuild it from SQLite (then persist if writable)."""
+        with self._lock, db.read_transaction(self.conn):
+            generation = db.generation(self.conn)
+            self._refresh_models(generation)
+            info = self._model(model)
+            self._build(info, generation, "asked for")
+        self.flush()
+
+    # ----------------------------------------------------------------- reads
+
+    def document_states(self, ids: Sequence[str]) -> dict[str, tuple[str | None, dict[str, Any]]]:
+        with self._lock:
+            return {
+                k: (h, codec.loads_object(m))
+                for k, (h, m) in db.document_states(self.conn, list(ids)).items()
+            }
+
+    def cached_vectors(self, model_name: str, text_hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """text_hash -> stored vector, for texts this model embedded before (embedding cache)."""
+        with self._lock:
+            blobs = db.cached_vectors(self.conn, model_name, list(text_hashes))
+        return {h: codec.blob_to_vector(b) for h, b in blobs.items()}
+
+    def chunks_without_vectors(
+        self, model_name: str, document_ids: Sequence[str]
+    ) -> list[tuple[str, str, str]]:
+        with self._lock:
+            return db.chunks_without_vectors(self.conn, model_name, list(document_ids))
+
+    def vectors_for_chunks(self, model_name: str, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        with self._lock:
+            return db.vectors_for_chunks(self.conn, model_name, list(chunk_ids))
+
+    def get_document(self, document_id: str, *, include_pii: bool = False) -> DocumentView:
+        """A document with all its chunks in order."""
+        with self._lock, db.read_transaction(self.conn):
+            row = db.document_row(self.conn, document_id)
+            if row is None:
+                raise DocumentNotFound(f"no document with id {document_id!r} in {self.root}")
+            chunks = tuple(_chunk_view(r) for r in db.chunk_rows(self.conn, document_id))
+        return _document_view(row, chunks, include_pii=include_pii)
+
+    def expand_context(self, chunk_id: str, *, n: int = 1) -> list[ChunkView]:
+        """The chunk and up to ``n`` neighbours on each side within its document, in order."""
+        if not isinstance(n, int) or n < 0:
+            raise InvalidInput(f"n must be a non-negative integer, got {n!r}")
+        with self._lock:
+            rows = db.neighbour_rows(self.conn, chunk_id, n)
+        if not rows:
+            raise ChunkNotFound(f"no chunk with id {chunk_id!r} in {self.root}")
+        return [_chunk_view(r) for r in rows]
+
+    def find_documents(
+        self, filters: str | Mapping[str, Any] | None = None, *, limit: int = 100,
+        include_pii: bool = False,
+    ) -> list[DocumentView]:
+        """Documents with at least one chunk matching the filter (metadata, dates, types)."""
+        where, params = compile_filter(filters)
+        with self._lock:
+            rows = db.find_document_rows(self.conn, where, params, limit)
+        return [_document_view(r, (), include_pii=include_pii) for r in rows]
+
+    def stats(self) -> StoreStats:
+        models = self.models()
+        with self._lock, db.read_transaction(self.conn):
+            counts = db.counts(self.conn)
+            generation = db.generation(self.conn)
+            version = db.schema_version(self.conn)
+            types = db.source_type_counts(self.conn)
+        size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        return StoreStats(
+            documents=counts["documents"], chunks=counts["chunks"],
+            embeddings=counts["embeddings"], queries=counts["queries"],
+            retrievals=counts["retrievals"], generation=generation, schema_version=version,
+            bytes_on_disk=size, models=tuple(models), source_types=types,
+        )
+
+    # ----------------------------------------------------------------- search
+
+    def dense_search(
+        self, vector: Any, *, model: str | None = None, k: int = 10,
+        filters: str | Mapping[str, Any] | None = None, include_pii: bool = False,
+    ) -> list[Hit]:
+        """Top-k chunks by inner product with ``vector`` (L2-normalised here), hydrated.
+
+        With ``filters``, only matching chunks are ranked, exactly (pre-filtering).
+        """
+        k = check_k(k)
+        where, params = compile_filter(filters) if filters else ("", [])
+        with self._lock, db.read_transaction(self.conn):
+            generation = db.generation(self.conn)
+            self._refresh_models(generation)
+            info = self._model(model)
+            query = clean_vectors(vector, info.dimension, what="query vector")[0]
+            index = self._index_for(info, generation)
+            allowed = (
+                db.filtered_vector_ids(self.conn, info.name, where, params) if where else None
+            )
+            result = index.search(query, k, allowed=allowed)
+            rows = db.hits_by_vector_ids(self.conn, result.ids.tolist())
+        hits: list[Hit] = []
+        for vector_id, score in zip(result.ids.tolist(), result.scores.tolist(), strict=True):
+            row = rows.get(vector_id)
+            if row is None:  # cannot happen inside one snapshot; never return a hit without a row
+                continue
+            hits.append(_hit(row, len(hits) + 1, float(score), include_pii, vector_id))
+        return hits
+
+    def lexical_search(
+        self, text: str, *, k: int = 10, filters: str | Mapping[str, Any] | None = None,
+        include_pii: bool = False,
+    ) -> list[Hit]:
+        """BM25 (SQLite FTS5) over chunk text, pre-filtered like dense search."""
+        k = check_k(k)
+        match = fts_query(text)
+        if not match:
+            return []
+        where, params = compile_filter(filters) if filters else ("1", [])
+        with self._lock:
+            rows = db.bm25_rows(self.conn, match, k, where, params)
+        return [_hit(row[1:], i + 1, float(row[0]), include_pii) for i, row in enumerate(rows)]
+
+    def hits_for_chunks(
+        self, chunk_ids: Sequence[str], scores: Sequence[float], *, include_pii: bool = False
+    ) -> list[Hit]:
+        """Hydrate chunk ids (e.g. after fusion) into hits, in the given order."""
+        with self._lock:
+            rows = db.hits_by_chunk_ids(self.conn, list(chunk_ids))
+        if len(chunk_ids) != len(scores):
+            raise InvalidInput(f"{len(chunk_ids)} chunk ids but {len(scores)} scores")
+        hits: list[Hit] = []
+        for chunk_id, score in zip(chunk_ids, scores, strict=True):
+            if chunk_id in rows:
+                hits.append(_hit(rows[chunk_id], len(hits) + 1, float(score), include_pii))
+        return hits
+
+    # ----------------------------------------------------------------- query log
+
+    def log_query(
+        self, text: str, hits: Sequence[Hit], *, model_name: str | None = None,
+        embedding: np.ndarray | None = None, metadata: Mapping[str, Any] | None = None,
+        redact: Callable[[str], str] | None = None,
+    ) -> str:
+        """Record a query and what it retrieved (queries + retrievals). Returns the query id."""
+        self._require_writable()
+        with self._lock:
+            return write_query_log(
+                self.conn, text, hits, model_name=model_name, embedding=embedding,
+                metadata=metadata, redact=redact,
+            )
+
+    def delete_queries_older_than(self, days: float) -> int:
+        """Retention: delete query logs older than ``days`` and reclaim the space."""
+        self._require_writable()
+        with self._lock:
+            return purge_query_log(self.conn, days)
+
+    # ----------------------------------------------------------------- checks and bundles
+
+    def verify(self, *, sample: int = 50, seed: int = 0) -> dict[str, Any]:
+        """Integrity report: SQLite and FTS checks, index ids == SQLite ids, self-retrieval."""
+        report: dict[str, Any] = {"integrity_check": db.integrity_check(self.conn), "models": {}}
+        with self._lock, db.read_transaction(self.conn):
+            db.fts_integrity_check(self.conn)
+            generation = db.generation(self.conn)
+            self._refresh_models(generation)
+            for name, info in self._models.items():
+                index = self._index_for(info, generation)
+                sql_ids, vectors = db.vectors_after(self.conn, name, 0, info.dimension)
+                index_ids = index.ids()
+                rng = np.random.default_rng(seed)
+                picks = rng.choice(len(sql_ids), size=min(sample, len(sql_ids)), replace=False)
+                found = 0
+                for p in picks:
+                    result = index.search(vectors[p], 1)
+                    top = result.ids[:1].tolist()
+                    # duplicates (identical vectors) may outrank; accept an equal score
+                    if top and (top[0] == sql_ids[p] or result.scores[0] >= float(
+                        vectors[p] @ vectors[p]) - 1e-5):
+                        found += 1
+                report["models"][name] = {
+                    "ids_equal": bool(np.array_equal(np.sort(index_ids), sql_ids)),
+                    "vectors": len(sql_ids),
+                    "self_found": found,
+                    "sampled": len(picks),
+                }
+        return report
+
+    def snapshot(self, destination: str | Path) -> Path:
+        """A consistent, self-contained copy (a bundle) with file hashes in its manifest."""
+        dest = Path(destination)
+        if dest.exists() and any(dest.iterdir()):
+            raise InvalidInput(f"snapshot destination {dest} is not empty")
+        dest.mkdir(parents=True, exist_ok=True)
+        import shutil
+
+        with self._lock:
+            if not self.read_only:
+                self.flush()
+            # Copy the derived files first: if a writer commits before VACUUM INTO, the
+            # snapshot's database is only ahead of them, and opening it replays the difference.
+            with exclusive_lock(self.root / LOCK_FILE):
+                for sub in (INDEX_DIR, MODELS_DIR):
+                    if (self.root / sub).is_dir():
+                        shutil.copytree(self.root / sub, dest / sub)
+                if (self.root / "manifest.json").is_file():
+                    shutil.copy2(self.root / "manifest.json", dest / "manifest.json")
+                db.vacuum_into(self.conn, dest / DB_FILE)
+        db.finalize_snapshot(dest / DB_FILE)
+        snap = Store.open(dest)
+        try:
+            snap.flush()
+        finally:
+            snap.close(flush=False)
+        for stray in (dest / LOCK_FILE, dest / f"{DB_FILE}-wal", dest / f"{DB_FILE}-shm"):
+            stray.unlink(missing_ok=True)
+        db.finalize_snapshot(dest / DB_FILE)
+        manifest = read_manifest(dest)
+        assert manifest is not None
+        manifest.files = {
+            str(p.relative_to(dest)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(dest.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"
+        }
+        write_manifest(dest, manifest)
+        return dest
+
+
+def verify_bundle(root: Path) -> None:
+    """Refuse a bundle whose files do not match the hashes its manifest records."""
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise BundleCorrupt(f"{root} has no readable manifest.json")
+    if manifest.schema_version > SCHEMA_VERSION:
+        raise BundleCorrupt(
+            f"{root} was written with schema version {manifest.schema_version}, newer than "
+            f"this mlflow-rag ({SCHEMA_VERSION}); upgrade mlflow-rag"
+        )
+    if not manifest.files:
+        raise BundleCorrupt(f"{root}/manifest.json records no file hashes; not a bundle")
+    for relative, meta in manifest.files.items():
+        path = root / relative
+        if not path.is_file():
+            raise BundleCorrupt(f"bundle file {relative} is missing")
+        if path.stat().st_size != meta["bytes"] or sha256_file(path) != meta["sha256"]:
+            raise BundleCorrupt(f"bundle file {relative} does not match its recorded sha256")
+
+
+# --------------------------------------------------------------------------- query log helpers
+
+
+def write_query_log(
+    conn: Any, text: str, hits: Sequence[Hit], *, model_name: str | None,
+    embedding: np.ndarray | None, metadata: Mapping[str, Any] | None,
+    redact: Callable[[str], str] | None,
+) -> str:
+    """Insert one query and its retrievals in one transaction (any connection with the tables)."""
+    stored = redact(text) if redact else text
+    query_id = db.new_id()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        db.insert_query(
+            conn, query_id=query_id, text=stored,
+            embedding=codec.vector_to_blob(embedding) if embedding is not None else None,
+            model_name=model_name, timestamp=db.utc_now(),
+            metadata=codec.metadata_json(metadata),
+            retrievals=[(db.new_id(), h.chunk_id, h.rank, h.score, "{}") for h in hits],
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return query_id
+
+
+def purge_query_log(conn: Any, days: float) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    if days < 0:
+        raise InvalidInput(f"days must be non-negative, got {days}")
+    cutoff = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="microseconds")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        deleted = db.delete_queries_before(conn, cutoff)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("VACUUM")
+    return deleted
+
+
+# --------------------------------------------------------------------------- row -> view
+
+
+def _chunk_view(row: Sequence[Any]) -> ChunkView:
+    cid, doc_id, index, ctype, text, start, end, tokens, meta = row
+    return ChunkView(
+        id=cid, document_id=doc_id, chunk_index=index, chunk_type=ctype, text=text,
+        start_char=start, end_char=end, token_count=tokens, metadata=codec.loads_object(meta),
+    )
+
+
+def _document_view(
+    row: Sequence[Any], chunks: tuple[ChunkView, ...], *, include_pii: bool
+) -> DocumentView:
+    doc_id, source_path, source_type, chash, imported, updated, meta, raw = row
+    return DocumentView(
+        id=doc_id, source_path=source_path, source_type=source_type, content_hash=chash,
+        imported_at=imported, updated_at=updated,
+        metadata=public_metadata(codec.loads_object(meta), include_pii=include_pii),
+        raw_text=raw, chunks=chunks,
+    )
+
+
+def _hit(
+    row: Sequence[Any], rank: int, score: float, include_pii: bool, vector_id: int | None = None
+) -> Hit:
+    chunk_id, doc_id, ctype, cindex, text, cmeta, source_path, dmeta = row
+    return Hit(
+        rank=rank, score=score, chunk_id=chunk_id, document_id=doc_id, chunk_type=ctype,
+        chunk_index=cindex, text=text, source_path=source_path,
+        document_metadata=public_metadata(codec.loads_object(dmeta), include_pii=include_pii),
+        chunk_metadata=codec.loads_object(cmeta), vector_id=vector_id,
+    )
+
