@@ -249,3 +249,41 @@ class StoreStats:
                 for m in self.models
             },
         }
+
+
+# --------------------------------------------------------------------------- ingestion
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one ingestion did; the CLI prints it and MLflow logs it as params and metrics."""
+
+    sources: tuple[str, ...]
+    source_digest: str  # sha256 over the sources' bytes (files) or URLs
+    loader: str
+    chunker: Mapping[str, Any]  # name and settings
+    embedder: str  # the store's model_name, e.g. "minilm"
+    embedder_version: str | None
+    dimension: int
+    index: Mapping[str, Any]  # {"kind": ..., "params": {...}}
+    documents_new: int = 0
+    documents_updated: int = 0
+    documents_unchanged: int = 0
+    documents_failed: int = 0
+    chunks: int = 0
+    vectors_embedded: int = 0
+    vectors_cached: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    seconds: Mapping[str, float] = field(default_factory=dict)  # stage -> seconds
+    failures: tuple[LoadFailure, ...] = ()
+    store_generation: int = 0
+    store_bytes: int = 0
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.seconds.values()))
+
+    @property
+    def chunks_per_second(self) -> float:
+        return self.chunks / self.total_seconds if self.total_seconds > 0 else 0.0
