@@ -54,10 +54,13 @@ def connect(path: Path, *, read_only: bool = False, immutable: bool = False) -> 
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
-    if not (read_only or immutable):
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
     return conn
+
+
+def configure_writer(conn: sqlite3.Connection) -> None:
+    """WAL + full fsync. Called only once the file is known to be ours (or empty)."""
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
 
 
 def is_store_database(conn: sqlite3.Connection) -> bool:
@@ -85,12 +88,16 @@ def check_version(conn: sqlite3.Connection, path: Path) -> int:
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> int:
-    """Apply pending migrations in order, each in its own transaction. Returns the version."""
+    """Apply pending migrations in order, each in its own transaction. Returns the version.
+
+    A foreign or newer database is refused before anything (even the journal mode) changes.
+    """
     version = check_version(conn, path)
     if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
         raise ForeignStore(f"{path} is an SQLite database but not a mlflow-rag store")
     if version > 0 and not is_store_database(conn):
         raise ForeignStore(f"{path} is an SQLite database but not a mlflow-rag store")
+    configure_writer(conn)
     for migration in MIGRATIONS:
         if migration.version <= version:
             continue

@@ -1,0 +1,164 @@
+-- index idx_chunks_document
+CREATE INDEX idx_chunks_document ON chunks(document_id);
+
+-- index idx_chunks_text_hash
+CREATE INDEX idx_chunks_text_hash ON chunks(text_hash);
+
+-- index idx_chunks_type
+CREATE INDEX idx_chunks_type ON chunks(chunk_type);
+
+-- index idx_documents_hash
+CREATE INDEX idx_documents_hash ON documents(content_hash);
+
+-- index idx_documents_source
+CREATE INDEX idx_documents_source ON documents(source_path);
+
+-- index idx_embeddings_chunk
+CREATE INDEX idx_embeddings_chunk ON embeddings(chunk_id);
+
+-- index idx_embeddings_model
+CREATE INDEX idx_embeddings_model ON embeddings(model_name);
+
+-- index idx_queries_timestamp
+CREATE INDEX idx_queries_timestamp ON queries(timestamp);
+
+-- index idx_retrievals_chunk
+CREATE INDEX idx_retrievals_chunk ON retrievals(chunk_id);
+
+-- index idx_retrievals_query
+CREATE INDEX idx_retrievals_query ON retrievals(query_id);
+
+-- index idx_vector_deletions_model
+CREATE INDEX idx_vector_deletions_model ON vector_deletions(model_name, generation);
+
+-- table chunks
+CREATE TABLE chunks (
+    id TEXT PRIMARY KEY,
+    document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    chunk_index INTEGER NOT NULL,
+    chunk_type TEXT,
+    text TEXT NOT NULL,
+    start_char INTEGER,
+    end_char INTEGER,
+    token_count INTEGER,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
+    text_hash TEXT NOT NULL,
+    fts_rowid INTEGER NOT NULL UNIQUE,
+    UNIQUE (document_id, chunk_index)
+);
+
+-- table chunks_fts
+CREATE VIRTUAL TABLE chunks_fts USING fts5(
+    text, content='chunks', content_rowid='fts_rowid',
+    tokenize='porter unicode61 remove_diacritics 2'
+);
+
+-- table chunks_fts_config
+CREATE TABLE 'chunks_fts_config'(k PRIMARY KEY, v) WITHOUT ROWID;
+
+-- table chunks_fts_data
+CREATE TABLE 'chunks_fts_data'(id INTEGER PRIMARY KEY, block BLOB);
+
+-- table chunks_fts_docsize
+CREATE TABLE 'chunks_fts_docsize'(id INTEGER PRIMARY KEY, sz BLOB);
+
+-- table chunks_fts_idx
+CREATE TABLE 'chunks_fts_idx'(segid, term, pgno, PRIMARY KEY(segid, term)) WITHOUT ROWID;
+
+-- table documents
+CREATE TABLE documents (
+    id TEXT PRIMARY KEY,
+    source_path TEXT NOT NULL,
+    source_type TEXT NOT NULL,
+    content_hash TEXT,
+    imported_at TEXT NOT NULL,
+    updated_at TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
+    raw_text TEXT
+);
+
+-- table embeddings
+CREATE TABLE embeddings (
+    id TEXT PRIMARY KEY,
+    chunk_id TEXT NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+    model_name TEXT NOT NULL REFERENCES models(name),
+    model_version TEXT,
+    vector_dimension INTEGER NOT NULL,
+    vector BLOB NOT NULL CHECK (length(vector) = 4 * vector_dimension),
+    created_at TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
+    vector_id INTEGER NOT NULL UNIQUE,
+    UNIQUE (chunk_id, model_name)
+);
+
+-- table models
+CREATE TABLE models (
+    name TEXT PRIMARY KEY,
+    slug TEXT NOT NULL UNIQUE,
+    dimension INTEGER NOT NULL CHECK (dimension > 0),
+    embedder TEXT,
+    model_version TEXT,
+    index_type TEXT NOT NULL DEFAULT 'auto',
+    index_params TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(index_params)),
+    created_at TEXT NOT NULL
+);
+
+-- table queries
+CREATE TABLE queries (
+    id TEXT PRIMARY KEY,
+    query_text TEXT NOT NULL,
+    query_embedding BLOB,
+    model_name TEXT,
+    timestamp TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
+);
+
+-- table retrievals
+CREATE TABLE retrievals (
+    id TEXT PRIMARY KEY,
+    query_id TEXT NOT NULL REFERENCES queries(id) ON DELETE CASCADE,
+    chunk_id TEXT NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+    rank INTEGER NOT NULL,
+    score REAL NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
+);
+
+-- table schema_migrations
+CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL);
+
+-- table store_meta
+CREATE TABLE store_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- table vector_deletions
+CREATE TABLE vector_deletions (
+    vector_id INTEGER PRIMARY KEY,
+    model_name TEXT NOT NULL,
+    generation INTEGER NOT NULL
+);
+
+-- trigger chunks_fts_delete
+CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.fts_rowid, old.text);
+END;
+
+-- trigger chunks_fts_insert
+CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts(rowid, text) VALUES (new.fts_rowid, new.text);
+END;
+
+-- trigger chunks_fts_update
+CREATE TRIGGER chunks_fts_update AFTER UPDATE OF text, fts_rowid ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.fts_rowid, old.text);
+    INSERT INTO chunks_fts(rowid, text) VALUES (new.fts_rowid, new.text);
+END;
+
+-- trigger embeddings_log_delete
+CREATE TRIGGER embeddings_log_delete AFTER DELETE ON embeddings BEGIN
+    INSERT OR REPLACE INTO vector_deletions(vector_id, model_name, generation)
+    VALUES (old.vector_id, old.model_name,
+            (SELECT CAST(value AS INTEGER) FROM store_meta WHERE key = 'generation'));
+END;
+
