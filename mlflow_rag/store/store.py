@@ -137,6 +137,7 @@ class Store:
         self._models: dict[str, ModelInfo] = {}
         self._models_generation = -1
         self.events: list[str] = []  # rebuilds and repairs, for reports and tests
+        self.orphan_hits = 0  # index hits without a row: must stay 0 (readers see snapshots)
         self.store_id = db.get_meta(conn, "store_id")
         self.manifest = read_manifest(root)
 
@@ -682,6 +683,7 @@ class Store:
         for vector_id, score in zip(result.ids.tolist(), result.scores.tolist(), strict=True):
             row = rows.get(vector_id)
             if row is None:  # cannot happen inside one snapshot; never return a hit without a row
+                self.orphan_hits += 1
                 continue
             hits.append(_hit(row, len(hits) + 1, float(score), include_pii, vector_id))
         return hits
