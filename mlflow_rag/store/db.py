@@ -321,6 +321,21 @@ def insert_chunks(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> 
     )
 
 
+def replace_document_fields(
+    conn: sqlite3.Connection, document_id: str, rows: Sequence[tuple[str, Any]]
+) -> None:
+    conn.execute("DELETE FROM document_fields WHERE document_id = ?", (document_id,))
+    conn.executemany(
+        "INSERT INTO document_fields(document_id, key, value) VALUES (?, ?, ?)",
+        [(document_id, key, value) for key, value in rows],
+    )
+
+
+def insert_chunk_fields(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, Any]]) -> None:
+    """rows: (chunk_id, key, value)."""
+    conn.executemany("INSERT INTO chunk_fields(chunk_id, key, value) VALUES (?, ?, ?)", rows)
+
+
 def insert_embeddings(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
     """rows: (id, chunk_id, model_name, model_version, vector_dimension, vector, created_at,
     metadata, vector_id)."""
@@ -486,9 +501,11 @@ def chunks_without_vectors(
 def filtered_vector_ids(
     conn: sqlite3.Connection, model_name: str, where: str, params: Sequence[Any]
 ) -> np.ndarray:
+    # "+e.model_name" keeps the planner off idx_embeddings_model: a store holds few models, so
+    # that index matches nearly every row, while the filter's own index lookups are selective.
     rows = conn.execute(
         "SELECT e.vector_id FROM embeddings e JOIN chunks c ON c.id = e.chunk_id "
-        "JOIN documents d ON d.id = c.document_id WHERE e.model_name = ? AND (" + where + ")",
+        "JOIN documents d ON d.id = c.document_id WHERE +e.model_name = ? AND (" + where + ")",
         (model_name, *params),
     ).fetchall()
     return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))

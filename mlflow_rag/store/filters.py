@@ -14,8 +14,13 @@ Fields:
 - ``metadata.<key>`` or any other bare key: a key of the document's metadata.
 
 Operators: ``$eq $ne $gt $gte $lt $lte $in $nin $exists``. ``$ne`` and ``$nin`` also match
-where the field is missing (as in MongoDB). Keys never become SQL text: columns come from an
-allow-list and metadata keys are bound as JSON-path parameters.
+where the field is missing (as in MongoDB); on a list-valued field, ``$eq``/``$in`` match when
+any element matches. Range operators compare like with like: numbers with numbers, strings
+with strings. Nested metadata objects are addressed with dotted keys (``metadata.author.name``).
+
+Keys never become SQL text: columns come from an allow-list, and metadata keys and values are
+bound parameters looked up in the indexed ``document_fields`` / ``chunk_fields`` tables (see
+:func:`metadata_fields`), so a filter costs an index range scan, not a JSON parse per row.
 """
 
 from __future__ import annotations
@@ -116,74 +121,119 @@ class _Compiler:
         return self.operator(key, expr, path, "$eq", value)
 
     def expression(self, key: str) -> tuple[str, str | None]:
-        """SQL expression for a field; metadata paths are bound, never inlined."""
+        """A column expression, or (table, metadata key) for metadata fields."""
         if key in COLUMNS:
             return COLUMNS[key], None
         if key.startswith("chunk."):
-            column, name = "c.metadata", key[len("chunk."):]
+            table, name = "chunk", key[len("chunk."):]
         elif key.startswith("metadata."):
-            column, name = "d.metadata", key[len("metadata."):]
+            table, name = "document", key[len("metadata."):]
         else:
-            column, name = "d.metadata", key
-        if not name or len(name) > MAX_KEY_LENGTH:
-            raise FilterError(f"bad filter key {key!r}: metadata keys are 1-{MAX_KEY_LENGTH} chars")
-        if '"' in name or "\\" in name or any(ord(ch) < 32 for ch in name):
+            table, name = "document", key
+        if not name or len(name) > MAX_KEY_LENGTH or any(ord(ch) < 32 for ch in name):
             raise FilterError(
-                f"bad filter key {key!r}: metadata keys may not contain quotes, backslashes "
-                "or control characters"
+                f"bad filter key {key!r}: metadata keys are 1-{MAX_KEY_LENGTH} printable characters"
             )
-        path = '$."' + name + '"'
-        return f"json_extract({column}, ?)", path
+        return table, name
 
-    def bind_path(self, path: str | None) -> None:
-        if path is not None:
-            self.params.append(path)
-
-    def operator(self, key: str, expr: str, path: str | None, op: str, arg: Any) -> str:
+    def operator(self, key: str, expr: str, name: str | None, op: str, arg: Any) -> str:
         self.conditions += 1
         if self.conditions > MAX_CONDITIONS:
             raise FilterError(f"filter has more than {MAX_CONDITIONS} conditions")
-        if op in COMPARISONS:
-            _check_scalar(key, op, arg)
-            if arg is None:
-                if op not in ("$eq", "$ne"):
-                    raise FilterError(f"{op} on {key!r} needs a number or string, not null")
-                self.bind_path(path)
-                return f"({expr} IS {'NOT ' if op == '$ne' else ''}NULL)"
-            if op in ("$gt", "$gte", "$lt", "$lte") and isinstance(arg, bool):
-                raise FilterError(f"{op} on {key!r} needs a number or string, not a boolean")
-            if op == "$ne":
-                self.bind_path(path)
-                self.bind_path(path)
-                self.params.append(arg)
-                return f"({expr} IS NULL OR {expr} != ?)"
-            self.bind_path(path)
-            self.params.append(arg)
-            return f"({expr} {COMPARISONS[op]} ?)"
-        if op in ("$in", "$nin"):
-            if not isinstance(arg, list):
-                raise FilterError(f"{op} on {key!r} takes a list, got {type(arg).__name__}")
-            if len(arg) > MAX_LIST:
-                raise FilterError(f"{op} on {key!r} has {len(arg)} values; at most {MAX_LIST}")
-            for item in arg:
-                _check_scalar(key, op, item)
-                if item is None:
-                    raise FilterError(f"{op} on {key!r} may not contain null; use $exists")
-            values = json.dumps(arg)
-            if op == "$in":
-                self.bind_path(path)
-                self.params.append(values)
-                return f"({expr} IN (SELECT value FROM json_each(?)))"
-            self.bind_path(path)
-            self.bind_path(path)
-            self.params.append(values)
-            return f"({expr} IS NULL OR {expr} NOT IN (SELECT value FROM json_each(?)))"
+        if op not in FIELD_OPERATORS:
+            raise UnknownChoice("filter operator", op, FIELD_OPERATORS)
+        _check_argument(key, op, arg)
+        if name is None:
+            return self.column_condition(expr, op, arg)
+        return self.field_condition(expr, name, op, arg)
+
+    def column_condition(self, column: str, op: str, arg: Any) -> str:
         if op == "$exists":
-            if not isinstance(arg, bool):
-                raise FilterError(f"$exists on {key!r} takes true or false")
-            self.bind_path(path)
-            return f"({expr} IS {'NOT ' if arg else ''}NULL)"
-        raise UnknownChoice("filter operator", op, FIELD_OPERATORS)
+            return f"({column} IS {'NOT ' if arg else ''}NULL)"
+        if op in ("$in", "$nin"):
+            self.params.append(json.dumps(arg))
+            if op == "$in":
+                return f"({column} IN (SELECT value FROM json_each(?)))"
+            return f"({column} IS NULL OR {column} NOT IN (SELECT value FROM json_each(?)))"
+        if arg is None:
+            return f"({column} IS {'NOT ' if op == '$ne' else ''}NULL)"
+        self.params.append(arg)
+        if op == "$ne":
+            return f"({column} IS NULL OR {column} != ?)"
+        return f"({column} {COMPARISONS[op]} ?)"
+
+    def field_condition(self, table: str, name: str, op: str, arg: Any) -> str:
+        owner = "d.id" if table == "document" else "c.id"
+        id_column = "document_id" if table == "document" else "chunk_id"
+        lookup = f"SELECT {id_column} FROM {table}_fields WHERE key = ?"
+        self.params.append(name)
+        if op == "$exists":
+            return f"({owner} {'' if arg else 'NOT '}IN ({lookup}))"
+        if op in ("$in", "$nin"):
+            self.params.append(json.dumps(arg))
+            negate = "NOT " if op == "$nin" else ""
+            return f"({owner} {negate}IN ({lookup} AND value IN (SELECT value FROM json_each(?))))"
+        if arg is None:  # null matches a missing field or an explicit null
+            negate = "" if op == "$ne" else "NOT "
+            return f"({owner} {negate}IN ({lookup} AND value IS NOT NULL))"
+        self.params.append(arg)
+        if op == "$eq":
+            return f"({owner} IN ({lookup} AND value = ?))"
+        if op == "$ne":
+            return f"({owner} NOT IN ({lookup} AND value = ?))"
+        kinds = "('text')" if isinstance(arg, str) else "('integer', 'real')"
+        return (
+            f"({owner} IN ({lookup} AND value {COMPARISONS[op]} ? AND typeof(value) IN {kinds}))"
+        )
+
+
+def _check_argument(key: str, op: str, arg: Any) -> None:
+    if op in ("$in", "$nin"):
+        if not isinstance(arg, list):
+            raise FilterError(f"{op} on {key!r} takes a list, got {type(arg).__name__}")
+        if len(arg) > MAX_LIST:
+            raise FilterError(f"{op} on {key!r} has {len(arg)} values; at most {MAX_LIST}")
+        for item in arg:
+            _check_scalar(key, op, item)
+            if item is None:
+                raise FilterError(f"{op} on {key!r} may not contain null; use $exists")
+        return
+    if op == "$exists":
+        if not isinstance(arg, bool):
+            raise FilterError(f"$exists on {key!r} takes true or false")
+        return
+    _check_scalar(key, op, arg)
+    if op in ("$gt", "$gte", "$lt", "$lte"):
+        if arg is None:
+            raise FilterError(f"{op} on {key!r} needs a number or string, not null")
+        if isinstance(arg, bool):
+            raise FilterError(f"{op} on {key!r} needs a number or string, not a boolean")
+
+
+def metadata_fields(metadata: Mapping[str, Any], *, skip: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
+    """(key, value) rows for the field tables: nested objects flatten to dotted keys, lists
+    give one row per scalar element, booleans become 0/1 (as SQLite compares them)."""
+    rows: list[tuple[str, Any]] = []
+
+    def visit(prefix: str, value: Any, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            return
+        if isinstance(value, Mapping):
+            for sub, inner in value.items():
+                visit(f"{prefix}.{sub}" if prefix else str(sub), inner, depth + 1)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if not isinstance(item, (Mapping, list, tuple)):
+                    visit(prefix, item, depth + 1)
+        elif value is None or isinstance(value, (str, int, float)):
+            if isinstance(value, float) and value != value:
+                return
+            rows.append((prefix, int(value) if isinstance(value, bool) else value))
+
+    for key, value in metadata.items():
+        if key not in skip:
+            visit(str(key), value, 0)
+    return rows
 
 
 def _check_scalar(key: str, op: str, value: Any) -> None:

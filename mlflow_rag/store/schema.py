@@ -9,6 +9,7 @@ Beyond the design document's five tables:
   an index relies on ids only growing).
 - ``chunks.fts_rowid``: the same idea for the FTS5 index over chunk text.
 - ``chunks.text_hash``: sha256 of the chunk text, the key of the embedding cache.
+- ``document_fields`` / ``chunk_fields``: metadata values indexed for filters.
 - ``models``: one row per embedding space (dimension, embedder, requested index type).
 - ``vector_deletions``: written by a trigger, so an index built at generation g can be brought
   up to date by replaying deletions and additions instead of a full rebuild.
@@ -88,6 +89,24 @@ CREATE TABLE embeddings (
 );
 CREATE INDEX idx_embeddings_chunk ON embeddings(chunk_id);
 CREATE INDEX idx_embeddings_model ON embeddings(model_name);
+
+-- Metadata values, one row per (key, scalar), so filters use an index instead of parsing
+-- every row's JSON. Nested objects flatten to dotted keys; lists give one row per element.
+CREATE TABLE document_fields (
+    document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value
+);
+CREATE INDEX idx_document_fields_key ON document_fields(key, value, document_id);
+CREATE INDEX idx_document_fields_document ON document_fields(document_id);
+
+CREATE TABLE chunk_fields (
+    chunk_id TEXT NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value
+);
+CREATE INDEX idx_chunk_fields_key ON chunk_fields(key, value, chunk_id);
+CREATE INDEX idx_chunk_fields_chunk ON chunk_fields(chunk_id);
 
 CREATE TABLE vector_deletions (
     vector_id INTEGER PRIMARY KEY,

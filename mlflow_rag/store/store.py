@@ -44,7 +44,7 @@ from mlflow_rag.index.choose import INDEX_TYPES, IndexSpec, choose_index
 from mlflow_rag.index.vector_index import VectorIndex, sha256_bytes
 from mlflow_rag.store import db
 from mlflow_rag.store.files import atomic_write_bytes, exclusive_lock, sha256_file
-from mlflow_rag.store.filters import compile_filter
+from mlflow_rag.store.filters import compile_filter, metadata_fields
 from mlflow_rag.store.manifest import Manifest, ModelEntry, read_manifest, write_manifest
 from mlflow_rag.store.schema import SCHEMA_VERSION
 from mlflow_rag.types import (
@@ -354,6 +354,9 @@ class Store:
                 else:
                     db.insert_document(self.conn, **fields)
                     new += 1
+                db.replace_document_fields(
+                    self.conn, record.id, metadata_fields(record.metadata, skip=(PII_KEY,))
+                )
                 n_chunks += len(record.chunks)
                 first = db.allocate_ids(self.conn, len(record.chunks))
                 db.insert_chunks(
@@ -366,6 +369,11 @@ class Store:
                         )
                         for i, c in enumerate(record.chunks)
                     ),
+                )
+                db.insert_chunk_fields(
+                    self.conn,
+                    ((c.id, key, value) for c in record.chunks
+                     for key, value in metadata_fields(c.metadata)),
                 )
                 for model_name, version, matrix, per_chunk in vectors:
                     n_vectors += self._insert_vectors(

@@ -1,3 +1,9 @@
+-- index idx_chunk_fields_chunk
+CREATE INDEX idx_chunk_fields_chunk ON chunk_fields(chunk_id);
+
+-- index idx_chunk_fields_key
+CREATE INDEX idx_chunk_fields_key ON chunk_fields(key, value, chunk_id);
+
 -- index idx_chunks_document
 CREATE INDEX idx_chunks_document ON chunks(document_id);
 
@@ -6,6 +12,12 @@ CREATE INDEX idx_chunks_text_hash ON chunks(text_hash);
 
 -- index idx_chunks_type
 CREATE INDEX idx_chunks_type ON chunks(chunk_type);
+
+-- index idx_document_fields_document
+CREATE INDEX idx_document_fields_document ON document_fields(document_id);
+
+-- index idx_document_fields_key
+CREATE INDEX idx_document_fields_key ON document_fields(key, value, document_id);
 
 -- index idx_documents_hash
 CREATE INDEX idx_documents_hash ON documents(content_hash);
@@ -30,6 +42,13 @@ CREATE INDEX idx_retrievals_query ON retrievals(query_id);
 
 -- index idx_vector_deletions_model
 CREATE INDEX idx_vector_deletions_model ON vector_deletions(model_name, generation);
+
+-- table chunk_fields
+CREATE TABLE chunk_fields (
+    chunk_id TEXT NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value
+);
 
 -- table chunks
 CREATE TABLE chunks (
@@ -64,6 +83,13 @@ CREATE TABLE 'chunks_fts_docsize'(id INTEGER PRIMARY KEY, sz BLOB);
 
 -- table chunks_fts_idx
 CREATE TABLE 'chunks_fts_idx'(segid, term, pgno, PRIMARY KEY(segid, term)) WITHOUT ROWID;
+
+-- table document_fields
+CREATE TABLE document_fields (
+    document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value
+);
 
 -- table documents
 CREATE TABLE documents (

@@ -1,0 +1,156 @@
+"""Dense search overhead against raw FAISS + one SQLite SELECT, and exact filtered recall.
+
+    python benchmarks/search_overhead.py [--n 100000] [--dim 384] [--queries 200] [--reps 5]
+
+Builds one store with N chunks (~500 bytes of text and a few metadata fields each, clustered
+384-d vectors) and, beside it in the same run, the raw baseline: a FAISS IndexIDMap2 over
+IndexFlatIP with the same vectors plus an SQLite table with the same rows. Reports the median
+over repetitions of (our dense top-10 with hydration) / (raw FAISS search + one SELECT), and
+recall@10 of filtered search against brute force on the filtered set at 0.1/1/10/50 %
+selectivity, for the flat and HNSW indexes. The last line is machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (
+    batched,
+    chunk_metadata,
+    chunk_text,
+    clustered_vectors,
+    queries_near,
+    recall_at_k,
+    text_hash,
+    time_calls,
+)
+from mlflow_rag.store.store import Store
+from mlflow_rag.types import ChunkRecord, DocumentRecord, VectorBatch
+
+SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
+
+
+def build_store(path: Path, vectors: np.ndarray, texts: list[str]) -> Store:
+    store = Store.open(path, create=True)
+    store.ensure_model("flat", vectors.shape[1], index_type="flat")
+    store.ensure_model("hnsw", vectors.shape[1], index_type="hnsw")
+    for block in tqdm(list(batched(len(vectors), 2000)), desc="store ingest", unit="batch"):
+        records = [
+            DocumentRecord(
+                id=f"doc{i}", source_path=f"/corpus/doc{i}.txt", source_type="text",
+                content_hash=text_hash(texts[i]), raw_text=None,
+                chunks=(ChunkRecord(id=f"c{i}", chunk_index=0, chunk_type="text", text=texts[i],
+                                    start_char=0, end_char=len(texts[i]), token_count=100,
+                                    text_hash=text_hash(texts[i])),),
+                vectors=(VectorBatch("flat", vectors[i : i + 1]), VectorBatch("hnsw", vectors[i : i + 1])),
+                metadata=chunk_metadata(i),
+            )
+            for i in block
+        ]
+        store.write(records)
+    start = time.perf_counter()
+    store.flush()
+    print(f"index build + persist: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return store
+
+
+def build_raw(path: Path, vectors: np.ndarray, texts: list[str]) -> tuple[faiss.Index, sqlite3.Connection]:
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE chunks (id INTEGER PRIMARY KEY, chunk_id TEXT, document_id TEXT, "
+        "chunk_type TEXT, chunk_index INTEGER, text TEXT, chunk_metadata TEXT, source_path TEXT, "
+        "metadata TEXT)"
+    )
+    conn.executemany(
+        "INSERT INTO chunks VALUES (?, ?, ?, 'text', 0, ?, '{}', ?, ?)",
+        ((i, f"c{i}", f"doc{i}", texts[i], f"/corpus/doc{i}.txt", json.dumps(chunk_metadata(i)))
+         for i in range(len(texts))),
+    )
+    conn.commit()
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+    index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
+    return index, conn
+
+
+def raw_search(index: faiss.Index, conn: sqlite3.Connection, query: np.ndarray, k: int) -> list:
+    _, labels = index.search(query.reshape(1, -1), k)
+    ids = [int(i) for i in labels[0] if i >= 0]
+    rows = conn.execute(
+        f"SELECT id, chunk_id, document_id, chunk_type, chunk_index, text, chunk_metadata, "
+        f"source_path, metadata FROM chunks WHERE id IN ({','.join('?' * len(ids))})", ids
+    ).fetchall()
+    by_id = {r[0]: r for r in rows}
+    return [by_id[i] for i in ids]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+
+    vectors = clustered_vectors(args.n, args.dim)
+    texts = [chunk_text(i) for i in range(args.n)]
+    queries = queries_near(vectors, args.queries)
+    buckets = np.array([chunk_metadata(i)["bucket"] for i in range(args.n)])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build_store(Path(tmp) / "store", vectors, texts)
+        index, conn = build_raw(Path(tmp) / "raw.db", vectors, texts)
+        # warm both (index load, page cache)
+        store.dense_search(queries[0], model="flat", k=10)
+        raw_search(index, conn, queries[0], 10)
+
+        ratios, ours_ms, raw_ms = [], [], []
+        for _ in range(args.reps):
+            ours = time_calls(lambda i: store.dense_search(queries[i], model="flat", k=10), args.queries)
+            raw = time_calls(lambda i: raw_search(index, conn, queries[i], 10), args.queries)
+            ratios.append(ours.median_ms / raw.median_ms)
+            ours_ms.append(ours.median_ms)
+            raw_ms.append(raw.median_ms)
+        ratio = statistics.median(ratios)
+        print(f"dense top-10 with hydration, {args.n:,} x {args.dim}: ours p50 "
+              f"{statistics.median(ours_ms):.2f} ms, raw FAISS flat + SELECT p50 "
+              f"{statistics.median(raw_ms):.2f} ms, ratio {ratio:.3f} (median of {args.reps} reps)")
+
+        recalls: dict[tuple[str, float], float] = {}
+        for model in ("flat", "hnsw"):
+            for selectivity in SELECTIVITIES:
+                threshold = max(1, int(selectivity * 1000))
+                allowed = np.flatnonzero(buckets < threshold)
+                filters = {"bucket": {"$lt": threshold}}
+                per_query, latencies = [], []
+                for q in queries[:50]:
+                    start = time.perf_counter()
+                    hits = store.dense_search(q, model=model, k=10, filters=filters)
+                    latencies.append((time.perf_counter() - start) * 1000)
+                    scores = vectors[allowed] @ q
+                    want = allowed[np.argsort(-scores, kind="stable")[:10]].tolist()
+                    got = [int(h.chunk_id[1:]) for h in hits]
+                    per_query.append(recall_at_k(got, want))
+                recalls[(model, selectivity)] = float(np.mean(per_query))
+                print(f"filtered {model:>4} at {selectivity:>6.1%} ({len(allowed):>6} chunks): "
+                      f"recall@10 {recalls[(model, selectivity)]:.3f}, "
+                      f"p50 {statistics.median(latencies):.2f} ms")
+        store.close(flush=False)
+        conn.close()
+    print(f"search_overhead_ratio={ratio:.3f} filtered_recall_min={min(recalls.values()):.3f}")
+
+
+if __name__ == "__main__":
+    main()
