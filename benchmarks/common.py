@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-WORDS = ["retrieval", "augmented", "generation", "vector", "index", "chunk", "document", "embedding", "query", "model", "store", "metadata", "filter", "search", "rank", "score", "latency", "throughput", "memory", "disk", "cache", "batch", "token", "text", "legacy", "modernization", "speaker", "abstract", "biography", "protein", "cell", "gene", "clinical", "trial", "patient", "dose", "effect", "cohort", "mutation", "receptor", "signal", "pathway", "expression", "tumour", "immune", "response"]
+WORDS = (
+    "retrieval augmented generation vector index chunk document embedding query model "
+    "store metadata filter search rank score latency throughput memory disk cache "
+    "batch token text legacy modernization speaker abstract biography protein cell "
+    "gene clinical trial patient dose effect cohort mutation receptor signal pathway "
+    "expression tumour immune response"
+).split()
 
 
 def clustered_vectors(n: int, dim: int, *, seed: int = 0, clusters: int = 1000, rank: int = 64) -> np.ndarray:
