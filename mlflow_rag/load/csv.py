@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,7 @@ class CsvLoader:
         *,
         id_column: str | None = None,
         text_columns: Sequence[str] | None = None,
-        pii_columns: Sequence[str] = (),
+        pii_columns: Sequence[str] | None = None,
         encoding: str | None = None,
         delimiter: str = ",",
         max_field_chars: int = 10_000_000,
@@ -188,15 +189,15 @@ class CsvLoader:
         check_positive("max_field_chars", max_field_chars)
         self.id_column = id_column
         self.text_columns = list(text_columns) if text_columns is not None else None
-        self.pii_columns = list(pii_columns)
+        self.pii_columns = list(pii_columns) if pii_columns is not None else None
         self.encoding = check_encoding_name(encoding)
         self.delimiter = delimiter
         self.max_field_chars = max_field_chars
         self.max_record_chars = 2 * max_field_chars
-        overlap = sorted(set(self.pii_columns) & set(self.text_columns or ()))
+        overlap = sorted(set(self.pii_columns or ()) & set(self.text_columns or ()))
         if overlap:
             raise InvalidInput(f"columns {overlap} are in both text_columns and pii_columns")
-        if id_column is not None and id_column in self.pii_columns:
+        if id_column is not None and id_column in (self.pii_columns or ()):
             raise InvalidInput(
                 f"id_column {id_column!r} is also a PII column; ids are shown "
                 "in search results, so choose another id column"
@@ -243,14 +244,20 @@ class CsvLoader:
                 yield LoadFailure(source, f"duplicate column names {duplicates} in the header")
                 return
             self._check_columns(source, header)
+            pii_columns = self.pii_columns
+            if pii_columns is None:
+                pii_columns = [c for c in guess_pii_columns(header) if c not in (self.text_columns or ())]
+            id_column = self.id_column
+            if id_column is None:
+                id_column = guess_id_column([c for c in header if c not in pii_columns])
             text_columns = self.text_columns
             if text_columns is None:
-                text_columns = self._detect_text_columns(path, encoding, header)
+                text_columns = self._detect_text_columns(path, encoding, header, pii_columns, id_column)
             plan = _RowPlan(
                 header=header,
-                id_column=self.id_column,
+                id_column=id_column,
                 text_columns=text_columns,
-                pii_columns=self.pii_columns,
+                pii_columns=pii_columns,
             )
             base = base_metadata(loader=self.name, version=self.version, file_size=size, encoding=encoding)
             yield from self._rows(source, reader, lines, plan, base)
@@ -263,7 +270,7 @@ class CsvLoader:
         return (self.encoding, None) if error is None else (None, error)
 
     def _check_columns(self, source: str, header: list[str]) -> None:
-        named: list[tuple[str, str]] = [("pii_columns", c) for c in self.pii_columns]
+        named: list[tuple[str, str]] = [("pii_columns", c) for c in self.pii_columns or ()]
         named += [("text_columns", c) for c in self.text_columns or ()]
         if self.id_column is not None:
             named.append(("id_column", self.id_column))
@@ -274,9 +281,12 @@ class CsvLoader:
                     f"the columns of {os.path.basename(source)} are {header}"
                 )
 
-    def _detect_text_columns(self, path: Path, encoding: str, header: list[str]) -> list[str]:
+    def _detect_text_columns(
+        self, path: Path, encoding: str, header: list[str], pii_columns: Sequence[str],
+        id_column: str | None,
+    ) -> list[str]:
         """Sample the first rows (a separate bounded pass) and pick the free-text columns."""
-        candidates = [c for c in header if c not in self.pii_columns and c != self.id_column]
+        candidates = [c for c in header if c not in pii_columns and c != id_column]
         index = {c: header.index(c) for c in candidates}
         totals = {c: [0, 0, 0] for c in candidates}
         with path.open(encoding=encoding, newline="") as f:
@@ -358,6 +368,24 @@ class CsvLoader:
                 continue
             seen[result.id] = start
             yield result
+
+
+# Column names that usually hold personal data. Used only when the caller names no PII
+# columns: a loader that publishes e-mail addresses by default is the wrong default.
+_PII_NAME = re.compile(r"e-?mail|\bmail|phone|mobile|telephone|social|handle|linkedin|twitter|"
+                       r"passport|birth|ssn|\baddress|adress", re.IGNORECASE)
+_ID_NAMES = ("id", "_id", "doc_id", "document_id", "key", "name", "title")
+
+
+def guess_pii_columns(header: Sequence[str]) -> list[str]:
+    """Columns whose names suggest personal data (e-mail, phone, social handles...)."""
+    return [c for c in header if _PII_NAME.search(c)]
+
+
+def guess_id_column(header: Sequence[str]) -> str | None:
+    """The first of id / _id / doc_id / key / name / title present (case-insensitive)."""
+    lowered = {c.strip().lower(): c for c in header}
+    return next((lowered[n] for n in _ID_NAMES if n in lowered), None)
 
 
 def _name_blank_columns(header: list[str]) -> list[str]:
