@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mlflow_rag.chunk.base import Chunker
-from mlflow_rag.chunk.registry import default_chunker_for, get_chunker
+from mlflow_rag.chunk.registry import DEFAULT_CHUNK_SIZE, default_chunker_for, get_chunker
 from mlflow_rag.chunk.sections import section_metadata
 from mlflow_rag.embed.base import Embedder
 from mlflow_rag.errors import InvalidInput, LoaderError, RagError
@@ -205,7 +205,11 @@ def ingest(
     chunker_name = options.chunker or default_chunker_for(
         "csv" if source_types <= {"csv", "legacy"} else next(iter(source_types))
     )
-    chunker = get_chunker(chunker_name, chunk_size=options.chunk_size,
+    chunk_size = options.chunk_size
+    if chunk_size is None and getattr(model, "max_tokens", None):
+        # keep default chunks inside the model's window, so nothing is silently truncated
+        chunk_size = min(DEFAULT_CHUNK_SIZE, int(model.max_tokens))  # type: ignore[attr-defined]
+    chunker = get_chunker(chunker_name, chunk_size=chunk_size,
                           chunk_overlap=options.chunk_overlap, token_spans=spans)
     chunking = chunker.config()
     prepared: list[tuple[SourceDocument, dict[str, Any], tuple[ChunkRecord, ...]]] = []
