@@ -7,6 +7,7 @@ Heavy modules (mlflow, torch) are imported inside the commands that need them, s
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,106 @@ def main() -> None:
     """mlflow-rag: the metadata store, search and evaluation harness for RAG, on MLflow."""
 
 
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _tracking_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--tracking-uri", default=None,
+                        help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else "
+                             "sqlite:///mlruns.db].")(func)
+    func = click.option("--no-track", is_flag=True, help="Do not log an MLflow run.")(func)
+    return click.option("--experiment", default=None,
+                        help="MLflow experiment for the run [default: mlflow-rag].")(func)
+
+
+def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: str | None) -> None:
+    from mlflow_rag.tracking import log_ingest_run  # mlflow is imported only to log a run
+
+    run_id = log_ingest_run(report, store=store, experiment=experiment or "mlflow-rag",
+                            tracking_uri=tracking_uri)
+    click.echo(f"logged ingest run {run_id}", err=True)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@_store_option
+@click.option("--chunker", type=click.Choice(["fields", "fixed", "recursive", "markdown"]),
+              default=None, help="Chunking [default: fields for CSV, recursive otherwise].")
+@click.option("--chunk-size", type=int, default=None, help="Tokens per chunk [default: 256].")
+@click.option("--chunk-overlap", type=int, default=None,
+              help="Tokens shared by neighbours [default: chunk size / 8].")
+@click.option("--embedder", default="minilm", show_default=True,
+              help="minilm (offline), tfidf, or openai:MODEL (OPENAI_API_KEY, OPENAI_BASE_URL).")
+@click.option("--id-column", default=None, help="CSV/JSONL: the column holding document ids.")
+@click.option("--text-columns", default=None, help="CSV/JSONL: comma-separated text columns.")
+@click.option("--pii-columns", default=None,
+              help="CSV/JSONL: comma-separated PII columns (stored, never embedded or shown) "
+                   "[default: guessed from names like e-mail, phone, social; 'none' for none].")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per embed call.")
+@click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf"]), default=None,
+              help="FAISS index [default: auto by vector count].")
+@click.option("--allow-private-urls", is_flag=True,
+              help="Let web sources resolve to private or loopback addresses.")
+@_tracking_options
+def ingest(
+    sources: tuple[str, ...], store_path: Path, chunker: str | None, chunk_size: int | None,
+    chunk_overlap: int | None, embedder: str, id_column: str | None, text_columns: str | None,
+    pii_columns: str | None, batch_size: int, index_type: str | None, allow_private_urls: bool,
+    experiment: str | None, tracking_uri: str | None, no_track: bool,
+) -> None:
+    """Load, chunk, embed and store SOURCES (files, folders, globs, URLs).
+
+    Unchanged documents are skipped and cached embeddings reused, so running the same
+    ingest twice embeds nothing the second time.
+    """
+    from mlflow_rag.ingest import IngestOptions, format_report
+    from mlflow_rag.ingest import ingest as run_ingest
+    from mlflow_rag.store.store import Store
+
+    loader_options: dict[str, Any] = {}
+    if id_column:
+        loader_options["id_column"] = id_column
+    if text_columns:
+        loader_options["text_columns"] = _split(text_columns)
+    if pii_columns:  # "none" turns off the guess from column names (e-mail, phone, social...)
+        loader_options["pii_columns"] = [] if pii_columns == "none" else _split(pii_columns)
+    if allow_private_urls:
+        loader_options["allow_private"] = True
+    options = IngestOptions(
+        chunker=chunker, chunk_size=chunk_size, chunk_overlap=chunk_overlap, embedder=embedder,
+        batch_size=batch_size, index_type=index_type, loader_options=loader_options,
+    )
+    with Store.open(store_path, create=True) as store:
+        report = run_ingest(list(sources), store, options=options,
+                            progress=sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS")))
+        click.echo(format_report(report))
+        if not no_track:
+            _log_ingest(report, store, experiment, tracking_uri)
+
+
+@main.command("import-legacy")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_store_option
+@click.option("--model", default=None,
+              help="Model name for the vectors [default: from the file name].")
+@_tracking_options
+def import_legacy(
+    file: Path, store_path: Path, model: str | None, experiment: str | None,
+    tracking_uri: str | None, no_track: bool,
+) -> None:
+    """Import a legacy chatboti embeddings-<model>.json with its vectors (no re-embedding)."""
+    from mlflow_rag.ingest import format_report
+    from mlflow_rag.ingest import import_legacy as run_import
+    from mlflow_rag.store.store import Store
+
+    with Store.open(store_path, create=True) as store:
+        report = run_import(file, store, model_name=model)
+        click.echo(format_report(report))
+        if not no_track:
+            _log_ingest(report, store, experiment, tracking_uri)
+
+
 @main.command()
 @click.argument("query")
 @_store_option
@@ -62,22 +163,46 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print hits as a JSON list.")
 @click.option("--include-pii", is_flag=True, help="Include PII-tagged fields in the output.")
 @click.option("--log-query", is_flag=True, help="Record the query and its hits in the store.")
+@click.option("--experiment", default=None,
+              help="Log this search as an MLflow run in this experiment (hits table, latency).")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db].")
 def search(
     query: str, store_path: Path, k: int, mode: str, filter_json: str | None,
     embedder: str | None, as_json: bool, include_pii: bool, log_query: bool,
+    experiment: str | None, tracking_uri: str | None,
 ) -> None:
     """Search the store for QUERY."""
+    import time
+
     from mlflow_rag.search import Searcher
-    from mlflow_rag.store.filters import parse_filter
+    from mlflow_rag.store.filters import compile_filter, parse_filter
     from mlflow_rag.store.store import Store
 
-    filters = parse_filter(filter_json)  # bad JSON fails before the store is opened
+    filters = parse_filter(filter_json)  # a bad filter fails before the store is opened
+    compile_filter(filters)
     with Store.open(store_path, read_only=not log_query) as store:
         if embedder is not None and mode != "bm25":
             store.model(embedder)  # unknown model: a clear error listing the store's models
+        started = time.perf_counter()
         hits = Searcher(store, model=embedder).search(
             query, k=k, mode=mode, filters=filters, include_pii=include_pii, log=log_query
         )
+        latency_ms = (time.perf_counter() - started) * 1000
+        if experiment:  # mlflow is imported only when a run is asked for
+            from mlflow_rag.tracking import TAG_GENERATION, TAG_STORE_ID, log_search_run
+
+            models = store.models()
+            run_id = log_search_run(
+                [query], [hits], latencies_ms=[latency_ms],
+                params={"mode": mode, "k": k, "filters": filter_json or "",
+                        "embedder": embedder or (models[0].name if len(models) == 1 else ""),
+                        "store": str(store_path), "include_pii": include_pii},
+                tags={TAG_STORE_ID: store.store_id,
+                      TAG_GENERATION: str(store.stats().generation)},
+                experiment=experiment, tracking_uri=tracking_uri,
+            )
+            click.echo(f"logged search run {run_id}", err=True)
     if as_json:
         _echo_json([h.to_dict() for h in hits])
         return
@@ -174,6 +299,38 @@ def purge_queries(store_path: Path, older_than_days: float) -> None:
     with Store.open(store_path) as store:
         deleted = store.delete_queries_older_than(older_than_days)
     click.echo(f"deleted {deleted} queries")
+
+
+@main.command("log-model")
+@_store_option
+@click.option("--name", default="retriever", show_default=True,
+              help="Name of the model in the run (MLflow 3 logged model name).")
+@click.option("--register", default=None, help="Add a version to this registered model.")
+@click.option("--alias", default=None, help="Point this alias (e.g. champion) at the new version.")
+@click.option("--experiment", default=None, help="MLflow experiment [default: Default].")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db].")
+@click.option("--include-pii", is_flag=True,
+              help="Serve PII-tagged metadata fields (model_config include_pii).")
+def log_model_command(
+    store_path: Path, name: str, register: str | None, alias: str | None,
+    experiment: str | None, tracking_uri: str | None, include_pii: bool,
+) -> None:
+    """Log the store as a pyfunc retriever model (a consistent bundle + models-from-code).
+
+    Serve it with `mlflow models serve -m models:/NAME@ALIAS --env-manager local`.
+    """
+    from mlflow_rag.tracking import log_model
+
+    info = log_model(
+        store_path, name=name, register=register, alias=alias, experiment=experiment,
+        tracking_uri=tracking_uri, model_config={"include_pii": True} if include_pii else None,
+    )
+    click.echo(info.model_uri)
+    if register:
+        click.echo(f"models:/{register}/{info.registered_model_version}")
+        if alias:
+            click.echo(f"models:/{register}@{alias}")
 
 
 if __name__ == "__main__":

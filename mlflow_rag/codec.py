@@ -59,7 +59,7 @@ def loads_object(text: str | bytes | None) -> dict[str, Any]:
 
 
 def metadata_json(metadata: Mapping[str, Any] | None) -> str:
-    return dumps(dict(metadata or {}))
+    return dumps(dict(metadata)) if metadata else "{}"
 
 
 def vector_to_blob(vector: np.ndarray) -> bytes:

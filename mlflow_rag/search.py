@@ -14,6 +14,7 @@ import numpy as np
 
 from mlflow_rag.embed.base import Embedder
 from mlflow_rag.errors import EmbedderUnavailable, InvalidInput, UnknownChoice
+from mlflow_rag.store.filters import compile_filter
 from mlflow_rag.store.store import Store, check_k
 from mlflow_rag.types import Hit
 
@@ -110,6 +111,8 @@ class Searcher:
         check_query(query)
         check_mode(mode)
         k = check_k(k)
+        if filters:
+            compile_filter(filters)  # a bad filter fails before any embedding work
         vector = None
         if mode == "bm25":
             hits = self.store.lexical_search(query, k=k, filters=filters, include_pii=include_pii)

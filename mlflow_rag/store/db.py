@@ -284,50 +284,50 @@ def delete_document(conn: sqlite3.Connection, document_id: str) -> bool:
     return cursor.rowcount > 0
 
 
-def delete_chunks_of(conn: sqlite3.Connection, document_id: str) -> None:
-    conn.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
+def delete_chunks_of(conn: sqlite3.Connection, document_ids: Sequence[str]) -> None:
+    """Delete these documents' chunks (their vectors and field rows cascade)."""
+    for part in _batches(list(document_ids), 500):
+        marks = ",".join("?" * len(part))
+        conn.execute(f"DELETE FROM chunks WHERE document_id IN ({marks})", part)
 
 
-def insert_document(
-    conn: sqlite3.Connection, *, id: str, source_path: str, source_type: str,
-    content_hash: str | None, metadata: str, raw_text: str | None, now: str,
+def upsert_documents(
+    conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], *, now: str
 ) -> None:
-    conn.execute(
+    """rows: (id, source_path, source_type, content_hash, metadata, raw_text). A new id gets
+    imported_at = now; an existing one keeps imported_at and gets updated_at = now."""
+    conn.executemany(
         "INSERT INTO documents(id, source_path, source_type, content_hash, imported_at, "
-        "updated_at, metadata, raw_text) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
-        (id, source_path, source_type, content_hash, now, metadata, raw_text),
+        "updated_at, metadata, raw_text) VALUES (?, ?, ?, ?, ?, NULL, ?, ?) "
+        "ON CONFLICT(id) DO UPDATE SET source_path = excluded.source_path, "
+        "source_type = excluded.source_type, content_hash = excluded.content_hash, "
+        "updated_at = ?, metadata = excluded.metadata, raw_text = excluded.raw_text",
+        [(i, p, t, h, now, m, r, now) for i, p, t, h, m, r in rows],
     )
 
 
-def update_document(
-    conn: sqlite3.Connection, *, id: str, source_path: str, source_type: str,
-    content_hash: str | None, metadata: str, raw_text: str | None, now: str,
+def replace_document_fields(
+    conn: sqlite3.Connection, document_ids: Sequence[str], rows: Sequence[tuple[str, str, Any]]
 ) -> None:
-    conn.execute(
-        "UPDATE documents SET source_path = ?, source_type = ?, content_hash = ?, "
-        "updated_at = ?, metadata = ?, raw_text = ? WHERE id = ?",
-        (source_path, source_type, content_hash, now, metadata, raw_text, id),
-    )
+    """rows: (document_id, key, value); replaces all field rows of ``document_ids``."""
+    for part in _batches(list(document_ids), 500):
+        marks = ",".join("?" * len(part))
+        conn.execute(f"DELETE FROM document_fields WHERE document_id IN ({marks})", part)
+    conn.executemany("INSERT INTO document_fields(document_id, key, value) VALUES (?, ?, ?)", rows)
 
 
 def insert_chunks(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
     """rows: (id, document_id, chunk_index, chunk_type, text, start_char, end_char,
-    token_count, metadata, text_hash, fts_rowid)."""
+    token_count, metadata, text_hash, fts_rowid). Also indexes the text for BM25."""
+    rows = list(rows)
     conn.executemany(
         "INSERT INTO chunks(id, document_id, chunk_index, chunk_type, text, start_char, "
         "end_char, token_count, metadata, text_hash, fts_rowid) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
-
-
-def replace_document_fields(
-    conn: sqlite3.Connection, document_id: str, rows: Sequence[tuple[str, Any]]
-) -> None:
-    conn.execute("DELETE FROM document_fields WHERE document_id = ?", (document_id,))
     conn.executemany(
-        "INSERT INTO document_fields(document_id, key, value) VALUES (?, ?, ?)",
-        [(document_id, key, value) for key, value in rows],
+        "INSERT INTO chunks_fts(rowid, text) VALUES (?, ?)", [(r[10], r[4]) for r in rows]
     )
 
 

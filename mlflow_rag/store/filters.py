@@ -231,7 +231,12 @@ def metadata_fields(metadata: Mapping[str, Any], *, skip: tuple[str, ...] = ()) 
             rows.append((prefix, int(value) if isinstance(value, bool) else value))
 
     for key, value in metadata.items():
-        if key not in skip:
+        if key in skip:
+            continue
+        kind = type(value)
+        if kind is str or kind is int or (kind is float and value == value) or value is None:
+            rows.append((key, value))  # the common flat case, without the recursion
+        else:
             visit(str(key), value, 0)
     return rows
 

@@ -331,57 +331,64 @@ class Store:
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise InvalidInput(f"document id {dup!r} appears twice in one write")
-        new = updated = unchanged = n_chunks = n_vectors = 0
         with self._lock:
+            self._refresh_models(db.generation(self.conn))
             prepared = [self._prepare(record) for record in records]
+            self._clean_vectors(prepared)
         with self._lock, db.write_transaction(self.conn) as generation:
             states = db.document_states(self.conn, ids)
             now = db.utc_now()
-            for record, metadata, vectors in prepared:
-                old = states.get(record.id)
-                if old is not None and skip_unchanged and old == (record.content_hash, metadata):
-                    unchanged += 1
-                    continue
-                fields: dict[str, Any] = {
-                    "id": record.id, "source_path": record.source_path,
-                    "source_type": record.source_type, "content_hash": record.content_hash,
-                    "metadata": metadata, "raw_text": record.raw_text, "now": now,
-                }
-                if old is not None:
-                    db.delete_chunks_of(self.conn, record.id)
-                    db.update_document(self.conn, **fields)
-                    updated += 1
-                else:
-                    db.insert_document(self.conn, **fields)
-                    new += 1
-                db.replace_document_fields(
-                    self.conn, record.id, metadata_fields(record.metadata, skip=(PII_KEY,))
-                )
-                n_chunks += len(record.chunks)
-                first = db.allocate_ids(self.conn, len(record.chunks))
-                db.insert_chunks(
-                    self.conn,
-                    (
-                        (
-                            c.id, record.id, c.chunk_index, c.chunk_type, c.text, c.start_char,
-                            c.end_char, c.token_count, codec.metadata_json(c.metadata),
-                            c.text_hash, first + i,
-                        )
-                        for i, c in enumerate(record.chunks)
-                    ),
-                )
-                db.insert_chunk_fields(
-                    self.conn,
-                    ((c.id, key, value) for c in record.chunks
-                     for key, value in metadata_fields(c.metadata)),
-                )
+            todo = [
+                (record, metadata, vectors) for record, metadata, vectors in prepared
+                if not (skip_unchanged and states.get(record.id) == (record.content_hash, metadata))
+            ]
+            replaced = [record.id for record, _, _ in todo if record.id in states]
+            # Rows for every table are collected first and inserted with one executemany
+            # each: per-document statements cost more than the inserts themselves.
+            db.delete_chunks_of(self.conn, replaced)
+            doc_rows = [
+                (record.id, record.source_path, record.source_type, record.content_hash,
+                 metadata, record.raw_text)
+                for record, metadata, _ in todo
+            ]
+            db.upsert_documents(self.conn, doc_rows, now=now)
+            db.replace_document_fields(
+                self.conn, [record.id for record, _, _ in todo],
+                [(record.id, key, value) for record, _, _ in todo
+                 for key, value in metadata_fields(record.metadata, skip=(PII_KEY,))],
+            )
+            chunks = [(record.id, c) for record, _, _ in todo for c in record.chunks]
+            first = db.allocate_ids(self.conn, len(chunks))
+            db.insert_chunks(
+                self.conn,
+                (
+                    (c.id, doc_id, c.chunk_index, c.chunk_type, c.text, c.start_char, c.end_char,
+                     c.token_count, codec.metadata_json(c.metadata), c.text_hash, first + i)
+                    for i, (doc_id, c) in enumerate(chunks)
+                ),
+            )
+            db.insert_chunk_fields(
+                self.conn,
+                ((c.id, key, value) for _, c in chunks for key, value in metadata_fields(c.metadata)),
+            )
+            n_vectors = sum(len(record.chunks) * len(vectors) for record, _, vectors in todo)
+            embedding_rows: list[tuple[Any, ...]] = []
+            first_vector = db.allocate_ids(self.conn, n_vectors)
+            for record, _, vectors in todo:
                 for model_name, version, matrix, per_chunk in vectors:
-                    n_vectors += self._insert_vectors(
-                        model_name, [c.id for c in record.chunks], matrix,
-                        model_version=version, metadata=per_chunk, now=now,
-                    )
-        return WriteReport(new=new, updated=updated, unchanged=unchanged, chunks=n_chunks,
-                           vectors=n_vectors, generation=generation)
+                    dim = matrix.shape[1]
+                    for i, c in enumerate(record.chunks):
+                        embedding_rows.append((
+                            f"{c.id}:{model_name}", c.id, model_name, version, dim,
+                            matrix[i].tobytes(), now, per_chunk[i] if per_chunk else "{}",
+                            first_vector + len(embedding_rows),
+                        ))
+            db.insert_embeddings(self.conn, embedding_rows)
+        return WriteReport(
+            new=len(todo) - len(replaced), updated=len(replaced),
+            unchanged=len(prepared) - len(todo), chunks=len(chunks), vectors=n_vectors,
+            generation=generation,
+        )
 
     def _prepare(self, record: DocumentRecord) -> tuple[DocumentRecord, str, list[Any]]:
         """Validate before the transaction starts, so bad input never half-lands."""
@@ -395,7 +402,6 @@ class Store:
                 raise InvalidInput(f"document {record.id!r} chunk {c.chunk_index} has empty text")
         metadata = codec.metadata_json(record.metadata)
         vectors = []
-        self._refresh_models(db.generation(self.conn))
         for batch in record.vectors:
             info = self._model(batch.model_name)
             if len(batch.vectors) != len(record.chunks):
@@ -403,10 +409,36 @@ class Store:
                     f"document {record.id!r}: {len(batch.vectors)} vectors of {batch.model_name!r} "
                     f"for {len(record.chunks)} chunks"
                 )
-            matrix = clean_vectors(batch.vectors, info.dimension)
             per_chunk = [codec.metadata_json(m) for m in batch.metadata] if batch.metadata else None
-            vectors.append((info.name, batch.model_version or info.model_version, matrix, per_chunk))
+            vectors.append([info.name, batch.model_version or info.model_version, batch.vectors,
+                            per_chunk])
         return record, metadata, vectors
+
+    def _clean_vectors(self, prepared: list[tuple[DocumentRecord, str, list[Any]]]) -> None:
+        """Validate and normalise every vector of a write, one numpy pass per model.
+
+        On bad input, each document is checked on its own so the error names it."""
+        by_model: dict[str, list[list[Any]]] = {}
+        for _, _, vectors in prepared:
+            for entry in vectors:
+                by_model.setdefault(entry[0], []).append(entry)
+        for name, entries in by_model.items():
+            dimension = self._models[name].dimension
+            try:
+                arrays = [np.asarray(entry[2]) for entry in entries]
+                if any(a.ndim != 2 or a.shape[1] != dimension for a in arrays):
+                    raise InvalidVector("shape")
+                matrix = clean_vectors(np.concatenate(arrays), dimension)
+            except (RagError, ValueError, TypeError):
+                for record, _, vectors in prepared:
+                    for entry in vectors:
+                        if entry[0] == name:
+                            clean_vectors(entry[2], dimension, what=f"document {record.id!r} vector")
+                raise
+            offset = 0
+            for entry, array in zip(entries, arrays, strict=True):
+                entry[2] = matrix[offset : offset + len(array)]
+                offset += len(array)
 
     def _insert_vectors(
         self, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
