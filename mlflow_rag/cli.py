@@ -54,6 +54,16 @@ def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _key_ints(pairs: tuple[str, ...]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if not key or not value.strip().isdigit():
+            raise click.BadParameter(f"expected KEY=INTEGER, got {pair!r}", param_hint="--index-param")
+        out[key.strip()] = int(value)
+    return out
+
+
 def _tracking_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--tracking-uri", default=None,
                         help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else "
@@ -89,14 +99,18 @@ def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: s
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per embed call.")
 @click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf"]), default=None,
               help="FAISS index [default: auto by vector count].")
+@click.option("--index-param", "index_params", multiple=True, metavar="KEY=INT",
+              help="Index setting, repeatable: M, ef_construction, ef_search (hnsw); "
+                   "nlist, nprobe (ivf).")
 @click.option("--allow-private-urls", is_flag=True,
               help="Let web sources resolve to private or loopback addresses.")
 @_tracking_options
 def ingest(
     sources: tuple[str, ...], store_path: Path, chunker: str | None, chunk_size: int | None,
     chunk_overlap: int | None, embedder: str, id_column: str | None, text_columns: str | None,
-    pii_columns: str | None, batch_size: int, index_type: str | None, allow_private_urls: bool,
-    experiment: str | None, tracking_uri: str | None, no_track: bool,
+    pii_columns: str | None, batch_size: int, index_type: str | None,
+    index_params: tuple[str, ...], allow_private_urls: bool, experiment: str | None,
+    tracking_uri: str | None, no_track: bool,
 ) -> None:
     """Load, chunk, embed and store SOURCES (files, folders, globs, URLs).
 
@@ -119,6 +133,7 @@ def ingest(
     options = IngestOptions(
         chunker=chunker, chunk_size=chunk_size, chunk_overlap=chunk_overlap, embedder=embedder,
         batch_size=batch_size, index_type=index_type, loader_options=loader_options,
+        index_params=_key_ints(index_params) or None,
     )
     with Store.open(store_path, create=True) as store:
         report = run_ingest(list(sources), store, options=options,

@@ -180,6 +180,8 @@ def ingest(
 
     if not sources:
         raise InvalidInput("no sources given; name files, folders, globs or URLs")
+    if options.index_params and options.index_type is None:
+        raise InvalidInput("index parameters need an index type: add --index-type hnsw, ivf or flat")
     if options.batch_size < 1:
         raise InvalidInput(f"batch size must be positive, got {options.batch_size}")
     stages = _Stage()

@@ -203,3 +203,19 @@ def test_scifact_corpus_slice_ingests_as_beir(shared_data: Path, tmp_path: Path)
         doc = store.get_document(first["_id"])
         assert doc.chunks[0].text.startswith(first["title"][:20])  # title stays with its text
         assert np.isfinite(report.total_seconds)
+
+
+def test_index_type_and_parameters_reach_the_store(tmp_path: Path) -> None:
+    folder = write_docs(tmp_path / "docs", DOCS)
+    runner = CliRunner()
+    result = runner.invoke(main, ["ingest", str(folder), "--store", str(tmp_path / "s"), "--no-track",
+                                  "--embedder", "tfidf", "--index-type", "hnsw",
+                                  "--index-param", "ef_search=300", "--index-param", "M=16"])
+    assert result.exit_code == 0, result.output
+    with Store.open(tmp_path / "s", read_only=True) as store:
+        model = store.models()[0]
+    assert model.index_type == "hnsw" and model.index_params["ef_search"] == 300
+    assert model.index_params["M"] == 16
+    bad = runner.invoke(main, ["ingest", str(folder), "--store", str(tmp_path / "s"), "--no-track",
+                               "--embedder", "tfidf", "--index-param", "M=16"])
+    assert bad.exit_code == 1 and "need an index type" in bad.output
