@@ -348,5 +348,67 @@ def log_model_command(
             click.echo(f"models:/{register}@{alias}")
 
 
+@main.command()
+@click.argument("dataset_arg", metavar="[DATASET]", required=False)
+@click.option("--dataset", "dataset_opt", default=None,
+              help="A BEIR folder (corpus.jsonl, queries.jsonl, qrels/), a .csv/.jsonl questions "
+                   "file (with --corpus) or beir:NAME.")
+@click.option("--variants", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Variant grid (YAML/JSON), e.g. evaluations/scifact.yaml "
+                   "[default: bm25, dense and hybrid with minilm].")
+@click.option("--experiment", default=None, help="MLflow experiment [default: mlflow-rag-eval].")
+@click.option("--split", default=None, help="qrels split [default: the grid's, else test].")
+@click.option("--max-queries", type=click.IntRange(min=1), default=None,
+              help="Evaluate the first N judged queries only.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db].")
+@click.option("--work-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the stores here; a re-run reuses them [default: a temporary directory].")
+@click.option("--register", default=None,
+              help="Log the best variant's store as a model registered under this name.")
+@click.option("--alias", default="champion", show_default=True, help="Alias for --register.")
+@click.option("--metric", default=None, help="Metric that picks the best variant [default: the "
+                                             "grid's, else ndcg_at_10].")
+@click.option("--corpus", multiple=True,
+              help="Documents of a questions-file dataset (files, folders); repeatable.")
+@click.option("--no-track", is_flag=True, help="Print the comparison only; log no MLflow runs.")
+def evaluate(
+    dataset_arg: str | None, dataset_opt: str | None, variants: Path | None,
+    experiment: str | None, split: str | None, max_queries: int | None,
+    tracking_uri: str | None, work_dir: Path | None, register: str | None, alias: str,
+    metric: str | None, corpus: tuple[str, ...], no_track: bool,
+) -> None:
+    """Evaluate a grid of retrieval variants on a dataset: one MLflow child run per variant.
+
+    Prints a comparison table (best first) and, with --register, the champion model's URI.
+    """
+    from mlflow_rag.eval_tracking import evaluate as run_evaluation
+    from mlflow_rag.eval_tracking import format_comparison
+
+    if dataset_arg and dataset_opt and dataset_arg != dataset_opt:
+        raise click.UsageError("give the dataset once: as an argument or with --dataset")
+    dataset = dataset_opt or dataset_arg
+    if not dataset:
+        raise click.UsageError("name a dataset: --dataset PATH (a BEIR folder, a questions file "
+                               "or beir:NAME)")
+    outcome = run_evaluation(
+        dataset, variants=variants, experiment=experiment, split=split, max_queries=max_queries,
+        tracking_uri=tracking_uri, work_dir=work_dir, register=register, alias=alias,
+        metric=metric, corpus=corpus, track=not no_track,
+        progress=sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS")),
+    )
+    result = outcome.result
+    click.echo(f"dataset {result.dataset.name} ({len(result.dataset.queries)} queries, "
+               f"split {result.dataset.split or '-'}), grid {result.grid.name}: "
+               f"{len(result.results)} variants in {result.seconds:.1f}s")
+    click.echo(format_comparison(result, metric=outcome.metric))
+    click.echo(f"best by {outcome.metric}: {outcome.best.variant.label} "
+               f"({outcome.best.metrics[outcome.metric]:.4f})")
+    if outcome.parent_run_id:
+        click.echo(f"evaluation run {outcome.parent_run_id}")
+    if outcome.model_uri:
+        click.echo(f"champion: models:/{register}@{alias} (version {outcome.registered_version})")
+
+
 if __name__ == "__main__":
     main()

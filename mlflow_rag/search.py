@@ -21,6 +21,10 @@ from mlflow_rag.types import Hit
 MODES = ("dense", "bm25", "hybrid")
 DEFAULT_MODE = "hybrid"
 RRF_K = 60  # the constant of Cormack et al. (2009); robust across collections
+# Hybrid fusion methods (see fuse()). "rrf" uses ranks only; the two "convex" methods combine
+# the scores themselves after normalising each list per query.
+FUSIONS = ("rrf", "convex-minmax", "convex-zscore")
+DEFAULT_FUSION = "rrf"
 MAX_QUERY_CHARS = 10_000
 
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
@@ -63,17 +67,93 @@ def reciprocal_rank_fusion(
     return sorted(scores.items(), key=lambda pair: -pair[1])
 
 
+def check_fusion(fusion: str) -> str:
+    if fusion not in FUSIONS:
+        raise UnknownChoice("fusion", fusion, FUSIONS)
+    return fusion
+
+
+def normalize_scores(scores: Sequence[float], *, method: str = "minmax") -> list[float]:
+    """Scores of one ranked list on a common scale, so lists of different scorers can be added.
+
+    ``minmax``: ``(s - min) / (max - min)``, in [0, 1]. ``zscore``: ``(s - mean) / std``. A
+    list whose scores are all equal (or a single score) carries no spread: every item gets 1.0
+    under minmax (it is the best the list has) and 0.0 under zscore (it is the mean).
+    """
+    if method not in ("minmax", "zscore"):
+        raise UnknownChoice("score normalisation", method, ("minmax", "zscore"))
+    values = np.asarray(scores, dtype=np.float64)
+    if values.size == 0:
+        return []
+    if not np.isfinite(values).all():
+        raise InvalidInput("scores to normalise must be finite numbers")
+    if method == "minmax":
+        spread = float(values.max() - values.min())
+        if spread <= 0:
+            return [1.0] * len(values)
+        return ((values - values.min()) / spread).tolist()
+    std = float(values.std())
+    if std <= 0:
+        return [0.0] * len(values)
+    return ((values - values.mean()) / std).tolist()
+
+
+def convex_fusion(
+    scored: Sequence[Sequence[tuple[str, float]]], *, weights: Sequence[float] | None = None,
+    normalization: str = "minmax",
+) -> list[tuple[str, float]]:
+    """Fuse scored lists: score(id) = sum_i w_i * norm_i(id), best first.
+
+    Each list's scores (higher = better) are normalised per query (:func:`normalize_scores`)
+    before the weighted sum; an id absent from a list gets that list's lowest normalised score
+    (below the depth retrieved, it scored at most that). Weights default to equal. Unlike RRF,
+    this keeps how *much* better one hit is than the next (Bruch et al., 2023, "An Analysis of
+    Fusion Functions for Hybrid Retrieval"). Ties keep the order of first appearance.
+    """
+    weights = list(weights) if weights is not None else [1.0] * len(scored)
+    if len(weights) != len(scored):
+        raise InvalidInput(f"{len(weights)} weights for {len(scored)} score lists")
+    totals: dict[str, float] = {}
+    normalised: list[dict[str, float]] = []
+    floors: list[float] = []
+    for items in scored:
+        values = normalize_scores([score for _, score in items], method=normalization)
+        by_id: dict[str, float] = {}
+        for (item, _), value in zip(items, values, strict=True):
+            by_id.setdefault(item, value)  # a repeated id keeps its best (first) score
+            totals.setdefault(item, 0.0)
+        normalised.append(by_id)
+        floors.append(min(values) if values else 0.0)
+    for weight, by_id, floor in zip(weights, normalised, floors, strict=True):
+        for item in totals:
+            totals[item] += weight * by_id.get(item, floor)
+    return sorted(totals.items(), key=lambda pair: -pair[1])
+
+
+def fuse(
+    scored: Sequence[Sequence[tuple[str, float]]], *, method: str = DEFAULT_FUSION,
+    weights: Sequence[float] | None = None,
+) -> list[tuple[str, float]]:
+    """Fuse ranked ``(id, score)`` lists (best first) with one of :data:`FUSIONS`."""
+    check_fusion(method)
+    if method == "rrf":
+        return reciprocal_rank_fusion([[item for item, _ in items] for items in scored],
+                                      weights=weights)
+    return convex_fusion(scored, weights=weights, normalization=method.split("-", 1)[1])
+
+
 class Searcher:
     """Searches one store; embeds queries with the store's embedder (loaded once)."""
 
     def __init__(
         self, store: Store, *, model: str | None = None, embedder: Embedder | None = None,
-        redact: Callable[[str], str] | None = redact_emails,
+        redact: Callable[[str], str] | None = redact_emails, fusion: str = DEFAULT_FUSION,
     ) -> None:
         self.store = store
         self.model_name = model
         self._embedder = embedder
         self.redact = redact
+        self.fusion = check_fusion(fusion)
 
     def _model(self) -> str | None:
         """The embedding space: the one asked for, else the store's only one (None if none)."""
@@ -105,9 +185,10 @@ class Searcher:
     def search(
         self, query: str, *, k: int = 10, mode: str = DEFAULT_MODE,
         filters: str | Mapping[str, Any] | None = None, include_pii: bool = False,
-        log: bool = False, candidates: int | None = None,
+        log: bool = False, candidates: int | None = None, fusion: str | None = None,
     ) -> list[Hit]:
-        """Top-k hits for ``query``. Hybrid fuses the top ``candidates`` of dense and BM25."""
+        """Top-k hits for ``query``. Hybrid fuses the top ``candidates`` of dense and BM25
+        with ``fusion`` (default: the searcher's)."""
         check_query(query)
         check_mode(mode)
         k = check_k(k)
@@ -124,7 +205,7 @@ class Searcher:
         else:
             vector = self.embed_query(query)
             hits = self.hybrid(query, vector, k=k, filters=filters, include_pii=include_pii,
-                               candidates=candidates)
+                               candidates=candidates, fusion=fusion)
         if log:
             self.store.log_query(
                 query, hits, model_name=self._model() if mode != "bm25" else None,
@@ -135,16 +216,18 @@ class Searcher:
     def hybrid(
         self, query: str, vector: np.ndarray, *, k: int,
         filters: str | Mapping[str, Any] | None = None, include_pii: bool = False,
-        candidates: int | None = None,
+        candidates: int | None = None, fusion: str | None = None,
     ) -> list[Hit]:
+        method = check_fusion(fusion or self.fusion)
         depth = check_k(candidates or max(100, 2 * k))
         dense = self.store.dense_search(
             vector, model=self._model(), k=depth, filters=filters, include_pii=include_pii
         )
         lexical = self.store.lexical_search(query, k=depth, filters=filters,
                                             include_pii=include_pii)
-        fused = reciprocal_rank_fusion(
-            [[h.chunk_id for h in dense], [h.chunk_id for h in lexical]]
+        fused = fuse(
+            [[(h.chunk_id, h.score) for h in dense], [(h.chunk_id, h.score) for h in lexical]],
+            method=method,
         )[:k]
         by_id = {h.chunk_id: h for h in lexical}
         by_id.update({h.chunk_id: h for h in dense})

@@ -1,0 +1,364 @@
+"""Evaluations as MLflow runs: one parent run per grid, one nested child run per variant.
+
+The harness (:mod:`mlflow_rag.evaluation.harness`) does the work without MLflow; this adapter
+records it:
+
+- parent: params (dataset, split, queries, grid file, metric, ks), the dataset as an input
+  with its digest, a comparison table (``comparison.json``), plots (``plots/*.png``), the
+  best variant as tags (:data:`TAG_BEST_VARIANT`, :data:`TAG_BEST_RUN_ID`) and metrics
+  (``best_<metric>``), and optionally the best variant's store as a registered model with an
+  alias (``champion``).
+- child (one per variant, logged as soon as the variant is scored): its axes as params
+  (``mode``, ``chunker``, ``chunk_size``, ``chunk_overlap``, ``embedder``, ``index_type``,
+  ``k``, ``fusion``), the ranking metrics, latency, ingest seconds, index bytes, a per-query
+  table (``per_query.json``) and a recall-at-k curve (metric ``recall_curve``, step = k).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow_rag.errors import InvalidInput
+from mlflow_rag.evaluation.datasets import EvalDataset, resolve_dataset
+from mlflow_rag.evaluation.harness import (
+    EvaluationResult,
+    HarnessOptions,
+    VariantResult,
+    run_grid,
+)
+from mlflow_rag.evaluation.variants import DEFAULT_METRIC, Grid, check_metric, load_grid, parse_grid
+from mlflow_rag.tracking import (
+    TAG_RUN_TYPE,
+    TAG_STORE_PATH,
+    TrackingError,
+    check_tracking_uri,
+    resolve_tracking_uri,
+)
+
+log = logging.getLogger("mlflow_rag.eval_tracking")
+
+DEFAULT_EVAL_EXPERIMENT = "mlflow-rag-eval"
+TAG_BEST_VARIANT = "mlflow_rag.best_variant"
+TAG_BEST_RUN_ID = "mlflow_rag.best_run_id"
+TAG_BEST_METRIC = "mlflow_rag.best_metric"
+TAG_VARIANT_KEY = "mlflow_rag.variant"
+TAG_DATASET_DIGEST = "mlflow_rag.dataset_digest"
+TAG_EVALUATION_RUN_ID = "mlflow_rag.evaluation_run_id"
+TAG_CHAMPION_URI = "mlflow_rag.champion_model_uri"
+PER_QUERY_TABLE = "per_query.json"
+COMPARISON_TABLE = "comparison.json"
+MAX_DATASET_DIGEST = 36  # MLflow's limit on a dataset digest
+
+# The default grid when no variants file is given: BM25, MiniLM dense and their hybrid.
+DEFAULT_GRID: dict[str, Any] = {
+    "name": "default",
+    "grid": {"chunker": "recursive", "chunk_size": 256, "embedder": "minilm",
+             "mode": ["bm25", "dense", "hybrid"], "k": 100},
+}
+# Columns of the printed comparison and the comparison table, besides the ranking metrics.
+SUMMARY_METRICS = ("ndcg_at_10", "recall_at_10", "mrr_at_10", "recall_at_100",
+                   "latency_p50_ms", "latency_p95_ms", "ingest_seconds", "index_bytes")
+
+
+@dataclass(frozen=True)
+class EvaluationRun:
+    """What :func:`evaluate` logged: the results, and the MLflow runs that hold them."""
+
+    result: EvaluationResult
+    metric: str
+    parent_run_id: str | None
+    child_run_ids: dict[str, str]  # variant label -> run id
+    best: VariantResult
+    model_uri: str | None = None
+    registered_version: str | None = None
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def comparison_rows(result: EvaluationResult, *, metric: str) -> list[dict[str, Any]]:
+    """One row per variant: its axes and every metric, best ``metric`` first."""
+    rows = []
+    for r in result.results:
+        row: dict[str, Any] = {"variant": r.variant.label}
+        row.update({k: v for k, v in r.variant.params().items()})
+        row.update(r.metrics)
+        rows.append(row)
+    rows.sort(key=lambda row: -float(row.get(metric, float("-inf"))))
+    return rows
+
+
+def per_query_rows(result: VariantResult) -> list[dict[str, Any]]:
+    return [
+        {
+            "query_id": q.query_id, "query": q.query,
+            "retrieved_ids": list(q.retrieved_ids), "relevant_ids": list(q.relevant_ids),
+            "ndcg_at_10": None if math.isnan(q.ndcg_at_10) else q.ndcg_at_10,
+            "first_relevant_rank": q.first_relevant_rank, "latency_ms": q.latency_ms,
+        }
+        for q in result.per_query
+    ]
+
+
+def format_comparison(result: EvaluationResult, *, metric: str) -> str:
+    """The table the CLI prints: one line per variant, best first, the best marked ``*``."""
+    columns = list(dict.fromkeys((metric, *SUMMARY_METRICS)))
+    rows = comparison_rows(result, metric=metric)
+    header = ["variant", *columns]
+    body = []
+    for i, row in enumerate(rows):
+        cells = [("* " if i == 0 else "  ") + str(row["variant"])]
+        for column in columns:
+            value = row.get(column)
+            if value is None:
+                cells.append("-")
+            elif column == "index_bytes":
+                cells.append(f"{value / 1e6:.2f}MB")
+            elif column.endswith(("_ms", "_seconds")):
+                cells.append(f"{value:.1f}")
+            else:
+                cells.append(f"{value:.4f}")
+        body.append(cells)
+    widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                       for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+             for line in [header, *body]]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+@contextmanager
+def _session(tracking_uri: str | None, experiment: str | None) -> Iterator[Any]:
+    """MLflow pointed at the tracking URI and experiment; MLflow errors become TrackingError.
+
+    Under ``mlflow run`` (``MLFLOW_RUN_ID`` set) the project's run is the parent, so the
+    experiment must be that run's.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+    try:
+        mlflow.set_tracking_uri(uri)
+        project_run = os.environ.get("MLFLOW_RUN_ID")
+        if project_run:
+            run = mlflow.MlflowClient().get_run(project_run)
+            mlflow.set_experiment(experiment_id=run.info.experiment_id)
+        else:
+            mlflow.set_experiment(experiment or DEFAULT_EVAL_EXPERIMENT)
+        yield mlflow
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {uri}: {exc.message}") from None
+
+
+def _dataset_input(mlflow: Any, dataset: EvalDataset) -> Any:
+    """The evaluation queries and judgements as an MLflow dataset, with the dataset digest."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        [{"query_id": qid, "query": text,
+          "relevant": json.dumps(dataset.qrels.get(qid, {}), sort_keys=True)}
+         for qid, text in dataset.queries.items()],
+        columns=["query_id", "query", "relevant"],
+    )
+    source = dataset.source if "://" in dataset.source or dataset.source.startswith("beir:") \
+        else str(Path(dataset.source).resolve())
+    return mlflow.data.from_pandas(
+        frame, source=source if "://" in source or source.startswith("/") else None,
+        name=dataset.name, digest=dataset.digest[:MAX_DATASET_DIGEST],
+    )
+
+
+def _log_child(mlflow: Any, result: VariantResult, dataset_input: Any, parent_id: str) -> str:
+    import pandas as pd
+
+    variant = result.variant
+    with mlflow.start_run(run_name=variant.label, nested=True,
+                          parent_run_id=parent_id) as child:
+        mlflow.set_tags({TAG_RUN_TYPE: "evaluation_variant", TAG_VARIANT_KEY: variant.key,
+                         TAG_STORE_PATH: str(Path(result.store_path).resolve())})
+        mlflow.log_params({**variant.params(), **result.info})
+        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items() if math.isfinite(v)})
+        for k in result.ks:  # a curve in the run's chart view: recall against cut-off
+            name = f"recall_at_{k}"
+            if name in result.metrics:
+                mlflow.log_metric("recall_curve", result.metrics[name], step=k)
+        mlflow.log_input(dataset_input, context="evaluation")
+        mlflow.log_table(pd.DataFrame(per_query_rows(result)), artifact_file=PER_QUERY_TABLE)
+        return str(child.info.run_id)
+
+
+def _log_summary(mlflow: Any, result: EvaluationResult, *, metric: str,
+                 child_ids: dict[str, str]) -> VariantResult:
+    import pandas as pd
+
+    from mlflow_rag.evaluation import plots
+
+    rows = comparison_rows(result, metric=metric)
+    for row in rows:
+        row["run_id"] = child_ids.get(str(row["variant"]), "")
+    mlflow.log_table(pd.DataFrame(rows), artifact_file=COMPARISON_TABLE)
+    mlflow.log_text(format_comparison(result, metric=metric), "comparison.txt")
+    metric_names = list(dict.fromkeys(
+        [metric, *(m for m in ("ndcg_at_10", "recall_at_10", "mrr_at_10", "map_at_10",
+                               "precision_at_10", "hit_rate_at_10", "recall_at_100")
+                   if any(m in r.metrics for r in result.results))]
+    ))
+    figure = plots.metrics_by_variant(result.results, metric_names)
+    mlflow.log_figure(figure, "plots/metrics_by_variant.png")
+    figure = plots.recall_curves(result.results)
+    mlflow.log_figure(figure, "plots/recall_at_k.png")
+    figure = plots.metrics_by_variant(result.results, ["latency_p50_ms", "latency_p95_ms"],
+                                      title="Latency per query (ms)")
+    mlflow.log_figure(figure, "plots/latency.png")
+    best = result.best(metric)
+    mlflow.set_tags({TAG_BEST_VARIANT: best.variant.label,
+                     TAG_BEST_RUN_ID: child_ids.get(best.variant.label, ""),
+                     TAG_BEST_METRIC: metric})
+    mlflow.log_metric(f"best_{metric}", best.metrics[metric])
+    mlflow.log_metric("seconds_total", result.seconds)
+    return best
+
+
+def evaluate(
+    dataset: str | os.PathLike[str] | EvalDataset, *, variants: str | Path | Grid | None = None,
+    experiment: str | None = None, split: str | None = None, max_queries: int | None = None,
+    tracking_uri: str | None = None, work_dir: str | Path | None = None,
+    register: str | None = None, alias: str = "champion", metric: str | None = None,
+    corpus: Sequence[str] = (), track: bool = True, progress: bool = True,
+    batch_size: int = 64, run_name: str | None = None,
+) -> EvaluationRun:
+    """Run a variant grid on a dataset and log it: a parent run with one child per variant.
+
+    ``dataset``: a BEIR folder, a questions file (then ``corpus`` names the documents) or
+    ``beir:<name>``. ``variants``: a grid file (see :mod:`mlflow_rag.evaluation.variants`);
+    None is :data:`DEFAULT_GRID`. ``split`` and ``metric`` default to the grid file's, then
+    ``test`` and ``ndcg_at_10``. ``work_dir`` keeps the stores (a re-run reuses them); None
+    uses a temporary directory. ``register`` logs the best variant's store as a model,
+    registered under that name with ``alias``. ``track=False`` runs without MLflow.
+    """
+    grid = _grid(variants)
+    metric = check_metric(metric or grid.metric or DEFAULT_METRIC, ks=grid.ks,
+                          variants=grid.variants)
+    if register and not track:
+        raise InvalidInput("--register needs tracking (it logs a model); drop --no-track")
+    if isinstance(dataset, EvalDataset):
+        data = dataset
+    else:
+        data = resolve_dataset(dataset, split=split or grid.split or "test",
+                               max_queries=max_queries, progress=progress)
+    with _work_dir(work_dir) as directory:
+        options = HarnessOptions(work_dir=directory, sources=tuple(corpus),
+                                 batch_size=batch_size, progress=progress)
+        if not track:
+            result = run_grid(grid, data, options=options)
+            return EvaluationRun(result=result, metric=metric, parent_run_id=None,
+                                 child_run_ids={}, best=result.best(metric))
+        with _session(tracking_uri, experiment) as mlflow:
+            child_ids: dict[str, str] = {}
+            dataset_input = _dataset_input(mlflow, data)
+            with mlflow.start_run(run_name=run_name or f"{grid.name}:{data.name}") as parent:
+                parent_id = str(parent.info.run_id)
+                mlflow.set_tags({TAG_RUN_TYPE: "evaluation", TAG_DATASET_DIGEST: data.digest})
+                mlflow.log_params({
+                    "dataset": data.name, "dataset_source": data.source,
+                    "split": data.split or "", "queries": str(len(data.queries)),
+                    "max_queries": "" if max_queries is None else str(max_queries),
+                    "variants_file": grid.source or "", "grid": grid.name,
+                    "variants": str(len(grid.variants)), "metric": metric,
+                    "ks": json.dumps(list(grid.ks)), "candidate_factor": str(grid.candidate_factor),
+                })
+                mlflow.log_input(dataset_input, context="evaluation")
+
+                def on_result(variant_result: VariantResult) -> None:
+                    child_ids[variant_result.variant.label] = _log_child(
+                        mlflow, variant_result, dataset_input, parent_id)
+
+                result = run_grid(grid, data, options=options, on_result=on_result)
+                best = _log_summary(mlflow, result, metric=metric, child_ids=child_ids)
+            model_uri = version = None
+            if register:
+                model_uri, version = _register_best(
+                    best, register=register, alias=alias, experiment=experiment,
+                    tracking_uri=tracking_uri, parent_id=parent_id,
+                )
+        return EvaluationRun(result=result, metric=metric, parent_run_id=parent_id,
+                             child_run_ids=child_ids, best=best, model_uri=model_uri,
+                             registered_version=version)
+
+
+def _register_best(
+    best: VariantResult, *, register: str, alias: str, experiment: str | None,
+    tracking_uri: str | None, parent_id: str,
+) -> tuple[str, str]:
+    """Log the best variant's store as a model (its own run), registered with ``alias``.
+
+    A store of several embedders serves the variant's one (``model_config["embedder"]``).
+    The search mode is a request parameter of the served model; the variant's is recorded
+    in a tag so a client can send it.
+    """
+    import mlflow
+
+    from mlflow_rag.tracking import log_model
+
+    variant = best.variant
+    config = {"embedder": variant.embedder} if variant.embedder else None
+    info = log_model(best.store_path, name="retriever", register=register, alias=alias,
+                     experiment=experiment or DEFAULT_EVAL_EXPERIMENT, tracking_uri=tracking_uri,
+                     model_config=config, run_name=f"champion:{variant.label}")
+    client = mlflow.MlflowClient()
+    version = str(info.registered_model_version)
+    if info.run_id:
+        client.set_tag(info.run_id, TAG_EVALUATION_RUN_ID, parent_id)
+        client.set_tag(info.run_id, TAG_BEST_VARIANT, variant.label)
+        client.set_tag(info.run_id, "mlflow_rag.mode", variant.mode)
+    client.set_tag(parent_id, TAG_CHAMPION_URI, f"models:/{register}@{alias}")
+    client.set_model_version_tag(register, version, TAG_BEST_VARIANT, variant.label)
+    client.set_model_version_tag(register, version, "mlflow_rag.mode", variant.mode)
+    client.set_model_version_tag(register, version, TAG_EVALUATION_RUN_ID, parent_id)
+    return str(info.model_uri), version
+
+
+def _grid(variants: str | Path | Grid | None) -> Grid:
+    if isinstance(variants, Grid):
+        return variants
+    if variants is None or str(variants) == "":
+        return parse_grid(DEFAULT_GRID, name="default")
+    return load_grid(variants)
+
+
+@contextmanager
+def _work_dir(work_dir: str | Path | None) -> Iterator[Path]:
+    if work_dir is not None:
+        path = Path(work_dir).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="mlflow-rag-eval-") as tmp:
+        yield Path(tmp)
+
+
+__all__ = [
+    "DEFAULT_EVAL_EXPERIMENT",
+    "DEFAULT_GRID",
+    "TAG_BEST_RUN_ID",
+    "TAG_BEST_VARIANT",
+    "EvaluationRun",
+    "comparison_rows",
+    "evaluate",
+    "format_comparison",
+    "per_query_rows",
+]

@@ -1,0 +1,468 @@
+"""The evaluation harness: ingest once per chunking, search every variant, score it. No MLflow.
+
+For a :class:`~mlflow_rag.evaluation.variants.Grid` and an
+:class:`~mlflow_rag.evaluation.datasets.EvalDataset`:
+
+1. One store per chunking config under ``work_dir``. Every embedder the grid pairs with that
+   chunking is ingested into the same store as its own embedding model (the store keeps
+   several), so chunks are written once and every embedder embeds each chunk once. A re-run
+   on the same ``work_dir`` finds the documents unchanged and the vectors cached: nothing is
+   embedded again.
+2. The queries are embedded once per embedding space, in batches, and the vectors are shared
+   by every variant of that space (dense and hybrid, every index type and k).
+3. Each variant retrieves ``k * candidate_factor`` chunks per query, rolls them up to
+   documents (a document ranks where its best chunk ranks; qrels judge documents) and keeps
+   the top ``k``; :func:`~mlflow_rag.evaluation.metrics.evaluate_run` scores the run.
+
+Chunk sizes are counted in one tokenizer per store, whatever the embedder: all embedders of
+a store must see the same chunks, or the second ingest would re-chunk (and so drop the first
+embedder's vectors). The tokenizer is the model's own when the grid pairs the chunking with
+an embedder that has one (MiniLM: a chunk then never exceeds what the model reads), else
+the approximate tokenizer; it is part of the store's directory name.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from mlflow_rag.embed.base import Embedder
+from mlflow_rag.errors import InvalidInput
+from mlflow_rag.evaluation.datasets import EvalDataset
+from mlflow_rag.evaluation.metrics import evaluate_run
+from mlflow_rag.evaluation.rollup import rollup_to_documents
+from mlflow_rag.evaluation.variants import Chunking, Grid, Variant
+from mlflow_rag.search import Searcher, redact_emails
+from mlflow_rag.store.store import MAX_K, Store, model_slug
+from mlflow_rag.types import Hit, IngestReport
+
+# Embedders whose own tokenizer should size the chunks of a store they are ingested into,
+# in order of preference (a chunk longer than the model reads would be silently truncated).
+TOKENIZER_EMBEDDERS = ("minilm",)
+APPROX_TOKENIZER = "approx"
+TABLE_DEPTH = 10  # retrieved ids per query kept in the per-query table (the nDCG@10 window)
+
+
+@dataclass(frozen=True)
+class HarnessOptions:
+    """How to run a grid. ``sources`` is the corpus when the dataset has none (questions files)."""
+
+    work_dir: Path
+    sources: tuple[str, ...] = ()
+    batch_size: int = 64  # texts per embed call, for chunks and for queries
+    progress: bool = True
+    table_depth: int = TABLE_DEPTH
+
+
+@dataclass(frozen=True)
+class IngestRecord:
+    """One ingestion the harness ran: a chunking config x an embedder (None: chunks only)."""
+
+    chunking: Chunking
+    embedder: str | None
+    store_path: Path
+    report: IngestReport | None  # None for a chunks-only write (bm25-only chunking)
+    seconds: float
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """One query of one variant, for the per-query table."""
+
+    query_id: str
+    query: str
+    retrieved_ids: tuple[str, ...]  # top documents, best first (up to the table depth)
+    relevant_ids: tuple[str, ...]  # judged relevant (grade > 0)
+    ndcg_at_10: float
+    first_relevant_rank: int | None  # within the variant's k; None when none was retrieved
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """The outcome of one variant: its metrics (quality, latency, cost) and per-query rows."""
+
+    variant: Variant
+    metrics: dict[str, float]
+    per_query: tuple[QueryResult, ...]
+    store_path: Path
+    ks: tuple[int, ...]
+    info: dict[str, str] = field(default_factory=dict)  # extra params (tokenizer, index params)
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    grid: Grid
+    dataset: EvalDataset
+    results: tuple[VariantResult, ...]
+    ingests: tuple[IngestRecord, ...]
+    queries_embedded: Mapping[str, int]  # embedding space -> query texts embedded
+    seconds: float
+
+    def best(self, metric: str) -> VariantResult:
+        """The variant with the highest ``metric`` (the first one listed wins a tie)."""
+        scored = [r for r in self.results if metric in r.metrics]
+        if not scored:
+            raise InvalidInput(f"no variant has the metric {metric!r}")
+        return max(scored, key=lambda r: r.metrics[metric])
+
+
+# --------------------------------------------------------------------------- pure decisions
+
+
+def chunk_tokenizer(embedders: Sequence[str]) -> str | None:
+    """The embedder whose tokenizer sizes a store's chunks, or None for the approximate one."""
+    return next((name for name in TOKENIZER_EMBEDDERS if name in embedders), None)
+
+
+def store_dir_name(chunking: Chunking, tokenizer: str | None) -> str:
+    """``recursive-256-32-minilm``: the chunking and the tokenizer that measured it."""
+    return f"{chunking.slug}-{tokenizer or APPROX_TOKENIZER}"
+
+
+def dataset_dir_name(dataset: EvalDataset) -> str:
+    """Stores of different datasets (or versions of one) never share a directory."""
+    return f"{model_slug(dataset.name)}-{dataset.digest[:12]}"
+
+
+def candidate_depth(k: int, factor: int) -> int:
+    """Chunks to retrieve so that ``k`` distinct documents usually remain after roll-up."""
+    return min(k * factor, MAX_K)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q * 100)) if values else 0.0
+
+
+def corpus_sources(dataset: EvalDataset, sources: Sequence[str]) -> list[str]:
+    """What to ingest: the dataset's own corpus (a BEIR folder), else the given sources."""
+    if sources:
+        return list(sources)
+    if dataset.corpus_path is None:
+        raise InvalidInput(
+            f"dataset {dataset.name!r} is a questions file without a corpus; name the documents "
+            "its relevant ids refer to with --corpus SOURCE"
+        )
+    corpus = Path(dataset.corpus_path)
+    # The BEIR loader is chosen for the folder (title and text as sections), not the file.
+    return [str(corpus.parent if corpus.name == "corpus.jsonl" else corpus)]
+
+
+# --------------------------------------------------------------------------- the harness
+
+
+class _ChunkedBy:
+    """An embedder as the ingest pipeline sees it, with the store's tokenizer for chunking.
+
+    The pipeline sizes chunks with ``embedder.token_spans`` when there is one; every embedder
+    of a store must produce the same chunks, so all of them present the same tokenizer.
+    """
+
+    def __init__(self, inner: Embedder, token_spans: Callable[[str], list[tuple[int, int]]] | None):
+        self._inner = inner
+        self.token_spans = token_spans
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _make_embedder(spec: str, store: Store) -> Embedder:
+    """The embedder for ``spec``, with its state fitted on this store if it has one (tfidf)."""
+    from mlflow_rag.embed.registry import get_embedder
+
+    state = store.root / "models" / model_slug(spec)
+    return get_embedder(spec, state_dir=state if state.is_dir() else None)
+
+
+def _tqdm(iterable: Any = None, **kwargs: Any) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(iterable, **kwargs)
+
+
+def run_grid(
+    grid: Grid, dataset: EvalDataset, *, options: HarnessOptions,
+    on_result: Callable[[VariantResult], None] | None = None,
+    on_ingest: Callable[[IngestRecord], None] | None = None,
+) -> EvaluationResult:
+    """Evaluate every variant of ``grid`` on ``dataset``; stores live under ``options.work_dir``.
+
+    ``on_result`` is called with each variant's result as soon as it is scored (the MLflow
+    adapter logs a child run there, so runs appear while the grid is still running).
+    """
+    started = time.perf_counter()
+    sources = corpus_sources(dataset, options.sources)
+    if not dataset.queries:
+        raise InvalidInput(f"dataset {dataset.name!r} has no queries")
+    root = Path(options.work_dir) / dataset_dir_name(dataset)
+    root.mkdir(parents=True, exist_ok=True)
+    query_ids = list(dataset.queries)
+    texts = [dataset.queries[q] for q in query_ids]
+    query_vectors: dict[tuple[str, str], np.ndarray] = {}
+    query_seconds: dict[tuple[str, str], float] = {}
+    queries_embedded: dict[str, int] = {}
+    results: list[VariantResult] = []
+    ingests: list[IngestRecord] = []
+
+    for chunking in grid.chunkings:
+        embedders = grid.embedders_for(chunking)
+        tokenizer = chunk_tokenizer(embedders)
+        store_path = root / store_dir_name(chunking, tokenizer)
+        with Store.open(store_path, create=True) as store:
+            models, records = _ingest_chunking(
+                store, chunking, embedders, tokenizer, sources, options=options
+            )
+            for record in records:
+                ingests.append(record)
+                if on_ingest:
+                    on_ingest(record)
+            chunk_seconds = _chunking_seconds(records)
+            variants = [v for v in grid.variants if v.chunking == chunking]
+            # Search grouped by (embedder, index type): an index is built once per group.
+            order = sorted(range(len(variants)),
+                           key=lambda i: (variants[i].embedder or "", variants[i].index_type or ""))
+            for i in order:
+                variant = variants[i]
+                vectors = None
+                embed_ms = 0.0
+                searcher = Searcher(store)
+                if variant.embedder is not None:
+                    embedder = models[variant.embedder]
+                    space = (embedder.name, embedder.version)
+                    if space not in query_vectors:
+                        began = time.perf_counter()
+                        query_vectors[space] = _embed_queries(embedder, texts, options=options)
+                        query_seconds[space] = time.perf_counter() - began
+                        queries_embedded[f"{embedder.name}:{embedder.version}"] = len(texts)
+                    vectors = query_vectors[space]
+                    embed_ms = query_seconds[space] * 1000 / len(texts)
+                    searcher = Searcher(store, model=embedder.name, embedder=embedder)
+                    _set_index(store, embedder, variant.index_type)
+                result = _run_variant(
+                    variant, grid, dataset, store, searcher, query_ids, texts, vectors,
+                    options=options,
+                )
+                result.metrics["query_embed_ms"] = embed_ms
+                result.metrics.update(_cost_metrics(store, variant, records, chunk_seconds))
+                result.info.update({"chunk_tokenizer": tokenizer or APPROX_TOKENIZER,
+                                    "store": store_dir_name(chunking, tokenizer)})
+                if variant.embedder is not None:
+                    info = store.model(variant.embedder)
+                    result.info["embedder_version"] = info.model_version or ""
+                results.append(result)
+                if on_result:
+                    on_result(result)
+    by_variant = {r.variant: r for r in results}  # back to the grid's order
+    ordered = tuple(by_variant[v] for v in grid.variants)
+    return EvaluationResult(
+        grid=grid, dataset=dataset, results=ordered, ingests=tuple(ingests),
+        queries_embedded=queries_embedded, seconds=time.perf_counter() - started,
+    )
+
+
+def _ingest_chunking(
+    store: Store, chunking: Chunking, embedders: Sequence[str], tokenizer: str | None,
+    sources: Sequence[str], *, options: HarnessOptions,
+) -> tuple[dict[str, Embedder], list[IngestRecord]]:
+    """Chunk the corpus into ``store`` and embed it once per embedder (cached on re-runs)."""
+    from mlflow_rag.ingest import IngestOptions, ingest
+
+    models = {spec: _make_embedder(spec, store) for spec in embedders}
+    spans = getattr(models[tokenizer], "token_spans", None) if tokenizer else None
+    records: list[IngestRecord] = []
+    for spec in embedders:
+        began = time.perf_counter()
+        seen_by_ingest = cast(Embedder, _ChunkedBy(models[spec], spans))
+        report = ingest(
+            list(sources), store,
+            options=IngestOptions(
+                chunker=chunking.chunker, chunk_size=chunking.chunk_size,
+                chunk_overlap=chunking.chunk_overlap, embedder=spec, batch_size=options.batch_size,
+            ),
+            embedder=seen_by_ingest, progress=options.progress,
+        )
+        records.append(IngestRecord(chunking, spec, store.root, report, time.perf_counter() - began))
+    if not embedders:  # bm25 only: chunks and their full-text index, no vectors
+        began = time.perf_counter()
+        write_chunks_only(store, chunking, sources, progress=options.progress)
+        records.append(IngestRecord(chunking, None, store.root, None, time.perf_counter() - began))
+    return models, records
+
+
+def write_chunks_only(
+    store: Store, chunking: Chunking, sources: Sequence[str], *, progress: bool = True
+) -> int:
+    """Load and chunk ``sources`` into ``store`` without embedding (BM25 needs no vectors).
+
+    Uses the ingest pipeline's own pieces, so the documents look exactly as an ingest with an
+    embedder would write them (a later ingest with an embedder finds them unchanged and only
+    adds vectors). Returns the number of documents written.
+    """
+    from mlflow_rag.chunk.registry import get_chunker
+    from mlflow_rag.errors import LoaderError
+    from mlflow_rag.ingest import chunk_records, document_metadata, load_sources
+    from mlflow_rag.store.store import content_hash
+    from mlflow_rag.types import DocumentRecord
+
+    documents, failures, _ = load_sources(sources, progress=progress)
+    if not documents:
+        raise LoaderError(f"nothing to evaluate on: no document loaded from {list(sources)}"
+                          + (f"; first failure: {failures[0].reason}" if failures else ""))
+    chunker = get_chunker(chunking.chunker, chunk_size=chunking.chunk_size,
+                          chunk_overlap=chunking.chunk_overlap)
+    config = chunker.config()
+    records = []
+    for document in documents:
+        chunks = chunk_records(document, chunker)
+        if chunks:
+            records.append(DocumentRecord(
+                id=document.id, source_path=document.source_path,
+                source_type=document.source_type, content_hash=content_hash(document.text),
+                raw_text=document.text, chunks=chunks,
+                metadata=document_metadata(document, config),
+            ))
+    written = 0
+    for start in range(0, len(records), 256):  # the pipeline's transaction size
+        written += store.write(records[start : start + 256]).new
+    return written
+
+
+def _embed_queries(embedder: Embedder, texts: Sequence[str], *, options: HarnessOptions) -> np.ndarray:
+    """Every query embedded once, in batches, in query order."""
+    out = np.empty((len(texts), embedder.dimension), dtype=np.float32)
+    bar = _tqdm(total=len(texts), desc=f"embed queries ({embedder.name})", unit="query",
+                disable=not options.progress, leave=False)
+    with bar:
+        for start in range(0, len(texts), options.batch_size):
+            batch = texts[start : start + options.batch_size]
+            out[start : start + len(batch)] = embedder.embed(list(batch)).vectors
+            bar.update(len(batch))
+    return out
+
+
+def _set_index(store: Store, embedder: Embedder, index_type: str | None) -> None:
+    """Point the model at ``index_type``; the store rebuilds that index from SQLite on use."""
+    if index_type is not None and store.model(embedder.name).index_type != index_type:
+        store.ensure_model(embedder.name, embedder.dimension, index_type=index_type)
+
+
+def _run_variant(
+    variant: Variant, grid: Grid, dataset: EvalDataset, store: Store, searcher: Searcher,
+    query_ids: Sequence[str], texts: Sequence[str], vectors: np.ndarray | None, *,
+    options: HarnessOptions,
+) -> VariantResult:
+    depth = candidate_depth(variant.k, grid.candidate_factor)
+    run: dict[str, list[str]] = {}
+    latencies: list[float] = []
+    short = 0  # queries that found fewer than k documents
+    bar = _tqdm(total=len(query_ids), desc=f"search {variant.label}", unit="query",
+                disable=not options.progress, leave=False)
+    with bar:
+        for i, (qid, text) in enumerate(zip(query_ids, texts, strict=True)):
+            began = time.perf_counter()
+            hits = _search(variant, store, searcher, text, None if vectors is None else vectors[i], depth)
+            documents = rollup_to_documents(((h.document_id, h.score) for h in hits), limit=variant.k)
+            latencies.append((time.perf_counter() - began) * 1000)
+            run[qid] = [doc for doc, _ in documents]
+            short += len(documents) < variant.k
+            bar.update(1)
+    ks = grid.ks_for(variant)
+    scored = evaluate_run(run, dataset.qrels, ks=sorted(set(ks) | {10}))
+    metrics = {name: value for name, value in scored.aggregate.items()
+               if int(name.rsplit("_", 1)[1]) in ks}
+    metrics.update({
+        "latency_p50_ms": percentile(latencies, 0.50),
+        "latency_p95_ms": percentile(latencies, 0.95),
+        "latency_mean_ms": statistics.fmean(latencies),
+        "queries_evaluated": float(scored.n_queries),
+        "queries_short": float(short),
+    })
+    per_query = []
+    for qid, text, latency in zip(query_ids, texts, latencies, strict=True):
+        judged = dataset.qrels.get(qid, {})
+        relevant = tuple(doc for doc, grade in judged.items() if grade > 0)
+        ranked = run[qid]
+        first = next((rank for rank, doc in enumerate(ranked, start=1) if doc in relevant), None)
+        row = scored.per_query.get(qid)
+        per_query.append(QueryResult(
+            query_id=qid, query=redact_emails(text),
+            retrieved_ids=tuple(ranked[: options.table_depth]), relevant_ids=relevant,
+            ndcg_at_10=float(row["ndcg_at_10"]) if row else float("nan"),
+            first_relevant_rank=first, latency_ms=latency,
+        ))
+    return VariantResult(variant=variant, metrics=metrics, per_query=tuple(per_query),
+                         store_path=store.root, ks=ks)
+
+
+def _search(
+    variant: Variant, store: Store, searcher: Searcher, text: str, vector: np.ndarray | None,
+    depth: int,
+) -> list[Hit]:
+    if variant.mode == "bm25":
+        return store.lexical_search(text, k=depth)
+    assert vector is not None and variant.embedder is not None
+    if variant.mode == "dense":
+        return store.dense_search(vector, model=variant.embedder, k=depth)
+    return searcher.hybrid(text, vector, k=depth, candidates=depth, fusion=variant.fusion)
+
+
+def _chunking_seconds(records: Sequence[IngestRecord]) -> float:
+    """Seconds spent loading, chunking and writing the store's chunks (its first ingest)."""
+    first = records[0]
+    if first.report is None:
+        return first.seconds
+    return float(sum(v for k, v in first.report.seconds.items() if k in ("load", "chunk", "write")))
+
+
+def _cost_metrics(
+    store: Store, variant: Variant, records: Sequence[IngestRecord], chunk_seconds: float
+) -> dict[str, float]:
+    """Ingest seconds, index bytes and vector counts of what this variant searches."""
+    store.flush()  # persist the index this variant used, so its file size is known
+    stats = store.stats()
+    out: dict[str, float] = {"documents": float(stats.documents), "chunks": float(stats.chunks)}
+    lexical_bytes = _fts_bytes(store)
+    if variant.embedder is None:
+        out["ingest_seconds"] = chunk_seconds
+        out["index_bytes"] = float(lexical_bytes)
+        return out
+    record = next(r for r in records if r.embedder == variant.embedder)
+    assert record.report is not None
+    out["ingest_seconds"] = record.report.total_seconds
+    out["vectors_embedded"] = float(record.report.vectors_embedded)
+    out["vectors_cached"] = float(record.report.vectors_cached)
+    entry = store.manifest.models.get(variant.embedder) if store.manifest else None
+    dense_bytes = entry.bytes if entry is not None else 0
+    out["index_bytes"] = float(dense_bytes + (lexical_bytes if variant.mode == "hybrid" else 0))
+    return out
+
+
+def _fts_bytes(store: Store) -> int:
+    """Bytes of the full-text (BM25) index: the pages of the FTS5 tables (SQLite's dbstat)."""
+    try:
+        row = store.conn.execute(
+            "SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name LIKE 'chunks_fts%'"
+        ).fetchone()
+    except Exception:  # a SQLite built without dbstat: the size is unknown, not an error
+        return 0
+    return int(row[0])
+
+
+__all__ = [
+    "EvaluationResult",
+    "HarnessOptions",
+    "IngestRecord",
+    "QueryResult",
+    "VariantResult",
+    "candidate_depth",
+    "chunk_tokenizer",
+    "run_grid",
+    "store_dir_name",
+    "write_chunks_only",
+]
