@@ -1,0 +1,53 @@
+"""Embedder names -> instances. Importing this module imports no heavy library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlflow_rag.embed.base import Embedder
+from mlflow_rag.errors import InvalidInput, UnknownChoice
+
+EMBEDDERS = ["minilm", "tfidf", "openai:<model>"]
+OPENAI_PREFIX = "openai:"
+
+
+def get_embedder(spec: str, *, state_dir: Path | None = None, **options: Any) -> Embedder:
+    """The embedder named by ``spec`` (one of :data:`EMBEDDERS`), configured by ``options``.
+
+    ``"tfidf"`` loads the model saved in ``state_dir`` when there is one (so search uses the
+    ingest's fit); otherwise it returns an unfitted embedder for the ingest to ``fit`` and
+    ``save(state_dir)``. ``options`` given with a saved tfidf model must match its settings:
+    a silently different tokenisation would make query vectors meaningless.
+    """
+    if spec == "minilm":
+        from mlflow_rag.embed.minilm import MiniLMEmbedder
+
+        return MiniLMEmbedder(**options)
+    if spec == "tfidf":
+        from mlflow_rag.embed.tfidf import TfidfEmbedder
+
+        if TfidfEmbedder.is_saved(state_dir):
+            assert state_dir is not None
+            embedder = TfidfEmbedder.load(state_dir)
+            if options:
+                wanted = TfidfEmbedder(**options).params()
+                saved = embedder.params()
+                differing = sorted(k for k in options if wanted.get(k) != saved.get(k))
+                if differing:
+                    raise InvalidInput(
+                        f"tfidf options {differing} differ from the model saved in {state_dir} "
+                        f"({ {k: saved.get(k) for k in differing} }); refit to change them"
+                    )
+            return embedder
+        return TfidfEmbedder(**options)
+    if isinstance(spec, str) and spec.startswith(OPENAI_PREFIX):
+        from mlflow_rag.embed.openai_embedder import OpenAIEmbedder
+
+        model = spec[len(OPENAI_PREFIX) :].strip()
+        if not model:
+            raise InvalidInput(
+                "the openai embedder needs a model name, e.g. 'openai:text-embedding-3-small'"
+            )
+        return OpenAIEmbedder(model, **options)
+    raise UnknownChoice("embedder", spec, EMBEDDERS)
