@@ -6,6 +6,7 @@ Connections follow DESIGN.md: WAL, ``synchronous=FULL`` for the writer, ``busy_t
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,6 +19,7 @@ import numpy as np
 
 from mlflow_rag import codec
 from mlflow_rag.errors import ForeignStore, SchemaTooNew
+from mlflow_rag.store.files import StorageError
 from mlflow_rag.store.schema import MIGRATIONS, QUERY_LOG_SCHEMA, SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 30_000
@@ -168,19 +170,62 @@ def ensure_query_log_schema(conn: sqlite3.Connection) -> None:
 # --------------------------------------------------------------------------- transactions
 
 
+# Primary SQLite result codes that mean the disk failed, not the data: SQLITE_IOERR (all its
+# extended codes), SQLITE_FULL, SQLITE_CANTOPEN (e.g. no room for the -wal file).
+_STORAGE_CODES = frozenset({10, 13, 14})
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """True for SQLite errors caused by the disk (full, file too large, I/O error)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and isinstance(code, int) and code & 0xFF in _STORAGE_CODES
+
+
+def database_path(conn: sqlite3.Connection) -> str:
+    try:
+        row = conn.execute("PRAGMA database_list").fetchone()
+    except sqlite3.Error:
+        return "the store database"
+    return str(row[2]) if row and row[2] else "the store database"
+
+
+def storage_failure(conn: sqlite3.Connection, exc: BaseException, *, outcome: str) -> StorageError:
+    """A disk failure inside SQLite as a StorageError naming the database file."""
+    path = database_path(conn)
+    name = getattr(exc, "sqlite_errorname", "")
+    reason = f"{exc} ({name})" if name else str(exc)
+    return StorageError(f"cannot write {path}: {reason}; {outcome}", filename=path, strerror=str(exc))
+
+
+@contextmanager
+def immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error. A full disk or an I/O error
+    raises StorageError naming the file (the transaction is rolled back: nothing of it lands)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        if is_storage_failure(exc):
+            raise storage_failure(conn, exc, outcome="nothing was written") from exc
+        raise
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the original error is the one to report
+                conn.execute("ROLLBACK")
+        if is_storage_failure(exc):
+            raise storage_failure(conn, exc, outcome="the transaction was rolled back") from exc
+        raise
+
+
 @contextmanager
 def write_transaction(conn: sqlite3.Connection) -> Iterator[int]:
     """``BEGIN IMMEDIATE``; bumps and yields the generation; commits or rolls back."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate_transaction(conn):
         generation = int(get_meta(conn, "generation")) + 1
         set_meta(conn, "generation", str(generation))
         yield generation
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 @contextmanager

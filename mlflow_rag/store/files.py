@@ -1,4 +1,9 @@
-"""Durable file writes: temp file -> fsync -> os.replace -> fsync(dir); hashes; a lock file."""
+"""Durable file writes: temp file -> fsync -> os.replace -> fsync(dir); hashes; a lock file.
+
+Every failure to write a store file (disk full, file size limit, I/O error) surfaces as one
+error type, :class:`StorageError`: a :class:`RagError` (the CLI prints it on one line) and an
+:class:`OSError` (callers that handle I/O errors keep working), whose message names the file.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,38 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from mlflow_rag.errors import RagError
+
+
+class StorageError(RagError, OSError):
+    """Writing a store file failed (disk full, file too large, I/O error).
+
+    The message names the file and the cause. What was committed before stays; the failed
+    step leaves nothing half-written in place of a good file.
+    """
+
+    def __init__(
+        self, message: str, *, filename: str | None = None, errno: int | None = None,
+        strerror: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.filename = filename
+        self.errno = errno
+        self.strerror = strerror
+
+    def __str__(self) -> str:  # OSError would format "[Errno None] None: ..." otherwise
+        return str(self.args[0]) if self.args else ""
+
+
+def storage_error(path: Path | str, exc: BaseException, *, action: str = "write") -> StorageError:
+    """``cannot write PATH: No space left on device`` from an OSError (or any exception)."""
+    if isinstance(exc, StorageError):
+        return exc
+    errno = getattr(exc, "errno", None)
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return StorageError(f"cannot {action} {path}: {reason}", filename=str(path),
+                        errno=errno if isinstance(errno, int) else None, strerror=reason)
+
 
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
@@ -18,21 +55,40 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never a torn write; errors leave the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Readers see the old file or the new one, never a torn write; errors leave the old file
+    and raise :class:`StorageError` naming ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(path.parent, exc, action="create") from exc
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        # os-level writes: a buffered file would raise the same error again when closed
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError):
+            raise storage_error(path, exc) from exc
         raise
-    fsync_dir(path.parent)
+    try:
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise storage_error(path, exc, action="sync the folder of") from exc
 
 
 def sha256_file(path: Path, *, chunk_size: int = 1 << 20) -> str:

@@ -182,6 +182,8 @@ class Store:
             conn.close()
             if isinstance(exc, RagError):
                 raise
+            if db.is_storage_failure(exc):
+                raise db.storage_failure(conn, exc, outcome="the store was not opened") from exc
             if exc.__class__.__name__ == "DatabaseError":
                 raise ForeignStore(f"{db_path} is not a readable SQLite database: {exc}") from None
             raise
@@ -879,8 +881,7 @@ def write_query_log(
     """Insert one query and its retrievals in one transaction (any connection with the tables)."""
     stored = redact(text) if redact else text
     query_id = db.new_id()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with db.immediate_transaction(conn):
         db.insert_query(
             conn, query_id=query_id, text=stored,
             embedding=codec.vector_to_blob(embedding) if embedding is not None else None,
@@ -888,10 +889,6 @@ def write_query_log(
             metadata=codec.metadata_json(metadata),
             retrievals=[(db.new_id(), h.chunk_id, h.rank, h.score, "{}") for h in hits],
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return query_id
 
 
@@ -901,14 +898,16 @@ def purge_query_log(conn: Any, days: float) -> int:
     if days < 0:
         raise InvalidInput(f"days must be non-negative, got {days}")
     cutoff = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="microseconds")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with db.immediate_transaction(conn):
         deleted = db.delete_queries_before(conn, cutoff)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
+    try:
+        conn.execute("VACUUM")
+    except Exception as exc:
+        if db.is_storage_failure(exc):
+            raise db.storage_failure(
+                conn, exc, outcome=f"{deleted} queries were deleted but the space not reclaimed"
+            ) from exc
         raise
-    conn.execute("VACUUM")
     return deleted
 
 
