@@ -43,7 +43,13 @@ from mlflow_rag.errors import (
 from mlflow_rag.index.choose import INDEX_TYPES, IndexSpec, choose_index
 from mlflow_rag.index.vector_index import VectorIndex, sha256_bytes
 from mlflow_rag.store import db
-from mlflow_rag.store.files import atomic_write_bytes, exclusive_lock, sha256_file
+from mlflow_rag.store.files import (
+    StorageError,
+    atomic_write_bytes,
+    exclusive_lock,
+    sha256_file,
+    storage_error,
+)
 from mlflow_rag.store.filters import compile_filter, metadata_fields
 from mlflow_rag.store.manifest import Manifest, ModelEntry, read_manifest, write_manifest
 from mlflow_rag.store.schema import SCHEMA_VERSION
@@ -811,11 +817,24 @@ class Store:
         return report
 
     def snapshot(self, destination: str | Path) -> Path:
-        """A consistent, self-contained copy (a bundle) with file hashes in its manifest."""
+        """A consistent, self-contained copy (a bundle) with file hashes in its manifest.
+
+        If any step fails (disk full, I/O error), what was written of the bundle is removed and
+        StorageError names the file that could not be written; this store is not changed.
+        """
         dest = Path(destination)
         if dest.exists() and any(dest.iterdir()):
             raise InvalidInput(f"snapshot destination {dest} is not empty")
-        dest.mkdir(parents=True, exist_ok=True)
+        created = not dest.exists()
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            self._write_snapshot(dest)
+        except BaseException as exc:
+            _remove_partial_bundle(dest, remove_folder=created)
+            raise _bundle_write_error(exc, dest) from exc
+        return dest
+
+    def _write_snapshot(self, dest: Path) -> None:
         import shutil
 
         with self._lock:
@@ -847,7 +866,38 @@ class Store:
             if p.is_file() and p.name != "manifest.json"
         }
         write_manifest(dest, manifest)
-        return dest
+
+
+def _remove_partial_bundle(dest: Path, *, remove_folder: bool) -> None:
+    """Remove what a failed snapshot wrote (dest was missing or empty when it started)."""
+    import shutil
+
+    if remove_folder:
+        shutil.rmtree(dest, ignore_errors=True)
+        return
+    if dest.is_dir():
+        for child in dest.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
+def _bundle_write_error(exc: BaseException, dest: Path) -> BaseException:
+    """The error a failed snapshot raises: StorageError naming the file for disk failures."""
+    import shutil
+
+    if isinstance(exc, StorageError) or not isinstance(exc, Exception):
+        return exc
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        _source, target, why = exc.args[0][0]
+        return StorageError(f"cannot write bundle file {target}: {why}", filename=str(target))
+    if isinstance(exc, OSError):
+        return storage_error(exc.filename or dest, exc)
+    if db.is_storage_failure(exc):
+        return StorageError(f"cannot write bundle file {dest / DB_FILE}: {exc}",
+                            filename=str(dest / DB_FILE))
+    return exc
 
 
 def verify_bundle(root: Path) -> None:
