@@ -16,6 +16,7 @@ or rebuilds it when it is missing, corrupt or foreign.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import re
@@ -586,10 +587,13 @@ class Store:
         if self.read_only:
             return
         with self._lock, exclusive_lock(self.root / LOCK_FILE):
-            manifest = read_manifest(self.root) or Manifest(self.store_id, SCHEMA_VERSION)
+            on_disk = read_manifest(self.root)
+            manifest = on_disk or Manifest(self.store_id, SCHEMA_VERSION)
             if manifest.store_id != self.store_id:
                 manifest = Manifest(self.store_id, SCHEMA_VERSION)
+            before = copy.deepcopy(manifest.to_dict()) if manifest is on_disk else None
             self.manifest = manifest
+            written: list[VectorIndex] = []
             with db.read_transaction(self.conn):
                 generation = db.generation(self.conn)
                 self._refresh_models(generation)
@@ -617,14 +621,20 @@ class Store:
                     vector_count=index.ntotal, max_vector_id=index.max_vector_id,
                     index_file=relative, sha256=sha256_bytes(data), bytes=len(data),
                 )
-                self._persisted[name] = generation
-                index.dirty = False
+                written.append(index)
             for name in list(manifest.models):
                 if name not in current:
                     del manifest.models[name]
             manifest.generation = generation
             manifest.schema_version = SCHEMA_VERSION
-            write_manifest(self.root, manifest)
+            # An unchanged store writes nothing (close() must not fail on a full disk), and an
+            # index counts as persisted only once the manifest that vouches for it is written.
+            if manifest.to_dict() != before:
+                write_manifest(self.root, manifest)
+            for index in written:
+                index.dirty = False
+            for name in current:
+                self._persisted[name] = generation
 
     def rebuild_index(self, model: str | None = None) -> None:
         """Drop the in-memory index and rebuild it from SQLite (then persist if writable)."""
