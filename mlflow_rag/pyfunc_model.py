@@ -1,0 +1,163 @@
+"""The retriever as an MLflow pyfunc model: the models-from-code file.
+
+``mlflow.pyfunc.log_model(python_model=<this file>, artifacts={"bundle": ...})`` copies this
+file into the model, and loading the model runs it: the model is code plus the bundle,
+never a pickled object (unpickling runs arbitrary code). The last line registers the model.
+
+:class:`RetrieverModel` wraps :class:`mlflow_rag.serving.Retriever` (the request/response
+contract) with tracing (a RETRIEVER span whose outputs are :class:`mlflow.entities.Document`
+items, so MLflow's retrieval scorers can read them) and with MLflow's error type:
+``MlflowException(INVALID_PARAMETER_VALUE)``, which the scoring server answers with HTTP 400.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import mlflow
+import mlflow.models
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    INTERNAL_ERROR,
+    INVALID_PARAMETER_VALUE,
+    TEMPORARILY_UNAVAILABLE,
+)
+from mlflow.pyfunc import PythonModel
+
+from mlflow_rag.errors import EmbedderError, InvalidInput, RagError
+from mlflow_rag.serving import (
+    QUERY_LOG_ENV,
+    REDACTORS,
+    Retriever,
+    coerce_queries,
+    hits_frame,
+    parse_request,
+)
+from mlflow_rag.types import Hit
+
+log = logging.getLogger("mlflow_rag.pyfunc_model")
+
+
+class PrivateMlflowException(MlflowException):
+    """An ``MlflowException`` whose message nobody can extend after it is raised.
+
+    MLflow's scoring server rewrites the message of an ``MlflowException`` raised by
+    ``predict`` to ``"Failed to predict data '<the request data>' ..."``; the request data
+    holds the queries, and queries may be private. This class keeps the first message.
+    """
+
+    @property
+    def message(self) -> str:
+        return self._private_message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_private_message"):
+            self._private_message = value
+
+
+def scrub(message: str, queries: Sequence[str]) -> str:
+    """Belt and braces: a query that shows up in a message anyway is cut out."""
+    for query in queries:
+        if len(query.strip()) >= 3:
+            message = message.replace(query, "<query>")
+    return message
+
+
+def bad_request(message: str, queries: Sequence[str] = ()) -> PrivateMlflowException:
+    """HTTP 400 with a message that names the problem, never the query."""
+    return PrivateMlflowException(scrub(message, queries), error_code=INVALID_PARAMETER_VALUE)
+
+
+class RetrieverModel(PythonModel):
+    """Search as an MLflow pyfunc model; the response is :data:`mlflow_rag.serving.OUTPUT_COLUMNS`.
+
+    ``model_config``: ``include_pii`` (default false), ``query_log`` (a writable SQLite file;
+    the environment variable ``MLFLOW_RAG_QUERY_LOG`` wins), ``redact`` (``"emails"``, the
+    default, or ``"none"``: applied to logged queries and to queries recorded in traces),
+    ``embedder`` (the embedding model to search when the bundle holds several).
+    """
+
+    def __init__(self) -> None:
+        self.retriever: Retriever | None = None
+
+    def load_context(self, context: Any) -> None:
+        config = dict(context.model_config or {})
+        redact_name = str(config.get("redact", "emails"))
+        if redact_name not in REDACTORS:
+            raise InvalidInput(f"Unknown redact {redact_name!r}; choose from {sorted(REDACTORS)}")
+        self.retriever = Retriever(
+            context.artifacts["bundle"],
+            include_pii=bool(config.get("include_pii", False)),
+            query_log=os.environ.get(QUERY_LOG_ENV) or config.get("query_log") or None,
+            redact=REDACTORS[redact_name],
+            embedder=config.get("embedder") or None,
+        )
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        from mlflow.entities import Document, SpanType
+
+        retriever = self.retriever
+        if retriever is None:
+            raise MlflowException("the model is not loaded (load_context was not called)",
+                                  error_code=INTERNAL_ERROR)
+        queries: list[str] = []
+        try:
+            queries = coerce_queries(model_input)  # first alone: the scrub below needs them
+            queries, k, mode, filters = parse_request(queries, params)
+        except RagError as exc:
+            raise bad_request(str(exc), queries) from None
+        redact = retriever.redact or (lambda text: text)
+        request = {"k": k, "mode": mode, "filters": json.dumps(filters, sort_keys=True)}
+        results: list[list[Hit]] = []
+        with mlflow.start_span(name="predict", span_type=SpanType.CHAIN) as root:
+            root.set_inputs({"query": [redact(q) for q in queries], **request})
+            root.set_attributes({"mlflow_rag.store_id": retriever.store.store_id,
+                                 "mlflow_rag.bundle_generation": _generation(retriever)})
+            for query in queries:
+                with mlflow.start_span(name="retrieve", span_type=SpanType.RETRIEVER) as span:
+                    span.set_inputs({"query": redact(query), **request})
+                    try:
+                        hits = retriever.search_one(query, k=k, mode=mode, filters=filters)
+                    except EmbedderError as exc:  # the embedding service failed, not the request
+                        raise PrivateMlflowException(
+                            scrub(f"the query embedder failed: {exc}", queries),
+                            error_code=TEMPORARILY_UNAVAILABLE,
+                        ) from None
+                    except (RagError, ValueError) as exc:
+                        raise bad_request(str(exc), queries) from None
+                    except Exception as exc:
+                        log.exception("retrieval failed")  # server log: the type and the stack
+                        raise PrivateMlflowException(
+                            f"retrieval failed ({type(exc).__name__}); see the server log",
+                            error_code=INTERNAL_ERROR,
+                        ) from None
+                    span.set_outputs([
+                        Document(
+                            page_content=hit.text,
+                            metadata={"doc_uri": hit.source_path, "chunk_id": hit.chunk_id,
+                                      "document_id": hit.document_id, "rank": hit.rank,
+                                      "score": hit.score},
+                            id=hit.chunk_id,
+                        )
+                        for hit in hits
+                    ])
+                results.append(hits)
+            frame = hits_frame(results)
+            root.set_outputs({"hits": len(frame)})
+        return frame
+
+
+def _generation(retriever: Retriever) -> int:
+    manifest = retriever.store.manifest
+    return manifest.generation if manifest is not None else -1
+
+
+mlflow.models.set_model(RetrieverModel())

@@ -1,0 +1,290 @@
+"""Search served from a store bundle: the request/response contract, without MLflow.
+
+:class:`Retriever` opens a bundle read-only with its hashes checked, parses a request
+(queries + ``k``/``mode``/``filters``), searches, shapes the hits as the response table
+(:data:`OUTPUT_COLUMNS`) and writes the opt-in query log. The MLflow model
+(``mlflow_rag/pyfunc_model.py``, loaded by ``mlflow models serve``) wraps it with tracing and
+MLflow's error type; keeping MLflow out of this module keeps it cheap to import in processes
+that only need the contract.
+
+Query text is private: no error message raised here contains it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlflow_rag.errors import InvalidInput, RagError
+from mlflow_rag.search import DEFAULT_MODE, Searcher, check_mode, check_query, redact_emails
+from mlflow_rag.store import db
+from mlflow_rag.store.filters import compile_filter, parse_filter
+from mlflow_rag.store.store import Store, check_k, write_query_log
+from mlflow_rag.types import Hit
+
+log = logging.getLogger("mlflow_rag.serving")
+
+# The response table (a contract): one row per hit.
+OUTPUT_COLUMNS = (
+    "query_index", "rank", "score", "chunk_id", "document_id", "chunk_type", "text",
+    "source_path", "metadata",
+)
+PARAM_DEFAULTS: dict[str, Any] = {"k": 5, "mode": DEFAULT_MODE, "filters": ""}
+QUERY_COLUMN = "query"
+MAX_QUERIES_PER_REQUEST = 1_000  # an oversized request is refused, not queued
+MAX_HITS_PER_REQUEST = 100_000  # queries x k: the response table must stay a sane size
+QUERY_LOG_ENV = "MLFLOW_RAG_QUERY_LOG"
+REDACTORS: dict[str, Callable[[str], str] | None] = {"emails": redact_emails, "none": None}
+# Logged with every model: MLflow lets ``load_model(model_config=...)`` (and the
+# MLFLOW_PYFUNC_INFERENCE_CONFIG variable) override only keys the logged config already has.
+DEFAULT_MODEL_CONFIG: dict[str, Any] = {
+    "include_pii": False, "query_log": "", "redact": "emails", "embedder": "",
+}
+
+
+class BadRequest(InvalidInput):
+    """A request the model cannot answer as sent (its message never contains query text)."""
+
+
+# --------------------------------------------------------------------------- request parsing
+
+
+def coerce_queries(model_input: Any) -> list[str]:
+    """The queries of a request: a DataFrame with a ``query`` column (the contract), or, for
+    convenience, a Series, a list of strings, one string, or ``{"query": str | [str, ...]}``."""
+    values: Any
+    if isinstance(model_input, pd.DataFrame):
+        if QUERY_COLUMN not in model_input.columns:
+            raise BadRequest(
+                f"input has no {QUERY_COLUMN!r} column; send a table with a string column "
+                f"{QUERY_COLUMN!r} (got columns {[str(c) for c in model_input.columns][:10]})"
+            )
+        values = model_input[QUERY_COLUMN].tolist()
+        if len(values) == 1 and isinstance(values[0], (list, tuple, np.ndarray)):
+            # MLflow turns {"query": ["a", "b"]} into one row holding the list
+            values = list(values[0])
+    elif isinstance(model_input, pd.Series):
+        values = model_input.tolist()
+    elif isinstance(model_input, str):
+        values = [model_input]
+    elif isinstance(model_input, Mapping):
+        if QUERY_COLUMN not in model_input:
+            raise BadRequest(f"input has no {QUERY_COLUMN!r} key")
+        raw = model_input[QUERY_COLUMN]
+        values = [raw] if isinstance(raw, str) else list(raw)
+    elif isinstance(model_input, (list, tuple)):
+        values = list(model_input)
+    else:
+        raise BadRequest(
+            f"input must be a table with a {QUERY_COLUMN!r} column, got {type(model_input).__name__}"
+        )
+    if not values:
+        raise BadRequest("the request holds no query")
+    if len(values) > MAX_QUERIES_PER_REQUEST:
+        raise BadRequest(
+            f"the request holds {len(values)} queries; at most {MAX_QUERIES_PER_REQUEST} per request"
+        )
+    queries = []
+    for i, value in enumerate(values):
+        try:
+            queries.append(check_query(value))
+        except InvalidInput as exc:  # the message names the position, not the text
+            raise BadRequest(f"query {i}: {exc}") from None
+    return queries
+
+
+def parse_params(params: Mapping[str, Any] | None) -> tuple[int, str, dict[str, Any]]:
+    """``(k, mode, filters)`` from the request params, with the defaults of the signature."""
+    merged = {**PARAM_DEFAULTS, **{k: v for k, v in (params or {}).items() if v is not None}}
+    k = merged["k"]
+    if isinstance(k, float) and k.is_integer():  # JSON clients may send 5.0
+        k = int(k)
+    k = check_k(k)
+    mode = check_mode(merged["mode"])
+    filters = merged["filters"]
+    if not isinstance(filters, (str, Mapping)):
+        raise BadRequest(f"filters must be a JSON object as a string, got {type(filters).__name__}")
+    parsed = parse_filter(filters)
+    compile_filter(parsed)  # unknown keys or operators fail here, before any search
+    return k, mode, parsed
+
+
+def parse_request(
+    model_input: Any, params: Mapping[str, Any] | None
+) -> tuple[list[str], int, str, dict[str, Any]]:
+    """``(queries, k, mode, filters)`` of a request, or :class:`BadRequest` (or another
+    :class:`RagError`) naming what is wrong."""
+    queries = coerce_queries(model_input)
+    k, mode, filters = parse_params(params)
+    if len(queries) * k > MAX_HITS_PER_REQUEST:
+        raise BadRequest(
+            f"{len(queries)} queries x k={k} could return {len(queries) * k} rows; at most "
+            f"{MAX_HITS_PER_REQUEST} per request: send fewer queries or a smaller k"
+        )
+    return queries, k, mode, filters
+
+
+def hit_metadata(hit: Hit) -> str:
+    """The ``metadata`` column: document and chunk metadata as one JSON object."""
+    return json.dumps(
+        {
+            "document": dict(hit.document_metadata),
+            "chunk": dict(hit.chunk_metadata),
+            "chunk_index": hit.chunk_index,
+        },
+        ensure_ascii=False, sort_keys=True, default=str,
+    )
+
+
+def hits_frame(hits_per_query: Sequence[Sequence[Hit]]) -> pd.DataFrame:
+    """The response table: one row per hit, columns exactly :data:`OUTPUT_COLUMNS`."""
+    rows = [
+        (i, hit.rank, float(hit.score), hit.chunk_id, hit.document_id, hit.chunk_type, hit.text,
+         hit.source_path, hit_metadata(hit))
+        for i, hits in enumerate(hits_per_query)
+        for hit in hits
+    ]
+    frame = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+    return frame.astype({"query_index": "int64", "rank": "int64", "score": "float64"})
+
+
+# --------------------------------------------------------------------------- query log
+
+
+class QueryLog:
+    """Opt-in query log in its own SQLite file (a bundle is never written).
+
+    Several server workers (processes) append to one file: WAL, ``busy_timeout`` and one
+    ``BEGIN IMMEDIATE`` transaction per query make them wait for each other instead of
+    failing. Each process opens its own connection lazily (a connection must not cross a
+    fork), and threads of one process share it under a lock.
+    """
+
+    def __init__(self, path: str | Path, *, redact: Callable[[str], str] | None = redact_emails,
+                 forbidden_root: Path | None = None) -> None:
+        self.path = Path(path).expanduser().resolve()
+        if forbidden_root is not None and self.path.is_relative_to(forbidden_root.resolve()):
+            raise InvalidInput(
+                f"the query log {self.path} is inside the bundle {forbidden_root}; bundles are "
+                "read-only, point the query log at a file elsewhere"
+            )
+        if not self.path.parent.is_dir():
+            raise InvalidInput(f"the directory of the query log {self.path} does not exist")
+        self.redact = redact
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            conn = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False,
+                timeout=db.BUSY_TIMEOUT_MS / 1000,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {db.BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            try:
+                with db.immediate_transaction(conn):  # two workers creating the tables take turns
+                    db.ensure_query_log_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def write(self, text: str, hits: Sequence[Hit], *, model_name: str | None,
+              metadata: Mapping[str, Any]) -> str:
+        with self._lock:
+            return write_query_log(
+                self._connection(), text, hits, model_name=model_name, embedding=None,
+                metadata={**metadata, "pid": os.getpid()}, redact=self.redact,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+
+# --------------------------------------------------------------------------- retriever
+
+
+class Retriever:
+    """Answers requests from a bundle; no MLflow involved (the model class wraps this)."""
+
+    def __init__(
+        self, bundle: str | Path, *, include_pii: bool = False, query_log: str | Path | None = None,
+        redact: Callable[[str], str] | None = redact_emails, embedder: str | None = None,
+    ) -> None:
+        self.bundle = Path(bundle)
+        # immutable: the bundle is never written (and may sit on a read-only file system);
+        # verify_files: a truncated or altered download is refused here, not half-served.
+        self.store = Store.open(self.bundle, immutable=True, verify_files=True)
+        self.searcher = Searcher(self.store, model=embedder, redact=redact)
+        self.include_pii = include_pii
+        self.redact = redact
+        self.query_log = (
+            QueryLog(query_log, redact=redact, forbidden_root=self.bundle) if query_log else None
+        )
+        self.dense_error: str | None = None
+        self._warm_up()
+        models = self.store.models()
+        # The embedding space queries are logged against (none for a bundle without vectors).
+        self.model_name = embedder or (models[0].name if len(models) == 1 else None)
+
+    def _warm_up(self) -> None:
+        """Load the query embedder now: the first request should not pay for it, and threads
+        of one worker must not race to load it. A store without a usable embedder still
+        answers bm25 requests; dense/hybrid ones get a clear error."""
+        if not self.store.models():
+            self.dense_error = "the bundle holds no vectors; search it with mode 'bm25'"
+            return
+        try:
+            _ = self.searcher.embedder
+        except (RagError, ImportError) as exc:
+            self.dense_error = f"dense search is unavailable in this bundle: {exc}"
+            log.warning("%s", self.dense_error)
+
+    def search_one(self, query: str, *, k: int, mode: str, filters: Mapping[str, Any]) -> list[Hit]:
+        if mode != "bm25" and self.dense_error:
+            raise BadRequest(self.dense_error)
+        hits = self.searcher.search(
+            query, k=k, mode=mode, filters=filters or None, include_pii=self.include_pii,
+        )
+        if self.query_log is not None:
+            self.log_query(query, hits, k=k, mode=mode, filters=filters)
+        return hits
+
+    def log_query(self, query: str, hits: Sequence[Hit], *, k: int, mode: str,
+                  filters: Mapping[str, Any]) -> None:
+        assert self.query_log is not None
+        try:
+            self.query_log.write(
+                query, hits, model_name=self.model_name if mode != "bm25" else None,
+                metadata={"mode": mode, "k": k, "filters": dict(filters),
+                          "store_id": self.store.store_id},
+            )
+        except (sqlite3.Error, OSError) as exc:
+            # A failing log must not fail the answer; say so loudly (without the query).
+            log.error("query log write to %s failed: %s", self.query_log.path, exc)
+
+    def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        queries, k, mode, filters = parse_request(model_input, params)
+        return hits_frame([self.search_one(q, k=k, mode=mode, filters=filters) for q in queries])
+
+    def close(self) -> None:
+        if self.query_log is not None:
+            self.query_log.close()
+        self.store.close(flush=False)

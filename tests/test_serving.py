@@ -1,0 +1,218 @@
+"""Real servers on 127.0.0.1: `mlflow models serve` of the champion, and `mlflow server` that an
+ingest logs to over HTTP. Every server is started here and stopped here (its process group)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+
+from mlflow_rag.serving import OUTPUT_COLUMNS, QUERY_LOG_ENV
+from mlflow_rag.store.store import Store
+from mlflow_rag.tracking import (
+    TAG_RUN_TYPE,
+    TAG_STORE_ID,
+    download_bundle,
+    log_ingest_run,
+    log_model,
+)
+from tests import helpers_mlflow
+from tests.helpers_mlflow import (
+    CORPUS,
+    PII_EMAIL,
+    build_store,
+    copy_tracking_store,
+    free_port,
+    ingest_report,
+    log_champion,
+    post_json,
+    server_process,
+    subprocess_env,
+    write_corpus_files,
+)
+
+pytestmark = pytest.mark.slow
+
+tracking_template = helpers_mlflow.tracking_template  # a shared fixture
+
+SECRET = "confidential question from alice.private@example.org about green tea"
+
+
+@pytest.fixture(autouse=True)
+def _restore_tracking_uri() -> Iterator[None]:
+    """Logging to a server points MLflow (process-wide) at it; later tests must not follow."""
+    previous = mlflow.get_tracking_uri()
+    yield
+    mlflow.set_tracking_uri(previous)
+
+
+@dataclass(frozen=True)
+class Champion:
+    root: Path
+    uri: str
+    info: Any
+
+
+@pytest.fixture(scope="module")
+def champion(tracking_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Champion:
+    root = tmp_path_factory.mktemp("serving")
+    uri, info, _ = log_champion(root, tracking_template)
+    return Champion(root=root, uri=uri, info=info)
+
+
+@contextmanager
+def model_server(champion: Champion, log_dir: Path, *, workers: int = 1,
+                 **env: str) -> Iterator[str]:
+    port = free_port()
+    args = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/rag@champion",
+            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", str(workers)]
+    with server_process(
+        args, health_url=f"http://127.0.0.1:{port}/ping", log_path=log_dir / "serve.log",
+        cwd=champion.root, env=subprocess_env(MLFLOW_TRACKING_URI=champion.uri, **env),
+    ):
+        yield f"http://127.0.0.1:{port}"
+
+
+def request(queries: list[Any], **params: Any) -> dict[str, Any]:
+    return {"dataframe_split": {"columns": ["query"], "data": [[q] for q in queries]},
+            "params": params}
+
+
+def test_models_serve_answers_queries_and_rejects_bad_ones_with_400(
+    champion: Champion, tmp_path: Path
+) -> None:
+    with model_server(champion, tmp_path) as url:
+        status, body = post_json(f"{url}/invocations",
+                                 request(["green tea brewing", "flat bicycle tyre"], k=2))
+        assert status == 200, body
+        rows = body["predictions"]
+        assert len(rows) == 4 and list(rows[0]) == list(OUTPUT_COLUMNS)
+        assert [(r["query_index"], r["rank"]) for r in rows] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+        assert rows[0]["document_id"] == "tea" and rows[2]["document_id"] == "bikes"
+        assert "_pii" not in rows[0]["metadata"]
+
+        status, body = post_json(f"{url}/invocations", {
+            "dataframe_records": [{"query": "honey bees"}],
+            "params": {"k": 1, "mode": "bm25", "filters": '{"country": "Germany"}'},
+        })
+        assert status == 200 and body["predictions"][0]["document_id"] == "bees"
+
+        bad = [
+            (request([""]), "query 0"),
+            (request([SECRET], mode="semantic"), "Unknown search mode"),
+            (request([SECRET], k=0), "k must be"),
+            (request([SECRET], filters="{not json"), "not valid JSON"),
+            (request([SECRET], filters='{"country": {"$regex": "U"}}'), "$regex"),
+            ({"dataframe_split": {"columns": ["question"], "data": [[SECRET]]}}, "'query' column"),
+        ]
+        for payload, fragment in bad:
+            status, body = post_json(f"{url}/invocations", payload)
+            assert status == 400, body
+            assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+            assert fragment in body["message"]
+            text = json.dumps(body)
+            assert SECRET not in text and PII_EMAIL not in text and "confidential" not in text
+
+
+def test_two_server_workers_log_every_query_and_never_write_the_bundle(
+    champion: Champion, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "queries.db"
+    n = 60
+    with model_server(champion, tmp_path, workers=2, **{QUERY_LOG_ENV: str(log_path)}) as url:
+        def ask(i: int) -> int:
+            status, body = post_json(f"{url}/invocations",
+                                     request([f"honey bees {i}"], k=2, mode="hybrid"))
+            assert status == 200, body
+            return len(body["predictions"])
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            hits = sum(pool.map(ask, range(n)))
+    conn = sqlite3.connect(log_path)
+    try:
+        queries = conn.execute("SELECT query_text, metadata FROM queries").fetchall()
+        retrievals = conn.execute("SELECT COUNT(*) FROM retrievals").fetchone()[0]
+    finally:
+        conn.close()
+    assert sorted(q for q, _ in queries) == sorted(f"honey bees {i}" for i in range(n))
+    assert retrievals == hits
+    pids = {json.loads(m)["pid"] for _, m in queries}
+    print(f"\nquery log rows written by {len(pids)} worker process(es)")
+    assert 1 <= len(pids) <= 2
+
+
+def test_an_ingest_logs_to_a_tracking_server_over_http_and_its_bundle_comes_back(
+    tracking_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = copy_tracking_store(tracking_template, tmp_path)
+    artifacts = tmp_path / "artifacts"
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.chdir(tmp_path)
+    args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+            "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1"]
+    with server_process(args, health_url=f"{uri}/health", log_path=tmp_path / "server.log",
+                        cwd=tmp_path, env=subprocess_env()):
+        sources = write_corpus_files(tmp_path / "docs")
+        store_path = tmp_path / "store"
+        result = _cli_ingest(sources, store_path, uri, tmp_path)
+        if result is None:  # the ingest command is not there: log a store built here
+            build_store(store_path)
+            with Store.open(store_path) as store:
+                run_id = log_ingest_run(ingest_report([str(sources)], store=store), store=store,
+                                        experiment="remote", tracking_uri=uri)
+        else:
+            run_id = result
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run = client.get_run(run_id)
+        assert run.data.tags[TAG_RUN_TYPE] == "ingest"
+        assert run.data.metrics["documents_new"] == len(CORPUS)
+        assert list(artifacts.rglob("manifest.json"))  # stored by the server, not by us
+
+        bundle = download_bundle(run_id, tmp_path / "download", tracking_uri=uri)
+        with Store.open(bundle, immutable=True, verify_files=True) as downloaded:
+            assert downloaded.store_id == run.data.tags[TAG_STORE_ID]
+            hits = downloaded.lexical_search("honey bees", k=1)
+            assert hits[0].source_path.endswith("bees.md")
+
+        # the same server holds the registry: log, register, alias, load and predict
+        info = log_model(store_path, register="remote-rag", alias="champion",
+                         experiment="remote", tracking_uri=uri)
+        assert str(client.get_model_version_by_alias("remote-rag", "champion").version) == str(
+            info.registered_model_version)
+        mlflow.set_tracking_uri(uri)  # restored by _restore_tracking_uri
+        model = mlflow.pyfunc.load_model("models:/remote-rag@champion")
+        frame = model.predict({"query": "honey bees"}, params={"k": 1, "mode": "bm25"})
+        mlflow.flush_trace_async_logging()  # the predict's trace goes to this server
+        assert frame.iloc[0].source_path.endswith("bees.md")
+
+
+def _cli_ingest(sources: Path, store: Path, uri: str, cwd: Path) -> str | None:
+    """Run the real `mlflow-rag ingest` against the server; None if the command is missing."""
+    import re
+    import subprocess
+
+    exe = str(helpers_mlflow.VENV_BIN / "mlflow-rag")
+    env = subprocess_env(HF_HUB_OFFLINE="1")
+    if subprocess.run([exe, "ingest", "--help"], capture_output=True, env=env,
+                      timeout=120).returncode != 0:
+        return None
+    done = subprocess.run(
+        [exe, "ingest", str(sources), "--store", str(store), "--embedder", "tfidf",
+         "--experiment", "remote", "--tracking-uri", uri],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    match = re.search(r"logged ingest run (\w+)", done.stderr)
+    assert match, done.stderr
+    return match.group(1)
