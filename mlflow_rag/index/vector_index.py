@@ -248,6 +248,12 @@ class VectorIndex:
             )
         loaded = cls(spec, dimension, index, generation=generation, max_vector_id=max_vector_id)
         loaded.dirty = False
+        ids = loaded.ids()  # raises IndexCorrupt if the id map is out of order
+        if len(ids) and (int(ids[0]) < 1 or int(ids[-1]) > max_vector_id):
+            raise IndexCorrupt(
+                f"index ids run from {int(ids[0])} to {int(ids[-1])}; the manifest says 1 to "
+                f"{max_vector_id}"
+            )
         if spec.kind == "hnsw":
             faiss.downcast_index(index.index).hnsw.efSearch = spec.params["ef_search"]
         if spec.kind == "ivf":

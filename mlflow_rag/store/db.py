@@ -486,6 +486,14 @@ def vectors_after(
     return _vectors_from_rows(rows, dimension)
 
 
+def vector_ids(conn: sqlite3.Connection, model_name: str) -> np.ndarray:
+    """The model's vector ids, ascending (what its index must hold)."""
+    rows = conn.execute(
+        "SELECT vector_id FROM embeddings WHERE model_name = ? ORDER BY vector_id", (model_name,)
+    ).fetchall()
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+
 def vectors_for_chunks(
     conn: sqlite3.Connection, model_name: str, chunk_ids: Sequence[str]
 ) -> dict[str, np.ndarray]:

@@ -549,6 +549,8 @@ class Store:
         index = self._sync(info, index, generation)
         if index.ntotal != db.vector_count(self.conn, info.name):
             return self._build(info, generation, "index and SQLite disagree on the vector count")
+        if not np.array_equal(index.ids(), db.vector_ids(self.conn, info.name)):
+            return self._build(info, generation, "index and SQLite disagree on the vector ids")
         return index
 
     def _entry_problem(self, info: ModelInfo, entry: ModelEntry, generation: int) -> str:
