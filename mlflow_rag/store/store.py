@@ -94,8 +94,16 @@ def public_metadata(metadata: Mapping[str, Any], *, include_pii: bool) -> dict[s
 def clean_vectors(vectors: Any, dimension: int, *, what: str = "vector") -> np.ndarray:
     """Validate and L2-normalise to C-contiguous float32 (n, d). FAISS accepts NaN, inf, wrong
     dtypes and non-contiguous arrays silently; we refuse or fix them here, before anything is
-    stored."""
-    array = np.asarray(vectors)
+    stored.
+
+    Each row is divided by its largest magnitude before its length is taken, so finite vectors
+    of any scale normalise correctly (squaring float32 components above ~1e19 overflows to
+    inf, and dividing by an infinite length would store a zero vector).
+    """
+    try:
+        array = np.asarray(vectors)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise InvalidVector(f"{what}s must be a rectangular array of numbers: {exc}") from None
     if array.dtype.kind not in "fiu" or array.dtype.kind == "c":
         raise InvalidVector(f"{what}s must be real numbers, got dtype {array.dtype}")
     if array.ndim == 1:
@@ -106,16 +114,34 @@ def clean_vectors(vectors: Any, dimension: int, *, what: str = "vector") -> np.n
         raise DimensionMismatch(
             f"{what} dimension {array.shape[1]} does not match the model's dimension {dimension}"
         )
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.dtype.kind != "f" or array.dtype.itemsize < 4:
+        array = array.astype(np.float64)  # integers and float16: exact in float64
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
         bad = int(np.flatnonzero(~finite)[0])
         raise InvalidVector(f"{what} {bad} contains NaN or infinity")
-    norms = np.linalg.norm(array, axis=1)
-    if (norms == 0).any():
-        bad = int(np.flatnonzero(norms == 0)[0])
+    if array.shape[0] == 0:
+        return np.zeros((0, dimension), dtype=np.float32)
+    peak = np.abs(array).max(axis=1)
+    if (peak == 0).any():
+        bad = int(np.flatnonzero(peak == 0)[0])
         raise InvalidVector(f"{what} {bad} has zero length and cannot be normalised")
-    return np.ascontiguousarray(array / norms[:, None], dtype=np.float32)
+    scaled = array / peak[:, None]  # largest component +-1: the length is in [1, sqrt(d)]
+    unit = scaled / np.linalg.norm(scaled, axis=1)[:, None]
+    return np.ascontiguousarray(unit, dtype=np.float32)
+
+
+def clean_query(vector: Any, dimension: int) -> np.ndarray:
+    """One query vector (shape (d,) or (1, d)), validated and normalised like stored ones."""
+    try:
+        shape = np.shape(vector)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise InvalidVector(f"a query vector must be a flat list of numbers: {exc}") from None
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[0] != 1):
+        raise InvalidVector(
+            f"a query is one vector of shape ({dimension},) or (1, {dimension}), got shape {shape}"
+        )
+    return clean_vectors(vector, dimension, what="query vector")[0]
 
 
 def fts_query(text: str, *, max_terms: int = 64) -> str:
@@ -475,6 +501,9 @@ class Store:
         """Add one model's vectors for existing chunks (e.g. a second embedder on a store)."""
         self._require_writable()
         info = self.model(model_name)
+        if len(set(chunk_ids)) != len(chunk_ids):
+            dup = next(c for c in chunk_ids if list(chunk_ids).count(c) > 1)
+            raise InvalidInput(f"chunk id {dup!r} appears twice in one add_vectors call")
         matrix = clean_vectors(vectors, info.dimension)
         if len(matrix) != len(chunk_ids):
             raise InvalidInput(f"{len(matrix)} vectors for {len(chunk_ids)} chunk ids")
@@ -732,7 +761,7 @@ class Store:
             generation = db.generation(self.conn)
             self._refresh_models(generation)
             info = self._model(model)
-            query = clean_vectors(vector, info.dimension, what="query vector")[0]
+            query = clean_query(vector, info.dimension)
             index = self._index_for(info, generation)
             allowed = (
                 db.filtered_vector_ids(self.conn, info.name, where, params) if where else None
