@@ -69,6 +69,8 @@ def parse_filter(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise FilterError(f"filter is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise FilterError(f"filter JSON is nested more than {MAX_DEPTH} levels deep") from None
     if not isinstance(value, dict):
         raise FilterError(f"filter must be a JSON object, got {type(value).__name__}")
     return value
@@ -130,7 +132,8 @@ class _Compiler:
             table, name = "document", key[len("metadata."):]
         else:
             table, name = "document", key
-        if not name or len(name) > MAX_KEY_LENGTH or any(ord(ch) < 32 for ch in name):
+        if (not name or len(name) > MAX_KEY_LENGTH or any(ord(ch) < 32 for ch in name)
+                or not _encodable(name)):
             raise FilterError(
                 f"bad filter key {key!r}: metadata keys are 1-{MAX_KEY_LENGTH} printable characters"
             )
@@ -241,8 +244,29 @@ def metadata_fields(metadata: Mapping[str, Any], *, skip: tuple[str, ...] = ()) 
     return rows
 
 
+# SQLite integers are signed 64-bit; a larger Python int cannot be bound as a parameter.
+SQLITE_INT_MIN, SQLITE_INT_MAX = -(2**63), 2**63 - 1
+
+
+def _encodable(text: str) -> bool:
+    """False for strings SQLite cannot store (lone surrogates such as JSON's "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_scalar(key: str, op: str, value: Any) -> None:
-    if value is None or isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        if not _encodable(value):
+            raise FilterError(f"{op} on {key!r}: the string is not valid Unicode (lone surrogate)")
+        return
+    if isinstance(value, int):
+        if not SQLITE_INT_MIN <= value <= SQLITE_INT_MAX:
+            raise FilterError(f"{op} on {key!r}: integers must fit in 64 bits")
         return
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
