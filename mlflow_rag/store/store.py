@@ -969,8 +969,15 @@ def write_query_log(
     embedding: np.ndarray | None, metadata: Mapping[str, Any] | None,
     redact: Callable[[str], str] | None,
 ) -> str:
-    """Insert one query and its retrievals in one transaction (any connection with the tables)."""
+    """Insert one query and its retrievals in one transaction (any connection with the tables).
+
+    ``redact`` runs before anything is stored. If it changed the text, the query embedding is
+    not stored either: it was computed from the raw text, and embeddings can be inverted to
+    recover much of the text they encode.
+    """
     stored = redact(text) if redact else text
+    if stored != text:
+        embedding = None
     query_id = db.new_id()
     with db.immediate_transaction(conn):
         db.insert_query(
@@ -984,15 +991,25 @@ def write_query_log(
 
 
 def purge_query_log(conn: Any, days: float) -> int:
+    """Delete query logs older than ``days``, VACUUM, and checkpoint the WAL into the main file
+    and truncate it: until then the deleted text is still on disk (in the WAL, and in the old
+    pages of the main file), and the file does not shrink."""
+    import math
     from datetime import datetime, timedelta, timezone
 
-    if days < 0:
-        raise InvalidInput(f"days must be non-negative, got {days}")
-    cutoff = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="microseconds")
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days) \
+            or days < 0:
+        raise InvalidInput(f"days must be a non-negative number, got {days!r}")
+    try:
+        cutoff = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(
+            timespec="microseconds")
+    except OverflowError:  # further back than datetime reaches: nothing is that old
+        cutoff = ""
     with db.immediate_transaction(conn):
         deleted = db.delete_queries_before(conn, cutoff)
     try:
         conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     except Exception as exc:
         if db.is_storage_failure(exc):
             raise db.storage_failure(
