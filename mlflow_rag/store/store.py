@@ -211,12 +211,15 @@ class Store:
             else:
                 db.migrate(conn, db_path)
             store = cls(root, conn, read_only=read_only, immutable=immutable)
+            if verify_files:
+                _check_bundle_identity(store, db_path)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, RagError):
                 raise
             if db.is_storage_failure(exc):
-                raise db.storage_failure(conn, exc, outcome="the store was not opened") from exc
+                raise StorageError(f"cannot write {db_path}: {exc}; the store was not opened",
+                                   filename=str(db_path)) from exc
             if exc.__class__.__name__ == "DatabaseError":
                 raise ForeignStore(f"{db_path} is not a readable SQLite database: {exc}") from None
             raise
@@ -942,7 +945,11 @@ def _bundle_write_error(exc: BaseException, dest: Path) -> BaseException:
 
 
 def verify_bundle(root: Path) -> None:
-    """Refuse a bundle whose files do not match the hashes its manifest records."""
+    """Refuse a bundle whose files do not match the hashes its manifest records.
+
+    Every message names the file and what is wrong with it: missing, truncated or grown (size),
+    damaged or replaced (sha256), outside the bundle, or made by a newer schema.
+    """
     manifest = read_manifest(root)
     if manifest is None:
         raise BundleCorrupt(f"{root} has no readable manifest.json")
@@ -953,12 +960,53 @@ def verify_bundle(root: Path) -> None:
         )
     if not manifest.files:
         raise BundleCorrupt(f"{root}/manifest.json records no file hashes; not a bundle")
+    if DB_FILE not in manifest.files:
+        raise BundleCorrupt(f"{root}/manifest.json records no hash for {DB_FILE}")
     for relative, meta in manifest.files.items():
+        parts = Path(relative).parts
+        if not parts or Path(relative).is_absolute() or ".." in parts:
+            raise BundleCorrupt(f"manifest.json names a file outside the bundle: {relative!r}")
+        if not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int) \
+                or not isinstance(meta.get("sha256"), str):
+            raise BundleCorrupt(f"manifest.json has no size and sha256 for bundle file {relative}")
         path = root / relative
-        if not path.is_file():
-            raise BundleCorrupt(f"bundle file {relative} is missing")
-        if path.stat().st_size != meta["bytes"] or sha256_file(path) != meta["sha256"]:
-            raise BundleCorrupt(f"bundle file {relative} does not match its recorded sha256")
+        if path.is_symlink() or not path.is_file():
+            raise BundleCorrupt(f"bundle file {relative} is missing (or not a regular file)")
+        size = path.stat().st_size
+        if size != meta["bytes"]:
+            change = "truncated" if size < meta["bytes"] else "grown"
+            raise BundleCorrupt(
+                f"bundle file {relative} is {size} bytes, the manifest records {meta['bytes']} "
+                f"({change} or replaced)"
+            )
+        if sha256_file(path) != meta["sha256"]:
+            raise BundleCorrupt(
+                f"bundle file {relative} does not match its recorded sha256 (damaged or replaced)"
+            )
+    for name, entry in manifest.models.items():
+        recorded = manifest.files.get(entry.index_file)
+        if recorded is None or recorded["sha256"] != entry.sha256:
+            raise BundleCorrupt(
+                f"manifest.json is inconsistent: the index of model {name!r} ({entry.index_file}) "
+                "is not the file its hash list records"
+            )
+
+
+def _check_bundle_identity(store: Store, db_path: Path) -> None:
+    """A verified bundle's manifest and database must come from the same store and moment."""
+    manifest = store.manifest
+    assert manifest is not None  # verify_bundle read it
+    if manifest.store_id != store.store_id:
+        raise BundleCorrupt(
+            f"{db_path} belongs to store {store.store_id} but manifest.json to store "
+            f"{manifest.store_id}: files from two different stores"
+        )
+    generation = db.generation(store.conn)
+    if manifest.generation != generation:
+        raise BundleCorrupt(
+            f"{db_path} is at generation {generation} but manifest.json at "
+            f"{manifest.generation}: files from two different snapshots"
+        )
 
 
 # --------------------------------------------------------------------------- query log helpers
