@@ -5,7 +5,7 @@ CREATE INDEX idx_chunk_fields_chunk ON chunk_fields(chunk_id);
 CREATE INDEX idx_chunk_fields_key ON chunk_fields(key, value, chunk_id);
 
 -- index idx_chunks_document
-CREATE INDEX idx_chunks_document ON chunks(document_id);
+CREATE INDEX idx_chunks_document ON chunks(document_id, id);
 
 -- index idx_chunks_text_hash
 CREATE INDEX idx_chunks_text_hash ON chunks(text_hash);
@@ -26,7 +26,7 @@ CREATE INDEX idx_documents_hash ON documents(content_hash);
 CREATE INDEX idx_documents_source ON documents(source_path);
 
 -- index idx_embeddings_chunk
-CREATE INDEX idx_embeddings_chunk ON embeddings(chunk_id);
+CREATE INDEX idx_embeddings_chunk ON embeddings(chunk_id, model_name, vector_id);
 
 -- index idx_embeddings_model
 CREATE INDEX idx_embeddings_model ON embeddings(model_name);
