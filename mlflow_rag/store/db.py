@@ -494,6 +494,20 @@ def vector_ids(conn: sqlite3.Connection, model_name: str) -> np.ndarray:
     return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
 
+def vectors_by_ids(
+    conn: sqlite3.Connection, vector_ids: Sequence[int], dimension: int
+) -> np.ndarray:
+    """The float32 vectors of ``vector_ids``, in that order (each id must exist)."""
+    if not vector_ids:
+        return np.zeros((0, dimension), dtype=np.float32)
+    marks = ",".join("?" * len(vector_ids))
+    blobs = dict(conn.execute(
+        f"SELECT vector_id, vector FROM embeddings WHERE vector_id IN ({marks})",
+        [int(v) for v in vector_ids],
+    ).fetchall())
+    return _vectors_from_rows([(v, blobs[v]) for v in vector_ids], dimension)[1]
+
+
 def vectors_for_chunks(
     conn: sqlite3.Connection, model_name: str, chunk_ids: Sequence[str]
 ) -> dict[str, np.ndarray]:

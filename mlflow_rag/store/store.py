@@ -583,6 +583,12 @@ class Store:
             return self._build(info, generation, "index and SQLite disagree on the vector count")
         if not np.array_equal(index.ids(), db.vector_ids(self.conn, info.name)):
             return self._build(info, generation, "index and SQLite disagree on the vector ids")
+        differs = _first_differing_vector(index, self.conn, info)
+        if differs is not None:
+            return self._build(
+                info, generation,
+                f"{entry.index_file}: vector {differs} differs from SQLite (a foreign index?)",
+            )
         return index
 
     def _entry_problem(self, info: ModelInfo, entry: ModelEntry, generation: int) -> str:
@@ -910,6 +916,27 @@ class Store:
             if p.is_file() and p.name != "manifest.json"
         }
         write_manifest(dest, manifest)
+
+
+def _first_differing_vector(
+    index: VectorIndex, conn: Any, info: ModelInfo, *, samples: int = 16
+) -> int | None:
+    """Spot-check a loaded index against SQLite: up to ``samples`` vector ids, evenly spread,
+    must each score their own SQLite vector at its full length. An index from another store
+    whose hash was recomputed, with the same ids, passes every other check. Returns the first
+    id that differs, or None."""
+    ids = index.ids()
+    if len(ids) == 0:
+        return None
+    picks = ids[np.unique(np.linspace(0, len(ids) - 1, num=min(samples, len(ids))).astype(int))]
+    stored = db.vectors_by_ids(conn, picks.tolist(), info.dimension)
+    for vector_id, vector in zip(picks.tolist(), stored, strict=True):
+        result = index.search(vector, 1, allowed=np.array([vector_id], dtype=np.int64))
+        if result.ids.tolist() != [vector_id] or abs(
+            float(result.scores[0]) - float(vector @ vector)
+        ) > 1e-4:
+            return int(vector_id)
+    return None
 
 
 def _remove_partial_bundle(dest: Path, *, remove_folder: bool) -> None:
