@@ -151,6 +151,28 @@ def test_a_later_ingest_run_names_the_previous_generation_and_run(
     assert int(tags[TAG_GENERATION]) > int(first_generation)
 
 
+def test_failed_sources_are_logged_as_a_table(tracking_uri: str, tmp_path: Path) -> None:
+    from mlflow_rag.types import LoadFailure
+
+    with Store.open(build_store(tmp_path / "store")) as store:
+        report = ingest_report(["docs"], store=store, documents_failed=1,
+                               failures=(LoadFailure("docs/broken.pdf", "not a PDF"),))
+        run_id = log_ingest_run(report, store=store, experiment="ingest", tracking_uri=tracking_uri)
+    table = mlflow.artifacts.load_dict(f"runs:/{run_id}/failures.json")
+    assert table["columns"] == ["source_path", "reason"]
+    assert table["data"] == [["docs/broken.pdf", "not a PDF"]]
+    assert mlflow.MlflowClient().get_run(run_id).data.metrics["documents_failed"] == 1
+
+
+def test_unknown_model_config_keys_are_refused(tracking_uri: str, tmp_path: Path) -> None:
+    from mlflow_rag.errors import InvalidInput
+    from mlflow_rag.tracking import log_model
+
+    with pytest.raises(InvalidInput, match=r"unknown model_config keys \['pii'\]"):
+        log_model(build_store(tmp_path / "store"), model_config={"pii": True},
+                  tracking_uri=tracking_uri)
+
+
 def test_inside_mlflow_run_the_project_run_receives_the_logs(
     tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -382,6 +404,17 @@ def test_mlflow_run_ingest_then_search_entry_points(tracking_uri: str, tmp_path:
     assert ingest_run.data.params["embedder"] == "tfidf"
     assert {a.path for a in client.list_artifacts(ingest_run.info.run_id, "store")} >= {
         "store/manifest.json", "store/metadata.db"}
+    # a search entry point over the bundle the ingest run logged (a `path` param downloads it)
+    subprocess.run(
+        [*mlflow_cli, "-e", "search", "-P", "query=green tea",
+         "-P", f"store=runs:/{ingest_run.info.run_id}/store", "-P", "mode=hybrid", "-P", "k=1"],
+        check=True, cwd=tmp_path, env=env, timeout=600,
+    )
+    searches = [r for r in client.search_runs([experiment.experiment_id])
+                if r.data.tags.get(TAG_RUN_TYPE) == "search"]
+    from_bundle = next(r for r in searches if r.data.params["mode"] == "hybrid")
+    table = mlflow.artifacts.load_dict(f"runs:/{from_bundle.info.run_id}/hits.json")
+    assert table["data"][0][table["columns"].index("document_id")] == "tea.md"
     search_run = runs["search"]
     assert search_run.data.params["mode"] == "bm25"
     table = mlflow.artifacts.load_dict(f"runs:/{search_run.info.run_id}/hits.json")
