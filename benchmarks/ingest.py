@@ -29,9 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import batched, chunk_metadata, chunk_text, clustered_vectors, text_hash  # noqa: E402
-from mlflow_rag.store.store import Store  # noqa: E402
-from mlflow_rag.types import ChunkRecord, DocumentRecord, VectorBatch  # noqa: E402
+from benchmarks.common import batched, chunk_metadata, chunk_text, clustered_vectors, text_hash
+from mlflow_rag.store.store import Store
+from mlflow_rag.types import ChunkRecord, DocumentRecord, VectorBatch
 
 BATCH = 2000
 
@@ -101,7 +101,8 @@ def ingest_raw(path: Path, vectors: np.ndarray, texts: list[str]) -> float:
 def minilm_throughput(count: int) -> float:
     from mlflow_rag.embed.minilm import MiniLMEmbedder
 
-    shared = Path(os.environ.get("MLFLOW_RAG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    shared = Path(os.environ.get("MLFLOW_RAG_SHARED_DATA", default))
     corpus = shared / "scifact-train" / "corpus.jsonl"
     if corpus.is_file():
         with corpus.open() as handle:

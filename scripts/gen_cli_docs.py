@@ -13,7 +13,7 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mlflow_rag.cli import main  # noqa: E402
+from mlflow_rag.cli import main
 
 TARGET = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 

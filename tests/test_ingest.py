@@ -61,7 +61,8 @@ def test_changed_document_is_replaced_and_unchanged_chunks_come_from_the_cache(t
     small = IngestOptions(embedder="tfidf", chunk_size=12, chunk_overlap=0)
     with Store.open(tmp_path / "s", create=True) as store:
         ingest([str(folder)], store, options=small, progress=False)
-        (folder / "alpha.md").write_text(DOCS["alpha.md"] + "\n\n## More\n\nA new closing section on vector search and SQLite tables.")
+        more = "\n\n## More\n\nA new closing section on vector search and SQLite tables."
+        (folder / "alpha.md").write_text(DOCS["alpha.md"] + more)
         report = ingest([str(folder)], store, options=small, progress=False)
         assert (report.documents_updated, report.documents_unchanged) == (1, 2)
         assert report.vectors_cached >= 1 and report.vectors_embedded >= 1
@@ -160,7 +161,9 @@ def test_cli_ingest_speakers_with_defaults_puts_codeconcise_first(shared_data: P
     assert "0 embedded" in again.output and "13 unchanged" in again.output
 
 
-def test_legacy_import_searches_by_stored_vector_without_reembedding(shared_data: Path, tmp_path: Path) -> None:
+def test_legacy_import_searches_by_stored_vector_without_reembedding(
+    shared_data: Path, tmp_path: Path
+) -> None:
     path = shared_data / "chatboti" / "embeddings-text-embedding-3-small.json"
     with Store.open(tmp_path / "s", create=True) as store:
         report = import_legacy(path, store, progress=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_dense_search_matches_exact_numpy_and_hydrates_every_field(random_store)
     expected = [f"doc{i // 3}#{i % 3}" for i in exact_top(vectors, query, 5)]
     assert [h.chunk_id for h in hits] == expected
     assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
     first = hits[0]
     assert first.text.startswith(f"document {first.document_id[3:]}")
     assert first.source_path == f"/data/{first.document_id}.txt"
