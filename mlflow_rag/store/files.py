@@ -102,8 +102,11 @@ def sha256_file(path: Path, *, chunk_size: int = 1 << 20) -> str:
 @contextlib.contextmanager
 def exclusive_lock(path: Path) -> Iterator[None]:
     """An advisory lock between processes that persist the same store's index files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise storage_error(path, exc, action="open the lock file") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
