@@ -19,6 +19,7 @@ import os
 import shutil
 import statistics
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import metadata as importlib_metadata
@@ -304,7 +305,10 @@ def log_ingest_run(
             sources = pd.DataFrame(source_table(report.sources),
                                    columns=["source", "kind", "files", "bytes", "sha256",
                                             "digest_of"])
-            mlflow.log_input(_sources_dataset(mlflow, sources, report), context="ingest")
+            with warnings.catch_warnings():
+                # MLflow hints that integer columns cannot hold missing values: ours never do.
+                warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+                mlflow.log_input(_sources_dataset(mlflow, sources, report), context="ingest")
             if report.failures:
                 mlflow.log_table(
                     pd.DataFrame([dataclasses.asdict(f) for f in report.failures]),
