@@ -16,6 +16,7 @@ or rebuilds it when it is missing, corrupt or foreign.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -627,6 +628,7 @@ class Store:
         if self.read_only:
             return
         with self._lock, exclusive_lock(self.root / LOCK_FILE):
+            _remove_stale_temp_files(self.root)
             on_disk = read_manifest(self.root)
             manifest = on_disk or Manifest(self.store_id, SCHEMA_VERSION)
             if manifest.store_id != self.store_id:
@@ -916,6 +918,18 @@ class Store:
             if p.is_file() and p.name != "manifest.json"
         }
         write_manifest(dest, manifest)
+
+
+def _remove_stale_temp_files(root: Path) -> None:
+    """Delete temp files a killed process left (``.<name>.<pid>.tmp``, see atomic_write_bytes).
+
+    Only called under the store's lock, which every writer of those files holds, so any temp
+    file present belongs to a process that died mid-write."""
+    for folder in (root, root / INDEX_DIR):
+        if folder.is_dir():
+            for stale in folder.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
 
 
 def _first_differing_vector(
