@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow_rag.chunk.base import TokenSpans
-from mlflow_rag.chunk.tokens import count_tokens, counts_are_additive
+from mlflow_rag.chunk.tokens import (
+    approx_token_spans,
+    count_tokens,
+    counts_are_additive,
+    tokenizer_name,
+)
 from mlflow_rag.errors import InvalidInput
 from mlflow_rag.types import ChunkSpan, SourceDocument
 
@@ -241,3 +246,34 @@ def assemble(document: SourceDocument, planned: Sequence[Planned]) -> list[Chunk
             )
         )
     return chunks
+
+
+@dataclass(frozen=True, kw_only=True)
+class SizedChunker:
+    """Options shared by the chunkers that cut text to at most ``chunk_size`` tokens."""
+
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_overlap: int | None = None
+    token_spans: TokenSpans = approx_token_spans
+    # Unannotated on purpose: a class attribute, not a dataclass field, so it reads as the
+    # protocol's plain ``name: str`` (a frozen field would be a read-only property to mypy).
+    name = "sized"
+
+    def __post_init__(self) -> None:
+        validate_sizes(self.chunk_size, self.overlap)
+
+    @property
+    def overlap(self) -> int:
+        """The overlap in tokens actually used (``chunk_overlap`` or ``chunk_size // 8``)."""
+        if self.chunk_overlap is None:
+            return default_overlap(self.chunk_size)
+        return self.chunk_overlap
+
+    def config(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "chunk_size": self.chunk_size,
+            "chunk_overlap": self.overlap,
+            "tokenizer": tokenizer_name(self.token_spans),
+            "version": ALGORITHM_VERSION,
+        }

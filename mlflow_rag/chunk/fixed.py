@@ -5,22 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlflow_rag.chunk._common import (
-    ALGORITHM_VERSION,
-    DEFAULT_CHUNK_SIZE,
     Planned,
+    SizedChunker,
     assemble,
-    default_overlap,
     fit_windows,
     regions,
-    validate_sizes,
 )
-from mlflow_rag.chunk.base import TokenSpans
-from mlflow_rag.chunk.tokens import approx_token_spans, tokenizer_name
 from mlflow_rag.types import ChunkSpan, SourceDocument
 
 
 @dataclass(frozen=True, kw_only=True)
-class FixedChunker:
+class FixedChunker(SizedChunker):
     """Sliding windows over the tokens, blind to sentences and paragraphs (the baseline).
 
     Window ``k`` starts ``k * (chunk_size - chunk_overlap)`` tokens in; the last window ends at
@@ -29,22 +24,7 @@ class FixedChunker:
     defaults to ``chunk_size // 8``.
     """
 
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    chunk_overlap: int | None = None
-    token_spans: TokenSpans = approx_token_spans
-    # Unannotated on purpose: a class attribute, not a dataclass field, so it reads as the
-    # protocol's plain ``name: str`` (a frozen field would be a read-only property to mypy).
     name = "fixed"
-
-    def __post_init__(self) -> None:
-        validate_sizes(self.chunk_size, self.overlap)
-
-    @property
-    def overlap(self) -> int:
-        """The overlap in tokens actually used (``chunk_overlap`` or ``chunk_size // 8``)."""
-        if self.chunk_overlap is None:
-            return default_overlap(self.chunk_size)
-        return self.chunk_overlap
 
     def chunk(self, document: SourceDocument) -> list[ChunkSpan]:
         planned = [
@@ -60,12 +40,3 @@ class FixedChunker:
             )
         ]
         return assemble(document, planned)
-
-    def config(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "chunk_size": self.chunk_size,
-            "chunk_overlap": self.overlap,
-            "tokenizer": tokenizer_name(self.token_spans),
-            "version": ALGORITHM_VERSION,
-        }

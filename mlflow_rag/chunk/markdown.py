@@ -12,18 +12,13 @@ import re
 from dataclasses import dataclass
 
 from mlflow_rag.chunk._common import (
-    ALGORITHM_VERSION,
-    DEFAULT_CHUNK_SIZE,
     Planned,
+    SizedChunker,
     assemble,
-    default_overlap,
     regions,
     strip_span,
-    validate_sizes,
 )
-from mlflow_rag.chunk.base import TokenSpans
 from mlflow_rag.chunk.recursive import split_recursive
-from mlflow_rag.chunk.tokens import approx_token_spans, tokenizer_name
 from mlflow_rag.types import ChunkSpan, SourceDocument
 
 # CommonMark ATX heading: optional closing run of #s must be preceded by a space.
@@ -97,7 +92,7 @@ def markdown_sections(text: str, start: int = 0, end: int | None = None) -> list
 
 
 @dataclass(frozen=True, kw_only=True)
-class MarkdownChunker:
+class MarkdownChunker(SizedChunker):
     """One chunk per heading section; sections over ``chunk_size`` tokens split recursively.
 
     ``chunk_type`` is ``"section"``; metadata ``section_title`` is the nearest heading's text
@@ -106,22 +101,7 @@ class MarkdownChunker:
     ``chunk_overlap`` (default ``chunk_size // 8``) applies only within a split section.
     """
 
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    chunk_overlap: int | None = None
-    token_spans: TokenSpans = approx_token_spans
-    # Unannotated on purpose: a class attribute, not a dataclass field, so it reads as the
-    # protocol's plain ``name: str`` (a frozen field would be a read-only property to mypy).
     name = "markdown"
-
-    def __post_init__(self) -> None:
-        validate_sizes(self.chunk_size, self.overlap)
-
-    @property
-    def overlap(self) -> int:
-        """The overlap in tokens actually used (``chunk_overlap`` or ``chunk_size // 8``)."""
-        if self.chunk_overlap is None:
-            return default_overlap(self.chunk_size)
-        return self.chunk_overlap
 
     def chunk(self, document: SourceDocument) -> list[ChunkSpan]:
         text = document.text
@@ -147,12 +127,3 @@ class MarkdownChunker:
                     )
                 )
         return assemble(document, planned)
-
-    def config(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "chunk_size": self.chunk_size,
-            "chunk_overlap": self.overlap,
-            "tokenizer": tokenizer_name(self.token_spans),
-            "version": ALGORITHM_VERSION,
-        }

@@ -17,23 +17,18 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from mlflow_rag.chunk._common import (
-    ALGORITHM_VERSION,
-    DEFAULT_CHUNK_SIZE,
     Planned,
+    SizedChunker,
     TokenIndex,
     assemble,
-    default_overlap,
     fit_windows,
     regions,
     strip_span,
-    validate_sizes,
 )
 from mlflow_rag.chunk.base import TokenSpans
 from mlflow_rag.chunk.tokens import (
-    approx_token_spans,
     count_tokens,
     counts_are_additive,
-    tokenizer_name,
 )
 from mlflow_rag.types import ChunkSpan, SourceDocument
 
@@ -182,7 +177,7 @@ def split_recursive(
 
 
 @dataclass(frozen=True, kw_only=True)
-class RecursiveChunker:
+class RecursiveChunker(SizedChunker):
     """Chunks of at most ``chunk_size`` tokens that end at the strongest boundary available.
 
     Sections are hard boundaries: a chunk never spans two sections; ``chunk_type`` is the
@@ -190,22 +185,7 @@ class RecursiveChunker:
     ``chunk_size // 8``.
     """
 
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    chunk_overlap: int | None = None
-    token_spans: TokenSpans = approx_token_spans
-    # Unannotated on purpose: a class attribute, not a dataclass field, so it reads as the
-    # protocol's plain ``name: str`` (a frozen field would be a read-only property to mypy).
     name = "recursive"
-
-    def __post_init__(self) -> None:
-        validate_sizes(self.chunk_size, self.overlap)
-
-    @property
-    def overlap(self) -> int:
-        """The overlap in tokens actually used (``chunk_overlap`` or ``chunk_size // 8``)."""
-        if self.chunk_overlap is None:
-            return default_overlap(self.chunk_size)
-        return self.chunk_overlap
 
     def chunk(self, document: SourceDocument) -> list[ChunkSpan]:
         planned = [
@@ -221,12 +201,3 @@ class RecursiveChunker:
             )
         ]
         return assemble(document, planned)
-
-    def config(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "chunk_size": self.chunk_size,
-            "chunk_overlap": self.overlap,
-            "tokenizer": tokenizer_name(self.token_spans),
-            "version": ALGORITHM_VERSION,
-        }
