@@ -275,23 +275,27 @@ def ingest(
                           np.stack([vectors[h] for _, _, h in missing]), model_version=model.version)
     stages.add("write", started)
 
-    started = time.perf_counter()
-    store.flush()
-    stages.add("index", started)
-
-    final = next(m for m in store.models() if m.name == info.name)
-    stats = store.stats()
+    index, stats = _persist(store, info.name, stages)
     return IngestReport(
         sources=tuple(sources), source_digest=source_digest(documents),
         loader=",".join(sorted(set(loaders))), chunker=chunking, embedder=info.name,
         embedder_version=model.version, dimension=info.dimension,
-        index={"kind": final.index_type, "params": dict(final.index_params)},
+        index=index,
         documents_new=new, documents_updated=updated, documents_unchanged=len(unchanged_ids),
         documents_failed=len(failures), chunks=sum(len(c) for _, _, c in to_write),
         vectors_embedded=len(todo), vectors_cached=len(texts) - len(todo), tokens=tokens,
         cost_usd=cost, seconds=dict(stages.seconds), failures=tuple(failures),
         store_generation=stats.generation, store_bytes=stats.bytes_on_disk,
     )
+
+
+def _persist(store: Store, model_name: str, stages: _Stage) -> tuple[dict[str, Any], Any]:
+    """Persist the index files (timed as the "index" stage); the model's index and store stats."""
+    started = time.perf_counter()
+    store.flush()
+    stages.add("index", started)
+    final = next(m for m in store.models() if m.name == model_name)
+    return {"kind": final.index_type, "params": dict(final.index_params)}, store.stats()
 
 
 def _slug(name: str) -> str:
@@ -373,16 +377,12 @@ def import_legacy(
     started = time.perf_counter()
     report = store.write(records)
     stages.add("write", started)
-    started = time.perf_counter()
-    store.flush()
-    stages.add("index", started)
-    final = next(m for m in store.models() if m.name == info.name)
-    stats = store.stats()
+    index, stats = _persist(store, info.name, stages)
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return IngestReport(
         sources=(str(path),), source_digest=digest, loader="legacy", chunker=chunking,
         embedder=info.name, embedder_version=legacy.model_name, dimension=info.dimension,
-        index={"kind": final.index_type, "params": dict(final.index_params)},
+        index=index,
         documents_new=report.new, documents_updated=report.updated,
         documents_unchanged=report.unchanged, documents_failed=len(failures),
         chunks=report.chunks, vectors_embedded=0, vectors_cached=report.vectors,
