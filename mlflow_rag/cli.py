@@ -73,6 +73,13 @@ def _tracking_options(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="MLflow experiment for the run [default: mlflow-rag].")(func)
 
 
+def _check_tracking(tracking_uri: str | None) -> None:
+    """An unreachable tracking server fails before the work, not after a long ingest."""
+    from mlflow_rag.tracking import check_tracking_uri, resolve_tracking_uri  # no mlflow import
+
+    check_tracking_uri(resolve_tracking_uri(tracking_uri))
+
+
 def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: str | None) -> None:
     from mlflow_rag.tracking import log_ingest_run  # mlflow is imported only to log a run
 
@@ -135,6 +142,8 @@ def ingest(
         batch_size=batch_size, index_type=index_type, loader_options=loader_options,
         index_params=_key_ints(index_params) or None,
     )
+    if not no_track:
+        _check_tracking(tracking_uri)
     with Store.open(store_path, create=True) as store:
         report = run_ingest(list(sources), store, options=options,
                             progress=sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS")))
@@ -158,6 +167,8 @@ def import_legacy(
     from mlflow_rag.ingest import import_legacy as run_import
     from mlflow_rag.store.store import Store
 
+    if not no_track:
+        _check_tracking(tracking_uri)
     with Store.open(store_path, create=True) as store:
         report = run_import(file, store, model_name=model)
         click.echo(format_report(report))

@@ -303,8 +303,13 @@ class Store:
                 f"{sorted(self._models)}"
             )
         if name not in self._models:
+            have = sorted(self._models)
+            add = f"`mlflow-rag ingest SOURCES --store {self.root} --embedder {name}`"
             raise ModelNotFound(
-                f"no embedding model {name!r} in {self.root}; it has {sorted(self._models)}"
+                f"no embedding model {name!r} in {self.root}; it has {have}: search with "
+                f"--embedder {' or '.join(have)}, or add {name} vectors with {add}"
+                if have else f"no embedding model {name!r} in {self.root}; it holds no vectors "
+                f"yet: add them with {add}"
             )
         return self._models[name]
 
