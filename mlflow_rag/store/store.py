@@ -115,6 +115,8 @@ def clean_vectors(vectors: Any, dimension: int, *, what: str = "vector") -> np.n
         raise DimensionMismatch(
             f"{what} dimension {array.shape[1]} does not match the model's dimension {dimension}"
         )
+    if dimension < 1:
+        raise InvalidVector(f"{what}s need at least one component, got shape {array.shape}")
     if array.dtype.kind != "f" or array.dtype.itemsize < 4:
         array = array.astype(np.float64)  # integers and float16: exact in float64
     finite = np.isfinite(array).all(axis=1)
