@@ -26,6 +26,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -267,7 +268,8 @@ def rss(args: dict[str, Any]) -> None:
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     failures: list[str] = []
     with Store.open(work / "store", create=True) as store:
-        report = ingest(args["sources"], store, options=OPTIONS, embedder=embedder(),
+        options = replace(OPTIONS, loader_options=args.get("loader_options"))
+        report = ingest(args["sources"], store, options=options, embedder=embedder(),
                         progress=False, on_failure=lambda f: failures.append(f.reason))
         documents = store.stats().documents
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
