@@ -103,8 +103,7 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
     for migration in MIGRATIONS:
         if migration.version <= version:
             continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_transaction(conn):  # a disk failure rolls back and names the file
             # executescript would COMMIT our transaction; run statement by statement.
             for statement in _statements(migration.sql):
                 conn.execute(statement)
@@ -119,10 +118,6 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
                 (migration.version, migration.name, utc_now()),
             )
             conn.execute(f"PRAGMA user_version = {migration.version}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         version = migration.version
     return version
 
