@@ -181,6 +181,26 @@ def test_disk_full_at_every_power_of_two_byte_limit_leaves_old_or_new_state(
           f"{len(limits) - failed} completed")
 
 
+def test_cli_reports_a_full_disk_in_one_line_without_a_traceback(tmp_path: Path) -> None:
+    import resource
+
+    folder = write_corpus(tmp_path / "docs", range(3), 1)
+
+    def small_disk() -> None:  # runs in the child before exec; both settings are inherited
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow_rag.cli", "ingest", str(folder), "--store",
+         str(tmp_path / "store"), "--embedder", "tfidf", "--no-track"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=small_disk, check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot write {tmp_path / 'store' / 'metadata.db'}: ")
+
+
 # =========================================================================== I/O error at each step
 
 
