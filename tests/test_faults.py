@@ -495,9 +495,9 @@ def reingest_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     write_corpus(root / "v2", range(660), 2, sentences=5)
     old = _documents(root / "base")
     done = copy_store(root / "base", root / "reference")
-    started = time.perf_counter()
     proc = start_child("reingest", {"store": str(done), "folder": str(root / "v2")})
     read_until(proc, "start")
+    started = time.perf_counter()  # how long the ingest itself takes, start-up excluded
     read_until(proc, "done")
     proc.wait()
     return {"root": root, "old": old, "new": _documents(done),
@@ -574,7 +574,7 @@ def test_sigkill_at_random_moments_of_reingests(
 ) -> None:
     rounds = max(3, KILL_ROUNDS // 3)
     totals = kill_reingests(reingest_corpus, tmp_path, rounds=rounds)
-    print(f"re-ingest kills: {totals['kills']} of {rounds} rounds landed before the end; "
+    print(f"re-ingest kills: {totals['kills']} of {rounds} rounds killed before the ingest ended; "
           f"{totals['documents_checked']} documents checked all-old-or-all-new; "
           f"{totals['partly_new']} rounds stopped between write batches")
 
