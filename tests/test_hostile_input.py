@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import zlib
@@ -209,7 +208,32 @@ filters = st.recursive(
     | st.dictionaries(filter_keys, conditions, max_size=3),
     max_leaves=10,
 )
-filter_inputs = filters | filters.map(json.dumps) | st.text(max_size=40)
+# Filters the language accepts, so that many random inputs reach SQLite rather than stopping
+# at validation: hostile keys (no "$" prefix), valid operators, bindable values.
+safe_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+comparable = (st.integers(min_value=-(2**63), max_value=2**63 - 1)
+              | st.floats(allow_nan=False, allow_infinity=False) | safe_text)
+valid_condition = (
+    st.none() | st.booleans() | comparable
+    | st.fixed_dictionaries({}, optional={
+        "$eq": comparable, "$ne": comparable | st.none(), "$gt": comparable, "$lte": comparable})
+    .filter(bool)
+    | st.builds(lambda op, values: {op: values}, st.sampled_from(["$in", "$nin"]),
+                st.lists(comparable, min_size=0, max_size=6))
+    | st.builds(lambda flag: {"$exists": flag}, st.booleans())
+)
+valid_keys = st.sampled_from([k for k in HOSTILE_KEYS if not k.startswith("$")] + [
+    "country", "n", "document_id", "chunk_index", "chunk.position", "source_path", "imported_at",
+    "metadata.$.a", "metadata.country", "chunk_type", "token_count"]) | safe_text.filter(
+    lambda k: k and not k.startswith("$") and all(ord(c) >= 32 for c in k))
+valid_filters = st.recursive(
+    st.dictionaries(valid_keys, valid_condition, max_size=3),
+    lambda inner: st.builds(lambda op, items: {op: items}, st.sampled_from(["$and", "$or"]),
+                            st.lists(inner, min_size=1, max_size=3)),
+    max_leaves=8,
+)
+filter_inputs = (valid_filters | valid_filters.map(json.dumps) | filters
+                 | filters.map(json.dumps) | st.text(max_size=40))
 _tried = {"filters": 0, "refused": 0, "ran": 0}
 
 
@@ -569,18 +593,13 @@ def big_bomb_pdf(megabytes: int) -> bytes:
 
 def peak_growth(tmp_path: Path, sources: list[str], **options: Any) -> dict[str, Any]:
     """Run ingest() in a child and return its peak RSS growth (KiB) and what landed."""
+    if sys.platform != "linux":
+        pytest.skip("ru_maxrss is KiB on Linux only (bytes on macOS)")
     args = {"work": str(tmp_path / "work"), "sources": sources, **options}
     proc = subprocess.run([sys.executable, "-m", "tests.fault_child", "rss", json.dumps(args)],
                           cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def test_rss_growth_is_measured_in_kib() -> None:
-    # ru_maxrss is KiB on Linux (bytes on macOS): the bounds below assume Linux
-    if sys.platform != "linux":
-        pytest.skip("ru_maxrss units differ off Linux")
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 64 * 1024 * 1024
 
 
 def test_an_endless_web_page_is_cut_at_max_bytes_with_memory_bounded(tmp_path: Path) -> None:
@@ -593,6 +612,7 @@ def test_an_endless_web_page_is_cut_at_max_bytes_with_memory_bounded(tmp_path: P
     assert result["documents"] == 2 and result["failed"] == 1
     assert "max_bytes=5000000" in result["reasons"][0]
     assert result["growth_kib"] < 60 * 1024, result
+    print(f"endless web page: cut at 5 MB, peak RSS growth {result['growth_kib'] / 1024:.0f} MiB")
 
 
 ENORMOUS: dict[str, tuple[int, int]] = {  # case -> (input MiB, bound on peak growth in MiB)
@@ -641,7 +661,8 @@ def test_enormous_inputs_are_skipped_with_peak_memory_bounded_by_the_limits(
     result = peak_growth(tmp_path, [str(good), str(source)])
     source.unlink()
     assert result["failed"] == 1, result
-    assert result["documents"] >= 3, result  # the good files and the good rows land
+    # the two good files land, and the good rows around the enormous one
+    assert result["documents"] == (4 if case in ("csv field", "jsonl line") else 2), result
     assert result["growth_kib"] < bound * 1024, result
     print(f"enormous {case}: {mib} MiB input, peak RSS growth "
           f"{result['growth_kib'] / 1024:.0f} MiB (bound {bound} MiB): {result['reasons'][0]}")
