@@ -283,6 +283,7 @@ def test_io_error_at_each_step_of_persisting_the_index_is_named_and_loses_nothin
 
     steps = sweep_io_errors(corpus / "base", tmp_path, prepare, check)
     assert steps >= 8  # lock, index temp file, write, fsync, replace, dir fsync, manifest...
+    print(f"I/O error injected at each of the {steps} file steps of a flush")
 
 
 def test_io_error_at_each_step_of_a_snapshot_removes_the_partial_bundle(
@@ -306,6 +307,7 @@ def test_io_error_at_each_step_of_a_snapshot_removes_the_partial_bundle(
 
     steps = sweep_io_errors(corpus / "base", tmp_path, prepare, check)
     assert steps >= 8
+    print(f"I/O error injected at each of the {steps} file steps of a snapshot")
 
 
 def test_io_error_opening_the_index_lock_is_a_storage_error(tmp_path: Path,
@@ -566,6 +568,7 @@ def test_sigkill_during_a_reingest_leaves_each_document_all_old_or_all_new(
 ) -> None:
     totals = kill_reingests(reingest_corpus, tmp_path, rounds=2)
     assert totals["documents_checked"] >= 1200
+    print(f"re-ingest kills (quick): {totals}")
 
 
 @pytest.mark.slow
@@ -828,6 +831,7 @@ def fuzz_index_damage(tmp_path: Path, n: int, *, seed: int) -> dict[str, int]:
 def test_random_index_damage_never_crashes_and_is_rebuilt_or_harmless(tmp_path: Path) -> None:
     totals = fuzz_index_damage(tmp_path, 6, seed=1)
     assert totals["cases"] == 36 and totals["rebuilt"] >= 18
+    print(f"damaged index files opened (quick): {totals}")
 
 
 @pytest.mark.slow
