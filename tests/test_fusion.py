@@ -94,8 +94,10 @@ def test_searcher_hybrid_uses_the_fusion_asked_for(random_store: Any) -> None:
     try:
         query = "document 3 chunk 0 topic3"
         default = Searcher(store, model="m").hybrid(query, vectors[3], k=5)
+        zscore = Searcher(store, model="m").hybrid(query, vectors[3], k=5, fusion="convex-zscore")
+        assert [h.chunk_id for h in default] == [h.chunk_id for h in zscore]
         rrf = Searcher(store, model="m").hybrid(query, vectors[3], k=5, fusion="rrf")
-        assert [h.chunk_id for h in default] == [h.chunk_id for h in rrf]
+        assert rrf[0].score == pytest.approx(2 / 61)  # rank 1 in both lists
         convex = Searcher(store, model="m", fusion="convex-minmax").hybrid(query, vectors[3], k=5)
         assert convex[0].chunk_id == "doc3#0"  # best in both lists
         assert convex[0].score == pytest.approx(2.0)  # 1 (dense max) + 1 (lexical max)

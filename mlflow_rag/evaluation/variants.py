@@ -16,7 +16,7 @@ child run)::
       index_type: flat
       mode: [bm25, dense, hybrid]
       k: 100                     # documents retrieved per query
-      fusion: rrf                # hybrid only
+      fusion: convex-zscore      # hybrid only: rrf, convex-minmax or convex-zscore
 
 ``grid`` may also be a list of such mappings: the variants are the union of their products
 (duplicates dropped), so a comparison need not be a full cross product.
@@ -41,7 +41,7 @@ from mlflow_rag.chunk.registry import CHUNKERS, DEFAULT_CHUNK_SIZE, default_over
 from mlflow_rag.errors import InvalidInput, UnknownChoice
 from mlflow_rag.evaluation.metrics import DEFAULT_KS, METRICS
 from mlflow_rag.index.choose import INDEX_TYPES
-from mlflow_rag.search import FUSIONS, MODES
+from mlflow_rag.search import DEFAULT_FUSION, FUSIONS, MODES
 
 DEFAULT_METRIC = "ndcg_at_10"
 DEFAULT_CANDIDATE_FACTOR = 3
@@ -57,7 +57,7 @@ AXIS_DEFAULTS: dict[str, Any] = {
     "index_type": "auto",
     "mode": list(MODES),
     "k": DEFAULT_K,
-    "fusion": FUSIONS[0],
+    "fusion": DEFAULT_FUSION,
 }
 AXES = tuple(AXIS_DEFAULTS)
 TOP_LEVEL_KEYS = ("name", "description", "grid", "ks", "metric", "split", "candidate_factor")
