@@ -816,15 +816,14 @@ def fuzz_index_damage(tmp_path: Path, n: int, *, seed: int) -> dict[str, int]:
     totals = {"cases": 0, "rebuilt": 0, "loaded_as_is": 0, "verify_flags": 0}
     for case, result in open_in_child(paths, "live", verify=True).items():
         assert result["opened"] and result["orphan_hits"] == 0, (case, result)
-        assert len(result["hits"]) == 5 and result["ids_equal"], (case, result)
-        assert result["integrity"] == "ok"
+        assert len(result["hits"]) == 5 and result["integrity"] == "ok", (case, result)
         if "-False-" in case:  # the sha256 check catches every change
             assert result["consistent"], (case, result)
         totals["cases"] += 1
         totals["rebuilt"] += bool(result["events"])
-        if not result["events"]:
+        if not result["events"]:  # hash recomputed over damage the load checks cannot see
             totals["loaded_as_is"] += 1
-            totals["verify_flags"] += not result["self_found"]
+            totals["verify_flags"] += not result["consistent"]
     return totals
 
 

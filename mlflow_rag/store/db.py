@@ -481,14 +481,6 @@ def vectors_after(
     return _vectors_from_rows(rows, dimension)
 
 
-def vector_ids(conn: sqlite3.Connection, model_name: str) -> np.ndarray:
-    """The model's vector ids, ascending (what its index must hold)."""
-    rows = conn.execute(
-        "SELECT vector_id FROM embeddings WHERE model_name = ? ORDER BY vector_id", (model_name,)
-    ).fetchall()
-    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-
-
 def vectors_by_ids(
     conn: sqlite3.Connection, vector_ids: Sequence[int], dimension: int
 ) -> np.ndarray:

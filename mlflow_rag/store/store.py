@@ -589,8 +589,6 @@ class Store:
         index = self._sync(info, index, generation)
         if index.ntotal != db.vector_count(self.conn, info.name):
             return self._build(info, generation, "index and SQLite disagree on the vector count")
-        if not np.array_equal(index.ids(), db.vector_ids(self.conn, info.name)):
-            return self._build(info, generation, "index and SQLite disagree on the vector ids")
         differs = _first_differing_vector(index, self.conn, info)
         if differs is not None:
             return self._build(
