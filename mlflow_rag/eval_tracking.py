@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -174,12 +175,34 @@ def _dataset_input(mlflow: Any, dataset: EvalDataset) -> Any:
          for qid, text in dataset.queries.items()],
         columns=["query_id", "query", "relevant"],
     )
-    source = dataset.source if "://" in dataset.source or dataset.source.startswith("beir:") \
-        else str(Path(dataset.source).resolve())
-    return mlflow.data.from_pandas(
-        frame, source=source if "://" in source or source.startswith("/") else None,
-        name=dataset.name, digest=dataset.digest[:MAX_DATASET_DIGEST],
-    )
+    return mlflow.data.from_pandas(frame, source=dataset_source_uri(dataset), name=dataset.name,
+                                   digest=dataset.digest[:MAX_DATASET_DIGEST])
+
+
+def dataset_source_uri(dataset: EvalDataset) -> str | None:
+    """Where the dataset came from, as MLflow can record it: the download URL of a
+    ``beir:<name>`` dataset, else the absolute path of the folder or questions file."""
+    match = re.search(r"\((https?://[^)\s]+)\)", dataset.source)
+    if match:
+        return match.group(1)
+    path = Path(dataset.source)
+    return str(path.resolve()) if path.exists() else None
+
+
+def _log_params(mlflow: Any, params: dict[str, str]) -> None:
+    """Log params; under ``mlflow run`` the parent already holds the -P values, and MLflow
+    refuses to change a param: an equal value is skipped, a different one is logged as
+    ``mlflow_rag.<name>`` instead of failing the evaluation at its end."""
+    run = mlflow.active_run()
+    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
+    fresh = {}
+    for key, value in params.items():
+        if key not in existing:
+            fresh[key] = value
+        elif existing[key] != value:
+            fresh[f"mlflow_rag.{key}"] = value
+    if fresh:
+        mlflow.log_params(fresh)
 
 
 def _log_child(mlflow: Any, result: VariantResult, dataset_input: Any, parent_id: str) -> str:
@@ -273,7 +296,7 @@ def evaluate(
             with mlflow.start_run(run_name=run_name or f"{grid.name}:{data.name}") as parent:
                 parent_id = str(parent.info.run_id)
                 mlflow.set_tags({TAG_RUN_TYPE: "evaluation", TAG_DATASET_DIGEST: data.digest})
-                mlflow.log_params({
+                _log_params(mlflow, {
                     "dataset": data.name, "dataset_source": data.source,
                     "split": data.split or "", "queries": str(len(data.queries)),
                     "max_queries": "" if max_queries is None else str(max_queries),

@@ -128,3 +128,34 @@ def test_cli_evaluate_errors_are_one_clear_line(beir: Path, tmp_path: Path) -> N
     assert "Unknown search mode 'vector'" in result.output
     result = CliRunner().invoke(main, ["evaluate", "--no-track"])
     assert result.exit_code == 2 and "--dataset" in result.output
+
+
+def test_under_mlflow_run_the_project_run_is_the_parent(
+    beir: Path, tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = mlflow.MlflowClient(tracking_uri)
+    project = client.create_run(client.create_experiment("project"))
+    # `mlflow run` logged the -P values as params of its run before the command started.
+    client.log_param(project.info.run_id, "dataset", str(beir))
+    client.log_param(project.info.run_id, "split", "test")
+    monkeypatch.setenv("MLFLOW_RUN_ID", project.info.run_id)
+    outcome = evaluate(beir, variants=parse_grid(GRID), experiment="ignored", tracking_uri=tracking_uri,
+                       work_dir=tmp_path / "work", progress=False)
+    assert outcome.parent_run_id == project.info.run_id
+    assert len(_children(client, project.info.run_id)) == 3
+    params = client.get_run(project.info.run_id).data.params
+    assert params["dataset"] == str(beir) and params["mlflow_rag.dataset"] == "tiny"
+    assert params["split"] == "test" and "mlflow_rag.split" not in params
+
+
+def test_dataset_source_is_the_download_url_or_the_absolute_path(beir: Path) -> None:
+    from dataclasses import replace
+
+    from mlflow_rag.eval_tracking import dataset_source_uri
+    from mlflow_rag.evaluation.datasets import load_beir_folder
+
+    dataset = load_beir_folder(beir)
+    assert dataset_source_uri(dataset) == str(beir.resolve())
+    downloaded = replace(dataset, source="beir:scifact (https://example.org/beir/scifact.zip)")
+    assert dataset_source_uri(downloaded) == "https://example.org/beir/scifact.zip"
+    assert dataset_source_uri(replace(dataset, source="gone/elsewhere")) is None

@@ -244,17 +244,18 @@ def run_grid(
                     embed_ms = query_seconds[space] * 1000 / len(texts)
                     searcher = Searcher(store, model=embedder.name, embedder=embedder)
                     _set_index(store, embedder, variant.index_type)
-                result = _run_variant(
+                metrics, per_query = _run_variant(
                     variant, grid, dataset, store, searcher, query_ids, texts, vectors,
                     options=options,
                 )
-                result.metrics["query_embed_ms"] = embed_ms
-                result.metrics.update(_cost_metrics(store, variant, records, chunk_seconds))
-                result.info.update({"chunk_tokenizer": tokenizer or APPROX_TOKENIZER,
-                                    "store": store_dir_name(chunking, tokenizer)})
+                metrics["query_embed_ms"] = embed_ms
+                metrics.update(_cost_metrics(store, variant, records, chunk_seconds))
+                info = {"chunk_tokenizer": tokenizer or APPROX_TOKENIZER,
+                        "store": store_dir_name(chunking, tokenizer)}
                 if variant.embedder is not None:
-                    info = store.model(variant.embedder)
-                    result.info["embedder_version"] = info.model_version or ""
+                    info["embedder_version"] = store.model(variant.embedder).model_version or ""
+                result = VariantResult(variant=variant, metrics=metrics, per_query=per_query,
+                                       store_path=store.root, ks=grid.ks_for(variant), info=info)
                 results.append(result)
                 if on_result:
                     on_result(result)
@@ -356,7 +357,8 @@ def _run_variant(
     variant: Variant, grid: Grid, dataset: EvalDataset, store: Store, searcher: Searcher,
     query_ids: Sequence[str], texts: Sequence[str], vectors: np.ndarray | None, *,
     options: HarnessOptions,
-) -> VariantResult:
+) -> tuple[dict[str, float], tuple[QueryResult, ...]]:
+    """Search every query, roll chunks up to documents, score: (metrics, per-query rows)."""
     depth = candidate_depth(variant.k, grid.candidate_factor)
     run: dict[str, list[str]] = {}
     latencies: list[float] = []
@@ -396,8 +398,7 @@ def _run_variant(
             ndcg_at_10=float(row["ndcg_at_10"]) if row else float("nan"),
             first_relevant_rank=first, latency_ms=latency,
         ))
-    return VariantResult(variant=variant, metrics=metrics, per_query=tuple(per_query),
-                         store_path=store.root, ks=ks)
+    return metrics, tuple(per_query)
 
 
 def _search(
