@@ -206,3 +206,22 @@ def test_store_directories_name_chunking_and_tokenizer() -> None:
 @pytest.mark.parametrize(("k", "factor", "depth"), [(10, 3, 30), (100, 3, 300), (5000, 3, 10_000)])
 def test_candidate_depth_retrieves_more_chunks_than_documents_needed(k: int, factor: int, depth: int) -> None:
     assert candidate_depth(k, factor) == depth
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "convex-zscore"])
+def test_hybrid_variants_rank_as_hybrid_search_does(beir: Path, tmp_path: Path, fusion: str) -> None:
+    from mlflow_rag.evaluation.rollup import rollup_to_documents
+    from mlflow_rag.search import Searcher
+
+    dataset = load_beir_folder(beir)
+    grid = small_grid(mode="hybrid", fusion=fusion)
+    (result,) = run_grid(grid, dataset,
+                         options=HarnessOptions(work_dir=tmp_path / "w", progress=False)).results
+    depth = candidate_depth(5, grid.candidate_factor)
+    with Store.open(result.store_path, read_only=True) as store:
+        searcher = Searcher(store, model="tfidf")
+        for row in result.per_query:
+            vector = searcher.embed_query(row.query)
+            hits = searcher.hybrid(row.query, vector, k=depth, candidates=depth, fusion=fusion)
+            expected = rollup_to_documents([(h.document_id, h.score) for h in hits], limit=5)
+            assert list(row.retrieved_ids) == [doc for doc, _ in expected][: len(row.retrieved_ids)]

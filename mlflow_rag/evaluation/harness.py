@@ -13,6 +13,10 @@ For a :class:`~mlflow_rag.evaluation.variants.Grid` and an
 3. Each variant retrieves ``k * candidate_factor`` chunks per query, rolls them up to
    documents (a document ranks where its best chunk ranks; qrels judge documents) and keeps
    the top ``k``; :func:`~mlflow_rag.evaluation.metrics.evaluate_run` scores the run.
+4. Every candidate list is searched once: the BM25 list of a query and its dense list in one
+   index serve the bm25 and dense variants and every hybrid variant, which fuses them with
+   :func:`mlflow_rag.search.fuse` (the function hybrid search itself uses). A hybrid
+   variant's latency is therefore the time of its two searches plus its fusion, measured.
 
 Chunk sizes are counted in one tokenizer per store, whatever the embedder: all embedders of
 a store must see the same chunks, or the second ingest would re-chunk (and so drop the first
@@ -27,6 +31,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,7 +43,7 @@ from mlflow_rag.evaluation.datasets import EvalDataset
 from mlflow_rag.evaluation.metrics import evaluate_run
 from mlflow_rag.evaluation.rollup import rollup_to_documents
 from mlflow_rag.evaluation.variants import Chunking, Grid, Variant
-from mlflow_rag.search import Searcher, redact_emails
+from mlflow_rag.search import fuse, redact_emails
 from mlflow_rag.store.store import MAX_K, Store, model_slug
 from mlflow_rag.types import Hit, IngestReport
 
@@ -94,6 +99,15 @@ class VariantResult:
     store_path: Path
     ks: tuple[int, ...]
     info: dict[str, str] = field(default_factory=dict)  # extra params (tokenizer, index params)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Ranked chunks of every query for one search (BM25, or dense in one index), in query
+    order: ``(chunk_id, score)`` best first, and the search time of each query."""
+
+    pairs: tuple[tuple[tuple[str, float], ...], ...]
+    latency_ms: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -224,14 +238,24 @@ def run_grid(
                     on_ingest(record)
             chunk_seconds = _chunking_seconds(records)
             variants = [v for v in grid.variants if v.chunking == chunking]
-            # Search grouped by (embedder, index type): an index is built once per group.
+            # Grouped by (embedder, index type): each index is built once, and candidate lists
+            # are kept only while variants of this store need them.
             order = sorted(range(len(variants)),
                            key=lambda i: (variants[i].embedder or "", variants[i].index_type or ""))
+            lists: dict[str, Candidates] = {}
+            doc_of: dict[str, str] = {}  # chunk id -> document id, for the roll-up
             for i in order:
                 variant = variants[i]
-                vectors = None
+                depth = candidate_depth(variant.k, grid.candidate_factor)
+                lexical = dense = None
                 embed_ms = 0.0
-                searcher = Searcher(store)
+                if variant.mode in ("bm25", "hybrid"):
+                    lexical_key = f"bm25/{depth}"
+                    if lexical_key not in lists:
+                        lists[lexical_key] = _collect(
+                            partial(_lexical, store, texts, depth), len(texts), doc_of,
+                            desc=f"bm25 top {depth}", options=options)
+                    lexical = lists[lexical_key]
                 if variant.embedder is not None:
                     embedder = models[variant.embedder]
                     space = (embedder.name, embedder.version)
@@ -240,13 +264,18 @@ def run_grid(
                         query_vectors[space] = _embed_queries(embedder, texts, options=options)
                         query_seconds[space] = time.perf_counter() - began
                         queries_embedded[f"{embedder.name}:{embedder.version}"] = len(texts)
-                    vectors = query_vectors[space]
                     embed_ms = query_seconds[space] * 1000 / len(texts)
-                    searcher = Searcher(store, model=embedder.name, embedder=embedder)
                     _set_index(store, embedder, variant.index_type)
+                    dense_key = f"dense/{embedder.name}/{variant.index_type}/{depth}"
+                    if dense_key not in lists:
+                        lists[dense_key] = _collect(
+                            partial(_dense, store, embedder.name, query_vectors[space], depth),
+                            len(texts), doc_of, desc=f"{embedder.name} top {depth}",
+                            options=options)
+                    dense = lists[dense_key]
                 metrics, per_query = _run_variant(
-                    variant, grid, dataset, store, searcher, query_ids, texts, vectors,
-                    options=options,
+                    variant, dataset, query_ids, texts, lexical, dense, doc_of,
+                    ks=grid.ks_for(variant), depth=depth, options=options,
                 )
                 metrics["query_embed_ms"] = embed_ms
                 metrics.update(_cost_metrics(store, variant, records, chunk_seconds))
@@ -353,28 +382,61 @@ def _set_index(store: Store, embedder: Embedder, index_type: str | None) -> None
         store.ensure_model(embedder.name, embedder.dimension, index_type=index_type)
 
 
-def _run_variant(
-    variant: Variant, grid: Grid, dataset: EvalDataset, store: Store, searcher: Searcher,
-    query_ids: Sequence[str], texts: Sequence[str], vectors: np.ndarray | None, *,
+def _lexical(store: Store, texts: Sequence[str], depth: int, q: int) -> list[Hit]:
+    return store.lexical_search(texts[q], k=depth)
+
+
+def _dense(store: Store, model: str, vectors: np.ndarray, depth: int, q: int) -> list[Hit]:
+    return store.dense_search(vectors[q], model=model, k=depth)
+
+
+def _collect(
+    search: Callable[[int], list[Hit]], n: int, doc_of: dict[str, str], *, desc: str,
     options: HarnessOptions,
+) -> Candidates:
+    """Run ``search`` for queries ``0..n-1``, timing each; keep ids and scores only."""
+    pairs: list[tuple[tuple[str, float], ...]] = []
+    latencies: list[float] = []
+    with _tqdm(total=n, desc=f"search {desc}", unit="query", disable=not options.progress,
+               leave=False) as bar:
+        for q in range(n):
+            began = time.perf_counter()
+            hits = search(q)
+            latencies.append((time.perf_counter() - began) * 1000)
+            pairs.append(tuple((h.chunk_id, h.score) for h in hits))
+            doc_of.update((h.chunk_id, h.document_id) for h in hits)
+            bar.update(1)
+    return Candidates(pairs=tuple(pairs), latency_ms=tuple(latencies))
+
+
+def _run_variant(
+    variant: Variant, dataset: EvalDataset, query_ids: Sequence[str], texts: Sequence[str],
+    lexical: Candidates | None, dense: Candidates | None, doc_of: Mapping[str, str], *,
+    ks: Sequence[int], depth: int, options: HarnessOptions,
 ) -> tuple[dict[str, float], tuple[QueryResult, ...]]:
-    """Search every query, roll chunks up to documents, score: (metrics, per-query rows)."""
-    depth = candidate_depth(variant.k, grid.candidate_factor)
+    """Rank every query's documents from the candidate lists and score the run:
+    (metrics, per-query rows). Latency = the searches this variant needs + fusion + roll-up."""
     run: dict[str, list[str]] = {}
     latencies: list[float] = []
     short = 0  # queries that found fewer than k documents
-    bar = _tqdm(total=len(query_ids), desc=f"search {variant.label}", unit="query",
-                disable=not options.progress, leave=False)
-    with bar:
-        for i, (qid, text) in enumerate(zip(query_ids, texts, strict=True)):
+    for i, qid in enumerate(query_ids):
+        if variant.mode == "bm25":
+            assert lexical is not None
+            pairs, spent = lexical.pairs[i], lexical.latency_ms[i]
+        elif variant.mode == "dense":
+            assert dense is not None
+            pairs, spent = dense.pairs[i], dense.latency_ms[i]
+        else:
+            assert lexical is not None and dense is not None and variant.fusion is not None
             began = time.perf_counter()
-            hits = _search(variant, store, searcher, text, None if vectors is None else vectors[i], depth)
-            documents = rollup_to_documents(((h.document_id, h.score) for h in hits), limit=variant.k)
-            latencies.append((time.perf_counter() - began) * 1000)
-            run[qid] = [doc for doc, _ in documents]
-            short += len(documents) < variant.k
-            bar.update(1)
-    ks = grid.ks_for(variant)
+            # As Searcher.hybrid does: fuse both lists and keep the best ``depth`` chunks.
+            pairs = tuple(fuse([dense.pairs[i], lexical.pairs[i]], method=variant.fusion)[:depth])
+            spent = dense.latency_ms[i] + lexical.latency_ms[i] + (time.perf_counter() - began) * 1000
+        began = time.perf_counter()
+        documents = rollup_to_documents(((doc_of[c], s) for c, s in pairs), limit=variant.k)
+        latencies.append(spent + (time.perf_counter() - began) * 1000)
+        run[qid] = [doc for doc, _ in documents]
+        short += len(documents) < variant.k
     scored = evaluate_run(run, dataset.qrels, ks=sorted(set(ks) | {10}))
     metrics = {name: value for name, value in scored.aggregate.items()
                if int(name.rsplit("_", 1)[1]) in ks}
@@ -399,18 +461,6 @@ def _run_variant(
             first_relevant_rank=first, latency_ms=latency,
         ))
     return metrics, tuple(per_query)
-
-
-def _search(
-    variant: Variant, store: Store, searcher: Searcher, text: str, vector: np.ndarray | None,
-    depth: int,
-) -> list[Hit]:
-    if variant.mode == "bm25":
-        return store.lexical_search(text, k=depth)
-    assert vector is not None and variant.embedder is not None
-    if variant.mode == "dense":
-        return store.dense_search(vector, model=variant.embedder, k=depth)
-    return searcher.hybrid(text, vector, k=depth, candidates=depth, fusion=variant.fusion)
 
 
 def _chunking_seconds(records: Sequence[IngestRecord]) -> float:

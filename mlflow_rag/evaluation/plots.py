@@ -25,10 +25,16 @@ def _figure(width: float, height: float) -> Figure:
     return figure
 
 
+def lower_is_better(metric: str) -> bool:
+    """Latencies, seconds and sizes: smaller wins."""
+    return metric.endswith(("_ms", "_seconds", "_bytes"))
+
+
 def metrics_by_variant(
     results: Sequence[VariantResult], metrics: Sequence[str], *, title: str | None = None
 ) -> Figure:
-    """One horizontal bar chart per metric, a bar per variant (variants in grid order)."""
+    """One horizontal bar chart per metric, a bar per variant (variants in grid order); the
+    best variant on each metric is orange."""
     metrics = [m for m in metrics if any(m in r.metrics for r in results)]
     columns = max(1, min(3, len(metrics)))
     rows = max(1, -(-len(metrics) // columns))
@@ -39,7 +45,10 @@ def metrics_by_variant(
         axes = figure.add_subplot(rows, columns, i + 1)
         values = [r.metrics.get(metric, float("nan")) for r in results]
         positions = list(range(len(labels)))
-        bars = axes.barh(positions, values, color="tab:blue")
+        finite = [v for v in values if v == v]  # NaN != NaN: a variant without the metric
+        best = (min(finite) if lower_is_better(metric) else max(finite)) if finite else None
+        colors = ["tab:orange" if v == best else "tab:blue" for v in values]
+        bars = axes.barh(positions, values, color=colors)
         axes.bar_label(bars, fmt="%.3g", fontsize=7, padding=2)
         axes.set_yticks(positions, labels, fontsize=8)
         axes.invert_yaxis()  # first variant on top, as in the grid file
@@ -70,4 +79,4 @@ def recall_curves(results: Sequence[VariantResult]) -> Figure:
     return figure
 
 
-__all__ = ["metrics_by_variant", "recall_curves"]
+__all__ = ["lower_is_better", "metrics_by_variant", "recall_curves"]
