@@ -9,8 +9,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import click
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mlflow_rag.cli import main
@@ -23,13 +21,15 @@ def render() -> str:
         "# CLI reference\n",
         "Generated from the CLI by `python scripts/gen_cli_docs.py`; a test keeps it current.\n",
     ]
-    ctx = click.Context(main, info_name="mlflow-rag", terminal_width=100, max_content_width=100)
+    # make_context applies the group's context_settings (e.g. -h): click caches the help
+    # option per command, so a bare Context would render differently after other calls.
+    width = {"terminal_width": 100, "max_content_width": 100, "resilient_parsing": True}
+    ctx = main.make_context("mlflow-rag", [], **width)
     parts.append("```\n" + main.get_help(ctx) + "\n```\n")
     for name in sorted(main.list_commands(ctx)):
         command = main.get_command(ctx, name)
         assert command is not None
-        sub = click.Context(command, info_name=name, parent=ctx,
-                            terminal_width=100, max_content_width=100)
+        sub = command.make_context(name, [], parent=ctx, **width)
         parts.append(f"## mlflow-rag {name}\n\n```\n{command.get_help(sub)}\n```\n")
     return "\n".join(parts)
 
