@@ -112,7 +112,8 @@ def per_query_rows(result: VariantResult) -> list[dict[str, Any]]:
 
 def format_comparison(result: EvaluationResult, *, metric: str) -> str:
     """The table the CLI prints: one line per variant, best first, the best marked ``*``."""
-    columns = list(dict.fromkeys((metric, *SUMMARY_METRICS)))
+    columns = [c for c in dict.fromkeys((metric, *SUMMARY_METRICS))
+               if any(c in r.metrics for r in result.results)]  # e.g. no recall_at_100 at k=10
     rows = comparison_rows(result, metric=metric)
     header = ["variant", *columns]
     body = []

@@ -238,8 +238,8 @@ def run_grid(
                     on_ingest(record)
             chunk_seconds = _chunking_seconds(records)
             variants = [v for v in grid.variants if v.chunking == chunking]
-            # Grouped by (embedder, index type): each index is built once, and candidate lists
-            # are kept only while variants of this store need them.
+            # Grouped by (embedder, index type), so each index is built once. Candidate lists
+            # (ids and scores only) live while this store's variants are scored.
             order = sorted(range(len(variants)),
                            key=lambda i: (variants[i].embedder or "", variants[i].index_type or ""))
             lists: dict[str, Candidates] = {}
