@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlflow_rag.types import ChunkRecord, DocumentRecord, VectorBatch
+
 WORDS = (
     "retrieval augmented generation vector index chunk document embedding query model "
     "store metadata filter search rank score latency throughput memory disk cache "
@@ -68,6 +70,19 @@ def chunk_metadata(i: int) -> dict[str, object]:
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def bench_record(i: int, text: str, vectors: dict[str, np.ndarray]) -> DocumentRecord:
+    """Document ``doc{i}`` with one chunk ``c{i}`` and a (1, d) vector per model name."""
+    digest = text_hash(text)
+    return DocumentRecord(
+        id=f"doc{i}", source_path=f"/corpus/doc{i}.txt", source_type="text", content_hash=digest,
+        raw_text=None,
+        chunks=(ChunkRecord(id=f"c{i}", chunk_index=0, chunk_type="text", text=text, start_char=0,
+                            end_char=len(text), token_count=100, text_hash=digest),),
+        vectors=tuple(VectorBatch(name, vector) for name, vector in vectors.items()),
+        metadata=chunk_metadata(i),
+    )
 
 
 @dataclass(frozen=True)

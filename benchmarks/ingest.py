@@ -29,9 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import batched, chunk_metadata, chunk_text, clustered_vectors, text_hash
+from benchmarks.common import batched, bench_record, chunk_metadata, chunk_text, clustered_vectors, text_hash
 from mlflow_rag.store.store import Store
-from mlflow_rag.types import ChunkRecord, DocumentRecord, VectorBatch
 
 BATCH = 2000
 
@@ -41,18 +40,8 @@ def ingest_store(path: Path, vectors: np.ndarray, texts: list[str]) -> float:
     with Store.open(path, create=True) as store:
         store.ensure_model("bench", vectors.shape[1], index_type="flat")
         for block in batched(len(texts), BATCH):
-            store.write([
-                DocumentRecord(
-                    id=f"doc{i}", source_path=f"/corpus/doc{i}.txt", source_type="text",
-                    content_hash=text_hash(texts[i]), raw_text=None,
-                    chunks=(ChunkRecord(id=f"c{i}", chunk_index=0, chunk_type="text", text=texts[i],
-                                        start_char=0, end_char=len(texts[i]), token_count=100,
-                                        text_hash=text_hash(texts[i])),),
-                    vectors=(VectorBatch("bench", vectors[i : i + 1]),),
-                    metadata=chunk_metadata(i),
-                )
-                for i in block
-            ], skip_unchanged=False)
+            store.write([bench_record(i, texts[i], {"bench": vectors[i : i + 1]}) for i in block],
+                        skip_unchanged=False)
     return time.perf_counter() - start
 
 

@@ -33,18 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (
     batched,
+    bench_record,
     chunk_metadata,
     chunk_text,
     clustered_vectors,
     queries_near,
     recall_at_k,
-    text_hash,
     time_calls,
 )
 from mlflow_rag.index.choose import choose_index
 from mlflow_rag.search import Searcher
 from mlflow_rag.store.store import Store
-from mlflow_rag.types import ChunkRecord, DocumentRecord, VectorBatch
 
 SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
 MODELS = ("flat", "hnsw", "auto")
@@ -55,18 +54,8 @@ def build_store(path: Path, vectors: np.ndarray, texts: list[str]) -> Store:
     for name in MODELS:
         store.ensure_model(name, vectors.shape[1], index_type=name)
     for block in tqdm(list(batched(len(texts), 5000)), desc="store ingest", unit="batch"):
-        store.write([
-            DocumentRecord(
-                id=f"doc{i}", source_path=f"/corpus/doc{i}.txt", source_type="text",
-                content_hash=text_hash(texts[i]), raw_text=None,
-                chunks=(ChunkRecord(id=f"c{i}", chunk_index=0, chunk_type="text", text=texts[i],
-                                    start_char=0, end_char=len(texts[i]), token_count=100,
-                                    text_hash=text_hash(texts[i])),),
-                vectors=tuple(VectorBatch(m, vectors[i : i + 1]) for m in MODELS),
-                metadata=chunk_metadata(i),
-            )
-            for i in block
-        ], skip_unchanged=False)
+        store.write([bench_record(i, texts[i], {m: vectors[i : i + 1] for m in MODELS})
+                     for i in block], skip_unchanged=False)
     store.flush()
     return store
 

@@ -29,16 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (
     batched,
+    bench_record,
     chunk_metadata,
     chunk_text,
     clustered_vectors,
     queries_near,
     recall_at_k,
-    text_hash,
     time_calls,
 )
 from mlflow_rag.store.store import Store
-from mlflow_rag.types import ChunkRecord, DocumentRecord, VectorBatch
 
 SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
 
@@ -48,18 +47,8 @@ def build_store(path: Path, vectors: np.ndarray, texts: list[str]) -> Store:
     store.ensure_model("flat", vectors.shape[1], index_type="flat")
     store.ensure_model("hnsw", vectors.shape[1], index_type="hnsw")
     for block in tqdm(list(batched(len(vectors), 2000)), desc="store ingest", unit="batch"):
-        records = [
-            DocumentRecord(
-                id=f"doc{i}", source_path=f"/corpus/doc{i}.txt", source_type="text",
-                content_hash=text_hash(texts[i]), raw_text=None,
-                chunks=(ChunkRecord(id=f"c{i}", chunk_index=0, chunk_type="text", text=texts[i],
-                                    start_char=0, end_char=len(texts[i]), token_count=100,
-                                    text_hash=text_hash(texts[i])),),
-                vectors=(VectorBatch("flat", vectors[i : i + 1]), VectorBatch("hnsw", vectors[i : i + 1])),
-                metadata=chunk_metadata(i),
-            )
-            for i in block
-        ]
+        records = [bench_record(i, texts[i], {"flat": vectors[i : i + 1], "hnsw": vectors[i : i + 1]})
+                   for i in block]
         store.write(records)
     start = time.perf_counter()
     store.flush()
