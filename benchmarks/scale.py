@@ -145,8 +145,9 @@ def run_size(n: int, args: argparse.Namespace, summary: dict[str, float]) -> Non
     vectors = clustered_vectors(n, args.dim)
     texts = [chunk_text(i) for i in range(n)]
     queries = queries_near(vectors, args.queries)
+    sample = min(50, len(queries))  # queries for recall and filtered timings
     buckets = np.array([chunk_metadata(i)["bucket"] for i in range(n)])
-    truth = [np.argsort(-(vectors @ q), kind="stable")[:10].tolist() for q in queries[:50]]
+    truth = [np.argsort(-(vectors @ q), kind="stable")[:10].tolist() for q in queries[:sample]]
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         start = time.perf_counter()
@@ -167,10 +168,10 @@ def run_size(n: int, args: argparse.Namespace, summary: dict[str, float]) -> Non
                 raw_p50.append(raw.median_ms)
             recall = statistics.mean(
                 recall_at_k([int(h.chunk_id[1:]) for h in store.dense_search(q, model=model, k=10)], t)
-                for q, t in zip(queries[:50], truth, strict=True))
+                for q, t in zip(queries[:sample], truth, strict=True))
             raw_recall = statistics.mean(
                 recall_at_k(raw_search(index, conn, q, 10), t)
-                for q, t in zip(queries[:50], truth, strict=True))
+                for q, t in zip(queries[:sample], truth, strict=True))
             label = f"{model}({auto_kind})" if model == "auto" else model
             print(f"dense {label:>10}: ours p50 {statistics.median(ours_p50):7.2f} ms  raw p50 "
                   f"{statistics.median(raw_p50):7.2f} ms  ratio {statistics.median(ratios):.3f}  "
@@ -191,8 +192,8 @@ def run_size(n: int, args: argparse.Namespace, summary: dict[str, float]) -> Non
 
             for model in ("flat", "hnsw"):
                 ours = time_calls(lambda i, m=model, f=filters: store.dense_search(
-                    queries[i], model=m, k=10, filters=f), 50)
-                raw = time_calls(raw_filtered, 50)
+                    queries[i], model=m, k=10, filters=f), sample)
+                raw = time_calls(raw_filtered, sample)
                 got = [int(h.chunk_id[1:]) for h in store.dense_search(queries[1], model=model, k=10,
                                                                          filters=filters)]
                 want = allowed[np.argsort(-(vectors[allowed] @ queries[1]), kind="stable")[:10]].tolist()
