@@ -72,6 +72,9 @@ class MiniLMEmbedder:
     name = "minilm"
     version = "sentence-transformers/all-MiniLM-L6-v2"
     dimension = 384
+    # How the network runs. Other backends (ONNX Runtime, int8) live in minilm_fast.py and
+    # override the name, version and :meth:`_encode_batch`; this class is the plain model.
+    backend = "torch"
 
     def __init__(
         self,
@@ -206,19 +209,10 @@ class MiniLMEmbedder:
         if not items:
             return EmbedResult(vectors=np.zeros((0, self.dimension), dtype=np.float32))
         counts = self._token_counts(items)
-        model = self.model
         out = np.empty((len(items), self.dimension), dtype=np.float32)
         batches = self.batches(counts)
         for positions in batches:
-            # One encode call per batch: a single call over everything would re-sort by
-            # characters inside sentence-transformers and undo (or fake) our bucketing.
-            vectors = model.encode(
-                [items[p] for p in positions],
-                batch_size=len(positions),
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            vectors = self._encode_batch([items[p] for p in positions])
             if vectors.shape != (len(positions), self.dimension):
                 raise DimensionMismatch(
                     f"{self.name} returned an array of shape {vectors.shape} for a batch of "
@@ -234,6 +228,7 @@ class MiniLMEmbedder:
             "batch_size": self.batch_size,
             "length_bucketing": self.length_bucketing,
             "num_threads": self.num_threads,
+            "backend": self.backend,
         }
         return EmbedResult(
             vectors=vectors,
@@ -243,6 +238,19 @@ class MiniLMEmbedder:
             seconds=time.perf_counter() - started,
             metadata=metadata,
         )
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        """Vectors (n, 384) for one batch, in the batch's order; finalized by the caller."""
+        # One encode call per batch: a single call over everything would re-sort by
+        # characters inside sentence-transformers and undo (or fake) our bucketing.
+        vectors: np.ndarray = self.model.encode(
+            texts,
+            batch_size=len(texts),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return vectors
 
     def embed_query(self, text: str) -> np.ndarray:
         """float32 (384,), unit norm."""
@@ -254,6 +262,7 @@ class MiniLMEmbedder:
         return {
             "embedder": self.name,
             "model_version": self.version,
+            "backend": self.backend,
             "dimension": self.dimension,
             "max_tokens": self.max_tokens,
             "batch_size": self.batch_size,

@@ -10,20 +10,25 @@ from mlflow_rag.errors import InvalidInput, UnknownChoice
 
 EMBEDDERS = ["minilm", "tfidf", "openai:<model>"]
 OPENAI_PREFIX = "openai:"
+MINILM_PREFIX = "minilm:"  # minilm:onnx-int8 etc.; see mlflow_rag.embed.minilm_fast.BACKENDS
 
 
 def get_embedder(spec: str, *, state_dir: Path | None = None, **options: Any) -> Embedder:
     """The embedder named by ``spec`` (one of :data:`EMBEDDERS`), configured by ``options``.
 
+    ``"minilm"`` accepts ``backend=`` (``"torch"``, ``"torch-int8"``, ``"onnx"``, ``"onnx-int8"``),
+    as does the spec ``"minilm:<backend>"``; see :mod:`mlflow_rag.embed.minilm_fast`.
     ``"tfidf"`` loads the model saved in ``state_dir`` when there is one (so search uses the
     ingest's fit); otherwise it returns an unfitted embedder for the ingest to ``fit`` and
     ``save(state_dir)``. ``options`` given with a saved tfidf model must match its settings:
     a silently different tokenisation would make query vectors meaningless.
     """
-    if spec == "minilm":
-        from mlflow_rag.embed.minilm import MiniLMEmbedder
+    if spec == "minilm" or (isinstance(spec, str) and spec.startswith(MINILM_PREFIX)):
+        # "minilm" is the plain sentence-transformers model; "minilm:<backend>" (or the
+        # backend= option) picks ONNX Runtime / int8, each stored as its own model name.
+        from mlflow_rag.embed.minilm_fast import minilm_embedder
 
-        return MiniLMEmbedder(**options)
+        return minilm_embedder(spec, **options)
     if spec == "tfidf":
         from mlflow_rag.embed.tfidf import TfidfEmbedder
 

