@@ -1,4 +1,4 @@
-"""The fast MiniLM backends (ONNX Runtime fp32 / int8, torch int8) against the plain model.
+"""The fast MiniLM backends (ONNX Runtime fp32 / int8) against the plain model.
 
 The ONNX model is exported once per session into a temporary cache directory chosen through
 ``MLFLOW_RAG_CACHE_DIR`` (the same path a user's default goes through). Real texts are SciFact
@@ -149,15 +149,17 @@ def test_a_long_text_is_cut_where_the_plain_model_cuts_it(
     )
 
 
-def test_torch_int8_runs_and_stays_near_the_plain_model(
+def test_torch_int8_is_measurable_but_not_offered(
     plain: MiniLMEmbedder, real_texts: list[str], plain_vectors: np.ndarray
 ) -> None:
-    embedder = get_embedder("minilm:torch-int8", batch_size=8, num_threads=1)
-    assert isinstance(embedder, TorchInt8MiniLMEmbedder)
+    with pytest.raises(UnknownChoice, match="minilm backend 'torch-int8'"):
+        get_embedder("minilm:torch-int8")
+    embedder = TorchInt8MiniLMEmbedder(batch_size=8, num_threads=1)  # as the benchmark builds it
     vectors = embedder.embed(real_texts[:8]).vectors
     assert vectors.shape == (8, 384) and vectors.dtype == np.float32
-    # Per-tensor int8 drifts further than onnx-int8 (why it is not the recommended backend).
+    # Near the plain model, but much less near than onnx-int8 (cosine ~0.92 on SciFact).
     assert np.sum(vectors * plain_vectors[:8], axis=1).min() > 0.8
+    assert embedder.version not in {plain.version, OnnxInt8MiniLMEmbedder.version}
 
 
 # --------------------------------------------------------------------------- the contract
@@ -212,7 +214,6 @@ def test_each_backend_has_its_own_name_and_version() -> None:
     embedders = {backend: get_embedder("minilm", backend=backend) for backend in BACKENDS}
     assert {b: e.name for b, e in embedders.items()} == {
         "torch": "minilm",
-        "torch-int8": "minilm:torch-int8",
         "onnx": "minilm:onnx",
         "onnx-int8": "minilm:onnx-int8",
     }
@@ -235,7 +236,7 @@ def test_plain_minilm_stays_the_default() -> None:
 def test_an_unknown_backend_is_refused_naming_the_choices() -> None:
     expected = (
         r"Unknown minilm backend 'onnx-int4'; "
-        r"choose from \['onnx', 'onnx-int8', 'torch', 'torch-int8'\]"
+        r"choose from \['onnx', 'onnx-int8', 'torch'\]"
     )
     with pytest.raises(UnknownChoice, match=expected):
         get_embedder("minilm", backend="onnx-int4")

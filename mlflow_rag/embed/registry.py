@@ -16,7 +16,7 @@ MINILM_PREFIX = "minilm:"  # minilm:onnx-int8 etc.; see mlflow_rag.embed.minilm_
 def get_embedder(spec: str, *, state_dir: Path | None = None, **options: Any) -> Embedder:
     """The embedder named by ``spec`` (one of :data:`EMBEDDERS`), configured by ``options``.
 
-    ``"minilm"`` accepts ``backend=`` (``"torch"``, ``"torch-int8"``, ``"onnx"``, ``"onnx-int8"``),
+    ``"minilm"`` accepts ``backend=`` (``"torch"``, the default, ``"onnx"`` or ``"onnx-int8"``),
     as does the spec ``"minilm:<backend>"``; see :mod:`mlflow_rag.embed.minilm_fast`.
     ``"tfidf"`` loads the model saved in ``state_dir`` when there is one (so search uses the
     ingest's fit); otherwise it returns an unfitted embedder for the ingest to ``fit`` and
