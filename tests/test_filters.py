@@ -174,3 +174,83 @@ def semantics_store(tmp_path: Path):
 )
 def test_filter_semantics_on_a_real_store(semantics_store, spec: dict, expected: list[str]) -> None:
     assert sorted(d.id for d in semantics_store.find_documents(spec)) == expected
+
+
+# ------------------------------------------------------------ masks agree with the SQL form
+
+
+@pytest.fixture(scope="module")
+def mixed_store(tmp_path_factory: pytest.TempPathFactory):
+    """Documents with mixed metadata types, several chunks each, and one chunk without a
+    vector of the model (a second model covers it), so masks meet every case the SQL does."""
+    import numpy as np
+
+    from mlflow_rag.types import VectorBatch
+    from tests.conftest import make_record
+
+    rng = np.random.default_rng(0)
+    store = Store.open(tmp_path_factory.mktemp("mixed") / "s", create=True)
+    store.ensure_model("m", 4)
+    store.ensure_model("other", 4)
+    values = ["UK", "Germany", 3, 2.5, None, True, ["UK", 7], {"name": "Ann"}, "", -1]
+    records = []
+    for i in range(40):
+        metadata = {"country": values[i % len(values)], "year": 2000 + i % 7}
+        if i % 3:
+            metadata["tags"] = ["a", "b"][: i % 3]
+        texts = [f"text {i} part {j}" for j in range(1 + i % 3)]
+        record = make_record(f"doc{i}", texts, vectors=rng.normal(size=(len(texts), 4)),
+                             metadata=metadata, chunk_type=["bio", "abstract", None][i % 3])
+        if i == 5:  # this document's vectors are of the other model only
+            record = make_record(f"doc{i}", texts, metadata=metadata)
+            record = type(record)(**{**record.__dict__, "vectors": (
+                VectorBatch("other", rng.normal(size=(len(texts), 4))),)})
+        records.append(record)
+    store.write(records)
+    yield store
+    store.close()
+
+
+mask_values = st.sampled_from(["UK", "Germany", "", "a", "b", "Ann", 3, 7, 2.5, -1, 2003, 0, 1])
+mask_condition = (
+    st.none() | st.booleans() | mask_values
+    | st.fixed_dictionaries({}, optional={
+        "$eq": mask_values, "$ne": mask_values | st.none(), "$gt": mask_values,
+        "$lte": mask_values}).filter(bool)
+    | st.builds(lambda op, v: {op: v}, st.sampled_from(["$in", "$nin"]),
+                st.lists(mask_values, max_size=3))
+    | st.builds(lambda flag: {"$exists": flag}, st.booleans())
+)
+mask_keys = st.sampled_from([
+    "country", "year", "tags", "name", "metadata.country.name", "chunk.position", "chunk_type",
+    "chunk_index", "document_id", "source_type", "updated_at", "token_count", "missing",
+])
+mask_filters = st.recursive(
+    st.dictionaries(mask_keys, mask_condition, max_size=3),
+    lambda inner: st.builds(lambda op, items: {op: items}, st.sampled_from(["$and", "$or"]),
+                            st.lists(inner, min_size=1, max_size=3)),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=mask_filters)
+def test_masks_select_exactly_the_vectors_the_sql_form_selects(mixed_store, spec: dict) -> None:
+    import numpy as np
+
+    from mlflow_rag.store import db
+    from mlflow_rag.store.filter_masks import VectorKeys, allowed_vector_ids
+    from mlflow_rag.store.filters import plan_filter
+
+    conn = mixed_store.conn
+    where, params = compile_filter(spec)
+    expected = sorted(r[0] for r in conn.execute(
+        "SELECT e.vector_id FROM embeddings e JOIN chunks c ON c.id = e.chunk_id "
+        "JOIN documents d ON d.id = c.document_id WHERE e.model_name = 'm' AND (" + where + ")",
+        params))
+    keys = VectorKeys(*db.vector_keys(conn, "m"))
+    got = allowed_vector_ids(plan_filter(spec), keys, lambda sql, p: db.matching_ids(conn, sql, p))
+    assert got.tolist() == expected
+    assert got.dtype == np.int64
+    hits = mixed_store.dense_search(np.ones(4), model="m", k=200, filters=spec)
+    assert sorted(h.vector_id for h in hits) == expected

@@ -552,17 +552,22 @@ def chunks_without_vectors(
     return out
 
 
-def filtered_vector_ids(
-    conn: sqlite3.Connection, model_name: str, where: str, params: Sequence[Any]
-) -> np.ndarray:
-    # "+e.model_name" keeps the planner off idx_embeddings_model: a store holds few models, so
-    # that index matches nearly every row, while the filter's own index lookups are selective.
+def vector_keys(
+    conn: sqlite3.Connection, model_name: str
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """(vector ids ascending, their chunk ids, their document ids) for one model's vectors."""
     rows = conn.execute(
-        "SELECT e.vector_id FROM embeddings e JOIN chunks c ON c.id = e.chunk_id "
-        "JOIN documents d ON d.id = c.document_id WHERE +e.model_name = ? AND (" + where + ")",
-        (model_name, *params),
+        "SELECT e.vector_id, e.chunk_id, c.document_id FROM embeddings e "
+        "JOIN chunks c ON c.id = e.chunk_id WHERE e.model_name = ? ORDER BY e.vector_id",
+        (model_name,),
     ).fetchall()
-    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    return ids, [r[1] for r in rows], [r[2] for r in rows]
+
+
+def matching_ids(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[str]:
+    """The ids one filter condition selects (``sql`` comes from the filter compiler)."""
+    return [r[0] for r in conn.execute(sql, params).fetchall()]
 
 
 def hits_by_vector_ids(

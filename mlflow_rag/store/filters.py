@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mlflow_rag.errors import FilterError, UnknownChoice
@@ -78,23 +79,67 @@ def parse_filter(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
 
 def compile_filter(spec: str | Mapping[str, Any] | None) -> tuple[str, list[Any]]:
     """Return ``(sql, params)`` over the aliases ``d`` (documents) and ``c`` (chunks)."""
-    compiler = _Compiler()
-    sql = compiler.filter(parse_filter(spec), depth=0)
-    return sql, compiler.params
+    return render_sql(plan_filter(spec))
+
+
+def plan_filter(spec: str | Mapping[str, Any] | None) -> Plan:
+    """The filter as a tree of :class:`Junction` and :class:`Condition` (validated)."""
+    return _Compiler().filter(parse_filter(spec), depth=0)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One leaf: the rows whose ``owner`` id is (or, ``negate``, is not) in ``ids_sql``.
+
+    ``ids_sql`` selects the matching document or chunk ids from one indexed table, so a
+    leaf costs one index range scan wherever it is evaluated; ``sql`` is the same test inline
+    over the aliases ``d`` and ``c``. Column tests are NULL-safe inline and never negated, so
+    SQL's NULL (unknown) and "no match" agree everywhere a leaf can appear.
+    """
+
+    owner: str  # "document" | "chunk"
+    sql: str
+    ids_sql: str
+    params: tuple[Any, ...]
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class Junction:
+    """``$and`` / ``$or`` of parts; an empty ``AND`` matches everything."""
+
+    op: str  # "AND" | "OR"
+    parts: tuple[Plan, ...]
+
+
+Plan = Condition | Junction
+
+
+def render_sql(plan: Plan) -> tuple[str, list[Any]]:
+    """The plan as one SQL boolean expression and its parameters, in order."""
+    params: list[Any] = []
+
+    def render(node: Plan) -> str:
+        if isinstance(node, Condition):
+            params.extend(node.params)
+            return node.sql
+        if not node.parts:
+            return "1"
+        parts = [render(part) for part in node.parts]
+        return parts[0] if len(parts) == 1 else "(" + f" {node.op} ".join(parts) + ")"
+
+    return render(plan), params
 
 
 class _Compiler:
     def __init__(self) -> None:
-        self.params: list[Any] = []
         self.conditions = 0
 
-    def filter(self, spec: Any, *, depth: int) -> str:
+    def filter(self, spec: Any, *, depth: int) -> Plan:
         if depth > MAX_DEPTH:
             raise FilterError(f"filter is nested more than {MAX_DEPTH} levels deep")
         if not isinstance(spec, Mapping):
             raise FilterError(f"expected a filter object, got {type(spec).__name__}")
-        if not spec:
-            return "1"
         parts = []
         for key, value in spec.items():
             if not isinstance(key, str):
@@ -103,29 +148,29 @@ class _Compiler:
                 parts.append(self.logical(key, value, depth=depth))
             else:
                 parts.append(self.field(key, value))
-        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+        return parts[0] if len(parts) == 1 else Junction("AND", tuple(parts))
 
-    def logical(self, op: str, value: Any, *, depth: int) -> str:
+    def logical(self, op: str, value: Any, *, depth: int) -> Plan:
         if op not in LOGICAL_OPERATORS:
             raise UnknownChoice("filter operator", op, (*LOGICAL_OPERATORS, *FIELD_OPERATORS))
         if not isinstance(value, list) or not value:
             raise FilterError(f"{op} takes a non-empty list of filters")
-        joiner = " AND " if op == "$and" else " OR "
-        return "(" + joiner.join(self.filter(v, depth=depth + 1) for v in value) + ")"
+        parts = tuple(self.filter(v, depth=depth + 1) for v in value)
+        return Junction("AND" if op == "$and" else "OR", parts)
 
-    def field(self, key: str, value: Any) -> str:
-        expr, path = self.expression(key)
+    def field(self, key: str, value: Any) -> Plan:
+        table, column, name = self.expression(key)
         if isinstance(value, Mapping):
             if not value:
                 raise FilterError(f"empty operator object for field {key!r}")
-            parts = [self.operator(key, expr, path, op, arg) for op, arg in value.items()]
-            return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
-        return self.operator(key, expr, path, "$eq", value)
+            parts = [self.operator(key, table, column, name, op, arg) for op, arg in value.items()]
+            return parts[0] if len(parts) == 1 else Junction("AND", tuple(parts))
+        return self.operator(key, table, column, name, "$eq", value)
 
-    def expression(self, key: str) -> tuple[str, str | None]:
-        """A column expression, or (table, metadata key) for metadata fields."""
+    def expression(self, key: str) -> tuple[str, str | None, str | None]:
+        """(owner table, column expression or None, metadata key or None)."""
         if key in COLUMNS:
-            return COLUMNS[key], None
+            return ("document" if key in DOCUMENT_COLUMNS else "chunk"), COLUMNS[key], None
         if key.startswith("chunk."):
             table, name = "chunk", key[len("chunk."):]
         elif key.startswith("metadata."):
@@ -137,57 +182,66 @@ class _Compiler:
             raise FilterError(
                 f"bad filter key {key!r}: metadata keys are 1-{MAX_KEY_LENGTH} printable characters"
             )
-        return table, name
+        return table, None, name
 
-    def operator(self, key: str, expr: str, name: str | None, op: str, arg: Any) -> str:
+    def operator(
+        self, key: str, table: str, column: str | None, name: str | None, op: str, arg: Any
+    ) -> Condition:
         self.conditions += 1
         if self.conditions > MAX_CONDITIONS:
             raise FilterError(f"filter has more than {MAX_CONDITIONS} conditions")
         if op not in FIELD_OPERATORS:
             raise UnknownChoice("filter operator", op, FIELD_OPERATORS)
         _check_argument(key, op, arg)
-        if name is None:
-            return self.column_condition(expr, op, arg)
-        return self.field_condition(expr, name, op, arg)
+        if column is not None:
+            sql, params = column_condition(column, op, arg)
+            alias, rows = ("d", "documents d") if table == "document" else ("c", "chunks c")
+            return Condition(table, sql, f"SELECT {alias}.id FROM {rows} WHERE {sql}", params)
+        assert name is not None
+        return field_condition(table, name, op, arg)
 
-    def column_condition(self, column: str, op: str, arg: Any) -> str:
-        if op == "$exists":
-            return f"({column} IS {'NOT ' if arg else ''}NULL)"
-        if op in ("$in", "$nin"):
-            self.params.append(json.dumps(arg))
-            if op == "$in":
-                return f"({column} IN (SELECT value FROM json_each(?)))"
-            return f"({column} IS NULL OR {column} NOT IN (SELECT value FROM json_each(?)))"
-        if arg is None:
-            return f"({column} IS {'NOT ' if op == '$ne' else ''}NULL)"
-        self.params.append(arg)
-        if op == "$ne":
-            return f"({column} IS NULL OR {column} != ?)"
-        return f"({column} {COMPARISONS[op]} ?)"
 
-    def field_condition(self, table: str, name: str, op: str, arg: Any) -> str:
-        owner = "d.id" if table == "document" else "c.id"
-        id_column = "document_id" if table == "document" else "chunk_id"
-        lookup = f"SELECT {id_column} FROM {table}_fields WHERE key = ?"
-        self.params.append(name)
-        if op == "$exists":
-            return f"({owner} {'' if arg else 'NOT '}IN ({lookup}))"
-        if op in ("$in", "$nin"):
-            self.params.append(json.dumps(arg))
-            negate = "NOT " if op == "$nin" else ""
-            return f"({owner} {negate}IN ({lookup} AND value IN (SELECT value FROM json_each(?))))"
-        if arg is None:  # null matches a missing field or an explicit null
-            negate = "" if op == "$ne" else "NOT "
-            return f"({owner} {negate}IN ({lookup} AND value IS NOT NULL))"
-        self.params.append(arg)
-        if op == "$eq":
-            return f"({owner} IN ({lookup} AND value = ?))"
-        if op == "$ne":
-            return f"({owner} NOT IN ({lookup} AND value = ?))"
+def column_condition(column: str, op: str, arg: Any) -> tuple[str, tuple[Any, ...]]:
+    if op == "$exists":
+        return f"({column} IS {'NOT ' if arg else ''}NULL)", ()
+    if op in ("$in", "$nin"):
+        values = (json.dumps(arg),)
+        if op == "$in":
+            return f"({column} IN (SELECT value FROM json_each(?)))", values
+        return f"({column} IS NULL OR {column} NOT IN (SELECT value FROM json_each(?)))", values
+    if arg is None:
+        return f"({column} IS {'NOT ' if op == '$ne' else ''}NULL)", ()
+    if op == "$ne":
+        return f"({column} IS NULL OR {column} != ?)", (arg,)
+    return f"({column} {COMPARISONS[op]} ?)", (arg,)
+
+
+def field_condition(table: str, name: str, op: str, arg: Any) -> Condition:
+    """A metadata test: membership in the ids the indexed ``<table>_fields`` rows give."""
+    owner = "d.id" if table == "document" else "c.id"
+    id_column = "document_id" if table == "document" else "chunk_id"
+    lookup = f"SELECT {id_column} FROM {table}_fields WHERE key = ?"
+    params: tuple[Any, ...] = (name,)
+    negate = False
+    if op == "$exists":
+        negate = not arg
+    elif op in ("$in", "$nin"):
+        lookup += " AND value IN (SELECT value FROM json_each(?))"
+        params += (json.dumps(arg),)
+        negate = op == "$nin"
+    elif arg is None:  # null matches a missing field or an explicit null
+        lookup += " AND value IS NOT NULL"
+        negate = op != "$ne"
+    elif op in ("$eq", "$ne"):
+        lookup += " AND value = ?"
+        params += (arg,)
+        negate = op == "$ne"
+    else:
         kinds = "('text')" if isinstance(arg, str) else "('integer', 'real')"
-        return (
-            f"({owner} IN ({lookup} AND value {COMPARISONS[op]} ? AND typeof(value) IN {kinds}))"
-        )
+        lookup += f" AND value {COMPARISONS[op]} ? AND typeof(value) IN {kinds}"
+        params += (arg,)
+    sql = f"({owner} {'NOT ' if negate else ''}IN ({lookup}))"
+    return Condition(table, sql, lookup, params, negate)
 
 
 def _check_argument(key: str, op: str, arg: Any) -> None:

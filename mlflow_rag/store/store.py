@@ -52,7 +52,8 @@ from mlflow_rag.store.files import (
     sha256_file,
     storage_error,
 )
-from mlflow_rag.store.filters import compile_filter, metadata_fields
+from mlflow_rag.store.filter_masks import VectorKeys, allowed_vector_ids
+from mlflow_rag.store.filters import compile_filter, metadata_fields, plan_filter
 from mlflow_rag.store.manifest import Manifest, ModelEntry, read_manifest, write_manifest
 from mlflow_rag.store.schema import SCHEMA_VERSION
 from mlflow_rag.types import (
@@ -169,6 +170,7 @@ class Store:
         self.immutable = immutable
         self._lock = threading.RLock()
         self._indexes: dict[str, VectorIndex] = {}
+        self._keys: dict[str, tuple[int, VectorKeys]] = {}  # per model: (generation, keys)
         self._persisted: dict[str, int] = {}  # model -> generation of the file on disk
         self._models: dict[str, ModelInfo] = {}
         self._models_generation = -1
@@ -244,6 +246,7 @@ class Store:
             self._conn.close()
             self._conn = None
             self._indexes.clear()
+            self._keys.clear()
 
     @property
     def conn(self) -> Any:
@@ -772,16 +775,19 @@ class Store:
         With ``filters``, only matching chunks are ranked, exactly (pre-filtering).
         """
         k = check_k(k)
-        where, params = compile_filter(filters) if filters else ("", [])
+        plan = plan_filter(filters) if filters else None
         with self._lock, db.read_transaction(self.conn):
             generation = db.generation(self.conn)
             self._refresh_models(generation)
             info = self._model(model)
             query = clean_query(vector, info.dimension)
             index = self._index_for(info, generation)
-            allowed = (
-                db.filtered_vector_ids(self.conn, info.name, where, params) if where else None
-            )
+            allowed = None
+            if plan is not None:
+                allowed = allowed_vector_ids(
+                    plan, self._vector_keys(info.name, generation),
+                    lambda sql, params: db.matching_ids(self.conn, sql, params),
+                )
             result = index.search(query, k, allowed=allowed)
             rows = db.hits_by_vector_ids(self.conn, result.ids.tolist())
         hits: list[Hit] = []
@@ -792,6 +798,14 @@ class Store:
                 continue
             hits.append(_hit(row, len(hits) + 1, float(score), include_pii, vector_id))
         return hits
+
+    def _vector_keys(self, model_name: str, generation: int) -> VectorKeys:
+        """Which chunk and document each vector belongs to, as of ``generation`` (cached)."""
+        cached = self._keys.get(model_name)
+        if cached is None or cached[0] != generation:
+            cached = (generation, VectorKeys(*db.vector_keys(self.conn, model_name)))
+            self._keys[model_name] = cached
+        return cached[1]
 
     def lexical_search(
         self, text: str, *, k: int = 10, filters: str | Mapping[str, Any] | None = None,
