@@ -442,7 +442,9 @@ def test_sigkill_at_every_file_step_of_persisting_a_rebuild(
     for kind in ("flat", "hnsw", "ivf"):
         path = rebuild_stores[kind]
         kills = sweep_selfkill(path, tmp_path, "rebuild", check_after_kill, range(1, 20))
-        assert kills == 4, kind
+        # The index file's four steps; an HNSW graph built in one batch differs from the one
+        # the ingest grew batch by batch, so its new hash also rewrites the manifest.
+        assert kills == (8 if kind == "hnsw" else 4), kind
         total += kills
     print(f"rebuild self-kills at file steps survived: {total} (flat, hnsw, ivf)")
 

@@ -22,6 +22,7 @@ from mlflow_rag.errors import (
     RagError,
     UnknownChoice,
 )
+from mlflow_rag.store import db
 from mlflow_rag.store.store import Store, clean_vectors, model_slug
 from tests.conftest import make_record
 
@@ -416,3 +417,63 @@ def test_pii_is_hidden_unless_asked_for(tmp_path: Path) -> None:
     shown = store.dense_search(np.ones(4), k=1, include_pii=True)[0].document_metadata
     assert shown["_pii"] == {"email": "ann@example.com"}
     store.close()
+
+
+def _sqlite_state(store: Store, model: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = store.conn.execute(
+        "SELECT vector_id, vector FROM embeddings WHERE model_name = ? ORDER BY vector_id", (model,)
+    ).fetchall()
+    return (np.array([r[0] for r in rows]),
+            np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(len(rows), -1))
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_writes_extend_the_in_memory_index_to_exactly_what_sqlite_holds(
+    tmp_path: Path, index_type: str
+) -> None:
+    rng = np.random.default_rng(3)
+
+    def check(model: str) -> None:
+        index = store._index_for(store.model(model), db.generation(store.conn))
+        ids, vectors = _sqlite_state(store, model)
+        assert index.ids().tolist() == ids.tolist()
+        assert np.array_equal(index.vectors_for(ids), vectors)
+
+    with Store.open(tmp_path / "s", create=True) as store:
+        store.ensure_model("m", 8, index_type=index_type)
+        store.ensure_model("n", 4)
+        for start in (0, 30, 60):  # a fresh model, then extensions of its in-memory index
+            store.write([make_record(f"d{i}", ["a", "b"], vectors=rng.normal(size=(2, 8)))
+                         for i in range(start, start + 30)])
+            assert store._indexes["m"].generation == db.generation(store.conn)
+            check("m")
+        store.add_vectors("n", ["d0#0"], rng.normal(size=(1, 4)))
+        store.write([make_record("d5", ["changed"], vectors=rng.normal(size=(1, 8)))])  # replace
+        store.write([make_record("d999", ["new"], vectors=rng.normal(size=(1, 8)))])
+        store.delete("d7")
+        check("m")
+        check("n")
+    reopened = Store.open(tmp_path / "s")
+    assert reopened.events == []  # the persisted index checked out against SQLite
+    assert reopened.verify(sample=20)["models"]["m"]["ids_equal"]
+    reopened.close()
+
+
+def test_an_auto_index_grown_past_the_exact_limit_is_persisted_as_ivf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow_rag.index import choose
+
+    monkeypatch.setattr(choose, "EXACT_UP_TO", 100)
+    rng = np.random.default_rng(4)
+    with Store.open(tmp_path / "s", create=True) as store:
+        store.ensure_model("m", 8)
+        for start in (0, 80, 160):
+            store.write([make_record(f"d{i}", ["x"], vectors=rng.normal(size=(1, 8)))
+                         for i in range(start, start + 80)])
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["models"]["m"]["index_type"] == "ivf"
+    assert manifest["models"]["m"]["vector_count"] == 240
+    with Store.open(tmp_path / "s", read_only=True) as store:
+        hits = store.dense_search(rng.normal(size=8), k=5)
+        assert len(hits) == 5 and store.events == []

@@ -294,6 +294,12 @@ def update_model_index(
     )
 
 
+def has_vectors(conn: sqlite3.Connection, model_name: str) -> bool:
+    return conn.execute(
+        "SELECT 1 FROM embeddings WHERE model_name = ? LIMIT 1", (model_name,)
+    ).fetchone() is not None
+
+
 def vector_count(conn: sqlite3.Connection, model_name: str) -> int:
     return int(
         conn.execute(
@@ -347,10 +353,11 @@ def upsert_documents(
 
 
 def replace_document_fields(
-    conn: sqlite3.Connection, document_ids: Sequence[str], rows: Sequence[tuple[str, str, Any]]
+    conn: sqlite3.Connection, replaced: Sequence[str], rows: Sequence[tuple[str, str, Any]]
 ) -> None:
-    """rows: (document_id, key, value); replaces all field rows of ``document_ids``."""
-    for part in _batches(list(document_ids), 500):
+    """Drop the field rows of the ``replaced`` documents, then insert ``rows``
+    (document_id, key, value). New documents have no rows to drop (they cascade on delete)."""
+    for part in _batches(list(replaced), 500):
         marks = ",".join("?" * len(part))
         conn.execute(f"DELETE FROM document_fields WHERE document_id IN ({marks})", part)
     conn.executemany("INSERT INTO document_fields(document_id, key, value) VALUES (?, ?, ?)", rows)

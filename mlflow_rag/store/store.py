@@ -402,7 +402,7 @@ class Store:
             ]
             db.upsert_documents(self.conn, doc_rows, now=now)
             db.replace_document_fields(
-                self.conn, [record.id for record, _, _ in todo],
+                self.conn, replaced,
                 [(record.id, key, value) for record, _, _ in todo
                  for key, value in metadata_fields(record.metadata, skip=(PII_KEY,))],
             )
@@ -422,22 +422,57 @@ class Store:
             )
             n_vectors = sum(len(record.chunks) * len(vectors) for record, _, vectors in todo)
             embedding_rows: list[tuple[Any, ...]] = []
+            added: dict[str, tuple[list[int], list[np.ndarray]]] = {}
             first_vector = db.allocate_ids(self.conn, n_vectors)
             for record, _, vectors in todo:
                 for model_name, version, matrix, per_chunk in vectors:
                     dim = matrix.shape[1]
+                    model_ids, blocks = added.setdefault(model_name, ([], []))
+                    model_ids.extend(range(first_vector + len(embedding_rows),
+                                     first_vector + len(embedding_rows) + len(record.chunks)))
+                    blocks.append(matrix)
                     for i, c in enumerate(record.chunks):
                         embedding_rows.append((
                             f"{c.id}:{model_name}", c.id, model_name, version, dim,
                             matrix[i].tobytes(), now, per_chunk[i] if per_chunk else "{}",
                             first_vector + len(embedding_rows),
                         ))
+            # Models this write starts: their whole index is what this write adds.
+            fresh = {name for name in added
+                     if name not in self._indexes and not db.has_vectors(self.conn, name)}
             db.insert_embeddings(self.conn, embedding_rows)
+        if not replaced:
+            self._advance_indexes(generation, added, fresh)
         return WriteReport(
             new=len(todo) - len(replaced), updated=len(replaced),
             unchanged=len(prepared) - len(todo), chunks=len(chunks), vectors=n_vectors,
             generation=generation,
         )
+
+    def _advance_indexes(
+        self, generation: int, added: Mapping[str, tuple[list[int], list[np.ndarray]]],
+        fresh: set[str],
+    ) -> None:
+        """Add a committed write's vectors to the in-memory indexes it extends, so that flush
+        need not read them back from SQLite. Only an index that reflected the store exactly
+        before this write (its generation is the one before) or a model this write started
+        qualifies; any other index catches up from SQLite in :meth:`_sync` as before."""
+        with self._lock:
+            for name, (ids, blocks) in added.items():
+                vector_ids = np.asarray(ids, dtype=np.int64)
+                matrix = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+                index = self._indexes.get(name)
+                if index is not None and index.generation == generation - 1:
+                    index.add(vector_ids, matrix)
+                    index.generation = generation
+                elif index is None and name in fresh:
+                    info = self._models[name]
+                    spec = choose_index(info.index_type, len(ids), info.dimension, info.index_params)
+                    if spec.kind == "ivf":
+                        continue  # trained at flush on all the vectors, not on this first batch
+                    self._indexes[name] = VectorIndex.build(
+                        spec, info.dimension, vector_ids, matrix, generation=generation
+                    )
 
     def _prepare(self, record: DocumentRecord) -> tuple[DocumentRecord, str, list[Any]]:
         """Validate before the transaction starts, so bad input never half-lands."""
@@ -649,6 +684,12 @@ class Store:
                 self._refresh_models(generation)
                 current = {name: self._index_for(info, generation)
                            for name, info in self._models.items()}
+                for name, index in current.items():
+                    info = self._models[name]
+                    wanted = choose_index(info.index_type, index.ntotal, info.dimension,
+                                          info.index_params)
+                    if wanted.kind != index.spec.kind:  # grown past what "auto" keeps exact
+                        current[name] = self._build(info, generation, "")
             for name, index in current.items():
                 info = self._models[name]
                 entry = manifest.models.get(name)
