@@ -80,7 +80,8 @@ class RetrieverModel(PythonModel):
     ``model_config``: ``include_pii`` (default false), ``query_log`` (a writable SQLite file;
     the environment variable ``MLFLOW_RAG_QUERY_LOG`` wins), ``redact`` (``"emails"``, the
     default, or ``"none"``: applied to logged queries and to queries recorded in traces),
-    ``embedder`` (the embedding model to search when the bundle holds several).
+    ``embedder`` (the embedding model to search when the bundle holds several), ``mmap``
+    (default true: workers share the index files' pages; false reads a private copy each).
     """
 
     def __init__(self) -> None:
@@ -97,6 +98,8 @@ class RetrieverModel(PythonModel):
             query_log=os.environ.get(QUERY_LOG_ENV) or config.get("query_log") or None,
             redact=REDACTORS[redact_name],
             embedder=config.get("embedder") or None,
+            # models logged before the option existed have no "mmap" key: the default applies
+            mmap=_flag(config.get("mmap", True)),
         )
 
     def predict(
@@ -153,6 +156,17 @@ class RetrieverModel(PythonModel):
             frame = hits_frame(results)
             root.set_outputs({"hits": len(frame)})
         return frame
+
+
+def _flag(value: Any) -> bool:
+    """A boolean model_config value; MLFLOW_PYFUNC_INFERENCE_CONFIG may carry it as text."""
+    if isinstance(value, str):
+        if value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise InvalidInput(f"model_config mmap must be true or false, got {value!r}")
+    return bool(value)
 
 
 def _generation(retriever: Retriever) -> int:

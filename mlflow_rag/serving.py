@@ -47,7 +47,7 @@ REDACTORS: dict[str, Callable[[str], str] | None] = {"emails": redact_emails, "n
 # Logged with every model: MLflow lets ``load_model(model_config=...)`` (and the
 # MLFLOW_PYFUNC_INFERENCE_CONFIG variable) override only keys the logged config already has.
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
-    "include_pii": False, "query_log": "", "redact": "emails", "embedder": "",
+    "include_pii": False, "query_log": "", "redact": "emails", "embedder": "", "mmap": True,
 }
 
 
@@ -227,11 +227,16 @@ class Retriever:
     def __init__(
         self, bundle: str | Path, *, include_pii: bool = False, query_log: str | Path | None = None,
         redact: Callable[[str], str] | None = redact_emails, embedder: str | None = None,
+        mmap: bool = True,
     ) -> None:
         self.bundle = Path(bundle)
         # immutable: the bundle is never written (and may sit on a read-only file system);
         # verify_files: a truncated or altered download is refused here, not half-served.
-        self.store = Store.open(self.bundle, immutable=True, verify_files=True)
+        # mmap (the default): the index vectors stay in the bundle's file pages, which every
+        # worker of `mlflow models serve --workers N` and every server on the host share
+        # through the page cache, instead of N private copies; nothing writes a bundle, so
+        # a map never has to become a copy. mmap=False reads each index into private memory.
+        self.store = Store.open(self.bundle, immutable=True, verify_files=True, mmap=mmap)
         self.searcher = Searcher(self.store, model=embedder, redact=redact)
         self.include_pii = include_pii
         self.redact = redact
@@ -251,6 +256,7 @@ class Retriever:
         if not self.store.models():
             self.dense_error = "the bundle holds no vectors; search it with mode 'bm25'"
             return
+        self.store.load_indexes()
         try:
             _ = self.searcher.embedder
         except (RagError, ImportError) as exc:

@@ -230,15 +230,17 @@ def reingest(args: dict[str, Any]) -> None:
 
 
 def open_paths(args: dict[str, Any]) -> None:
-    """Open each path (bundle: immutable + verify_files; live: a writable store) and search."""
+    """Open each path (bundle: immutable + verify_files; live: a writable store, or with
+    ``mmap`` a read-only one whose index files are memory-mapped) and search."""
+    mmap = bool(args.get("mmap"))
     for path in args["paths"]:
         print(json.dumps({"case": path}), flush=True)
         result: dict[str, Any] = {"path": path}
         try:
             if args["mode"] == "bundle":
-                store = Store.open(path, immutable=True, verify_files=True)
+                store = Store.open(path, immutable=True, verify_files=True, mmap=mmap)
             else:
-                store = Store.open(path)
+                store = Store.open(path, read_only=mmap, mmap=mmap)
             try:
                 hits = store.dense_search(QUERIES[0], k=5)
                 result.update(opened=True, hits=[h.chunk_id for h in hits],

@@ -701,10 +701,24 @@ def damaged_bundles(bundles: dict[str, Path],
     return open_in_child(paths, "bundle")
 
 
+@pytest.fixture(scope="module")
+def damaged_bundles_mapped(bundles: dict[str, Path],
+                           tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("damaged-bundles-mapped")
+    paths = {"undamaged": bundles["a"]}
+    for i, (case, (damage, _, _)) in enumerate(sorted(BUNDLE_DAMAGE.items())):
+        paths[case] = copy_store(bundles["a"], root / f"case{i}")
+        damage(paths[case], bundles["b"])
+    return open_in_child(paths, "bundle", mmap=True)
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["read", "mmap"])
 @pytest.mark.parametrize("case", sorted(BUNDLE_DAMAGE))
 def test_damaged_bundle_is_refused_with_a_message_that_says_which_file_and_why(
-    damaged_bundles: dict[str, dict[str, Any]], case: str
+    request: pytest.FixtureRequest, case: str, mapped: bool
 ) -> None:
+    damaged_bundles: dict[str, dict[str, Any]] = request.getfixturevalue(
+        "damaged_bundles_mapped" if mapped else "damaged_bundles")
     _, error, message = BUNDLE_DAMAGE[case]
     result = damaged_bundles[case]
     assert not result["opened"], result
@@ -712,9 +726,11 @@ def test_damaged_bundle_is_refused_with_a_message_that_says_which_file_and_why(
     assert re.search(message, result["message"]), result["message"]
 
 
-def test_an_undamaged_bundle_opens_verified(damaged_bundles: dict[str, dict[str, Any]]) -> None:
+def test_an_undamaged_bundle_opens_verified(damaged_bundles: dict[str, dict[str, Any]],
+                                            damaged_bundles_mapped: dict[str, dict[str, Any]]) -> None:
     result = damaged_bundles["undamaged"]
     assert result["opened"] and result["events"] == [] and len(result["hits"]) == 5
+    assert damaged_bundles_mapped["undamaged"] == result
 
 
 LIVE_DAMAGE: dict[str, Callable[[Path, Path], None]] = {
@@ -753,10 +769,26 @@ def damaged_live_stores(bundles: dict[str, Path],
     return open_in_child(paths, "live", verify=True)
 
 
+@pytest.fixture(scope="module")
+def damaged_live_stores_mapped(bundles: dict[str, Path],
+                               tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """The same damage, opened read-only with the index files memory-mapped (serving's way):
+    the checks run before anything is mapped, so a bad file is rebuilt in private memory."""
+    root = tmp_path_factory.mktemp("damaged-live-mapped")
+    paths = {"undamaged": copy_store(bundles["a-live"], root / "undamaged")}
+    for i, (case, damage) in enumerate(sorted(LIVE_DAMAGE.items())):
+        paths[case] = copy_store(bundles["a-live"], root / f"case{i}")
+        damage(paths[case], bundles["b-live"])
+    return open_in_child(paths, "live", verify=True, mmap=True)
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["read", "mmap"])
 @pytest.mark.parametrize("case", sorted(LIVE_DAMAGE))
 def test_damaged_index_of_a_live_store_is_rebuilt_with_a_message(
-    damaged_live_stores: dict[str, dict[str, Any]], case: str
+    request: pytest.FixtureRequest, case: str, mapped: bool
 ) -> None:
+    damaged_live_stores: dict[str, dict[str, Any]] = request.getfixturevalue(
+        "damaged_live_stores_mapped" if mapped else "damaged_live_stores")
     result = damaged_live_stores[case]
     assert result["opened"] and result["consistent"], result
     assert result["hits"] == damaged_live_stores["undamaged"]["hits"]
@@ -799,7 +831,7 @@ def fuzz_cases(source: Path, work: Path, n: int, seed: int, *, rehash: bool) -> 
         yield case
 
 
-def fuzz_index_damage(tmp_path: Path, n: int, *, seed: int) -> dict[str, int]:
+def fuzz_index_damage(tmp_path: Path, n: int, *, seed: int, mmap: bool = False) -> dict[str, int]:
     """Damage index files of flat, HNSW and IVF stores; open each in a child that must neither
     crash nor return a hit without its row. With ``rehash`` the damage passes the sha256 check
     and reaches FAISS itself."""
@@ -816,7 +848,7 @@ def fuzz_index_damage(tmp_path: Path, n: int, *, seed: int) -> dict[str, int]:
                                                 seed, rehash=rehash)):
                 paths[f"{kind}-{rehash}-{i}"] = case
     totals = {"cases": 0, "rebuilt": 0, "loaded_as_is": 0, "verify_flags": 0}
-    for case, result in open_in_child(paths, "live", verify=True).items():
+    for case, result in open_in_child(paths, "live", verify=True, mmap=mmap).items():
         assert result["opened"] and result["orphan_hits"] == 0, (case, result)
         assert len(result["hits"]) == 5 and result["integrity"] == "ok", (case, result)
         if "-False-" in case:  # the sha256 check catches every change
@@ -829,10 +861,13 @@ def fuzz_index_damage(tmp_path: Path, n: int, *, seed: int) -> dict[str, int]:
     return totals
 
 
-def test_random_index_damage_never_crashes_and_is_rebuilt_or_harmless(tmp_path: Path) -> None:
-    totals = fuzz_index_damage(tmp_path, 6, seed=1)
+@pytest.mark.parametrize("mapped", [False, True], ids=["read", "mmap"])
+def test_random_index_damage_never_crashes_and_is_rebuilt_or_harmless(
+    tmp_path: Path, mapped: bool
+) -> None:
+    totals = fuzz_index_damage(tmp_path, 6, seed=1, mmap=mapped)
     assert totals["cases"] == 36 and totals["rebuilt"] >= 18
-    print(f"damaged index files opened (quick): {totals}")
+    print(f"damaged index files opened (quick, {'mapped' if mapped else 'read'}): {totals}")
 
 
 @pytest.mark.slow

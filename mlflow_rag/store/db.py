@@ -480,8 +480,12 @@ def vectors_after(
     conn: sqlite3.Connection, model_name: str, after_vector_id: int, dimension: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(vector_ids, float32 matrix) of the model's vectors with id > after, in id order."""
+    # From 0 (a build), walk the model's index. After an id (replaying new rows), walk the
+    # vector_id index from that id: left to itself SQLite picks the model index, which reads
+    # every vector of the model (0.25 s at 100K) to find the usually empty rest ("+" stops it).
+    model_term = "model_name = ?" if after_vector_id <= 0 else "+model_name = ?"
     rows = conn.execute(
-        "SELECT vector_id, vector FROM embeddings WHERE vector_id > ? AND model_name = ? "
+        f"SELECT vector_id, vector FROM embeddings WHERE vector_id > ? AND {model_term} "
         "ORDER BY vector_id",
         (after_vector_id, model_name),
     ).fetchall()

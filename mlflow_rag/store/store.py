@@ -20,9 +20,11 @@ import contextlib
 import copy
 import hashlib
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +45,13 @@ from mlflow_rag.errors import (
     UnknownChoice,
 )
 from mlflow_rag.index.choose import INDEX_TYPES, IndexSpec, choose_index
-from mlflow_rag.index.vector_index import VectorIndex, sha256_bytes
+from mlflow_rag.index.vector_index import VectorIndex, sha256_bytes, sorted_unique
 from mlflow_rag.store import db
 from mlflow_rag.store.files import (
     StorageError,
     atomic_write_bytes,
     exclusive_lock,
+    sha256_fd,
     sha256_file,
     storage_error,
 )
@@ -160,14 +163,44 @@ def check_k(k: int) -> int:
     return int(k)
 
 
+@dataclass(frozen=True)
+class FileStamp:
+    """A file's identity and contents as hashed: inode, size and times, with its sha256.
+
+    Rewriting a file in place changes its mtime and ctime (ctime cannot be set back from user
+    space), and replacing it changes the inode; equal stamps taken moments apart in one
+    process therefore mean the bytes hashed are the bytes there now. Only used within one
+    ``Store.open``: never persisted, so bit rot at rest is always caught by a fresh hash.
+    """
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    sha256: str
+
+    @classmethod
+    def of(cls, fd: int, sha256: str) -> FileStamp:
+        st = os.fstat(fd)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha256)
+
+
 class Store:
     """Open with :meth:`Store.open`; use as a context manager so indexes are persisted."""
 
-    def __init__(self, root: Path, conn: Any, *, read_only: bool, immutable: bool) -> None:
+    def __init__(
+        self, root: Path, conn: Any, *, read_only: bool, immutable: bool, mmap: bool = False,
+        verified_files: Mapping[str, FileStamp] | None = None,
+    ) -> None:
         self.root = root
         self._conn = conn
         self.read_only = read_only or immutable
         self.immutable = immutable
+        self.mmap = mmap
+        # Files whose sha256 verify_bundle checked during this open, by identity (see
+        # FileStamp): loading such an index does not hash it a second time.
+        self._verified_files: dict[str, FileStamp] = dict(verified_files or {})
         self._lock = threading.RLock()
         self._indexes: dict[str, VectorIndex] = {}
         self._keys: dict[str, tuple[int, VectorKeys]] = {}  # per model: (generation, keys)
@@ -184,14 +217,24 @@ class Store:
     @classmethod
     def open(
         cls, path: str | Path, *, create: bool = False, read_only: bool = False,
-        immutable: bool = False, verify_files: bool = False,
+        immutable: bool = False, verify_files: bool = False, mmap: bool = False,
     ) -> Store:
         """Open the store at ``path``.
 
         ``create``: make it if missing. ``read_only``: never write (readers, serving).
         ``immutable``: a bundle nobody writes; ``verify_files`` checks every file against the
         hashes in its manifest first (bundles record them) and refuses a mismatch.
+        ``mmap``: map the vectors of index files (flat, HNSW; IVF's quantizer) read-only
+        instead of reading them into private memory, so processes that open the same files
+        share one copy through the page cache. Only with ``read_only`` or ``immutable``: the
+        file is still hashed first, and an index that must take newer rows gets a private
+        copy (a map is never written).
         """
+        if mmap and not (read_only or immutable):
+            raise InvalidInput(
+                "mmap=True needs read_only=True or immutable=True: a writable store rewrites "
+                "its index files"
+            )
         root = Path(path)
         db_path = root / DB_FILE
         if not db_path.exists():
@@ -205,8 +248,7 @@ class Store:
                     f"no store at {root}; create one with `mlflow-rag ingest SOURCE --store {root}`"
                 )
             root.mkdir(parents=True, exist_ok=True)
-        if verify_files:
-            verify_bundle(root)
+        verified = verify_bundle(root) if verify_files else {}
         conn = db.connect(db_path, read_only=read_only, immutable=immutable)
         try:
             if read_only or immutable:
@@ -215,7 +257,8 @@ class Store:
                 db.check_version(conn, db_path)
             else:
                 db.migrate(conn, db_path)
-            store = cls(root, conn, read_only=read_only, immutable=immutable)
+            store = cls(root, conn, read_only=read_only, immutable=immutable, mmap=mmap,
+                        verified_files=verified)
             if verify_files:
                 _check_bundle_identity(store, db_path)
         except BaseException as exc:
@@ -608,24 +651,29 @@ class Store:
         entry = self.manifest.models.get(info.name) if self.manifest else None
         if entry is None:
             return self._build(info, generation, "")  # first index of this model
-        reason = self._entry_problem(info, entry, generation)
+        count = db.vector_count(self.conn, info.name)
+        reason = self._entry_problem(info, entry, generation, count)
         if reason:
             return self._build(info, generation, reason)
-        path = self.root / entry.index_file
-        data = path.read_bytes()
-        if sha256_bytes(data) != entry.sha256:
-            return self._build(info, generation, f"{entry.index_file} does not match its sha256")
         spec = IndexSpec(entry.index_type, entry.index_params)
-        try:
-            index = VectorIndex.deserialize(
-                data, spec, info.dimension, generation=entry.generation,
-                max_vector_id=entry.max_vector_id, expected_count=entry.vector_count,
-            )
-        except Exception as exc:  # a hash-verified file that FAISS still refuses
-            return self._build(info, generation, f"{entry.index_file} unreadable: {exc}")
+        # One open file for the size, the hash and FAISS's read: a writer replacing the path
+        # meanwhile cannot slip unverified bytes in (the descriptor keeps the hashed inode).
+        with open(self.root / entry.index_file, "rb") as handle:
+            reason = self._file_problem(entry, handle.fileno())
+            if reason:
+                return self._build(info, generation, reason)
+            try:
+                index = VectorIndex.read(
+                    handle.fileno(), spec, info.dimension, generation=entry.generation,
+                    max_vector_id=entry.max_vector_id, expected_count=entry.vector_count,
+                    mmap=self.mmap,
+                )
+            except Exception as exc:  # a hash-verified file that FAISS still refuses
+                return self._build(info, generation, f"{entry.index_file} unreadable: {exc}")
         self._persisted[info.name] = entry.generation
-        index = self._sync(info, index, generation)
-        if index.ntotal != db.vector_count(self.conn, info.name):
+        if entry.generation != generation:  # rows were written since the file was persisted
+            index = self._sync(info, index, generation)
+        if index.ntotal != count:  # same read transaction: the count cannot have moved
             return self._build(info, generation, "index and SQLite disagree on the vector count")
         differs = _first_differing_vector(index, self.conn, info)
         if differs is not None:
@@ -635,7 +683,20 @@ class Store:
             )
         return index
 
-    def _entry_problem(self, info: ModelInfo, entry: ModelEntry, generation: int) -> str:
+    def _file_problem(self, entry: ModelEntry, fd: int) -> str:
+        """Why the open index file must not be handed to FAISS (size or sha256), or ""."""
+        stamp = FileStamp.of(fd, entry.sha256)
+        if stamp.size != entry.bytes:
+            return f"{entry.index_file} has {stamp.size} bytes, expected {entry.bytes}"
+        if self._verified_files.get(entry.index_file) == stamp:
+            return ""  # verify_bundle hashed this very file (same inode, size, times) just now
+        if sha256_fd(fd) != entry.sha256:
+            return f"{entry.index_file} does not match its sha256"
+        return ""
+
+    def _entry_problem(
+        self, info: ModelInfo, entry: ModelEntry, generation: int, count: int
+    ) -> str:
         assert self.manifest is not None
         if self.manifest.store_id != self.store_id:
             return "the manifest belongs to another store"
@@ -643,12 +704,8 @@ class Store:
             return f"index dimension {entry.dimension} != model dimension {info.dimension}"
         if entry.generation > generation:
             return f"index generation {entry.generation} is ahead of the database ({generation})"
-        path = self.root / entry.index_file
-        if not path.is_file():
+        if not (self.root / entry.index_file).is_file():
             return f"{entry.index_file} is missing"
-        if path.stat().st_size != entry.bytes:
-            return f"{entry.index_file} has {path.stat().st_size} bytes, expected {entry.bytes}"
-        count = db.vector_count(self.conn, info.name)
         wanted = choose_index(info.index_type, count, info.dimension, info.index_params)
         if wanted.kind != entry.index_type:
             return f"index type changes from {entry.index_type} to {wanted.kind}"
@@ -726,6 +783,15 @@ class Store:
                 index.dirty = False
             for name in current:
                 self._persisted[name] = generation
+
+    def load_indexes(self) -> None:
+        """Load every model's index now (checked, and synced to the current generation), so
+        the first search does not pay for it: a server does this before it answers."""
+        with self._lock, db.read_transaction(self.conn):
+            generation = db.generation(self.conn)
+            self._refresh_models(generation)
+            for info in self._models.values():
+                self._index_for(info, generation)
 
     def rebuild_index(self, model: str | None = None) -> None:
         """Drop the in-memory index and rebuild it from SQLite (then persist if writable)."""
@@ -900,10 +966,14 @@ class Store:
     # ----------------------------------------------------------------- checks and bundles
 
     def verify(self, *, sample: int = 50, seed: int = 0) -> dict[str, Any]:
-        """Integrity report: SQLite and FTS checks, index ids == SQLite ids, self-retrieval."""
+        """Integrity report: SQLite and FTS checks, index ids == SQLite ids, self-retrieval.
+
+        FTS5 runs its check as a write (``INSERT ... 'integrity-check'``), so a read-only or
+        immutable store skips it; SQLite's own ``integrity_check`` still covers the file."""
         report: dict[str, Any] = {"integrity_check": db.integrity_check(self.conn), "models": {}}
         with self._lock, db.read_transaction(self.conn):
-            db.fts_integrity_check(self.conn)
+            if not self.read_only:
+                db.fts_integrity_check(self.conn)
             generation = db.generation(self.conn)
             self._refresh_models(generation)
             for name, info in self._models.items():
@@ -1002,7 +1072,7 @@ def _first_differing_vector(
     ids = index.ids()
     if len(ids) == 0:
         return None
-    picks = ids[np.unique(np.linspace(0, len(ids) - 1, num=min(samples, len(ids))).astype(int))]
+    picks = ids[sorted_unique(np.linspace(0, len(ids) - 1, num=min(samples, len(ids))).astype(int))]
     stored = db.vectors_by_ids(conn, picks.tolist(), info.dimension)
     for vector_id, vector in zip(picks.tolist(), stored, strict=True):
         result = index.search(vector, 1, allowed=np.array([vector_id], dtype=np.int64))
@@ -1045,11 +1115,12 @@ def _bundle_write_error(exc: BaseException, dest: Path) -> BaseException:
     return exc
 
 
-def verify_bundle(root: Path) -> None:
+def verify_bundle(root: Path) -> dict[str, FileStamp]:
     """Refuse a bundle whose files do not match the hashes its manifest records.
 
     Every message names the file and what is wrong with it: missing, truncated or grown (size),
-    damaged or replaced (sha256), outside the bundle, or made by a newer schema.
+    damaged or replaced (sha256), outside the bundle, or made by a newer schema. Returns the
+    stamp of every file it hashed, so the store opened next need not hash an index again.
     """
     manifest = read_manifest(root)
     if manifest is None:
@@ -1063,6 +1134,7 @@ def verify_bundle(root: Path) -> None:
         raise BundleCorrupt(f"{root}/manifest.json records no file hashes; not a bundle")
     if DB_FILE not in manifest.files:
         raise BundleCorrupt(f"{root}/manifest.json records no hash for {DB_FILE}")
+    stamps: dict[str, FileStamp] = {}
     for relative, meta in manifest.files.items():
         parts = Path(relative).parts
         if not parts or Path(relative).is_absolute() or ".." in parts:
@@ -1073,17 +1145,21 @@ def verify_bundle(root: Path) -> None:
         path = root / relative
         if path.is_symlink() or not path.is_file():
             raise BundleCorrupt(f"bundle file {relative} is missing (or not a regular file)")
-        size = path.stat().st_size
-        if size != meta["bytes"]:
-            change = "truncated" if size < meta["bytes"] else "grown"
-            raise BundleCorrupt(
-                f"bundle file {relative} is {size} bytes, the manifest records {meta['bytes']} "
-                f"({change} or replaced)"
-            )
-        if sha256_file(path) != meta["sha256"]:
-            raise BundleCorrupt(
-                f"bundle file {relative} does not match its recorded sha256 (damaged or replaced)"
-            )
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size != meta["bytes"]:
+                change = "truncated" if size < meta["bytes"] else "grown"
+                raise BundleCorrupt(
+                    f"bundle file {relative} is {size} bytes, the manifest records "
+                    f"{meta['bytes']} ({change} or replaced)"
+                )
+            digest = sha256_fd(handle.fileno())
+            if digest != meta["sha256"]:
+                raise BundleCorrupt(
+                    f"bundle file {relative} does not match its recorded sha256 (damaged or "
+                    "replaced)"
+                )
+            stamps[relative] = FileStamp.of(handle.fileno(), digest)
     for name, entry in manifest.models.items():
         recorded = manifest.files.get(entry.index_file)
         if recorded is None or recorded["sha256"] != entry.sha256:
@@ -1091,6 +1167,7 @@ def verify_bundle(root: Path) -> None:
                 f"manifest.json is inconsistent: the index of model {name!r} ({entry.index_file}) "
                 "is not the file its hash list records"
             )
+    return stamps
 
 
 def _check_bundle_identity(store: Store, db_path: Path) -> None:

@@ -1,0 +1,205 @@
+"""Serving: what `POST /invocations` adds over an in-process `model.predict`, at 100K chunks.
+
+    python benchmarks/serving.py [--n 100000] [--queries 200] [--reps 3] [--mmap both|on|off]
+
+Builds a store of ``n`` chunks (~500 bytes of text each) with precomputed clustered vectors,
+and a TF-IDF/LSA query embedder of the same dimension fitted on a small synthetic corpus (no
+download; the stored vectors are not its embeddings of the chunks, which does not matter for
+timing: both sides embed each query the same way and search the same index). The store is
+logged as the pyfunc retriever to a SQLite tracking store in a temporary folder. Then, for
+each mmap setting: the model loaded in this process (``mlflow.pyfunc.load_model``) answers
+the queries one request each (``predict``), and `mlflow models serve --env-manager local`
+on 127.0.0.1 (one worker) answers the same requests over HTTP (httpx, one keep-alive
+connection). p50 and p95 per side, the median over ``reps`` rounds; the overhead is
+p50(invocations) - p50(predict). The last line is machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import batched, bench_record, chunk_text, clustered_vectors, time_calls
+from mlflow_rag.store.store import Store
+
+MODEL = "tfidf"  # the model name the store records; the query embedder is tfidf
+PARAMS = {"k": 10, "mode": "dense"}
+
+
+def synthetic_corpus(count: int, *, vocabulary: int = 3000, words: int = 80,
+                     seed: int = 0) -> list[str]:
+    """Texts over a vocabulary large enough for a 384-component LSA."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, vocabulary + 1) ** 0.9
+    weights /= weights.sum()
+    return [" ".join(f"w{j}" for j in rng.choice(vocabulary, size=words, p=weights))
+            for _ in range(count)]
+
+
+def build_store(path: Path, n: int, dim: int) -> int:
+    """The store with a fitted TF-IDF embedder; returns the embedder's dimension."""
+    from mlflow_rag.embed.registry import get_embedder
+
+    embedder: Any = get_embedder("tfidf", dimension=dim)
+    embedder.fit(synthetic_corpus(max(2 * dim, 1000)))
+    dim = embedder.dimension
+    vectors = clustered_vectors(n, dim)
+    with Store.open(path, create=True) as store:
+        store.ensure_model(MODEL, dim, embedder="tfidf", model_version=embedder.version,
+                           index_type="flat")
+        embedder.save(store.model_dir(MODEL))
+        for block in tqdm(list(batched(n, 5000)), desc="store ingest", unit="batch"):
+            store.write([bench_record(i, chunk_text(i), {MODEL: vectors[i : i + 1]})
+                         for i in block], skip_unchanged=False)
+    return dim
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def model_server(uri: str, tracking_uri: str, cwd: Path, config: dict[str, Any]) -> Iterator[str]:
+    """`mlflow models serve` in its own process group, stopped (the group) on exit."""
+    import signal
+
+    import httpx
+
+    port = free_port()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri,
+               MLFLOW_PYFUNC_INFERENCE_CONFIG=json.dumps(config),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    log = open(cwd / f"serve-{port}.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
+        cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {(cwd / f'serve-{port}.log').read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not come up in 600 s")
+            time.sleep(0.2)  # polling back-off while the server loads the bundle
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def measure(uri: str, tracking_uri: str, workdir: Path, queries: list[str], reps: int,
+            mmap: bool) -> dict[str, float]:
+    import httpx
+    import mlflow
+    import pandas as pd
+
+    config = {"mmap": mmap}
+    model = mlflow.pyfunc.load_model(uri, model_config=config)
+    frames = [pd.DataFrame({"query": [q]}) for q in queries]
+    bodies = [{"dataframe_split": {"columns": ["query"], "data": [[q]]}, "params": PARAMS}
+              for q in queries]
+    expected = [model.predict(f, params=PARAMS)["chunk_id"].tolist() for f in frames[:5]]
+    predict, invoke = [], []
+    with model_server(uri, tracking_uri, workdir, config) as url, httpx.Client(
+        base_url=url, timeout=60
+    ) as client:
+        def post(i: int) -> Any:
+            reply = client.post("/invocations", json=bodies[i])
+            reply.raise_for_status()
+            return reply.json()
+
+        got = [[row["chunk_id"] for row in post(i)["predictions"]] for i in range(5)]
+        assert got == expected, "the server and the in-process model disagree"
+        for _ in range(reps):  # interleaved, so load changes hit both sides alike
+            predict.append(time_calls(lambda i: model.predict(frames[i], params=PARAMS),
+                                      len(queries)))
+            invoke.append(time_calls(post, len(queries)))
+    p50 = statistics.median(t.median_ms for t in predict)
+    i50 = statistics.median(t.median_ms for t in invoke)
+    return {"invocations_overhead_ms": i50 - p50, "predict_p50_ms": p50,
+            "invocations_p50_ms": i50,
+            "predict_p95_ms": statistics.median(t.p95_ms for t in predict),
+            "invocations_p95_ms": statistics.median(t.p95_ms for t in invoke)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--mmap", choices=["both", "on", "off"], default="both")
+    args = parser.parse_args()
+    settings = {"both": [True, False], "on": [True], "off": [False]}[args.mmap]
+    from mlflow_rag.tracking import log_model
+
+    # Traces of the last requests may still be exporting when the folder goes.
+    with tempfile.TemporaryDirectory(prefix="mlflow-rag-serving-", ignore_cleanup_errors=True) as tmp:
+        workdir = Path(tmp)
+        start = time.perf_counter()
+        dim = build_store(workdir / "store", args.n, args.dim)
+        print(f"store: {args.n:,} chunks x {dim}, built in {time.perf_counter() - start:.0f} s")
+        tracking_uri = f"sqlite:///{workdir / 'mlruns.db'}"
+        previous = Path.cwd()
+        os.chdir(workdir)  # the run's artifacts go under workdir/mlruns
+        try:
+            start = time.perf_counter()
+            info = log_model(workdir / "store", experiment="serving-bench",
+                             tracking_uri=tracking_uri)
+            print(f"logged {info.model_uri} in {time.perf_counter() - start:.0f} s")
+            rng = np.random.default_rng(7)
+            vocabulary = [f"w{j}" for j in range(300)]
+            queries = [" ".join(rng.choice(vocabulary, size=6)) for _ in range(args.queries)]
+            summary: dict[str, float] = {}
+            for mmap in settings:
+                result = measure(info.model_uri, tracking_uri, workdir, queries, args.reps, mmap)
+                tag = "on" if mmap else "off"
+                print(f"mmap {tag}: predict p50 {result['predict_p50_ms']:.2f} ms p95 "
+                      f"{result['predict_p95_ms']:.2f} ms | /invocations p50 "
+                      f"{result['invocations_p50_ms']:.2f} ms p95 "
+                      f"{result['invocations_p95_ms']:.2f} ms | overhead "
+                      f"{result['invocations_overhead_ms']:.2f} ms")
+                for key, value in result.items():
+                    summary[key if mmap == settings[0] else f"{key}_mmap_{tag}"] = value
+        finally:
+            with contextlib.suppress(Exception):
+                import mlflow
+
+                mlflow.flush_trace_async_logging()
+            os.chdir(previous)
+    print(" ".join(f"{k}={v:.2f}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+    main()
