@@ -119,16 +119,19 @@ def raw_search(index: faiss.Index, conn: sqlite3.Connection, q: np.ndarray, k: i
     return ids
 
 
+# Peak RSS from /proc (VmHWM: this process's own memory). ru_maxrss is not usable here: Linux
+# carries it across fork + exec, so a child of a 10 GB benchmark reports 10 GB.
 COLD_OURS = """
-import resource, sys, time, numpy as np
+import re, sys, time, numpy as np
 t = time.perf_counter()
 from mlflow_rag.store.store import Store
 store = Store.open(sys.argv[1], read_only=True)
 hits = store.dense_search(np.load(sys.argv[2]), model=sys.argv[3], k=10)
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, len(hits))
+hwm = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)
+print(time.perf_counter() - t, hwm, len(hits))
 """
 COLD_RAW = """
-import resource, sqlite3, sys, time, numpy as np
+import re, sqlite3, sys, time, numpy as np
 t = time.perf_counter()
 import faiss
 index = faiss.read_index(sys.argv[1])
@@ -136,7 +139,8 @@ conn = sqlite3.connect(sys.argv[2])
 _, labels = index.search(np.load(sys.argv[3]).reshape(1, -1), 10)
 ids = [int(i) for i in labels[0]]
 rows = conn.execute(f"SELECT * FROM chunks WHERE id IN ({','.join('?' * len(ids))})", ids).fetchall()
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, len(rows))
+hwm = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)
+print(time.perf_counter() - t, hwm, len(rows))
 """
 
 
