@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
+
+import faiss
 import numpy as np
 import pytest
 
 from mlflow_rag.errors import InvalidInput, UnknownChoice
-from mlflow_rag.index.choose import EXACT_UP_TO, choose_index, ivf_lists
-from mlflow_rag.index.vector_index import VectorIndex, top_k
+from mlflow_rag.index import vector_index
+from mlflow_rag.index.choose import (
+    EXACT_UP_TO,
+    MIN_PROBES,
+    PROBE_SHARE,
+    choose_index,
+    ivf_probes,
+)
+from mlflow_rag.index.vector_index import (
+    IVF_PARALLEL_MODE,
+    TRAIN_PER_LIST,
+    VectorIndex,
+    top_k,
+    training_sample,
+)
 
 
 @pytest.mark.parametrize(
@@ -27,11 +43,86 @@ def test_choice_by_requested_type_and_size(requested: str, n: int, kind: str) ->
     assert choose_index(requested, n, 384).kind == kind
 
 
-def test_ivf_list_count_grows_with_size_but_keeps_enough_training_points() -> None:
-    assert ivf_lists(100) == 2  # 100 // 39
-    assert ivf_lists(1_000_000) == 4000
-    spec = choose_index("ivf", 1_000_000, 384)
-    assert spec.params["nlist"] == 4000 and 1 <= spec.params["nprobe"] <= 4000
+@pytest.mark.parametrize(
+    ("n", "nlist", "nprobe"),
+    [
+        (100, 2, 2),  # 39 training points per list; never more probes than lists
+        (10_000, 100, MIN_PROBES),
+        (EXACT_UP_TO + 1, 500, MIN_PROBES),  # the smallest store auto gives IVF
+        (1_000_000, 1000, 10),  # sqrt(n) lists, 1 % of them probed
+        (4_000_000, 2000, 20),
+    ],
+)
+def test_ivf_lists_are_about_sqrt_n_and_probes_about_one_percent(n: int, nlist: int, nprobe: int) -> None:
+    spec = choose_index("auto" if n > EXACT_UP_TO else "ivf", n, 384)
+    assert (spec.kind, spec.params["nlist"], spec.params["nprobe"]) == ("ivf", nlist, nprobe)
+
+
+def test_ivf_rule_keeps_training_points_and_scan_share_at_every_size() -> None:
+    sizes = [int(10 ** (e / 4)) for e in range(8, 30)]  # 100 .. ~18M, geometric
+    specs = [choose_index("ivf", n, 384).params for n in sizes]
+    for n, params in zip(sizes, specs, strict=True):
+        assert n // params["nlist"] >= 39  # FAISS's minimum training points per list
+        assert params["nprobe"] <= params["nlist"]
+        assert params["nprobe"] >= min(MIN_PROBES, params["nlist"])
+        assert params["nprobe"] * PROBE_SHARE >= params["nlist"]  # at least 1 % of the lists
+    lists = [p["nlist"] for p in specs]
+    scanned = [p["nprobe"] * n / p["nlist"] for n, p in zip(sizes, specs, strict=True)]
+    assert lists == sorted(lists) and lists[-1] < sizes[-1] ** 0.6  # grows, sublinearly
+    assert all(b >= a * 0.97 for a, b in itertools.pairwise(scanned))  # recall holds
+
+
+def test_ivf_probes_is_bounded_by_the_list_count() -> None:
+    assert [ivf_probes(n) for n in (1, 5, 8, 100, 801, 5000)] == [1, 5, 8, 8, 9, 50]
+
+
+def test_ivf_trains_on_a_seeded_sample_of_the_vectors() -> None:
+    vectors = np.arange(50_000, dtype=np.float32).reshape(-1, 2)
+    assert len(training_sample(vectors[:100], nlist=10)) == 100  # fewer than the sample: all
+    sample = training_sample(vectors, nlist=10)
+    assert sample.shape == (TRAIN_PER_LIST * 10, 2)
+    rows = sample[:, 0].astype(int) // 2
+    assert rows.tolist() == sorted(set(rows.tolist()))  # distinct rows, in their original order
+    assert np.array_equal(sample, vectors[rows])
+    assert np.array_equal(sample, training_sample(vectors, nlist=10))  # a rebuild trains alike
+    assert not np.array_equal(sample, training_sample(vectors, nlist=10, seed=1))
+
+
+def _clustered(n: int, dim: int, clusters: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, dim)) * 3
+    points = centers[rng.integers(clusters, size=n)] + rng.normal(size=(n, dim))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    return points.astype(np.float32)
+
+
+def test_ivf_built_from_a_training_sample_finds_the_true_neighbours(monkeypatch) -> None:
+    n, dim = 12_000, 24
+    vectors = _clustered(n, dim, clusters=60)
+    trained_on = []
+    real_sample = vector_index.training_sample
+
+    def spy(data: np.ndarray, nlist: int, **kw: int) -> np.ndarray:
+        trained_on.append(len(real_sample(data, nlist, **kw)))
+        return real_sample(data, nlist, **kw)
+
+    monkeypatch.setattr(vector_index, "training_sample", spy)
+    spec = choose_index("ivf", n, dim)
+    index = VectorIndex.build(spec, dim, np.arange(1, n + 1, dtype=np.int64), vectors, generation=1)
+    assert trained_on == [TRAIN_PER_LIST * spec.params["nlist"]] and trained_on[0] < n
+    ivf = faiss.extract_index_ivf(index.index)
+    assert (ivf.nprobe, ivf.parallel_mode) == (spec.params["nprobe"], IVF_PARALLEL_MODE)
+    rng = np.random.default_rng(3)
+    queries = vectors[rng.choice(n, 30, replace=False)] + rng.normal(size=(30, dim)) * 0.05
+    recalls = []
+    for q in queries.astype(np.float32):
+        want = set((top_k(vectors @ q, 10) + 1).tolist())
+        recalls.append(len(want & set(index.search(q, 10).ids.tolist())) / 10)
+    assert np.mean(recalls) >= 0.95
+    copy = VectorIndex.deserialize(index.serialize(), index.spec, dim, generation=1,
+                                   max_vector_id=n, expected_count=n)
+    ivf = faiss.extract_index_ivf(copy.index)
+    assert (ivf.nprobe, ivf.parallel_mode) == (spec.params["nprobe"], IVF_PARALLEL_MODE)
 
 
 def test_user_parameters_override_defaults_and_are_validated() -> None:

@@ -5,7 +5,8 @@ the store and the index meet only in the vector id (as txtai's content store and
 
 Exact ("flat") search is a numpy matrix-vector product over the vectors FAISS holds: one
 query is memory-bandwidth bound, and BLAS uses every core, where FAISS's single-query flat
-scan uses one. Filtered search is always exact: a selector over a graph walk misses results.
+scan uses one. An IVF query scans ~1 % of the vectors on one core (see ``IVF_PARALLEL_MODE``).
+Filtered search is always exact: a selector over a graph walk misses results.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ GATHER_FRACTION = 0.25
 # Rows per block when scoring a matrix numpy cannot hand to BLAS (see scores()): 1.5 MB of
 # 384-d float32, small enough to stay in cache between the copy and the product.
 SCORE_BLOCK_ROWS = 1024
+
+# IVF k-means trains on a random sample of this many vectors per list (FAISS warns below 39
+# and itself samples down to 256). At 1M x 384, 1000 lists: 64 per list trains in 24 s, 256 in
+# 92 s (loaded machine), and recall@10 differs by <= 0.004 (benchmarks/RESULTS.md).
+TRAIN_PER_LIST = 64
+# FAISS IVF parallel_mode 0 (its default: threads split the queries, so one query runs on one
+# core). Mode 1 (threads split one query's probed lists) was measured at 1M: ~0.3 ms faster at
+# 8-16 probes, but 6-30 ms instead of 3-5 ms once a query scans 30K+ vectors on a loaded
+# machine (benchmarks/RESULTS.md), and one core per query leaves the other to a second query.
+IVF_PARALLEL_MODE = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,15 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
     return ordered[keep]
 
+def training_sample(vectors: np.ndarray, nlist: int, *, seed: int = 0) -> np.ndarray:
+    """The vectors IVF k-means trains on: all of them, or a seeded sample of
+    ``TRAIN_PER_LIST * nlist`` in their original order (a rebuild trains on the same rows)."""
+    size = TRAIN_PER_LIST * nlist
+    if len(vectors) <= size:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=size, replace=False))
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Positions of the k largest scores, best first (ties: lower position first)."""
@@ -121,6 +141,7 @@ class VectorIndex:
                 quantizer, dimension, spec.params["nlist"], faiss.METRIC_INNER_PRODUCT
             )
             index.nprobe = spec.params["nprobe"]
+            index.parallel_mode = IVF_PARALLEL_MODE
         else:  # choose_index validated the kind
             raise ValueError(spec.kind)
         return cls(spec, dimension, index, generation=0, max_vector_id=0)
@@ -136,8 +157,9 @@ class VectorIndex:
                                      "nprobe": min(spec.params["nprobe"], nlist)})
         built = cls.empty(spec, dimension)
         if spec.kind == "ivf":
-            training = vectors if len(vectors) else np.zeros((1, dimension), np.float32)
-            built.index.train(np.ascontiguousarray(training))
+            training = (training_sample(vectors, spec.params["nlist"]) if len(vectors)
+                        else np.zeros((1, dimension), np.float32))
+            built.index.train(training)
         built.add(ids, vectors)
         built.generation = generation
         return built
@@ -350,7 +372,9 @@ class VectorIndex:
         if spec.kind == "hnsw":
             faiss.downcast_index(index.index).hnsw.efSearch = spec.params["ef_search"]
         if spec.kind == "ivf":
-            faiss.extract_index_ivf(index).nprobe = spec.params["nprobe"]
+            ivf = faiss.extract_index_ivf(index)
+            ivf.nprobe = spec.params["nprobe"]
+            ivf.parallel_mode = IVF_PARALLEL_MODE  # not part of the file format
         return loaded
 
 
