@@ -214,27 +214,35 @@ def ingest(
     chunker = get_chunker(chunker_name, chunk_size=chunk_size,
                           chunk_overlap=options.chunk_overlap, token_spans=spans)
     chunking = chunker.config()
+    # Decide before chunking: an unchanged document (same text, same chunking) is not chunked
+    # again, so re-ingesting an unchanged corpus costs loading and hashing only. An embedder
+    # that still has to be fitted sees every chunk, as on a first ingest.
+    needs_fit = hasattr(model, "fit") and not getattr(model, "fitted", True)
+    described = [(d, document_metadata(d, chunking)) for d in documents]
+    states = store.document_states([d.id for d in documents])
+    actions = {d.id: document_action(states.get(d.id), content_hash(d.text), meta)
+               for d, meta in described}
     prepared: list[tuple[SourceDocument, dict[str, Any], tuple[ChunkRecord, ...]]] = []
-    for document in tqdm(documents, desc="chunk", unit="doc", disable=not progress, leave=False):
+    for document, meta in tqdm(described, desc="chunk", unit="doc", disable=not progress, leave=False):
+        if actions[document.id] == "unchanged" and not needs_fit:
+            prepared.append((document, meta, ()))  # nothing of it is written
+            continue
         chunks = chunk_records(document, chunker)
         if not chunks:
             failures.append(LoadFailure(document.source_path, f"document {document.id!r} gave no chunks"))
             continue
-        prepared.append((document, document_metadata(document, chunking), chunks))
+        prepared.append((document, meta, chunks))
     stages.add("chunk", started)
 
     started = time.perf_counter()
-    if hasattr(model, "fit") and not getattr(model, "fitted", True):
-        model.fit([c.text for _, _, chunks in prepared for c in chunks])
+    if needs_fit:
+        model.fit([c.text for _, _, chunks in prepared for c in chunks])  # type: ignore[attr-defined]
         state_dir = store.root / "models" / _slug(model.name)
         model.save(state_dir)  # type: ignore[attr-defined]
     info = store.ensure_model(
         model.name, model.dimension, embedder=model.name, model_version=model.version,
         index_type=options.index_type, index_params=options.index_params,
     )
-    states = store.document_states([d.id for d, _, _ in prepared])
-    actions = {d.id: document_action(states.get(d.id), content_hash(d.text), meta)
-               for d, meta, _ in prepared}
     to_write = [(d, meta, chunks) for d, meta, chunks in prepared if actions[d.id] != "unchanged"]
     unchanged_ids = [d.id for d, _, _ in prepared if actions[d.id] == "unchanged"]
     missing = store.chunks_without_vectors(info.name, unchanged_ids)  # e.g. a new embedder

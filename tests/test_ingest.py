@@ -72,6 +72,36 @@ def test_changed_document_is_replaced_and_unchanged_chunks_come_from_the_cache(t
         assert store.verify()["models"]["tfidf"]["ids_equal"]
 
 
+def test_only_new_and_changed_documents_are_chunked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow_rag.ingest as ingest_module
+
+    chunked: list[str] = []
+    real = ingest_module.chunk_records
+
+    def counting(document, chunker):  # type: ignore[no-untyped-def]
+        chunked.append(document.id)
+        return real(document, chunker)
+
+    monkeypatch.setattr(ingest_module, "chunk_records", counting)
+    folder = write_docs(tmp_path / "docs", DOCS)
+    with Store.open(tmp_path / "s", create=True) as store:
+        ingest([str(folder)], store, options=TFIDF, progress=False)
+        assert sorted(chunked) == sorted(DOCS)
+        chunked.clear()
+        (folder / "alpha.md").write_text(DOCS["alpha.md"] + "\n\nOne more sentence.")
+        report = ingest([str(folder)], store, options=TFIDF, progress=False)
+        assert chunked == ["alpha.md"]
+        assert (report.documents_updated, report.documents_unchanged) == (1, 2)
+        assert "One more sentence" in store.get_document("alpha.md").chunks[-1].text
+        chunked.clear()
+        # A changed chunking setting changes every document: all are chunked again.
+        options = IngestOptions(embedder="tfidf", chunk_size=40, chunk_overlap=0)
+        report = ingest([str(folder)], store, options=options, progress=False)
+        assert sorted(chunked) == sorted(DOCS) and report.documents_updated == 3
+
+
 def test_a_bad_file_in_a_folder_is_reported_and_the_rest_land(tmp_path: Path) -> None:
     folder = write_docs(tmp_path / "docs", DOCS)
     (folder / "broken.txt").write_bytes(b"\x00\x01binary\x00" * 50)
