@@ -477,3 +477,69 @@ def test_an_auto_index_grown_past_the_exact_limit_is_persisted_as_ivf(
     with Store.open(tmp_path / "s", read_only=True) as store:
         hits = store.dense_search(rng.normal(size=8), k=5)
         assert len(hits) == 5 and store.events == []
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 17])
+def test_block_hashes_of_bytes_and_of_a_file_agree_with_hashlib(tmp_path: Path, size: int) -> None:
+    import hashlib
+
+    from mlflow_rag.store.files import block_sha256s, block_sha256s_fd
+
+    data = np.random.default_rng(size).bytes(size)
+    expected = [hashlib.sha256(data[i : i + 4096]).hexdigest() for i in range(0, size, 4096)]
+    assert block_sha256s(data, block=4096) == expected
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    with open(path, "rb") as handle:
+        assert block_sha256s_fd(handle.fileno(), size, block=4096) == expected
+        # a file shorter than the size asked for cannot match
+        if size:
+            assert block_sha256s_fd(handle.fileno(), size + 4096, block=4096) != expected + [""]
+
+
+def _small_block_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import mlflow_rag.store.store as store_module
+
+    monkeypatch.setattr(store_module, "HASH_BLOCK_BYTES", 4096)
+    rng = np.random.default_rng(5)
+    with Store.open(tmp_path / "s", create=True) as store:
+        store.ensure_model("m", 16, index_type="flat")
+        store.write([make_record(f"d{i}", ["x"], vectors=rng.normal(size=(1, 16)))
+                     for i in range(300)])
+    return tmp_path / "s"
+
+
+def test_a_flipped_byte_in_any_hash_block_rebuilds_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _small_block_store(tmp_path, monkeypatch)
+    entry = json.loads((root / "manifest.json").read_text())["models"]["m"]
+    assert entry["block_bytes"] == 4096 and len(entry["block_sha256"]) == -(-entry["bytes"] // 4096) > 3
+    path = root / entry["index_file"]
+    data = bytearray(path.read_bytes())
+    data[3 * 4096 + 100] ^= 0x01  # a vector byte in the fourth block
+    path.write_bytes(bytes(data))
+    with Store.open(root, read_only=True) as store:
+        hits = store.dense_search(np.ones(16), k=3)
+        assert len(hits) == 3
+        assert any("does not match its sha256 (block hashes)" in e for e in store.events)
+
+
+def test_a_manifest_without_block_hashes_is_still_verified_by_the_whole_file_sha256(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _small_block_store(tmp_path, monkeypatch)
+    manifest = json.loads((root / "manifest.json").read_text())
+    for field_name in ("block_sha256", "block_bytes"):
+        del manifest["models"]["m"][field_name]  # as written before block hashes existed
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with Store.open(root, read_only=True) as store:
+        store.dense_search(np.ones(16), k=3)
+        assert store.events == []  # trusted after the whole-file check
+    path = root / manifest["models"]["m"]["index_file"]
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01
+    path.write_bytes(bytes(data))
+    with Store.open(root, read_only=True) as store:
+        store.dense_search(np.ones(16), k=3)
+        assert any(e.endswith("does not match its sha256") for e in store.events)

@@ -35,10 +35,15 @@ class ModelEntry:
     index_file: str
     sha256: str
     bytes: int
+    # sha256 per block of ``block_bytes`` (verified on all cores when the file is opened);
+    # manifests written before these fields existed have neither, and the whole-file sha256
+    # is checked instead.
+    block_sha256: list[str] = field(default_factory=list)
+    block_bytes: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelEntry:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
 @dataclass

@@ -48,8 +48,11 @@ from mlflow_rag.index.choose import INDEX_TYPES, IndexSpec, choose_index
 from mlflow_rag.index.vector_index import VectorIndex, sha256_bytes, sorted_unique
 from mlflow_rag.store import db
 from mlflow_rag.store.files import (
+    HASH_BLOCK_BYTES,
     StorageError,
     atomic_write_bytes,
+    block_sha256s,
+    block_sha256s_fd,
     exclusive_lock,
     sha256_fd,
     sha256_file,
@@ -690,7 +693,11 @@ class Store:
             return f"{entry.index_file} has {stamp.size} bytes, expected {entry.bytes}"
         if self._verified_files.get(entry.index_file) == stamp:
             return ""  # verify_bundle hashed this very file (same inode, size, times) just now
-        if sha256_fd(fd) != entry.sha256:
+        if entry.block_sha256 and entry.block_bytes > 0:
+            blocks = block_sha256s_fd(fd, stamp.size, block=entry.block_bytes)
+            if blocks != entry.block_sha256:
+                return f"{entry.index_file} does not match its sha256 (block hashes)"
+        elif sha256_fd(fd) != entry.sha256:
             return f"{entry.index_file} does not match its sha256"
         return ""
 
@@ -768,6 +775,8 @@ class Store:
                     index_params=dict(index.spec.params), generation=generation,
                     vector_count=index.ntotal, max_vector_id=index.max_vector_id,
                     index_file=relative, sha256=sha256_bytes(data), bytes=len(data),
+                    block_sha256=block_sha256s(data, block=HASH_BLOCK_BYTES),
+                    block_bytes=HASH_BLOCK_BYTES,
                 )
                 written.append(index)
             for name in list(manifest.models):
