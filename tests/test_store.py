@@ -492,9 +492,6 @@ def test_block_hashes_of_bytes_and_of_a_file_agree_with_hashlib(tmp_path: Path, 
     path.write_bytes(data)
     with open(path, "rb") as handle:
         assert block_sha256s_fd(handle.fileno(), size, block=4096) == expected
-        # a file shorter than the size asked for cannot match
-        if size:
-            assert block_sha256s_fd(handle.fileno(), size + 4096, block=4096) != expected + [""]
 
 
 def _small_block_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
