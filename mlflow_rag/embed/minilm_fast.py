@@ -28,9 +28,10 @@ sentence-transformers does, so ``"onnx"`` gives the plain model's vectors to flo
 int8 results depend on the CPU's int8 kernels (VNNI or not), so vectors of ``onnx-int8`` made
 on two kinds of machine may differ slightly; its ``version`` cannot see that.
 
-torch's own dynamic int8 (:class:`TorchInt8MiniLMEmbedder`) was measured too and is not
-offered as a backend: nDCG@10 on SciFact train fell by 0.027 (per-tensor weight scales), and
-its activation scales span the batch, so a text's vector would depend on its batch mates.
+torch's own dynamic int8 (:class:`TorchInt8MiniLMEmbedder`) is measurable but not offered
+as a backend: its weight scales are per tensor (coarser than ONNX Runtime's), and its
+activation scales span the batch, so a text's vector would depend on its batch mates. Its
+quality: ``benchmarks/minilm_speed.py --also torch-int8 --quality``.
 
 Measured in ``benchmarks/minilm_speed.py`` (figures in ``benchmarks/RESULTS.md``).
 """
