@@ -42,6 +42,7 @@ from mlflow_rag.tracking import (
     TAG_STORE_PATH,
     TrackingError,
     check_tracking_uri,
+    log_params_once,
     resolve_tracking_uri,
 )
 
@@ -190,22 +191,6 @@ def dataset_source_uri(dataset: EvalDataset) -> str | None:
     return str(path.resolve()) if path.exists() else None
 
 
-def _log_params(mlflow: Any, params: dict[str, str]) -> None:
-    """Log params; under ``mlflow run`` the parent already holds the -P values, and MLflow
-    refuses to change a param: an equal value is skipped, a different one is logged as
-    ``mlflow_rag.<name>`` instead of failing the evaluation at its end."""
-    run = mlflow.active_run()
-    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
-    fresh = {}
-    for key, value in params.items():
-        if key not in existing:
-            fresh[key] = value
-        elif existing[key] != value:
-            fresh[f"mlflow_rag.{key}"] = value
-    if fresh:
-        mlflow.log_params(fresh)
-
-
 def _log_child(mlflow: Any, result: VariantResult, dataset_input: Any, parent_id: str) -> str:
     import pandas as pd
 
@@ -297,7 +282,7 @@ def evaluate(
             with mlflow.start_run(run_name=run_name or f"{grid.name}:{data.name}") as parent:
                 parent_id = str(parent.info.run_id)
                 mlflow.set_tags({TAG_RUN_TYPE: "evaluation", TAG_DATASET_DIGEST: data.digest})
-                _log_params(mlflow, {
+                log_params_once(mlflow, {
                     "dataset": data.name, "dataset_source": data.source,
                     "split": data.split or "", "queries": str(len(data.queries)),
                     "max_queries": "" if max_queries is None else str(max_queries),

@@ -142,7 +142,7 @@ def _start_run(mlflow: Any, run_name: str | None) -> Any:
     return mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None)
 
 
-def _log_params(mlflow: Any, params: Mapping[str, str]) -> None:
+def log_params_once(mlflow: Any, params: Mapping[str, str]) -> None:
     """Log params, tolerating the ones already on the run.
 
     Under ``mlflow run`` the project's -P values are params of the same run, and MLflow
@@ -300,7 +300,7 @@ def log_ingest_run(
             if previous is not None:
                 run_tags[TAG_PREVIOUS_RUN_ID] = previous.info.run_id
             mlflow.set_tags(run_tags)
-            _log_params(mlflow, ingest_params(report))
+            log_params_once(mlflow, ingest_params(report))
             mlflow.log_metrics(ingest_metrics(report, store_bytes=report.store_bytes or bundle_bytes))
             sources = pd.DataFrame(source_table(report.sources),
                                    columns=["source", "kind", "files", "bytes", "sha256",
@@ -424,7 +424,7 @@ def log_search_run(
                 flat[key] = json.dumps(value, sort_keys=True, default=str)
             else:
                 flat[key] = "" if value is None else str(value)
-        _log_params(mlflow, flat)
+        log_params_once(mlflow, flat)
         latencies = [float(x) for x in latencies_ms]
         mlflow.log_metrics({
             "latency_p50_ms": _percentile(latencies, 0.50),
