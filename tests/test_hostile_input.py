@@ -169,6 +169,16 @@ BAD_FILTERS += [
     ({"$or": [{"n": i} for i in range(MAX_CONDITIONS + 1)]}, FilterError,
      f"more than {MAX_CONDITIONS} conditions"),
     ({1: "x"}, FilterError, "keys must be strings"),
+    # Empty objects match everything but still cost SQL: they count as conditions (16.3).
+    ({"$or": [{}] * 1001}, FilterError, f"more than {MAX_CONDITIONS} conditions"),
+    ({"$and": [{}] * (MAX_CONDITIONS + 1)}, FilterError, f"more than {MAX_CONDITIONS} conditions"),
+    ({"$or": [{"$and": [{}] * 300}, {"$or": [{}] * 300}]}, FilterError, "more than"),
+    ({"$or": [{"n": 1}] * 1_000_000}, FilterError, f"more than {MAX_CONDITIONS} conditions"),
+    # Values are bounded across the whole filter, not per list (512 x 10,000 cost a minute).
+    ({"$or": [{"n": {"$in": list(range(MAX_LIST))}}] * 2}, FilterError, "values in all"),
+    ({"n": {"$in": list(range(6000)), "$nin": list(range(6000))}}, FilterError, "values in all"),
+    ('{"n": "' + "x" * 1_000_001 + '"}', FilterError, "characters"),
+    ({"n": {"$in": ["x" * 600_000, "y" * 600_000]}}, FilterError, "characters"),
 ]
 
 
@@ -186,6 +196,75 @@ def test_malformed_filters_get_clear_errors_from_every_entry_point(
         with pytest.raises(error, match=message):
             call()
     assert database_fingerprint(hostile_store) == before
+
+
+def _hostile_ns(store: Store) -> list[int]:
+    return [json.loads(m)["n"] for (m,) in store.conn.execute("SELECT metadata FROM documents")]
+
+
+@pytest.mark.parametrize("shape", ["or", "and", "keys", "nested", "values", "empty"])
+def test_filters_at_the_documented_limits_run_on_every_entry_point(
+    hostile_store: Store, shape: str
+) -> None:
+    """512 conditions used to overflow SQLite's expression depth (1,000) in find_documents."""
+    ns = _hostile_ns(hostile_store)
+    spec: dict[str, Any]
+    if shape == "or":  # every document has one of these n
+        spec = {"$or": [{"n": i} for i in range(MAX_CONDITIONS)]}
+        expected = {n for n in ns if n < MAX_CONDITIONS}
+    elif shape == "and":
+        spec = {"$and": [{"n": {"$ne": 1000 + i}} for i in range(MAX_CONDITIONS)]}
+        expected = set(ns)
+    elif shape == "keys":  # one object of 512 keys: an AND
+        spec = {**{f"k{i}": {"$exists": False} for i in range(MAX_CONDITIONS - 1)}, "n": 3}
+        expected = {3} & set(ns)
+    elif shape == "nested":  # 16 levels of $or, the rest of the budget at the bottom
+        spec = {"$or": [{"n": i} for i in range(MAX_CONDITIONS - MAX_DEPTH)]}
+        for level in range(MAX_DEPTH - 1):
+            spec = {"$or": [spec, {"n": 10_000 + level}]}
+        expected = {n for n in ns if n < MAX_CONDITIONS - MAX_DEPTH}
+    elif shape == "values":  # the total of values spread over 512 conditions
+        per = MAX_LIST // MAX_CONDITIONS
+        spec = {"$or": [{"n": {"$in": list(range(i * per, (i + 1) * per))}}
+                        for i in range(MAX_CONDITIONS)]}
+        expected = {n for n in ns if n < per * MAX_CONDITIONS}
+    else:  # 511 conditions and one empty object (matches everything)
+        spec = {"$or": [{"n": -1 - i} for i in range(MAX_CONDITIONS - 1)] + [{}]}
+        expected = set(ns)
+    assert expected
+    by_id = {d.id: d.metadata["n"] for d in hostile_store.find_documents({}, limit=1000)}
+    found = hostile_store.find_documents(spec, limit=1000)
+    assert {by_id[d.id] for d in found} == expected
+    dense = hostile_store.dense_search(np.ones(8), k=100, filters=spec)
+    assert {by_id[h.document_id] for h in dense} == expected
+    lexical = hostile_store.lexical_search("document", k=100, filters=spec)
+    assert {by_id[h.document_id] for h in lexical} == expected
+
+
+def test_cli_refuses_a_filter_of_empty_objects_in_one_line_and_the_server_answers_400(
+    hostile_store: Store, tmp_path: Path
+) -> None:
+    """{"$or": [{}, ...]} used to reach SQLite: a traceback from the CLI, HTTP 500 served."""
+    from mlflow_rag.serving import parse_params
+
+    hostile_store.close()
+    root = hostile_store.root
+    before = {p.name: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    spec = json.dumps({"$or": [{}] * 1001})
+    for mode in ("bm25", "dense", "hybrid"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlflow_rag.cli", "search", "document", "--store", str(root),
+             "--mode", mode, "--filter", spec],
+            capture_output=True, text=True, check=False, cwd=REPO,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("error: filter has more than 512 conditions"), proc.stderr
+    after = {p.name: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert {k: v for k, v in after.items() if k in before} == before
+    # The server validates params before searching: a RagError there is an HTTP 400.
+    with pytest.raises(FilterError, match="more than 512 conditions"):
+        parse_params({"filters": spec})
 
 
 scalars = (

@@ -56,6 +56,11 @@ MAX_DEPTH = 16
 MAX_LIST = 10_000
 MAX_CONDITIONS = 512
 MAX_KEY_LENGTH = 256
+# Across the whole filter, not per list: a filter's cost (JSON parse, one json_each per
+# condition, one id scan per value) grows with the values it holds, and 512 lists of 10,000
+# values cost a minute of CPU and 1.4 GB per search before this bound.
+MAX_VALUES = 10_000
+MAX_FILTER_CHARS = 1_000_000  # the JSON text, or the strings (keys and values) of a mapping
 
 Scalar = str | int | float | bool | None
 
@@ -66,6 +71,10 @@ def parse_filter(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
         return {}
     if isinstance(text, Mapping):
         return dict(text)
+    if isinstance(text, str) and len(text) > MAX_FILTER_CHARS:
+        raise FilterError(
+            f"filter is {len(text):,} characters long; at most {MAX_FILTER_CHARS:,}"
+        )
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -125,8 +134,18 @@ def render_sql(plan: Plan) -> tuple[str, list[Any]]:
             return node.sql
         if not node.parts:
             return "1"
-        parts = [render(part) for part in node.parts]
-        return parts[0] if len(parts) == 1 else "(" + f" {node.op} ".join(parts) + ")"
+        return join(node.op, [render(part) for part in node.parts])
+
+    def join(op: str, parts: list[str]) -> str:
+        # SQLite parses "a OR b OR c ..." as a left-deep tree, one level per term, and refuses
+        # expressions deeper than 1,000 (512 terms already failed inside find_documents'
+        # subquery); halving keeps the depth logarithmic in the number of terms.
+        if len(parts) == 1:
+            return parts[0]
+        if len(parts) <= 8:
+            return "(" + f" {op} ".join(parts) + ")"
+        middle = len(parts) // 2
+        return f"({join(op, parts[:middle])} {op} {join(op, parts[middle:])})"
 
     return render(plan), params
 
@@ -134,16 +153,37 @@ def render_sql(plan: Plan) -> tuple[str, list[Any]]:
 class _Compiler:
     def __init__(self) -> None:
         self.conditions = 0
+        self.values = 0
+        self.chars = 0
+
+    def count_condition(self) -> None:
+        self.conditions += 1
+        if self.conditions > MAX_CONDITIONS:
+            raise FilterError(
+                f"filter has more than {MAX_CONDITIONS} conditions (an empty object counts as one)"
+            )
+
+    def count_chars(self, text: str) -> None:
+        self.chars += len(text)
+        if self.chars > MAX_FILTER_CHARS:
+            raise FilterError(
+                f"filter holds more than {MAX_FILTER_CHARS:,} characters of keys and strings"
+            )
 
     def filter(self, spec: Any, *, depth: int) -> Plan:
         if depth > MAX_DEPTH:
             raise FilterError(f"filter is nested more than {MAX_DEPTH} levels deep")
         if not isinstance(spec, Mapping):
             raise FilterError(f"expected a filter object, got {type(spec).__name__}")
+        if not spec:
+            # Matches everything, yet each one is a term of the SQL: {"$or": [{}] * 1001}
+            # escaped the condition limit and overflowed SQLite's expression depth.
+            self.count_condition()
         parts = []
         for key, value in spec.items():
             if not isinstance(key, str):
                 raise FilterError(f"filter keys must be strings, got {key!r}")
+            self.count_chars(key)
             if key.startswith("$"):
                 parts.append(self.logical(key, value, depth=depth))
             else:
@@ -155,6 +195,10 @@ class _Compiler:
             raise UnknownChoice("filter operator", op, (*LOGICAL_OPERATORS, *FIELD_OPERATORS))
         if not isinstance(value, list) or not value:
             raise FilterError(f"{op} takes a non-empty list of filters")
+        if len(value) > MAX_CONDITIONS:  # refused before walking a list of a million objects
+            raise FilterError(
+                f"filter has more than {MAX_CONDITIONS} conditions ({op} lists {len(value):,})"
+            )
         parts = tuple(self.filter(v, depth=depth + 1) for v in value)
         return Junction("AND" if op == "$and" else "OR", parts)
 
@@ -187,12 +231,20 @@ class _Compiler:
     def operator(
         self, key: str, table: str, column: str | None, name: str | None, op: str, arg: Any
     ) -> Condition:
-        self.conditions += 1
-        if self.conditions > MAX_CONDITIONS:
-            raise FilterError(f"filter has more than {MAX_CONDITIONS} conditions")
+        self.count_condition()
         if op not in FIELD_OPERATORS:
             raise UnknownChoice("filter operator", op, FIELD_OPERATORS)
         _check_argument(key, op, arg)
+        values = arg if op in ("$in", "$nin") else [arg]
+        self.values += len(values)
+        if self.values > MAX_VALUES:
+            raise FilterError(
+                f"filter has more than {MAX_VALUES:,} values in all its conditions and "
+                "$in/$nin lists together"
+            )
+        for value in values:
+            if isinstance(value, str):
+                self.count_chars(value)
         if column is not None:
             sql, params = column_condition(column, op, arg)
             alias, rows = ("d", "documents d") if table == "document" else ("c", "chunks c")
