@@ -69,6 +69,10 @@ class FilterError(RagError, ValueError):
     """A filter that is not valid in the filter language (bad key, operator, value or shape)."""
 
 
+class UnsafePath(RagError, ValueError):
+    """A path taken from stored data (database, manifest, bundle) that would leave the store."""
+
+
 class IndexCorrupt(RagError):
     """An index file that does not match the store (hash, magic or counts). Usually rebuilt."""
 

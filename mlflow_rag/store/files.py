@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mlflow_rag.errors import RagError
+from mlflow_rag.errors import RagError, UnsafePath
 
 
 class StorageError(RagError, OSError):
@@ -47,6 +47,39 @@ def storage_error(path: Path | str, exc: BaseException, *, action: str = "write"
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return StorageError(f"cannot {action} {path}: {reason}", filename=str(path),
                         errno=errno if isinstance(errno, int) else None, strerror=reason)
+
+
+def confined(root: Path, relative: str | Path, *, what: str = "path") -> Path:
+    """``root / relative``, if it stays inside ``root`` with every symlink followed.
+
+    The one gate for every path that comes from stored data (a model's slug in the database,
+    a manifest's file names, a bundle's folders): an absolute name, ``..``, a NUL byte or a
+    symlink leading out (``index -> /etc``) is :class:`UnsafePath`, before anything opens,
+    hashes or writes it. A path that does not exist yet is checked as far as it resolves.
+    """
+    text = os.fspath(relative)
+    parts = Path(text).parts
+    if not text or "\x00" in text or Path(text).is_absolute() or ".." in parts:
+        raise UnsafePath(f"{what} {text!r} is not a relative path inside {root}; refused")
+    base = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(root / text))
+    if target != base and base not in target.parents:
+        raise UnsafePath(f"{what} {text!r} leads outside {root} (to {target}); refused")
+    return root / text
+
+
+def check_tree_confined(root: Path, folder: str, *, what: str) -> None:
+    """Every file, folder and symlink under ``root / folder`` stays inside ``root``
+    (symlinks are not followed while walking, each one is resolved and checked)."""
+    top = root / folder
+    if not top.is_symlink() and not top.exists():
+        return
+    confined(root, folder, what=what)
+    for current, dirs, files in os.walk(top, followlinks=False):
+        for name in (*dirs, *files):
+            path = Path(current) / name
+            if path.is_symlink():
+                confined(root, path.relative_to(root), what=what)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -43,6 +43,7 @@ from mlflow_rag.errors import (
     RagError,
     StoreNotFound,
     UnknownChoice,
+    UnsafePath,
 )
 from mlflow_rag.index.choose import INDEX_TYPES, IndexSpec, choose_index
 from mlflow_rag.index.vector_index import VectorIndex, sha256_bytes, sorted_unique
@@ -53,6 +54,8 @@ from mlflow_rag.store.files import (
     atomic_write_bytes,
     block_sha256s,
     block_sha256s_fd,
+    check_tree_confined,
+    confined,
     exclusive_lock,
     sha256_fd,
     sha256_file,
@@ -80,6 +83,9 @@ MODELS_DIR = "models"
 LOCK_FILE = ".lock"
 PII_KEY = "_pii"  # document metadata key holding PII-marked fields; hidden unless asked for
 MAX_K = 10_000
+# What model_slug produces; a slug read back from the database must still look like this
+# before it becomes part of a file name (`UPDATE models SET slug = '../../x'` wrote outside).
+SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 def model_slug(name: str) -> str:
@@ -262,6 +268,7 @@ class Store:
                 db.migrate(conn, db_path)
             store = cls(root, conn, read_only=read_only, immutable=immutable, mmap=mmap,
                         verified_files=verified)
+            store._check_stored_paths()
             if verify_files:
                 _check_bundle_identity(store, db_path)
         except BaseException as exc:
@@ -304,6 +311,23 @@ class Store:
         if self.read_only:
             raise RagError(f"{self.root} is open read-only")
 
+    def _check_stored_paths(self) -> None:
+        """Refuse the open if a path derived from stored data would leave the store: a
+        model's slug (it names the index file and the embedder's state folder), or a symlink
+        under ``index/``, ``models/`` or at ``manifest.json`` that leads outside."""
+        with self._lock, db.read_transaction(self.conn):
+            self._refresh_models(db.generation(self.conn))
+        for folder in (INDEX_DIR, MODELS_DIR):
+            check_tree_confined(self.root, folder, what=f"store folder {folder}/")
+        confined(self.root, "manifest.json", what="manifest")
+
+    def _index_relative(self, info: ModelInfo) -> str:
+        return f"{INDEX_DIR}/{info.slug}.faiss"
+
+    def _index_path(self, info: ModelInfo) -> Path:
+        return confined(self.root, self._index_relative(info),
+                        what=f"index file of model {info.name!r}")
+
     # ----------------------------------------------------------------- models
 
     def _refresh_models(self, generation: int) -> None:
@@ -311,6 +335,11 @@ class Store:
             return
         self._models = {}
         for name, slug, dim, embedder, version, index_type, params in db.model_rows(self.conn):
+            if not isinstance(slug, str) or not SLUG_PATTERN.fullmatch(slug):
+                raise UnsafePath(
+                    f"model {name!r} in {self.root / DB_FILE} has the slug {slug!r}, which is "
+                    "not a plain file name ([a-z0-9._-]); refused (it names the model's files)"
+                )
             self._models[name] = ModelInfo(
                 name=name, slug=slug, dimension=dim, embedder=embedder, model_version=version,
                 index_type=index_type, index_params=codec.loads_object(params),
@@ -411,7 +440,9 @@ class Store:
 
     def model_dir(self, name: str) -> Path:
         """Where an embedder fitted at ingest keeps its state (inside the store)."""
-        return self.root / MODELS_DIR / self.model(name).slug
+        info = self.model(name)
+        return confined(self.root, f"{MODELS_DIR}/{info.slug}",
+                        what=f"state folder of model {info.name!r}")
 
     # ----------------------------------------------------------------- writes
 
@@ -661,7 +692,7 @@ class Store:
         spec = IndexSpec(entry.index_type, entry.index_params)
         # One open file for the size, the hash and FAISS's read: a writer replacing the path
         # meanwhile cannot slip unverified bytes in (the descriptor keeps the hashed inode).
-        with open(self.root / entry.index_file, "rb") as handle:
+        with open(self._index_path(info), "rb") as handle:
             reason = self._file_problem(entry, handle.fileno())
             if reason:
                 return self._build(info, generation, reason)
@@ -711,7 +742,11 @@ class Store:
             return f"index dimension {entry.dimension} != model dimension {info.dimension}"
         if entry.generation > generation:
             return f"index generation {entry.generation} is ahead of the database ({generation})"
-        if not (self.root / entry.index_file).is_file():
+        if entry.index_file != self._index_relative(info):
+            # Never opened: the manifest may only name the file this store writes.
+            return (f"the manifest names the index file {entry.index_file!r}, not "
+                    f"{self._index_relative(info)}")
+        if not self._index_path(info).is_file():
             return f"{entry.index_file} is missing"
         wanted = choose_index(info.index_type, count, info.dimension, info.index_params)
         if wanted.kind != entry.index_type:
@@ -760,15 +795,16 @@ class Store:
                 file_ok = (
                     entry is not None and self._persisted.get(name) is not None
                     and entry.index_type == index.spec.kind
-                    and (self.root / entry.index_file).is_file()
+                    and entry.index_file == self._index_relative(info)
+                    and self._index_path(info).is_file()
                 )
                 if file_ok and not index.dirty:
                     assert entry is not None
                     entry.generation = generation
                     continue
                 data = index.serialize()
-                relative = f"{INDEX_DIR}/{info.slug}.faiss"
-                atomic_write_bytes(self.root / relative, data)
+                relative = self._index_relative(info)
+                atomic_write_bytes(self._index_path(info), data)
                 manifest.models[name] = ModelEntry(
                     slug=info.slug, dimension=info.dimension, embedder=info.embedder,
                     model_version=info.model_version, index_type=index.spec.kind,
@@ -1033,10 +1069,17 @@ class Store:
                 self.flush()
             # Copy the derived files first: if a writer commits before VACUUM INTO, the
             # snapshot's database is only ahead of them, and opening it replays the difference.
+            root = self.root
+
+            def copy_inside(source: str, target: str) -> None:
+                # copytree follows symlinks: copy a file only if it resolves inside the store
+                shutil.copy2(confined(root, Path(source).relative_to(root), what="store file"),
+                             target)
+
             with exclusive_lock(self.root / LOCK_FILE):
                 for sub in (INDEX_DIR, MODELS_DIR):
                     if (self.root / sub).is_dir():
-                        shutil.copytree(self.root / sub, dest / sub)
+                        shutil.copytree(self.root / sub, dest / sub, copy_function=copy_inside)
                 if (self.root / "manifest.json").is_file():
                     shutil.copy2(self.root / "manifest.json", dest / "manifest.json")
                 db.vacuum_into(self.conn, dest / DB_FILE)
@@ -1144,14 +1187,20 @@ def verify_bundle(root: Path) -> dict[str, FileStamp]:
     if DB_FILE not in manifest.files:
         raise BundleCorrupt(f"{root}/manifest.json records no hash for {DB_FILE}")
     stamps: dict[str, FileStamp] = {}
+    try:
+        for folder in (INDEX_DIR, MODELS_DIR):
+            check_tree_confined(root, folder, what=f"bundle folder {folder}/")
+    except UnsafePath as exc:
+        raise BundleCorrupt(str(exc)) from None
     for relative, meta in manifest.files.items():
-        parts = Path(relative).parts
-        if not parts or Path(relative).is_absolute() or ".." in parts:
-            raise BundleCorrupt(f"manifest.json names a file outside the bundle: {relative!r}")
+        try:
+            path = confined(root, relative, what="manifest.json names the bundle file")
+        except UnsafePath:
+            raise BundleCorrupt(
+                f"manifest.json names a file outside the bundle: {relative!r}") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int) \
                 or not isinstance(meta.get("sha256"), str):
             raise BundleCorrupt(f"manifest.json has no size and sha256 for bundle file {relative}")
-        path = root / relative
         if path.is_symlink() or not path.is_file():
             raise BundleCorrupt(f"bundle file {relative} is missing (or not a regular file)")
         with open(path, "rb") as handle:
