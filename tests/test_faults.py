@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from mlflow_rag.errors import BundleCorrupt, RagError
-from mlflow_rag.store.files import StorageError
+from mlflow_rag.store.files import HASH_BLOCK_BYTES, StorageError, block_sha256s
 from mlflow_rag.store.store import Store
 from tests.conftest import make_record
 from tests.fault_child import (
@@ -827,6 +827,10 @@ def fuzz_cases(source: Path, work: Path, n: int, seed: int, *, rehash: bool) -> 
             for entry in manifest["models"].values():
                 entry["sha256"] = hashlib.sha256(data).hexdigest()
                 entry["bytes"] = len(data)
+                # the block hashes too, or every case fails the hash check and none reaches
+                # the layout check and FAISS (the point of a hash-consistent case)
+                entry["block_sha256"] = block_sha256s(data, block=HASH_BLOCK_BYTES)
+                entry["block_bytes"] = HASH_BLOCK_BYTES
             (case / "manifest.json").write_text(json.dumps(manifest))
         yield case
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
@@ -20,6 +21,7 @@ import numpy as np
 
 from mlflow_rag.errors import IndexCorrupt
 from mlflow_rag.index.choose import IndexSpec
+from mlflow_rag.index.layout import check_index_file
 
 # Below this share of the vectors, gather the allowed rows and score only them; above it,
 # scoring everything once and masking is cheaper than the gather.
@@ -315,6 +317,8 @@ class VectorIndex:
         expected_count: int,
     ) -> VectorIndex:
         """Only call on bytes whose sha256 was verified: FAISS may crash on corrupt input."""
+        _check_layout(lambda offset, count: data[offset:offset + count], len(data), spec,
+                      dimension, expected_count)
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         return cls._checked(index, spec, dimension, generation=generation,
                             max_vector_id=max_vector_id, expected_count=expected_count)
@@ -334,6 +338,10 @@ class VectorIndex:
         stay in the file's pages, shared by every process that maps the file; the map is
         read-only, and it outlives a later replacement of the path (the inode stays).
         """
+        # Every length FAISS will allocate for must fit in the file: a hash-consistent file
+        # with one patched length field made FAISS reserve gigabytes before it failed.
+        _check_layout(lambda offset, count: os.pread(fd, count, offset), os.fstat(fd).st_size,
+                      spec, dimension, expected_count)
         proc_path = f"/proc/self/fd/{fd}"
         if os.path.exists(proc_path):
             flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
@@ -376,6 +384,15 @@ class VectorIndex:
             ivf.nprobe = spec.params["nprobe"]
             ivf.parallel_mode = IVF_PARALLEL_MODE  # not part of the file format
         return loaded
+
+
+def _check_layout(
+    read_at: Callable[[int, int], bytes], size: int, spec: IndexSpec, dimension: int,
+    count: int,
+) -> None:
+    nlist = spec.params.get("nlist") if spec.kind == "ivf" else None
+    check_index_file(read_at, size, kind=spec.kind, dimension=dimension, count=count,
+                     nlist=nlist)
 
 
 def sha256_bytes(data: bytes) -> str:
