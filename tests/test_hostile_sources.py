@@ -17,11 +17,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pypdf
 import pytest
 
+from mlflow_rag.ingest import ingest
 from mlflow_rag.load.csv import MAX_COLUMNS, CsvLoader
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import LoadFailure, SourceDocument
+from tests.fault_child import OPTIONS, embedder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,3 +161,112 @@ def test_cli_wide_csv_is_reported_and_the_rest_lands_or_one_error_line(
                               "--no-track", cwd=tmp_path))
     assert "nothing to ingest" in line and "max_columns" in line
     assert stored(cli_store) == after
+
+
+# --------------------------------------------------------------------------- 16.4 surrogates, NUL ids
+
+
+def raw_pdf(objects: list[bytes]) -> bytes:
+    """A PDF from object bodies (object i + 1 is ``objects[i]``; object 1 is the catalog)."""
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def pdf_stream(data: bytes) -> bytes:
+    return b"<< /Length %d >>\nstream\n" % len(data) + data + b"\nendstream"
+
+
+def pdf_with_font_map(text_codes: bytes, mapping: dict[int, int]) -> bytes:
+    """One page showing ``text_codes`` in a font whose ToUnicode map sends code -> UTF-16 unit."""
+    chars = b"".join(b"<%02X> <%04X>\n" % (code, unit) for code, unit in mapping.items())
+    cmap = (b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap /CMapName /X def\n"
+            b"1 begincodespacerange <00> <FF> endcodespacerange\n"
+            b"%d beginbfchar\n" % len(mapping) + chars + b"endbfchar endcmap\n"
+            b"CMapName currentdict /CMap defineresource pop end end")
+    content = b"BT /F1 12 Tf 72 720 Td <" + text_codes.hex().encode() + b"> Tj ET"
+    return raw_pdf([
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        pdf_stream(content),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /ToUnicode 6 0 R >>",
+        pdf_stream(cmap),
+    ])
+
+
+# a font map: 1 -> the lone surrogate U+D800, 2..27 -> 'a'..'z', 28 -> ' '
+LETTERS = {1: 0xD800, 28: 0x20} | {2 + i: ord("a") + i for i in range(26)}
+
+
+def pdf_codes(text: str) -> bytes:
+    return bytes(28 if c == " " else 2 + ord(c) - ord("a") for c in text)
+
+
+def surrogate_sources(tmp_path: Path) -> tuple[list[str], set[str]]:
+    """A JSONL file, two PDFs and a folder, each with bad documents; returns the good ids."""
+    jsonl = tmp_path / "lines.jsonl"
+    jsonl.write_text(
+        '{"_id": "j1", "text": "a fine line about vector search"}\n'
+        '{"_id": "j2", "text": "a lone surrogate \\ud800 in the text"}\n'
+        '{"_id": "j3", "text": "a bad key", "meta\\udc00": "value"}\n'
+        '{"_id": "j4\\ud800", "text": "a surrogate in the id"}\n'
+        '{"_id": "nul\\u0000id", "text": "an id with a NUL character"}\n'
+        '{"_id": "j5", "text": "another fine line about hybrid retrieval"}\n', encoding="utf-8")
+    pdfs = tmp_path / "pdfs"
+    pdfs.mkdir()
+    (pdfs / "good.pdf").write_bytes(pdf_with_font_map(pdf_codes("a good page about search"), LETTERS))
+    (pdfs / "bad.pdf").write_bytes(
+        pdf_with_font_map(pdf_codes("a page with") + b"\x01" + pdf_codes(" a broken map"), LETTERS))
+    return [str(jsonl), str(pdfs)], {"j1", "j5", "good.pdf"}
+
+
+def test_a_lone_surrogate_or_a_nul_id_fails_that_document_alone(tmp_path: Path) -> None:
+    sources, good = surrogate_sources(tmp_path)
+    # the hostile PDF really yields a lone surrogate through pypdf
+    assert "\ud800" in pypdf.PdfReader(f"{sources[1]}/bad.pdf").pages[0].extract_text()
+    with Store.open(tmp_path / "store", create=True) as store:
+        report = ingest(sources, store, options=OPTIONS, embedder=embedder(), progress=False)
+        landed = {d.id for d in store.find_documents(None, limit=100)}
+        assert store.verify()["models"]["hash-test"]["ids_equal"]
+    assert landed == good
+    reasons = sorted(f.reason for f in report.failures)
+    assert len(reasons) == 5, reasons
+    assert sum("lone surrogate U+D800 in its text at character" in r for r in reasons) == 2  # j2, pdf
+    assert any("lone surrogate U+DC00 in its metadata" in r for r in reasons)
+    assert any("'j4\\ud800' has a lone surrogate U+D800 in its id" in r for r in reasons)
+    assert any("'nul\\x00id' contains a NUL character" in r for r in reasons)
+    for reason in reasons:
+        reason.encode("utf-8")  # every report line can be printed
+
+
+def test_cli_lone_surrogates_and_nul_ids_are_reported_and_the_rest_lands(
+    tmp_path: Path, cli_store: Path,
+) -> None:
+    before = stored(cli_store)
+    sources, good = surrogate_sources(tmp_path)
+    result = cli("ingest", *sources, "--store", "store", "--embedder", "tfidf", "--no-track",
+                 cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "5 failed" in result.stdout and result.stdout.count("lone surrogate") == 4
+    after = stored(cli_store)
+    assert set(after) == set(before) | good
+    assert all(after[k] == v for k, v in before.items())
+    for doc_id in sorted(good):  # every stored id can be shown and deleted from the CLI
+        assert cli("show", doc_id, "--store", "store", cwd=tmp_path).returncode == 0
+    assert cli("delete", "j1", "--store", "store", cwd=tmp_path).returncode == 0
+    only_bad = tmp_path / "bad.jsonl"
+    only_bad.write_text('{"_id": "x", "text": "\\ud800"}\n{"_id": "y\\u0000", "text": "t"}\n')
+    line = one_error_line(cli("ingest", str(only_bad), "--store", "store", "--embedder", "tfidf",
+                              "--no-track", cwd=tmp_path))
+    assert "nothing to ingest: 2 item(s)" in line and "lone surrogate" in line
+    assert stored(cli_store) == {k: v for k, v in after.items() if k != "j1"}
