@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import zlib
 from pathlib import Path
 
 import pypdf
@@ -22,6 +24,7 @@ import pytest
 
 from mlflow_rag.ingest import ingest
 from mlflow_rag.load.csv import MAX_COLUMNS, CsvLoader
+from mlflow_rag.load.pdf import DEFAULT_PDF_SECONDS, PDF_SECONDS_ENV, PdfLoader
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import LoadFailure, SourceDocument
 from tests.fault_child import OPTIONS, embedder
@@ -270,3 +273,85 @@ def test_cli_lone_surrogates_and_nul_ids_are_reported_and_the_rest_lands(
                               "--no-track", cwd=tmp_path))
     assert "nothing to ingest: 2 item(s)" in line and "lone surrogate" in line
     assert stored(cli_store) == {k: v for k, v in after.items() if k != "j1"}
+
+
+# --------------------------------------------------------------------------- 16.8 slow PDFs
+
+
+def shared_stream_pdf(pages: int, stream_bytes: int) -> bytes:
+    """``pages`` pages that all draw one content stream of ``stream_bytes`` of no-op operators
+    (``q Q``) ending in a line of text: tiny on disk, seconds of pypdf work per page."""
+    content = b"q Q\n" * (stream_bytes // 4) + b"BT /F1 12 Tf 72 720 Td (hello) Tj ET"
+    kids = b" ".join(b"%d 0 R" % (5 + i) for i in range(pages))
+    page = (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R "
+            b"/Resources << /Font << /F1 4 0 R >> >> >>")
+    return raw_pdf([
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [" + kids + b"] /Count %d >>" % pages,
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(z := zlib.compress(content, 9))
+        + z + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        *([page] * pages),
+    ])
+
+
+def slow_pdf_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    (folder / "slow.pdf").write_bytes(shared_stream_pdf(40, 2_000_000))  # minutes unbounded
+    (folder / "good.pdf").write_bytes(pdf_with_font_map(pdf_codes("a good page about search"), LETTERS))
+    return folder
+
+
+def test_a_pdf_that_costs_too_much_time_is_reported_and_the_rest_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = slow_pdf_folder(tmp_path)
+    assert (folder / "slow.pdf").stat().st_size < 20_000
+    monkeypatch.setenv(PDF_SECONDS_ENV, "1")
+    with Store.open(tmp_path / "store", create=True) as store:
+        report = ingest([str(folder)], store, options=OPTIONS, embedder=embedder(), progress=False)
+        assert {d.id for d in store.find_documents(None)} == {"good.pdf"}
+    [failure] = report.failures
+    assert failure.source_path.endswith("slow.pdf")
+    assert "max_seconds=1" in failure.reason and "of 40" in failure.reason, failure.reason
+
+
+def test_the_pdf_time_bound_holds_off_the_main_thread_between_pages(tmp_path: Path) -> None:
+    # No SIGALRM off the main thread: the bound is checked between pages there.
+    path = tmp_path / "slow.pdf"
+    path.write_bytes(shared_stream_pdf(40, 200_000))  # ~0.3-0.6 s a page
+    out: list[object] = []
+    worker = threading.Thread(target=lambda: out.extend(PdfLoader(max_seconds=0.5).load(str(path))))
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    [failure] = out
+    assert isinstance(failure, LoadFailure) and "max_seconds=0.5" in failure.reason
+
+
+def test_the_pdf_time_bound_default_is_documented() -> None:
+    assert PdfLoader().max_seconds == DEFAULT_PDF_SECONDS
+    assert PdfLoader(max_seconds=7).max_seconds == 7
+    config = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert f"| `{PDF_SECONDS_ENV}` | `{DEFAULT_PDF_SECONDS:g}` |" in config
+    api = (REPO / "docs" / "python-api.md").read_text(encoding="utf-8")
+    assert "`max_seconds`" in api and f"{DEFAULT_PDF_SECONDS:g} s" in api
+
+
+def test_cli_slow_pdf_is_reported_and_the_rest_lands_or_one_error_line(
+    tmp_path: Path, cli_store: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(PDF_SECONDS_ENV, "1")
+    before = stored(cli_store)
+    slow = slow_pdf_folder(tmp_path) / "slow.pdf"
+    result = cli("ingest", str(slow), str(good_text(tmp_path)), "--store", "store",
+                 "--embedder", "tfidf", "--no-track", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"failed: {slow}: " in result.stdout and "max_seconds=1" in result.stdout
+    after = stored(cli_store)
+    assert set(after) == set(before) | {"later.txt"}
+    line = one_error_line(cli("ingest", str(slow), "--store", "store", "--embedder", "tfidf",
+                              "--no-track", cwd=tmp_path))
+    assert "nothing to ingest" in line and "max_seconds=1" in line
+    assert stored(cli_store) == after
