@@ -8,6 +8,7 @@ model embedded before (keyed by sha256 of the text) reuses the stored vector.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -109,6 +110,60 @@ def loader_options_for(loader: str, options: Mapping[str, Any]) -> dict[str, Any
     return {names[k]: v for k, v in options.items() if k in names}
 
 
+# A lone UTF-16 surrogate (a JSON "\ud800" escape, a broken PDF font map, a file name that is
+# not UTF-8) is a str Python holds but cannot encode: it would fail the whole write batch.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_in(value: Any) -> tuple[str, int] | None:
+    """(the surrogate, its character offset) of the first one in a str or nested JSON value."""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        return (found.group(), found.start()) if found else None
+    if isinstance(value, Mapping):
+        items: Iterable[Any] = (part for pair in value.items() for part in pair)
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return None
+    for item in items:
+        hit = _surrogate_in(item)
+        if hit is not None:
+            return hit
+    return None
+
+
+def document_problem(document: SourceDocument) -> str | None:
+    """Why a loaded document cannot be stored as it is, or None.
+
+    Ids with NUL cannot be typed, shown or deleted from a shell; lone surrogates are not
+    valid Unicode and cannot be written. Either costs this document alone, never its batch.
+    """
+    if "\0" in document.id:
+        return (f"document id {document.id!r} contains a NUL character; such an id could "
+                "not be shown or deleted from the command line")
+    parts: list[tuple[str, Any]] = [
+        ("id", document.id), ("source path", document.source_path), ("text", document.text),
+        ("section names", [s.name for s in document.sections]),
+        ("section metadata", [s.metadata for s in document.sections]),
+        ("metadata", document.metadata), ("PII fields", document.pii),
+    ]
+    for where, value in parts:
+        hit = _surrogate_in(value)
+        if hit is not None:
+            char, offset = hit
+            at = f" at character {offset}" if where in ("text", "id") else ""
+            return (f"document {document.id!r} has a lone surrogate U+{ord(char):04X} in its "
+                    f"{where}{at}, which is not valid Unicode (a bad \\u escape, font map or "
+                    "non-UTF-8 file name?); not loaded")
+    return None
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates escaped, so a report line can always be printed."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def source_digest(documents: Iterable[SourceDocument]) -> str:
     """sha256 over (id, content hash) of every loaded document, order-independent."""
     digest = hashlib.sha256()
@@ -158,6 +213,8 @@ def load_sources(
                          unit="doc", disable=not progress, leave=False):
             if isinstance(item, LoadFailure):
                 failures.append(item)
+            elif (problem := document_problem(item)) is not None:
+                failures.append(LoadFailure(_printable(item.source_path), problem))
             elif item.id in seen:
                 failures.append(LoadFailure(item.source_path,
                                             f"document id {item.id!r} also comes from {seen[item.id]}"))
@@ -195,10 +252,10 @@ def ingest(
             on_failure(failure)
     stages.add("load", started)
     if not documents:
-        raise LoaderError(
+        raise LoaderError(_printable(
             f"nothing to ingest: {len(failures)} item(s) failed to load"
             + (f"; first: {failures[0].source_path}: {failures[0].reason}" if failures else "")
-        )
+        ))
 
     started = time.perf_counter()
     model = embedder or _make_embedder(options.embedder, store)
@@ -412,7 +469,7 @@ def format_report(report: IngestReport) -> str:
         f"seconds: {stage_text} (total {report.total_seconds:.2f}s)",
     ]
     for failure in report.failures[:20]:
-        lines.append(f"failed: {failure.source_path}: {failure.reason}")
+        lines.append(_printable(f"failed: {failure.source_path}: {failure.reason}"))
     if len(report.failures) > 20:
         lines.append(f"... and {len(report.failures) - 20} more failures")
     return "\n".join(lines)

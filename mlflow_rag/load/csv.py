@@ -35,6 +35,10 @@ TEXT_SEPARATOR = "\n\n"
 MIN_MEAN_CHARS = 80.0
 MIN_MEAN_WORDS = 10.0
 SAMPLE_ROWS = 200
+# The widest sheet Excel writes (column XFD). Every step below is linear in the column count;
+# the limit bounds the metadata a row can add (every non-text column becomes a field).
+MAX_COLUMNS = 16_384
+_NAMES_SHOWN = 20  # column names quoted in an error message
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,8 @@ class CsvLoader:
         delimiter: the field separator (``","``; ``"\\t"`` for TSV).
         max_field_chars: a row with a longer field is reported (10 MB by default); a record
             longer than twice this is skipped while reading, so memory stays bounded.
+        max_columns: a header with more columns fails the file (``MAX_COLUMNS`` = 16,384 by
+            default, the widest sheet Excel writes).
 
     Every other column goes into ``metadata`` under its own name (names that clash with the
     loader's keys are stored as ``"field:<name>"``).
@@ -178,6 +184,7 @@ class CsvLoader:
         encoding: str | None = None,
         delimiter: str = ",",
         max_field_chars: int = 10_000_000,
+        max_columns: int = MAX_COLUMNS,
     ) -> None:
         for option, value in [("text_columns", text_columns), ("pii_columns", pii_columns)]:
             if isinstance(value, str):
@@ -187,6 +194,7 @@ class CsvLoader:
         if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '\r\n"':
             raise InvalidInput(f"delimiter must be one character (not a quote or newline), got {delimiter!r}")
         check_positive("max_field_chars", max_field_chars)
+        check_positive("max_columns", max_columns)
         self.id_column = id_column
         self.text_columns = list(text_columns) if text_columns is not None else None
         self.pii_columns = list(pii_columns) if pii_columns is not None else None
@@ -194,6 +202,7 @@ class CsvLoader:
         self.delimiter = delimiter
         self.max_field_chars = max_field_chars
         self.max_record_chars = 2 * max_field_chars
+        self.max_columns = max_columns
         overlap = sorted(set(self.pii_columns or ()) & set(self.text_columns or ()))
         if overlap:
             raise InvalidInput(f"columns {overlap} are in both text_columns and pii_columns")
@@ -238,18 +247,28 @@ class CsvLoader:
             except (csv.Error, RecordTooLarge) as exc:
                 yield LoadFailure(source, f"unreadable header row: {exc}")
                 return
+            if len(header) > self.max_columns:
+                yield LoadFailure(
+                    source, f"the header has {len(header)} columns; the limit is "
+                    f"max_columns={self.max_columns}",
+                )
+                return
             header = _name_blank_columns(header)
-            duplicates = sorted({c for c in header if header.count(c) > 1})
+            duplicates = _duplicates(header)
             if duplicates:
-                yield LoadFailure(source, f"duplicate column names {duplicates} in the header")
+                yield LoadFailure(
+                    source, f"duplicate column names {_some(duplicates)} in the header"
+                )
                 return
             self._check_columns(source, header)
             pii_columns = self.pii_columns
             if pii_columns is None:
-                pii_columns = [c for c in guess_pii_columns(header) if c not in (self.text_columns or ())]
+                chosen_text = set(self.text_columns or ())
+                pii_columns = [c for c in guess_pii_columns(header) if c not in chosen_text]
             id_column = self.id_column
             if id_column is None:
-                id_column = guess_id_column([c for c in header if c not in pii_columns])
+                pii = set(pii_columns)
+                id_column = guess_id_column([c for c in header if c not in pii])
             text_columns = self.text_columns
             if text_columns is None:
                 text_columns = self._detect_text_columns(path, encoding, header, pii_columns, id_column)
@@ -274,11 +293,12 @@ class CsvLoader:
         named += [("text_columns", c) for c in self.text_columns or ()]
         if self.id_column is not None:
             named.append(("id_column", self.id_column))
+        columns = set(header)
         for option, column in named:
-            if column not in header:
+            if column not in columns:
                 raise InvalidInput(
                     f"Unknown column {column!r} in {option}; "
-                    f"the columns of {os.path.basename(source)} are {header}"
+                    f"the columns of {os.path.basename(source)} are {_some(header)}"
                 )
 
     def _detect_text_columns(
@@ -286,8 +306,10 @@ class CsvLoader:
         id_column: str | None,
     ) -> list[str]:
         """Sample the first rows (a separate bounded pass) and pick the free-text columns."""
-        candidates = [c for c in header if c not in pii_columns and c != id_column]
-        index = {c: header.index(c) for c in candidates}
+        skip = set(pii_columns) | {id_column}
+        # column names are unique here (duplicates failed the file), so positions are exact
+        index = {c: i for i, c in enumerate(header) if c not in skip}
+        candidates = list(index)
         totals = {c: [0, 0, 0] for c in candidates}
         with path.open(encoding=encoding, newline="") as f:
             lines = _BoundedLines(f, max_chars=self.max_record_chars, quotechar='"')
@@ -388,6 +410,22 @@ def guess_id_column(header: Sequence[str]) -> str | None:
     return next((lowered[n] for n in _ID_NAMES if n in lowered), None)
 
 
+def _duplicates(header: Sequence[str]) -> list[str]:
+    """Names that occur more than once, sorted (one pass: a header can be wide)."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for name in header:
+        (repeated if name in seen else seen).add(name)
+    return sorted(repeated)
+
+
+def _some(names: Sequence[str]) -> str:
+    """At most _NAMES_SHOWN names for a message, saying how many more there are."""
+    if len(names) <= _NAMES_SHOWN:
+        return str(list(names))
+    return f"{list(names[:_NAMES_SHOWN])} and {len(names) - _NAMES_SHOWN} more"
+
+
 def _name_blank_columns(header: list[str]) -> list[str]:
     """Give unnamed columns (a trailing comma in the header) a usable name."""
     return [name if name.strip() else f"column {i + 1}" for i, name in enumerate(header)]
@@ -432,7 +470,8 @@ class _RowPlan:
         else:
             # PII is left out of the hash: a hash of an e-mail address can be reversed by
             # guessing, and ids are shown in search results.
-            public = [values[c] for c in self.header if c not in self.pii_columns]
+            pii = set(self.pii_columns)
+            public = [values[c] for c in self.header if c not in pii]
             doc_id = "row-" + stable_hash(public)[:16]
             metadata["id_source"] = "row_hash"
         parts: list[str] = []
