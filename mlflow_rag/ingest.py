@@ -8,6 +8,8 @@ model embedded before (keyed by sha256 of the text) reuses the stored vector.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,7 +22,7 @@ from mlflow_rag.chunk.base import Chunker
 from mlflow_rag.chunk.registry import DEFAULT_CHUNK_SIZE, default_chunker_for, get_chunker
 from mlflow_rag.chunk.sections import section_metadata
 from mlflow_rag.embed.base import Embedder
-from mlflow_rag.errors import InvalidInput, LoaderError, RagError
+from mlflow_rag.errors import IdCollision, InvalidInput, LoaderError, RagError
 from mlflow_rag.store.store import PII_KEY, Store, content_hash
 from mlflow_rag.types import (
     ChunkRecord,
@@ -130,17 +132,93 @@ class IngestOptions:
     index_type: str | None = None
     index_params: Mapping[str, int] | None = None
     loader_options: Mapping[str, Any] | None = None
+    id_prefix: str = ""  # put before every document id: keeps same-named files of two folders apart
+    overwrite: bool = False  # documents may replace stored ones of the same id from other files
+
+
+# --------------------------------------------------------------------------- document ids
+#
+# A document's id is what its loader chose: a file's path relative to the folder (or glob
+# root) named, its name when the file itself is named, a CSV/JSONL id column, BEIR's _id, a
+# page's URL. Relative ids stay the same on every machine and in every working directory, so
+# stores, filters and qrels that name them keep working. What tells two files with the same
+# id apart is where they come from: source_path is stored absolute, and an ingest that would
+# replace a stored document by one from another file is refused (see check_id_collisions).
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def source_identity(source_path: str) -> str:
+    """A URL as given; a file path made absolute (not following symlinks, so it reads as typed)."""
+    return source_path if _URL.match(source_path) else os.path.abspath(source_path)
+
+
+def same_source(stored: str, new: str) -> bool:
+    """Whether two source paths name the same file (or both name web pages).
+
+    A web page's id is its final URL, so two pages with one id are one page. A relative path
+    (stores written before paths were stored absolute) is read from the current folder.
+    """
+    if stored == new:
+        return True
+    if _URL.match(stored) or _URL.match(new):
+        return bool(_URL.match(stored) and _URL.match(new))
+    return os.path.realpath(stored) == os.path.realpath(new)
+
+
+def check_id_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or (prefix and not prefix.strip()) or _CONTROL.search(prefix):
+        raise InvalidInput(
+            f"id prefix {prefix!r} must be printable text that is not only spaces, e.g. 'corpus2/'"
+        )
+    return prefix
+
+
+def _suggested_prefix(document: SourceDocument) -> str:
+    """The folder the document was named from (``corpus2/`` for ``.../corpus2/notes.txt``)."""
+    path = document.source_path
+    root = path[: -len(document.id)] if path.endswith(os.sep + document.id) else os.path.dirname(path)
+    name = os.path.basename(root.rstrip(os.sep)) or "source2"
+    return f"{name}/"
+
+
+def check_id_collisions(documents: Sequence[SourceDocument], store: Store) -> None:
+    """Refuse, before anything is written, documents that would replace a stored document of
+    the same id from another file. The same text from another place (a folder that moved) is
+    no loss and passes."""
+    stored = store.document_sources([d.id for d in documents])
+    clashes = [
+        (d, stored[d.id][0]) for d in documents
+        if d.id in stored and not same_source(stored[d.id][0], d.source_path)
+        and stored[d.id][1] != content_hash(d.text)
+    ]
+    if not clashes:
+        return
+    shown = "; ".join(f"{d.id!r} (stored from {old}, now {d.source_path})" for d, old in clashes[:3])
+    more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+    raise IdCollision(
+        f"{len(clashes)} document id(s) already belong to documents from other files: {shown}{more}; "
+        f"nothing was written. Keep both with an id prefix (--id-prefix {_suggested_prefix(clashes[0][0])}), "
+        "or, if these are the same documents moved, replace them with --overwrite"
+    )
 
 
 def load_sources(
     sources: Sequence[str], *, loader_options: Mapping[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool = True, id_prefix: str = "",
 ) -> tuple[list[SourceDocument], list[LoadFailure], list[str]]:
-    """Load every source; bad items are reported, the rest land. Returns loader names too."""
+    """Load every source; bad items are reported, the rest land. Returns loader names too.
+
+    Every document's id gets ``id_prefix`` in front and its source_path is made absolute. A
+    document named twice (a folder and a file in it) is loaded once; two files with one id
+    are a failure for the second.
+    """
     from tqdm import tqdm
 
     from mlflow_rag.load.registry import choose_loader, make_loader
 
+    check_id_prefix(id_prefix)
     documents: list[SourceDocument] = []
     failures: list[LoadFailure] = []
     loaders: list[str] = []
@@ -158,9 +236,14 @@ def load_sources(
                          unit="doc", disable=not progress, leave=False):
             if isinstance(item, LoadFailure):
                 failures.append(item)
-            elif item.id in seen:
-                failures.append(LoadFailure(item.source_path,
-                                            f"document id {item.id!r} also comes from {seen[item.id]}"))
+                continue
+            item = replace(item, id=id_prefix + item.id, source_path=source_identity(item.source_path))
+            if item.id in seen:
+                if not same_source(seen[item.id], item.source_path):
+                    failures.append(LoadFailure(
+                        item.source_path,
+                        f"document id {item.id!r} also comes from {seen[item.id]}; ingest these "
+                        "sources one at a time with --id-prefix to keep both"))
             elif not item.text.strip():
                 failures.append(LoadFailure(item.source_path, f"document {item.id!r} has no text"))
             else:
@@ -188,7 +271,8 @@ def ingest(
 
     started = time.perf_counter()
     documents, failures, loaders = load_sources(
-        sources, loader_options=options.loader_options, progress=progress
+        sources, loader_options=options.loader_options, progress=progress,
+        id_prefix=options.id_prefix,
     )
     for failure in failures:
         if on_failure:
@@ -199,6 +283,8 @@ def ingest(
             f"nothing to ingest: {len(failures)} item(s) failed to load"
             + (f"; first: {failures[0].source_path}: {failures[0].reason}" if failures else "")
         )
+    if not options.overwrite:
+        check_id_collisions(documents, store)
 
     started = time.perf_counter()
     model = embedder or _make_embedder(options.embedder, store)
@@ -421,6 +507,7 @@ def format_report(report: IngestReport) -> str:
 __all__ = [
     "IngestOptions",
     "RagError",
+    "check_id_collisions",
     "chunk_records",
     "document_action",
     "format_report",

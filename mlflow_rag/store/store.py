@@ -820,6 +820,11 @@ class Store:
                 for k, (h, m) in db.document_states(self.conn, list(ids)).items()
             }
 
+    def document_sources(self, ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """id -> (source_path, content_hash) of the stored documents among ``ids``."""
+        with self._lock:
+            return db.document_sources(self.conn, list(ids))
+
     def cached_vectors(self, model_name: str, text_hashes: Sequence[str]) -> dict[str, np.ndarray]:
         """text_hash -> stored vector, for texts this model embedded before (embedding cache)."""
         with self._lock:
