@@ -92,7 +92,8 @@ def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: s
 @click.argument("sources", nargs=-1, required=True)
 @_store_option
 @click.option("--chunker", type=click.Choice(["fields", "fixed", "recursive", "markdown"]),
-              default=None, help="Chunking [default: fields for CSV, recursive otherwise].")
+              default=None, help="Chunking [default: a stored document keeps its chunker; new ones: "
+                                  "fields for CSV, markdown for .md/.html, recursive otherwise].")
 @click.option("--chunk-size", type=int, default=None, help="Tokens per chunk [default: 256].")
 @click.option("--chunk-overlap", type=int, default=None,
               help="Tokens shared by neighbours [default: chunk size / 8].")

@@ -119,6 +119,38 @@ def source_digest(documents: Iterable[SourceDocument]) -> str:
     return digest.hexdigest()
 
 
+def chunker_names(
+    documents: Sequence[SourceDocument], states: Mapping[str, tuple[str | None, Mapping[str, Any]]],
+    asked: str | None,
+) -> dict[str, str]:
+    """Document id -> chunker name: the one asked for; else, for a stored document, the one it
+    was stored with (a new default never re-chunks a store by itself); else its source type's
+    default (fields for CSV, markdown for Markdown and HTML, recursive otherwise)."""
+    from mlflow_rag.chunk.registry import CHUNKERS
+
+    names: dict[str, str] = {}
+    for document in documents:
+        stored = states.get(document.id)
+        chunking = stored[1].get("chunking") if stored else None
+        previous = chunking.get("name") if isinstance(chunking, Mapping) else None
+        names[document.id] = asked or (previous if previous in CHUNKERS else None) or \
+            default_chunker_for(document.source_type)
+    return names
+
+
+def report_chunking(
+    documents: Sequence[SourceDocument], names: Mapping[str, str], chunkers: Mapping[str, Chunker]
+) -> dict[str, Any]:
+    """The report's chunker: its config when one chunker did it all, else the names joined
+    ("markdown+recursive") and the config per source type."""
+    if len(chunkers) == 1:
+        return dict(next(iter(chunkers.values())).config())
+    by_type: dict[str, dict[str, Any]] = {}
+    for document in documents:
+        by_type.setdefault(document.source_type, dict(chunkers[names[document.id]].config()))
+    return {"name": "+".join(sorted(chunkers)), "by_source_type": dict(sorted(by_type.items()))}
+
+
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -206,13 +238,14 @@ def check_id_collisions(documents: Sequence[SourceDocument], store: Store) -> No
 
 def load_sources(
     sources: Sequence[str], *, loader_options: Mapping[str, Any] | None = None,
-    progress: bool = True, id_prefix: str = "",
+    progress: bool = True, id_prefix: str = "", skipped: dict[str, int] | None = None,
 ) -> tuple[list[SourceDocument], list[LoadFailure], list[str]]:
     """Load every source; bad items are reported, the rest land. Returns loader names too.
 
     Every document's id gets ``id_prefix`` in front and its source_path is made absolute. A
     document named twice (a folder and a file in it) is loaded once; two files with one id
-    are a failure for the second.
+    are a failure for the second. Files of folders and globs that no loader reads are counted
+    by extension into ``skipped`` when it is given.
     """
     from tqdm import tqdm
 
@@ -249,6 +282,9 @@ def load_sources(
             else:
                 seen[item.id] = item.source_path
                 documents.append(item)
+        if skipped is not None:
+            for extension, count in getattr(loader, "skipped", {}).items():
+                skipped[extension] = skipped.get(extension, 0) + count
     return documents, failures, loaders
 
 
@@ -270,9 +306,10 @@ def ingest(
     stages = _Stage()
 
     started = time.perf_counter()
+    skipped: dict[str, int] = {}
     documents, failures, loaders = load_sources(
         sources, loader_options=options.loader_options, progress=progress,
-        id_prefix=options.id_prefix,
+        id_prefix=options.id_prefix, skipped=skipped,
     )
     for failure in failures:
         if on_failure:
@@ -289,23 +326,20 @@ def ingest(
     started = time.perf_counter()
     model = embedder or _make_embedder(options.embedder, store)
     spans = getattr(model, "token_spans", None)
-    source_types = {d.source_type for d in documents}
-    chunker_name = options.chunker or default_chunker_for(
-        "csv" if source_types <= {"csv", "legacy"} else next(iter(source_types))
-    )
+    states = store.document_states([d.id for d in documents])
+    names = chunker_names(documents, states, options.chunker)
     chunk_size = options.chunk_size
     if chunk_size is None and getattr(model, "max_tokens", None):
         # keep default chunks inside the model's window, so nothing is silently truncated
         chunk_size = min(DEFAULT_CHUNK_SIZE, int(model.max_tokens))  # type: ignore[attr-defined]
-    chunker = get_chunker(chunker_name, chunk_size=chunk_size,
-                          chunk_overlap=options.chunk_overlap, token_spans=spans)
-    chunking = chunker.config()
+    chunkers = {name: get_chunker(name, chunk_size=chunk_size, chunk_overlap=options.chunk_overlap,
+                                  token_spans=spans) for name in sorted(set(names.values()))}
+    chunking = report_chunking(documents, names, chunkers)
     # Decide before chunking: an unchanged document (same text, same chunking) is not chunked
     # again, so re-ingesting an unchanged corpus costs loading and hashing only. An embedder
     # that still has to be fitted sees every chunk, as on a first ingest.
     needs_fit = hasattr(model, "fit") and not getattr(model, "fitted", True)
-    described = [(d, document_metadata(d, chunking)) for d in documents]
-    states = store.document_states([d.id for d in documents])
+    described = [(d, document_metadata(d, chunkers[names[d.id]].config())) for d in documents]
     actions = {d.id: document_action(states.get(d.id), content_hash(d.text), meta)
                for d, meta in described}
     prepared: list[tuple[SourceDocument, dict[str, Any], tuple[ChunkRecord, ...]]] = []
@@ -313,7 +347,7 @@ def ingest(
         if actions[document.id] == "unchanged" and not needs_fit:
             prepared.append((document, meta, ()))  # nothing of it is written
             continue
-        chunks = chunk_records(document, chunker)
+        chunks = chunk_records(document, chunkers[names[document.id]])
         if not chunks:
             failures.append(LoadFailure(document.source_path, f"document {document.id!r} gave no chunks"))
             continue
@@ -379,7 +413,7 @@ def ingest(
         documents_failed=len(failures), chunks=sum(len(c) for _, _, c in to_write),
         vectors_embedded=len(todo), vectors_cached=len(texts) - len(todo), tokens=tokens,
         cost_usd=cost, seconds=dict(stages.seconds), failures=tuple(failures),
-        store_generation=stats.generation, store_bytes=stats.bytes_on_disk,
+        store_generation=stats.generation, store_bytes=stats.bytes_on_disk, skipped=skipped,
     )
 
 
@@ -497,6 +531,12 @@ def format_report(report: IngestReport) -> str:
         f"tokens: {report.tokens}, cost: ${report.cost_usd:.6f}",
         f"seconds: {stage_text} (total {report.total_seconds:.2f}s)",
     ]
+    if report.skipped:
+        from mlflow_rag.load._paths import NO_EXTENSION
+
+        ordered = sorted(report.skipped.items(), key=lambda kv: (-kv[1], kv[0] == NO_EXTENSION, kv[0]))
+        lines.append(f"skipped: {sum(report.skipped.values())} files of types not loaded: "
+                     + ", ".join(f"{ext} {count}" for ext, count in ordered))
     for failure in report.failures[:20]:
         lines.append(f"failed: {failure.source_path}: {failure.reason}")
     if len(report.failures) > 20:
