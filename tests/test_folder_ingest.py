@@ -154,8 +154,8 @@ def test_markdown_front_matter_becomes_metadata_and_leaves_the_text(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("---\ntitle: [unclosed\n---\nBody.\n", "front matter is not valid YAML"),
-    ("---\n- a\n- b\n---\nBody.\n", "front matter must be a mapping"),
+    ("---\ntitle: [unclosed\n---\nBody.\n", "front matter is not valid YAML: "),
+    ("---\ntitle: ok\n  bad: indent\n---\nBody.\n", "(line 3)"),
     ("---\na: &x [1, 2]\nb: *x\n---\nBody.\n", "aliases"),
 ])
 def test_bad_front_matter_is_a_failure_naming_the_file(tmp_path: Path, text: str, expected: str) -> None:
@@ -169,6 +169,9 @@ def test_bad_front_matter_is_a_failure_naming_the_file(tmp_path: Path, text: str
     "---\nnot closed, so a thematic break\n\nBody.\n",  # no closing fence: plain Markdown
     "Intro\n---\ntitle: x\n---\n",  # not at the start
     "---\n---\nBody after an empty block.\n",
+    "---\n- a list\n- between rules\n---\nBody.\n",
+    "---\nA paragraph: between rules, not YAML: at all\n---\nBody.\n",
+    "---\nJust a sentence between two rules.\n---\nBody.\n",
 ])
 def test_text_without_front_matter_is_kept_whole(tmp_path: Path, text: str) -> None:
     write(tmp_path, {"plain.md": text})

@@ -43,6 +43,7 @@ _ATX_H1 = re.compile(r"^#[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 # YAML front matter: a "---" first line, then YAML, then a "---" (or "...") line.
 _FRONT_OPEN = re.compile(r"---[ \t]*\r?\n")
 _FRONT_CLOSE = re.compile(r"^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.MULTILINE)
+_KEY_LINE = re.compile(r"[A-Za-z_][\w.-]*:(?:[ \t]|$)", re.MULTILINE)
 MAX_FRONT_MATTER_CHARS = 65_536
 # Front matter keys that would hide or fake what the loader records are kept as "field:<key>".
 _FRONT_MATTER_RESERVED = RESERVED_METADATA_KEYS | {"path", "front_matter"}
@@ -54,9 +55,10 @@ class TextLoader:
 
     Markdown: YAML front matter (a ``---`` block at the very start) is taken out of the text
     and its keys become metadata (``title`` wins over the first ``# heading``; dates become ISO
-    strings; ``metadata["front_matter"]`` lists the keys); front matter that is not a YAML
-    mapping, or uses aliases, is a LoadFailure. HTML: converted to text as the web loader does
-    (scripts, styles and navigation dropped, headings as ``#`` lines, ``<title>`` as title).
+    strings; ``metadata["front_matter"]`` lists the keys); front matter that is not valid
+    YAML, or uses aliases, is a LoadFailure (see :func:`split_front_matter`). HTML: converted
+    to text as the web loader does (scripts, styles and navigation dropped, headings as ``#``
+    lines, ``<title>`` as title).
 
     Options:
         encoding: decode with this codec; by default a BOM decides (for HTML then a
@@ -174,16 +176,21 @@ def _known_codec(name: str | None) -> str | None:
 def split_front_matter(text: str) -> tuple[dict[str, Any], str] | str:
     """(fields, text after the front matter), or the reason the front matter is refused.
 
-    No front matter (no ``---`` first line, or no closing line) gives ``({}, text)``. Values are
-    made JSON-safe (dates as ISO strings). Aliases are refused: expanded, a few lines of them
-    can describe gigabytes of metadata.
+    Front matter is a YAML mapping between a ``---`` first line and the next ``---`` (or
+    ``...``) line, at most 64 KiB. Anything else there (no closing line, a paragraph or a list
+    between two thematic breaks) is Markdown and gives ``({}, text)``. A block that starts like
+    ``key:`` but is not valid YAML is refused, naming the line. Values are made JSON-safe
+    (dates as ISO strings). Aliases are refused: expanded, a few lines of them can describe
+    gigabytes of metadata.
     """
     opening = _FRONT_OPEN.match(text)
     if opening is None:
         return {}, text
-    closing = _FRONT_CLOSE.search(text, opening.end(), opening.end() + MAX_FRONT_MATTER_CHARS + 8)
+    closing = _FRONT_CLOSE.search(text, opening.end())
     if closing is None:
         return {}, text  # an unclosed "---" is a thematic break, not front matter
+    if closing.start() - opening.end() > MAX_FRONT_MATTER_CHARS:
+        return {}, text  # two thematic breaks far apart
     block = text[opening.end() : closing.start()]
     body = text[closing.end() :]
     if not block.strip():
@@ -193,14 +200,15 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str] | str:
     try:
         data = yaml.load(block, Loader=_no_alias_loader())  # a SafeLoader that refuses aliases
     except yaml.YAMLError as exc:
+        if not _KEY_LINE.match(block.lstrip("\r\n")):
+            return {}, text  # Markdown between two thematic breaks, not front matter
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 2})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         return f"front matter is not valid YAML: {problem}{where}"
-    if data is None:
-        return {}, body
     if not isinstance(data, dict):
-        return f"front matter must be a mapping of keys to values, got {type(data).__name__}"
+        # A paragraph or a list between two thematic breaks: Markdown, kept as text.
+        return ({}, body) if data is None else ({}, text)
     return {str(k): _json_safe(v) for k, v in data.items()}, body
 
 
