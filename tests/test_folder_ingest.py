@@ -157,6 +157,8 @@ def test_markdown_front_matter_becomes_metadata_and_leaves_the_text(tmp_path: Pa
     ("---\ntitle: [unclosed\n---\nBody.\n", "front matter is not valid YAML: "),
     ("---\ntitle: ok\n  bad: indent\n---\nBody.\n", "(line 3)"),
     ("---\na: &x [1, 2]\nb: *x\n---\nBody.\n", "aliases"),
+    ("---\na: " + "[" * 20 + "]" * 20 + "\n---\nBody.\n", "nested deeper than 16 levels"),
+    ("---\na: " + "[" * 30000 + "]" * 30000 + "\n---\nBody.\n", "nested too deeply"),
 ])
 def test_bad_front_matter_is_a_failure_naming_the_file(tmp_path: Path, text: str, expected: str) -> None:
     write(tmp_path, {"bad.md": text})

@@ -45,6 +45,7 @@ _FRONT_OPEN = re.compile(r"---[ \t]*\r?\n")
 _FRONT_CLOSE = re.compile(r"^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.MULTILINE)
 _KEY_LINE = re.compile(r"[A-Za-z_][\w.-]*:(?:[ \t]|$)", re.MULTILINE)
 MAX_FRONT_MATTER_CHARS = 65_536
+MAX_FRONT_MATTER_DEPTH = 16  # nesting of the metadata a filter can reach; deeper is refused
 # Front matter keys that would hide or fake what the loader records are kept as "field:<key>".
 _FRONT_MATTER_RESERVED = RESERVED_METADATA_KEYS | {"path", "front_matter"}
 
@@ -206,17 +207,28 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str] | str:
         where = f" (line {mark.line + 2})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         return f"front matter is not valid YAML: {problem}{where}"
+    except RecursionError:
+        return "front matter is nested too deeply"
     if not isinstance(data, dict):
         # A paragraph or a list between two thematic breaks: Markdown, kept as text.
         return ({}, body) if data is None else ({}, text)
-    return {str(k): _json_safe(v) for k, v in data.items()}, body
+    try:
+        return {str(k): _json_safe(v, MAX_FRONT_MATTER_DEPTH) for k, v in data.items()}, body
+    except _TooDeep:
+        return f"front matter is nested deeper than {MAX_FRONT_MATTER_DEPTH} levels"
 
 
-def _json_safe(value: Any) -> Any:
+class _TooDeep(Exception):
+    pass
+
+
+def _json_safe(value: Any, depth: int) -> Any:
+    if isinstance(value, (dict, list, tuple, set)) and depth <= 0:
+        raise _TooDeep
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): _json_safe(v, depth - 1) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
-        return [_json_safe(v) for v in value]
+        return [_json_safe(v, depth - 1) for v in value]
     if isinstance(value, (dt.date, dt.datetime, dt.time)):
         return value.isoformat()
     if isinstance(value, float) and not math.isfinite(value):
