@@ -535,7 +535,8 @@ def format_report(report: IngestReport) -> str:
         from mlflow_rag.load._paths import NO_EXTENSION
 
         ordered = sorted(report.skipped.items(), key=lambda kv: (-kv[1], kv[0] == NO_EXTENSION, kv[0]))
-        lines.append(f"skipped: {sum(report.skipped.values())} files of types not loaded: "
+        total = sum(report.skipped.values())
+        lines.append(f"skipped: {total} file{'' if total == 1 else 's'} of types not loaded: "
                      + ", ".join(f"{ext} {count}" for ext, count in ordered))
     for failure in report.failures[:20]:
         lines.append(f"failed: {failure.source_path}: {failure.reason}")

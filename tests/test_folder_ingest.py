@@ -99,6 +99,9 @@ def test_nothing_skipped_prints_no_skipped_line(tmp_path: Path) -> None:
     with Store.open(tmp_path / "s", create=True) as store:
         report = run_ingest([str(docs)], store)
     assert report.skipped == {} and "skipped" not in format_report(report)
+    one = write(tmp_path / "one", {"a.txt": "Bees and honey.", "b.png": b"\x89PNG"})
+    with Store.open(tmp_path / "s", create=True) as store:
+        assert "skipped: 1 file of types not loaded: .png 1" in format_report(run_ingest([str(one)], store))
 
 
 # --------------------------------------------------------------------------- html
