@@ -236,6 +236,33 @@ def check_id_collisions(documents: Sequence[SourceDocument], store: Store) -> No
     )
 
 
+# Loaders that make one document of a whole file: such a file stored under another id (its
+# folder was named differently) would be a duplicate.
+_ONE_DOCUMENT_PER_FILE = frozenset({"text", "markdown", "html", "pdf"})
+
+
+def stored_under_other_ids(
+    documents: Sequence[SourceDocument], store: Store
+) -> tuple[list[SourceDocument], list[LoadFailure]]:
+    """Split off files that are already stored under another id (``sub/a.txt`` when the folder
+    was named, ``a.txt`` when the subfolder is): loading them again would duplicate them."""
+    files = [d.source_path for d in documents if d.source_type in _ONE_DOCUMENT_PER_FILE]
+    stored = store.document_ids_by_source(files) if files else {}
+    keep: list[SourceDocument] = []
+    failures: list[LoadFailure] = []
+    for document in documents:
+        others = [i for i in stored.get(document.source_path, ()) if i != document.id]
+        if others and document.source_type in _ONE_DOCUMENT_PER_FILE:
+            failures.append(LoadFailure(
+                document.source_path,
+                f"this file is already stored as document {others[0]!r}, not loaded again as "
+                f"{document.id!r}: ids are paths relative to the folder named, so name the same "
+                f"folder as before, or remove the old one first (mlflow-rag delete {others[0]!r})"))
+        else:
+            keep.append(document)
+    return keep, failures
+
+
 def load_sources(
     sources: Sequence[str], *, loader_options: Mapping[str, Any] | None = None,
     progress: bool = True, id_prefix: str = "", skipped: dict[str, int] | None = None,
@@ -311,6 +338,8 @@ def ingest(
         sources, loader_options=options.loader_options, progress=progress,
         id_prefix=options.id_prefix, skipped=skipped,
     )
+    documents, duplicates = stored_under_other_ids(documents, store)
+    failures.extend(duplicates)
     for failure in failures:
         if on_failure:
             on_failure(failure)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mlflow_rag.errors import IdCollision, InvalidInput, RagError
+from mlflow_rag.errors import IdCollision, InvalidInput, LoaderError, RagError
 from mlflow_rag.ingest import IngestOptions, ingest
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import IngestReport
@@ -148,6 +148,23 @@ def test_moved_folder_with_unchanged_files_stays_unchanged(
         with pytest.raises(IdCollision, match="--overwrite"):
             run_ingest([str(moved)], store)
         assert run_ingest([str(moved)], store, overwrite=True).documents_updated == 1
+
+
+def test_a_file_already_stored_under_another_id_is_reported_not_duplicated(
+    tmp_path: Path, two_corpora: tuple[Path, Path]
+) -> None:
+    first, _ = two_corpora
+    folder(first / "sub", {"deep.txt": "Owls hunt at night."})
+    with Store.open(tmp_path / "s", create=True) as store:
+        run_ingest([str(first)], store)  # ids notes.txt, other.txt, sub/deep.txt
+        folder(first / "sub", {"new.txt": "Moles dig tunnels."})
+        report = run_ingest([str(first / "sub")], store)  # would be deep.txt and new.txt
+        assert (report.documents_new, report.documents_failed) == (1, 1)
+        reason = report.failures[0].reason
+        assert "already stored as document 'sub/deep.txt'" in reason and "mlflow-rag delete" in reason
+        with pytest.raises(LoaderError, match="already stored as document"):
+            run_ingest([str(first)], store, id_prefix="again/")
+        assert store.stats().documents == 4
 
 
 def _make_source_paths_relative(store_path: Path, base: Path) -> None:
