@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mlflow_rag.chunk.base import Chunker
-from mlflow_rag.chunk.registry import DEFAULT_CHUNK_SIZE, default_chunker_for, get_chunker
+from mlflow_rag.chunk.registry import CHUNKERS, DEFAULT_CHUNK_SIZE, default_chunker_for, get_chunker
 from mlflow_rag.chunk.sections import section_metadata
 from mlflow_rag.embed.base import Embedder
 from mlflow_rag.errors import IdCollision, InvalidInput, LoaderError, RagError
@@ -126,8 +126,6 @@ def chunker_names(
     """Document id -> chunker name: the one asked for; else, for a stored document, the one it
     was stored with (a new default never re-chunks a store by itself); else its source type's
     default (fields for CSV, markdown for Markdown and HTML, recursive otherwise)."""
-    from mlflow_rag.chunk.registry import CHUNKERS
-
     names: dict[str, str] = {}
     for document in documents:
         stored = states.get(document.id)
