@@ -92,7 +92,8 @@ def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: s
 @click.argument("sources", nargs=-1, required=True)
 @_store_option
 @click.option("--chunker", type=click.Choice(["fields", "fixed", "recursive", "markdown"]),
-              default=None, help="Chunking [default: fields for CSV, recursive otherwise].")
+              default=None, help="Chunking [default: a stored document keeps its chunker; new ones: "
+                                  "fields for CSV, markdown for .md/.html, recursive otherwise].")
 @click.option("--chunk-size", type=int, default=None, help="Tokens per chunk [default: 256].")
 @click.option("--chunk-overlap", type=int, default=None,
               help="Tokens shared by neighbours [default: chunk size / 8].")
@@ -112,13 +113,19 @@ def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: s
                    "nlist, nprobe (ivf).")
 @click.option("--allow-private-urls", is_flag=True,
               help="Let web sources resolve to private or loopback addresses.")
+@click.option("--id-prefix", default="",
+              help="Put this before every document id, e.g. 'corpus2/': keeps documents of "
+                   "another folder with the same file names apart (use it again when re-ingesting).")
+@click.option("--overwrite", is_flag=True,
+              help="Let documents replace stored ones with the same id from another file (the "
+                   "files moved). Without it such an ingest is refused.")
 @_tracking_options
 def ingest(
     sources: tuple[str, ...], store_path: Path, chunker: str | None, chunk_size: int | None,
     chunk_overlap: int | None, embedder: str, id_column: str | None, text_columns: str | None,
     pii_columns: str | None, batch_size: int, index_type: str | None,
-    index_params: tuple[str, ...], allow_private_urls: bool, experiment: str | None,
-    tracking_uri: str | None, no_track: bool,
+    index_params: tuple[str, ...], allow_private_urls: bool, id_prefix: str, overwrite: bool,
+    experiment: str | None, tracking_uri: str | None, no_track: bool,
 ) -> None:
     """Load, chunk, embed and store SOURCES (files, folders, globs, URLs).
 
@@ -141,7 +148,7 @@ def ingest(
     options = IngestOptions(
         chunker=chunker, chunk_size=chunk_size, chunk_overlap=chunk_overlap, embedder=embedder,
         batch_size=batch_size, index_type=index_type, loader_options=loader_options,
-        index_params=_key_ints(index_params) or None,
+        index_params=_key_ints(index_params) or None, id_prefix=id_prefix, overwrite=overwrite,
     )
     if not no_track:
         _check_tracking(tracking_uri)

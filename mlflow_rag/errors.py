@@ -85,6 +85,11 @@ class InvalidInput(RagError, ValueError):
     """Bad user input that is not one of the more specific cases (empty text, bad k, ...)."""
 
 
+class IdCollision(InvalidInput):
+    """Documents whose ids are already in the store from another file or URL (replacing them
+    would silently lose the stored ones); an id prefix keeps both, ``overwrite`` replaces."""
+
+
 class LoaderError(RagError):
     """A source item that could not be loaded (corrupt PDF, unreadable file, refused URL...)."""
 

@@ -8,6 +8,7 @@ model embedded before (keyed by sha256 of the text) reuses the stored vector.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from mlflow_rag.chunk.base import Chunker
-from mlflow_rag.chunk.registry import DEFAULT_CHUNK_SIZE, default_chunker_for, get_chunker
+from mlflow_rag.chunk.registry import CHUNKERS, DEFAULT_CHUNK_SIZE, default_chunker_for, get_chunker
 from mlflow_rag.chunk.sections import section_metadata
 from mlflow_rag.embed.base import Embedder
-from mlflow_rag.errors import InvalidInput, LoaderError, RagError
+from mlflow_rag.errors import IdCollision, InvalidInput, LoaderError, RagError
 from mlflow_rag.store.store import PII_KEY, Store, content_hash
 from mlflow_rag.types import (
     ChunkRecord,
@@ -172,6 +173,36 @@ def source_digest(documents: Iterable[SourceDocument]) -> str:
     return digest.hexdigest()
 
 
+def chunker_names(
+    documents: Sequence[SourceDocument], states: Mapping[str, tuple[str | None, Mapping[str, Any]]],
+    asked: str | None,
+) -> dict[str, str]:
+    """Document id -> chunker name: the one asked for; else, for a stored document, the one it
+    was stored with (a new default never re-chunks a store by itself); else its source type's
+    default (fields for CSV, markdown for Markdown and HTML, recursive otherwise)."""
+    names: dict[str, str] = {}
+    for document in documents:
+        stored = states.get(document.id)
+        chunking = stored[1].get("chunking") if stored else None
+        previous = chunking.get("name") if isinstance(chunking, Mapping) else None
+        names[document.id] = asked or (previous if previous in CHUNKERS else None) or \
+            default_chunker_for(document.source_type)
+    return names
+
+
+def report_chunking(
+    documents: Sequence[SourceDocument], names: Mapping[str, str], chunkers: Mapping[str, Chunker]
+) -> dict[str, Any]:
+    """The report's chunker: its config when one chunker did it all, else the names joined
+    ("markdown+recursive") and the config per source type."""
+    if len(chunkers) == 1:
+        return dict(next(iter(chunkers.values())).config())
+    by_type: dict[str, dict[str, Any]] = {}
+    for document in documents:
+        by_type.setdefault(document.source_type, dict(chunkers[names[document.id]].config()))
+    return {"name": "+".join(sorted(chunkers)), "by_source_type": dict(sorted(by_type.items()))}
+
+
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -185,17 +216,121 @@ class IngestOptions:
     index_type: str | None = None
     index_params: Mapping[str, int] | None = None
     loader_options: Mapping[str, Any] | None = None
+    id_prefix: str = ""  # put before every document id: keeps same-named files of two folders apart
+    overwrite: bool = False  # documents may replace stored ones of the same id from other files
+
+
+# --------------------------------------------------------------------------- document ids
+#
+# A document's id is what its loader chose: a file's path relative to the folder (or glob
+# root) named, its name when the file itself is named, a CSV/JSONL id column, BEIR's _id, a
+# page's URL. Relative ids stay the same on every machine and in every working directory, so
+# stores, filters and qrels that name them keep working. What tells two files with the same
+# id apart is where they come from: source_path is stored absolute, and an ingest that would
+# replace a stored document by one from another file is refused (see check_id_collisions).
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def source_identity(source_path: str) -> str:
+    """A URL as given; a file path made absolute (not following symlinks, so it reads as typed)."""
+    return source_path if _URL.match(source_path) else os.path.abspath(source_path)
+
+
+def same_source(stored: str, new: str) -> bool:
+    """Whether two source paths name the same file (or both name web pages).
+
+    A web page's id is its final URL, so two pages with one id are one page. A relative path
+    (stores written before paths were stored absolute) is read from the current folder.
+    """
+    if stored == new:
+        return True
+    if _URL.match(stored) or _URL.match(new):
+        return bool(_URL.match(stored) and _URL.match(new))
+    return os.path.realpath(stored) == os.path.realpath(new)
+
+
+def check_id_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or (prefix and not prefix.strip()) or _CONTROL.search(prefix):
+        raise InvalidInput(
+            f"id prefix {prefix!r} must be printable text that is not only spaces, e.g. 'corpus2/'"
+        )
+    return prefix
+
+
+def _suggested_prefix(document: SourceDocument) -> str:
+    """The folder the document was named from (``corpus2/`` for ``.../corpus2/notes.txt``)."""
+    path = document.source_path
+    root = path[: -len(document.id)] if path.endswith(os.sep + document.id) else os.path.dirname(path)
+    name = os.path.basename(root.rstrip(os.sep)) or "source2"
+    return f"{name}/"
+
+
+def check_id_collisions(documents: Sequence[SourceDocument], store: Store) -> None:
+    """Refuse, before anything is written, documents that would replace a stored document of
+    the same id from another file. The same text from another place (a folder that moved) is
+    no loss and passes."""
+    stored = store.document_sources([d.id for d in documents])
+    clashes = [
+        (d, stored[d.id][0]) for d in documents
+        if d.id in stored and not same_source(stored[d.id][0], d.source_path)
+        and stored[d.id][1] != content_hash(d.text)
+    ]
+    if not clashes:
+        return
+    shown = "; ".join(f"{d.id!r} (stored from {old}, now {d.source_path})" for d, old in clashes[:3])
+    more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+    raise IdCollision(
+        f"{len(clashes)} document id(s) already belong to documents from other files: {shown}{more}; "
+        f"nothing was written. Keep both with an id prefix (--id-prefix {_suggested_prefix(clashes[0][0])}), "
+        "or, if these are the same documents moved, replace them with --overwrite"
+    )
+
+
+# Loaders that make one document of a whole file: such a file stored under another id (its
+# folder was named differently) would be a duplicate.
+_ONE_DOCUMENT_PER_FILE = frozenset({"text", "markdown", "html", "pdf"})
+
+
+def stored_under_other_ids(
+    documents: Sequence[SourceDocument], store: Store
+) -> tuple[list[SourceDocument], list[LoadFailure]]:
+    """Split off files that are already stored under another id (``sub/a.txt`` when the folder
+    was named, ``a.txt`` when the subfolder is): loading them again would duplicate them."""
+    files = [d.source_path for d in documents if d.source_type in _ONE_DOCUMENT_PER_FILE]
+    stored = store.document_ids_by_source(files) if files else {}
+    keep: list[SourceDocument] = []
+    failures: list[LoadFailure] = []
+    for document in documents:
+        others = [i for i in stored.get(document.source_path, ()) if i != document.id]
+        if others and document.source_type in _ONE_DOCUMENT_PER_FILE:
+            failures.append(LoadFailure(
+                document.source_path,
+                f"this file is already stored as document {others[0]!r}, not loaded again as "
+                f"{document.id!r}: ids are paths relative to the folder named, so name the same "
+                f"folder as before, or remove the old one first (mlflow-rag delete {others[0]!r})"))
+        else:
+            keep.append(document)
+    return keep, failures
 
 
 def load_sources(
     sources: Sequence[str], *, loader_options: Mapping[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool = True, id_prefix: str = "", skipped: dict[str, int] | None = None,
 ) -> tuple[list[SourceDocument], list[LoadFailure], list[str]]:
-    """Load every source; bad items are reported, the rest land. Returns loader names too."""
+    """Load every source; bad items are reported, the rest land. Returns loader names too.
+
+    Every document's id gets ``id_prefix`` in front and its source_path is made absolute. A
+    document named twice (a folder and a file in it) is loaded once; two files with one id
+    are a failure for the second. Files of folders and globs that no loader reads are counted
+    by extension into ``skipped`` when it is given.
+    """
     from tqdm import tqdm
 
     from mlflow_rag.load.registry import choose_loader, make_loader
 
+    check_id_prefix(id_prefix)
     documents: list[SourceDocument] = []
     failures: list[LoadFailure] = []
     loaders: list[str] = []
@@ -213,16 +348,24 @@ def load_sources(
                          unit="doc", disable=not progress, leave=False):
             if isinstance(item, LoadFailure):
                 failures.append(item)
-            elif (problem := document_problem(item)) is not None:
+                continue
+            item = replace(item, id=id_prefix + item.id, source_path=source_identity(item.source_path))
+            if (problem := document_problem(item)) is not None:
                 failures.append(LoadFailure(_printable(item.source_path), problem))
             elif item.id in seen:
-                failures.append(LoadFailure(item.source_path,
-                                            f"document id {item.id!r} also comes from {seen[item.id]}"))
+                if not same_source(seen[item.id], item.source_path):
+                    failures.append(LoadFailure(
+                        item.source_path,
+                        f"document id {item.id!r} also comes from {seen[item.id]}; ingest these "
+                        "sources one at a time with --id-prefix to keep both"))
             elif not item.text.strip():
                 failures.append(LoadFailure(item.source_path, f"document {item.id!r} has no text"))
             else:
                 seen[item.id] = item.source_path
                 documents.append(item)
+        if skipped is not None:
+            for extension, count in getattr(loader, "skipped", {}).items():
+                skipped[extension] = skipped.get(extension, 0) + count
     return documents, failures, loaders
 
 
@@ -244,9 +387,13 @@ def ingest(
     stages = _Stage()
 
     started = time.perf_counter()
+    skipped: dict[str, int] = {}
     documents, failures, loaders = load_sources(
-        sources, loader_options=options.loader_options, progress=progress
+        sources, loader_options=options.loader_options, progress=progress,
+        id_prefix=options.id_prefix, skipped=skipped,
     )
+    documents, duplicates = stored_under_other_ids(documents, store)
+    failures.extend(duplicates)
     for failure in failures:
         if on_failure:
             on_failure(failure)
@@ -256,27 +403,26 @@ def ingest(
             f"nothing to ingest: {len(failures)} item(s) failed to load"
             + (f"; first: {failures[0].source_path}: {failures[0].reason}" if failures else "")
         ))
+    if not options.overwrite:
+        check_id_collisions(documents, store)
 
     started = time.perf_counter()
     model = embedder or _make_embedder(options.embedder, store)
     spans = getattr(model, "token_spans", None)
-    source_types = {d.source_type for d in documents}
-    chunker_name = options.chunker or default_chunker_for(
-        "csv" if source_types <= {"csv", "legacy"} else next(iter(source_types))
-    )
+    states = store.document_states([d.id for d in documents])
+    names = chunker_names(documents, states, options.chunker)
     chunk_size = options.chunk_size
     if chunk_size is None and getattr(model, "max_tokens", None):
         # keep default chunks inside the model's window, so nothing is silently truncated
         chunk_size = min(DEFAULT_CHUNK_SIZE, int(model.max_tokens))  # type: ignore[attr-defined]
-    chunker = get_chunker(chunker_name, chunk_size=chunk_size,
-                          chunk_overlap=options.chunk_overlap, token_spans=spans)
-    chunking = chunker.config()
+    chunkers = {name: get_chunker(name, chunk_size=chunk_size, chunk_overlap=options.chunk_overlap,
+                                  token_spans=spans) for name in sorted(set(names.values()))}
+    chunking = report_chunking(documents, names, chunkers)
     # Decide before chunking: an unchanged document (same text, same chunking) is not chunked
     # again, so re-ingesting an unchanged corpus costs loading and hashing only. An embedder
     # that still has to be fitted sees every chunk, as on a first ingest.
     needs_fit = hasattr(model, "fit") and not getattr(model, "fitted", True)
-    described = [(d, document_metadata(d, chunking)) for d in documents]
-    states = store.document_states([d.id for d in documents])
+    described = [(d, document_metadata(d, chunkers[names[d.id]].config())) for d in documents]
     actions = {d.id: document_action(states.get(d.id), content_hash(d.text), meta)
                for d, meta in described}
     prepared: list[tuple[SourceDocument, dict[str, Any], tuple[ChunkRecord, ...]]] = []
@@ -284,7 +430,7 @@ def ingest(
         if actions[document.id] == "unchanged" and not needs_fit:
             prepared.append((document, meta, ()))  # nothing of it is written
             continue
-        chunks = chunk_records(document, chunker)
+        chunks = chunk_records(document, chunkers[names[document.id]])
         if not chunks:
             failures.append(LoadFailure(document.source_path, f"document {document.id!r} gave no chunks"))
             continue
@@ -350,7 +496,7 @@ def ingest(
         documents_failed=len(failures), chunks=sum(len(c) for _, _, c in to_write),
         vectors_embedded=len(todo), vectors_cached=len(texts) - len(todo), tokens=tokens,
         cost_usd=cost, seconds=dict(stages.seconds), failures=tuple(failures),
-        store_generation=stats.generation, store_bytes=stats.bytes_on_disk,
+        store_generation=stats.generation, store_bytes=stats.bytes_on_disk, skipped=skipped,
     )
 
 
@@ -468,6 +614,13 @@ def format_report(report: IngestReport) -> str:
         f"tokens: {report.tokens}, cost: ${report.cost_usd:.6f}",
         f"seconds: {stage_text} (total {report.total_seconds:.2f}s)",
     ]
+    if report.skipped:
+        from mlflow_rag.load._paths import NO_EXTENSION
+
+        ordered = sorted(report.skipped.items(), key=lambda kv: (-kv[1], kv[0] == NO_EXTENSION, kv[0]))
+        total = sum(report.skipped.values())
+        lines.append(f"skipped: {total} file{'' if total == 1 else 's'} of types not loaded: "
+                     + ", ".join(f"{ext} {count}" for ext, count in ordered))
     for failure in report.failures[:20]:
         lines.append(_printable(f"failed: {failure.source_path}: {failure.reason}"))
     if len(report.failures) > 20:
@@ -478,6 +631,7 @@ def format_report(report: IngestReport) -> str:
 __all__ = [
     "IngestOptions",
     "RagError",
+    "check_id_collisions",
     "chunk_records",
     "document_action",
     "format_report",

@@ -279,6 +279,8 @@ class IngestReport:
     failures: tuple[LoadFailure, ...] = ()
     store_generation: int = 0
     store_bytes: int = 0
+    # files of a folder or glob that no loader reads, by extension ({".docx": 2}); not failures
+    skipped: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def total_seconds(self) -> float:

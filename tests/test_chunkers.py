@@ -289,8 +289,10 @@ def test_fields_chunker_ignores_size_options() -> None:
         ("legacy", "fields"),
         ("pdf", "recursive"),
         ("text", "recursive"),
-        ("markdown", "recursive"),
+        ("markdown", "markdown"),
+        ("html", "markdown"),
         ("beir", "recursive"),
+        ("web", "recursive"),
         ("url", "recursive"),
     ],
 )

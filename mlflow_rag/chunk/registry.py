@@ -66,6 +66,14 @@ def get_chunker(
     raise UnknownChoice("chunker", name, CHUNKERS)
 
 
+# Sources whose text has Markdown headings: Markdown files, and HTML files (their headings
+# become "#" lines). Web pages keep "recursive", the default stores were built with.
+_HEADING_SOURCES = frozenset({"markdown", "html"})
+
+
 def default_chunker_for(source_type: str) -> str:
-    """``"fields"`` for ``csv`` and ``legacy`` sources, ``"recursive"`` for everything else."""
-    return "fields" if source_type in _FIELD_SOURCES else "recursive"
+    """``"fields"`` for ``csv`` and ``legacy`` sources, ``"markdown"`` for ``markdown`` and
+    ``html`` files, ``"recursive"`` for everything else."""
+    if source_type in _FIELD_SOURCES:
+        return "fields"
+    return "markdown" if source_type in _HEADING_SOURCES else "recursive"

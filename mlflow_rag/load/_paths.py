@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -73,7 +73,18 @@ def _check_candidate(candidate: str, root: str, root_real: str) -> FoundFile | L
     return FoundFile(Path(real), candidate, PurePosixPath(*Path(rel).parts).as_posix())
 
 
-def iter_source_files(source: str, *, extensions: Collection[str]) -> Iterator[FoundFile | LoadFailure]:
+NO_EXTENSION = "(no extension)"
+
+
+def _count_skipped(skipped: MutableMapping[str, int] | None, name: str) -> None:
+    if skipped is not None:
+        key = Path(name).suffix.lower() or NO_EXTENSION
+        skipped[key] = skipped.get(key, 0) + 1
+
+
+def iter_source_files(
+    source: str, *, extensions: Collection[str], skipped: MutableMapping[str, int] | None = None,
+) -> Iterator[FoundFile | LoadFailure]:
     """Files of ``source`` in a stable order (walk order, names sorted per folder).
 
     - a file: that file, whatever its extension (the caller named it); id = its name;
@@ -82,16 +93,19 @@ def iter_source_files(source: str, *, extensions: Collection[str]) -> Iterator[F
       (a symlinked folder pointing outside the root is reported);
     - a glob pattern (``*``, ``?``, ``[``; ``**`` recurses): matches with a listed suffix;
       ids are relative to the pattern's literal directory prefix.
+
+    Files of a folder or glob left out for their extension are counted in ``skipped`` (by
+    lower-cased extension), so the caller can say what it did not load; hidden ones are not.
     """
     if "\x00" in source:
         yield LoadFailure(_printable(source), "path contains a NUL byte; not read")
         return
     if has_glob_magic(source):
-        yield from _iter_glob(source, extensions)
+        yield from _iter_glob(source, extensions, skipped)
         return
     path = Path(source)
     if path.is_dir():
-        yield from _iter_folder(source, extensions)
+        yield from _iter_folder(source, extensions, skipped)
         return
     if not path.exists() and not path.is_symlink():
         yield LoadFailure(source, "no such file or directory")
@@ -106,7 +120,9 @@ def iter_source_files(source: str, *, extensions: Collection[str]) -> Iterator[F
     yield FoundFile(Path(os.path.realpath(source)), source, path.name)
 
 
-def _iter_glob(pattern: str, extensions: Collection[str]) -> Iterator[FoundFile | LoadFailure]:
+def _iter_glob(
+    pattern: str, extensions: Collection[str], skipped: MutableMapping[str, int] | None = None,
+) -> Iterator[FoundFile | LoadFailure]:
     root = glob_root(pattern)
     if not os.path.isdir(root):
         yield LoadFailure(pattern, f"no such folder {root!r} for the pattern")
@@ -118,11 +134,14 @@ def _iter_glob(pattern: str, extensions: Collection[str]) -> Iterator[FoundFile 
         if os.path.isdir(match):
             continue
         if Path(match).suffix.lower() not in extensions:
+            _count_skipped(skipped, match)
             continue
         yield _check_candidate(match, root, root_real)
 
 
-def _iter_folder(root: str, extensions: Collection[str]) -> Iterator[FoundFile | LoadFailure]:
+def _iter_folder(
+    root: str, extensions: Collection[str], skipped: MutableMapping[str, int] | None = None,
+) -> Iterator[FoundFile | LoadFailure]:
     root_real = os.path.realpath(root)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
@@ -146,5 +165,6 @@ def _iter_folder(root: str, extensions: Collection[str]) -> Iterator[FoundFile |
             if name.startswith("."):
                 continue
             if Path(name).suffix.lower() not in extensions:
+                _count_skipped(skipped, name)
                 continue
             yield _check_candidate(os.path.join(dirpath, name), root, root_real)

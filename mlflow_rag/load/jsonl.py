@@ -20,6 +20,7 @@ from mlflow_rag.load._common import (
     regular_file_problem,
     stable_hash,
 )
+from mlflow_rag.load.csv import guess_pii_columns
 from mlflow_rag.types import LoadFailure, Section, SourceDocument
 
 TEXT_SEPARATOR = "\n\n"
@@ -38,6 +39,8 @@ class JsonlLoader:
             with a blank line; default ``("title", "text")``. Missing, null or blank values are
             skipped; an object with no text at all is a LoadFailure.
         pii_fields: values go to ``SourceDocument.pii`` only; names to ``metadata["pii_fields"]``.
+            Default (None): guessed per object from the field names, as the CSV loader does
+            (e-mail, phone, social handles...; not the id or text fields); ``[]`` for none.
         max_line_bytes: longer lines are reported and skipped unread.
 
     Other fields go into ``metadata`` under their own names (nested values kept as they are).
@@ -53,7 +56,7 @@ class JsonlLoader:
         *,
         id_field: str | None = None,
         text_fields: Sequence[str] = DEFAULT_TEXT_FIELDS,
-        pii_fields: Sequence[str] = (),
+        pii_fields: Sequence[str] | None = None,
         max_line_bytes: int = 50_000_000,
     ) -> None:
         for option, value in [("text_fields", text_fields), ("pii_fields", pii_fields)]:
@@ -61,15 +64,15 @@ class JsonlLoader:
                 raise InvalidInput(f"{option} must be a list of field names, got {value!r}")
         if not text_fields:
             raise InvalidInput("text_fields must name at least one field")
-        overlap = sorted(set(text_fields) & set(pii_fields))
+        overlap = sorted(set(text_fields) & set(pii_fields or ()))
         if overlap:
             raise InvalidInput(f"fields {overlap} are in both text_fields and pii_fields")
-        if id_field is not None and id_field in pii_fields:
+        if id_field is not None and id_field in (pii_fields or ()):
             raise InvalidInput(f"id_field {id_field!r} is also a PII field; choose another")
         check_positive("max_line_bytes", max_line_bytes)
         self.id_fields = (id_field,) if id_field is not None else DEFAULT_ID_FIELDS
         self.text_fields = list(text_fields)
-        self.pii_fields = list(pii_fields)
+        self.pii_fields = list(pii_fields) if pii_fields is not None else None
         self.max_line_bytes = max_line_bytes
 
     def load(self, source: str) -> Iterator[SourceDocument | LoadFailure]:
@@ -128,8 +131,12 @@ class JsonlLoader:
             return fail(f"expected a JSON object, got {type(obj).__name__}")
 
         metadata = dict(base)
-        metadata["pii_fields"] = list(self.pii_fields)
         id_key = next((k for k in self.id_fields if obj.get(k) is not None), None)
+        pii_fields = self.pii_fields
+        if pii_fields is None:
+            pii_fields = [k for k in guess_pii_columns([str(k) for k in obj])
+                          if k not in self.text_fields and k not in self.id_fields]
+        metadata["pii_fields"] = list(pii_fields)
         doc_id = ""
         if id_key is not None:
             value = obj[id_key]
@@ -141,7 +148,7 @@ class JsonlLoader:
         elif self.require_id:
             return fail(f"no id (field {' or '.join(map(repr, self.id_fields))})")
         else:
-            public = {k: v for k, v in obj.items() if k not in self.pii_fields}
+            public = {k: v for k, v in obj.items() if k not in pii_fields}
             doc_id = "line-" + stable_hash([public])[:16]
             metadata["id_source"] = "line_hash"
 
@@ -165,7 +172,7 @@ class JsonlLoader:
         if not sections:
             return fail(f"id {doc_id!r} has no text in fields {self.text_fields}")
 
-        skip = {*self.text_fields, *self.pii_fields}
+        skip = {*self.text_fields, *pii_fields}
         if id_key is not None:
             skip.add(id_key)
         add_user_fields(metadata, ((k, v) for k, v in obj.items() if k not in skip))
@@ -176,7 +183,7 @@ class JsonlLoader:
             text="".join(parts),
             sections=tuple(sections),
             metadata=metadata,
-            pii={k: obj[k] for k in self.pii_fields if k in obj},
+            pii={k: obj[k] for k in pii_fields if k in obj},
         )
 
 

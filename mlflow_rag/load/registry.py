@@ -39,6 +39,8 @@ EXTENSIONS: dict[str, str] = {
     ".text": "text",
     ".md": "text",
     ".markdown": "text",
+    ".html": "text",
+    ".htm": "text",
 }
 
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")

@@ -261,7 +261,7 @@ class WebLoader:
     ) -> SourceDocument:
         encoding = response.charset_encoding
         if encoding is None and kind == "html":
-            encoding = _meta_charset(body[:4096])
+            encoding = html_meta_charset(body[:4096])
         text, encoding = _decode(body, encoding)
         title: str | None = None
         if kind == "html":
@@ -305,7 +305,8 @@ def _content_kind(content_type: str | None) -> str:
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
 
 
-def _meta_charset(head: bytes) -> str | None:
+def html_meta_charset(head: bytes) -> str | None:
+    """The charset a ``<meta>`` tag in the first bytes of an HTML page declares, if any."""
     match = _META_CHARSET.search(head)
     return match.group(1).decode("ascii") if match else None
 

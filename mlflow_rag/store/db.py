@@ -325,6 +325,31 @@ def document_states(
     return out
 
 
+def document_sources(
+    conn: sqlite3.Connection, ids: Sequence[str]
+) -> dict[str, tuple[str, str | None]]:
+    """id -> (source_path, content_hash) for the ids that exist."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for part in _batches(ids, 500):
+        marks = ",".join("?" * len(part))
+        for doc_id, source_path, content_hash in conn.execute(
+            f"SELECT id, source_path, content_hash FROM documents WHERE id IN ({marks})", part
+        ):
+            out[doc_id] = (source_path, content_hash)
+    return out
+
+
+def documents_by_source(conn: sqlite3.Connection, paths: Sequence[str]) -> list[tuple[str, str]]:
+    """(source_path, id) of the documents stored from these source paths."""
+    out: list[tuple[str, str]] = []
+    for part in _batches(list(dict.fromkeys(paths)), 500):
+        marks = ",".join("?" * len(part))
+        out.extend(conn.execute(
+            f"SELECT source_path, id FROM documents WHERE source_path IN ({marks}) ORDER BY id", part
+        ).fetchall())
+    return out
+
+
 def delete_document(conn: sqlite3.Connection, document_id: str) -> bool:
     cursor = conn.execute("DELETE FROM documents WHERE id = ?", (document_id,))
     return cursor.rowcount > 0

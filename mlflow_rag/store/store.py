@@ -856,6 +856,19 @@ class Store:
                 for k, (h, m) in db.document_states(self.conn, list(ids)).items()
             }
 
+    def document_sources(self, ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """id -> (source_path, content_hash) of the stored documents among ``ids``."""
+        with self._lock:
+            return db.document_sources(self.conn, list(ids))
+
+    def document_ids_by_source(self, source_paths: Sequence[str]) -> dict[str, list[str]]:
+        """source_path -> ids of the stored documents that came from it."""
+        out: dict[str, list[str]] = {}
+        with self._lock:
+            for path, doc_id in db.documents_by_source(self.conn, list(source_paths)):
+                out.setdefault(path, []).append(doc_id)
+        return out
+
     def cached_vectors(self, model_name: str, text_hashes: Sequence[str]) -> dict[str, np.ndarray]:
         """text_hash -> stored vector, for texts this model embedded before (embedding cache)."""
         with self._lock:
