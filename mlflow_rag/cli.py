@@ -119,18 +119,30 @@ def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: s
 @click.option("--overwrite", is_flag=True,
               help="Let documents replace stored ones with the same id from another file (the "
                    "files moved). Without it such an ingest is refused.")
+@click.option("--rechunk", is_flag=True,
+              help="Re-chunk documents already stored with this chunking (and this embedder's "
+                   "tokenizer) even if unchanged; other models lose vectors of chunks whose "
+                   "text changes. Without it such an ingest is refused, naming the loss.")
+@click.option("--refit", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True,
+              help="tfidf: refit and re-embed when the corpus outgrew the fit (auto: more than "
+                   "2x the texts or 10%% new terms), always, or never (warn only).")
+@click.option("--no-wait", is_flag=True,
+              help="Fail at once if another process is writing to the store (default: wait).")
 @_tracking_options
 def ingest(
     sources: tuple[str, ...], store_path: Path, chunker: str | None, chunk_size: int | None,
     chunk_overlap: int | None, embedder: str, id_column: str | None, text_columns: str | None,
     pii_columns: str | None, batch_size: int, index_type: str | None,
     index_params: tuple[str, ...], allow_private_urls: bool, id_prefix: str, overwrite: bool,
-    experiment: str | None, tracking_uri: str | None, no_track: bool,
+    rechunk: bool, refit: str, no_wait: bool, experiment: str | None, tracking_uri: str | None,
+    no_track: bool,
 ) -> None:
     """Load, chunk, embed and store SOURCES (files, folders, globs, URLs).
 
     Unchanged documents are skipped and cached embeddings reused, so running the same
-    ingest twice embeds nothing the second time.
+    ingest twice embeds nothing the second time. Adding another --embedder embeds the stored
+    chunks and keeps every other model's vectors. Ingests into one store take turns.
     """
     from mlflow_rag.ingest import IngestOptions, format_report
     from mlflow_rag.ingest import ingest as run_ingest
@@ -149,12 +161,14 @@ def ingest(
         chunker=chunker, chunk_size=chunk_size, chunk_overlap=chunk_overlap, embedder=embedder,
         batch_size=batch_size, index_type=index_type, loader_options=loader_options,
         index_params=_key_ints(index_params) or None, id_prefix=id_prefix, overwrite=overwrite,
+        rechunk=rechunk, refit=refit, wait=not no_wait,
     )
     if not no_track:
         _check_tracking(tracking_uri)
     with Store.open(store_path, create=True) as store:
         report = run_ingest(list(sources), store, options=options,
-                            progress=sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS")))
+                            progress=sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS")),
+                            on_message=lambda message: click.echo(message, err=True))
         click.echo(format_report(report))
         if not no_track:
             _log_ingest(report, store, experiment, tracking_uri)
@@ -311,17 +325,44 @@ def stats(store_path: Path, as_json: bool) -> None:
 
 @main.command()
 @_store_option
-def check(store_path: Path) -> None:
-    """Verify the store: SQLite integrity, FTS, index ids == SQLite ids, self-retrieval."""
+@click.option("--no-embed-check", is_flag=True,
+              help="Skip re-embedding a sample of chunks with each model's recorded embedder.")
+def check(store_path: Path, no_embed_check: bool) -> None:
+    """Verify the store: SQLite integrity, FTS, index ids == SQLite ids, self-retrieval, and
+    that sampled vectors are what each model's recorded embedder gives for their text (local
+    embedders: tfidf, minilm; openai models are not re-embedded)."""
+    from mlflow_rag.ingest import recorded_embedders
     from mlflow_rag.store.store import Store
 
     with Store.open(store_path) as store:
-        report = store.verify()
+        report = store.verify(embedders=None if no_embed_check else recorded_embedders(store))
     _echo_json(report)
     bad = report["integrity_check"] != "ok" or any(
-        not m["ids_equal"] or m["self_found"] < m["sampled"] for m in report["models"].values()
+        not m["ids_equal"] or m["self_found"] < m["sampled"] or m.get("embed_mismatches", 0)
+        for m in report["models"].values()
     )
     sys.exit(1 if bad else 0)
+
+
+@main.command()
+@_store_option
+@click.option("--embedder", "model", default="tfidf", show_default=True,
+              help="The model fitted on the corpus to refit.")
+@click.option("--no-wait", is_flag=True,
+              help="Fail at once if another process is writing to the store (default: wait).")
+def refit(store_path: Path, model: str, no_wait: bool) -> None:
+    """Refit a tfidf model on the chunks that hold its vectors and re-embed them all (also
+    drops deleted documents' terms from its vocabulary)."""
+    from mlflow_rag.ingest import refit_model
+    from mlflow_rag.store.store import Store
+
+    with Store.open(store_path) as store:
+        result = refit_model(store, model, wait=not no_wait,
+                             on_message=lambda message: click.echo(message, err=True))
+    before, after = result["before"], result["after"]
+    click.echo(f"{model}: {after['vectors']} vectors re-embedded; dimension {before['dimension']} "
+               f"-> {after['dimension']}, vocabulary {before['n_features']} -> "
+               f"{after['n_features']} terms")
 
 
 @main.command("purge-queries")

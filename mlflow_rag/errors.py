@@ -100,3 +100,11 @@ class EmbedderError(RagError):
 
 class EmbedderUnavailable(EmbedderError):
     """The embedder cannot run here (optional dependency missing, no API key...)."""
+
+
+class StoreBusy(RagError):
+    """Another process is writing to the store and this call was asked not to wait."""
+
+
+class ChunkingChangeRefused(RagError, ValueError):
+    """Re-chunking documents would drop vectors of other models (pass rechunk to go ahead)."""

@@ -7,7 +7,9 @@ model embedded before (keyed by sha256 of the text) reuses the stored vector.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import logging
 import os
 import re
 import time
@@ -22,8 +24,15 @@ from mlflow_rag.chunk.base import Chunker
 from mlflow_rag.chunk.registry import CHUNKERS, DEFAULT_CHUNK_SIZE, default_chunker_for, get_chunker
 from mlflow_rag.chunk.sections import section_metadata
 from mlflow_rag.embed.base import Embedder
-from mlflow_rag.errors import IdCollision, InvalidInput, LoaderError, RagError
-from mlflow_rag.store.store import PII_KEY, Store, content_hash
+from mlflow_rag.errors import (
+    ChunkingChangeRefused,
+    IdCollision,
+    InvalidInput,
+    LoaderError,
+    RagError,
+    UnknownChoice,
+)
+from mlflow_rag.store.store import MODELS_DIR, PII_KEY, Store, content_hash
 from mlflow_rag.types import (
     ChunkRecord,
     DocumentRecord,
@@ -32,6 +41,8 @@ from mlflow_rag.types import (
     SourceDocument,
     VectorBatch,
 )
+
+log = logging.getLogger("mlflow_rag.ingest")
 
 WRITE_BATCH = 256  # documents per transaction: commits often enough to resume after a kill
 
@@ -49,15 +60,40 @@ class _Stage:
 # --------------------------------------------------------------------------- pure decisions
 
 
+def chunking_identity(chunking: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What decides a document's chunk texts: the chunking config without its tokenizer.
+
+    The tokenizer only sets how chunk sizes are counted; adding a model whose tokenizer
+    differs keeps the stored chunks and embeds them (ingest with ``rechunk`` to re-cut them)."""
+    return {k: v for k, v in (chunking or {}).items() if k != "tokenizer"}
+
+
 def document_action(
     existing: tuple[str | None, Mapping[str, Any]] | None, new_hash: str,
-    new_metadata: Mapping[str, Any],
+    new_metadata: Mapping[str, Any], *, rechunk: bool = False, keep_chunking: bool = False,
 ) -> str:
-    """"new", "unchanged" or "updated" for a document, from its stored hash and metadata."""
+    """"new", "unchanged", "updated" (text or loader metadata changed) or "rechunk" (same
+    text and metadata, another chunking) for a document, from its stored hash and metadata.
+
+    A document whose text and metadata are unchanged keeps its stored chunks when the
+    chunking differs only by tokenizer, or when ``keep_chunking`` (no chunking option was
+    given: defaults never re-cut stored documents); ``rechunk`` re-cuts it whenever its
+    chunking config differs in anything, the tokenizer included.
+    """
     if existing is None:
         return "new"
     old_hash, old_metadata = existing
-    return "unchanged" if old_hash == new_hash and dict(old_metadata) == dict(new_metadata) else "updated"
+    old, new = dict(old_metadata), dict(new_metadata)
+    old_chunking, new_chunking = old.pop("chunking", None), new.pop("chunking", None)
+    if old_hash != new_hash or old != new:
+        return "updated"
+    if old_chunking == new_chunking:
+        return "unchanged"
+    if rechunk:
+        return "rechunk"
+    if keep_chunking or chunking_identity(old_chunking) == chunking_identity(new_chunking):
+        return "unchanged"
+    return "rechunk"
 
 
 def chunk_id(document_id: str, chunk_index: int) -> str:
@@ -218,6 +254,26 @@ class IngestOptions:
     loader_options: Mapping[str, Any] | None = None
     id_prefix: str = ""  # put before every document id: keeps same-named files of two folders apart
     overwrite: bool = False  # documents may replace stored ones of the same id from other files
+    # Re-cut documents already in the store with this ingest's chunking even where their text
+    # is unchanged, accepting that other models lose the vectors of chunks whose text changes
+    # (without it, such an ingest is refused and says how many vectors of which models).
+    rechunk: bool = False
+    # Embedders fitted on the corpus (tfidf): "auto" refits by REFIT_RULE, "always" refits,
+    # "never" only warns when the rule says the fit is stale.
+    refit: str = "auto"
+    # Another process writing to the store: wait for it (False: StoreBusy at once).
+    wait: bool = True
+
+
+REFITS = ("auto", "always", "never")
+# The auto-refit rule for an embedder fitted on the corpus (docs/store.md, "Models fitted on
+# the corpus"): refit, re-embedding all the model's vectors, when after this ingest the model
+# would hold more than REFIT_GROWTH times the texts it was fitted on, or when the texts this
+# ingest embeds bring more distinct terms the vocabulary lacks than REFIT_NEW_TERMS of its
+# size. Doubling keeps the total refit work linear in the corpus; the new-terms bound catches
+# a corpus that changes subject without growing much.
+REFIT_GROWTH = 2.0
+REFIT_NEW_TERMS = 0.10
 
 
 # --------------------------------------------------------------------------- document ids
@@ -315,6 +371,7 @@ def stored_under_other_ids(
     return keep, failures
 
 
+
 def load_sources(
     sources: Sequence[str], *, loader_options: Mapping[str, Any] | None = None,
     progress: bool = True, id_prefix: str = "", skipped: dict[str, int] | None = None,
@@ -373,17 +430,25 @@ def ingest(
     sources: Sequence[str], store: Store, *, options: IngestOptions = IngestOptions(),
     embedder: Embedder | None = None, progress: bool = True,
     on_failure: Callable[[LoadFailure], None] | None = None,
+    on_message: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Put ``sources`` into ``store``: documents new, updated or unchanged; vectors embedded
-    or taken from the cache; index files persisted at the end."""
-    from tqdm import tqdm
+    or taken from the cache; index files persisted at the end.
 
+    Everything after loading runs under the store's writer lock, so two ingests into one
+    store take turns (the second waits, or raises StoreBusy with ``options.wait=False``) and
+    each plans from what the other committed. ``on_message`` receives notes for the user
+    (waiting for another writer, a refit, vectors dropped with changed text); by default
+    they are logged."""
     if not sources:
         raise InvalidInput("no sources given; name files, folders, globs or URLs")
     if options.index_params and options.index_type is None:
         raise InvalidInput("index parameters need an index type: add --index-type hnsw, ivf or flat")
     if options.batch_size < 1:
         raise InvalidInput(f"batch size must be positive, got {options.batch_size}")
+    if options.refit not in REFITS:
+        raise UnknownChoice("refit policy", options.refit, REFITS)
+    say = on_message or log.warning
     stages = _Stage()
 
     started = time.perf_counter()
@@ -406,7 +471,25 @@ def ingest(
     if not options.overwrite:
         check_id_collisions(documents, store)
 
+    def busy(holder: str) -> None:
+        say(f"another process ({holder}) is writing to {store.root}; waiting for it to finish")
+
+    with store.writer_lock(wait=options.wait, on_busy=busy if options.wait else None):
+        return _ingest_locked(sources, store, documents, failures, loaders, options=options,
+                              embedder=embedder, progress=progress, say=say, stages=stages,
+                              skipped=skipped)
+
+
+def _ingest_locked(
+    sources: Sequence[str], store: Store, documents: list[SourceDocument],
+    failures: list[LoadFailure], loaders: list[str], *, options: IngestOptions,
+    embedder: Embedder | None, progress: bool, say: Callable[[str], None], stages: _Stage,
+    skipped: Mapping[str, int],
+) -> IngestReport:
+    from tqdm import tqdm
+
     started = time.perf_counter()
+    # Made under the lock: a tfidf state another ingest saved meanwhile is the one loaded.
     model = embedder or _make_embedder(options.embedder, store)
     spans = getattr(model, "token_spans", None)
     states = store.document_states([d.id for d in documents])
@@ -418,16 +501,18 @@ def ingest(
     chunkers = {name: get_chunker(name, chunk_size=chunk_size, chunk_overlap=options.chunk_overlap,
                                   token_spans=spans) for name in sorted(set(names.values()))}
     chunking = report_chunking(documents, names, chunkers)
+    explicit = (options.chunker, options.chunk_size, options.chunk_overlap) != (None, None, None)
     # Decide before chunking: an unchanged document (same text, same chunking) is not chunked
-    # again, so re-ingesting an unchanged corpus costs loading and hashing only. An embedder
-    # that still has to be fitted sees every chunk, as on a first ingest.
-    needs_fit = hasattr(model, "fit") and not getattr(model, "fitted", True)
+    # again, so re-ingesting an unchanged corpus costs loading and hashing only.
     described = [(d, document_metadata(d, chunkers[names[d.id]].config())) for d in documents]
-    actions = {d.id: document_action(states.get(d.id), content_hash(d.text), meta)
-               for d, meta in described}
+    actions = {
+        d.id: document_action(states.get(d.id), content_hash(d.text), meta,
+                              rechunk=options.rechunk, keep_chunking=not explicit)
+        for d, meta in described
+    }
     prepared: list[tuple[SourceDocument, dict[str, Any], tuple[ChunkRecord, ...]]] = []
     for document, meta in tqdm(described, desc="chunk", unit="doc", disable=not progress, leave=False):
-        if actions[document.id] == "unchanged" and not needs_fit:
+        if actions[document.id] == "unchanged":
             prepared.append((document, meta, ()))  # nothing of it is written
             continue
         chunks = chunk_records(document, chunkers[names[document.id]])
@@ -438,17 +523,30 @@ def ingest(
     stages.add("chunk", started)
 
     started = time.perf_counter()
-    if needs_fit:
-        model.fit([c.text for _, _, chunks in prepared for c in chunks])  # type: ignore[attr-defined]
-        state_dir = store.root / "models" / _slug(model.name)
-        model.save(state_dir)  # type: ignore[attr-defined]
+    to_write = [(d, meta, chunks) for d, meta, chunks in prepared if actions[d.id] != "unchanged"]
+    unchanged_ids = [d.id for d, _, _ in prepared if actions[d.id] == "unchanged"]
+    dropped = _vectors_dropped(store, to_write, states, actions, model.name)
+    rechunk_losses = dropped.get("rechunk", {})
+    if rechunk_losses and not options.rechunk:
+        n_docs = sum(1 for d, _, _ in to_write if actions[d.id] == "rechunk")
+        old = next(iter({describe_chunking(states[d.id][1].get("chunking")) for d, _, _ in to_write
+                         if actions[d.id] == "rechunk"}))
+        raise ChunkingChangeRefused(
+            f"re-chunking {n_docs} unchanged document(s) ({old} -> {describe_chunking(chunking)}) "
+            f"would drop {_count_text(rechunk_losses)} of other models; pass --rechunk "
+            "(IngestOptions(rechunk=True)) to re-chunk anyway, or leave out the chunking "
+            "options to keep the stored chunks"
+        )
+    missing = store.chunks_without_vectors(model.name, unchanged_ids)  # e.g. a new embedder
+    replaced_ids = {d.id for d, _, _ in to_write if d.id in states}
+    new_texts = [c.text for _, _, chunks in to_write for c in chunks] + [t for _, t, _ in missing]
+    if hasattr(model, "fit"):
+        _fit_if_needed(model, store, new_texts, replaced_ids, options=options, say=say,
+                       progress=progress)
     info = store.ensure_model(
         model.name, model.dimension, embedder=model.name, model_version=model.version,
         index_type=options.index_type, index_params=options.index_params,
     )
-    to_write = [(d, meta, chunks) for d, meta, chunks in prepared if actions[d.id] != "unchanged"]
-    unchanged_ids = [d.id for d, _, _ in prepared if actions[d.id] == "unchanged"]
-    missing = store.chunks_without_vectors(info.name, unchanged_ids)  # e.g. a new embedder
     texts = {c.text_hash: c.text for _, _, chunks in to_write for c in chunks}
     texts.update({text_hash: text for _, text, text_hash in missing})
     cached = store.cached_vectors(info.name, list(texts))
@@ -485,6 +583,12 @@ def ingest(
         store.add_vectors(info.name, [cid for cid, _, _ in missing],
                           np.stack([vectors[h] for _, _, h in missing]), model_version=model.version)
     stages.add("write", started)
+    lost = {**dropped.get("updated", {})}
+    for name, count in rechunk_losses.items():
+        lost[name] = lost.get(name, 0) + count
+    if lost:
+        say(f"{_count_text(lost)} of other models went with chunks whose text changed; "
+            f"re-ingest with each of those embedders to embed the new chunks")
 
     index, stats = _persist(store, info.name, stages)
     return IngestReport(
@@ -496,8 +600,203 @@ def ingest(
         documents_failed=len(failures), chunks=sum(len(c) for _, _, c in to_write),
         vectors_embedded=len(todo), vectors_cached=len(texts) - len(todo), tokens=tokens,
         cost_usd=cost, seconds=dict(stages.seconds), failures=tuple(failures),
-        store_generation=stats.generation, store_bytes=stats.bytes_on_disk, skipped=skipped,
+        store_generation=stats.generation, store_bytes=stats.bytes_on_disk, skipped=dict(skipped),
     )
+
+
+def describe_chunking(chunking: Mapping[str, Any] | None) -> str:
+    """A chunking config in a few words for messages: ``recursive 256/32 (approx-v1)``."""
+    if not chunking:
+        return "unknown chunking"
+    size = (f" {chunking['chunk_size']}/{chunking.get('chunk_overlap')}"
+            if "chunk_size" in chunking else "")
+    return f"{chunking.get('name')}{size} ({chunking.get('tokenizer')})"
+
+
+def _count_text(counts: Mapping[str, int]) -> str:
+    total = sum(counts.values())
+    parts = ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
+    return f"{total} vector(s) ({parts})"
+
+
+def _vectors_dropped(
+    store: Store, to_write: Sequence[tuple[SourceDocument, Any, tuple[ChunkRecord, ...]]],
+    states: Mapping[str, Any], actions: Mapping[str, str], model_name: str,
+) -> dict[str, dict[str, int]]:
+    """action ("rechunk", "updated") -> model -> how many of its vectors replacing these
+    documents removes: vectors of other models on stored chunks whose text no new chunk of
+    the document has (the store carries the others over; this model's are re-embedded)."""
+    replaced = [d.id for d, _, _ in to_write if d.id in states]
+    if not replaced:
+        return {}
+    kept = {d.id: {c.text_hash for c in chunks} for d, _, chunks in to_write}
+    out: dict[str, dict[str, int]] = {}
+    for doc_id, text_hash, name in store.vectors_on_documents(replaced):
+        if name != model_name and text_hash not in kept.get(doc_id, ()):
+            per_model = out.setdefault(actions[doc_id], {})
+            per_model[name] = per_model.get(name, 0) + 1
+    return out
+
+
+def _fit_if_needed(
+    model: Any, store: Store, new_texts: Sequence[str], replaced_ids: set[str], *,
+    options: IngestOptions, say: Callable[[str], None], progress: bool,
+) -> None:
+    """Fit an embedder fitted on the corpus (tfidf) where it must be, under the store's lock:
+    a first fit on the texts it will embed, or a refit that re-embeds every vector the model
+    has (never a new fit beside vectors of an old one)."""
+    existing = {m.name: m for m in store.models()}.get(model.name)
+    count = existing.vector_count if existing is not None else 0
+    reason = ""
+    if not model.fitted:
+        if count == 0:
+            model.fit(list(new_texts))
+            model.save(store.root / MODELS_DIR / _slug(model.name))
+            if existing is not None and existing.dimension != model.dimension:
+                # a model left without vectors (all its documents deleted), fitted anew
+                store.replace_model_vectors(model.name, [], np.zeros((0, model.dimension)),
+                                            dimension=model.dimension, model_version=model.version)
+            return
+        reason = "the embedder given is not fitted"
+    elif count and existing is not None and existing.model_version != model.version:
+        reason = (f"its saved state ({model.version}) is not the fit its {count} stored vectors "
+                  f"were made with ({existing.model_version})")
+    elif options.refit == "always":
+        reason = "asked for"
+    else:
+        stale = refit_reason(model, count, new_texts)
+        if stale and options.refit == "never":
+            say(f"{model.name} is stale: {stale}; refit it with `mlflow-rag refit --store "
+                f"{store.root} --embedder {model.name}` (or ingest with --refit auto)")
+        if not stale or options.refit == "never":
+            return
+        reason = stale
+    refit(store, model, extra_texts=new_texts, skip_documents=replaced_ids, reason=reason,
+          say=say, progress=progress)
+
+
+def refit_reason(model: Any, vector_count: int, new_texts: Sequence[str]) -> str:
+    """Why a fitted embedder is stale by the refit rule (REFIT_GROWTH, REFIT_NEW_TERMS), or ""."""
+    if not new_texts:
+        return ""
+    fitted_on = int(model.n_documents)
+    after = vector_count + len(new_texts)
+    if after > REFIT_GROWTH * fitted_on:
+        return (f"it would hold {after} texts, more than {REFIT_GROWTH:g}x the {fitted_on} "
+                "it was fitted on")
+    unknown, distinct = model.unknown_terms(new_texts)
+    vocabulary = int(model.n_features)
+    if unknown > REFIT_NEW_TERMS * vocabulary:
+        return (f"the new texts bring {unknown} of their {distinct} distinct terms that its "
+                f"{vocabulary}-term vocabulary lacks (over {REFIT_NEW_TERMS:.0%})")
+    return ""
+
+
+def refit(
+    store: Store, model: Any, *, extra_texts: Sequence[str] = (),
+    skip_documents: set[str] | frozenset[str] = frozenset(), reason: str = "asked for",
+    say: Callable[[str], None] | None = None, progress: bool = False, batch_size: int = 256,
+) -> int:
+    """Refit ``model`` (an embedder fitted on the corpus) on every chunk that holds one of its
+    vectors (except chunks of ``skip_documents``, about to be replaced) plus ``extra_texts``,
+    re-embed all those chunks and replace all its vectors in one transaction, then save the
+    new state. Call it under ``store.writer_lock()``. Returns the number of vectors
+    re-embedded."""
+    say = say or log.warning
+    stored = store.chunks_with_vectors(model.name)
+    chunks = [(cid, text) for cid, _, text in stored]
+    say(f"refitting {model.name}: {reason}; re-embedding its {len(chunks)} stored vector(s)")
+    previous = copy.copy(model) if getattr(model, "fitted", False) else None
+    state_dir = store.root / MODELS_DIR / _slug(model.name)
+    # Replaced documents' old chunks are re-embedded too (their text may come back and be
+    # served from the cache) but not fitted on: that text is leaving the store.
+    model.fit([text for _, doc_id, text in stored if doc_id not in skip_documents]
+              + list(extra_texts))
+    hashes = [str(i) for i in range(len(chunks))]
+    vectors, _, _ = _embed_all(model, [text for _, text in chunks], hashes,
+                               batch_size=batch_size, progress=progress)
+    matrix = (np.stack([vectors[h] for h in hashes]) if chunks
+              else np.zeros((0, model.dimension), dtype=np.float32))
+    # The state is saved before the vectors commit and put back if the commit fails, so the
+    # two disagree only if the process dies in between; the next ingest sees the version
+    # mismatch and refits, and `check` reports it.
+    model.save(state_dir)
+    try:
+        if any(m.name == model.name for m in store.models()):
+            store.replace_model_vectors(model.name, [cid for cid, _ in chunks], matrix,
+                                        dimension=model.dimension, model_version=model.version)
+    except BaseException:
+        if previous is not None:
+            previous.save(state_dir)
+        raise
+    return len(chunks)
+
+
+def refit_model(
+    store: Store, model_name: str = "tfidf", *, wait: bool = True, progress: bool = False,
+    on_message: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Refit a model fitted on the corpus (tfidf) on the chunks that hold its vectors, and
+    re-embed them: what ``mlflow-rag refit`` runs. After deletions it also takes the deleted
+    documents' terms out of the saved vocabulary. Returns before/after facts."""
+    say = on_message or log.warning
+    def busy(holder: str) -> None:
+        say(f"another process ({holder}) is writing to {store.root}; waiting for it to finish")
+
+    with store.writer_lock(wait=wait, on_busy=busy if wait else None):
+        info = store.model(model_name)
+        if info.embedder != "tfidf":
+            raise InvalidInput(
+                f"model {model_name!r} is embedded by {info.embedder!r}, which is not fitted on "
+                "the corpus; only tfidf models can be refitted"
+            )
+        from mlflow_rag.embed.tfidf import STATE_JSON, STATE_NPZ, TfidfEmbedder
+
+        state_dir = store.root / MODELS_DIR / _slug(model_name)
+        saved = TfidfEmbedder.load(state_dir) if TfidfEmbedder.is_saved(state_dir) else None
+        model = TfidfEmbedder(**saved.params()) if saved is not None else TfidfEmbedder()
+        vectors = next(m.vector_count for m in store.models() if m.name == model_name)
+        before = {"dimension": info.dimension, "vectors": vectors,
+                  "n_features": saved.n_features if saved is not None else None}
+        if vectors == 0:
+            # Nothing left to fit on (every document deleted): the vocabulary goes too.
+            for name in (STATE_JSON, STATE_NPZ):
+                (state_dir / name).unlink(missing_ok=True)
+            return {"model": model_name, "before": before,
+                    "after": {"dimension": info.dimension, "vectors": 0, "n_features": None}}
+        count = refit(store, model, say=say, progress=progress)
+        store.flush()
+        after = {"dimension": model.dimension, "vectors": count, "n_features": model.n_features}
+    return {"model": model_name, "before": before, "after": after}
+
+
+# Embedders ``check`` may run to re-embed a sample: local ones (an openai model costs money
+# and needs a key, so it is not re-embedded by default).
+_LOCAL_EMBEDDERS = ("tfidf", "minilm")
+
+
+def recorded_embedders(
+    store: Store, *, include_remote: bool = False
+) -> dict[str, Callable[[Sequence[str]], np.ndarray]]:
+    """model name -> a function embedding texts with that model's recorded embedder (its
+    saved tfidf state included), for :meth:`Store.verify`. Each loads its embedder on first
+    use, so a model that cannot be loaded fails the check with the reason."""
+    from mlflow_rag.embed.registry import get_embedder
+
+    out: dict[str, Callable[[Sequence[str]], np.ndarray]] = {}
+    for info in store.models():
+        spec = info.embedder
+        if not spec or not (include_remote or spec.split(":", 1)[0] in _LOCAL_EMBEDDERS):
+            continue
+        state = store.root / MODELS_DIR / info.slug
+
+        def embed(texts: Sequence[str], spec: str = spec, state: Path = state) -> np.ndarray:
+            model = get_embedder(spec, state_dir=state if state.is_dir() else None)
+            vectors: np.ndarray = model.embed(list(texts)).vectors
+            return vectors
+
+        out[info.name] = embed
+    return out
 
 
 def _persist(store: Store, model_name: str, stages: _Stage) -> tuple[dict[str, Any], Any]:

@@ -187,6 +187,12 @@ class Searcher:
     def embed_query(self, text: str) -> np.ndarray:
         return self.embedder.embed_query(check_query(text))
 
+    def _has_direction(self, text: str) -> bool:
+        """False for a query the embedder has no direction for (tfidf: no term of its
+        vocabulary): dense search then returns no hits rather than k arbitrary ones scored 0."""
+        knows = getattr(self.embedder, "knows_any_term", None)
+        return knows is None or bool(knows(text))
+
     def search(
         self, query: str, *, k: int = 10, mode: str = DEFAULT_MODE,
         filters: str | Mapping[str, Any] | None = None, include_pii: bool = False,
@@ -206,7 +212,7 @@ class Searcher:
             vector = self.embed_query(query)
             hits = self.store.dense_search(
                 vector, model=self._model(), k=k, filters=filters, include_pii=include_pii
-            )
+            ) if self._has_direction(query) else []
         else:
             vector = self.embed_query(query)
             hits = self.hybrid(query, vector, k=k, filters=filters, include_pii=include_pii,
@@ -227,7 +233,7 @@ class Searcher:
         depth = check_k(candidates or max(100, 2 * k))
         dense = self.store.dense_search(
             vector, model=self._model(), k=depth, filters=filters, include_pii=include_pii
-        )
+        ) if self._has_direction(query) else []
         lexical = self.store.lexical_search(query, k=depth, filters=filters,
                                             include_pii=include_pii)
         fused = fuse(

@@ -323,7 +323,7 @@ def _entry_point_command(name: str, params: dict[str, Any]) -> str:
 
 def test_mlproject_entry_points_call_the_cli_with_quoted_params() -> None:
     command = _entry_point_command("ingest", {"source": "my docs", "store": "/s"})
-    assert "mlflow-rag ingest 'my docs' --store /s --embedder tfidf" in command
+    assert "mlflow-rag ingest 'my docs' --store /s --embedder minilm" in command
     command = _entry_point_command(
         "search", {"query": "what's new?", "store": "/s", "filters": '{"country": "UK"}'}
     )

@@ -204,6 +204,28 @@ class TfidfEmbedder:
     def n_features(self) -> int:
         return len(self._state().terms)
 
+    @property
+    def n_documents(self) -> int:
+        """How many texts the fit saw."""
+        return self._state().n_documents
+
+    def unknown_terms(self, texts: Sequence[str]) -> tuple[int, int]:
+        """(distinct terms of ``texts`` the vocabulary lacks, distinct terms of ``texts``):
+        how far a corpus has grown past this fit (the ingest's refit rule reads it)."""
+        state = self._state()
+        seen: set[str] = set()
+        analyzer = self.analyzer
+        for text in texts:
+            seen.update(analyzer(text))
+        return sum(1 for term in seen if term not in state.index), len(seen)
+
+    def knows_any_term(self, text: str) -> bool:
+        """Whether ``text`` has a term of the fitted vocabulary. A query without one has no
+        direction in this space (it embeds to the "unknown" axis): search returns no dense
+        hits for it instead of k arbitrary ones scored 0."""
+        state = self._state()
+        return any(term in state.index for term in self.analyzer(text))
+
     # ----------------------------------------------------------------------- fit
 
     def fit(self, texts: Sequence[str]) -> None:

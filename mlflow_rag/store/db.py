@@ -104,6 +104,11 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
         if migration.version <= version:
             continue
         with immediate_transaction(conn):  # a disk failure rolls back and names the file
+            if schema_version(conn) >= migration.version:
+                # Another process applied it since we looked (the version is re-read inside
+                # the write transaction, where nobody else can be migrating).
+                version = schema_version(conn)
+                continue
             # executescript would COMMIT our transaction; run statement by statement.
             for statement in _statements(migration.sql):
                 conn.execute(statement)
@@ -294,6 +299,20 @@ def update_model_index(
     )
 
 
+def update_model_fit(
+    conn: sqlite3.Connection, name: str, *, dimension: int, model_version: str | None
+) -> None:
+    """A refitted model (tfidf): its new dimension and version (its vectors are replaced too)."""
+    conn.execute(
+        "UPDATE models SET dimension = ?, model_version = ? WHERE name = ?",
+        (dimension, model_version, name),
+    )
+
+
+def delete_model_vectors(conn: sqlite3.Connection, model_name: str) -> None:
+    conn.execute("DELETE FROM embeddings WHERE model_name = ?", (model_name,))
+
+
 def has_vectors(conn: sqlite3.Connection, model_name: str) -> bool:
     return conn.execute(
         "SELECT 1 FROM embeddings WHERE model_name = ? LIMIT 1", (model_name,)
@@ -353,6 +372,52 @@ def documents_by_source(conn: sqlite3.Connection, paths: Sequence[str]) -> list[
 def delete_document(conn: sqlite3.Connection, document_id: str) -> bool:
     cursor = conn.execute("DELETE FROM documents WHERE id = ?", (document_id,))
     return cursor.rowcount > 0
+
+
+def embeddings_of_documents(
+    conn: sqlite3.Connection, document_ids: Sequence[str]
+) -> list[tuple[Any, ...]]:
+    """(document_id, text_hash, model_name, model_version, vector_dimension, vector, metadata)
+    of every vector on these documents' chunks: what replacing the chunks would remove."""
+    out: list[tuple[Any, ...]] = []
+    for part in _batches(list(document_ids), 500):
+        marks = ",".join("?" * len(part))
+        out.extend(
+            conn.execute(
+                "SELECT c.document_id, c.text_hash, e.model_name, e.model_version, "
+                "e.vector_dimension, e.vector, e.metadata FROM chunks c "
+                f"JOIN embeddings e ON e.chunk_id = c.id WHERE c.document_id IN ({marks})",
+                part,
+            ).fetchall()
+        )
+    return out
+
+
+def chunks_with_vectors(conn: sqlite3.Connection, model_name: str) -> list[tuple[str, str, str]]:
+    """(chunk_id, document_id, text) of every chunk holding a vector of this model."""
+    return conn.execute(
+        "SELECT c.id, c.document_id, c.text FROM embeddings e JOIN chunks c ON c.id = e.chunk_id "
+        "WHERE e.model_name = ? ORDER BY e.vector_id",
+        (model_name,),
+    ).fetchall()
+
+
+def sample_vectors_with_text(
+    conn: sqlite3.Connection, model_name: str, vector_ids: Sequence[int]
+) -> list[tuple[int, str, bytes]]:
+    """(vector_id, chunk text, vector) for these vector ids of a model."""
+    out: list[tuple[int, str, bytes]] = []
+    for part in _batches(list(vector_ids), 500):
+        marks = ",".join("?" * len(part))
+        out.extend(
+            conn.execute(
+                "SELECT e.vector_id, c.text, e.vector FROM embeddings e "
+                f"JOIN chunks c ON c.id = e.chunk_id WHERE e.model_name = ? "
+                f"AND e.vector_id IN ({marks}) ORDER BY e.vector_id",
+                (model_name, *part),
+            ).fetchall()
+        )
+    return out
 
 
 def delete_chunks_of(conn: sqlite3.Connection, document_ids: Sequence[str]) -> None:

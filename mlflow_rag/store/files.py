@@ -12,11 +12,11 @@ import fcntl
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mlflow_rag.errors import RagError, UnsafePath
+from mlflow_rag.errors import RagError, StoreBusy, UnsafePath
 
 
 class StorageError(RagError, OSError):
@@ -192,16 +192,48 @@ def _hash_workers(blocks: int) -> int:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """An advisory lock between processes that persist the same store's index files."""
+def exclusive_lock(
+    path: Path, *, wait: bool = True, on_busy: Callable[[str], None] | None = None,
+    record_holder: bool = False,
+) -> Iterator[None]:
+    """An advisory lock between processes that write the same store.
+
+    If another process holds it, ``on_busy(holder)`` is called once (``holder`` describes
+    that process, when it recorded itself) and then either this call waits for the lock or,
+    with ``wait=False``, :class:`~mlflow_rag.errors.StoreBusy` is raised at once.
+    ``record_holder`` writes this process id into the lock file for such messages (held
+    locks only: the file's content means nothing once the lock is released)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise storage_error(path, exc, action="open the lock file") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            if on_busy is not None:
+                on_busy(holder)
+            if not wait:
+                raise StoreBusy(
+                    f"another process ({holder}) is writing to {path.parent}; try again when "
+                    "it has finished (or let this command wait for it)"
+                ) from None
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if record_holder:
+            with contextlib.suppress(OSError):  # informational only
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+    except OSError:
+        text = ""
+    return text if text.startswith("pid ") else "pid unknown"

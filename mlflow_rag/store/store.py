@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,10 @@ MAX_K = 10_000
 # What model_slug produces; a slug read back from the database must still look like this
 # before it becomes part of a file name (`UPDATE models SET slug = '../../x'` wrote outside).
 SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
+# verify(): a re-embedded sample must match its stored vector this closely. Deterministic
+# embedders (tfidf, the same MiniLM backend) give 1.0 up to rounding; int8 ONNX varies with
+# thread counts by far less than this; a vector of another fit or model is far below it.
+EMBED_CHECK_MIN_COSINE = 0.98
 
 
 def model_slug(name: str) -> str:
@@ -211,6 +215,9 @@ class Store:
         # FileStamp): loading such an index does not hash it a second time.
         self._verified_files: dict[str, FileStamp] = dict(verified_files or {})
         self._lock = threading.RLock()
+        # The thread holding the store's lock file through this object (writer_lock, flush):
+        # nested uses by that thread do not lock again (flock would wait for itself).
+        self._file_lock_owner: int | None = None
         self._indexes: dict[str, VectorIndex] = {}
         self._keys: dict[str, tuple[int, VectorKeys]] = {}  # per model: (generation, keys)
         self._persisted: dict[str, int] = {}  # model -> generation of the file on disk
@@ -265,7 +272,13 @@ class Store:
                     raise ForeignStore(f"{db_path} is not a mlflow-rag store database")
                 db.check_version(conn, db_path)
             else:
-                db.migrate(conn, db_path)
+                if db.schema_version(conn) < SCHEMA_VERSION:
+                    # Two processes creating one store must not both run the migrations
+                    # (both saw user_version 0): one at a time, each re-reading the version.
+                    with exclusive_lock(root / LOCK_FILE):
+                        db.migrate(conn, db_path)
+                else:
+                    db.migrate(conn, db_path)
             store = cls(root, conn, read_only=read_only, immutable=immutable, mmap=mmap,
                         verified_files=verified)
             store._check_stored_paths()
@@ -327,6 +340,38 @@ class Store:
     def _index_path(self, info: ModelInfo) -> Path:
         return confined(self.root, self._index_relative(info),
                         what=f"index file of model {info.name!r}")
+
+    # ----------------------------------------------------------------- the writer lock
+
+    @contextlib.contextmanager
+    def _file_lock(
+        self, *, wait: bool = True, on_busy: Callable[[str], None] | None = None,
+        record_holder: bool = False,
+    ) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._file_lock_owner == me:
+            yield
+            return
+        with exclusive_lock(self.root / LOCK_FILE, wait=wait, on_busy=on_busy,
+                            record_holder=record_holder):
+            self._file_lock_owner = me
+            try:
+                yield
+            finally:
+                self._file_lock_owner = None
+
+    @contextlib.contextmanager
+    def writer_lock(
+        self, *, wait: bool = True, on_busy: Callable[[str], None] | None = None
+    ) -> Iterator[None]:
+        """Hold the store's lock across several writes that must not interleave with another
+        process's (an ingest: fit, save and write). Other processes' writer locks, flushes
+        and snapshots wait; readers never do. If another process holds it, ``on_busy(holder)``
+        is called, then this waits, or raises :class:`~mlflow_rag.errors.StoreBusy` at once
+        with ``wait=False``. Re-entrant within the thread that holds it."""
+        self._require_writable()
+        with self._file_lock(wait=wait, on_busy=on_busy, record_holder=True):
+            yield
 
     # ----------------------------------------------------------------- models
 
@@ -469,6 +514,13 @@ class Store:
                 if not (skip_unchanged and states.get(record.id) == (record.content_hash, metadata))
             ]
             replaced = [record.id for record, _, _ in todo if record.id in states]
+            # Vectors of models this write does not supply, on chunks whose text the new
+            # chunks keep: carried over, so replacing a document (re-chunked, or one field
+            # changed) never drops another model's vectors of unchanged text.
+            carried = _vectors_to_carry(
+                db.embeddings_of_documents(self.conn, replaced),
+                {record.id: {entry[0] for entry in vectors} for record, _, vectors in todo},
+            )
             # Rows for every table are collected first and inserted with one executemany
             # each: per-document statements cost more than the inserts themselves.
             db.delete_chunks_of(self.conn, replaced)
@@ -518,6 +570,15 @@ class Store:
             fresh = {name for name in added
                      if name not in self._indexes and not db.has_vectors(self.conn, name)}
             db.insert_embeddings(self.conn, embedding_rows)
+            if carried:
+                kept = [(c.id, row) for doc_id, c in chunks
+                        for row in carried.get((doc_id, c.text_hash), ())]
+                first_kept = db.allocate_ids(self.conn, len(kept))
+                db.insert_embeddings(self.conn, (
+                    (f"{chunk_id}:{model_name}", chunk_id, model_name, version, dim, blob, now,
+                     meta, first_kept + i)
+                    for i, (chunk_id, (model_name, version, dim, blob, meta)) in enumerate(kept)
+                ))
         if not replaced:
             self._advance_indexes(generation, added, fresh)
         return WriteReport(
@@ -651,6 +712,49 @@ class Store:
                     ) from None
                 raise
 
+    def replace_model_vectors(
+        self, model_name: str, chunk_ids: Sequence[str], vectors: Any, *, dimension: int,
+        model_version: str | None,
+    ) -> int:
+        """Replace every vector of a model at once (a refitted embedder: a new space, maybe a
+        new dimension): one transaction deletes the old vectors, records the model's new
+        dimension and version and inserts these. Returns the number inserted."""
+        self._require_writable()
+        self.model(model_name)  # a clear error for an unknown model
+        if len(set(chunk_ids)) != len(chunk_ids):
+            raise InvalidInput("a chunk id appears twice in one replace_model_vectors call")
+        matrix = clean_vectors(vectors, dimension)
+        if len(matrix) != len(chunk_ids):
+            raise InvalidInput(f"{len(matrix)} vectors for {len(chunk_ids)} chunk ids")
+        with self._lock:
+            try:
+                with db.write_transaction(self.conn):
+                    db.delete_model_vectors(self.conn, model_name)
+                    db.update_model_fit(self.conn, model_name, dimension=dimension,
+                                        model_version=model_version)
+                    count = self._insert_vectors(model_name, chunk_ids, matrix,
+                                                 model_version=model_version, metadata=None,
+                                                 now=db.utc_now())
+            except Exception as exc:
+                if "FOREIGN KEY" in str(exc):
+                    raise ChunkNotFound("some chunk ids do not exist in the store") from None
+                raise
+            self._models_generation = -1
+            self._indexes.pop(model_name, None)  # another space: rebuilt from SQLite
+            self._keys.pop(model_name, None)
+        return count
+
+    def vectors_on_documents(self, document_ids: Sequence[str]) -> list[tuple[str, str, str]]:
+        """(document id, chunk text hash, model name) of every vector on these documents."""
+        with self._lock:
+            rows = db.embeddings_of_documents(self.conn, list(document_ids))
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    def chunks_with_vectors(self, model_name: str) -> list[tuple[str, str, str]]:
+        """(chunk id, document id, text) of every chunk holding a vector of this model."""
+        with self._lock:
+            return db.chunks_with_vectors(self.conn, model_name)
+
     def delete(self, document_id: str) -> None:
         """Delete a document; its chunks and vectors cascade, and leave the index."""
         self._require_writable()
@@ -663,6 +767,8 @@ class Store:
     def _index_for(self, info: ModelInfo, generation: int) -> VectorIndex:
         """The model's index, synced to ``generation``. Call inside a read transaction."""
         index = self._indexes.get(info.name)
+        if index is not None and index.dimension != info.dimension:
+            index = None  # the model was refitted into another space (by another process)
         if index is None:
             index = self._load_index(info, generation)
             self._indexes[info.name] = index
@@ -769,7 +875,7 @@ class Store:
         """Bring every model's index up to date and persist it atomically, then the manifest."""
         if self.read_only:
             return
-        with self._lock, exclusive_lock(self.root / LOCK_FILE):
+        with self._file_lock(), self._lock:
             _remove_stale_temp_files(self.root)
             on_disk = read_manifest(self.root)
             manifest = on_disk or Manifest(self.store_id, SCHEMA_VERSION)
@@ -1023,8 +1129,20 @@ class Store:
 
     # ----------------------------------------------------------------- checks and bundles
 
-    def verify(self, *, sample: int = 50, seed: int = 0) -> dict[str, Any]:
+    def verify(
+        self, *, sample: int = 50, seed: int = 0,
+        embedders: Mapping[str, Callable[[Sequence[str]], np.ndarray]] | None = None,
+        embed_sample: int = 8, min_cosine: float = EMBED_CHECK_MIN_COSINE,
+    ) -> dict[str, Any]:
         """Integrity report: SQLite and FTS checks, index ids == SQLite ids, self-retrieval.
+
+        ``embedders`` (model name -> a function embedding texts as that model's recorded
+        embedder does) adds a check that the stored vectors are that embedder's output for
+        their text: ``embed_sample`` spread vectors are re-embedded and each must have cosine
+        >= ``min_cosine`` with its stored vector (``embed_mismatches`` counts those that do
+        not; an embedder that cannot run or gives another dimension fails them all). Vectors
+        from another fit of a tfidf model, or another model's, fail it; the self-retrieval
+        check alone cannot tell.
 
         FTS5 runs its check as a write (``INSERT ... 'integrity-check'``), so a read-only or
         immutable store skips it; SQLite's own ``integrity_check`` still covers the file."""
@@ -1054,6 +1172,13 @@ class Store:
                     "self_found": found,
                     "sampled": len(picks),
                 }
+                if embedders and name in embedders and len(sql_ids):
+                    spread = np.unique(np.linspace(0, len(sql_ids) - 1,
+                                                   num=min(embed_sample, len(sql_ids))).astype(int))
+                    rows = db.sample_vectors_with_text(self.conn, name, sql_ids[spread].tolist())
+                    report["models"][name].update(
+                        _embed_check(embedders[name], rows, info.dimension, min_cosine)
+                    )
         return report
 
     def snapshot(self, destination: str | Path) -> Path:
@@ -1089,7 +1214,7 @@ class Store:
                 shutil.copy2(confined(root, Path(source).relative_to(root), what="store file"),
                              target)
 
-            with exclusive_lock(self.root / LOCK_FILE):
+            with self._file_lock():
                 for sub in (INDEX_DIR, MODELS_DIR):
                     if (self.root / sub).is_dir():
                         shutil.copytree(self.root / sub, dest / sub, copy_function=copy_inside)
@@ -1113,6 +1238,46 @@ class Store:
             if p.is_file() and p.name != "manifest.json"
         }
         write_manifest(dest, manifest)
+
+
+def _embed_check(
+    embed: Callable[[Sequence[str]], np.ndarray], rows: Sequence[tuple[int, str, bytes]],
+    dimension: int, min_cosine: float,
+) -> dict[str, Any]:
+    """Re-embed sampled chunk texts; how many stored vectors the embedder does not give."""
+    out: dict[str, Any] = {"embed_checked": len(rows), "embed_mismatches": 0}
+    try:
+        fresh = np.asarray(embed([text for _, text, _ in rows]), dtype=np.float64)
+    except Exception as exc:  # the recorded embedder cannot run: the check fails, named
+        out.update(embed_mismatches=len(rows), embed_error=f"{type(exc).__name__}: {exc}")
+        return out
+    if fresh.ndim != 2 or fresh.shape != (len(rows), dimension):
+        out.update(embed_mismatches=len(rows),
+                   embed_error=f"the embedder gives vectors of shape {fresh.shape[1:]}, the "
+                               f"stored ones have dimension {dimension}")
+        return out
+    stored = np.stack([np.frombuffer(blob, dtype="<f4").astype(np.float64) for _, _, blob in rows])
+    norms = np.linalg.norm(fresh, axis=1) * np.linalg.norm(stored, axis=1)
+    cosines = (fresh * stored).sum(axis=1) / np.where(norms > 0, norms, 1.0)
+    bad = cosines < min_cosine
+    out.update(embed_mismatches=int(bad.sum()), embed_min_cosine=round(float(cosines.min()), 6))
+    if bad.any():
+        out["embed_mismatched_vector_ids"] = [int(rows[i][0]) for i in np.flatnonzero(bad)[:10]]
+    return out
+
+
+def _vectors_to_carry(
+    rows: Sequence[tuple[Any, ...]], supplied: Mapping[str, set[str]]
+) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
+    """(document id, text hash) -> [(model, version, dimension, vector, metadata)] of the
+    stored vectors a replacement keeps: those of models the new record does not supply."""
+    out: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {}
+    for doc_id, text_hash, model_name, version, dim, blob, meta in rows:
+        if model_name in supplied.get(doc_id, ()):
+            continue
+        out.setdefault((doc_id, text_hash), {}).setdefault(model_name, (model_name, version, dim,
+                                                                        blob, meta))
+    return {key: list(models.values()) for key, models in out.items()}
 
 
 def _remove_stale_temp_files(root: Path) -> None:
