@@ -113,11 +113,37 @@ def plain_vectors(plain: MiniLMEmbedder, real_texts: list[str]) -> np.ndarray:
 # --------------------------------------------------------------------------- agreement
 
 
+#: The bound of the test below: the smallest per-text cosine to the plain model in the run that
+#: measured onnx-int8's nDCG@10 at -0.0023 from the plain model's (benchmarks/RESULTS.md, 5,183
+#: SciFact abstracts: min 0.9903, mean 0.9963), rounded down. Measured on this test's 40 texts
+#: (`python benchmarks/int8_spread.py --abstracts 200 --claims 200 --runs 2`, 2-core EPYC with
+#: VNNI): min 0.99412, identical bits over repeated sessions and 1 or 2 intra-op threads; over
+#: the first 200 abstracts and 200 claims min 0.99225, mean 0.99580. A fresh clone's `make test`
+#: elsewhere measured 0.98988 before INT8_SESSION_CONFIG existed (issue 17.5), most likely on a
+#: CPU without VNNI, whose default int8 kernel saturates 16-bit sums; the option makes such
+#: CPUs exact (not measurable here: this CPU has VNNI, where it changes no bit).
+INT8_MIN_COSINE = 0.99
+
+
 def test_onnx_int8_agrees_with_the_plain_model_on_every_real_text(
     onnx_int8: OnnxMiniLMEmbedder, real_texts: list[str], plain_vectors: np.ndarray
 ) -> None:
     cosines = np.sum(onnx_int8.embed(real_texts).vectors * plain_vectors, axis=1)
-    assert cosines.min() > 0.99, (int(cosines.argmin()), float(cosines.min()))
+    assert cosines.min() > INT8_MIN_COSINE, (int(cosines.argmin()), float(cosines.min()))
+
+
+def test_onnx_int8_vectors_do_not_depend_on_threads_runs_or_the_cpus_int8_kernels(
+    onnx_int8: OnnxMiniLMEmbedder, real_texts: list[str]
+) -> None:
+    texts = real_texts[N_ABSTRACTS - 4 : N_ABSTRACTS + 4]
+    one_thread = onnx_int8.embed(texts).vectors
+    two_threads = get_embedder("minilm:onnx-int8", num_threads=2)
+    assert two_threads.session is not onnx_int8.session  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(two_threads.embed(texts).vectors, one_thread)
+    np.testing.assert_array_equal(onnx_int8.embed(texts).vectors, one_thread)
+    # The exact (non-saturating) int8 kernels on x86 CPUs without VNNI; a no-op with VNNI.
+    options = onnx_int8.session.get_session_options()
+    assert options.get_session_config_entry("session.x64quantprecision") == "1"
 
 
 def test_onnx_fp32_gives_the_plain_models_vectors(

@@ -25,8 +25,12 @@ At run time only onnxruntime, numpy and the ``tokenizers`` fast tokenizer are us
 cache filled, torch is not even imported. Tokenization, truncation (256 positions with [CLS]
 and [SEP]), mean pooling over the attention mask and L2 normalisation reproduce what
 sentence-transformers does, so ``"onnx"`` gives the plain model's vectors to float rounding.
-int8 results depend on the CPU's int8 kernels (VNNI or not), so vectors of ``onnx-int8`` made
-on two kinds of machine may differ slightly; its ``version`` cannot see that.
+int8 results used to depend on the CPU's int8 kernels (VNNI or not); the session now asks
+ONNX Runtime for exact integer sums on every x86 CPU (:data:`INT8_SESSION_CONFIG`), so x86
+CPUs with and without VNNI should give the same vectors (only a VNNI CPU was at hand to
+measure); thread counts and repeated runs give identical bits (measured). ``onnx-int8``
+vectors stored before this on a CPU without VNNI may be slightly off (cosine ~0.99 to
+today's): re-embed them into a fresh store if that matters.
 
 torch's own dynamic int8 (:class:`TorchInt8MiniLMEmbedder`) is measurable but not offered
 as a backend: its weight scales are per tensor (coarser than ONNX Runtime's), and its
@@ -90,6 +94,15 @@ EXPORT_RECIPE: dict[str, object] = {
         "keep_fp32": list(KEEP_FP32),
     },
 }
+#: Session settings that make ``onnx-int8`` compute the same vectors on every x86 CPU. Without
+#: VNNI (AVX2-only CPUs such as EPYC Zen 2/3, AVX-512 without VNNI) ONNX Runtime's default
+#: u8 x s8 kernel sums pairs of products in saturating 16-bit integers (VPMADDUBSW), which
+#: clips large products: the likely cause of a test text at cosine 0.98988 to the plain model
+#: in a fresh clone's run (issue 17.5) where this VNNI CPU gives 0.99412. This option makes
+#: those CPUs use the exact u8 x u8 kernel (slower there, not measured); VNNI CPUs compute
+#: exactly either way, so it changes nothing on them (measured: identical bits,
+#: benchmarks/int8_spread.py). Vectors are the same for any thread count (measured: 1 and 2).
+INT8_SESSION_CONFIG: dict[str, str] = {"session.x64quantprecision": "1"}
 _BASE_VERSION = MiniLMEmbedder.version
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -267,6 +280,9 @@ class OnnxMiniLMEmbedder(MiniLMEmbedder):
         # spinning costs them (and us) CPU time for nothing.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: no per-node optimizer chatter
+        if self.quantized:
+            for key, value in INT8_SESSION_CONFIG.items():
+                options.add_session_config_entry(key, value)
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
