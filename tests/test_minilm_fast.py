@@ -330,7 +330,7 @@ def test_a_cached_export_is_used_and_an_altered_one_rebuilt(
 
 
 def test_other_weights_or_architecture_never_meet_an_old_export(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -345,6 +345,11 @@ def test_other_weights_or_architecture_never_meet_an_old_export(
     monkeypatch.setattr(minilm_fast, "export_onnx", fake_export)
     cache = tmp_path / "cache"
     first = cached_onnx_model(model_dir, cache, quantized=False)
+    # The caller waits for an export (tens of seconds): a warning says what and where.
+    assert f"exporting all-MiniLM-L6-v2 to ONNX into {first.parent}" in caplog.text
+    caplog.clear()
+    assert cached_onnx_model(model_dir, cache, quantized=False) == first
+    assert not caplog.records and len(exports) == 1
     (model_dir / "config.json").write_text('{"num_hidden_layers": 12}')  # same weights
     second = cached_onnx_model(model_dir, cache, quantized=False)
     assert second.parent != first.parent and len(exports) == 2
