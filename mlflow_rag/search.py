@@ -172,7 +172,9 @@ class Searcher:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            from mlflow_rag.embed.registry import get_embedder
+            # The query side: for a plain minilm store, ONNX Runtime when it is installed
+            # (same vectors, no torch import), else the model the documents were embedded with.
+            from mlflow_rag.embed.registry import get_query_embedder
 
             info = self.store.model(self._model())
             if not info.embedder:
@@ -181,7 +183,9 @@ class Searcher:
                     "search it with a vector, or use --mode bm25"
                 )
             state = self.store.model_dir(info.name)
-            self._embedder = get_embedder(info.embedder, state_dir=state if state.is_dir() else None)
+            self._embedder = get_query_embedder(
+                info.embedder, state_dir=state if state.is_dir() else None
+            )
         return self._embedder
 
     def embed_query(self, text: str) -> np.ndarray:

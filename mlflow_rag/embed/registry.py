@@ -13,6 +13,21 @@ OPENAI_PREFIX = "openai:"
 MINILM_PREFIX = "minilm:"  # minilm:onnx-int8 etc.; see mlflow_rag.embed.minilm_fast.BACKENDS
 
 
+def get_query_embedder(spec: str, *, state_dir: Path | None = None, **options: Any) -> Embedder:
+    """The embedder for the queries of a store model built with ``spec``.
+
+    :func:`get_embedder`, except for the plain MiniLM (``"minilm"``, ``"minilm:torch"``): its
+    queries go through ONNX Runtime from an fp32 export of the same weights when onnxruntime
+    is installed (the same vectors; no torch import, so the CLI starts in about a second),
+    else through torch. See :func:`mlflow_rag.embed.minilm_fast.minilm_query_embedder`.
+    """
+    if spec in ("minilm", f"{MINILM_PREFIX}torch") and "backend" not in options:
+        from mlflow_rag.embed.minilm_fast import minilm_query_embedder
+
+        return minilm_query_embedder(**options)
+    return get_embedder(spec, state_dir=state_dir, **options)
+
+
 def get_embedder(spec: str, *, state_dir: Path | None = None, **options: Any) -> Embedder:
     """The embedder named by ``spec`` (one of :data:`EMBEDDERS`), configured by ``options``.
 
