@@ -315,3 +315,32 @@ def test_a_bundle_without_vectors_still_answers_bm25(tmp_path: Path) -> None:
             retriever.predict(["bicycle derailleur"], {"mode": "hybrid"})
     finally:
         retriever.close()
+
+
+# --------------------------------------------------------------------------- the HTTP body
+
+
+def test_the_body_check_refuses_bad_json_and_params_and_messages_lose_the_request() -> None:
+    """The fast half of the served-errors promise (the server test drives it over HTTP)."""
+    from mlflow_rag.serving import normalise_json_body, private_message
+
+    body = {"dataframe_split": {"columns": ["query"], "data": [[SECRET]]},
+            "params": {"k": 3.0, "filters": {"country": "UK"}, "other": 1}}
+    data, private = normalise_json_body(json.dumps(body).encode())
+    assert SECRET in private and "query" not in private
+    assert json.loads(data)["params"] == {"k": 3, "mode": "hybrid",
+                                          "filters": '{"country": "UK"}', "other": 1}
+    for raw in (json.dumps(body).encode()[:-3], b'{"x": "\xff' + SECRET.encode() + b'"}',
+                json.dumps({**body, "params": {"k": "3"}}).encode(),
+                json.dumps({**body, "params": ["k"]}).encode()):
+        with pytest.raises(BadRequest) as caught:
+            normalise_json_body(raw)
+        assert SECRET not in str(caught.value) and "alice" not in str(caught.value)
+
+    table = pd.DataFrame({"query": [SECRET]})
+    for message in (f"Failed to predict data '{table}'. \nError: Invalid parameters found: x",
+                    f"Ensure that input is a valid JSON formatted string. Error: 'e'\nInput: \n{SECRET}",
+                    f"Failed to enforce schema of data '{table}' with schema 'query'",
+                    f"something about {SECRET}"):
+        cleaned = private_message(message, private)
+        assert SECRET not in cleaned and "confidential" not in cleaned and cleaned.strip()
