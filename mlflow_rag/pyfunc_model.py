@@ -12,9 +12,11 @@ items, so MLflow's retrieval scorers can read them) and with MLflow's error type
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,9 +36,13 @@ from mlflow_rag.serving import (
     QUERY_LOG_ENV,
     REDACTORS,
     Retriever,
+    body_strings,
     coerce_queries,
     hits_frame,
+    normalise_json_body,
     parse_request,
+    private_message,
+    scrub,
 )
 from mlflow_rag.types import Hit
 
@@ -59,14 +65,6 @@ class PrivateMlflowException(MlflowException):
     def message(self, value: str) -> None:
         if not hasattr(self, "_private_message"):
             self._private_message = value
-
-
-def scrub(message: str, queries: Sequence[str]) -> str:
-    """Belt and braces: a query that shows up in a message anyway is cut out."""
-    for query in queries:
-        if len(query.strip()) >= 3:
-            message = message.replace(query, "<query>")
-    return message
 
 
 def bad_request(message: str, queries: Sequence[str] = ()) -> PrivateMlflowException:
@@ -101,6 +99,7 @@ class RetrieverModel(PythonModel):
             # models logged before the option existed have no "mmap" key: the default applies
             mmap=_flag(config.get("mmap", True)),
         )
+        guard_scoring_server()
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -156,6 +155,65 @@ class RetrieverModel(PythonModel):
             frame = hits_frame(results)
             root.set_outputs({"hits": len(frame)})
         return frame
+
+
+def guard_scoring_server() -> None:
+    """Keep request text out of every error MLflow's scoring server answers for this model.
+
+    The scoring server (``mlflow models serve``) decodes the body and checks params against
+    the signature before ``predict`` runs, and its messages quote the request data: the body
+    when it is not JSON, the input table when params do not match. It has no hook for that,
+    so the model, loaded by the server's module before the app exists, wraps the server's
+    ``invocations`` function (looked up by name at each request): requests to this model are
+    decoded and their params checked by :func:`mlflow_rag.serving.normalise_json_body` first,
+    and any message MLflow still raises passes :func:`mlflow_rag.serving.private_message`.
+    Requests to other models in the process are passed through untouched. Outside a scoring
+    server (``mlflow.pyfunc.load_model`` in Python) nothing is changed.
+    """
+    server = sys.modules.get("mlflow.pyfunc.scoring_server")
+    original = getattr(server, "invocations", None)
+    if server is None or original is None or getattr(original, "_mlflow_rag_guard", False):
+        return
+
+    @functools.wraps(original)
+    def invocations(data: Any, content_type: Any, model: Any, input_schema: Any) -> Any:
+        if not _serves_retriever(model):
+            return original(data, content_type, model, input_schema)
+        mime = str(content_type or "").split(";")[0].strip().lower()
+        private: list[str] = []
+        try:
+            if mime == "application/json":
+                data, private = normalise_json_body(data)
+            else:
+                private = body_strings(data)
+            return original(data, content_type, model, input_schema)
+        except PrivateMlflowException:
+            raise
+        except RagError as exc:
+            raise bad_request(str(exc), private) from None
+        except MlflowException as exc:
+            raise PrivateMlflowException(private_message(exc.message, private),
+                                         error_code=_error_code(exc)) from None
+
+    invocations._mlflow_rag_guard = True  # type: ignore[attr-defined]
+    setattr(server, "invocations", invocations)  # noqa: B010 (a module found at run time)
+
+
+def _error_code(exc: MlflowException) -> int:
+    """The numeric code of an MLflow exception (it keeps only the name), for a new one."""
+    from mlflow.protos.databricks_pb2 import ErrorCode
+
+    try:
+        return int(ErrorCode.Value(exc.error_code))
+    except ValueError:
+        return INVALID_PARAMETER_VALUE
+
+
+def _serves_retriever(model: Any) -> bool:
+    try:
+        return isinstance(model.unwrap_python_model(), RetrieverModel)
+    except Exception:  # not a pyfunc model of ours (or an MLflow without the method)
+        return False
 
 
 def _flag(value: Any) -> bool:

