@@ -1,0 +1,114 @@
+"""Scenario tests of the CLI's small frictions (issue 17, items 10-15), each driving
+`mlflow-rag` as a user does, on a store that already holds data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlflow_rag.cli import main
+from tests.helpers_mlflow import CORPUS, write_corpus_files
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`mlflow-rag ARGS` in a child process, as a user runs it (this worktree's code)."""
+    child_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "mlflow_rag.cli", *args], cwd=cwd,
+                          env=child_env, capture_output=True, text=True, check=False)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def run(*args: str) -> tuple[int, str]:
+    """In process (fast); the output has stdout and stderr, JSON is on stdout alone."""
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def run_json(*args: str) -> object:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def md_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six Markdown files ingested by the CLI (tfidf, small chunks: several per document)."""
+    root = tmp_path_factory.mktemp("md")
+    corpus = write_corpus_files(root / "corpus")
+    cli("ingest", str(corpus), "--store", str(root / "store"), "--embedder", "tfidf",
+        "--chunk-size", "20", "--no-track")
+    return root / "store"
+
+
+# --------------------------------------------------------------------------- item 12
+
+
+def test_search_hits_show_the_document_id_and_the_title(md_store: Path) -> None:
+    proc = cli("search", "green tea", "--store", str(md_store), "--mode", "bm25", "-k", "1")
+    first = proc.stdout.splitlines()[0]
+    assert "tea.md" in first and "Green tea" in first, first  # the id to `show`, then the title
+    assert first.index("tea.md") < first.index("Green tea")
+
+
+def test_list_shows_document_ids_with_a_filter_a_limit_and_json(md_store: Path) -> None:
+    code, out = run("list", "--store", str(md_store))
+    assert code == 0, out
+    listed = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert sorted(listed[:len(CORPUS)]) == sorted(f"{name}.md" for name in CORPUS)
+
+    docs = run_json("list", "--store", str(md_store), "--filter", '{"title": "Green tea"}',
+                    "--json")
+    assert [d["id"] for d in docs] == ["tea.md"] and docs[0]["metadata"]["title"] == "Green tea"
+
+    assert len(run_json("list", "--store", str(md_store), "--limit", "2", "--json")) == 2
+
+    code, out = run("list", "--store", str(md_store), "--filter", '{"title": {"$regex": 1}}')
+    assert code == 1 and out.count("\n") == 1 and "Unknown filter operator '$regex'" in out
+
+
+def test_list_says_when_the_limit_cut_the_listing(md_store: Path) -> None:
+    proc = cli("list", "--store", str(md_store), "--limit", "2")
+    assert len(proc.stdout.splitlines()) == 2
+    assert "--limit" in proc.stderr  # more documents match than were shown
+
+
+def test_show_accepts_a_chunk_id(md_store: Path) -> None:
+    chunk_id = run_json("search", "matcha sencha", "--store", str(md_store), "--mode", "bm25",
+                        "-k", "1", "--json")[0]["chunk_id"]
+    code, out = run("show", chunk_id, "--store", str(md_store))
+    assert code == 0, out
+    assert "tea.md" in out and "Sencha and matcha" in out
+    assert "Green tea is brewed" not in out  # that chunk only, not the whole document
+    shown = run_json("show", chunk_id, "--store", str(md_store), "--json")
+    assert shown["id"] == chunk_id and shown["document_id"] == "tea.md"
+
+    code, out = run("show", "tea.md#99", "--store", str(md_store))
+    assert code == 1 and out.count("\n") == 1
+    assert "no document or chunk with id 'tea.md#99'" in out
+
+
+def test_per_document_groups_hits_by_document(md_store: Path) -> None:
+    groups = run_json("search", "green tea matcha honey", "--store", str(md_store), "--mode", "bm25",
+                      "-k", "2", "--per-document", "--json")
+    ids = [g["document_id"] for g in groups]
+    assert len(ids) == 2 and len(set(ids)) == 2 and ids[0] == "tea.md"
+    tea = groups[0]
+    assert len(tea["hits"]) >= 2 and {h["document_id"] for h in tea["hits"]} == {"tea.md"}
+    assert tea["score"] == max(h["score"] for h in tea["hits"]) >= groups[1]["score"]
+
+    code, out = run("search", "green tea matcha honey", "--store", str(md_store), "--mode", "bm25",
+                    "-k", "2", "--per-document")
+    assert code == 0, out
+    headers = [line for line in out.splitlines() if not line.startswith(" ")]
+    assert len(headers) == 2 and "tea.md" in headers[0]
