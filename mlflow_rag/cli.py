@@ -64,27 +64,36 @@ def _key_ints(pairs: tuple[str, ...]) -> dict[str, int]:
     return out
 
 
+TRACKING_URI_HELP = ("MLflow tracking URI [default: MLFLOW_TRACKING_URI, else MLflow's own "
+                     "default (sqlite:///mlflow.db in the working directory), which `mlflow ui` "
+                     "reads].")
+EXPERIMENT_HELP = "MLflow experiment [default: MLFLOW_EXPERIMENT_NAME, else mlflow-rag]."
+
+
 def _tracking_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--tracking-uri", default=None,
-                        help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else "
-                             "sqlite:///mlruns.db].")(func)
+    func = click.option("--tracking-uri", default=None, help=TRACKING_URI_HELP)(func)
     func = click.option("--no-track", is_flag=True, help="Do not log an MLflow run.")(func)
-    return click.option("--experiment", default=None,
-                        help="MLflow experiment for the run [default: mlflow-rag].")(func)
+    return click.option("--experiment", default=None, help=EXPERIMENT_HELP)(func)
 
 
 def _check_tracking(tracking_uri: str | None) -> None:
     """An unreachable tracking server fails before the work, not after a long ingest."""
-    from mlflow_rag.tracking import check_tracking_uri, resolve_tracking_uri  # no mlflow import
+    from mlflow_rag.tracking import (  # no mlflow import
+        check_tracking_uri,
+        legacy_tracking_note,
+        resolve_tracking_uri,
+    )
 
     check_tracking_uri(resolve_tracking_uri(tracking_uri))
+    note = legacy_tracking_note(tracking_uri)
+    if note:
+        click.echo(note, err=True)
 
 
 def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: str | None) -> None:
     from mlflow_rag.tracking import log_ingest_run  # mlflow is imported only to log a run
 
-    run_id = log_ingest_run(report, store=store, experiment=experiment or "mlflow-rag",
-                            tracking_uri=tracking_uri)
+    run_id = log_ingest_run(report, store=store, experiment=experiment, tracking_uri=tracking_uri)
     click.echo(f"logged ingest run {run_id}", err=True)
 
 
@@ -195,7 +204,7 @@ def import_legacy(
 @click.option("--experiment", default=None,
               help="Log this search as an MLflow run in this experiment (hits table, latency).")
 @click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db].")
+              help=TRACKING_URI_HELP)
 def search(
     query: str, store_path: Path, k: int, mode: str, filter_json: str | None,
     embedder: str | None, as_json: bool, include_pii: bool, log_query: bool,
@@ -407,9 +416,9 @@ def purge_queries(store_path: Path, older_than_days: float) -> None:
               help="Name of the model in the run (MLflow 3 logged model name).")
 @click.option("--register", default=None, help="Add a version to this registered model.")
 @click.option("--alias", default=None, help="Point this alias (e.g. champion) at the new version.")
-@click.option("--experiment", default=None, help="MLflow experiment [default: Default].")
+@click.option("--experiment", default=None, help=EXPERIMENT_HELP)
 @click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db].")
+              help=TRACKING_URI_HELP)
 @click.option("--include-pii", is_flag=True,
               help="Serve PII-tagged metadata fields (model_config include_pii).")
 def log_model_command(
@@ -422,6 +431,7 @@ def log_model_command(
     """
     from mlflow_rag.tracking import log_model
 
+    _check_tracking(tracking_uri)
     info = log_model(
         store_path, name=name, register=register, alias=alias, experiment=experiment,
         tracking_uri=tracking_uri, model_config={"include_pii": True} if include_pii else None,
@@ -441,12 +451,12 @@ def log_model_command(
 @click.option("--variants", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Variant grid (YAML/JSON), e.g. evaluations/scifact.yaml "
                    "[default: bm25, dense and hybrid with minilm].")
-@click.option("--experiment", default=None, help="MLflow experiment [default: mlflow-rag-eval].")
+@click.option("--experiment", default=None, help=EXPERIMENT_HELP)
 @click.option("--split", default=None, help="qrels split [default: the grid's, else test].")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None,
               help="Evaluate the first N judged queries only.")
 @click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db].")
+              help=TRACKING_URI_HELP)
 @click.option("--work-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Keep the stores here; a re-run reuses them [default: a temporary directory].")
 @click.option("--register", default=None,
@@ -476,6 +486,8 @@ def evaluate(
     if not dataset:
         raise click.UsageError("name a dataset: --dataset PATH (a BEIR folder, a questions file "
                                "or beir:NAME)")
+    if not no_track:
+        _check_tracking(tracking_uri)
     outcome = run_evaluation(
         dataset, variants=variants, experiment=experiment, split=split, max_queries=max_queries,
         tracking_uri=tracking_uri, work_dir=work_dir, register=register, alias=alias,

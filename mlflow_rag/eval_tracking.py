@@ -38,17 +38,16 @@ from mlflow_rag.evaluation.harness import (
 )
 from mlflow_rag.evaluation.variants import DEFAULT_METRIC, Grid, check_metric, load_grid, parse_grid
 from mlflow_rag.tracking import (
+    DEFAULT_EXPERIMENT,
     TAG_RUN_TYPE,
     TAG_STORE_PATH,
-    TrackingError,
-    check_tracking_uri,
+    _mlflow_session,
     log_params_once,
-    resolve_tracking_uri,
 )
 
 log = logging.getLogger("mlflow_rag.eval_tracking")
 
-DEFAULT_EVAL_EXPERIMENT = "mlflow-rag-eval"
+DEFAULT_EVAL_EXPERIMENT = DEFAULT_EXPERIMENT  # one experiment for every command by default
 TAG_BEST_VARIANT = "mlflow_rag.best_variant"
 TAG_BEST_RUN_ID = "mlflow_rag.best_run_id"
 TAG_BEST_METRIC = "mlflow_rag.best_metric"
@@ -144,27 +143,11 @@ def format_comparison(result: EvaluationResult, *, metric: str) -> str:
 
 @contextmanager
 def _session(tracking_uri: str | None, experiment: str | None) -> Iterator[Any]:
-    """MLflow pointed at the tracking URI and experiment; MLflow errors become TrackingError.
-
-    Under ``mlflow run`` (``MLFLOW_RUN_ID`` set) the project's run is the parent, so the
-    experiment must be that run's.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    uri = resolve_tracking_uri(tracking_uri)
-    check_tracking_uri(uri)
-    try:
-        mlflow.set_tracking_uri(uri)
-        project_run = os.environ.get("MLFLOW_RUN_ID")
-        if project_run:
-            run = mlflow.MlflowClient().get_run(project_run)
-            mlflow.set_experiment(experiment_id=run.info.experiment_id)
-        else:
-            mlflow.set_experiment(experiment or DEFAULT_EVAL_EXPERIMENT)
+    """MLflow pointed at the tracking URI and experiment, chosen as for every other command
+    (``--experiment``, then ``MLFLOW_EXPERIMENT_NAME``/``_ID``, then ``mlflow-rag``); under
+    ``mlflow run`` the project's run is the parent, so the experiment is that run's."""
+    with _mlflow_session(tracking_uri, experiment) as mlflow:
         yield mlflow
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow at {uri}: {exc.message}") from None
 
 
 def _dataset_input(mlflow: Any, dataset: EvalDataset) -> Any:
@@ -326,7 +309,7 @@ def _register_best(
     variant = best.variant
     config = {"embedder": variant.embedder} if variant.embedder else None
     info = log_model(best.store_path, name="retriever", register=register, alias=alias,
-                     experiment=experiment or DEFAULT_EVAL_EXPERIMENT, tracking_uri=tracking_uri,
+                     experiment=experiment, tracking_uri=tracking_uri,
                      model_config=config, run_name=f"champion:{variant.label}")
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)

@@ -37,8 +37,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mlflow_rag.tracking")
 
-DEFAULT_TRACKING_DB = "mlruns.db"
-DEFAULT_EXPERIMENT = "Default"  # MLflow's own default experiment
+# MLflow's own default tracking store (mlflow.store.tracking.DEFAULT_TRACKING_URI and
+# DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH): `mlflow ui`, `mlflow run` and `mlflow models serve`
+# started in the same directory read the same runs without anything exported.
+DEFAULT_TRACKING_DB = "mlflow.db"
+DEFAULT_FILE_STORE = "mlruns"
+LEGACY_TRACKING_DB = "mlruns.db"  # mlflow-rag's default before it followed MLflow's
+DEFAULT_EXPERIMENT = "mlflow-rag"  # every command's experiment when none is given
 BUNDLE_ARTIFACT_PATH = "store"  # ingest runs keep the store bundle under this artifact path
 HITS_TABLE = "hits.json"
 
@@ -63,14 +68,44 @@ class TrackingError(RagError):
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """``--tracking-uri`` wins, then ``MLFLOW_TRACKING_URI``, else a SQLite tracking store
-    ``mlruns.db`` in the working directory (resolved now, never a fixed absolute path)."""
+    """``--tracking-uri`` wins, then ``MLFLOW_TRACKING_URI``, else MLflow's own default, as
+    ``mlflow.get_tracking_uri()`` resolves it: ``sqlite:///mlflow.db`` in the working
+    directory, or ``./mlruns`` where that already holds a file store's experiments.
+
+    Computed here rather than asked of MLflow so that commands start without importing it;
+    a test compares the two.
+    """
     if uri:
         return uri
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
+    if _has_file_store_experiments(Path.cwd() / DEFAULT_FILE_STORE):
+        return (Path.cwd() / DEFAULT_FILE_STORE).as_uri()
     return f"sqlite:///{Path.cwd() / DEFAULT_TRACKING_DB}"
+
+
+def _has_file_store_experiments(root: Path) -> bool:
+    """MLflow's test (``_has_existing_mlruns_data``): an experiment folder with meta.yaml."""
+    try:
+        return any(entry.is_dir() and entry.name.isdigit()
+                   and os.path.lexists(os.path.join(entry.path, "meta.yaml"))
+                   for entry in os.scandir(root))
+    except OSError:
+        return False
+
+
+def legacy_tracking_note(uri: str | None) -> str | None:
+    """A hint for users whose earlier runs are in ``mlruns.db`` (mlflow-rag's old default),
+    now that runs go to MLflow's default store; None when it does not apply."""
+    if uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    legacy = Path.cwd() / LEGACY_TRACKING_DB
+    if not legacy.is_file() or (Path.cwd() / DEFAULT_TRACKING_DB).exists():
+        return None
+    return (f"note: runs now go to {resolve_tracking_uri(None)} (MLflow's default, which "
+            f"`mlflow ui` reads); earlier runs are in {LEGACY_TRACKING_DB}: "
+            f"`mlflow ui --backend-store-uri sqlite:///{LEGACY_TRACKING_DB}`")
 
 
 def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:

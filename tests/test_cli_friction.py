@@ -112,3 +112,79 @@ def test_per_document_groups_hits_by_document(md_store: Path) -> None:
     assert code == 0, out
     headers = [line for line in out.splitlines() if not line.startswith(" ")]
     assert len(headers) == 2 and "tea.md" in headers[0]
+
+
+# --------------------------------------------------------------------------- item 11
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """A user's shell: no MLflow variables exported."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_EXPERIMENT", "MLFLOW_RUN"))}
+    env.update(PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+PRINT_BOTH = ("import mlflow; from mlflow_rag.tracking import resolve_tracking_uri; "
+              "print(resolve_tracking_uri(None)); print(mlflow.get_tracking_uri())")
+
+
+@pytest.mark.parametrize("old_file_store", [False, True])
+def test_the_default_tracking_uri_is_mlflows_own(tmp_path: Path, old_file_store: bool) -> None:
+    if old_file_store:  # MLflow keeps using ./mlruns where it already holds experiments
+        (tmp_path / "mlruns" / "0").mkdir(parents=True)
+        (tmp_path / "mlruns" / "0" / "meta.yaml").write_text("name: Default\n")
+    proc = subprocess.run([sys.executable, "-c", PRINT_BOTH], cwd=tmp_path, env=_clean_env(),
+                          capture_output=True, text=True, check=True)
+    ours, mlflows = proc.stdout.split()
+    assert ours == mlflows
+    assert ("mlruns" if old_file_store else "mlflow.db") in ours
+
+
+def test_mlflow_and_mlflow_rag_see_the_same_runs_without_exporting_anything(
+    tmp_path: Path,
+) -> None:
+    corpus = write_corpus_files(tmp_path / "corpus")
+    env = _clean_env()
+    cli("ingest", str(corpus), "--store", "store", "--embedder", "tfidf", cwd=tmp_path, env=env)
+    # what `mlflow ui` / `mlflow models serve` read with nothing set: MLflow's own default
+    code = ("import mlflow\n"
+            "runs = mlflow.search_runs(search_all_experiments=True)\n"
+            "names = {e.experiment_id: e.name for e in mlflow.search_experiments()}\n"
+            "for _, r in runs.iterrows():\n"
+            "    print(names[r['experiment_id']], r['tags.mlflow_rag.run_type'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.split("\n")[:1] == ["mlflow-rag ingest"], proc.stdout
+    assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_every_command_defaults_to_one_experiment(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow_rag import eval_tracking, tracking
+
+    assert eval_tracking.DEFAULT_EVAL_EXPERIMENT == tracking.DEFAULT_EXPERIMENT == "mlflow-rag"
+    help_text = "\n".join(
+        CliRunner().invoke(main, [name, "--help"]).output
+        for name in ("ingest", "import-legacy", "log-model", "evaluate")
+    )
+    assert "mlflow-rag-eval" not in help_text and "[default: Default]" not in help_text
+    assert "sqlite:///mlruns.db" not in help_text
+    mlproject = (REPO / "MLproject").read_text(encoding="utf-8")
+    assert "mlflow-rag-eval" not in mlproject
+
+
+def test_runs_in_the_old_default_database_are_pointed_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow_rag.tracking import legacy_tracking_note
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert legacy_tracking_note(None) is None  # nothing old here
+    (tmp_path / "mlruns.db").write_bytes(b"")
+    note = legacy_tracking_note(None)
+    assert note and "mlflow ui --backend-store-uri sqlite:///mlruns.db" in note
+    assert legacy_tracking_note("sqlite:///elsewhere.db") is None  # the user chose
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    assert legacy_tracking_note(None) is None  # already moved on
