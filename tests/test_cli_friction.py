@@ -188,3 +188,88 @@ def test_runs_in_the_old_default_database_are_pointed_out(
     assert legacy_tracking_note("sqlite:///elsewhere.db") is None  # the user chose
     (tmp_path / "mlflow.db").write_bytes(b"")
     assert legacy_tracking_note(None) is None  # already moved on
+
+
+# --------------------------------------------------------------------------- item 15
+
+# What MLflow prints on its own: INFO lines, warnings, progress bars, registry chatter.
+MLFLOW_NOISE = ("INFO mlflow", "WARNING mlflow", "Warning", "warnings.warn", "Downloading artifacts",
+                "Successfully registered", "Created version", "Validating input example")
+
+
+def test_tracked_runs_and_model_versions_are_named_described_and_tagged(tmp_path: Path) -> None:
+    corpus = write_corpus_files(tmp_path / "corpus")
+    env = _clean_env()
+    ingest = cli("ingest", str(corpus), "--store", "notes", "--embedder", "tfidf", "--json",
+                 cwd=tmp_path, env=env)
+    report = json.loads(ingest.stdout)
+    assert report["documents_new"] == len(CORPUS) and report["run_id"]
+    logged = cli("log-model", "--store", "notes", "--register", "notes-retriever",
+                 "--alias", "champion", cwd=tmp_path, env=env)
+    for proc in (ingest, logged):  # the CLI's own lines only
+        noise = [line for line in proc.stderr.splitlines() if any(n in line for n in MLFLOW_NOISE)]
+        assert not noise, proc.stderr
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(report["run_id"])
+    tags = run.data.tags
+    store_id = tags["mlflow_rag.store_id"]
+    assert "notes" in run.info.run_name and f"{len(CORPUS)} new" in run.info.run_name
+    assert tags["mlflow_rag.embedder"] == "tfidf"
+    assert tags["mlflow_rag.documents"] == str(len(CORPUS))
+    assert store_id in tags["mlflow.note.content"]  # the run's description in the UI
+
+    version = client.get_model_version_by_alias("notes-retriever", "champion")
+    assert store_id in version.description and report["run_id"] in version.description
+    assert version.tags["mlflow_rag.store_id"] == store_id
+    assert version.tags["mlflow_rag.embedder"] == "tfidf"
+    assert version.tags["mlflow_rag.documents"] == str(len(CORPUS))
+    assert version.tags["mlflow_rag.ingest_run_id"] == report["run_id"]
+    model_run = client.get_run(version.run_id)
+    assert "notes" in model_run.info.run_name
+    assert model_run.data.tags["mlflow_rag.ingest_run_id"] == report["run_id"]
+    assert report["run_id"] in model_run.data.tags["mlflow.note.content"]
+
+
+def test_ingest_json_without_tracking(tmp_path: Path) -> None:
+    corpus = write_corpus_files(tmp_path / "corpus")
+    proc = cli("ingest", str(corpus), "--store", str(tmp_path / "s"), "--embedder", "tfidf",
+               "--json", "--no-track")
+    report = json.loads(proc.stdout)
+    assert report["documents_new"] == len(CORPUS) and report["chunks"] >= len(CORPUS)
+    assert report["embedder"] == "tfidf" and report["run_id"] is None
+    assert report["failures"] == []
+
+
+def test_the_tfidf_fit_shows_progress(tmp_path: Path) -> None:
+    corpus = write_corpus_files(tmp_path / "corpus")
+    proc = cli("ingest", str(corpus), "--store", str(tmp_path / "s"), "--embedder", "tfidf",
+               "--no-track", env={"MLFLOW_RAG_PROGRESS": "1"})
+    assert "tfidf fit" in proc.stderr, proc.stderr
+
+
+def test_multi_page_pdf_chunks_match_chunk_page_filters(tmp_path: Path) -> None:
+    from tests.fixtures_loaders import make_pdf
+
+    pages = ["Volcanoes erupt with basalt lava on page one.",
+             "Volcanoes also throw ash clouds on page two.",
+             "Glaciers carve valleys on page three."]
+    (tmp_path / "pdfs").mkdir()
+    (tmp_path / "pdfs" / "earth.pdf").write_bytes(make_pdf(pages))
+    (tmp_path / "pdfs" / "tea.txt").write_text("Green tea and volcanoes have nothing in common.")
+    store = str(tmp_path / "s")
+    cli("ingest", str(tmp_path / "pdfs"), "--store", store, "--embedder", "tfidf", "--no-track")
+    # the whole document is one chunk across the three pages
+    hits = run_json("search", "volcanoes", "--store", store, "--mode", "bm25", "--json",
+                    "--filter", '{"chunk.page": 2}')
+    assert len(hits) == 1 and hits[0]["chunk_metadata"]["page_start"] == 1
+    assert hits[0]["chunk_metadata"]["page_end"] == 3
+    for spec, found in [('{"chunk.page": 4}', 0), ('{"chunk.page": {"$in": [3, 9]}}', 1),
+                        ('{"chunk.page": {"$gte": 3}}', 1), ('{"chunk.page": {"$lt": 1}}', 0)]:
+        hits = run_json("search", "volcanoes", "--store", store, "--mode", "bm25", "--json",
+                        "--filter", spec)
+        assert len(hits) == found, spec
+    docs = run_json("list", "--store", store, "--json", "--filter", '{"chunk.page": 3}')
+    assert [d["id"] for d in docs] == ["earth.pdf"]
