@@ -81,20 +81,33 @@ def _check_tracking(tracking_uri: str | None) -> None:
     from mlflow_rag.tracking import (  # no mlflow import
         check_tracking_uri,
         legacy_tracking_note,
+        quiet_mlflow,
         resolve_tracking_uri,
     )
 
     check_tracking_uri(resolve_tracking_uri(tracking_uri))
+    quiet_mlflow()
     note = legacy_tracking_note(tracking_uri)
     if note:
         click.echo(note, err=True)
 
 
-def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: str | None) -> None:
+def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: str | None) -> str:
     from mlflow_rag.tracking import log_ingest_run  # mlflow is imported only to log a run
 
     run_id = log_ingest_run(report, store=store, experiment=experiment, tracking_uri=tracking_uri)
     click.echo(f"logged ingest run {run_id}", err=True)
+    return run_id
+
+
+def _report_json(report: Any, run_id: str | None) -> dict[str, Any]:
+    """An IngestReport as plain JSON values, with the run that logged it (None: untracked)."""
+    from dataclasses import asdict
+
+    out: dict[str, Any] = json.loads(json.dumps(asdict(report), default=str))
+    out["total_seconds"] = report.total_seconds
+    out["run_id"] = run_id
+    return out
 
 
 @main.command()
@@ -121,13 +134,15 @@ def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: s
                    "nlist, nprobe (ivf).")
 @click.option("--allow-private-urls", is_flag=True,
               help="Let web sources resolve to private or loopback addresses.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as a JSON object (with the run id) instead of text.")
 @_tracking_options
 def ingest(
     sources: tuple[str, ...], store_path: Path, chunker: str | None, chunk_size: int | None,
     chunk_overlap: int | None, embedder: str, id_column: str | None, text_columns: str | None,
     pii_columns: str | None, batch_size: int, index_type: str | None,
-    index_params: tuple[str, ...], allow_private_urls: bool, experiment: str | None,
-    tracking_uri: str | None, no_track: bool,
+    index_params: tuple[str, ...], allow_private_urls: bool, as_json: bool,
+    experiment: str | None, tracking_uri: str | None, no_track: bool,
 ) -> None:
     """Load, chunk, embed and store SOURCES (files, folders, globs, URLs).
 
@@ -157,9 +172,11 @@ def ingest(
     with Store.open(store_path, create=True) as store:
         report = run_ingest(list(sources), store, options=options,
                             progress=sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS")))
-        click.echo(format_report(report))
-        if not no_track:
-            _log_ingest(report, store, experiment, tracking_uri)
+        if not as_json:  # printed before the run is logged: the bundle copy may take a while
+            click.echo(format_report(report))
+        run_id = None if no_track else _log_ingest(report, store, experiment, tracking_uri)
+    if as_json:
+        _echo_json(_report_json(report, run_id))
 
 
 @main.command("import-legacy")
@@ -235,7 +252,14 @@ def search(
                                    include_pii=include_pii, log=log_query)
         latency_ms = (time.perf_counter() - started) * 1000
         if experiment:  # mlflow is imported only when a run is asked for
-            from mlflow_rag.tracking import TAG_GENERATION, TAG_STORE_ID, log_search_run
+            from mlflow_rag.tracking import (
+                TAG_GENERATION,
+                TAG_STORE_ID,
+                log_search_run,
+                quiet_mlflow,
+            )
+
+            quiet_mlflow()
 
             models = store.models()
             run_id = log_search_run(
@@ -458,7 +482,9 @@ def log_model_command(
 @click.option("--tracking-uri", default=None,
               help=TRACKING_URI_HELP)
 @click.option("--work-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
-              help="Keep the stores here; a re-run reuses them [default: a temporary directory].")
+              help="Keep the stores here; a re-run reuses them [default: MLFLOW_RAG_CACHE_DIR/"
+                   "eval (~/.cache/mlflow-rag/eval), which the child runs name; with "
+                   "--no-track a temporary directory].")
 @click.option("--register", default=None,
               help="Log the best variant's store as a model registered under this name.")
 @click.option("--alias", default="champion", show_default=True, help="Alias for --register.")
@@ -467,11 +493,13 @@ def log_model_command(
 @click.option("--corpus", multiple=True,
               help="Documents of a questions-file dataset (files, folders); repeatable.")
 @click.option("--no-track", is_flag=True, help="Print the comparison only; log no MLflow runs.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the outcome as a JSON object (variants best first, runs, champion).")
 def evaluate(
     dataset_arg: str | None, dataset_opt: str | None, variants: Path | None,
     experiment: str | None, split: str | None, max_queries: int | None,
     tracking_uri: str | None, work_dir: Path | None, register: str | None, alias: str,
-    metric: str | None, corpus: tuple[str, ...], no_track: bool,
+    metric: str | None, corpus: tuple[str, ...], no_track: bool, as_json: bool,
 ) -> None:
     """Evaluate a grid of retrieval variants on a dataset: one MLflow child run per variant.
 
@@ -494,6 +522,11 @@ def evaluate(
         metric=metric, corpus=corpus, track=not no_track,
         progress=sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS")),
     )
+    if as_json:
+        from mlflow_rag.eval_tracking import outcome_json
+
+        _echo_json(outcome_json(outcome, register=register, alias=alias))
+        return
     result = outcome.result
     click.echo(f"dataset {result.dataset.name} ({len(result.dataset.queries)} queries, "
                f"split {result.dataset.split or '-'}), grid {result.grid.name}: "

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_rag.errors import InvalidInput
-from mlflow_rag.evaluation.datasets import EvalDataset, resolve_dataset
+from mlflow_rag.evaluation.datasets import EvalDataset, cache_root, resolve_dataset
 from mlflow_rag.evaluation.harness import (
     EvaluationResult,
     HarnessOptions,
@@ -239,7 +239,9 @@ def evaluate(
     ``beir:<name>``. ``variants``: a grid file (see :mod:`mlflow_rag.evaluation.variants`);
     None is :data:`DEFAULT_GRID`. ``split`` and ``metric`` default to the grid file's, then
     ``test`` and ``ndcg_at_10``. ``work_dir`` keeps the stores (a re-run reuses them); None
-    uses a temporary directory. ``register`` logs the best variant's store as a model,
+    is ``<cache>/eval`` when tracking (the child runs name their stores, so they must outlive
+    the call; ``<cache>`` is ``$MLFLOW_RAG_CACHE_DIR``, else ``~/.cache/mlflow-rag``), else a
+    temporary directory. ``register`` logs the best variant's store as a model,
     registered under that name with ``alias``. ``track=False`` runs without MLflow.
     """
     grid = _grid(variants)
@@ -252,6 +254,10 @@ def evaluate(
     else:
         data = resolve_dataset(dataset, split=split or grid.split or "test",
                                max_queries=max_queries, progress=progress)
+    # Child runs name their stores (tag mlflow_rag.store_path) for a later log_model, so a
+    # tracked evaluation keeps them: under the cache when no work_dir is given.
+    if work_dir is None and track:
+        work_dir = cache_root() / "eval"
     with _work_dir(work_dir) as directory:
         options = HarnessOptions(work_dir=directory, sources=tuple(corpus),
                                  batch_size=batch_size, progress=progress)
@@ -324,6 +330,38 @@ def _register_best(
     return str(info.model_uri), version
 
 
+def outcome_json(outcome: EvaluationRun, *, register: str | None = None,
+                 alias: str | None = None) -> dict[str, Any]:
+    """What ``mlflow-rag evaluate --json`` prints: the dataset, the variants best first (axes,
+    metrics, run id), the best one, the runs and the champion model (NaN metrics -> null)."""
+    result = outcome.result
+
+    def clean(value: Any) -> Any:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    rows = [{k: clean(v) for k, v in row.items()}
+            for row in comparison_rows(result, metric=outcome.metric)]
+    for row in rows:
+        row["run_id"] = outcome.child_run_ids.get(str(row["variant"]))
+    best = outcome.best.variant.label
+    return {
+        "dataset": {"name": result.dataset.name, "source": result.dataset.source,
+                    "split": result.dataset.split, "queries": len(result.dataset.queries)},
+        "grid": {"name": result.grid.name, "source": result.grid.source},
+        "metric": outcome.metric,
+        "seconds": result.seconds,
+        "variants": rows,
+        "best": {"variant": best, "value": clean(outcome.best.metrics.get(outcome.metric)),
+                 "run_id": outcome.child_run_ids.get(best),
+                 "store_path": str(outcome.best.store_path)},
+        "parent_run_id": outcome.parent_run_id,
+        "child_run_ids": dict(outcome.child_run_ids),
+        "champion": None if not outcome.model_uri else {
+            "model_uri": outcome.model_uri, "registered_model": register, "alias": alias,
+            "version": outcome.registered_version},
+    }
+
+
 def _grid(variants: str | Path | Grid | None) -> Grid:
     if isinstance(variants, Grid):
         return variants
@@ -352,5 +390,6 @@ __all__ = [
     "comparison_rows",
     "evaluate",
     "format_comparison",
+    "outcome_json",
     "per_query_rows",
 ]

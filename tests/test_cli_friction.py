@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlflow_rag.cli import main
+from tests import helpers_mlflow
 from tests.helpers_mlflow import CORPUS, write_corpus_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -197,6 +198,7 @@ MLFLOW_NOISE = ("INFO mlflow", "WARNING mlflow", "Warning", "warnings.warn", "Do
                 "Successfully registered", "Created version", "Validating input example")
 
 
+@pytest.mark.slow  # two tracked commands, one logging a model: ~35 s on a quiet machine
 def test_tracked_runs_and_model_versions_are_named_described_and_tagged(tmp_path: Path) -> None:
     corpus = write_corpus_files(tmp_path / "corpus")
     env = _clean_env()
@@ -273,3 +275,40 @@ def test_multi_page_pdf_chunks_match_chunk_page_filters(tmp_path: Path) -> None:
         assert len(hits) == found, spec
     docs = run_json("list", "--store", store, "--json", "--filter", '{"chunk.page": 3}')
     assert [d["id"] for d in docs] == ["earth.pdf"]
+
+
+tracking_template = helpers_mlflow.tracking_template  # shared fixtures: a private tracking store
+tracking_uri = helpers_mlflow.tracking_uri
+
+TINY_GRID = {"name": "tiny", "ks": [1, 3, 5], "metric": "ndcg_at_5",
+             "grid": {"embedder": "tfidf", "chunk_size": 64, "mode": ["bm25", "dense"], "k": 5}}
+
+
+def test_evaluate_json_and_child_store_paths_outlive_the_command(
+    tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    from mlflow_rag.store.store import Store
+    from tests.test_harness import write_beir
+
+    monkeypatch.setenv("MLFLOW_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    beir = write_beir(tmp_path / "tiny")
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(TINY_GRID), encoding="utf-8")
+    result = CliRunner().invoke(main, ["evaluate", str(beir), "--variants", str(grid), "--json",
+                                       "--tracking-uri", tracking_uri])  # no --work-dir
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["metric"] == "ndcg_at_5" and out["best"]["variant"] in ("bm25", "dense-tfidf")
+    assert {v["variant"] for v in out["variants"]} == {"bm25", "dense-tfidf"}
+    assert out["parent_run_id"] and set(out["child_run_ids"]) == {"bm25", "dense-tfidf"}
+
+    # the notebook's register-the-best step: the child run's store path, after the command
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    for run_id in out["child_run_ids"].values():
+        path = Path(client.get_run(run_id).data.tags["mlflow_rag.store_path"])
+        assert path.is_dir(), path
+        with Store.open(path, read_only=True) as store:
+            assert store.stats().documents > 0
+    assert str(tmp_path / "cache") in str(path)  # kept under the cache, not in a temp folder
