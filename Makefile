@@ -33,4 +33,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) demo-store mlruns.db mlartifacts
+	rm -rf $(VENV) demo-store mlflow.db mlruns.db mlartifacts

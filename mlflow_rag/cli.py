@@ -64,28 +64,50 @@ def _key_ints(pairs: tuple[str, ...]) -> dict[str, int]:
     return out
 
 
+TRACKING_URI_HELP = ("MLflow tracking URI [default: MLFLOW_TRACKING_URI, else MLflow's own "
+                     "default (sqlite:///mlflow.db in the working directory), which `mlflow ui` "
+                     "reads].")
+EXPERIMENT_HELP = "MLflow experiment [default: MLFLOW_EXPERIMENT_NAME, else mlflow-rag]."
+
+
 def _tracking_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--tracking-uri", default=None,
-                        help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else "
-                             "sqlite:///mlruns.db].")(func)
+    func = click.option("--tracking-uri", default=None, help=TRACKING_URI_HELP)(func)
     func = click.option("--no-track", is_flag=True, help="Do not log an MLflow run.")(func)
-    return click.option("--experiment", default=None,
-                        help="MLflow experiment for the run [default: mlflow-rag].")(func)
+    return click.option("--experiment", default=None, help=EXPERIMENT_HELP)(func)
 
 
 def _check_tracking(tracking_uri: str | None) -> None:
     """An unreachable tracking server fails before the work, not after a long ingest."""
-    from mlflow_rag.tracking import check_tracking_uri, resolve_tracking_uri  # no mlflow import
+    from mlflow_rag.tracking import (  # no mlflow import
+        check_tracking_uri,
+        legacy_tracking_note,
+        quiet_mlflow,
+        resolve_tracking_uri,
+    )
 
     check_tracking_uri(resolve_tracking_uri(tracking_uri))
+    quiet_mlflow()
+    note = legacy_tracking_note(tracking_uri)
+    if note:
+        click.echo(note, err=True)
 
 
-def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: str | None) -> None:
+def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: str | None) -> str:
     from mlflow_rag.tracking import log_ingest_run  # mlflow is imported only to log a run
 
-    run_id = log_ingest_run(report, store=store, experiment=experiment or "mlflow-rag",
-                            tracking_uri=tracking_uri)
+    run_id = log_ingest_run(report, store=store, experiment=experiment, tracking_uri=tracking_uri)
     click.echo(f"logged ingest run {run_id}", err=True)
+    return run_id
+
+
+def _report_json(report: Any, run_id: str | None) -> dict[str, Any]:
+    """An IngestReport as plain JSON values, with the run that logged it (None: untracked)."""
+    from dataclasses import asdict
+
+    out: dict[str, Any] = json.loads(json.dumps(asdict(report), default=str))
+    out["total_seconds"] = report.total_seconds
+    out["run_id"] = run_id
+    return out
 
 
 @main.command()
@@ -129,14 +151,16 @@ def _log_ingest(report: Any, store: Any, experiment: str | None, tracking_uri: s
                    "2x the texts or 10%% new terms), always, or never (warn only).")
 @click.option("--no-wait", is_flag=True,
               help="Fail at once if another process is writing to the store (default: wait).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as a JSON object (with the run id) instead of text.")
 @_tracking_options
 def ingest(
     sources: tuple[str, ...], store_path: Path, chunker: str | None, chunk_size: int | None,
     chunk_overlap: int | None, embedder: str, id_column: str | None, text_columns: str | None,
     pii_columns: str | None, batch_size: int, index_type: str | None,
     index_params: tuple[str, ...], allow_private_urls: bool, id_prefix: str, overwrite: bool,
-    rechunk: bool, refit: str, no_wait: bool, experiment: str | None, tracking_uri: str | None,
-    no_track: bool,
+    rechunk: bool, refit: str, no_wait: bool, as_json: bool, experiment: str | None,
+    tracking_uri: str | None, no_track: bool,
 ) -> None:
     """Load, chunk, embed and store SOURCES (files, folders, globs, URLs).
 
@@ -169,9 +193,11 @@ def ingest(
         report = run_ingest(list(sources), store, options=options,
                             progress=sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS")),
                             on_message=lambda message: click.echo(message, err=True))
-        click.echo(format_report(report))
-        if not no_track:
-            _log_ingest(report, store, experiment, tracking_uri)
+        if not as_json:  # printed before the run is logged: the bundle copy may take a while
+            click.echo(format_report(report))
+        run_id = None if no_track else _log_ingest(report, store, experiment, tracking_uri)
+    if as_json:
+        _echo_json(_report_json(report, run_id))
 
 
 @main.command("import-legacy")
@@ -211,19 +237,21 @@ def import_legacy(
 @click.option("--json", "as_json", is_flag=True, help="Print hits as a JSON list.")
 @click.option("--include-pii", is_flag=True, help="Include PII-tagged fields in the output.")
 @click.option("--log-query", is_flag=True, help="Record the query and its hits in the store.")
+@click.option("--per-document", is_flag=True,
+              help="Group hits by document: -k documents, each with its matching chunks.")
 @click.option("--experiment", default=None,
               help="Log this search as an MLflow run in this experiment (hits table, latency).")
 @click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db].")
+              help=TRACKING_URI_HELP)
 def search(
     query: str, store_path: Path, k: int, mode: str, filter_json: str | None,
     embedder: str | None, as_json: bool, include_pii: bool, log_query: bool,
-    experiment: str | None, tracking_uri: str | None,
+    per_document: bool, experiment: str | None, tracking_uri: str | None,
 ) -> None:
     """Search the store for QUERY."""
     import time
 
-    from mlflow_rag.search import Searcher
+    from mlflow_rag.search import Searcher, format_document_hits, format_hits
     from mlflow_rag.store.filters import compile_filter, parse_filter
     from mlflow_rag.store.store import Store
 
@@ -234,12 +262,25 @@ def search(
         if embedder is not None and mode != "bm25":
             store.model(embedder)  # unknown model: a clear error listing the store's models
         started = time.perf_counter()
-        hits = Searcher(store, model=embedder).search(
-            query, k=k, mode=mode, filters=filters, include_pii=include_pii, log=log_query
-        )
+        searcher = Searcher(store, model=embedder)
+        groups = None
+        if per_document:
+            groups = searcher.search_documents(query, k=k, mode=mode, filters=filters,
+                                               include_pii=include_pii, log=log_query)
+            hits = [hit for group in groups for hit in group.hits]
+        else:
+            hits = searcher.search(query, k=k, mode=mode, filters=filters,
+                                   include_pii=include_pii, log=log_query)
         latency_ms = (time.perf_counter() - started) * 1000
         if experiment:  # mlflow is imported only when a run is asked for
-            from mlflow_rag.tracking import TAG_GENERATION, TAG_STORE_ID, log_search_run
+            from mlflow_rag.tracking import (
+                TAG_GENERATION,
+                TAG_STORE_ID,
+                log_search_run,
+                quiet_mlflow,
+            )
+
+            quiet_mlflow()
 
             models = store.models()
             run_id = log_search_run(
@@ -253,30 +294,94 @@ def search(
             )
             click.echo(f"logged search run {run_id}", err=True)
     if as_json:
-        _echo_json([h.to_dict() for h in hits])
+        _echo_json([g.to_dict() for g in groups] if groups is not None
+                   else [h.to_dict() for h in hits])
         return
     if not hits:
         click.echo("no hits")
-    for hit in hits:
-        title = hit.document_metadata.get("title") or hit.document_id
-        click.echo(f"{hit.rank:>3}. {hit.score:.4f}  {title}  [{hit.chunk_type}]  {hit.source_path}")
-        text = " ".join(hit.text.split())
-        click.echo(f"     {text[:200]}{'...' if len(text) > 200 else ''}")
+    lines = format_document_hits(groups) if groups is not None else format_hits(hits)
+    if lines:
+        click.echo("\n".join(lines))
+
+
+@main.command("list")
+@_store_option
+@click.option("--filter", "filter_json", default=None,
+              help='JSON filter as in search, e.g. \'{"Country": "UK"}\' (docs/filters.md).')
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Show at most this many documents.")
+@click.option("--json", "as_json", is_flag=True, help="Print the documents as a JSON list.")
+@click.option("--include-pii", is_flag=True, help="Include PII-tagged fields (with --json).")
+def list_documents(store_path: Path, filter_json: str | None, limit: int, as_json: bool,
+                   include_pii: bool) -> None:
+    """List document ids (with type, title and source), optionally filtered.
+
+    The ids are what `show`, `delete` and the `document_id` filter take.
+    """
+    from mlflow_rag.store.filters import compile_filter
+    from mlflow_rag.store.store import Store
+
+    compile_filter(filter_json)  # a bad filter fails before the store is opened
+    with Store.open(store_path, read_only=True) as store:
+        # one more than asked: says whether the listing was cut
+        docs = store.find_documents(filter_json, limit=limit + 1, include_pii=include_pii)
+    more = len(docs) > limit
+    docs = docs[:limit]
+    if as_json:
+        _echo_json([{"id": d.id, "source_type": d.source_type, "source_path": d.source_path,
+                     "content_hash": d.content_hash, "imported_at": d.imported_at,
+                     "updated_at": d.updated_at, "metadata": dict(d.metadata)} for d in docs])
+    else:
+        for doc in docs:
+            title = doc.metadata.get("title")
+            shown = f"  {title}" if isinstance(title, str) and title and title != doc.id else ""
+            click.echo(f"{doc.id}  ({doc.source_type}){shown}  {doc.source_path}")
+        if not docs:
+            click.echo("no documents", err=True)
+    if more:
+        click.echo(f"showing the first {limit} documents; more match (raise --limit)", err=True)
 
 
 @main.command()
-@click.argument("doc_id")
+@click.argument("doc_id", metavar="ID")
 @_store_option
-@click.option("--json", "as_json", is_flag=True, help="Print the document as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the document (or chunk) as JSON.")
 @click.option("--include-pii", is_flag=True, help="Include PII-tagged fields.")
 def show(doc_id: str, store_path: Path, as_json: bool, include_pii: bool) -> None:
-    """Show a document and its chunks in order."""
+    """Show a document and its chunks in order, or one chunk given its chunk id.
+
+    Document ids are in `list` and `search` output; chunk ids in `search --json`.
+    """
     from dataclasses import asdict
 
+    from mlflow_rag.errors import DocumentNotFound
     from mlflow_rag.store.store import Store
+    from mlflow_rag.types import ChunkView
 
+    chunk: ChunkView | None = None
     with Store.open(store_path, read_only=True) as store:
-        doc = store.get_document(doc_id, include_pii=include_pii)
+        try:
+            doc = store.get_document(doc_id, include_pii=include_pii)
+        except DocumentNotFound:
+            try:  # a document id wins: ids of web pages may hold a '#' too
+                chunk = store.expand_context(doc_id, n=0)[0]
+            except DocumentNotFound:
+                raise DocumentNotFound(
+                    f"no document or chunk with id {doc_id!r} in {store_path}"
+                ) from None
+            parent = store.get_document(chunk.document_id, include_pii=include_pii)
+    if chunk is not None:
+        if as_json:
+            _echo_json(asdict(chunk))
+            return
+        click.echo(f"chunk {chunk.id}: #{chunk.chunk_index} of document {parent.id}  "
+                   f"({parent.source_type})  {parent.source_path}")
+        click.echo(f"[{chunk.chunk_type}] chars {chunk.start_char}-{chunk.end_char}, "
+                   f"{chunk.token_count} tokens")
+        for key, value in sorted(chunk.metadata.items()):
+            click.echo(f"  {key}: {value}")
+        click.echo(chunk.text)
+        return
     if as_json:
         _echo_json(asdict(doc))
         return
@@ -284,10 +389,10 @@ def show(doc_id: str, store_path: Path, as_json: bool, include_pii: bool) -> Non
     click.echo(f"imported {doc.imported_at}" + (f", updated {doc.updated_at}" if doc.updated_at else ""))
     for key, value in sorted(doc.metadata.items()):
         click.echo(f"  {key}: {value}")
-    for chunk in doc.chunks:
-        click.echo(f"--- chunk {chunk.chunk_index} [{chunk.chunk_type}] "
-                   f"chars {chunk.start_char}-{chunk.end_char}, {chunk.token_count} tokens")
-        click.echo(chunk.text)
+    for part in doc.chunks:
+        click.echo(f"--- chunk {part.chunk_index} ({part.id}) [{part.chunk_type}] "
+                   f"chars {part.start_char}-{part.end_char}, {part.token_count} tokens")
+        click.echo(part.text)
 
 
 @main.command()
@@ -383,9 +488,9 @@ def purge_queries(store_path: Path, older_than_days: float) -> None:
               help="Name of the model in the run (MLflow 3 logged model name).")
 @click.option("--register", default=None, help="Add a version to this registered model.")
 @click.option("--alias", default=None, help="Point this alias (e.g. champion) at the new version.")
-@click.option("--experiment", default=None, help="MLflow experiment [default: Default].")
+@click.option("--experiment", default=None, help=EXPERIMENT_HELP)
 @click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db].")
+              help=TRACKING_URI_HELP)
 @click.option("--include-pii", is_flag=True,
               help="Serve PII-tagged metadata fields (model_config include_pii).")
 def log_model_command(
@@ -398,6 +503,7 @@ def log_model_command(
     """
     from mlflow_rag.tracking import log_model
 
+    _check_tracking(tracking_uri)
     info = log_model(
         store_path, name=name, register=register, alias=alias, experiment=experiment,
         tracking_uri=tracking_uri, model_config={"include_pii": True} if include_pii else None,
@@ -417,14 +523,16 @@ def log_model_command(
 @click.option("--variants", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Variant grid (YAML/JSON), e.g. evaluations/scifact.yaml "
                    "[default: bm25, dense and hybrid with minilm].")
-@click.option("--experiment", default=None, help="MLflow experiment [default: mlflow-rag-eval].")
+@click.option("--experiment", default=None, help=EXPERIMENT_HELP)
 @click.option("--split", default=None, help="qrels split [default: the grid's, else test].")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None,
               help="Evaluate the first N judged queries only.")
 @click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db].")
+              help=TRACKING_URI_HELP)
 @click.option("--work-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
-              help="Keep the stores here; a re-run reuses them [default: a temporary directory].")
+              help="Keep the stores here; a re-run reuses them [default: MLFLOW_RAG_CACHE_DIR/"
+                   "eval (~/.cache/mlflow-rag/eval), which the child runs name; with "
+                   "--no-track a temporary directory].")
 @click.option("--register", default=None,
               help="Log the best variant's store as a model registered under this name.")
 @click.option("--alias", default="champion", show_default=True, help="Alias for --register.")
@@ -433,11 +541,13 @@ def log_model_command(
 @click.option("--corpus", multiple=True,
               help="Documents of a questions-file dataset (files, folders); repeatable.")
 @click.option("--no-track", is_flag=True, help="Print the comparison only; log no MLflow runs.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the outcome as a JSON object (variants best first, runs, champion).")
 def evaluate(
     dataset_arg: str | None, dataset_opt: str | None, variants: Path | None,
     experiment: str | None, split: str | None, max_queries: int | None,
     tracking_uri: str | None, work_dir: Path | None, register: str | None, alias: str,
-    metric: str | None, corpus: tuple[str, ...], no_track: bool,
+    metric: str | None, corpus: tuple[str, ...], no_track: bool, as_json: bool,
 ) -> None:
     """Evaluate a grid of retrieval variants on a dataset: one MLflow child run per variant.
 
@@ -452,12 +562,19 @@ def evaluate(
     if not dataset:
         raise click.UsageError("name a dataset: --dataset PATH (a BEIR folder, a questions file "
                                "or beir:NAME)")
+    if not no_track:
+        _check_tracking(tracking_uri)
     outcome = run_evaluation(
         dataset, variants=variants, experiment=experiment, split=split, max_queries=max_queries,
         tracking_uri=tracking_uri, work_dir=work_dir, register=register, alias=alias,
         metric=metric, corpus=corpus, track=not no_track,
         progress=sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS")),
     )
+    if as_json:
+        from mlflow_rag.eval_tracking import outcome_json
+
+        _echo_json(outcome_json(outcome, register=register, alias=alias))
+        return
     result = outcome.result
     click.echo(f"dataset {result.dataset.name} ({len(result.dataset.queries)} queries, "
                f"split {result.dataset.split or '-'}), grid {result.grid.name}: "

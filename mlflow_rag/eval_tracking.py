@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_rag.errors import InvalidInput
-from mlflow_rag.evaluation.datasets import EvalDataset, resolve_dataset
+from mlflow_rag.evaluation.datasets import EvalDataset, cache_root, resolve_dataset
 from mlflow_rag.evaluation.harness import (
     EvaluationResult,
     HarnessOptions,
@@ -38,17 +38,16 @@ from mlflow_rag.evaluation.harness import (
 )
 from mlflow_rag.evaluation.variants import DEFAULT_METRIC, Grid, check_metric, load_grid, parse_grid
 from mlflow_rag.tracking import (
+    DEFAULT_EXPERIMENT,
     TAG_RUN_TYPE,
     TAG_STORE_PATH,
-    TrackingError,
-    check_tracking_uri,
+    _mlflow_session,
     log_params_once,
-    resolve_tracking_uri,
 )
 
 log = logging.getLogger("mlflow_rag.eval_tracking")
 
-DEFAULT_EVAL_EXPERIMENT = "mlflow-rag-eval"
+DEFAULT_EVAL_EXPERIMENT = DEFAULT_EXPERIMENT  # one experiment for every command by default
 TAG_BEST_VARIANT = "mlflow_rag.best_variant"
 TAG_BEST_RUN_ID = "mlflow_rag.best_run_id"
 TAG_BEST_METRIC = "mlflow_rag.best_metric"
@@ -144,27 +143,11 @@ def format_comparison(result: EvaluationResult, *, metric: str) -> str:
 
 @contextmanager
 def _session(tracking_uri: str | None, experiment: str | None) -> Iterator[Any]:
-    """MLflow pointed at the tracking URI and experiment; MLflow errors become TrackingError.
-
-    Under ``mlflow run`` (``MLFLOW_RUN_ID`` set) the project's run is the parent, so the
-    experiment must be that run's.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    uri = resolve_tracking_uri(tracking_uri)
-    check_tracking_uri(uri)
-    try:
-        mlflow.set_tracking_uri(uri)
-        project_run = os.environ.get("MLFLOW_RUN_ID")
-        if project_run:
-            run = mlflow.MlflowClient().get_run(project_run)
-            mlflow.set_experiment(experiment_id=run.info.experiment_id)
-        else:
-            mlflow.set_experiment(experiment or DEFAULT_EVAL_EXPERIMENT)
+    """MLflow pointed at the tracking URI and experiment, chosen as for every other command
+    (``--experiment``, then ``MLFLOW_EXPERIMENT_NAME``/``_ID``, then ``mlflow-rag``); under
+    ``mlflow run`` the project's run is the parent, so the experiment is that run's."""
+    with _mlflow_session(tracking_uri, experiment) as mlflow:
         yield mlflow
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow at {uri}: {exc.message}") from None
 
 
 def _dataset_input(mlflow: Any, dataset: EvalDataset) -> Any:
@@ -256,7 +239,9 @@ def evaluate(
     ``beir:<name>``. ``variants``: a grid file (see :mod:`mlflow_rag.evaluation.variants`);
     None is :data:`DEFAULT_GRID`. ``split`` and ``metric`` default to the grid file's, then
     ``test`` and ``ndcg_at_10``. ``work_dir`` keeps the stores (a re-run reuses them); None
-    uses a temporary directory. ``register`` logs the best variant's store as a model,
+    is ``<cache>/eval`` when tracking (the child runs name their stores, so they must outlive
+    the call; ``<cache>`` is ``$MLFLOW_RAG_CACHE_DIR``, else ``~/.cache/mlflow-rag``), else a
+    temporary directory. ``register`` logs the best variant's store as a model,
     registered under that name with ``alias``. ``track=False`` runs without MLflow.
     """
     grid = _grid(variants)
@@ -269,6 +254,10 @@ def evaluate(
     else:
         data = resolve_dataset(dataset, split=split or grid.split or "test",
                                max_queries=max_queries, progress=progress)
+    # Child runs name their stores (tag mlflow_rag.store_path) for a later log_model, so a
+    # tracked evaluation keeps them: under the cache when no work_dir is given.
+    if work_dir is None and track:
+        work_dir = cache_root() / "eval"
     with _work_dir(work_dir) as directory:
         options = HarnessOptions(work_dir=directory, sources=tuple(corpus),
                                  batch_size=batch_size, progress=progress)
@@ -326,7 +315,7 @@ def _register_best(
     variant = best.variant
     config = {"embedder": variant.embedder} if variant.embedder else None
     info = log_model(best.store_path, name="retriever", register=register, alias=alias,
-                     experiment=experiment or DEFAULT_EVAL_EXPERIMENT, tracking_uri=tracking_uri,
+                     experiment=experiment, tracking_uri=tracking_uri,
                      model_config=config, run_name=f"champion:{variant.label}")
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
@@ -339,6 +328,38 @@ def _register_best(
     client.set_model_version_tag(register, version, "mlflow_rag.mode", variant.mode)
     client.set_model_version_tag(register, version, TAG_EVALUATION_RUN_ID, parent_id)
     return str(info.model_uri), version
+
+
+def outcome_json(outcome: EvaluationRun, *, register: str | None = None,
+                 alias: str | None = None) -> dict[str, Any]:
+    """What ``mlflow-rag evaluate --json`` prints: the dataset, the variants best first (axes,
+    metrics, run id), the best one, the runs and the champion model (NaN metrics -> null)."""
+    result = outcome.result
+
+    def clean(value: Any) -> Any:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    rows = [{k: clean(v) for k, v in row.items()}
+            for row in comparison_rows(result, metric=outcome.metric)]
+    for row in rows:
+        row["run_id"] = outcome.child_run_ids.get(str(row["variant"]))
+    best = outcome.best.variant.label
+    return {
+        "dataset": {"name": result.dataset.name, "source": result.dataset.source,
+                    "split": result.dataset.split, "queries": len(result.dataset.queries)},
+        "grid": {"name": result.grid.name, "source": result.grid.source},
+        "metric": outcome.metric,
+        "seconds": result.seconds,
+        "variants": rows,
+        "best": {"variant": best, "value": clean(outcome.best.metrics.get(outcome.metric)),
+                 "run_id": outcome.child_run_ids.get(best),
+                 "store_path": str(outcome.best.store_path)},
+        "parent_run_id": outcome.parent_run_id,
+        "child_run_ids": dict(outcome.child_run_ids),
+        "champion": None if not outcome.model_uri else {
+            "model_uri": outcome.model_uri, "registered_model": register, "alias": alias,
+            "version": outcome.registered_version},
+    }
 
 
 def _grid(variants: str | Path | Grid | None) -> Grid:
@@ -369,5 +390,6 @@ __all__ = [
     "comparison_rows",
     "evaluate",
     "format_comparison",
+    "outcome_json",
     "per_query_rows",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from mlflow_rag.embed.base import Embedder
 from mlflow_rag.errors import EmbedderUnavailable, InvalidInput, UnknownChoice
 from mlflow_rag.store.filters import compile_filter
-from mlflow_rag.store.store import Store, check_k
+from mlflow_rag.store.store import MAX_K, Store, check_k
 from mlflow_rag.types import Hit
 
 MODES = ("dense", "bm25", "hybrid")
@@ -147,6 +148,82 @@ def fuse(
     return convex_fusion(scored, weights=weights, normalization=method.split("-", 1)[1])
 
 
+@dataclass(frozen=True)
+class DocumentHits:
+    """One document's hits among a search's results; ``score`` is its best chunk's."""
+
+    rank: int
+    document_id: str
+    score: float
+    source_path: str
+    document_metadata: Mapping[str, Any]
+    hits: tuple[Hit, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The CLI's ``search --per-document --json`` shape."""
+        return {
+            "rank": self.rank,
+            "document_id": self.document_id,
+            "score": self.score,
+            "source_path": self.source_path,
+            "document_metadata": dict(self.document_metadata),
+            "hits": [hit.to_dict() for hit in self.hits],
+        }
+
+
+def group_by_document(hits: Sequence[Hit], *, k: int | None = None) -> list[DocumentHits]:
+    """Hits grouped by document, documents in the order of their best hit (hits are ranked
+    best first), at most ``k`` documents; each group keeps its hits in rank order."""
+    groups: dict[str, list[Hit]] = {}
+    for hit in hits:
+        groups.setdefault(hit.document_id, []).append(hit)
+    out = []
+    for rank, (doc_id, members) in enumerate(groups.items(), start=1):
+        if k is not None and rank > k:
+            break
+        best = members[0]
+        out.append(DocumentHits(rank=rank, document_id=doc_id, score=best.score,
+                                source_path=best.source_path,
+                                document_metadata=best.document_metadata, hits=tuple(members)))
+    return out
+
+
+def _title(document_id: str, metadata: Mapping[str, Any]) -> str:
+    title = metadata.get("title")
+    return f"  {title}" if isinstance(title, str) and title and title != document_id else ""
+
+
+def _snippet(text: str, width: int = 200) -> str:
+    flat = " ".join(text.split())
+    return flat[:width] + ("..." if len(flat) > width else "")
+
+
+def format_hits(hits: Sequence[Hit]) -> list[str]:
+    """Hits as the CLI prints them: the document id (what `show` and `delete` take) and its
+    title first, then the chunk's type and source, then a snippet of its text."""
+    lines = []
+    for hit in hits:
+        lines.append(f"{hit.rank:>3}. {hit.score:.4f}  {hit.document_id}"
+                     f"{_title(hit.document_id, hit.document_metadata)}  [{hit.chunk_type}]  "
+                     f"{hit.source_path}")
+        lines.append(f"     {_snippet(hit.text)}")
+    return lines
+
+
+def format_document_hits(groups: Sequence[DocumentHits]) -> list[str]:
+    """One line per document (id, title, best score, source), its chunks indented below."""
+    lines = []
+    for group in groups:
+        count = len(group.hits)
+        lines.append(f"{group.rank}. {group.score:.4f}  {group.document_id}"
+                     f"{_title(group.document_id, group.document_metadata)}  "
+                     f"{group.source_path}  ({count} hit{'s' if count != 1 else ''})")
+        for hit in group.hits:
+            lines.append(f"     {hit.score:.4f}  {hit.chunk_id} [{hit.chunk_type}]  "
+                         f"{_snippet(hit.text, 160)}")
+    return lines
+
+
 class Searcher:
     """Searches one store; embeds queries with the store's embedder (loaded once)."""
 
@@ -227,6 +304,19 @@ class Searcher:
                 embedding=vector, metadata={"mode": mode, "k": k}, redact=self.redact,
             )
         return hits
+
+    def search_documents(
+        self, query: str, *, k: int = 10, mode: str = DEFAULT_MODE,
+        filters: str | Mapping[str, Any] | None = None, include_pii: bool = False,
+        log: bool = False, depth: int | None = None,
+    ) -> list[DocumentHits]:
+        """The top-``k`` documents for ``query``, each with its hits among the best ``depth``
+        chunks (default ``max(100, 10 k)``): a document ranks by its best chunk."""
+        k = check_k(k)
+        depth = check_k(depth or min(MAX_K, max(100, 10 * k)))
+        hits = self.search(query, k=max(k, depth), mode=mode, filters=filters,
+                           include_pii=include_pii, log=log)
+        return group_by_document(hits, k=k)
 
     def hybrid(
         self, query: str, vector: np.ndarray, *, k: int,

@@ -37,8 +37,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mlflow_rag.tracking")
 
-DEFAULT_TRACKING_DB = "mlruns.db"
-DEFAULT_EXPERIMENT = "Default"  # MLflow's own default experiment
+# MLflow's own default tracking store (mlflow.store.tracking.DEFAULT_TRACKING_URI and
+# DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH): `mlflow ui`, `mlflow run` and `mlflow models serve`
+# started in the same directory read the same runs without anything exported.
+DEFAULT_TRACKING_DB = "mlflow.db"
+DEFAULT_FILE_STORE = "mlruns"
+LEGACY_TRACKING_DB = "mlruns.db"  # mlflow-rag's default before it followed MLflow's
+DEFAULT_EXPERIMENT = "mlflow-rag"  # every command's experiment when none is given
 BUNDLE_ARTIFACT_PATH = "store"  # ingest runs keep the store bundle under this artifact path
 HITS_TABLE = "hits.json"
 
@@ -48,6 +53,10 @@ TAG_GENERATION = "mlflow_rag.generation"
 TAG_PREVIOUS_GENERATION = "mlflow_rag.previous_generation"
 TAG_PREVIOUS_RUN_ID = "mlflow_rag.previous_run_id"
 TAG_STORE_PATH = "mlflow_rag.store_path"
+TAG_EMBEDDER = "mlflow_rag.embedder"  # the store's embedding models, comma-separated
+TAG_DOCUMENTS = "mlflow_rag.documents"  # documents in the store (the logged bundle)
+TAG_INGEST_RUN_ID = "mlflow_rag.ingest_run_id"  # the ingest run that left the store so
+TAG_DESCRIPTION = "mlflow.note.content"  # MLflow's run description (shown in the UI)
 
 # Sources larger than this are fingerprinted by their file listing (path, size, mtime)
 # instead of re-reading their bytes: the run must not cost a second full read of a huge corpus.
@@ -63,14 +72,44 @@ class TrackingError(RagError):
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """``--tracking-uri`` wins, then ``MLFLOW_TRACKING_URI``, else a SQLite tracking store
-    ``mlruns.db`` in the working directory (resolved now, never a fixed absolute path)."""
+    """``--tracking-uri`` wins, then ``MLFLOW_TRACKING_URI``, else MLflow's own default, as
+    ``mlflow.get_tracking_uri()`` resolves it: ``sqlite:///mlflow.db`` in the working
+    directory, or ``./mlruns`` where that already holds a file store's experiments.
+
+    Computed here rather than asked of MLflow so that commands start without importing it;
+    a test compares the two.
+    """
     if uri:
         return uri
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
+    if _has_file_store_experiments(Path.cwd() / DEFAULT_FILE_STORE):
+        return (Path.cwd() / DEFAULT_FILE_STORE).as_uri()
     return f"sqlite:///{Path.cwd() / DEFAULT_TRACKING_DB}"
+
+
+def _has_file_store_experiments(root: Path) -> bool:
+    """MLflow's test (``_has_existing_mlruns_data``): an experiment folder with meta.yaml."""
+    try:
+        return any(entry.is_dir() and entry.name.isdigit()
+                   and os.path.lexists(os.path.join(entry.path, "meta.yaml"))
+                   for entry in os.scandir(root))
+    except OSError:
+        return False
+
+
+def legacy_tracking_note(uri: str | None) -> str | None:
+    """A hint for users whose earlier runs are in ``mlruns.db`` (mlflow-rag's old default),
+    now that runs go to MLflow's default store; None when it does not apply."""
+    if uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    legacy = Path.cwd() / LEGACY_TRACKING_DB
+    if not legacy.is_file() or (Path.cwd() / DEFAULT_TRACKING_DB).exists():
+        return None
+    return (f"note: runs now go to {resolve_tracking_uri(None)} (MLflow's default, which "
+            f"`mlflow ui` reads); earlier runs are in {LEGACY_TRACKING_DB}: "
+            f"`mlflow ui --backend-store-uri sqlite:///{LEGACY_TRACKING_DB}`")
 
 
 def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
@@ -99,6 +138,50 @@ def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
             )
 
 
+_quiet = False
+
+
+def quiet_mlflow() -> None:
+    """For the CLI: keep MLflow's own chatter off the terminal (INFO lines, "Successfully
+    registered model", progress bars of artifact downloads, Python warnings raised inside
+    MLflow), and its WARNING and ERROR log lines on it. Call before MLflow is imported; a user
+    who sets ``MLFLOW_LOGGING_LEVEL`` gets MLflow's own output instead."""
+    global _quiet
+    if os.environ.get("MLFLOW_LOGGING_LEVEL"):
+        return
+    _quiet = True
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
+
+
+class _Discard:
+    """A stream that drops what it is given."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _silence_mlflow_prints() -> None:
+    """MLflow prints registry messages ("Successfully registered model ...") to its own stream
+    whatever the log level; point those prints at nothing. Its log records keep the handler
+    made at import (the stream object it was given), so warnings and errors still show."""
+    if not _quiet:
+        return
+    from mlflow.utils import logging_utils
+
+    # eprint() looks the stream up at each call; internals, so a later MLflow without it
+    # only prints its messages again.
+    if hasattr(logging_utils, "MLFLOW_LOGGING_STREAM"):
+        logging_utils.MLFLOW_LOGGING_STREAM = _Discard()  # type: ignore[assignment]
+    logger = logging.getLogger("mlflow")
+    if logger.level < logging.WARNING:  # MLflow was imported before quiet_mlflow()
+        logger.setLevel(logging.WARNING)
+
+
 @contextmanager
 def _mlflow_session(tracking_uri: str | None, experiment: str | None) -> Iterator[Any]:
     """Point MLflow (process-wide, like ``mlflow.set_tracking_uri``) at the tracking URI and
@@ -112,6 +195,7 @@ def _mlflow_session(tracking_uri: str | None, experiment: str | None) -> Iterato
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    _silence_mlflow_prints()
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
     try:
@@ -261,6 +345,32 @@ def previous_ingest_run(client: Any, experiment_id: str, store_id: str,
     return next((r for r in runs if r.info.run_id != exclude_run_id), None)
 
 
+def ingest_summary(report: IngestReport) -> str:
+    """``6 new, 1 updated, 0 unchanged`` (and ``, 2 failed`` when some failed)."""
+    text = (f"{report.documents_new} new, {report.documents_updated} updated, "
+            f"{report.documents_unchanged} unchanged")
+    return text + (f", {report.documents_failed} failed" if report.documents_failed else "")
+
+
+def _ingest_description(report: IngestReport, store: Store, *, generation: int, documents: int,
+                        chunks: int, run_id: str, previous: Any | None) -> str:
+    sources = ", ".join(f"`{s}`" for s in report.sources[:3])
+    if len(report.sources) > 3:
+        sources += f" and {len(report.sources) - 3} more"
+    chunker = dict(report.chunker).get("name", "")
+    return (
+        f"Ingest of {sources} into the store `{Path(store.root).name}` at "
+        f"`{Path(store.root).resolve()}` (store id `{store.store_id}`, generation {generation}): "
+        f"{ingest_summary(report)} documents; the store holds {documents} documents and "
+        f"{chunks} chunks.\n\n"
+        f"Embedder `{report.embedder}` ({report.embedder_version or 'no version'}, dimension "
+        f"{report.dimension}), chunker `{chunker}`, index `{dict(report.index).get('kind', '')}`."
+        f"\n\nThe store bundle: `runs:/{run_id}/{BUNDLE_ARTIFACT_PATH}`. "
+        + (f"Previous ingest run of this store: `{previous.info.run_id}`."
+           if previous is not None else "No earlier ingest run of this store in this experiment.")
+    )
+
+
 def log_ingest_run(
     report: IngestReport, *, store: Store, experiment: str | None, tracking_uri: str | None,
     run_name: str | None = None, tags: Mapping[str, str] | None = None,
@@ -284,12 +394,17 @@ def log_ingest_run(
         generation = manifest.generation if manifest else report.store_generation
         bundle_bytes = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
         client = mlflow.MlflowClient()
+        stats = store.stats()
+        if run_name is None and not os.environ.get("MLFLOW_RUN_ID"):  # not `mlflow run`'s run
+            run_name = f"ingest {Path(store.root).name}: {ingest_summary(report)}"
         with _start_run(mlflow, run_name) as run:
             previous = previous_ingest_run(client, run.info.experiment_id, store.store_id,
                                            exclude_run_id=run.info.run_id)
             run_tags = {
                 TAG_RUN_TYPE: "ingest",
                 TAG_STORE_ID: store.store_id,
+                TAG_EMBEDDER: report.embedder,
+                TAG_DOCUMENTS: str(stats.documents),
                 TAG_GENERATION: str(generation),
                 # 0 is the empty store: no earlier ingest run of this store was logged here.
                 TAG_PREVIOUS_GENERATION: previous.data.tags.get(TAG_GENERATION, "0")
@@ -299,6 +414,10 @@ def log_ingest_run(
             }
             if previous is not None:
                 run_tags[TAG_PREVIOUS_RUN_ID] = previous.info.run_id
+            if TAG_DESCRIPTION not in run.data.tags:  # a description someone wrote stays
+                run_tags[TAG_DESCRIPTION] = _ingest_description(
+                    report, store, generation=generation, documents=stats.documents,
+                    chunks=stats.chunks, run_id=run.info.run_id, previous=previous)
             mlflow.set_tags(run_tags)
             log_params_once(mlflow, ingest_params(report))
             mlflow.log_metrics(ingest_metrics(report, store_bytes=report.store_bytes or bundle_bytes))
@@ -537,6 +656,52 @@ def _examples(bundle: Path, *, embedder: str | None) -> tuple[Any, Any]:
         retriever.close()
 
 
+def ingest_run_of(client: Any, store_id: str, generation: int) -> str | None:
+    """The latest ingest run, in any experiment, that left this store at this generation (its
+    bundle holds what a model logged now holds), or None."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    runs = client.search_runs(
+        experiments,
+        filter_string=(f"tags.`{TAG_STORE_ID}` = '{store_id}' and tags.`{TAG_RUN_TYPE}` = "
+                       f"'ingest' and tags.`{TAG_GENERATION}` = '{generation}'"),
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return str(runs[0].info.run_id) if runs else None
+
+
+def _model_description(store_name: str, *, store_id: str, generation: int,
+                       models: Sequence[Any], documents: int, ingest_run: str | None) -> str:
+    spaces = ", ".join(f"`{m.name}` ({m.vector_count} vectors, dimension {m.dimension}, "
+                       f"{m.index_type} index)" for m in models) or "none (BM25 only)"
+    source = (f"the state ingest run `{ingest_run}` left (its bundle: "
+              f"`runs:/{ingest_run}/{BUNDLE_ARTIFACT_PATH}`)" if ingest_run
+              else "a state no logged ingest run recorded")
+    return (f"mlflow-rag retriever over the store `{store_name}` (store id `{store_id}`, "
+            f"generation {generation}): {documents} documents; embedding models: {spaces}. "
+            f"The bundle is {source}. Request params: `k`, `mode` (dense, bm25, hybrid), "
+            f"`filters`.")
+
+
+def _describe_version(client: Any, name: str, version: str, *, description: str,
+                      tags: Mapping[str, str]) -> None:
+    """A registered model version's description and tags; the registered model gets a
+    description too when it has none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.update_model_version(name, version, description=description)
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+        if not client.get_registered_model(name).description:
+            client.update_registered_model(
+                name, description="mlflow-rag retrievers (pyfunc); each version's description "
+                                  "names its store, embedders and ingest run.")
+    except MlflowException as exc:
+        raise TrackingError(f"cannot describe {name} version {version}: {exc.message}") from None
+
+
 def log_model(
     store_path: str | Path, *, name: str = "retriever", register: str | None = None,
     alias: str | None = None, experiment: str | None = None, tracking_uri: str | None = None,
@@ -568,24 +733,39 @@ def log_model(
         bundle = store.snapshot(Path(tmp) / "bundle")
         manifest = read_manifest(bundle)
         models = store.models()
+        documents = store.stats().documents
         example, output = _examples(bundle, embedder=config["embedder"] or None)
         signature = infer_signature(example, output, params=PARAM_DEFAULTS)
         # The query column is declared optional so that a request without it reaches the
         # model, whose error names the problem (MLflow's own error quotes the request data).
         signature.inputs = Schema([ColSpec(DataType.string, QUERY_COLUMN, required=False)])
         code = _copy_package(Path(tmp) / "code")
+        store_name = Path(store_path).resolve().name
+        if run_name is None and not os.environ.get("MLFLOW_RUN_ID"):  # not `mlflow run`'s run
+            run_name = f"log-model {store_name}" + (f" -> {register}" if register else "")
         with _mlflow_session(tracking_uri, experiment) as mlflow, _start_run(
             mlflow, run_name
         ) as run:
             from mlflow.exceptions import MlflowException
 
             generation = manifest.generation if manifest else -1
-            mlflow.set_tags({
-                TAG_RUN_TYPE: "log_model",
+            embedders = ",".join(m.name for m in models)
+            ingest_run = ingest_run_of(mlflow.MlflowClient(), store.store_id, generation)
+            about = {
                 TAG_STORE_ID: store.store_id,
                 TAG_GENERATION: str(generation),
-                TAG_STORE_PATH: str(Path(store_path).resolve()),
-            })
+                TAG_EMBEDDER: embedders,
+                TAG_DOCUMENTS: str(documents),
+                **({TAG_INGEST_RUN_ID: ingest_run} if ingest_run else {}),
+            }
+            description = _model_description(
+                store_name, store_id=store.store_id, generation=generation, models=models,
+                documents=documents, ingest_run=ingest_run)
+            run_tags = {TAG_RUN_TYPE: "log_model", **about,
+                        TAG_STORE_PATH: str(Path(store_path).resolve())}
+            if TAG_DESCRIPTION not in run.data.tags:
+                run_tags[TAG_DESCRIPTION] = description
+            mlflow.set_tags(run_tags)
             info = mlflow.pyfunc.log_model(
                 name=name,
                 python_model=str(Path(__file__).resolve().parent / "pyfunc_model.py"),
@@ -596,6 +776,7 @@ def log_model(
                 pip_requirements=_requirements([m.embedder for m in models]),
                 model_config=config,
                 registered_model_name=register,
+                tags=about,
                 metadata={
                     "mlflow_rag": {
                         "store_id": store.store_id,
@@ -605,6 +786,10 @@ def log_model(
                     }
                 },
             )
+            if register:
+                _describe_version(mlflow.MlflowClient(), register,
+                                  str(info.registered_model_version), description=description,
+                                  tags={**about, "mlflow_rag.log_model_run_id": run.info.run_id})
             if alias and register:
                 version = info.registered_model_version
                 try:

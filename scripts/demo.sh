@@ -14,7 +14,7 @@ else
 fi
 QUERY="${1:-legacy modernization}"
 
-echo "== ingest $SOURCE -> $STORE (an MLflow run in sqlite:///mlruns.db, experiment 'demo')"
+echo "== ingest $SOURCE -> $STORE (an MLflow run in MLflow's default store, experiment 'demo')"
 mlflow-rag ingest "$SOURCE" --store "$STORE" --experiment demo
 echo
 echo "== search: $QUERY"
@@ -23,4 +23,4 @@ echo
 echo "== stats"
 mlflow-rag stats --store "$STORE"
 echo
-echo "See the run: mlflow ui --backend-store-uri sqlite:///mlruns.db   (then open http://127.0.0.1:5000)"
+echo "See the run: mlflow ui   (then open http://127.0.0.1:5000)"

@@ -6,7 +6,7 @@
 #   scripts/eval_scifact.sh [extra `mlflow-rag evaluate` options, e.g. --max-queries 100]
 #
 # Environment: MLFLOW_RAG_SHARED_DATA (default ../shared/data), MLFLOW_TRACKING_URI (default
-# sqlite:///mlruns.db here), EVAL_WORK_DIR (stores, kept for re-runs; default
+# MLflow's own, sqlite:///mlflow.db here), EVAL_WORK_DIR (stores, kept for re-runs; default
 # $TMPDIR/mlflow-rag-eval-scifact), EVAL_EXPERIMENT (default scifact).
 # Exits 0 with a message when the data is absent (CI without the shared data).
 set -euo pipefail
@@ -20,7 +20,7 @@ if [ ! -f "$DATASET/corpus.jsonl" ] || [ ! -f "$DATASET/qrels/train.tsv" ]; then
   exit 0
 fi
 if [ -x .venv/bin/mlflow-rag ]; then BIN=.venv/bin; else BIN="$(dirname "$(command -v mlflow-rag)")"; fi
-TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlruns.db}"
+TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}"
 WORK_DIR="${EVAL_WORK_DIR:-${TMPDIR:-/tmp}/mlflow-rag-eval-scifact}"
 EXPERIMENT="${EVAL_EXPERIMENT:-scifact}"
 VARIANTS=evaluations/scifact.yaml

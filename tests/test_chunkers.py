@@ -579,8 +579,10 @@ PAGES = (
     "start, end, expected",
     [
         (2, 8, {"page": 1, "page_start": 1, "page_end": 1, "source": "a.pdf"}),
-        (12, 25, {"page_start": 2, "page_end": 3, "source": "a.pdf", "lang": "de"}),
-        (5, 28, {"page_start": 1, "page_end": 3, "source": "a.pdf", "lang": "de"}),
+        (12, 25, {"page": [2, 3], "page_start": 2, "page_end": 3, "source": "a.pdf",
+                  "lang": "de"}),
+        (5, 28, {"page": [1, 2, 3], "page_start": 1, "page_end": 3, "source": "a.pdf",
+                 "lang": "de"}),
         (10, 20, {"page": 2, "page_start": 2, "page_end": 2, "source": "a.pdf"}),
         (30, 35, {}),
     ],

@@ -56,6 +56,16 @@ def test_search_filter_restricts_results(store_dir: Path) -> None:
     assert code == 0 and {h["document_id"] for h in json.loads(out)} == {"other"}
 
 
+def test_list_json_hides_pii_unless_asked(store_dir: Path) -> None:
+    result = CliRunner().invoke(main, ["list", "--store", str(store_dir), "--json"])
+    docs = {d["id"]: d for d in json.loads(result.stdout)}
+    assert result.exit_code == 0 and set(docs) == {"talk", "other"}
+    assert "_pii" not in docs["talk"]["metadata"] and "a@b.c" not in result.output
+    result = CliRunner().invoke(main, ["list", "--store", str(store_dir), "--json",
+                                       "--include-pii"])
+    assert "a@b.c" in result.stdout
+
+
 def test_stats_json_has_counts_and_models(store_dir: Path) -> None:
     code, out = run("stats", "--store", str(store_dir), "--json")
     stats = json.loads(out)
@@ -69,7 +79,7 @@ def test_show_then_delete_then_show_again(store_dir: Path) -> None:
     assert code == 0 and "legacy modernization" in out and "chunk 1" in out
     assert run("delete", "talk", "--store", str(store_dir)) == (0, "deleted talk\n")
     code, out = run("show", "talk", "--store", str(store_dir))
-    assert code == 1 and out.strip() == "error: no document with id 'talk' in " + str(store_dir)
+    assert code == 1 and out.strip() == "error: no document or chunk with id 'talk' in " + str(store_dir)
 
 
 def test_check_reports_a_consistent_store(store_dir: Path) -> None:

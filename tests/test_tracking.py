@@ -59,7 +59,7 @@ def test_tracking_uri_flag_wins_then_environment_then_sqlite_in_the_cwd(
     assert resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
     assert resolve_tracking_uri(None) == "http://127.0.0.1:5999"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path / 'mlruns.db'}"
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def test_an_unreachable_tracking_server_fails_fast_with_one_actionable_line(tmp_path: Path) -> None:
@@ -333,7 +333,7 @@ def test_mlproject_entry_points_call_the_cli_with_quoted_params() -> None:
                                                  "alias": "champion"})
     assert "mlflow-rag log-model --store /s --name retriever" in command
     command = _entry_point_command("evaluate", {"dataset": "d", "max_queries": "50"})
-    assert "mlflow-rag evaluate d --experiment mlflow-rag-eval" in command
+    assert "mlflow-rag evaluate d --experiment mlflow-rag" in command
 
 
 @pytest.mark.parametrize(

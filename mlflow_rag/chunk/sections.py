@@ -18,8 +18,10 @@ def section_metadata(chunk: ChunkSpan, sections: Sequence[Section]) -> dict[str,
     """Section metadata merged for ``chunk``, from every section sharing a character with it.
 
     * ``page`` (integer page numbers, e.g. PDF page sections) becomes a range: ``page_start`` /
-      ``page_end`` (first and last page touched), plus ``page`` itself when the chunk lies on a
-      single page. Filters can then ask for ``page_start <= 3 <= page_end``.
+      ``page_end`` (first and last page touched), and ``page`` itself: the page number when
+      the chunk lies on one page, else the list of the pages it touches, so the filter
+      ``{"chunk.page": 2}`` finds every chunk with text on page 2 (a list-valued field
+      matches when any element does).
     * Any other key is copied when every overlapping section that has it agrees on the value,
       and left out when they disagree (a chunk across two languages has no single language).
 
@@ -44,8 +46,7 @@ def section_metadata(chunk: ChunkSpan, sections: Sequence[Section]) -> dict[str,
     out: dict[str, Any] = {}
     if pages:
         first, last = min(pages), max(pages)
-        if first == last:
-            out[_PAGE] = first
+        out[_PAGE] = first if first == last else sorted(set(pages))
         out["page_start"] = first
         out["page_end"] = last
     out.update(values)

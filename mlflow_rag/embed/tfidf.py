@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,23 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fit_progress(total: int) -> Any:
+    """A progress bar for the fit, shown as the CLI shows its own (a terminal on stderr, or
+    MLFLOW_RAG_PROGRESS set): a large corpus takes minutes to fit."""
+    import sys
+
+    from tqdm import tqdm
+
+    shown = sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS"))
+    return tqdm(total=total, desc="tfidf fit", unit="text", disable=not shown, leave=False)
+
+
+def _counted(items: Sequence[str], bar: Any) -> Iterator[str]:
+    for item in items:
+        yield item
+        bar.update(1)
 
 
 class TfidfEmbedder:
@@ -243,13 +260,17 @@ class TfidfEmbedder:
             max_features=self.max_features,
             dtype=np.float64,
         )
+        bar = _fit_progress(len(items))
         try:
-            matrix = vectorizer.fit_transform(items)
+            # scikit-learn reads the texts once, in order: the bar counts them as they are read
+            matrix = vectorizer.fit_transform(_counted(items, bar))
         except ValueError as exc:  # empty vocabulary, min_df above the document count, ...
+            bar.close()
             raise InvalidInput(f"tfidf cannot fit on these {len(items)} texts: {exc}") from None
         n_documents, n_features = matrix.shape
         components_wanted = min(self.requested_dimension - 1, n_features - 1, n_documents - 1)
         if components_wanted < 1:
+            bar.close()
             raise InvalidInput(
                 f"tfidf needs at least 2 texts and 2 distinct terms to fit; got {n_documents} "
                 f"texts and {n_features} terms"
@@ -258,7 +279,11 @@ class TfidfEmbedder:
             n_components=components_wanted, algorithm="randomized",
             random_state=self.random_state,
         )
-        svd.fit(matrix)
+        bar.set_postfix_str(f"LSA {components_wanted} components", refresh=True)
+        try:
+            svd.fit(matrix)
+        finally:
+            bar.close()
         terms = [""] * n_features
         for term, column in vectorizer.vocabulary_.items():
             terms[column] = term

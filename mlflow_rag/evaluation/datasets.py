@@ -415,6 +415,11 @@ def resolve_dataset(
     )
 
 
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``cache_dir``, else ``$MLFLOW_RAG_CACHE_DIR``, else ``~/.cache/mlflow-rag``."""
+    return _cache_root(cache_dir)
+
+
 def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
