@@ -13,8 +13,10 @@ component difference); and which text is the worst.
 
 The last line is machine-readable:
 ``int8_min_cosine=<x> int8_min_cosine_test_texts=<y> int8_run_spread=<z> int8_thread_spread=<w>
-int8_precision_option_effect=<v>`` (the last: max abs difference made by
-:data:`~mlflow_rag.embed.minilm_fast.INT8_SESSION_CONFIG`, 0 on a CPU with VNNI).
+int8_precision_option_effect=<v>`` (the max abs difference made by
+:data:`~mlflow_rag.embed.minilm_fast.INT8_SESSION_CONFIG`, 0 on a CPU with VNNI)
+fp32_query_min_cosine=<c> fp32_query_max_abs=<d>`` (the fp32 export that embeds the queries of a
+plain ``minilm`` store, one query per run as search does, against the plain model).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mlflow_rag.embed import minilm_fast
 from mlflow_rag.embed.minilm import MiniLMEmbedder
-from mlflow_rag.embed.minilm_fast import OnnxInt8MiniLMEmbedder
+from mlflow_rag.embed.minilm_fast import OnnxInt8MiniLMEmbedder, minilm_query_embedder
 
 # The tests' shared data: $MLFLOW_RAG_SHARED_DATA, else ../shared/data beside the checkout.
 SHARED = Path(
@@ -123,14 +125,22 @@ def main() -> None:
         )
     firsts = [runs[0] for runs in by_threads.values()]
     thread_spread = max(float(np.abs(v - firsts[0]).max()) for v in firsts)
-    print(f"\nmax abs diff between thread counts: {thread_spread:.2e}")
+    # For comparison, the fp32 export that embeds a plain minilm store's queries (search's path).
+    fp32 = minilm_query_embedder(runtime="onnx", num_threads=1)
+    fp32_vectors = np.stack([fp32.embed_query(text) for text in texts])
+    fp32_cos = np.sum(fp32_vectors * plain, axis=1)
+    fp32_max_abs = float(np.abs(fp32_vectors - plain).max())
+    print(f"\nfp32 query path (minilm on ONNX Runtime): min cosine {fp32_cos.min():.7f}, "
+          f"max abs diff {fp32_max_abs:.1e}")
+    print(f"max abs diff between thread counts: {thread_spread:.2e}")
     worst = int(np.argmin(np.min(all_cos, axis=0)))
     print(f"worst text ({worst}): {texts[worst][:100]!r}")
     low = np.min(all_cos, axis=0)
     print(
         f"int8_min_cosine={low.min():.5f} int8_min_cosine_test_texts={low[test_rows].min():.5f} "
         f"int8_run_spread={run_spread:.2e} int8_thread_spread={thread_spread:.2e} "
-        f"int8_precision_option_effect={option_effect:.2e}"
+        f"int8_precision_option_effect={option_effect:.2e} "
+        f"fp32_query_min_cosine={fp32_cos.min():.7f} fp32_query_max_abs={fp32_max_abs:.1e}"
     )
 
 

@@ -42,6 +42,9 @@ from tests.hash_embedder import HashEmbedder
 DIM = 16
 MODEL = "hash-test"
 OPTIONS = IngestOptions(embedder=MODEL, chunker="recursive", chunk_size=24, chunk_overlap=0)
+# Changed versions of the corpus are written to another folder (v2): the same documents moved,
+# which an ingest must be told (otherwise same-named files of two folders are refused).
+REINGEST = replace(OPTIONS, overwrite=True)
 QUERIES = np.random.default_rng(99).normal(size=(4, DIM))
 
 
@@ -139,7 +142,7 @@ def operation(store: Store, args: dict[str, Any]) -> Callable[[], Any]:
         records = new_records(args.get("seed", 0))
         return lambda: (store.write(records), store.flush())
     if op == "ingest":
-        return lambda: ingest([args["folder"]], store, options=OPTIONS, embedder=embedder(),
+        return lambda: ingest([args["folder"]], store, options=REINGEST, embedder=embedder(),
                               progress=False)
     if op == "flush":
         store.write(new_records(args.get("seed", 0)))  # committed before the fault
@@ -224,7 +227,7 @@ def reingest(args: dict[str, Any]) -> None:
 
     store.write = write  # type: ignore[method-assign]
     print("start", flush=True)
-    ingest([args["folder"]], store, options=OPTIONS, embedder=embedder(), progress=False)
+    ingest([args["folder"]], store, options=REINGEST, embedder=embedder(), progress=False)
     print("done", flush=True)
     store.close()
 
