@@ -270,7 +270,11 @@ class Searcher:
 
     def _has_direction(self, text: str) -> bool:
         """False for a query the embedder has no direction for (tfidf: no term of its
-        vocabulary): dense search then returns no hits rather than k arbitrary ones scored 0."""
+        vocabulary): dense search then returns no hits rather than k arbitrary ones scored 0.
+        A model with no known embedder (imported vectors, searched with the caller's vector)
+        has nobody to ask, so its vector is taken as it is."""
+        if self._embedder is None and not self.store.model(self._model()).embedder:
+            return True
         knows = getattr(self.embedder, "knows_any_term", None)
         return knows is None or bool(knows(text))
 

@@ -143,12 +143,13 @@ def test_a_chunking_change_that_drops_vectors_is_refused_then_done_with_rechunk(
 ) -> None:
     folder = write_docs(tmp_path / "docs", MARKDOWN)
     with Store.open(tmp_path / "s", create=True) as store:
-        ingest([str(folder)], store, options=IngestOptions(embedder="tfidf", chunk_size=40),
+        ingest([str(folder)], store,
+               options=IngestOptions(embedder="tfidf", chunker="recursive", chunk_size=40),
                progress=False)
         ingest([str(folder)], store, embedder=TokenHashEmbedder(), progress=False)
         counts = vector_counts(store)
         generation = store.stats().generation
-        smaller = IngestOptions(embedder="tfidf", chunk_size=20, chunk_overlap=0)
+        smaller = IngestOptions(embedder="tfidf", chunker="recursive", chunk_size=20, chunk_overlap=0)
         with pytest.raises(ChunkingChangeRefused) as refused:
             ingest([str(folder)], store, options=smaller, progress=False)
         message = str(refused.value)
@@ -157,7 +158,7 @@ def test_a_chunking_change_that_drops_vectors_is_refused_then_done_with_rechunk(
         assert vector_counts(store) == counts and store.stats().generation == generation
         notes: list[str] = []
         report = ingest([str(folder)], store, options=IngestOptions(
-            embedder="tfidf", chunk_size=20, chunk_overlap=0, rechunk=True),
+            embedder="tfidf", chunker="recursive", chunk_size=20, chunk_overlap=0, rechunk=True),
             progress=False, on_message=notes.append)
         assert report.documents_updated == 3
         n = store.stats().chunks
