@@ -23,6 +23,7 @@ import pypdf
 import pytest
 
 from mlflow_rag.ingest import ingest
+from mlflow_rag.load import TextLoader
 from mlflow_rag.load.csv import MAX_COLUMNS, CsvLoader
 from mlflow_rag.load.pdf import DEFAULT_PDF_SECONDS, PDF_SECONDS_ENV, PdfLoader
 from mlflow_rag.store.store import Store
@@ -355,3 +356,83 @@ def test_cli_slow_pdf_is_reported_and_the_rest_lands_or_one_error_line(
                               "--no-track", cwd=tmp_path))
     assert "nothing to ingest" in line and "max_seconds=1" in line
     assert stored(cli_store) == after
+
+
+# --------------------------------------------------------------------------- 16.9 symlink loops
+
+
+def looped_folder(tmp_path: Path) -> Path:
+    """docs/ with two files, a sub-folder, and the loops a -> ., b -> ., sub/up -> .."""
+    root = tmp_path / "docs"
+    (root / "sub").mkdir(parents=True)
+    (root / "one.txt").write_text("The first note is about vector search. " * 3, encoding="utf-8")
+    (root / "sub" / "two.txt").write_text("The second note is about BM25 ranking. " * 3,
+                                          encoding="utf-8")
+    (root / "a").symlink_to(".")
+    (root / "b").symlink_to(".")
+    (root / "sub" / "up").symlink_to("..")
+    return root
+
+
+GLOB_CHILD = textwrap.dedent("""
+    import sys
+    from mlflow_rag.load import TextLoader
+    for item in TextLoader().load(sys.argv[1]):
+        print(getattr(item, "id", None) or "FAILED " + item.reason)
+""")
+
+
+def test_a_recursive_glob_over_symlink_loops_ends_and_finds_each_file_once(tmp_path: Path) -> None:
+    root = looped_folder(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("must never be read", encoding="utf-8")
+    (root / "sub" / "leak").symlink_to(outside)
+    # hang guard: with the loops followed the walk doubles per level (never ends in practice)
+    result = subprocess.run([sys.executable, "-c", GLOB_CHILD, str(root / "**" / "*.txt")],
+                            cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if not line.startswith("FAILED")] == ["one.txt", "sub/two.txt"]
+    assert lines.count("FAILED symlinked folder points outside the source folder "
+                       f"{str(root)!r}; not read") == 1
+    assert "secret" not in result.stdout
+
+
+@pytest.mark.parametrize(("pattern", "expected", "outside"), [
+    ("**/*.txt", ["one.txt", "sub/deep/three.txt", "sub/two.txt"], 0),
+    ("sub/**/*.txt", ["deep/three.txt", "two.txt"], 1),  # sub/up -> .. leaves sub/
+    ("**/deep/*.txt", ["sub/deep/three.txt"], 0),
+    ("*/*.txt", ["sub/two.txt"], 0),  # not a/one.txt, b/one.txt: the same file again
+    ("*/*/*.txt", ["sub/deep/three.txt"], 0),
+    ("s?b/[dx]*/*.txt", ["sub/deep/three.txt"], 0),
+    ("**/t*.txt", ["sub/deep/three.txt", "sub/two.txt"], 0),
+    ("**", ["one.txt", "sub/deep/three.txt", "sub/two.txt"], 0),
+    ("**/.hidden.txt", [".hidden.txt"], 0),
+    (".*/*.txt", [".git/x.txt"], 0),
+])
+def test_globs_match_as_before_without_following_folder_links(
+    tmp_path: Path, pattern: str, expected: list[str], outside: int,
+) -> None:
+    root = looped_folder(tmp_path)
+    (root / "sub" / "deep").mkdir()
+    (root / "sub" / "deep" / "three.txt").write_text("Third note. " * 3, encoding="utf-8")
+    (root / ".hidden.txt").write_text("A hidden note. " * 3, encoding="utf-8")
+    (root / ".git").mkdir()
+    (root / ".git" / "x.txt").write_text("not a document", encoding="utf-8")
+    docs, failures = split(TextLoader().load(str(root / pattern)))
+    prefix = pattern.split("*")[0].rstrip("/") if "**" in pattern else ""
+    assert sorted(d.id for d in docs) == expected
+    assert [f.reason for f in failures] == ["symlinked folder points outside the source folder "
+                                            f"{str(root / prefix)!r}; not read"] * outside
+    assert all(d.source_path == str(root / prefix / d.id) for d in docs)
+
+
+def test_cli_glob_over_symlink_loops_ingests_each_file_once(tmp_path: Path, cli_store: Path) -> None:
+    before = stored(cli_store)
+    root = looped_folder(tmp_path)
+    result = cli("ingest", str(root / "**" / "*.txt"), "--store", "store", "--embedder", "tfidf",
+                 "--no-track", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "2 new" in result.stdout and "0 failed" in result.stdout, result.stdout
+    assert set(stored(cli_store)) == set(before) | {"one.txt", "sub/two.txt"}
