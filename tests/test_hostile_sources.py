@@ -11,6 +11,7 @@ times): they catch a return of quadratic or unbounded work, they do not measure 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -436,3 +437,107 @@ def test_cli_glob_over_symlink_loops_ingests_each_file_once(tmp_path: Path, cli_
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "2 new" in result.stdout and "0 failed" in result.stdout, result.stdout
     assert set(stored(cli_store)) == set(before) | {"one.txt", "sub/two.txt"}
+
+
+# --------------------------------------------------------------------------- 16.12 import-legacy
+
+
+def speaker(name: str, **overrides: object) -> dict[str, object]:
+    record: dict[str, object] = {
+        "name": name, "final_abstract_max_150_words": f"Abstract of {name} about retrieval.",
+        "bio_max_120_words": f"Bio of {name}.", "mail_adress": f"{name.lower()}@example.com",
+        "abstract_embedding": [0.5, 0.1, 0.2, 0.3], "bio_embedding": [0.25, 0.5, 0.1, 0.0],
+    }
+    record.update(overrides)
+    return record
+
+
+GOOD_SPEAKERS = [speaker("Ann"), speaker("Bob")]
+
+
+def legacy_text(bad: dict[str, object] | None, *, raw: str = "") -> str:
+    """A legacy file of the good speakers plus ``bad``; ``raw`` replaces the text ``"RAW"``."""
+    text = json.dumps(GOOD_SPEAKERS + ([bad] if bad is not None else []))
+    return text.replace('"RAW"', raw)
+
+
+LEGACY_RECORD_CASES = {  # name -> (file text, words of the one failure)
+    "400-digit integer": (legacy_text(speaker("Big", abstract_embedding=["RAW", 1, 1, 1]),
+                                      raw="9" * 400),
+                          "value 0 is an integer too large for float32"),
+    "5000-digit integer": (legacy_text(speaker("Huge", abstract_embedding=["RAW", 1, 1, 1]),
+                                       raw="9" * 5000),
+                           "value 0 is an integer of 5000 digits, too large for float32"),
+    "subnormal": (legacy_text(speaker("Tiny", abstract_embedding=[1e-310, 0, 0, 0])),
+                  "is all zeros in float32"),
+    "surrogate in the name": (legacy_text(speaker("Sur\ud800")),
+                              "lone surrogate U+D800 in its id"),
+    "surrogate in a text": (legacy_text(speaker("Text", bio_max_120_words="bio \udc00")),
+                            "lone surrogate U+DC00 in its text"),
+    "integer beyond 64 bits in a field": (legacy_text(speaker("Year", year=["RAW"]), raw="9" * 30),
+                                          "integer of 100 bits"),
+}
+
+LEGACY_FILE_CASES = {  # name -> (file text, words of the one-line error)
+    "100k-deep nesting": (legacy_text(speaker("Deep", extra=["RAW"]),
+                                      raw="[" * 100_000 + "]" * 100_000),
+                          "nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEGACY_RECORD_CASES))
+def test_legacy_bad_value_fails_its_record_alone(tmp_path: Path, case: str) -> None:
+    from mlflow_rag.ingest import import_legacy
+
+    text, words = LEGACY_RECORD_CASES[case]
+    path = tmp_path / "embeddings-tiny-model.json"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    with Store.open(tmp_path / "store", create=True) as store:
+        report = import_legacy(path, store, progress=False)
+        assert {d.id for d in store.find_documents(None)} == {"Ann", "Bob"}
+    [failure] = report.failures
+    assert words in failure.reason, failure.reason
+    failure.reason.encode("utf-8")
+
+
+@pytest.mark.parametrize("case", sorted(LEGACY_FILE_CASES))
+def test_legacy_unparseable_file_is_one_clear_error(tmp_path: Path, case: str) -> None:
+    from mlflow_rag.errors import LoaderError
+    from mlflow_rag.load.legacy import read_legacy
+
+    text, words = LEGACY_FILE_CASES[case]
+    path = tmp_path / "embeddings-tiny-model.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(LoaderError, match=words):
+        read_legacy(path)
+
+
+def test_cli_import_legacy_hostile_files_report_or_fail_in_one_line(
+    tmp_path: Path, cli_store: Path,
+) -> None:
+    before = stored(cli_store)
+    for case, (text, words) in sorted(LEGACY_RECORD_CASES.items()):
+        path = tmp_path / case.replace(" ", "-") / "embeddings-tiny-model.json"
+        path.parent.mkdir()
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        result = cli("import-legacy", str(path), "--store", "store", "--no-track", cwd=tmp_path)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (case, result.stderr[-2000:])
+        assert "1 failed" in result.stdout and words in result.stdout, (case, result.stdout)
+    after = stored(cli_store)
+    assert set(after) == set(before) | {"Ann", "Bob"}
+    assert all(after[k] == v for k, v in before.items())
+    for case, (text, words) in sorted(LEGACY_FILE_CASES.items()):
+        path = tmp_path / "file" / case.replace(" ", "-") / "embeddings-tiny-model.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(text, encoding="utf-8")
+        line = one_error_line(cli("import-legacy", str(path), "--store", "store", "--no-track",
+                                  cwd=tmp_path))
+        assert words in line, line
+    only_bad = tmp_path / "bad" / "embeddings-tiny-model.json"
+    only_bad.parent.mkdir()
+    only_bad.write_text(json.dumps([speaker("Sur\ud800"), speaker("Tiny", bio_embedding=[1e-310, 0, 0, 0])]),
+                        encoding="utf-8")
+    line = one_error_line(cli("import-legacy", str(only_bad), "--store", "store", "--no-track",
+                              cwd=tmp_path))
+    assert "nothing to import" in line or "no usable record" in line, line
+    assert stored(cli_store) == after
