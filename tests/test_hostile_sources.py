@@ -11,27 +11,40 @@ times): they catch a return of quadratic or unbounded work, they do not measure 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+import zipfile
 import zlib
 from pathlib import Path
 
 import pypdf
 import pytest
 
+from mlflow_rag.errors import LoaderError
+from mlflow_rag.evaluation.datasets import (
+    DEFAULT_MAX_EXTRACTED_BYTES,
+    DEFAULT_MAX_MEMBERS,
+    ENV_BEIR_URL,
+    ENV_CACHE_DIR,
+    resolve_dataset,
+)
 from mlflow_rag.ingest import ingest
 from mlflow_rag.load import TextLoader
 from mlflow_rag.load.csv import MAX_COLUMNS, CsvLoader
 from mlflow_rag.load.pdf import DEFAULT_PDF_SECONDS, PDF_SECONDS_ENV, PdfLoader
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import LoadFailure, SourceDocument
+from tests import test_datasets
 from tests.fault_child import OPTIONS, embedder
+from tests.test_datasets import FakeBeirServer, beir_files
 
 REPO = Path(__file__).resolve().parent.parent
+server = test_datasets.server  # the fixture: a local HTTP server offering BEIR zips
 
 
 # --------------------------------------------------------------------------- helpers
@@ -502,7 +515,6 @@ def test_legacy_bad_value_fails_its_record_alone(tmp_path: Path, case: str) -> N
 
 @pytest.mark.parametrize("case", sorted(LEGACY_FILE_CASES))
 def test_legacy_unparseable_file_is_one_clear_error(tmp_path: Path, case: str) -> None:
-    from mlflow_rag.errors import LoaderError
     from mlflow_rag.load.legacy import read_legacy
 
     text, words = LEGACY_FILE_CASES[case]
@@ -541,3 +553,129 @@ def test_cli_import_legacy_hostile_files_report_or_fail_in_one_line(
                               cwd=tmp_path))
     assert "nothing to import" in line or "no usable record" in line, line
     assert stored(cli_store) == after
+
+
+# --------------------------------------------------------------------------- 16.13 BEIR zips
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def beir_members(name: str, corpus_lines: int = 5) -> dict[str, bytes]:
+    files = beir_files()
+    if corpus_lines > 5:  # a corpus that compresses like text (about 10x), not like a bomb
+        files["corpus.jsonl"] += "".join(
+            json.dumps({"_id": f"x{i}", "title": f"Title {i}", "text": f"text number {i} " + str(i * 7919)})
+            + "\n" for i in range(corpus_lines)).encode()
+    return {f"{name}/{rel}": data for rel, data in files.items()}
+
+
+def cached_other(cache: Path, server: FakeBeirServer) -> dict[str, bytes]:
+    """Cache beir:other first: what must survive every later failure byte for byte."""
+    server.files["/beir/other.zip"] = zip_of(beir_members("other"))
+    resolve_dataset("beir:other", cache_dir=cache, base_url=server.base_url, progress=False)
+    return {str(p.relative_to(cache)): p.read_bytes() for p in sorted(cache.rglob("*")) if p.is_file()}
+
+
+def cache_files(cache: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(cache)): p.read_bytes() for p in sorted(cache.rglob("*")) if p.is_file()}
+
+
+def test_a_zip_bomb_is_refused_by_its_compression_ratio(tmp_path: Path, server: FakeBeirServer) -> None:
+    cache = tmp_path / "cache"
+    kept = cached_other(cache, server)
+    members = beir_members("bomb")
+    members["bomb/padding.bin"] = bytes(200 << 20)  # 200 MiB of zeros: ~200 KB compressed
+    server.files["/beir/bomb.zip"] = data = zip_of(members)
+    assert len(data) < 1 << 20
+    with pytest.raises(LoaderError, match=r"would extract to 2097\d+ bytes, \d+ times its "
+                                          r"size of \d+ bytes \(over 100x: a zip bomb\?\)"):
+        resolve_dataset("beir:bomb", cache_dir=cache, base_url=server.base_url, progress=False)
+    assert cache_files(cache) == kept
+    assert DEFAULT_MAX_EXTRACTED_BYTES <= 8 * 1024**3
+
+
+def test_a_zip_with_too_many_entries_is_refused_before_extraction(
+    tmp_path: Path, server: FakeBeirServer,
+) -> None:
+    cache = tmp_path / "cache"
+    kept = cached_other(cache, server)
+    members = beir_members("many")
+    members.update({f"many/extra/{i}.txt": b"" for i in range(DEFAULT_MAX_MEMBERS)})
+    server.files["/beir/many.zip"] = zip_of(members)
+    with pytest.raises(LoaderError, match=f"has {len(members)} entries; the limit "
+                                          f"is max_members={DEFAULT_MAX_MEMBERS}"):
+        resolve_dataset("beir:many", cache_dir=cache, base_url=server.base_url, progress=False)
+    assert cache_files(cache) == kept
+
+
+FULL_DISK_CHILD = textwrap.dedent("""
+    import json, resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
+    from mlflow_rag.errors import RagError
+    from mlflow_rag.evaluation.datasets import resolve_dataset
+    try:
+        resolve_dataset("beir:big", cache_dir=sys.argv[1], base_url=sys.argv[2], progress=False)
+    except RagError as exc:
+        print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+    else:
+        print(json.dumps({"error": None}))
+""")
+
+
+def full_disk_limit() -> int:
+    return 1 << 20  # files may not grow past 1 MiB: the zip fits, its 3 MB corpus does not
+
+
+def test_a_full_disk_during_extraction_is_one_clear_error_and_the_cache_is_kept(
+    tmp_path: Path, server: FakeBeirServer,
+) -> None:
+    cache = tmp_path / "cache"
+    kept = cached_other(cache, server)
+    members = beir_members("big", corpus_lines=40_000)
+    assert len(members["big/corpus.jsonl"]) > 2 * full_disk_limit()
+    server.files["/beir/big.zip"] = data = zip_of(members)
+    assert len(data) < full_disk_limit()
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(cache), server.base_url,
+                             str(full_disk_limit())],
+                            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.splitlines()[-1])
+    assert outcome["error"] == "LoaderError", outcome
+    assert "cannot extract" in outcome["message"] and "File too large" in outcome["message"]
+    assert cache_files(cache) == kept  # nothing half-extracted is left, beir:other intact
+
+
+def _limit_file_size() -> None:  # runs in the CLI child before exec
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (full_disk_limit(), full_disk_limit()))
+
+
+def test_cli_evaluate_on_a_hostile_beir_zip_is_one_error_line(
+    tmp_path: Path, server: FakeBeirServer,
+) -> None:
+    cache = tmp_path / "cache"
+    kept = cached_other(cache, server)
+    members = beir_members("bomb")
+    members["bomb/padding.bin"] = bytes(200 << 20)
+    server.files["/beir/bomb.zip"] = zip_of(members)
+    server.files["/beir/big.zip"] = zip_of(beir_members("big", corpus_lines=40_000))
+    env = {**os.environ, "PYTHONPATH": str(REPO), ENV_CACHE_DIR: str(cache),
+           ENV_BEIR_URL: server.base_url, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    for name, words, limit in [("bomb", "a zip bomb?", None), ("big", "cannot extract", _limit_file_size)]:
+        result = subprocess.run(
+            [sys.executable, "-m", "mlflow_rag.cli", "evaluate", "--dataset", f"beir:{name}",
+             "--no-track", "--work-dir", str(tmp_path / "work")],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+            preexec_fn=limit)
+        assert words in one_error_line(result), result.stderr
+        assert cache_files(cache) == kept
