@@ -642,14 +642,16 @@ def test_a_full_disk_during_extraction_is_one_clear_error_and_the_cache_is_kept(
     assert len(members["big/corpus.jsonl"]) > 2 * full_disk_limit()
     server.files["/beir/big.zip"] = data = zip_of(members)
     assert len(data) < full_disk_limit()
-    result = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(cache), server.base_url,
-                             str(full_disk_limit())],
-                            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    outcome = json.loads(result.stdout.splitlines()[-1])
-    assert outcome["error"] == "LoaderError", outcome
-    assert "cannot extract" in outcome["message"] and "File too large" in outcome["message"]
-    assert cache_files(cache) == kept  # nothing half-extracted is left, beir:other intact
+    # 1 MiB: the zip is saved but its corpus cannot be extracted; 64 KiB: not even the zip
+    for limit, words in [(full_disk_limit(), "cannot extract"), (1 << 16, "cannot save the download")]:
+        result = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(cache), server.base_url,
+                                 str(limit)],
+                                cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outcome = json.loads(result.stdout.splitlines()[-1])
+        assert outcome["error"] == "LoaderError", outcome
+        assert words in outcome["message"] and "File too large" in outcome["message"], outcome
+        assert cache_files(cache) == kept  # nothing half-written is left, beir:other intact
 
 
 def _limit_file_size() -> None:  # runs in the CLI child before exec

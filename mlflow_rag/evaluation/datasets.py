@@ -523,6 +523,10 @@ def _download(url: str, dest: Path, *, timeout: float, max_bytes: int, progress:
                     bar.update(len(chunk))
     except httpx.HTTPError as exc:
         raise LoaderError(f"download of {url} failed: {type(exc).__name__}: {exc}") from exc
+    except OSError as exc:  # writing the zip: disk full, quota; the caller removes the part
+        raise LoaderError(
+            f"cannot save the download of {url}: {exc.strerror or exc} (disk full?); nothing was cached"
+        ) from exc
     return digest.hexdigest(), size
 
 
