@@ -11,7 +11,9 @@ times): they catch a return of quadratic or unbounded work, they do not measure 
 
 from __future__ import annotations
 
+import gzip
 import io
+import ipaddress
 import json
 import os
 import subprocess
@@ -34,14 +36,18 @@ from mlflow_rag.evaluation.datasets import (
     resolve_dataset,
 )
 from mlflow_rag.ingest import ingest
-from mlflow_rag.load import TextLoader
+from mlflow_rag.load import TextLoader, WebLoader
+from mlflow_rag.load import web as web_module
 from mlflow_rag.load.csv import MAX_COLUMNS, CsvLoader
 from mlflow_rag.load.pdf import DEFAULT_PDF_SECONDS, PDF_SECONDS_ENV, PdfLoader
+from mlflow_rag.load.web import address_refusal
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import LoadFailure, SourceDocument
 from tests import test_datasets
 from tests.fault_child import OPTIONS, embedder
+from tests.fixtures_loaders import Reply, http_server
 from tests.test_datasets import FakeBeirServer, beir_files
+from tests.test_hostile_input import peak_growth
 
 REPO = Path(__file__).resolve().parent.parent
 server = test_datasets.server  # the fixture: a local HTTP server offering BEIR zips
@@ -681,3 +687,96 @@ def test_cli_evaluate_on_a_hostile_beir_zip_is_one_error_line(
             preexec_fn=limit)
         assert words in one_error_line(result), result.stderr
         assert cache_files(cache) == kept
+
+
+# --------------------------------------------------------------------------- 16.14 web loader
+
+
+def gzip_bomb(mebibytes: int) -> bytes:
+    """A gzip body inflating to ``mebibytes`` MiB of zeros, about 1 KB per MiB: after a full
+    flush the compressor starts afresh, so one compressed MiB can be repeated. The trailer is
+    left off: a reader that stops at its limit never reaches it."""
+    block = bytes(1 << 20)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    repeat = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return head + repeat * (mebibytes - 1)
+
+
+def test_a_gzip_bomb_is_cut_at_max_bytes_while_inflating(tmp_path: Path) -> None:
+    body = gzip_bomb(1024)  # 1 GiB inflated, ~1 MB sent
+    bomb = Reply(200, {"Content-Type": "text/html", "Content-Encoding": "gzip"},
+                 lambda: (body[i:i + 65536] for i in range(0, len(body), 65536)))
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"n{i}.txt").write_text(f"Note {i} about ranking and retrieval. " * 3)
+    with http_server({"/bomb": bomb, "/ok": Reply(200, {"Content-Type": "text/plain",
+                                                        "Content-Encoding": "gzip"},
+                                                  gzip.compress(b"a small gzipped page"))}) as base:
+        result = peak_growth(tmp_path, [str(folder), f"{base}/bomb", f"{base}/ok"],
+                             loader_options={"allow_private": True})
+    assert result["documents"] == 3 and result["failed"] == 1, result
+    assert "max_bytes=5000000" in result["reasons"][0]
+    # before: every 64 KiB read inflated whole (64 MiB at once), +128 MiB against a 5 MB limit
+    assert result["growth_kib"] < 40 * 1024, result
+    print(f"gzip bomb: cut at 5 MB, peak RSS growth {result['growth_kib'] / 1024:.0f} MiB")
+
+
+def test_unsupported_content_encodings_are_refused_and_deflate_is_read(tmp_path: Path) -> None:
+    raw = zlib.compressobj(6, zlib.DEFLATED, -15)
+    routes = {
+        "/br": Reply(200, {"Content-Type": "text/plain", "Content-Encoding": "br"}, b"x"),
+        "/zlib": Reply(200, {"Content-Type": "text/plain", "Content-Encoding": "deflate"},
+                       zlib.compress(b"zlib wrapped deflate text")),
+        "/raw": Reply(200, {"Content-Type": "text/plain", "Content-Encoding": "deflate"},
+                      raw.compress(b"raw deflate text") + raw.flush()),
+        "/bad": Reply(200, {"Content-Type": "text/plain", "Content-Encoding": "gzip"}, b"not gzip"),
+    }
+    loader = WebLoader(allow_private=True)
+    with http_server(routes) as base:
+        items = {name: next(iter(loader.load(f"{base}{name}"))) for name in routes}
+    items = {name.strip("/"): item for name, item in items.items()}
+    assert isinstance(items["br"], LoadFailure) and "content encoding 'br'" in items["br"].reason
+    assert isinstance(items["zlib"], SourceDocument) and items["zlib"].text == "zlib wrapped deflate text"
+    assert isinstance(items["raw"], SourceDocument) and items["raw"].text == "raw deflate text"
+    assert isinstance(items["bad"], LoadFailure) and "cannot decode the gzip body" in items["bad"].reason
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("2002:7f00:1::1", "loopback address 127.0.0.1"),  # 6to4 of 127.0.0.1
+    ("2002:c0a8:101::", "private address 192.168.1.1"),
+    ("2002:a01:203::1", "private address 10.1.2.3"),
+    ("2002:a9fe:a9fe::", "link-local address 169.254.169.254"),  # the cloud metadata address
+    ("2002:808:808::1", None),  # 8.8.8.8: a public 6to4 address
+    ("64:ff9b::7f00:1", "reserved"),  # NAT64: refused as reserved already
+])
+def test_addresses_embedding_a_private_ipv4_are_judged_by_it(address: str, expected: str | None) -> None:
+    reason = address_refusal(ipaddress.ip_address(address))
+    if expected is None:
+        assert reason is None
+    else:
+        assert reason is not None and reason.startswith(expected.split()[0]), reason
+        if "address" in expected:
+            assert f"6to4, embeds the {expected}" in reason, reason
+
+
+def test_a_redirect_to_a_6to4_private_address_is_refused_at_that_hop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli_store: Path,
+) -> None:
+    real = web_module.address_refusal
+    monkeypatch.setattr(web_module, "address_refusal",
+                        lambda ip: None if str(ip) == "127.0.0.1" else real(ip))
+    routes = {"/go": Reply(302, {"Location": "http://[2002:a9fe:a9fe::1]/latest/meta-data/"}, b"")}
+    with http_server(routes) as base:
+        failure = next(iter(WebLoader().load(f"{base}/go")))
+    assert isinstance(failure, LoadFailure)
+    assert "link-local" in failure.reason and "169.254.169.254" in failure.reason
+    # through the CLI (no patch there): a 6to4 loopback URL is reported, the rest lands
+    before = stored(cli_store)
+    result = cli("ingest", "http://[2002:7f00:1::1]:9/x", str(good_text(tmp_path)), "--store", "store",
+                 "--embedder", "tfidf", "--no-track", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "failed: http://[2002:7f00:1::1]:9/x: refused:" in result.stdout
+    assert "loopback" in result.stdout and "127.0.0.1" in result.stdout
+    assert set(stored(cli_store)) == set(before) | {"later.txt"}
