@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import os
 import re
 import time
@@ -32,7 +33,7 @@ from mlflow_rag.errors import (
     RagError,
     UnknownChoice,
 )
-from mlflow_rag.store.store import MODELS_DIR, PII_KEY, Store, content_hash
+from mlflow_rag.store.store import MODELS_DIR, PII_KEY, Store, clean_vectors, content_hash
 from mlflow_rag.types import (
     ChunkRecord,
     DocumentRecord,
@@ -148,15 +149,28 @@ def loader_options_for(loader: str, options: Mapping[str, Any]) -> dict[str, Any
 
 
 # A lone UTF-16 surrogate (a JSON "\ud800" escape, a broken PDF font map, a file name that is
-# not UTF-8) is a str Python holds but cannot encode: it would fail the whole write batch.
+# not UTF-8) is a str Python holds but cannot encode; an integer beyond 64 bits or a NaN cannot
+# be stored either. Any of them would fail the whole write batch, so each is found first.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_INT64 = (-(2**63), 2**63 - 1)
 
 
-def _surrogate_in(value: Any) -> tuple[str, int] | None:
-    """(the surrogate, its character offset) of the first one in a str or nested JSON value."""
+def _unstorable(value: Any, *, depth: int = 0) -> tuple[str, int | None] | None:
+    """(what cannot be stored, its character offset in a str) of the first such thing in a
+    str or nested JSON value, or None."""
     if isinstance(value, str):
         found = _SURROGATE.search(value)
-        return (found.group(), found.start()) if found else None
+        return (f"a lone surrogate U+{ord(found.group()):04X}", found.start()) if found else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if _INT64[0] <= value <= _INT64[1]:
+            return None
+        return f"an integer of {value.bit_length()} bits (at most 64 can be stored)", None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (f"the number {value!r}", None)
+    if depth > 500:  # also keeps this walk far from Python's recursion limit
+        return "values nested more than 500 deep", None
     if isinstance(value, Mapping):
         items: Iterable[Any] = (part for pair in value.items() for part in pair)
     elif isinstance(value, (list, tuple)):
@@ -164,7 +178,7 @@ def _surrogate_in(value: Any) -> tuple[str, int] | None:
     else:
         return None
     for item in items:
-        hit = _surrogate_in(item)
+        hit = _unstorable(item, depth=depth + 1)
         if hit is not None:
             return hit
     return None
@@ -174,7 +188,8 @@ def document_problem(document: SourceDocument) -> str | None:
     """Why a loaded document cannot be stored as it is, or None.
 
     Ids with NUL cannot be typed, shown or deleted from a shell; lone surrogates are not
-    valid Unicode and cannot be written. Either costs this document alone, never its batch.
+    valid Unicode and, like integers beyond 64 bits, cannot be written. Each costs this
+    document alone, never its batch.
     """
     if "\0" in document.id:
         return (f"document id {document.id!r} contains a NUL character; such an id could "
@@ -186,13 +201,13 @@ def document_problem(document: SourceDocument) -> str | None:
         ("metadata", document.metadata), ("PII fields", document.pii),
     ]
     for where, value in parts:
-        hit = _surrogate_in(value)
+        hit = _unstorable(value)
         if hit is not None:
-            char, offset = hit
-            at = f" at character {offset}" if where in ("text", "id") else ""
-            return (f"document {document.id!r} has a lone surrogate U+{ord(char):04X} in its "
-                    f"{where}{at}, which is not valid Unicode (a bad \\u escape, font map or "
-                    "non-UTF-8 file name?); not loaded")
+            what, offset = hit
+            at = f" at character {offset}" if offset is not None and where in ("text", "id") else ""
+            why = ("which is not valid Unicode (a bad \\u escape, font map or non-UTF-8 file "
+                   "name?)" if what.startswith("a lone") else "which cannot be stored")
+            return f"document {document.id!r} has {what} in its {where}{at}, {why}; not loaded"
     return None
 
 
@@ -862,28 +877,45 @@ def import_legacy(
     embedder_spec = f"openai:{spec}" if spec.startswith("text-embedding-") else None
     if spec.startswith("openai:"):
         embedder_spec = spec
-    info = store.ensure_model(legacy.model_name, legacy.dimension, embedder=embedder_spec,
-                              model_version=legacy.model_name)
-    records = []
+    ready = []
     failures = list(legacy.failures)
     for item in legacy.documents:
+        problem = document_problem(item.document)
+        if problem is not None:
+            failures.append(LoadFailure(_printable(item.document.source_path), problem))
+            continue
         chunks = chunk_records(item.document, chunker)
         names = [c.chunk_type or "" for c in chunks]
         if any(name not in item.vectors for name in names):
             failures.append(LoadFailure(item.document.source_path,
                                         f"record {item.document.id!r} has text without its vector"))
             continue
-        records.append(
-            DocumentRecord(
-                id=item.document.id, source_path=item.document.source_path,
-                source_type=item.document.source_type, content_hash=content_hash(item.document.text),
-                raw_text=item.document.text, chunks=chunks,
-                metadata=document_metadata(item.document, chunking),
-                vectors=(VectorBatch(info.name, np.stack([item.vectors[n] for n in names]),
-                                     model_version=legacy.model_name),),
-            )
-        )
+        vectors = np.stack([item.vectors[n] for n in names])
+        try:  # what the store would refuse fails this record here, not the whole write
+            clean_vectors(vectors, legacy.dimension)
+        except RagError as exc:
+            failures.append(LoadFailure(item.document.source_path,
+                                        f"record {item.document.id!r}: {exc}"))
+            continue
+        ready.append((item.document, chunks, vectors))
     stages.add("chunk", started)
+    if not ready:  # before ensure_model: a file with nothing to import changes nothing
+        raise LoaderError(_printable(
+            f"nothing to import: {len(failures)} record(s) failed"
+            + (f"; first: {failures[0].reason}" if failures else "")
+        ))
+    info = store.ensure_model(legacy.model_name, legacy.dimension, embedder=embedder_spec,
+                              model_version=legacy.model_name)
+    records = [
+        DocumentRecord(
+            id=document.id, source_path=document.source_path,
+            source_type=document.source_type, content_hash=content_hash(document.text),
+            raw_text=document.text, chunks=chunks,
+            metadata=document_metadata(document, chunking),
+            vectors=(VectorBatch(info.name, vectors, model_version=legacy.model_name),),
+        )
+        for document, chunks, vectors in ready
+    ]
     started = time.perf_counter()
     report = store.write(records)
     stages.add("write", started)

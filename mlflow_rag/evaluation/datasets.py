@@ -87,8 +87,15 @@ ENV_CACHE_DIR = "MLFLOW_RAG_CACHE_DIR"
 ENV_BEIR_URL = "MLFLOW_RAG_BEIR_URL"
 #: The largest BEIR zips (msmarco, climate-fever) are 1-2 GB; more than this is not BEIR.
 DEFAULT_MAX_DOWNLOAD_BYTES = 4 * 1024**3
-#: A zip's declared uncompressed size is checked before extraction (zip bombs).
-DEFAULT_MAX_EXTRACTED_BYTES = 16 * 1024**3
+#: A zip's declared uncompressed size is checked before extraction (zip bombs). Text inflates
+#: a few times, so the largest BEIR zips stay well inside this.
+DEFAULT_MAX_EXTRACTED_BYTES = 8 * 1024**3
+#: Text compresses well under 100x; a zip that claims more is a bomb. Archives inflating to
+#: less than _RATIO_FLOOR are small enough not to matter.
+MAX_COMPRESSION_RATIO = 100
+_RATIO_FLOOR = 64 * 1024**2
+#: BEIR zips hold a handful of files (cqadupstack, the largest layout, under a hundred).
+DEFAULT_MAX_MEMBERS = 1_000
 QUESTIONS_FORMATS = (".csv", ".jsonl")
 
 _MARKER = ".mlflow-rag-download.json"  # written last: its presence means the cache is complete
@@ -367,14 +374,17 @@ def resolve_dataset(
     timeout: float = 60.0,
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     max_extracted_bytes: int = DEFAULT_MAX_EXTRACTED_BYTES,
+    max_members: int = DEFAULT_MAX_MEMBERS,
     progress: bool = True,
 ) -> EvalDataset:
     """Load ``spec``: a BEIR folder, a ``.csv``/``.jsonl`` questions file, or ``beir:<name>``.
 
     ``beir:<name>`` downloads ``<base_url>/<name>.zip`` once (streamed, at most
     ``max_download_bytes``, ``timeout`` seconds for connecting and for each read, a tqdm bar
-    when ``progress`` and stderr is a terminal), checks it is a zip with the BEIR layout,
-    extracts it refusing any member with an absolute path or ``..``, and caches the folder
+    when ``progress`` and stderr is a terminal), checks it is a zip with the BEIR layout, at
+    most ``max_members`` entries, inflating to at most ``max_extracted_bytes`` and at most
+    100 times its size (zip bombs), extracts it refusing any member with an absolute path or
+    ``..`` (a full disk is a LoaderError and leaves nothing behind), and caches the folder
     under ``<cache>/beir/<name>/`` (see the module docstring). Later calls read the cache and
     make no request. ``split`` is ignored for questions files.
 
@@ -400,6 +410,7 @@ def resolve_dataset(
             timeout=timeout,
             max_download_bytes=max_download_bytes,
             max_extracted_bytes=max_extracted_bytes,
+            max_members=max_members,
             progress=progress,
         )
         dataset = load_beir_folder(folder, split=split, max_queries=max_queries, name=name)
@@ -435,6 +446,7 @@ def _cached_beir_folder(
     timeout: float,
     max_download_bytes: int,
     max_extracted_bytes: int,
+    max_members: int,
     progress: bool,
 ) -> Path:
     beir_root = cache_root / "beir"
@@ -450,7 +462,8 @@ def _cached_beir_folder(
             url, zip_path, timeout=timeout, max_bytes=max_download_bytes, progress=progress
         )
         staging = Path(tmp) / name
-        _extract_beir_zip(zip_path, staging, max_extracted_bytes=max_extracted_bytes, url=url)
+        _extract_beir_zip(zip_path, staging, max_extracted_bytes=max_extracted_bytes,
+                          max_members=max_members, url=url)
         zip_path.unlink()
         marker = {
             "url": url,
@@ -515,16 +528,27 @@ def _download(url: str, dest: Path, *, timeout: float, max_bytes: int, progress:
                     bar.update(len(chunk))
     except httpx.HTTPError as exc:
         raise LoaderError(f"download of {url} failed: {type(exc).__name__}: {exc}") from exc
+    except OSError as exc:  # writing the zip: disk full, quota; the caller removes the part
+        raise LoaderError(
+            f"cannot save the download of {url}: {exc.strerror or exc} (disk full?); nothing was cached"
+        ) from exc
     return digest.hexdigest(), size
 
 
-def _extract_beir_zip(zip_path: Path, dest: Path, *, max_extracted_bytes: int, url: str) -> None:
+def _extract_beir_zip(
+    zip_path: Path, dest: Path, *, max_extracted_bytes: int, max_members: int, url: str
+) -> None:
     """Extract the BEIR folder inside ``zip_path`` to ``dest`` (its top-level dir stripped)."""
     if not zipfile.is_zipfile(zip_path):
         raise LoaderError(f"{url} is not a zip archive")
     try:
         with zipfile.ZipFile(zip_path) as archive:
             members = archive.infolist()
+            if len(members) > max_members:
+                raise LoaderError(
+                    f"refusing {url}: it has {len(members)} entries; the limit is "
+                    f"max_members={max_members} (a BEIR zip has a handful)"
+                )
             for info in members:
                 _check_member_is_safe(info, url=url)
             declared = sum(info.file_size for info in members)
@@ -533,17 +557,29 @@ def _extract_beir_zip(zip_path: Path, dest: Path, *, max_extracted_bytes: int, u
                     f"refusing {url}: it would extract to {declared} bytes, over the limit of "
                     f"{max_extracted_bytes}"
                 )
+            size = zip_path.stat().st_size
+            if declared > max(_RATIO_FLOOR, MAX_COMPRESSION_RATIO * size):
+                raise LoaderError(
+                    f"refusing {url}: it would extract to {declared} bytes, {declared // size} "
+                    f"times its size of {size} bytes (over {MAX_COMPRESSION_RATIO}x: a zip bomb?)"
+                )
             prefix = _beir_prefix([info.filename for info in members], url=url)
             dest.mkdir(parents=True)
             for info in members:
                 if info.is_dir() or not info.filename.startswith(prefix):
                     continue
                 target = dest / info.filename[len(prefix) :]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                # ZipExtFile never yields more than the declared size and checks the CRC at
-                # the end, so a corrupt member raises BadZipFile here.
-                with archive.open(info) as src, target.open("wb") as out:
-                    shutil.copyfileobj(src, out, length=1 << 20)
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    # ZipExtFile never yields more than the declared size and checks the CRC
+                    # at the end, so a corrupt member raises BadZipFile here.
+                    with archive.open(info) as src, target.open("wb") as out:
+                        shutil.copyfileobj(src, out, length=1 << 20)
+                except OSError as exc:  # disk full, quota, permissions: the caller cleans up
+                    raise LoaderError(
+                        f"cannot extract {url}: writing {target.name}: "
+                        f"{exc.strerror or exc} (disk full?); nothing was cached"
+                    ) from exc
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
         # BadZipFile: bad CRC or structure; zlib.error: corrupt deflate data; EOFError: truncated.
         raise LoaderError(f"{url} is a corrupt zip archive: {exc}") from exc

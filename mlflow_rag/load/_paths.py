@@ -7,9 +7,11 @@ regular file becomes a LoadFailure and is never read.
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import glob
 import os
-from collections.abc import Collection, Iterator, MutableMapping
+from collections.abc import Collection, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -92,7 +94,8 @@ def iter_source_files(
       skipping hidden names (``.git``, ``.DS_Store``) and not following symlinked folders
       (a symlinked folder pointing outside the root is reported);
     - a glob pattern (``*``, ``?``, ``[``; ``**`` recurses): matches with a listed suffix;
-      ids are relative to the pattern's literal directory prefix.
+      ids are relative to the pattern's literal directory prefix. Symlinked folders are not
+      followed (they can loop: ``a -> .``); those outside the root are reported.
 
     Files of a folder or glob left out for their extension are counted in ``skipped`` (by
     lower-cased extension), so the caller can say what it did not load; hidden ones are not.
@@ -129,7 +132,16 @@ def _iter_glob(
         return
     root_real = os.path.realpath(root)
     # The match list holds only names (small), sorted so ids come out in a stable order.
-    matches = sorted(glob.iglob(pattern, recursive=True))
+    parts = Path(pattern).parts
+    if os.pardir not in parts:
+        found = list(_walk_matches(pattern, root, root_real))
+        matches = sorted(m for m in found if isinstance(m, str))
+        yield from (m for m in found if isinstance(m, LoadFailure))
+    elif "**" in parts:
+        yield LoadFailure(pattern, "a pattern with both '**' and '..' is not supported; not read")
+        return
+    else:  # '..' needs glob itself; a fixed depth, so following links cannot loop
+        matches = sorted(glob.iglob(pattern))
     for match in matches:
         if os.path.isdir(match):
             continue
@@ -137,6 +149,70 @@ def _iter_glob(
             _count_skipped(skipped, match)
             continue
         yield _check_candidate(match, root, root_real)
+
+
+def _walk_matches(pattern: str, root: str, root_real: str) -> Iterator[str | LoadFailure]:
+    """Paths matching ``pattern``, as glob.glob spells them, found by a walk that does not
+    follow symlinked folders (glob follows them: ``a -> .`` makes ``**`` run forever, and
+    ``*/`` finds a file again through every link to its folder).
+
+    Matching is glob's: ``*``, ``?`` and ``[...]`` within a name, ``**`` any number of folders,
+    and names starting with a dot only when the pattern's part does.
+    """
+    all_parts = Path(pattern).parts
+    literal = len(Path(root).parts) if root != "." else 0
+    prefix, pats = all_parts[:literal], tuple(all_parts[literal:])
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel = os.path.relpath(dirpath, root)
+        here: tuple[str, ...] = () if rel == os.curdir else tuple(Path(rel).parts)
+        kept = []
+        for name in sorted(dirnames):
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                if _may_lead_to_match((*here, name), pats) and not _is_within(
+                        os.path.realpath(full), root_real):
+                    yield LoadFailure(
+                        full, f"symlinked folder points outside the source folder {root!r}; not read"
+                    )
+                continue
+            if _may_lead_to_match((*here, name), pats):
+                kept.append(name)
+        dirnames[:] = kept
+        for name in filenames:
+            if _matches((*here, name), pats):
+                yield os.path.join(*prefix, *here, name)
+
+
+def _name_matches(name: str, pat: str) -> bool:
+    if name.startswith(".") and not pat.startswith("."):
+        return False  # glob's rule: wildcards do not match hidden names
+    return fnmatch.fnmatchcase(name, pat)
+
+
+@functools.lru_cache(maxsize=4096)
+def _matches(parts: tuple[str, ...], pats: tuple[str, ...]) -> bool:
+    """Whether the path ``parts`` matches the pattern ``pats`` (``**``: zero or more names)."""
+    if not pats:
+        return not parts
+    if pats[0] == "**":
+        if _matches(parts, pats[1:]):
+            return True
+        return bool(parts) and not parts[0].startswith(".") and _matches(parts[1:], pats)
+    return bool(parts) and _name_matches(parts[0], pats[0]) and _matches(parts[1:], pats[1:])
+
+
+def _may_lead_to_match(parts: Sequence[str], pats: tuple[str, ...]) -> bool:
+    """Whether a file below the folder ``parts`` could match ``pats`` (prunes the walk)."""
+    for i, part in enumerate(parts):
+        if i >= len(pats):
+            return False
+        if pats[i] == "**":
+            return not any(p.startswith(".") for p in parts[i:]) or any(
+                _may_lead_to_match(parts[j:], pats[i + 1:]) for j in range(i, len(parts))
+            )
+        if not _name_matches(part, pats[i]):
+            return False
+    return len(parts) < len(pats)
 
 
 def _iter_folder(

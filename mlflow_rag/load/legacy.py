@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -97,11 +98,13 @@ def read_legacy(
         raise LoaderError(f"{source}: file is {size} bytes; the limit is max_bytes={max_bytes}")
     try:
         with open(path, encoding="utf-8") as f:
-            records = json.load(f)
+            records = json.load(f, parse_int=_parse_int)
     except UnicodeDecodeError as exc:
         raise LoaderError(f"{source}: not UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise LoaderError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise LoaderError(f"{source}: JSON nested too deeply to parse; not a legacy file") from None
     if not isinstance(records, list):
         raise LoaderError(f"{source}: expected a JSON list of speaker objects, got {type(records).__name__}")
 
@@ -183,6 +186,30 @@ def _parse_record(index: int, record: Any) -> tuple[str, dict[str, np.ndarray]] 
     return name.strip(), vectors
 
 
+class _LongInteger(float):
+    """An integer literal too long for int() (Python refuses over 4,300 digits): kept as an
+    infinite float that remembers its length, so the record it is in fails, not the file."""
+
+    digits: int
+
+    def __new__(cls, text: str) -> _LongInteger:
+        value = super().__new__(cls, "-inf" if text.startswith("-") else "inf")
+        value.digits = len(text.lstrip("-"))
+        return value
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def _parse_int(text: str) -> int | float:
+    if len(text) > sys.get_int_max_str_digits() > 0:
+        return _LongInteger(text)
+    return int(text)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _vector(raw: Any) -> np.ndarray | str:
     """A float32 vector, or what is wrong with ``raw``."""
     if not isinstance(raw, list) or not raw:
@@ -190,14 +217,22 @@ def _vector(raw: Any) -> np.ndarray | str:
     for i, x in enumerate(raw):
         if isinstance(x, bool) or not isinstance(x, (int, float)):
             return f"value {i} is not a number ({x!r})"
-        if not math.isfinite(x):
+        if isinstance(x, _LongInteger):
+            return f"value {i} is an integer of {x.digits} digits, too large for float32"
+        if isinstance(x, int):
+            if abs(x) > _FLOAT32_MAX:  # float(x) itself overflows past ~309 digits
+                return f"value {i} is an integer too large for float32"
+        elif not math.isfinite(x):
             return f"value {i} is {x!r} (NaN or infinite)"
     vector = np.asarray(raw, dtype=np.float64)
-    if float(np.abs(vector).max()) > float(np.finfo(np.float32).max):
+    if float(np.abs(vector).max()) > _FLOAT32_MAX:
         return "has values too large for float32"
     if not np.any(vector):
         return "is all zeros"
-    return vector.astype(np.float32)
+    single = vector.astype(np.float32)
+    if not np.any(single):  # e.g. 1e-310: not zero in float64, but below float32's range
+        return "is all zeros in float32 (its values are below float32's smallest)"
+    return single
 
 
 def _document(

@@ -13,6 +13,7 @@ import ipaddress
 import re
 import socket
 import time
+import zlib
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -41,10 +42,16 @@ class Refused(LoaderError):
 def address_refusal(ip: IPAddress) -> str | None:
     """Why fetching from ``ip`` is refused by default (None: a public address).
 
-    IPv4-mapped IPv6 addresses (``::ffff:127.0.0.1``) are judged as the IPv4 address they map.
+    IPv4-mapped IPv6 addresses (``::ffff:127.0.0.1``) are judged as the IPv4 address they map;
+    a 6to4 address (``2002::/16``) is refused when the IPv4 address it embeds would be (a 6to4
+    relay delivers ``2002:7f00:1::`` to 127.0.0.1 of the network it serves).
     """
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address) and ip.sixtofour is not None:
+        embedded = address_refusal(ip.sixtofour)
+        if embedded is not None:
+            return f"{embedded} (6to4, embeds the {embedded} address {ip.sixtofour})"
     checks = [
         (ip.is_loopback, "loopback"),
         (ip.is_link_local, "link-local"),
@@ -174,8 +181,10 @@ class WebLoader:
             for address in addresses:
                 reason = address_refusal(address)
                 if reason is not None:
+                    kind, _, note = reason.partition(" (")  # note: "6to4, embeds ...)"
                     raise Refused(
-                        f"host {host!r} resolves to {reason} address {address} (allow_private=False)"
+                        f"host {host!r} resolves to {kind} address {address} "
+                        + (f"({note} " if note else "") + "(allow_private=False)"
                     )
         # Connect to the address just checked, so a second DNS answer cannot differ.
         connect_url = parsed.copy_with(host=str(addresses[0]))
@@ -215,6 +224,8 @@ class WebLoader:
                 "Host": target.host_header,
                 "User-Agent": USER_AGENT,
                 "Accept": "text/html, application/xhtml+xml, text/plain;q=0.9, */*;q=0.1",
+                # only what _BoundedDecoder inflates within max_bytes (httpx would add br/zstd)
+                "Accept-Encoding": "gzip, deflate",
             },
             extensions={
                 "sni_hostname": target.host,
@@ -241,13 +252,19 @@ class WebLoader:
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise LoaderError(f"Content-Length {declared} is over max_bytes={self.max_bytes}; not read")
+        # Raw bytes, inflated here: httpx inflates each network read whole, so 64 KiB of gzip
+        # could become 64 MiB in memory before the size check saw any of it.
+        decoder = _BoundedDecoder(response.headers.get("content-encoding", ""))
         body = bytearray()
-        for chunk in response.iter_bytes():
-            body += chunk
+        for chunk in response.iter_raw():
+            body += decoder.decode(chunk, room=self.max_bytes + 1 - len(body))
             if len(body) > self.max_bytes:
                 raise LoaderError(f"body is over max_bytes={self.max_bytes}; stopped reading")
             if time.monotonic() > deadline:
                 raise LoaderError(f"timed out (timeout={self.timeout} s) reading the body")
+        body += decoder.flush(room=self.max_bytes + 1 - len(body))
+        if len(body) > self.max_bytes:
+            raise LoaderError(f"body is over max_bytes={self.max_bytes}; stopped reading")
         return bytes(body)
 
     def _document(
@@ -288,6 +305,49 @@ class WebLoader:
             text=text,
             metadata=metadata,
         )
+
+
+class _BoundedDecoder:
+    """Inflates a ``gzip`` / ``deflate`` / identity body producing at most ``room`` bytes per
+    call, so a decompression bomb costs at most max_bytes of memory."""
+
+    def __init__(self, content_encoding: str) -> None:
+        codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+        codings = [c for c in codings if c != "identity"]
+        if len(codings) > 1 or (codings and codings[0] not in ("gzip", "x-gzip", "deflate")):
+            raise LoaderError(
+                f"content encoding {content_encoding!r} is not supported; choose from "
+                "['gzip', 'deflate', 'identity']"
+            )
+        self.coding = codings[0] if codings else None
+        # deflate is zlib-wrapped by the standard, raw by some servers: decided at the 1st byte
+        wbits = 16 + zlib.MAX_WBITS if self.coding in ("gzip", "x-gzip") else zlib.MAX_WBITS
+        self._inflate = zlib.decompressobj(wbits) if self.coding else None
+        self._started = False
+
+    def decode(self, data: bytes, *, room: int) -> bytes:
+        if self._inflate is None:
+            return data
+        if self._inflate.eof:
+            return b""  # bytes after the compressed stream are ignored, as httpx does
+        try:
+            if not self._started and self.coding == "deflate" and data:
+                self._started = True
+                if data[0] & 0x0F != 8:  # not a zlib header: raw deflate
+                    self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+            self._started = self._started or bool(data)
+            # Past ``room`` the page is refused anyway, so the input left over is not needed.
+            return self._inflate.decompress(data, max(room, 1))
+        except zlib.error as exc:
+            raise LoaderError(f"cannot decode the {self.coding} body: {exc}") from None
+
+    def flush(self, *, room: int) -> bytes:
+        if self._inflate is None or self._inflate.eof:
+            return b""
+        try:
+            return self._inflate.decompress(self._inflate.unconsumed_tail, max(room, 1))
+        except zlib.error as exc:
+            raise LoaderError(f"cannot decode the {self.coding} body: {exc}") from None
 
 
 def _content_kind(content_type: str | None) -> str:
