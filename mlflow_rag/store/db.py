@@ -60,9 +60,12 @@ def connect(path: Path, *, read_only: bool = False, immutable: bool = False) -> 
 
 
 def configure_writer(conn: sqlite3.Connection) -> None:
-    """WAL + full fsync. Called only once the file is known to be ours (or empty)."""
+    """WAL + full fsync + secure delete. Called only once the file is known to be ours (or
+    empty). secure_delete overwrites deleted content with zeros (at a small cost in writes),
+    so a deleted document leaves nothing readable in free pages (see erase_free_pages)."""
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA secure_delete = ON")
 
 
 def is_store_database(conn: sqlite3.Connection) -> bool:
@@ -144,6 +147,8 @@ def _init_meta(conn: sqlite3.Connection) -> None:
             ("created_at", utc_now()),
             ("generation", "0"),
             ("next_id", "1"),
+            # every page of this file is freed under secure_delete (configure_writer)
+            (FREE_PAGES_ZEROED, "1"),
         ],
     )
 
@@ -669,6 +674,31 @@ def retrieval_rows(conn: sqlite3.Connection, query_id: str) -> list[tuple[Any, .
 
 
 # --------------------------------------------------------------------------- snapshots
+
+
+# store_meta key: set once every free page of the file is known to hold zeros (a new store, or
+# after one VACUUM of a store written before secure_delete was turned on).
+FREE_PAGES_ZEROED = "free_pages_zeroed"
+
+
+def fts_optimize(conn: sqlite3.Connection) -> None:
+    """Merge the FTS5 index into one segment. Deleting a row only appends delete markers that
+    carry its terms; a full merge drops the deleted entries, markers and terms alike."""
+    conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('optimize')")
+
+
+def erase_free_pages(conn: sqlite3.Connection) -> bool:
+    """Leave no deleted content in the database's files: VACUUM once if free pages may predate
+    secure_delete, then checkpoint the WAL into the main file and truncate it. Returns False
+    if another connection's read snapshot kept the checkpoint from completing (the old pages
+    then stay in the WAL until a later checkpoint). Call outside a transaction."""
+    row = conn.execute("SELECT value FROM store_meta WHERE key = ?", (FREE_PAGES_ZEROED,)).fetchone()
+    if row is None:
+        conn.execute("VACUUM")
+        with immediate_transaction(conn):
+            set_meta(conn, FREE_PAGES_ZEROED, "1")
+    busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return not busy
 
 
 def vacuum_into(conn: sqlite3.Connection, target: Path) -> None:
