@@ -187,3 +187,24 @@ def test_a_store_written_before_secure_delete_is_vacuumed_on_its_first_erase(
     assert leaks(legacy, vectors) == []
     with Store.open(legacy, read_only=True) as store:
         assert db.get_meta(store.conn, db.FREE_PAGES_ZEROED) == "1"
+
+
+def test_a_reader_holding_a_snapshot_defers_the_wal_truncation_and_says_so(
+    tmp_path: Path
+) -> None:
+    root = tmp_path / "store"
+    doc_id = build(root, tmp_path / "corpus")
+    vectors = secret_vectors(root, doc_id)
+    reader = Store.open(root, read_only=True)
+    try:
+        reader.conn.execute("BEGIN")
+        reader.conn.execute("SELECT count(*) FROM chunks").fetchone()  # pins a snapshot
+        with Store.open(root) as store:
+            store.delete(doc_id)
+            assert any("erasure incomplete" in e and "read snapshot" in e for e in store.events)
+            assert leaks(root, vectors)  # still in the WAL while the snapshot is held
+            reader.conn.execute("COMMIT")
+            store.erase_deleted()  # the next erase finishes the job
+            assert leaks(root, vectors) == []
+    finally:
+        reader.close()

@@ -678,7 +678,7 @@ class Store:
                 with db.immediate_transaction(self.conn):
                     db.fts_optimize(self.conn)
                 self.flush()
-                complete = db.erase_free_pages(self.conn)
+                problem = db.erase_free_pages(self.conn)
             except Exception as exc:
                 if db.is_storage_failure(exc):
                     raise db.storage_failure(
@@ -686,9 +686,8 @@ class Store:
                         "yet erased; run the delete's erase again (Store.erase_deleted)",
                     ) from exc
                 raise
-        if not complete:
-            message = ("erasure incomplete: another connection holds a read snapshot, so old "
-                       "pages stay in the WAL until the next checkpoint")
+        if problem:
+            message = f"erasure incomplete: {problem}"
             self.events.append(message)
             log.warning("%s: %s", self.root, message)
 
