@@ -399,7 +399,7 @@ def show(doc_id: str, store_path: Path, as_json: bool, include_pii: bool) -> Non
 @click.argument("doc_id")
 @_store_option
 def delete(doc_id: str, store_path: Path) -> None:
-    """Delete a document; its chunks and vectors go with it."""
+    """Delete a document and erase its chunks, vectors and words from the store."""
     from mlflow_rag.store.store import Store
 
     with Store.open(store_path) as store:

@@ -60,9 +60,12 @@ def connect(path: Path, *, read_only: bool = False, immutable: bool = False) -> 
 
 
 def configure_writer(conn: sqlite3.Connection) -> None:
-    """WAL + full fsync. Called only once the file is known to be ours (or empty)."""
+    """WAL + full fsync + secure delete. Called only once the file is known to be ours (or
+    empty). secure_delete overwrites deleted content with zeros (at a small cost in writes),
+    so a deleted document leaves nothing readable in free pages (see erase_free_pages)."""
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA secure_delete = ON")
 
 
 def is_store_database(conn: sqlite3.Connection) -> bool:
@@ -149,6 +152,8 @@ def _init_meta(conn: sqlite3.Connection) -> None:
             ("created_at", utc_now()),
             ("generation", "0"),
             ("next_id", "1"),
+            # every page of this file is freed under secure_delete (configure_writer)
+            (FREE_PAGES_ZEROED, "1"),
         ],
     )
 
@@ -759,6 +764,50 @@ def retrieval_rows(conn: sqlite3.Connection, query_id: str) -> list[tuple[Any, .
 
 
 # --------------------------------------------------------------------------- snapshots
+
+
+# store_meta key: set once every free page of the file is known to hold zeros (a new store, or
+# after one VACUUM of a store written before secure_delete was turned on).
+FREE_PAGES_ZEROED = "free_pages_zeroed"
+CHECKPOINT_WAIT_MS = 2_000
+
+
+def fts_optimize(conn: sqlite3.Connection) -> None:
+    """Merge the FTS5 index into one segment. Deleting a row only appends delete markers that
+    carry its terms; a full merge drops the deleted entries, markers and terms alike."""
+    conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('optimize')")
+
+
+def erase_free_pages(conn: sqlite3.Connection) -> str:
+    """Leave no deleted content in the database's files: VACUUM once if free pages may predate
+    secure_delete, then checkpoint the WAL into the main file and truncate it. Returns why
+    that could not complete ("" if it did): another connection holding a read snapshot keeps
+    old pages in the WAL until a later checkpoint, or a busy database defers the VACUUM.
+    Disk failures raise. Call outside a transaction."""
+    problem = ""
+    row = conn.execute("SELECT value FROM store_meta WHERE key = ?", (FREE_PAGES_ZEROED,)).fetchone()
+    if row is None:
+        try:
+            conn.execute("VACUUM")
+        except sqlite3.OperationalError as exc:
+            if is_storage_failure(exc):
+                raise
+            problem = (f"free pages written before secure_delete may still hold deleted text "
+                       f"(VACUUM failed: {exc}); the next erase tries again")
+        else:
+            with immediate_transaction(conn):
+                set_meta(conn, FREE_PAGES_ZEROED, "1")
+    # A truncating checkpoint waits for every reader's snapshot to end; searches hold one for
+    # milliseconds, so wait a little, not the 30 s a writer waits for the write lock.
+    conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+    try:
+        busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    if busy:
+        problem = problem or ("another connection holds a read snapshot, so old pages stay in "
+                              "the WAL until the next checkpoint")
+    return problem
 
 
 def vacuum_into(conn: sqlite3.Connection, target: Path) -> None:

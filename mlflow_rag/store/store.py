@@ -755,12 +755,45 @@ class Store:
         with self._lock:
             return db.chunks_with_vectors(self.conn, model_name)
 
-    def delete(self, document_id: str) -> None:
-        """Delete a document; its chunks and vectors cascade, and leave the index."""
+    def delete(self, document_id: str, *, erase: bool = True) -> None:
+        """Delete a document; its chunks and vectors cascade, and leave the index.
+
+        ``erase`` (the default) then removes its bytes from every file of the store
+        (:meth:`erase_deleted`); deleting many documents, pass ``erase=False`` and call
+        :meth:`erase_deleted` once at the end."""
         self._require_writable()
         with self._lock, db.write_transaction(self.conn):
             if not db.delete_document(self.conn, document_id):
                 raise DocumentNotFound(f"no document with id {document_id!r} in {self.root}")
+        if erase:
+            self.erase_deleted()
+
+    def erase_deleted(self) -> None:
+        """Remove what deleted rows leave in the files: their terms in the FTS5 segments (a
+        full merge), their vectors in the index files (rewritten), free pages (zeroed by
+        secure_delete; stores made before it get one VACUUM) and old pages in the WAL
+        (checkpointed and truncated). Costs a rewrite of the FTS index and of the index files.
+
+        A reader holding a snapshot keeps the WAL from being truncated: the old pages then stay
+        there until a later checkpoint, and ``events`` says so."""
+        self._require_writable()
+        with self._lock:
+            try:
+                with db.immediate_transaction(self.conn):
+                    db.fts_optimize(self.conn)
+                self.flush()
+                problem = db.erase_free_pages(self.conn)
+            except Exception as exc:
+                if db.is_storage_failure(exc):
+                    raise db.storage_failure(
+                        self.conn, exc, outcome="the deletion is committed but its bytes are not "
+                        "yet erased; run the delete's erase again (Store.erase_deleted)",
+                    ) from exc
+                raise
+        if problem:
+            message = f"erasure incomplete: {problem}"
+            self.events.append(message)
+            log.warning("%s: %s", self.root, message)
 
     # ----------------------------------------------------------------- indexes
 
