@@ -320,6 +320,29 @@ def test_refit_never_warns_with_numbers_and_the_refit_command_catches_up(tmp_pat
     assert check.exit_code == 0, check.output
 
 
+def test_a_refit_whose_commit_fails_puts_the_saved_fit_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_docs(tmp_path / "docs", topic_docs([0, 1]))
+    state = tmp_path / "s" / "models" / "tfidf"
+    with Store.open(tmp_path / "s", create=True) as store:
+        ingest([str(folder)], store, options=TFIDF, progress=False)
+        saved = {p.name: p.read_bytes() for p in state.iterdir()}
+        vectors = store.vectors_for_chunks("tfidf", ["topic0.txt#0", "topic1.txt#0"])
+
+        def full_disk(*args: object, **kwargs: object) -> int:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(Store, "replace_model_vectors", full_disk)
+        write_docs(folder, topic_docs(range(2, 9)))
+        with pytest.raises(OSError, match="No space"):
+            ingest([str(folder)], store, options=TFIDF, progress=False)
+        assert {p.name: p.read_bytes() for p in state.iterdir()} == saved
+        assert store.stats().documents == 2
+        again = store.vectors_for_chunks("tfidf", list(vectors))
+        assert all(np.array_equal(vectors[k], again[k]) for k in vectors)
+
+
 def test_a_query_of_unknown_terms_has_no_dense_hits_and_hybrid_keeps_bm25(tmp_path: Path) -> None:
     folder = write_docs(tmp_path / "docs", topic_docs(range(9)))
     with Store.open(tmp_path / "s", create=True) as store:

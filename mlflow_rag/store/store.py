@@ -709,8 +709,14 @@ class Store:
                     raise ChunkNotFound("some chunk ids do not exist in the store") from None
                 raise
             self._models_generation = -1
-            self._indexes.pop(model_name, None)  # another space: rebuilt from SQLite
             self._keys.pop(model_name, None)
+            # Another space: the index is built from SQLite now (the file on disk is of the
+            # old one; replacing it is expected, not a repair worth a warning).
+            with db.read_transaction(self.conn):
+                generation = db.generation(self.conn)
+                self._refresh_models(generation)
+                self._build(self._models[model_name], generation, "")
+                self._persisted.pop(model_name, None)
         return count
 
     def vectors_on_documents(self, document_ids: Sequence[str]) -> list[tuple[str, str, str]]:
