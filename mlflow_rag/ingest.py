@@ -525,6 +525,15 @@ def refit(
     return len(chunks)
 
 
+def refit_corpus_models(
+    store: Store, *, wait: bool = True, on_message: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """Refit every model of the store fitted on the corpus (tfidf), as after a delete: the
+    deleted documents' terms leave the saved vocabulary. Returns each refit's facts."""
+    return [refit_model(store, info.name, wait=wait, on_message=on_message)
+            for info in store.models() if info.embedder == "tfidf"]
+
+
 def _restore_files(directory: Path, files: Mapping[str, bytes]) -> None:
     from mlflow_rag.store.files import atomic_write_bytes
 

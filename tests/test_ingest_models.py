@@ -373,6 +373,28 @@ def test_refit_after_a_delete_drops_the_deleted_documents_terms(tmp_path: Path) 
         assert "quixotrel" not in vocabulary.read_text()
 
 
+def test_cli_delete_refits_tfidf_so_the_documents_terms_leave_the_vocabulary(
+    tmp_path: Path,
+) -> None:
+    docs = topic_docs(range(9))
+    docs["secret.txt"] = "the codename quixotrel appears only here. " * 3
+    folder = write_docs(tmp_path / "docs", docs)
+    store = str(tmp_path / "s")
+    runner = CliRunner()
+    assert runner.invoke(main, ["ingest", str(folder), "--store", store, "--embedder", "tfidf",
+                                "--no-track"]).exit_code == 0
+    vocabulary = tmp_path / "s" / "models" / "tfidf" / "tfidf.json"
+    kept = runner.invoke(main, ["delete", "topic0.txt", "--store", store, "--no-refit"])
+    assert kept.exit_code == 0 and "honey" in vocabulary.read_text()
+    result = runner.invoke(main, ["delete", "secret.txt", "--store", store])
+    assert result.exit_code == 0, result.output
+    assert "refitting tfidf" in result.stderr
+    text = vocabulary.read_text()
+    assert "quixotrel" not in text and "honey" not in text and "glaciers" in text
+    check = runner.invoke(main, ["check", "--store", store])
+    assert check.exit_code == 0, check.output
+
+
 def test_mlproject_ingest_defaults_to_the_clis_embedder() -> None:
     import yaml
 
