@@ -157,6 +157,7 @@ class Searcher:
         self.store = store
         self.model_name = model
         self._embedder = embedder
+        self._loaded_version: str | None = None  # of a tfidf state this searcher loaded
         self.redact = redact
         self.fusion = check_fusion(fusion)
 
@@ -171,6 +172,10 @@ class Searcher:
 
     @property
     def embedder(self) -> Embedder:
+        # A tfidf model refitted by another process since it was loaded: reload its state.
+        if (self._embedder is not None and self._loaded_version is not None
+                and self.store.model(self._model()).model_version != self._loaded_version):
+            self._embedder = None
         if self._embedder is None:
             from mlflow_rag.embed.registry import get_embedder
 
@@ -182,6 +187,8 @@ class Searcher:
                 )
             state = self.store.model_dir(info.name)
             self._embedder = get_embedder(info.embedder, state_dir=state if state.is_dir() else None)
+            if info.embedder == "tfidf":
+                self._loaded_version = info.model_version
         return self._embedder
 
     def embed_query(self, text: str) -> np.ndarray:
@@ -190,7 +197,8 @@ class Searcher:
     def _has_direction(self, text: str) -> bool:
         """False for a query the embedder has no direction for (tfidf: no term of its
         vocabulary): dense search then returns no hits rather than k arbitrary ones scored 0."""
-        knows = getattr(self.embedder, "knows_any_term", None)
+        # the embedder that embedded the query (none: the caller gave the vector)
+        knows = getattr(self._embedder, "knows_any_term", None)
         return knows is None or bool(knows(text))
 
     def search(

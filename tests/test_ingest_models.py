@@ -296,6 +296,22 @@ def test_tfidf_refits_when_the_corpus_outgrows_its_fit_and_search_finds_the_new_
         assert report["tfidf"]["embed_checked"] == 9 and report["tfidf"]["embed_mismatches"] == 0
 
 
+def test_a_searcher_open_across_a_refit_by_another_process_reloads_the_fit(tmp_path: Path) -> None:
+    folder = write_docs(tmp_path / "docs", topic_docs([0, 1]))
+    with Store.open(tmp_path / "s", create=True) as store:
+        ingest([str(folder)], store, options=TFIDF, progress=False)
+    reader = Store.open(tmp_path / "s", read_only=True)
+    searcher = Searcher(reader)
+    assert searcher.search("honey bees", k=1, mode="dense")
+    write_docs(folder, topic_docs(range(2, 9)))
+    result = cli("ingest", str(folder), "--store", str(tmp_path / "s"), "--embedder", "tfidf",
+                 "--no-track")
+    assert result.returncode == 0 and "refitting tfidf" in result.stderr
+    hits = searcher.search("comets grow tails", k=1, mode="dense")
+    assert "comets" in hits[0].text and hits[0].score > 0.5
+    reader.close()
+
+
 def test_refit_never_warns_with_numbers_and_the_refit_command_catches_up(tmp_path: Path) -> None:
     folder = write_docs(tmp_path / "docs", topic_docs([0, 1]))
     store_path = str(tmp_path / "s")
