@@ -511,6 +511,37 @@ def test_check_fails_on_vectors_of_another_tfidf_fit(tmp_path: Path) -> None:
     assert report["ids_equal"] and report["self_found"] == report["sampled"]  # blind to it
 
 
+def test_verify_embed_check_names_a_failing_embedder_and_skips_an_unavailable_one(
+    random_store,  # type: ignore[no-untyped-def]
+) -> None:
+    from mlflow_rag.errors import EmbedderUnavailable
+
+    store, vectors = random_store(n_docs=10, per_doc=2, dim=16)
+    try:
+        by_text = {c.text: vectors[i * 2 + j] for i in range(10)
+                   for j, c in enumerate(store.get_document(f"doc{i}").chunks)}
+
+        def same(texts: Sequence[str]) -> np.ndarray:
+            return np.stack([by_text[t] for t in texts])
+
+        def broken(texts: Sequence[str]) -> np.ndarray:
+            raise RuntimeError("state file unreadable")
+
+        def absent(texts: Sequence[str]) -> np.ndarray:
+            raise EmbedderUnavailable("install the extra")
+
+        ok = store.verify(embedders={"m": same})["models"]["m"]
+        assert ok["embed_checked"] == 8 and ok["embed_mismatches"] == 0
+        bad = store.verify(embedders={"m": broken})["models"]["m"]
+        assert bad["embed_mismatches"] == 8 and "state file unreadable" in bad["embed_error"]
+        other = store.verify(embedders={"m": lambda t: same(t)[:, ::-1].copy()})["models"]["m"]
+        assert other["embed_mismatches"] >= 7
+        skipped = store.verify(embedders={"m": absent})["models"]["m"]
+        assert skipped["embed_checked"] == 0 and "install the extra" in skipped["embed_skipped"]
+    finally:
+        store.close()
+
+
 def test_a_stale_state_is_refitted_by_the_next_ingest(tmp_path: Path) -> None:
     """A state that is not the fit of the stored vectors (a kill between saving a refit and
     committing it) is noticed by the version check and refitted, not used."""

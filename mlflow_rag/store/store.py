@@ -36,6 +36,7 @@ from mlflow_rag.errors import (
     ChunkNotFound,
     DimensionMismatch,
     DocumentNotFound,
+    EmbedderUnavailable,
     ForeignStore,
     InvalidInput,
     InvalidVector,
@@ -1198,6 +1199,9 @@ def _embed_check(
     out: dict[str, Any] = {"embed_checked": len(rows), "embed_mismatches": 0}
     try:
         fresh = np.asarray(embed([text for _, text, _ in rows]), dtype=np.float64)
+    except EmbedderUnavailable as exc:  # not installed here (no key, no extra): not a fault
+        out.update(embed_checked=0, embed_skipped=str(exc))
+        return out
     except Exception as exc:  # the recorded embedder cannot run: the check fails, named
         out.update(embed_mismatches=len(rows), embed_error=f"{type(exc).__name__}: {exc}")
         return out
