@@ -398,13 +398,24 @@ def show(doc_id: str, store_path: Path, as_json: bool, include_pii: bool) -> Non
 @main.command()
 @click.argument("doc_id")
 @_store_option
-def delete(doc_id: str, store_path: Path) -> None:
-    """Delete a document and erase its chunks, vectors and words from the store."""
+@click.option("--no-refit", is_flag=True,
+              help="Keep the tfidf vocabulary as it is (the document's terms stay in it until "
+                   "`mlflow-rag refit`).")
+def delete(doc_id: str, store_path: Path, no_refit: bool) -> None:
+    """Delete a document and erase its chunks, vectors and words from the store; a tfidf
+    model is refitted without its terms."""
+    from mlflow_rag.errors import InvalidInput
+    from mlflow_rag.ingest import refit_corpus_models
     from mlflow_rag.store.store import Store
 
     with Store.open(store_path) as store:
         store.delete(doc_id)
-    click.echo(f"deleted {doc_id}")
+        click.echo(f"deleted {doc_id}")
+        if not no_refit:
+            try:
+                refit_corpus_models(store, on_message=lambda message: click.echo(message, err=True))
+            except InvalidInput as exc:  # too little text left to fit on
+                click.echo(f"warning: tfidf not refitted: {exc}", err=True)
 
 
 @main.command()

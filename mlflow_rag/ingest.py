@@ -7,7 +7,6 @@ model embedded before (keyed by sha256 of the text) reuses the stored vector.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import math
@@ -702,8 +701,8 @@ def refit_reason(model: Any, vector_count: int, new_texts: Sequence[str]) -> str
     unknown, distinct = model.unknown_terms(new_texts)
     vocabulary = int(model.n_features)
     if unknown > REFIT_NEW_TERMS * vocabulary:
-        return (f"the new texts bring {unknown} of their {distinct} distinct terms that its "
-                f"{vocabulary}-term vocabulary lacks (over {REFIT_NEW_TERMS:.0%})")
+        return (f"{unknown} of the {distinct} distinct terms of the new texts are not in its "
+                f"{vocabulary}-term vocabulary (over {REFIT_NEW_TERMS:.0%} of it)")
     return ""
 
 
@@ -721,8 +720,10 @@ def refit(
     stored = store.chunks_with_vectors(model.name)
     chunks = [(cid, text) for cid, _, text in stored]
     say(f"refitting {model.name}: {reason}; re-embedding its {len(chunks)} stored vector(s)")
-    previous = copy.copy(model) if getattr(model, "fitted", False) else None
     state_dir = store.root / MODELS_DIR / _slug(model.name)
+    # The saved files as they were, put back if the vectors' commit fails.
+    previous = {p.name: p.read_bytes() for p in sorted(state_dir.glob("*")) if p.is_file()} \
+        if state_dir.is_dir() else {}
     # Replaced documents' old chunks are re-embedded too (their text may come back and be
     # served from the cache) but not fitted on: that text is leaving the store.
     model.fit([text for _, doc_id, text in stored if doc_id not in skip_documents]
@@ -741,10 +742,26 @@ def refit(
             store.replace_model_vectors(model.name, [cid for cid, _ in chunks], matrix,
                                         dimension=model.dimension, model_version=model.version)
     except BaseException:
-        if previous is not None:
-            previous.save(state_dir)
+        _restore_files(state_dir, previous)
         raise
     return len(chunks)
+
+
+def refit_corpus_models(
+    store: Store, *, wait: bool = True, on_message: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """Refit every model of the store fitted on the corpus (tfidf), as after a delete: the
+    deleted documents' terms leave the saved vocabulary. Returns each refit's facts."""
+    return [refit_model(store, info.name, wait=wait, on_message=on_message)
+            for info in store.models() if info.embedder == "tfidf"]
+
+
+def _restore_files(directory: Path, files: Mapping[str, bytes]) -> None:
+    from mlflow_rag.store.files import atomic_write_bytes
+
+    # The JSON names the npz's hash and is read first: write it last, as a save does.
+    for name in sorted(files, key=lambda n: n.endswith(".json")):
+        atomic_write_bytes(directory / name, files[name])
 
 
 def refit_model(
@@ -870,6 +887,11 @@ def import_legacy(
     started = time.perf_counter()
     legacy = read_legacy(path, model_name=model_name)
     stages.add("load", started)
+    with store.writer_lock():  # one writer at a time, as for ingest
+        return _import_legacy_locked(path, store, legacy, stages)
+
+
+def _import_legacy_locked(path: str | Path, store: Store, legacy: Any, stages: _Stage) -> IngestReport:
     started = time.perf_counter()
     chunker = get_chunker("fields")
     chunking = chunker.config()

@@ -234,6 +234,7 @@ class Searcher:
         self.store = store
         self.model_name = model
         self._embedder = embedder
+        self._loaded_version: str | None = None  # of a tfidf state this searcher loaded
         self.redact = redact
         self.fusion = check_fusion(fusion)
 
@@ -248,6 +249,10 @@ class Searcher:
 
     @property
     def embedder(self) -> Embedder:
+        # A tfidf model refitted by another process since it was loaded: reload its state.
+        if (self._embedder is not None and self._loaded_version is not None
+                and self.store.model(self._model()).model_version != self._loaded_version):
+            self._embedder = None
         if self._embedder is None:
             # The query side: for a plain minilm store, ONNX Runtime when it is installed
             # (same vectors, no torch import), else the model the documents were embedded with.
@@ -263,6 +268,8 @@ class Searcher:
             self._embedder = get_query_embedder(
                 info.embedder, state_dir=state if state.is_dir() else None
             )
+            if info.embedder == "tfidf":
+                self._loaded_version = info.model_version
         return self._embedder
 
     def embed_query(self, text: str) -> np.ndarray:
@@ -270,12 +277,9 @@ class Searcher:
 
     def _has_direction(self, text: str) -> bool:
         """False for a query the embedder has no direction for (tfidf: no term of its
-        vocabulary): dense search then returns no hits rather than k arbitrary ones scored 0.
-        A model with no known embedder (imported vectors, searched with the caller's vector)
-        has nobody to ask, so its vector is taken as it is."""
-        if self._embedder is None and not self.store.model(self._model()).embedder:
-            return True
-        knows = getattr(self.embedder, "knows_any_term", None)
+        vocabulary): dense search then returns no hits rather than k arbitrary ones scored 0."""
+        # the embedder that embedded the query (none: the caller gave the vector)
+        knows = getattr(self._embedder, "knows_any_term", None)
         return knows is None or bool(knows(text))
 
     def search(

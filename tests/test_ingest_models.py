@@ -297,6 +297,22 @@ def test_tfidf_refits_when_the_corpus_outgrows_its_fit_and_search_finds_the_new_
         assert report["tfidf"]["embed_checked"] == 9 and report["tfidf"]["embed_mismatches"] == 0
 
 
+def test_a_searcher_open_across_a_refit_by_another_process_reloads_the_fit(tmp_path: Path) -> None:
+    folder = write_docs(tmp_path / "docs", topic_docs([0, 1]))
+    with Store.open(tmp_path / "s", create=True) as store:
+        ingest([str(folder)], store, options=TFIDF, progress=False)
+    reader = Store.open(tmp_path / "s", read_only=True)
+    searcher = Searcher(reader)
+    assert searcher.search("honey bees", k=1, mode="dense")
+    write_docs(folder, topic_docs(range(2, 9)))
+    result = cli("ingest", str(folder), "--store", str(tmp_path / "s"), "--embedder", "tfidf",
+                 "--no-track")
+    assert result.returncode == 0 and "refitting tfidf" in result.stderr
+    hits = searcher.search("comets grow tails", k=1, mode="dense")
+    assert "comets" in hits[0].text and hits[0].score > 0.5
+    reader.close()
+
+
 def test_refit_never_warns_with_numbers_and_the_refit_command_catches_up(tmp_path: Path) -> None:
     folder = write_docs(tmp_path / "docs", topic_docs([0, 1]))
     store_path = str(tmp_path / "s")
@@ -319,6 +335,29 @@ def test_refit_never_warns_with_numbers_and_the_refit_command_catches_up(tmp_pat
     assert "comets" in json.loads(result.stdout)[0]["text"]
     check = runner.invoke(main, ["check", "--store", store_path])
     assert check.exit_code == 0, check.output
+
+
+def test_a_refit_whose_commit_fails_puts_the_saved_fit_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_docs(tmp_path / "docs", topic_docs([0, 1]))
+    state = tmp_path / "s" / "models" / "tfidf"
+    with Store.open(tmp_path / "s", create=True) as store:
+        ingest([str(folder)], store, options=TFIDF, progress=False)
+        saved = {p.name: p.read_bytes() for p in state.iterdir()}
+        vectors = store.vectors_for_chunks("tfidf", ["topic0.txt#0", "topic1.txt#0"])
+
+        def full_disk(*args: object, **kwargs: object) -> int:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(Store, "replace_model_vectors", full_disk)
+        write_docs(folder, topic_docs(range(2, 9)))
+        with pytest.raises(OSError, match="No space"):
+            ingest([str(folder)], store, options=TFIDF, progress=False)
+        assert {p.name: p.read_bytes() for p in state.iterdir()} == saved
+        assert store.stats().documents == 2
+        again = store.vectors_for_chunks("tfidf", list(vectors))
+        assert all(np.array_equal(vectors[k], again[k]) for k in vectors)
 
 
 def test_a_query_of_unknown_terms_has_no_dense_hits_and_hybrid_keeps_bm25(tmp_path: Path) -> None:
@@ -349,6 +388,28 @@ def test_refit_after_a_delete_drops_the_deleted_documents_terms(tmp_path: Path) 
         result = refit_model(store, "tfidf")
         assert result["after"]["vectors"] == 9
         assert "quixotrel" not in vocabulary.read_text()
+
+
+def test_cli_delete_refits_tfidf_so_the_documents_terms_leave_the_vocabulary(
+    tmp_path: Path,
+) -> None:
+    docs = topic_docs(range(9))
+    docs["secret.txt"] = "the codename quixotrel appears only here. " * 3
+    folder = write_docs(tmp_path / "docs", docs)
+    store = str(tmp_path / "s")
+    runner = CliRunner()
+    assert runner.invoke(main, ["ingest", str(folder), "--store", store, "--embedder", "tfidf",
+                                "--no-track"]).exit_code == 0
+    vocabulary = tmp_path / "s" / "models" / "tfidf" / "tfidf.json"
+    kept = runner.invoke(main, ["delete", "topic0.txt", "--store", store, "--no-refit"])
+    assert kept.exit_code == 0 and "honey" in vocabulary.read_text()
+    result = runner.invoke(main, ["delete", "secret.txt", "--store", store])
+    assert result.exit_code == 0, result.output
+    assert "refitting tfidf" in result.stderr
+    text = vocabulary.read_text()
+    assert "quixotrel" not in text and "honey" not in text and "glaciers" in text
+    check = runner.invoke(main, ["check", "--store", store])
+    assert check.exit_code == 0, check.output
 
 
 def test_mlproject_ingest_defaults_to_the_clis_embedder() -> None:
@@ -449,6 +510,37 @@ def test_check_fails_on_vectors_of_another_tfidf_fit(tmp_path: Path) -> None:
     report = json.loads(result.stdout)["models"]["tfidf"]
     assert report["embed_mismatches"] == report["embed_checked"] == 8
     assert report["ids_equal"] and report["self_found"] == report["sampled"]  # blind to it
+
+
+def test_verify_embed_check_names_a_failing_embedder_and_skips_an_unavailable_one(
+    random_store,  # type: ignore[no-untyped-def]
+) -> None:
+    from mlflow_rag.errors import EmbedderUnavailable
+
+    store, vectors = random_store(n_docs=10, per_doc=2, dim=16)
+    try:
+        by_text = {c.text: vectors[i * 2 + j] for i in range(10)
+                   for j, c in enumerate(store.get_document(f"doc{i}").chunks)}
+
+        def same(texts: Sequence[str]) -> np.ndarray:
+            return np.stack([by_text[t] for t in texts])
+
+        def broken(texts: Sequence[str]) -> np.ndarray:
+            raise RuntimeError("state file unreadable")
+
+        def absent(texts: Sequence[str]) -> np.ndarray:
+            raise EmbedderUnavailable("install the extra")
+
+        ok = store.verify(embedders={"m": same})["models"]["m"]
+        assert ok["embed_checked"] == 8 and ok["embed_mismatches"] == 0
+        bad = store.verify(embedders={"m": broken})["models"]["m"]
+        assert bad["embed_mismatches"] == 8 and "state file unreadable" in bad["embed_error"]
+        other = store.verify(embedders={"m": lambda t: same(t)[:, ::-1].copy()})["models"]["m"]
+        assert other["embed_mismatches"] >= 7
+        skipped = store.verify(embedders={"m": absent})["models"]["m"]
+        assert skipped["embed_checked"] == 0 and "install the extra" in skipped["embed_skipped"]
+    finally:
+        store.close()
 
 
 def test_a_stale_state_is_refitted_by_the_next_ingest(tmp_path: Path) -> None:

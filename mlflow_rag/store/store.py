@@ -36,6 +36,7 @@ from mlflow_rag.errors import (
     ChunkNotFound,
     DimensionMismatch,
     DocumentNotFound,
+    EmbedderUnavailable,
     ForeignStore,
     InvalidInput,
     InvalidVector,
@@ -740,8 +741,14 @@ class Store:
                     raise ChunkNotFound("some chunk ids do not exist in the store") from None
                 raise
             self._models_generation = -1
-            self._indexes.pop(model_name, None)  # another space: rebuilt from SQLite
             self._keys.pop(model_name, None)
+            # Another space: the index is built from SQLite now (the file on disk is of the
+            # old one; replacing it is expected, not a repair worth a warning).
+            with db.read_transaction(self.conn):
+                generation = db.generation(self.conn)
+                self._refresh_models(generation)
+                self._build(self._models[model_name], generation, "")
+                self._persisted.pop(model_name, None)
         return count
 
     def vectors_on_documents(self, document_ids: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -1281,6 +1288,9 @@ def _embed_check(
     out: dict[str, Any] = {"embed_checked": len(rows), "embed_mismatches": 0}
     try:
         fresh = np.asarray(embed([text for _, text, _ in rows]), dtype=np.float64)
+    except EmbedderUnavailable as exc:  # not installed here (no key, no extra): not a fault
+        out.update(embed_checked=0, embed_skipped=str(exc))
+        return out
     except Exception as exc:  # the recorded embedder cannot run: the check fails, named
         out.update(embed_mismatches=len(rows), embed_error=f"{type(exc).__name__}: {exc}")
         return out
