@@ -306,9 +306,77 @@ def test_evaluate_json_and_child_store_paths_outlive_the_command(
 
     # the notebook's register-the-best step: the child run's store path, after the command
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    parent = client.get_run(out["parent_run_id"]).data.metrics
+    assert parent["corpus_failures"] == parent["relevant_ids_missing"] == 0  # a clean corpus
+    assert out["corpus"]["relevant_ids_missing"] == []
     for run_id in out["child_run_ids"].values():
         path = Path(client.get_run(run_id).data.tags["mlflow_rag.store_path"])
         assert path.is_dir(), path
         with Store.open(path, read_only=True) as store:
             assert store.stats().documents > 0
     assert str(tmp_path / "cache") in str(path)  # kept under the cache, not in a temp folder
+
+
+# --------------------------------------------------------------------------- item 10
+
+BM25_GRID = {"name": "lexical", "ks": [1, 3], "metric": "ndcg_at_3",
+             "grid": {"chunk_size": 64, "mode": ["bm25"], "k": 3}}
+
+
+def _questions(path: Path, rows: list[tuple[str, str]]) -> Path:
+    lines = ["query,relevant_ids"] + [f"{query},{ids}" for query, ids in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_evaluate_reports_corpus_failures_and_relevant_ids_missing_from_the_corpus(
+    tmp_path: Path,
+) -> None:
+    corpus = write_corpus_files(tmp_path / "corpus")
+    (corpus / "broken.txt").write_bytes(b"\x00\x01binary\x00" * 50)  # fails to load
+    questions = _questions(tmp_path / "questions.csv", [
+        ("green tea brewing", "tea.md"),
+        ("mainframe COBOL migration", "cobol.md|ghost.md"),
+        ("dragons and wizards", "ghost.md|phantom.md"),  # none of it is in the corpus
+    ])
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(BM25_GRID), encoding="utf-8")
+    args = ["evaluate", str(questions), "--corpus", str(corpus), "--variants", str(grid),
+            "--no-track", "--work-dir", str(tmp_path / "w")]
+    proc = cli(*args)
+    assert "broken.txt" in proc.stderr and "1 corpus item failed to load" in proc.stderr
+    assert "2 relevant ids are not in the corpus" in proc.stderr
+    assert "ghost.md" in proc.stderr and "phantom.md" in proc.stderr
+    assert "1 of 3 queries has no relevant document in the corpus" in proc.stderr
+
+    out = json.loads(cli(*args, "--json").stdout)
+    problems = out["corpus"]
+    assert [f["source_path"].endswith("broken.txt") for f in problems["failures"]] == [True]
+    assert problems["relevant_ids_missing"] == ["ghost.md", "phantom.md"]
+    assert len(problems["queries_without_relevant_documents"]) == 1
+
+
+def test_evaluate_takes_text_columns_for_a_csv_corpus(tmp_path: Path) -> None:
+    from mlflow_rag.store.store import Store
+
+    corpus = tmp_path / "talks.csv"
+    corpus.write_text(
+        "id,title,abstract,internal\n"
+        "t1,Tea,Green tea is brewed below boiling,reviewer notes about volcanoes\n"
+        "t2,Mainframes,COBOL mainframes move to the cloud,reviewer notes about bees\n",
+        encoding="utf-8")
+    questions = _questions(tmp_path / "q.csv", [("green tea", "t1"), ("cobol cloud", "t2")])
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(BM25_GRID), encoding="utf-8")
+    out = json.loads(cli("evaluate", str(questions), "--corpus", str(corpus), "--variants",
+                         str(grid), "--no-track", "--work-dir", str(tmp_path / "w"),
+                         "--text-columns", "title,abstract", "--id-column", "id",
+                         "--json").stdout)
+    assert out["corpus"]["relevant_ids_missing"] == [] and out["best"]["value"] == 1.0
+    with Store.open(out["best"]["store_path"], read_only=True) as store:
+        text = " ".join(c.text for c in store.get_document("t1").chunks)
+    assert "Green tea" in text and "reviewer notes" not in text
+
+    bad = cli("evaluate", str(questions), "--corpus", str(corpus), "--variants", str(grid),
+              "--no-track", "--text-columns", "nope", check=False)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "nope" in bad.stderr
