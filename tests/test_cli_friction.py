@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
         check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`mlflow-rag ARGS` in a child process, as a user runs it (this worktree's code)."""
-    child_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    """`mlflow-rag ARGS` in a child process, as a user runs it (this worktree's code), in
+    ``env`` (the whole environment) when given, else in this process's."""
+    child_env = {**(env if env is not None else os.environ), "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "mlflow_rag.cli", *args], cwd=cwd,
                           env=child_env, capture_output=True, text=True, check=False)
     if check:
@@ -248,7 +249,7 @@ def test_ingest_json_without_tracking(tmp_path: Path) -> None:
 def test_the_tfidf_fit_shows_progress(tmp_path: Path) -> None:
     corpus = write_corpus_files(tmp_path / "corpus")
     proc = cli("ingest", str(corpus), "--store", str(tmp_path / "s"), "--embedder", "tfidf",
-               "--no-track", env={"MLFLOW_RAG_PROGRESS": "1"})
+               "--no-track", env=_clean_env(MLFLOW_RAG_PROGRESS="1"))
     assert "tfidf fit" in proc.stderr, proc.stderr
 
 
@@ -380,3 +381,47 @@ def test_evaluate_takes_text_columns_for_a_csv_corpus(tmp_path: Path) -> None:
     bad = cli("evaluate", str(questions), "--corpus", str(corpus), "--variants", str(grid),
               "--no-track", "--text-columns", "nope", check=False)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "nope" in bad.stderr
+
+
+# --------------------------------------------------------------------------- item 14
+
+
+def test_a_tracked_ingest_that_changed_nothing_refers_to_the_bundle_it_would_copy(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from mlflow_rag.store.store import Store
+    from mlflow_rag.tracking import download_bundle
+
+    corpus = write_corpus_files(tmp_path / "corpus")
+    store = str(tmp_path / "store")
+
+    def ingest() -> str:
+        result = CliRunner().invoke(main, ["ingest", str(corpus), "--store", store, "--embedder",
+                                           "tfidf", "--json", "--tracking-uri", tracking_uri])
+        assert result.exit_code == 0, result.output
+        return str(json.loads(result.stdout)["run_id"])
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+    def bundle_files(run_id: str) -> list[str]:
+        return [f.path for f in client.list_artifacts(run_id, "store")]
+
+    first = ingest()
+    assert "store/manifest.json" in bundle_files(first)
+    second = ingest()  # nothing changed
+    assert bundle_files(second) == []  # the store was not copied again
+    tags = client.get_run(second).data.tags
+    assert tags["mlflow_rag.bundle_run_id"] == first
+    assert first in tags["mlflow.note.content"]
+    third = ingest()  # still nothing: refers to the run that holds the bundle, not to `second`
+    assert client.get_run(third).data.tags["mlflow_rag.bundle_run_id"] == first
+    with Store.open(download_bundle(third, tmp_path / "dl", tracking_uri=tracking_uri),
+                    immutable=True, verify_files=True) as bundle:
+        assert bundle.stats().documents == len(CORPUS)
+
+    (corpus / "tea.md").write_text("# Green tea\n\nBrewed cooler than black tea.\n")
+    changed = ingest()
+    assert "store/manifest.json" in bundle_files(changed)
+    assert "mlflow_rag.bundle_run_id" not in client.get_run(changed).data.tags
