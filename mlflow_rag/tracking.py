@@ -53,7 +53,7 @@ TAG_GENERATION = "mlflow_rag.generation"
 TAG_PREVIOUS_GENERATION = "mlflow_rag.previous_generation"
 TAG_PREVIOUS_RUN_ID = "mlflow_rag.previous_run_id"
 TAG_STORE_PATH = "mlflow_rag.store_path"
-TAG_EMBEDDER = "mlflow_rag.embedder"  # the store's embedding models, comma-separated
+TAG_EMBEDDER = "mlflow_rag.embedder"  # an ingest's embedder; a model's, comma-separated
 TAG_DOCUMENTS = "mlflow_rag.documents"  # documents in the store (the logged bundle)
 TAG_INGEST_RUN_ID = "mlflow_rag.ingest_run_id"  # the ingest run that left the store so
 TAG_DESCRIPTION = "mlflow.note.content"  # MLflow's run description (shown in the UI)
@@ -97,9 +97,10 @@ def resolve_tracking_uri(uri: str | None) -> str:
 def _has_file_store_experiments(root: Path) -> bool:
     """MLflow's test (``_has_existing_mlruns_data``): an experiment folder with meta.yaml."""
     try:
-        return any(entry.is_dir() and entry.name.isdigit()
-                   and os.path.lexists(os.path.join(entry.path, "meta.yaml"))
-                   for entry in os.scandir(root))
+        with os.scandir(root) as entries:
+            return any(entry.is_dir() and entry.name.isdigit()
+                       and os.path.lexists(os.path.join(entry.path, "meta.yaml"))
+                       for entry in entries)
     except OSError:
         return False
 
