@@ -148,15 +148,14 @@ _quiet = False
 
 
 def quiet_mlflow() -> None:
-    """For the CLI: keep MLflow's own chatter off the terminal (INFO lines, "Successfully
-    registered model", progress bars of artifact downloads, Python warnings raised inside
-    MLflow), and its WARNING and ERROR log lines on it. Call before MLflow is imported; a user
-    who sets ``MLFLOW_LOGGING_LEVEL`` gets MLflow's own output instead."""
+    """For the CLI: keep MLflow's own chatter off the terminal (INFO and WARNING log lines,
+    "Successfully registered model", progress bars of artifact downloads, Python warnings
+    raised inside MLflow); its ERROR lines stay, and what fails reaches the user as our own
+    one-line error. A user who sets ``MLFLOW_LOGGING_LEVEL`` gets MLflow's own output."""
     global _quiet
     if os.environ.get("MLFLOW_LOGGING_LEVEL"):
         return
-    _quiet = True
-    os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+    _quiet = True  # applied where MLflow is used (_mlflow_session)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
 
@@ -174,7 +173,7 @@ class _Discard:
 def _silence_mlflow_prints() -> None:
     """MLflow prints registry messages ("Successfully registered model ...") to its own stream
     whatever the log level; point those prints at nothing. Its log records keep the handler
-    made at import (the stream object it was given), so warnings and errors still show."""
+    made at import (the stream object it was given), so errors still show."""
     if not _quiet:
         return
     from mlflow.utils import logging_utils
@@ -183,9 +182,10 @@ def _silence_mlflow_prints() -> None:
     # only prints its messages again.
     if hasattr(logging_utils, "MLFLOW_LOGGING_STREAM"):
         logging_utils.MLFLOW_LOGGING_STREAM = _Discard()  # type: ignore[assignment]
+    # Not through MLFLOW_LOGGING_LEVEL: the variable would pass on to child processes.
     logger = logging.getLogger("mlflow")
-    if logger.level < logging.WARNING:  # MLflow was imported before quiet_mlflow()
-        logger.setLevel(logging.WARNING)
+    if logger.level < logging.ERROR:
+        logger.setLevel(logging.ERROR)
 
 
 @contextmanager

@@ -122,7 +122,8 @@ def test_per_document_groups_hits_by_document(md_store: Path) -> None:
 def _clean_env(**extra: str) -> dict[str, str]:
     """A user's shell: no MLflow variables exported."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_EXPERIMENT", "MLFLOW_RUN"))}
+           if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_EXPERIMENT", "MLFLOW_RUN",
+                                "MLFLOW_LOGGING_LEVEL"))}
     env.update(PYTHONPATH=str(REPO), **extra)
     return env
 
@@ -300,6 +301,8 @@ def test_evaluate_json_and_child_store_paths_outlive_the_command(
     result = CliRunner().invoke(main, ["evaluate", str(beir), "--variants", str(grid), "--json",
                                        "--tracking-uri", tracking_uri])  # no --work-dir
     assert result.exit_code == 0, result.output
+    noise = [line for line in result.stderr.splitlines() if any(n in line for n in MLFLOW_NOISE)]
+    assert not noise, result.stderr
     out = json.loads(result.stdout)
     assert out["metric"] == "ndcg_at_5" and out["best"]["variant"] in ("bm25", "dense-tfidf")
     assert {v["variant"] for v in out["variants"]} == {"bm25", "dense-tfidf"}
