@@ -551,6 +551,10 @@ def log_model_command(
                                              "grid's, else ndcg_at_10].")
 @click.option("--corpus", multiple=True,
               help="Documents of a questions-file dataset (files, folders); repeatable.")
+@click.option("--id-column", default=None,
+              help="CSV/JSONL corpus: the column holding the ids the questions file names.")
+@click.option("--text-columns", default=None,
+              help="CSV/JSONL corpus: comma-separated text columns (as ingest takes them).")
 @click.option("--no-track", is_flag=True, help="Print the comparison only; log no MLflow runs.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the outcome as a JSON object (variants best first, runs, champion).")
@@ -558,7 +562,8 @@ def evaluate(
     dataset_arg: str | None, dataset_opt: str | None, variants: Path | None,
     experiment: str | None, split: str | None, max_queries: int | None,
     tracking_uri: str | None, work_dir: Path | None, register: str | None, alias: str,
-    metric: str | None, corpus: tuple[str, ...], no_track: bool, as_json: bool,
+    metric: str | None, corpus: tuple[str, ...], id_column: str | None,
+    text_columns: str | None, no_track: bool, as_json: bool,
 ) -> None:
     """Evaluate a grid of retrieval variants on a dataset: one MLflow child run per variant.
 
@@ -580,7 +585,14 @@ def evaluate(
         tracking_uri=tracking_uri, work_dir=work_dir, register=register, alias=alias,
         metric=metric, corpus=corpus, track=not no_track,
         progress=sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS")),
+        loader_options={**({"id_column": id_column} if id_column else {}),
+                        **({"text_columns": _split(text_columns)} if text_columns else {})},
     )
+    if not as_json:  # every variant's scores are capped by these: say so first
+        from mlflow_rag.eval_tracking import corpus_problem_lines
+
+        for line in corpus_problem_lines(outcome.result):
+            click.echo(f"warning: {line}", err=True)
     if as_json:
         from mlflow_rag.eval_tracking import outcome_json
 

@@ -22,7 +22,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from mlflow_rag.evaluation.harness import (
 from mlflow_rag.evaluation.variants import DEFAULT_METRIC, Grid, check_metric, load_grid, parse_grid
 from mlflow_rag.tracking import (
     DEFAULT_EXPERIMENT,
+    TAG_DESCRIPTION,
     TAG_RUN_TYPE,
     TAG_STORE_PATH,
     _mlflow_session,
@@ -108,6 +109,42 @@ def per_query_rows(result: VariantResult) -> list[dict[str, Any]]:
         }
         for q in result.per_query
     ]
+
+
+def corpus_problem_lines(result: EvaluationResult, *, shown: int = 5) -> list[str]:
+    """Warnings about the corpus that cap every variant's scores, one line each (empty when
+    the corpus holds every judged document and everything loaded)."""
+    lines = []
+    failures = result.corpus_failures
+    if failures:
+        names = "; ".join(f"{f.source_path}: {f.reason}" for f in failures[:shown])
+        more = f"; and {len(failures) - shown} more" if len(failures) > shown else ""
+        lines.append(f"{len(failures)} corpus item{'s' if len(failures) != 1 else ''} failed "
+                     f"to load (not searchable): {names}{more}")
+    missing = result.relevant_missing
+    if missing:
+        names = ", ".join(missing[:shown]) + (f" and {len(missing) - shown} more"
+                                              if len(missing) > shown else "")
+        verb = "ids are" if len(missing) != 1 else "id is"
+        lines.append(f"{len(missing)} relevant {verb} not in the corpus: {names} (check the "
+                     "corpus and its ids: --corpus, --id-column)")
+    hopeless = result.queries_without_relevant
+    if hopeless:
+        total = len(result.dataset.queries)
+        lines.append(f"{len(hopeless)} of {total} quer{'ies' if total != 1 else 'y'} "
+                     f"{'have' if len(hopeless) != 1 else 'has'} no relevant document in the "
+                     "corpus: every variant scores 0 on "
+                     f"{'them' if len(hopeless) != 1 else 'it'}")
+    return lines
+
+
+def corpus_problems_json(result: EvaluationResult) -> dict[str, Any]:
+    return {
+        "failures": [{"source_path": f.source_path, "reason": f.reason}
+                     for f in result.corpus_failures],
+        "relevant_ids_missing": list(result.relevant_missing),
+        "queries_without_relevant_documents": list(result.queries_without_relevant),
+    }
 
 
 def format_comparison(result: EvaluationResult, *, metric: str) -> str:
@@ -222,6 +259,14 @@ def _log_summary(mlflow: Any, result: EvaluationResult, *, metric: str,
                      TAG_BEST_METRIC: metric})
     mlflow.log_metric(f"best_{metric}", best.metrics[metric])
     mlflow.log_metric("seconds_total", result.seconds)
+    mlflow.log_metrics({"corpus_failures": float(len(result.corpus_failures)),
+                        "relevant_ids_missing": float(len(result.relevant_missing)),
+                        "queries_without_relevant": float(len(result.queries_without_relevant))})
+    problems = corpus_problem_lines(result)
+    if problems:
+        mlflow.log_dict(corpus_problems_json(result), "corpus_problems.json")
+        mlflow.set_tag(TAG_DESCRIPTION, "Corpus problems (scores are capped):\n\n"
+                       + "\n".join(f"- {line}" for line in problems))
     return best
 
 
@@ -232,6 +277,7 @@ def evaluate(
     register: str | None = None, alias: str = "champion", metric: str | None = None,
     corpus: Sequence[str] = (), track: bool = True, progress: bool = True,
     batch_size: int = 64, run_name: str | None = None,
+    loader_options: Mapping[str, Any] | None = None,
 ) -> EvaluationRun:
     """Run a variant grid on a dataset and log it: a parent run with one child per variant.
 
@@ -243,6 +289,9 @@ def evaluate(
     the call; ``<cache>`` is ``$MLFLOW_RAG_CACHE_DIR``, else ``~/.cache/mlflow-rag``), else a
     temporary directory. ``register`` logs the best variant's store as a model,
     registered under that name with ``alias``. ``track=False`` runs without MLflow.
+    ``loader_options`` go to the corpus loaders as ingest's (``text_columns``,
+    ``id_column``...). Corpus items that fail to load and judged ids that are no document of
+    the corpus are in the result (:func:`corpus_problem_lines`) and on the parent run.
     """
     grid = _grid(variants)
     metric = check_metric(metric or grid.metric or DEFAULT_METRIC, ks=grid.ks,
@@ -260,6 +309,7 @@ def evaluate(
         work_dir = cache_root() / "eval"
     with _work_dir(work_dir) as directory:
         options = HarnessOptions(work_dir=directory, sources=tuple(corpus),
+                                 loader_options=dict(loader_options or {}),
                                  batch_size=batch_size, progress=progress)
         if not track:
             result = run_grid(grid, data, options=options)
@@ -350,6 +400,7 @@ def outcome_json(outcome: EvaluationRun, *, register: str | None = None,
         "grid": {"name": result.grid.name, "source": result.grid.source},
         "metric": outcome.metric,
         "seconds": result.seconds,
+        "corpus": corpus_problems_json(result),
         "variants": rows,
         "best": {"variant": best, "value": clean(outcome.best.metrics.get(outcome.metric)),
                  "run_id": outcome.child_run_ids.get(best),
@@ -388,6 +439,7 @@ __all__ = [
     "TAG_BEST_VARIANT",
     "EvaluationRun",
     "comparison_rows",
+    "corpus_problem_lines",
     "evaluate",
     "format_comparison",
     "outcome_json",

@@ -53,10 +53,15 @@ TAG_GENERATION = "mlflow_rag.generation"
 TAG_PREVIOUS_GENERATION = "mlflow_rag.previous_generation"
 TAG_PREVIOUS_RUN_ID = "mlflow_rag.previous_run_id"
 TAG_STORE_PATH = "mlflow_rag.store_path"
-TAG_EMBEDDER = "mlflow_rag.embedder"  # the store's embedding models, comma-separated
+TAG_EMBEDDER = "mlflow_rag.embedder"  # an ingest's embedder; a model's, comma-separated
 TAG_DOCUMENTS = "mlflow_rag.documents"  # documents in the store (the logged bundle)
 TAG_INGEST_RUN_ID = "mlflow_rag.ingest_run_id"  # the ingest run that left the store so
 TAG_DESCRIPTION = "mlflow.note.content"  # MLflow's run description (shown in the UI)
+# An ingest run's store content (documents, vectors, index files), generation aside; an
+# ingest that leaves it as the previous run did logs no second copy of the bundle but names
+# the run that holds it.
+TAG_CONTENT_DIGEST = "mlflow_rag.content_digest"
+TAG_BUNDLE_RUN_ID = "mlflow_rag.bundle_run_id"
 
 # Sources larger than this are fingerprinted by their file listing (path, size, mtime)
 # instead of re-reading their bytes: the run must not cost a second full read of a huge corpus.
@@ -92,9 +97,10 @@ def resolve_tracking_uri(uri: str | None) -> str:
 def _has_file_store_experiments(root: Path) -> bool:
     """MLflow's test (``_has_existing_mlruns_data``): an experiment folder with meta.yaml."""
     try:
-        return any(entry.is_dir() and entry.name.isdigit()
-                   and os.path.lexists(os.path.join(entry.path, "meta.yaml"))
-                   for entry in os.scandir(root))
+        with os.scandir(root) as entries:
+            return any(entry.is_dir() and entry.name.isdigit()
+                       and os.path.lexists(os.path.join(entry.path, "meta.yaml"))
+                       for entry in entries)
     except OSError:
         return False
 
@@ -142,15 +148,14 @@ _quiet = False
 
 
 def quiet_mlflow() -> None:
-    """For the CLI: keep MLflow's own chatter off the terminal (INFO lines, "Successfully
-    registered model", progress bars of artifact downloads, Python warnings raised inside
-    MLflow), and its WARNING and ERROR log lines on it. Call before MLflow is imported; a user
-    who sets ``MLFLOW_LOGGING_LEVEL`` gets MLflow's own output instead."""
+    """For the CLI: keep MLflow's own chatter off the terminal (INFO and WARNING log lines,
+    "Successfully registered model", progress bars of artifact downloads, Python warnings
+    raised inside MLflow); its ERROR lines stay, and what fails reaches the user as our own
+    one-line error. A user who sets ``MLFLOW_LOGGING_LEVEL`` gets MLflow's own output."""
     global _quiet
     if os.environ.get("MLFLOW_LOGGING_LEVEL"):
         return
-    _quiet = True
-    os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+    _quiet = True  # applied where MLflow is used (_mlflow_session)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
 
@@ -168,7 +173,7 @@ class _Discard:
 def _silence_mlflow_prints() -> None:
     """MLflow prints registry messages ("Successfully registered model ...") to its own stream
     whatever the log level; point those prints at nothing. Its log records keep the handler
-    made at import (the stream object it was given), so warnings and errors still show."""
+    made at import (the stream object it was given), so errors still show."""
     if not _quiet:
         return
     from mlflow.utils import logging_utils
@@ -177,9 +182,10 @@ def _silence_mlflow_prints() -> None:
     # only prints its messages again.
     if hasattr(logging_utils, "MLFLOW_LOGGING_STREAM"):
         logging_utils.MLFLOW_LOGGING_STREAM = _Discard()  # type: ignore[assignment]
+    # Not through MLFLOW_LOGGING_LEVEL: the variable would pass on to child processes.
     logger = logging.getLogger("mlflow")
-    if logger.level < logging.WARNING:  # MLflow was imported before quiet_mlflow()
-        logger.setLevel(logging.WARNING)
+    if logger.level < logging.ERROR:
+        logger.setLevel(logging.ERROR)
 
 
 @contextmanager
@@ -345,6 +351,32 @@ def previous_ingest_run(client: Any, experiment_id: str, store_id: str,
     return next((r for r in runs if r.info.run_id != exclude_run_id), None)
 
 
+def content_digest(store: Store) -> str | None:
+    """A digest of what the store holds: its counts and, per model, the embedder version and
+    the index file's sha256 (an index holds the vector ids, which are never reused, so any
+    document written or deleted changes it). None when the manifest on disk is not the
+    store's current state (a writer has not flushed) or there is no index to vouch for it."""
+    manifest = read_manifest(store.root)
+    stats = store.stats()
+    if manifest is None or manifest.generation != stats.generation or not manifest.models:
+        return None
+    state = {
+        "store_id": store.store_id, "schema_version": manifest.schema_version,
+        "documents": stats.documents, "chunks": stats.chunks, "embeddings": stats.embeddings,
+        "source_types": dict(stats.source_types),
+        "models": {name: [entry.embedder, entry.model_version, entry.index_type,
+                          entry.index_params, entry.vector_count, entry.max_vector_id,
+                          entry.sha256]
+                   for name, entry in sorted(manifest.models.items())},
+    }
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _changed_nothing(report: IngestReport) -> bool:
+    return (report.documents_new == report.documents_updated == 0
+            and report.vectors_embedded == report.vectors_cached == 0)
+
+
 def ingest_summary(report: IngestReport) -> str:
     """``6 new, 1 updated, 0 unchanged`` (and ``, 2 failed`` when some failed)."""
     text = (f"{report.documents_new} new, {report.documents_updated} updated, "
@@ -353,7 +385,8 @@ def ingest_summary(report: IngestReport) -> str:
 
 
 def _ingest_description(report: IngestReport, store: Store, *, generation: int, documents: int,
-                        chunks: int, run_id: str, previous: Any | None) -> str:
+                        chunks: int, run_id: str, previous: Any | None,
+                        bundle_run: str | None = None) -> str:
     sources = ", ".join(f"`{s}`" for s in report.sources[:3])
     if len(report.sources) > 3:
         sources += f" and {len(report.sources) - 3} more"
@@ -365,7 +398,10 @@ def _ingest_description(report: IngestReport, store: Store, *, generation: int, 
         f"{chunks} chunks.\n\n"
         f"Embedder `{report.embedder}` ({report.embedder_version or 'no version'}, dimension "
         f"{report.dimension}), chunker `{chunker}`, index `{dict(report.index).get('kind', '')}`."
-        f"\n\nThe store bundle: `runs:/{run_id}/{BUNDLE_ARTIFACT_PATH}`. "
+        + (f"\n\nNothing changed since ingest run `{bundle_run}`, which holds this state's "
+           f"bundle: `runs:/{bundle_run}/{BUNDLE_ARTIFACT_PATH}` (not copied again). "
+           if bundle_run else
+           f"\n\nThe store bundle: `runs:/{run_id}/{BUNDLE_ARTIFACT_PATH}`. ")
         + (f"Previous ingest run of this store: `{previous.info.run_id}`."
            if previous is not None else "No earlier ingest run of this store in this experiment.")
     )
@@ -381,25 +417,37 @@ def log_ingest_run(
     index (type + params). Metrics: document/chunk/vector counts, tokens, cost, seconds per
     stage, chunks per second, store bytes. Input: the sources as a dataset with their digests.
     Artifacts: a consistent snapshot of the store (``store/``, with ``manifest.json`` and file
-    hashes) and the report itself (``ingest_report.json``).
+    hashes) and the report itself (``ingest_report.json``). An ingest that changed nothing,
+    leaving the store as the previous ingest run of it in the experiment recorded
+    (:func:`content_digest`), copies no second bundle: its tag ``mlflow_rag.bundle_run_id``
+    names the run that holds it (:func:`download_bundle` follows it).
     """
     import pandas as pd
 
     with _mlflow_session(tracking_uri, experiment) as mlflow, tempfile.TemporaryDirectory(
         prefix="mlflow-rag-bundle-"
     ) as tmp:
-        # Snapshot first: the tags must name the generation the logged bundle holds.
-        bundle = store.snapshot(Path(tmp) / BUNDLE_ARTIFACT_PATH)
-        manifest = read_manifest(bundle)
-        generation = manifest.generation if manifest else report.store_generation
-        bundle_bytes = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
         client = mlflow.MlflowClient()
         stats = store.stats()
+        digest = content_digest(store)
         if run_name is None and not os.environ.get("MLFLOW_RUN_ID"):  # not `mlflow run`'s run
             run_name = f"ingest {Path(store.root).name}: {ingest_summary(report)}"
         with _start_run(mlflow, run_name) as run:
             previous = previous_ingest_run(client, run.info.experiment_id, store.store_id,
                                            exclude_run_id=run.info.run_id)
+            bundle_run = None
+            if (digest is not None and previous is not None and _changed_nothing(report)
+                    and previous.data.tags.get(TAG_CONTENT_DIGEST) == digest):
+                bundle_run = previous.data.tags.get(TAG_BUNDLE_RUN_ID) or previous.info.run_id
+            bundle = None
+            if bundle_run is None:
+                # Snapshot before tagging: the tags must name the generation the bundle holds.
+                bundle = store.snapshot(Path(tmp) / BUNDLE_ARTIFACT_PATH)
+                manifest = read_manifest(bundle)
+                generation = manifest.generation if manifest else report.store_generation
+                bundle_bytes = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+            else:
+                generation, bundle_bytes = stats.generation, 0
             run_tags = {
                 TAG_RUN_TYPE: "ingest",
                 TAG_STORE_ID: store.store_id,
@@ -414,10 +462,15 @@ def log_ingest_run(
             }
             if previous is not None:
                 run_tags[TAG_PREVIOUS_RUN_ID] = previous.info.run_id
+            if digest is not None:
+                run_tags[TAG_CONTENT_DIGEST] = digest
+            if bundle_run is not None:
+                run_tags[TAG_BUNDLE_RUN_ID] = bundle_run
             if TAG_DESCRIPTION not in run.data.tags:  # a description someone wrote stays
                 run_tags[TAG_DESCRIPTION] = _ingest_description(
                     report, store, generation=generation, documents=stats.documents,
-                    chunks=stats.chunks, run_id=run.info.run_id, previous=previous)
+                    chunks=stats.chunks, run_id=run.info.run_id, previous=previous,
+                    bundle_run=bundle_run)
             mlflow.set_tags(run_tags)
             log_params_once(mlflow, ingest_params(report))
             mlflow.log_metrics(ingest_metrics(report, store_bytes=report.store_bytes or bundle_bytes))
@@ -435,7 +488,8 @@ def log_ingest_run(
                 )
             mlflow.log_text(json.dumps(dataclasses.asdict(report), indent=2, default=str),
                             "ingest_report.json")
-            mlflow.log_artifacts(str(bundle), artifact_path=BUNDLE_ARTIFACT_PATH)
+            if bundle is not None:
+                mlflow.log_artifacts(str(bundle), artifact_path=BUNDLE_ARTIFACT_PATH)
             return str(run.info.run_id)
 
 
@@ -461,7 +515,8 @@ def _sources_dataset(mlflow: Any, table: Any, report: IngestReport) -> Any:
 
 
 def download_bundle(run_id: str, destination: str | Path, *, tracking_uri: str | None = None) -> Path:
-    """Download the store bundle an ingest run logged; returns the bundle directory.
+    """Download the store bundle an ingest run logged, or that of the run it names when it
+    changed nothing (tag ``mlflow_rag.bundle_run_id``); returns the bundle directory.
 
     Open it with ``Store.open(path, immutable=True, verify_files=True)``.
     """
@@ -473,6 +528,8 @@ def download_bundle(run_id: str, destination: str | Path, *, tracking_uri: str |
     dest = Path(destination)
     dest.mkdir(parents=True, exist_ok=True)
     try:
+        tags = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
+        run_id = tags.get(TAG_BUNDLE_RUN_ID) or run_id
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=BUNDLE_ARTIFACT_PATH, dst_path=str(dest),
             tracking_uri=uri,
@@ -656,9 +713,9 @@ def _examples(bundle: Path, *, embedder: str | None) -> tuple[Any, Any]:
         retriever.close()
 
 
-def ingest_run_of(client: Any, store_id: str, generation: int) -> str | None:
-    """The latest ingest run, in any experiment, that left this store at this generation (its
-    bundle holds what a model logged now holds), or None."""
+def ingest_run_of(client: Any, store_id: str, generation: int) -> tuple[str, str] | None:
+    """The latest ingest run, in any experiment, that left this store at this generation, and
+    the run holding that state's bundle (itself, unless it changed nothing), or None."""
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return None
@@ -668,15 +725,19 @@ def ingest_run_of(client: Any, store_id: str, generation: int) -> str | None:
                        f"'ingest' and tags.`{TAG_GENERATION}` = '{generation}'"),
         order_by=["attributes.start_time DESC"], max_results=1,
     )
-    return str(runs[0].info.run_id) if runs else None
+    if not runs:
+        return None
+    run_id = str(runs[0].info.run_id)
+    return run_id, str(runs[0].data.tags.get(TAG_BUNDLE_RUN_ID) or run_id)
 
 
 def _model_description(store_name: str, *, store_id: str, generation: int,
-                       models: Sequence[Any], documents: int, ingest_run: str | None) -> str:
+                       models: Sequence[Any], documents: int,
+                       ingest_run: tuple[str, str] | None) -> str:
     spaces = ", ".join(f"`{m.name}` ({m.vector_count} vectors, dimension {m.dimension}, "
                        f"{m.index_type} index)" for m in models) or "none (BM25 only)"
-    source = (f"the state ingest run `{ingest_run}` left (its bundle: "
-              f"`runs:/{ingest_run}/{BUNDLE_ARTIFACT_PATH}`)" if ingest_run
+    source = (f"the state ingest run `{ingest_run[0]}` left (its bundle: "
+              f"`runs:/{ingest_run[1]}/{BUNDLE_ARTIFACT_PATH}`)" if ingest_run
               else "a state no logged ingest run recorded")
     return (f"mlflow-rag retriever over the store `{store_name}` (store id `{store_id}`, "
             f"generation {generation}): {documents} documents; embedding models: {spaces}. "
@@ -756,7 +817,7 @@ def log_model(
                 TAG_GENERATION: str(generation),
                 TAG_EMBEDDER: embedders,
                 TAG_DOCUMENTS: str(documents),
-                **({TAG_INGEST_RUN_ID: ingest_run} if ingest_run else {}),
+                **({TAG_INGEST_RUN_ID: ingest_run[0]} if ingest_run else {}),
             }
             description = _model_description(
                 store_name, store_id=store.store_id, generation=generation, models=models,

@@ -29,6 +29,10 @@ def render() -> str:
     for name in sorted(main.list_commands(ctx)):
         command = main.get_command(ctx, name)
         assert command is not None
+        # A command made a context of its own before (no parent: no -h) cached a help option
+        # without -h; drop it so the group's settings apply (click >= 8.1.8 caches it).
+        if hasattr(command, "_help_option"):
+            command._help_option = None
         sub = command.make_context(name, [], parent=ctx, **width)
         parts.append(f"## mlflow-rag {name}\n\n```\n{command.get_help(sub)}\n```\n")
     return "\n".join(parts)

@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
         check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`mlflow-rag ARGS` in a child process, as a user runs it (this worktree's code)."""
-    child_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    """`mlflow-rag ARGS` in a child process, as a user runs it (this worktree's code), in
+    ``env`` (the whole environment) when given, else in this process's."""
+    child_env = {**(env if env is not None else os.environ), "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "mlflow_rag.cli", *args], cwd=cwd,
                           env=child_env, capture_output=True, text=True, check=False)
     if check:
@@ -121,7 +122,8 @@ def test_per_document_groups_hits_by_document(md_store: Path) -> None:
 def _clean_env(**extra: str) -> dict[str, str]:
     """A user's shell: no MLflow variables exported."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_EXPERIMENT", "MLFLOW_RUN"))}
+           if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_EXPERIMENT", "MLFLOW_RUN",
+                                "MLFLOW_LOGGING_LEVEL"))}
     env.update(PYTHONPATH=str(REPO), **extra)
     return env
 
@@ -248,7 +250,7 @@ def test_ingest_json_without_tracking(tmp_path: Path) -> None:
 def test_the_tfidf_fit_shows_progress(tmp_path: Path) -> None:
     corpus = write_corpus_files(tmp_path / "corpus")
     proc = cli("ingest", str(corpus), "--store", str(tmp_path / "s"), "--embedder", "tfidf",
-               "--no-track", env={"MLFLOW_RAG_PROGRESS": "1"})
+               "--no-track", env=_clean_env(MLFLOW_RAG_PROGRESS="1"))
     assert "tfidf fit" in proc.stderr, proc.stderr
 
 
@@ -299,6 +301,8 @@ def test_evaluate_json_and_child_store_paths_outlive_the_command(
     result = CliRunner().invoke(main, ["evaluate", str(beir), "--variants", str(grid), "--json",
                                        "--tracking-uri", tracking_uri])  # no --work-dir
     assert result.exit_code == 0, result.output
+    noise = [line for line in result.stderr.splitlines() if any(n in line for n in MLFLOW_NOISE)]
+    assert not noise, result.stderr
     out = json.loads(result.stdout)
     assert out["metric"] == "ndcg_at_5" and out["best"]["variant"] in ("bm25", "dense-tfidf")
     assert {v["variant"] for v in out["variants"]} == {"bm25", "dense-tfidf"}
@@ -306,9 +310,121 @@ def test_evaluate_json_and_child_store_paths_outlive_the_command(
 
     # the notebook's register-the-best step: the child run's store path, after the command
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    parent = client.get_run(out["parent_run_id"]).data.metrics
+    assert parent["corpus_failures"] == parent["relevant_ids_missing"] == 0  # a clean corpus
+    assert out["corpus"]["relevant_ids_missing"] == []
     for run_id in out["child_run_ids"].values():
         path = Path(client.get_run(run_id).data.tags["mlflow_rag.store_path"])
         assert path.is_dir(), path
         with Store.open(path, read_only=True) as store:
             assert store.stats().documents > 0
     assert str(tmp_path / "cache") in str(path)  # kept under the cache, not in a temp folder
+
+
+# --------------------------------------------------------------------------- item 10
+
+BM25_GRID = {"name": "lexical", "ks": [1, 3], "metric": "ndcg_at_3",
+             "grid": {"chunk_size": 64, "mode": ["bm25"], "k": 3}}
+
+
+def _questions(path: Path, rows: list[tuple[str, str]]) -> Path:
+    lines = ["query,relevant_ids"] + [f"{query},{ids}" for query, ids in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_evaluate_reports_corpus_failures_and_relevant_ids_missing_from_the_corpus(
+    tmp_path: Path,
+) -> None:
+    corpus = write_corpus_files(tmp_path / "corpus")
+    (corpus / "broken.txt").write_bytes(b"\x00\x01binary\x00" * 50)  # fails to load
+    questions = _questions(tmp_path / "questions.csv", [
+        ("green tea brewing", "tea.md"),
+        ("mainframe COBOL migration", "cobol.md|ghost.md"),
+        ("dragons and wizards", "ghost.md|phantom.md"),  # none of it is in the corpus
+    ])
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(BM25_GRID), encoding="utf-8")
+    args = ["evaluate", str(questions), "--corpus", str(corpus), "--variants", str(grid),
+            "--no-track", "--work-dir", str(tmp_path / "w")]
+    proc = cli(*args)
+    assert "broken.txt" in proc.stderr and "1 corpus item failed to load" in proc.stderr
+    assert "2 relevant ids are not in the corpus" in proc.stderr
+    assert "ghost.md" in proc.stderr and "phantom.md" in proc.stderr
+    assert "1 of 3 queries has no relevant document in the corpus" in proc.stderr
+
+    out = json.loads(cli(*args, "--json").stdout)
+    problems = out["corpus"]
+    assert [f["source_path"].endswith("broken.txt") for f in problems["failures"]] == [True]
+    assert problems["relevant_ids_missing"] == ["ghost.md", "phantom.md"]
+    assert len(problems["queries_without_relevant_documents"]) == 1
+
+
+def test_evaluate_takes_text_columns_for_a_csv_corpus(tmp_path: Path) -> None:
+    from mlflow_rag.store.store import Store
+
+    corpus = tmp_path / "talks.csv"
+    corpus.write_text(
+        "id,title,abstract,internal\n"
+        "t1,Tea,Green tea is brewed below boiling,reviewer notes about volcanoes\n"
+        "t2,Mainframes,COBOL mainframes move to the cloud,reviewer notes about bees\n",
+        encoding="utf-8")
+    questions = _questions(tmp_path / "q.csv", [("green tea", "t1"), ("cobol cloud", "t2")])
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(BM25_GRID), encoding="utf-8")
+    out = json.loads(cli("evaluate", str(questions), "--corpus", str(corpus), "--variants",
+                         str(grid), "--no-track", "--work-dir", str(tmp_path / "w"),
+                         "--text-columns", "title,abstract", "--id-column", "id",
+                         "--json").stdout)
+    assert out["corpus"]["relevant_ids_missing"] == [] and out["best"]["value"] == 1.0
+    with Store.open(out["best"]["store_path"], read_only=True) as store:
+        text = " ".join(c.text for c in store.get_document("t1").chunks)
+    assert "Green tea" in text and "reviewer notes" not in text
+
+    bad = cli("evaluate", str(questions), "--corpus", str(corpus), "--variants", str(grid),
+              "--no-track", "--text-columns", "nope", check=False)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "nope" in bad.stderr
+
+
+# --------------------------------------------------------------------------- item 14
+
+
+def test_a_tracked_ingest_that_changed_nothing_refers_to_the_bundle_it_would_copy(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from mlflow_rag.store.store import Store
+    from mlflow_rag.tracking import download_bundle
+
+    corpus = write_corpus_files(tmp_path / "corpus")
+    store = str(tmp_path / "store")
+
+    def ingest() -> str:
+        result = CliRunner().invoke(main, ["ingest", str(corpus), "--store", store, "--embedder",
+                                           "tfidf", "--json", "--tracking-uri", tracking_uri])
+        assert result.exit_code == 0, result.output
+        return str(json.loads(result.stdout)["run_id"])
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+    def bundle_files(run_id: str) -> list[str]:
+        return [f.path for f in client.list_artifacts(run_id, "store")]
+
+    first = ingest()
+    assert "store/manifest.json" in bundle_files(first)
+    second = ingest()  # nothing changed
+    assert bundle_files(second) == []  # the store was not copied again
+    tags = client.get_run(second).data.tags
+    assert tags["mlflow_rag.bundle_run_id"] == first
+    assert first in tags["mlflow.note.content"]
+    third = ingest()  # still nothing: refers to the run that holds the bundle, not to `second`
+    assert client.get_run(third).data.tags["mlflow_rag.bundle_run_id"] == first
+    with Store.open(download_bundle(third, tmp_path / "dl", tracking_uri=tracking_uri),
+                    immutable=True, verify_files=True) as bundle:
+        assert bundle.stats().documents == len(CORPUS)
+
+    (corpus / "tea.md").write_text("# Green tea\n\nBrewed cooler than black tea.\n")
+    changed = ingest()
+    assert "store/manifest.json" in bundle_files(changed)
+    assert "mlflow_rag.bundle_run_id" not in client.get_run(changed).data.tags

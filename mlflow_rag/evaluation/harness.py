@@ -45,7 +45,7 @@ from mlflow_rag.evaluation.rollup import rollup_to_documents
 from mlflow_rag.evaluation.variants import Chunking, Grid, Variant
 from mlflow_rag.search import fuse, redact_emails
 from mlflow_rag.store.store import MAX_K, Store, model_slug
-from mlflow_rag.types import Hit, IngestReport
+from mlflow_rag.types import Hit, IngestReport, LoadFailure
 
 # Embedders whose own tokenizer should size the chunks of a store they are ingested into,
 # in order of preference (a chunk longer than the model reads would be silently truncated).
@@ -60,6 +60,8 @@ class HarnessOptions:
 
     work_dir: Path
     sources: tuple[str, ...] = ()
+    # options of the corpus loaders, as ingest takes them (text_columns, id_column...)
+    loader_options: Mapping[str, Any] = field(default_factory=dict)
     batch_size: int = 64  # texts per embed call, for chunks and for queries
     progress: bool = True
     table_depth: int = TABLE_DEPTH
@@ -118,6 +120,10 @@ class EvaluationResult:
     ingests: tuple[IngestRecord, ...]
     queries_embedded: Mapping[str, int]  # embedding space -> query texts embedded
     seconds: float
+    # What would make every variant score low without any fault of its own:
+    corpus_failures: tuple[LoadFailure, ...] = ()  # corpus items that did not load
+    relevant_missing: tuple[str, ...] = ()  # judged relevant ids that are no document
+    queries_without_relevant: tuple[str, ...] = ()  # queries none of whose relevant ids is
 
     def best(self, metric: str) -> VariantResult:
         """The variant with the highest ``metric`` (the first one listed wins a tie)."""
@@ -152,6 +158,34 @@ def candidate_depth(k: int, factor: int) -> int:
 
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q * 100)) if values else 0.0
+
+
+def corpus_dir_name(dataset: EvalDataset, sources: Sequence[str],
+                    loader_options: Mapping[str, Any]) -> str:
+    """The dataset's directory name, plus a digest of the corpus sources and loader options
+    when they are given: stores of one questions file over two corpora never mix."""
+    name = dataset_dir_name(dataset)
+    if not sources and not loader_options:
+        return name
+    import hashlib
+    import json
+
+    key = json.dumps({"sources": [str(Path(s).resolve()) if "://" not in s else s
+                                  for s in sources],
+                      "loader_options": dict(loader_options)}, sort_keys=True, default=str)
+    return f"{name}-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:8]}"
+
+
+def corpus_problems(store: Store, dataset: EvalDataset) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Judged relevant ids (grade > 0) that are no document of ``store``, and the queries with
+    none of their relevant ids in it (every variant scores 0 on those, whatever it does)."""
+    relevant = {qid: {d for d, grade in judged.items() if grade > 0}
+                for qid, judged in dataset.qrels.items() if qid in dataset.queries}
+    wanted = sorted(set().union(*relevant.values())) if relevant else []
+    present = set(store.document_states(wanted)) if wanted else set()
+    missing = tuple(d for d in wanted if d not in present)
+    hopeless = tuple(q for q, ids in relevant.items() if ids and not ids & present)
+    return missing, hopeless
 
 
 def corpus_sources(dataset: EvalDataset, sources: Sequence[str]) -> list[str]:
@@ -214,7 +248,8 @@ def run_grid(
     sources = corpus_sources(dataset, options.sources)
     if not dataset.queries:
         raise InvalidInput(f"dataset {dataset.name!r} has no queries")
-    root = Path(options.work_dir) / dataset_dir_name(dataset)
+    root = Path(options.work_dir) / corpus_dir_name(dataset, options.sources,
+                                                    options.loader_options)
     root.mkdir(parents=True, exist_ok=True)
     query_ids = list(dataset.queries)
     texts = [dataset.queries[q] for q in query_ids]
@@ -223,15 +258,21 @@ def run_grid(
     queries_embedded: dict[str, int] = {}
     results: list[VariantResult] = []
     ingests: list[IngestRecord] = []
+    failures: tuple[LoadFailure, ...] | None = None  # the corpus's, from the first store
+    missing: tuple[str, ...] = ()
+    hopeless: tuple[str, ...] = ()
 
     for chunking in grid.chunkings:
         embedders = grid.embedders_for(chunking)
         tokenizer = chunk_tokenizer(embedders)
         store_path = root / store_dir_name(chunking, tokenizer)
         with Store.open(store_path, create=True) as store:
-            models, records = _ingest_chunking(
+            models, records, load_failures = _ingest_chunking(
                 store, chunking, embedders, tokenizer, sources, options=options
             )
+            if failures is None:  # every store loads the same corpus: check it once
+                failures = tuple(load_failures)
+                missing, hopeless = corpus_problems(store, dataset)
             for record in records:
                 ingests.append(record)
                 if on_ingest:
@@ -293,19 +334,23 @@ def run_grid(
     return EvaluationResult(
         grid=grid, dataset=dataset, results=ordered, ingests=tuple(ingests),
         queries_embedded=queries_embedded, seconds=time.perf_counter() - started,
+        corpus_failures=failures or (), relevant_missing=missing,
+        queries_without_relevant=hopeless,
     )
 
 
 def _ingest_chunking(
     store: Store, chunking: Chunking, embedders: Sequence[str], tokenizer: str | None,
     sources: Sequence[str], *, options: HarnessOptions,
-) -> tuple[dict[str, Embedder], list[IngestRecord]]:
-    """Chunk the corpus into ``store`` and embed it once per embedder (cached on re-runs)."""
+) -> tuple[dict[str, Embedder], list[IngestRecord], list[LoadFailure]]:
+    """Chunk the corpus into ``store`` and embed it once per embedder (cached on re-runs);
+    also returns the corpus items that failed to load."""
     from mlflow_rag.ingest import IngestOptions, ingest
 
     models = {spec: _make_embedder(spec, store) for spec in embedders}
     spans = getattr(models[tokenizer], "token_spans", None) if tokenizer else None
     records: list[IngestRecord] = []
+    failures: list[LoadFailure] = []
     for spec in embedders:
         began = time.perf_counter()
         seen_by_ingest = cast(Embedder, _ChunkedBy(models[spec], spans))
@@ -314,25 +359,29 @@ def _ingest_chunking(
             options=IngestOptions(
                 chunker=chunking.chunker, chunk_size=chunking.chunk_size,
                 chunk_overlap=chunking.chunk_overlap, embedder=spec, batch_size=options.batch_size,
+                loader_options=dict(options.loader_options),
             ),
             embedder=seen_by_ingest, progress=options.progress,
         )
         records.append(IngestRecord(chunking, spec, store.root, report, time.perf_counter() - began))
+        failures = failures or list(report.failures)
     if not embedders:  # bm25 only: chunks and their full-text index, no vectors
         began = time.perf_counter()
-        write_chunks_only(store, chunking, sources, progress=options.progress)
+        _, failures = write_chunks_only(store, chunking, sources, progress=options.progress,
+                                        loader_options=options.loader_options)
         records.append(IngestRecord(chunking, None, store.root, None, time.perf_counter() - began))
-    return models, records
+    return models, records, failures
 
 
 def write_chunks_only(
-    store: Store, chunking: Chunking, sources: Sequence[str], *, progress: bool = True
-) -> int:
+    store: Store, chunking: Chunking, sources: Sequence[str], *, progress: bool = True,
+    loader_options: Mapping[str, Any] | None = None,
+) -> tuple[int, list[LoadFailure]]:
     """Load and chunk ``sources`` into ``store`` without embedding (BM25 needs no vectors).
 
     Uses the ingest pipeline's own pieces, so the documents look exactly as an ingest with an
     embedder would write them (a later ingest with an embedder finds them unchanged and only
-    adds vectors). Returns the number of documents written.
+    adds vectors). Returns the number of documents written and the items that failed to load.
     """
     from mlflow_rag.chunk.registry import get_chunker
     from mlflow_rag.errors import LoaderError
@@ -340,7 +389,8 @@ def write_chunks_only(
     from mlflow_rag.store.store import content_hash
     from mlflow_rag.types import DocumentRecord
 
-    documents, failures, _ = load_sources(sources, progress=progress)
+    documents, failures, _ = load_sources(sources, loader_options=loader_options,
+                                          progress=progress)
     if not documents:
         raise LoaderError(f"nothing to evaluate on: no document loaded from {list(sources)}"
                           + (f"; first failure: {failures[0].reason}" if failures else ""))
@@ -350,7 +400,10 @@ def write_chunks_only(
     records = []
     for document in documents:
         chunks = chunk_records(document, chunker)
-        if chunks:
+        if not chunks:  # as ingest reports it
+            failures.append(LoadFailure(document.source_path,
+                                        f"document {document.id!r} gave no chunks"))
+        else:
             records.append(DocumentRecord(
                 id=document.id, source_path=document.source_path,
                 source_type=document.source_type, content_hash=content_hash(document.text),
@@ -360,7 +413,7 @@ def write_chunks_only(
     written = 0
     for start in range(0, len(records), 256):  # the pipeline's transaction size
         written += store.write(records[start : start + 256]).new
-    return written
+    return written, failures
 
 
 def _embed_queries(embedder: Embedder, texts: Sequence[str], *, options: HarnessOptions) -> np.ndarray:
