@@ -44,12 +44,19 @@ QUERY_COLUMN = "query"
 MAX_QUERIES_PER_REQUEST = 1_000  # an oversized request is refused, not queued
 MAX_HITS_PER_REQUEST = 100_000  # queries x k: the response table must stay a sane size
 QUERY_LOG_ENV = "MLFLOW_RAG_QUERY_LOG"
+WARM_UP_QUERY = "warm up the retriever"  # searched once at load, never logged
 REDACTORS: dict[str, Callable[[str], str] | None] = {"emails": redact_emails, "none": None}
 # Logged with every model: MLflow lets ``load_model(model_config=...)`` (and the
 # MLFLOW_PYFUNC_INFERENCE_CONFIG variable) override only keys the logged config already has.
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "include_pii": False, "query_log": "", "redact": "emails", "embedder": "", "mmap": True,
+    "trace": "ids",
 }
+# What an MLflow trace of a request records (the tracking store keeps traces beyond the
+# reach of purge-queries, so text is opt-in, like the query log): "off" records no trace,
+# "ids" (the default) the request's shape and each hit's chunk id, document id, rank and
+# score, "text" also the queries (after redaction) and the hits' text and source paths.
+TRACE_MODES = ("off", "ids", "text")
 
 
 class BadRequest(InvalidInput):
@@ -352,18 +359,32 @@ class Retriever:
         self.model_name = embedder or (models[0].name if len(models) == 1 else None)
 
     def _warm_up(self) -> None:
-        """Load the query embedder now: the first request should not pay for it, and threads
-        of one worker must not race to load it. A store without a usable embedder still
-        answers bm25 requests; dense/hybrid ones get a clear error."""
+        """Run every lazy step now: the first request must cost what the tenth does, and a
+        server's /ping (which answers once the model is loaded) must mean "can answer".
+
+        Building the embedder object is not enough: MiniLM loads its weights, its tokenizer
+        and its kernels on the first embedding (about 15 s on a loaded 2-core machine). So one
+        real search of each kind the bundle serves runs here (the embedder, the FAISS index,
+        FTS5, fusion), and threads of one worker cannot race to load the model. The warm-up
+        query is not a request: it is not logged. A store without a usable embedder still
+        answers bm25 requests; dense/hybrid ones get a clear error.
+        """
+        self.store.load_indexes()
         if not self.store.models():
             self.dense_error = "the bundle holds no vectors; search it with mode 'bm25'"
-            return
-        self.store.load_indexes()
+        else:
+            try:
+                _ = self.searcher.embedder
+            except (RagError, ImportError) as exc:
+                self.dense_error = f"dense search is unavailable in this bundle: {exc}"
+                log.warning("%s", self.dense_error)
+        mode = "bm25" if self.dense_error else "hybrid"
         try:
-            _ = self.searcher.embedder
+            self.searcher.search(WARM_UP_QUERY, k=1, mode=mode, include_pii=self.include_pii)
         except (RagError, ImportError) as exc:
-            self.dense_error = f"dense search is unavailable in this bundle: {exc}"
-            log.warning("%s", self.dense_error)
+            # e.g. the embedding service is down at start-up: not a reason to refuse dense
+            # search for the life of the worker; requests will say what fails then.
+            log.warning("warm-up search (%s) failed: %s", mode, exc)
 
     def search_one(self, query: str, *, k: int, mode: str, filters: Mapping[str, Any]) -> list[Hit]:
         if mode != "bm25" and self.dense_error:

@@ -240,13 +240,21 @@ def test_pii_fields_are_hidden_unless_the_model_config_includes_them(
 # --------------------------------------------------------------------------- tracing
 
 
-def test_each_predict_records_a_trace_with_a_retriever_span_of_documents(champion: Any) -> None:
-    mlflow.tracing.enable()
-    champion.predict(queries(f"green tea for {PII_EMAIL}"), params={"k": 2, "mode": "hybrid"})
+def _last_trace() -> Any:
     trace_id = mlflow.get_last_active_trace_id()
     assert trace_id is not None
     trace = mlflow.get_trace(trace_id, flush=True)
     assert trace is not None
+    return trace
+
+
+def test_with_trace_text_each_predict_records_a_retriever_span_of_documents(
+    logged: Logged
+) -> None:
+    mlflow.tracing.enable()
+    model = mlflow.pyfunc.load_model("models:/rag@champion", model_config={"trace": "text"})
+    model.predict(queries(f"green tea for {PII_EMAIL}"), params={"k": 2, "mode": "hybrid"})
+    trace = _last_trace()
     retrievers = [s for s in trace.data.spans if s.span_type == "RETRIEVER"]
     assert len(retrievers) == 1
     span = retrievers[0]
@@ -259,6 +267,30 @@ def test_each_predict_records_a_trace_with_a_retriever_span_of_documents(champio
     # queries in traces pass the same redaction hook as query logs
     assert span.inputs["query"] == "green tea for <email>"
     assert PII_EMAIL not in json.dumps(trace.to_dict(), default=str)
+
+
+def test_by_default_traces_hold_ids_and_scores_but_no_query_or_chunk_text(champion: Any) -> None:
+    """The tracking store keeps traces where purge-queries cannot reach: no text by default."""
+    mlflow.tracing.enable()
+    champion.predict(queries("zebraquartz green tea"), params={"k": 2, "mode": "hybrid",
+                                                               "filters": '{"country": "Japan"}'})
+    trace = _last_trace()
+    dumped = json.dumps(trace.to_dict(), default=str)
+    assert "zebraquartz" not in dumped and "Japan" not in dumped
+    assert "brewed" not in dumped and "Sencha" not in dumped and "/data/tea.md" not in dumped
+    (span,) = [s for s in trace.data.spans if s.span_type == "RETRIEVER"]
+    assert span.inputs == {"query_index": 0, "k": 2, "mode": "hybrid", "filtered": True}
+    assert [d["metadata"]["document_id"] for d in span.outputs] == ["tea", "tea"]
+
+
+def test_trace_off_records_no_trace_and_a_bad_trace_value_is_refused(logged: Logged) -> None:
+    mlflow.tracing.enable()
+    model = mlflow.pyfunc.load_model("models:/rag@champion", model_config={"trace": "off"})
+    before = mlflow.get_last_active_trace_id()
+    assert len(model.predict(queries("green tea"), params={"k": 1})) == 1
+    assert mlflow.get_last_active_trace_id() == before
+    with pytest.raises(InvalidInput, match="Unknown trace 'all'"):
+        mlflow.pyfunc.load_model("models:/rag@champion", model_config={"trace": "all"})
 
 
 # --------------------------------------------------------------------------- query log
@@ -353,6 +385,46 @@ def test_a_bundle_without_vectors_still_answers_bm25(tmp_path: Path) -> None:
             retriever.predict(["bicycle derailleur"], {"mode": "hybrid"})
     finally:
         retriever.close()
+
+
+def test_loading_runs_every_lazy_step_so_the_first_request_is_not_slower(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MiniLM builds its embedder object at once but loads its weights on the first embedding:
+    the load (and so the server's /ping) must wait for one real embedding and one search of
+    each kind, and none of that is a logged query."""
+    from mlflow_rag.embed import registry
+
+    calls: list[str] = []
+    real_get = registry.get_embedder
+
+    def recording_embedder(spec: str, **options: Any) -> Any:
+        embedder = real_get(spec, **options)
+        embed_query = embedder.embed_query
+        monkeypatch.setattr(embedder, "embed_query",
+                            lambda text: calls.append("embed_query") or embed_query(text))
+        return embedder
+
+    monkeypatch.setattr(registry, "get_embedder", recording_embedder)
+    for name in ("dense_search", "lexical_search"):
+        real = getattr(Store, name)
+        monkeypatch.setattr(Store, name, lambda self, *a, _real=real, _name=name, **kw:
+                            calls.append(_name) or _real(self, *a, **kw))
+    with Store.open(build_store(tmp_path / "store"), read_only=True) as store:
+        bundle = store.snapshot(tmp_path / "bundle")
+    retriever = Retriever(bundle, query_log=tmp_path / "queries.db")
+    try:
+        assert sorted(set(calls)) == ["dense_search", "embed_query", "lexical_search"]
+        calls.clear()
+        retriever.predict(["honey bees"], {"mode": "hybrid", "k": 1})
+        assert calls.count("embed_query") == 1  # the request itself, nothing left to load
+    finally:
+        retriever.close()
+    conn = sqlite3.connect(tmp_path / "queries.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM queries").fetchone()[0] == 1  # not the warm-up
+    finally:
+        conn.close()
 
 
 # --------------------------------------------------------------------------- the HTTP body

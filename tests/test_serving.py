@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -121,6 +122,38 @@ def test_models_serve_answers_queries_and_rejects_bad_ones_with_400(
             assert fragment in body["message"]
             text = json.dumps(body)
             assert SECRET not in text and PII_EMAIL not in text and "confidential" not in text
+
+
+def test_served_queries_and_hit_texts_stay_out_of_the_tracking_stores_traces(
+    champion: Champion, tmp_path: Path
+) -> None:
+    """Query logging is opt-in; MLflow's traces of served requests must not be a second,
+    unpurgeable query log: by default they carry ids, ranks and scores, no text."""
+    private = "zebraquartz green tea brewing"
+    chunk_text = "brewed with water below boiling"
+    database = Path(champion.uri.removeprefix("sqlite:///"))
+    with model_server(champion, tmp_path) as url:
+        before = _trace_count(database)
+        status, body = post_json(f"{url}/invocations", request([private], k=2, mode="hybrid"))
+        assert status == 200 and body["predictions"][0]["document_id"] == "tea"
+        assert chunk_text in body["predictions"][0]["text"]  # the answer itself has the text
+        deadline = time.monotonic() + 60
+        while _trace_count(database) == before and time.monotonic() < deadline:
+            time.sleep(0.2)  # traces are exported asynchronously
+    assert _trace_count(database) > before, "the request left no trace (nothing was checked)"
+    stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
+    stored += b"".join(p.read_bytes() for p in (champion.root / "mlruns").rglob("*")
+                       if p.is_file() and "traces" in p.parts)
+    for text in (private, "zebraquartz", chunk_text):
+        assert text.encode() not in stored and text.encode("utf-16-le") not in stored, text
+
+
+def _trace_count(database: Path) -> int:
+    conn = sqlite3.connect(database)
+    try:
+        return int(conn.execute("SELECT count(*) FROM trace_info").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def test_two_server_workers_log_every_query_and_never_write_the_bundle(
