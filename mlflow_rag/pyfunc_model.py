@@ -137,6 +137,8 @@ class RetrieverModel(PythonModel):
             root.set_attributes({"mlflow_rag.store_id": retriever.store.store_id,
                                  "mlflow_rag.bundle_generation": _generation(retriever),
                                  "mlflow_rag.trace": self.trace})
+            if retriever.query_log is not None:  # queries the log could not keep (its queue full)
+                root.set_attributes({"mlflow_rag.query_log_dropped": retriever.query_log.dropped})
             for index, query in enumerate(queries):
                 with self._span("retrieve", "RETRIEVER") as span:
                     span.set_inputs({"query": redact(query), **request} if text

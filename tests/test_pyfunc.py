@@ -315,6 +315,7 @@ def test_query_log_is_opt_in_separate_from_the_bundle_and_redacted(
     model = mlflow.pyfunc.load_model("models:/rag@champion", model_config={"query_log": str(log_path)})
     model.predict(queries(f"green tea for {PII_EMAIL}", "castling the king"),
                   params={"k": 2, "mode": "bm25"})
+    assert model.unwrap_python_model().retriever.query_log.flush(timeout=60)  # written off-path
     rows, retrievals = _logged_queries(log_path)
     assert sorted(r[0] for r in rows) == ["castling the king", "green tea for <email>"]
     assert retrievals == 4
@@ -332,6 +333,7 @@ def test_query_log_environment_variable_wins(
         "models:/rag@champion", model_config={"query_log": str(tmp_path / "config.db")}
     )
     model.predict(queries("honey bees"), params={"k": 1})
+    assert model.unwrap_python_model().retriever.query_log.flush(timeout=60)
     assert len(_logged_queries(from_env)[0]) == 1
     assert not (tmp_path / "config.db").exists()
 
@@ -352,6 +354,69 @@ def test_query_log_from_several_processes_loses_no_rows(tmp_path: Path) -> None:
     rows, _ = _logged_queries(path)
     assert len(rows) == 450
     assert len({json.loads(m)["pid"] for _, _, m in rows}) == 3
+
+
+def _held_write_lock(path: Path) -> sqlite3.Connection:
+    """What a retention VACUUM (or any other writer) holds for as long as it runs."""
+    locker = sqlite3.connect(path, isolation_level=None, timeout=60)
+    locker.execute("BEGIN IMMEDIATE")
+    return locker
+
+
+def test_a_write_locked_query_log_never_blocks_the_request_and_the_rows_arrive_after(
+    tmp_path: Path
+) -> None:
+    import threading
+
+    from mlflow_rag.serving import QueryLog
+
+    path = tmp_path / "queries.db"
+    log = QueryLog(path)
+    log.write("before the lock", [], model_name=None, metadata={})
+    assert log.flush(timeout=60)
+    locker = _held_write_lock(path)
+    try:
+        writer = threading.Thread(target=lambda: [
+            log.write(f"query {i}", [], model_name=None, metadata={}) for i in range(5)])
+        writer.start()
+        writer.join(timeout=10)  # a write that waited for the lock would wait 30 s
+        assert not writer.is_alive(), "a query log write blocked on the locked file"
+        assert not log.flush(timeout=1.5)  # queued, not written: the file is still locked
+        assert len(_logged_queries(path)[0]) == 1
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    assert log.flush(timeout=60)
+    assert sorted(r[0] for r in _logged_queries(path)[0]) == sorted(
+        ["before the lock"] + [f"query {i}" for i in range(5)])
+    assert log.stats()["dropped"] == 0 and log.stats()["retries"] >= 1
+    log.close()
+
+
+def test_a_full_query_log_queue_drops_new_queries_counts_them_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mlflow_rag.serving import QueryLog
+
+    path = tmp_path / "queries.db"
+    log = QueryLog(path, max_queued=3)
+    log.write("first", [], model_name=None, metadata={})
+    assert log.flush(timeout=60)
+    locker = _held_write_lock(path)
+    try:
+        with caplog.at_level("WARNING", logger="mlflow_rag.serving"):
+            for i in range(5):
+                log.write(f"locked {i}", [], model_name=None, metadata={})
+        assert log.stats()["dropped"] == 2
+        assert "1 queries dropped so far" in caplog.text  # then at most one line per 10 s
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    with caplog.at_level("WARNING", logger="mlflow_rag.serving"):
+        log.close()
+    assert "4 queries written, 2 dropped" in caplog.text and "locked" not in caplog.text
+    assert sorted(r[0] for r in _logged_queries(path)[0]) == ["first", "locked 0", "locked 1",
+                                                                "locked 2"]
 
 
 def test_query_log_inside_the_bundle_is_refused(logged: Logged, tmp_path: Path) -> None:
