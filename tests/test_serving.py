@@ -188,6 +188,8 @@ def logged_count(path: Path) -> int:
     conn = sqlite3.connect(path)
     try:
         return int(conn.execute("SELECT count(*) FROM queries").fetchone()[0])
+    except sqlite3.OperationalError:  # the writer has created the file, not its tables yet
+        return 0
     finally:
         conn.close()
 
