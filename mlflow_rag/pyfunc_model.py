@@ -247,6 +247,33 @@ def guard_scoring_server() -> None:
     invocations._mlflow_rag_guard = True  # type: ignore[attr-defined]
     setattr(server, "invocations", invocations)  # noqa: B010 (a module found at run time)
 
+    # The server builds its app (``init(model)``) after load_model returns: the first moment
+    # the tracer can be set up (load_model runs load_context with tracing switched off).
+    original_init = getattr(server, "init", None)
+    if original_init is not None and not getattr(original_init, "_mlflow_rag_guard", False):
+
+        @functools.wraps(original_init)
+        def init(model: Any) -> Any:
+            if _serves_retriever(model) and model.unwrap_python_model().trace != "off":
+                warm_up_tracing()
+            return original_init(model)
+
+        init._mlflow_rag_guard = True  # type: ignore[attr-defined]
+        setattr(server, "init", init)  # noqa: B010
+
+
+def warm_up_tracing() -> None:
+    """Set MLflow's tracer up now, not in the first request's first span (imports and the
+    exporter: 0.2-0.5 s on an idle machine, seconds on a busy one). Records no trace.
+    (``mlflow.tracing.enable()`` would not do: it sets a provider up without marking it
+    done, so the first span would set up another.)"""
+    try:
+        from mlflow.tracing import provider
+
+        provider._get_tracer(__name__)
+    except Exception as exc:  # an MLflow without this function: the first request pays
+        log.debug("tracing warm-up skipped: %s", exc)
+
 
 def _error_code(exc: MlflowException) -> int:
     """The numeric code of an MLflow exception (it keeps only the name), for a new one."""
@@ -259,10 +286,14 @@ def _error_code(exc: MlflowException) -> int:
 
 
 def _serves_retriever(model: Any) -> bool:
+    # By name, not isinstance: the served model runs its own copy of this file (models from
+    # code), a different class object from mlflow_rag.pyfunc_model.RetrieverModel.
     try:
-        return isinstance(model.unwrap_python_model(), RetrieverModel)
+        python_model = model.unwrap_python_model()
     except Exception:  # not a pyfunc model of ours (or an MLflow without the method)
         return False
+    return type(python_model).__name__ == RetrieverModel.__name__ and hasattr(
+        python_model, "retriever")
 
 
 def _flag(value: Any) -> bool:

@@ -492,6 +492,25 @@ def test_loading_runs_every_lazy_step_so_the_first_request_is_not_slower(
         conn.close()
 
 
+def test_the_scoring_server_sets_the_tracer_up_before_it_serves(
+    champion: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_model runs load_context with tracing off, so the tracer (imports, exporter) would
+    be set up by the first request's first span: the server's init() does it instead."""
+    import mlflow.pyfunc.scoring_server as server
+    from mlflow.tracing import provider
+
+    from mlflow_rag import pyfunc_model
+
+    monkeypatch.setattr(server, "init", lambda model: "app")
+    monkeypatch.setattr(server, "invocations", lambda *args: None)
+    mlflow.tracing.reset()
+    assert not provider.provider.once._done
+    pyfunc_model.guard_scoring_server()
+    assert server.init(champion) == "app"
+    assert provider.provider.once._done  # set up before any request
+
+
 # --------------------------------------------------------------------------- the HTTP body
 
 
