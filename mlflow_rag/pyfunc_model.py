@@ -12,6 +12,7 @@ items, so MLflow's retrieval scorers can read them) and with MLflow's error type
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -35,6 +36,7 @@ from mlflow_rag.errors import EmbedderError, InvalidInput, RagError
 from mlflow_rag.serving import (
     QUERY_LOG_ENV,
     REDACTORS,
+    TRACE_MODES,
     Retriever,
     body_strings,
     coerce_queries,
@@ -79,17 +81,24 @@ class RetrieverModel(PythonModel):
     the environment variable ``MLFLOW_RAG_QUERY_LOG`` wins), ``redact`` (``"emails"``, the
     default, or ``"none"``: applied to logged queries and to queries recorded in traces),
     ``embedder`` (the embedding model to search when the bundle holds several), ``mmap``
-    (default true: workers share the index files' pages; false reads a private copy each).
+    (default true: workers share the index files' pages; false reads a private copy each),
+    ``trace`` (:data:`mlflow_rag.serving.TRACE_MODES`: ``"ids"``, the default, records no
+    query or chunk text; ``"text"`` does, after ``redact``; ``"off"`` records no trace).
     """
 
     def __init__(self) -> None:
         self.retriever: Retriever | None = None
+        self.trace = "ids"
 
     def load_context(self, context: Any) -> None:
         config = dict(context.model_config or {})
         redact_name = str(config.get("redact", "emails"))
         if redact_name not in REDACTORS:
             raise InvalidInput(f"Unknown redact {redact_name!r}; choose from {sorted(REDACTORS)}")
+        # models logged before the key existed have none: they get the private default
+        self.trace = str(config.get("trace") or "ids")
+        if self.trace not in TRACE_MODES:
+            raise InvalidInput(f"Unknown trace {self.trace!r}; choose from {list(TRACE_MODES)}")
         self.retriever = Retriever(
             context.artifacts["bundle"],
             include_pii=bool(config.get("include_pii", False)),
@@ -104,8 +113,6 @@ class RetrieverModel(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        from mlflow.entities import Document, SpanType
-
         retriever = self.retriever
         if retriever is None:
             raise MlflowException("the model is not loaded (load_context was not called)",
@@ -116,45 +123,87 @@ class RetrieverModel(PythonModel):
             queries, k, mode, filters = parse_request(queries, params)
         except RagError as exc:
             raise bad_request(str(exc), queries) from None
-        redact = retriever.redact or (lambda text: text)
-        request = {"k": k, "mode": mode, "filters": json.dumps(filters, sort_keys=True)}
+        text = self.trace == "text"
+        redact = retriever.redact or (lambda query: query)
+        request: dict[str, Any] = {"k": k, "mode": mode}
+        if text:
+            request["filters"] = json.dumps(filters, sort_keys=True)
+        else:  # filter values may be as private as queries
+            request["filtered"] = bool(filters)
         results: list[list[Hit]] = []
-        with mlflow.start_span(name="predict", span_type=SpanType.CHAIN) as root:
-            root.set_inputs({"query": [redact(q) for q in queries], **request})
+        with self._span("predict", "CHAIN") as root:
+            root.set_inputs({"query": [redact(q) for q in queries], **request} if text
+                            else {"queries": len(queries), **request})
             root.set_attributes({"mlflow_rag.store_id": retriever.store.store_id,
-                                 "mlflow_rag.bundle_generation": _generation(retriever)})
-            for query in queries:
-                with mlflow.start_span(name="retrieve", span_type=SpanType.RETRIEVER) as span:
-                    span.set_inputs({"query": redact(query), **request})
-                    try:
-                        hits = retriever.search_one(query, k=k, mode=mode, filters=filters)
-                    except EmbedderError as exc:  # the embedding service failed, not the request
-                        raise PrivateMlflowException(
-                            scrub(f"the query embedder failed: {exc}", queries),
-                            error_code=TEMPORARILY_UNAVAILABLE,
-                        ) from None
-                    except (RagError, ValueError) as exc:
-                        raise bad_request(str(exc), queries) from None
-                    except Exception as exc:
-                        log.exception("retrieval failed")  # server log: the type and the stack
-                        raise PrivateMlflowException(
-                            f"retrieval failed ({type(exc).__name__}); see the server log",
-                            error_code=INTERNAL_ERROR,
-                        ) from None
-                    span.set_outputs([
-                        Document(
-                            page_content=hit.text,
-                            metadata={"doc_uri": hit.source_path, "chunk_id": hit.chunk_id,
-                                      "document_id": hit.document_id, "rank": hit.rank,
-                                      "score": hit.score},
-                            id=hit.chunk_id,
-                        )
-                        for hit in hits
-                    ])
+                                 "mlflow_rag.bundle_generation": _generation(retriever),
+                                 "mlflow_rag.trace": self.trace})
+            if retriever.query_log is not None:  # queries the log could not keep (its queue full)
+                root.set_attributes({"mlflow_rag.query_log_dropped": retriever.query_log.dropped})
+            for index, query in enumerate(queries):
+                with self._span("retrieve", "RETRIEVER") as span:
+                    span.set_inputs({"query": redact(query), **request} if text
+                                    else {"query_index": index, **request})
+                    hits = self._search(retriever, query, queries, k=k, mode=mode,
+                                        filters=filters)
+                    span.set_outputs(_documents(hits, text=text))
                 results.append(hits)
             frame = hits_frame(results)
             root.set_outputs({"hits": len(frame)})
         return frame
+
+    def _span(self, name: str, span_type: str) -> Any:
+        """An MLflow span, or one that records nothing when tracing is off for this model."""
+        if self.trace == "off":
+            return contextlib.nullcontext(_NoSpan())
+        return mlflow.start_span(name=name, span_type=span_type)
+
+    @staticmethod
+    def _search(retriever: Retriever, query: str, queries: Sequence[str], *, k: int, mode: str,
+                filters: dict[str, Any]) -> list[Hit]:
+        try:
+            return retriever.search_one(query, k=k, mode=mode, filters=filters)
+        except EmbedderError as exc:  # the embedding service failed, not the request
+            raise PrivateMlflowException(
+                scrub(f"the query embedder failed: {exc}", queries),
+                error_code=TEMPORARILY_UNAVAILABLE,
+            ) from None
+        except (RagError, ValueError) as exc:
+            raise bad_request(str(exc), queries) from None
+        except Exception as exc:
+            log.exception("retrieval failed")  # server log: the type and the stack
+            raise PrivateMlflowException(
+                f"retrieval failed ({type(exc).__name__}); see the server log",
+                error_code=INTERNAL_ERROR,
+            ) from None
+
+
+class _NoSpan:
+    """What ``_span`` yields with tracing off: takes the calls, keeps nothing."""
+
+    def set_inputs(self, value: Any) -> None:
+        pass
+
+    def set_outputs(self, value: Any) -> None:
+        pass
+
+    def set_attributes(self, value: Any) -> None:
+        pass
+
+
+def _documents(hits: Sequence[Hit], *, text: bool) -> list[Any]:
+    """A RETRIEVER span's outputs, the shape MLflow's retrieval scorers read; without
+    ``text``, ids, ranks and scores only (no chunk text, no source path)."""
+    from mlflow.entities import Document
+
+    return [
+        Document(
+            page_content=hit.text if text else "",
+            metadata={**({"doc_uri": hit.source_path} if text else {}), "chunk_id": hit.chunk_id,
+                      "document_id": hit.document_id, "rank": hit.rank, "score": hit.score},
+            id=hit.chunk_id,
+        )
+        for hit in hits
+    ]
 
 
 def guard_scoring_server() -> None:
@@ -198,6 +247,33 @@ def guard_scoring_server() -> None:
     invocations._mlflow_rag_guard = True  # type: ignore[attr-defined]
     setattr(server, "invocations", invocations)  # noqa: B010 (a module found at run time)
 
+    # The server builds its app (``init(model)``) after load_model returns: the first moment
+    # the tracer can be set up (load_model runs load_context with tracing switched off).
+    original_init = getattr(server, "init", None)
+    if original_init is not None and not getattr(original_init, "_mlflow_rag_guard", False):
+
+        @functools.wraps(original_init)
+        def init(model: Any) -> Any:
+            if _serves_retriever(model) and model.unwrap_python_model().trace != "off":
+                warm_up_tracing()
+            return original_init(model)
+
+        init._mlflow_rag_guard = True  # type: ignore[attr-defined]
+        setattr(server, "init", init)  # noqa: B010
+
+
+def warm_up_tracing() -> None:
+    """Set MLflow's tracer up now, not in the first request's first span (imports and the
+    exporter: 0.2-0.5 s on an idle machine, seconds on a busy one). Records no trace.
+    (``mlflow.tracing.enable()`` would not do: it sets a provider up without marking it
+    done, so the first span would set up another.)"""
+    try:
+        from mlflow.tracing import provider
+
+        provider._get_tracer(__name__)
+    except Exception as exc:  # an MLflow without this function: the first request pays
+        log.debug("tracing warm-up skipped: %s", exc)
+
 
 def _error_code(exc: MlflowException) -> int:
     """The numeric code of an MLflow exception (it keeps only the name), for a new one."""
@@ -210,10 +286,14 @@ def _error_code(exc: MlflowException) -> int:
 
 
 def _serves_retriever(model: Any) -> bool:
+    # By name, not isinstance: the served model runs its own copy of this file (models from
+    # code), a different class object from mlflow_rag.pyfunc_model.RetrieverModel.
     try:
-        return isinstance(model.unwrap_python_model(), RetrieverModel)
+        python_model = model.unwrap_python_model()
     except Exception:  # not a pyfunc model of ours (or an MLflow without the method)
         return False
+    return type(python_model).__name__ == RetrieverModel.__name__ and hasattr(
+        python_model, "retriever")
 
 
 def _flag(value: Any) -> bool:

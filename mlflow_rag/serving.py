@@ -12,24 +12,30 @@ Query text is private: no error message raised here contains it.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
 import os
+import queue
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mlflow_rag import codec
 from mlflow_rag.errors import InvalidInput, RagError
 from mlflow_rag.search import DEFAULT_MODE, Searcher, check_mode, check_query, redact_emails
 from mlflow_rag.store import db
 from mlflow_rag.store.filters import compile_filter, parse_filter
-from mlflow_rag.store.store import Store, check_k, write_query_log
+from mlflow_rag.store.store import Store, check_k
 from mlflow_rag.types import Hit
 
 log = logging.getLogger("mlflow_rag.serving")
@@ -44,12 +50,20 @@ QUERY_COLUMN = "query"
 MAX_QUERIES_PER_REQUEST = 1_000  # an oversized request is refused, not queued
 MAX_HITS_PER_REQUEST = 100_000  # queries x k: the response table must stay a sane size
 QUERY_LOG_ENV = "MLFLOW_RAG_QUERY_LOG"
+DROP_LOG_INTERVAL_S = 10.0  # at most one "queries dropped" warning per interval
+WARM_UP_QUERY = "warm up the retriever"  # searched once at load, never logged
 REDACTORS: dict[str, Callable[[str], str] | None] = {"emails": redact_emails, "none": None}
 # Logged with every model: MLflow lets ``load_model(model_config=...)`` (and the
 # MLFLOW_PYFUNC_INFERENCE_CONFIG variable) override only keys the logged config already has.
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "include_pii": False, "query_log": "", "redact": "emails", "embedder": "", "mmap": True,
+    "trace": "ids",
 }
+# What an MLflow trace of a request records (the tracking store keeps traces beyond the
+# reach of purge-queries, so text is opt-in, like the query log): "off" records no trace,
+# "ids" (the default) the request's shape and each hit's chunk id, document id, rank and
+# score, "text" also the queries (after redaction) and the hits' text and source paths.
+TRACE_MODES = ("off", "ids", "text")
 
 
 class BadRequest(InvalidInput):
@@ -262,17 +276,45 @@ def hits_frame(hits_per_query: Sequence[Sequence[Hit]]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- query log
 
 
-class QueryLog:
-    """Opt-in query log in its own SQLite file (a bundle is never written).
+@dataclass(frozen=True)
+class _Entry:
+    """One query to log, as queued: the raw text (redacted when written) and its hits."""
 
-    Several server workers (processes) append to one file: WAL, ``busy_timeout`` and one
-    ``BEGIN IMMEDIATE`` transaction per query make them wait for each other instead of
-    failing. Each process opens its own connection lazily (a connection must not cross a
-    fork), and threads of one process share it under a lock.
+    text: str
+    retrievals: tuple[tuple[str, int, float], ...]  # (chunk id, rank, score)
+    model_name: str | None
+    metadata: str
+    timestamp: str
+
+
+class QueryLog:
+    """Opt-in query log in its own SQLite file (a bundle is never written), written off the
+    request path.
+
+    Logging must never block or fail a search: a retention ``VACUUM`` (or any other writer)
+    holds the file's write lock for as long as it runs, and a request that waited for it
+    would wait up to the busy timeout (30 s) and then lose its row. So :meth:`write` only
+    queues the query; one background thread per process writes the queue in batches, one
+    ``BEGIN IMMEDIATE`` transaction each, and retries a locked or failing file with back-off
+    until it can write. Nothing is lost while the queue has room; when it is full (at
+    ``max_queued`` queries), new queries are dropped and counted: :attr:`dropped`, a warning
+    in the server log at most every :data:`DROP_LOG_INTERVAL_S` seconds, and the trace
+    attribute ``mlflow_rag.query_log_dropped``. :meth:`flush` waits for the queue to be
+    written; :meth:`close` (and the process's exit) flushes with a time limit and counts
+    what is still queued then as dropped.
+
+    Several server workers (processes) append to one file: WAL, a busy timeout and one
+    transaction per batch make them take turns. Each process has its own connection, queue
+    and thread, made lazily (none of them may cross a fork).
     """
 
+    MAX_BATCH = 500
+    RETRY_MAX_S = 2.0
+    WRITER_BUSY_TIMEOUT_MS = 1_000  # short: the writer retries itself and can stop between tries
+
     def __init__(self, path: str | Path, *, redact: Callable[[str], str] | None = redact_emails,
-                 forbidden_root: Path | None = None) -> None:
+                 forbidden_root: Path | None = None, max_queued: int = 10_000,
+                 close_timeout_s: float = 10.0) -> None:
         self.path = Path(path).expanduser().resolve()
         if forbidden_root is not None and self.path.is_relative_to(forbidden_root.resolve()):
             raise InvalidInput(
@@ -282,42 +324,172 @@ class QueryLog:
         if not self.path.parent.is_dir():
             raise InvalidInput(f"the directory of the query log {self.path} does not exist")
         self.redact = redact
+        self.max_queued = max_queued
+        self.close_timeout_s = close_timeout_s
+        self.written = 0
+        self.dropped = 0
+        self.retries = 0
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
         self._pid = -1
+        self._queue: queue.Queue[_Entry | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._last_drop_log = 0.0
+        self._closed = False
+
+    # ----------------------------------------------------------------------- request path
+
+    def write(self, text: str, hits: Sequence[Hit], *, model_name: str | None,
+              metadata: Mapping[str, Any]) -> None:
+        """Queue one query for the log; never blocks on the file."""
+        entry = _Entry(
+            text=text, retrievals=tuple((h.chunk_id, h.rank, float(h.score)) for h in hits),
+            model_name=model_name, metadata=codec.metadata_json({**metadata, "pid": os.getpid()}),
+            timestamp=db.utc_now(),
+        )
+        with self._lock:
+            if self._closed and self._pid == os.getpid():
+                self.dropped += 1
+                self._log_drop("the log is closed")
+                return
+            self._start()
+            if self._queue.unfinished_tasks >= self.max_queued:  # waiting + being written
+                self.dropped += 1
+                self._log_drop(f"the queue of {self.max_queued} queries is full")
+                return
+            self._queue.put(entry)
+
+    def stats(self) -> dict[str, int]:
+        return {"queued": self._queue.qsize(), "written": self.written, "dropped": self.dropped,
+                "retries": self.retries}
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued query is written (or ``timeout`` seconds); True if all were."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)  # polling: Queue.join() has no timeout
+        return True
+
+    def close(self) -> None:
+        """Write what is queued (at most ``close_timeout_s``), then stop the writer."""
+        with self._lock:
+            thread, mine = self._thread, self._pid == os.getpid()
+            if self._closed or thread is None or not mine:
+                self._closed = True
+                return
+            self._closed = True
+        if not self.flush(self.close_timeout_s):
+            left = self._queue.unfinished_tasks
+            self.dropped += left
+            log.warning("query log %s: %d queries not written within %.0f s of closing; "
+                        "%d dropped in all", self.path, left, self.close_timeout_s, self.dropped)
+        self._queue.put(None)  # the writer stops at this marker
+        thread.join(timeout=self.WRITER_BUSY_TIMEOUT_MS / 1000 + 1)
+        if self.dropped:
+            log.warning("query log %s closed: %d queries written, %d dropped", self.path,
+                        self.written, self.dropped)
+
+    # ----------------------------------------------------------------------- writer thread
+
+    def _start(self) -> None:
+        """The writer of this process (a fork gets a queue and thread of its own)."""
+        if self._pid == os.getpid() and self._thread is not None:
+            return
+        self._pid = os.getpid()
+        self._closed = False
+        self._queue = queue.Queue()
+        self._conn = None
+        self._thread = threading.Thread(target=self._run, name="mlflow-rag-query-log",
+                                        daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def _run(self) -> None:
+        delay = 0.05
+        while True:
+            first = self._queue.get()
+            if first is None:
+                self._queue.task_done()
+                break
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:  # keep the stop marker for after this batch
+                    self._queue.task_done()
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            while True:
+                try:
+                    self._write_batch(batch)
+                    self.written += len(batch)
+                    delay = 0.05
+                    break
+                except (sqlite3.Error, OSError) as exc:
+                    # locked by another writer (a VACUUM, a purge) or failing: the queries
+                    # stay queued; new ones are dropped and counted once the queue is full
+                    self.retries += 1
+                    if self.retries == 1 or self.retries % 100 == 0:
+                        log.warning("query log %s: write failed (%s); retrying, %d queries "
+                                    "waiting", self.path, exc,
+                                    len(batch) + self._queue.qsize())
+                    self._reset_connection()
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.RETRY_MAX_S)
+            for _ in batch:
+                self._queue.task_done()
+        self._reset_connection()
+
+    def _write_batch(self, batch: Sequence[_Entry]) -> None:
+        conn = self._connection()
+        with db.immediate_transaction(conn):
+            for entry in batch:
+                stored = self.redact(entry.text) if self.redact else entry.text
+                query_id = db.new_id()
+                db.insert_query(
+                    conn, query_id=query_id, text=stored, embedding=None,
+                    model_name=entry.model_name, timestamp=entry.timestamp,
+                    metadata=entry.metadata,
+                    retrievals=[(db.new_id(), chunk_id, rank, score, "{}")
+                                for chunk_id, rank, score in entry.retrievals],
+                )
 
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
+        if self._conn is None:
             conn = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False,
-                timeout=db.BUSY_TIMEOUT_MS / 1000,
+                timeout=self.WRITER_BUSY_TIMEOUT_MS / 1000,
             )
-            conn.execute(f"PRAGMA busy_timeout = {db.BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
             try:
-                with db.immediate_transaction(conn):  # two workers creating the tables take turns
+                conn.execute(f"PRAGMA busy_timeout = {self.WRITER_BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                with db.immediate_transaction(conn):  # two workers creating tables take turns
                     db.ensure_query_log_schema(conn)
             except BaseException:
                 conn.close()
                 raise
-            self._conn, self._pid = conn, os.getpid()
+            self._conn = conn
         return self._conn
 
-    def write(self, text: str, hits: Sequence[Hit], *, model_name: str | None,
-              metadata: Mapping[str, Any]) -> str:
-        with self._lock:
-            return write_query_log(
-                self._connection(), text, hits, model_name=model_name, embedding=None,
-                metadata={**metadata, "pid": os.getpid()}, redact=self.redact,
-            )
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
+    def _reset_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
             self._conn = None
+
+    def _log_drop(self, why: str) -> None:
+        now = time.monotonic()
+        if self.dropped == 1 or now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
+            self._last_drop_log = now
+            log.warning("query log %s: %d queries dropped so far (%s)", self.path, self.dropped,
+                        why)
 
 
 # --------------------------------------------------------------------------- retriever
@@ -352,18 +524,32 @@ class Retriever:
         self.model_name = embedder or (models[0].name if len(models) == 1 else None)
 
     def _warm_up(self) -> None:
-        """Load the query embedder now: the first request should not pay for it, and threads
-        of one worker must not race to load it. A store without a usable embedder still
-        answers bm25 requests; dense/hybrid ones get a clear error."""
+        """Run every lazy step now: the first request must cost what the tenth does, and a
+        server's /ping (which answers once the model is loaded) must mean "can answer".
+
+        Building the embedder object is not enough: MiniLM loads its weights, its tokenizer
+        and its kernels on the first embedding (about 15 s on a loaded 2-core machine). So one
+        real search of each kind the bundle serves runs here (the embedder, the FAISS index,
+        FTS5, fusion), and threads of one worker cannot race to load the model. The warm-up
+        query is not a request: it is not logged. A store without a usable embedder still
+        answers bm25 requests; dense/hybrid ones get a clear error.
+        """
+        self.store.load_indexes()
         if not self.store.models():
             self.dense_error = "the bundle holds no vectors; search it with mode 'bm25'"
-            return
-        self.store.load_indexes()
+        else:
+            try:
+                _ = self.searcher.embedder
+            except (RagError, ImportError) as exc:
+                self.dense_error = f"dense search is unavailable in this bundle: {exc}"
+                log.warning("%s", self.dense_error)
+        mode = "bm25" if self.dense_error else "hybrid"
         try:
-            _ = self.searcher.embedder
+            self.searcher.search(WARM_UP_QUERY, k=1, mode=mode, include_pii=self.include_pii)
         except (RagError, ImportError) as exc:
-            self.dense_error = f"dense search is unavailable in this bundle: {exc}"
-            log.warning("%s", self.dense_error)
+            # e.g. the embedding service is down at start-up: not a reason to refuse dense
+            # search for the life of the worker; requests will say what fails then.
+            log.warning("warm-up search (%s) failed: %s", mode, exc)
 
     def search_one(self, query: str, *, k: int, mode: str, filters: Mapping[str, Any]) -> list[Hit]:
         if mode != "bm25" and self.dense_error:
@@ -378,15 +564,15 @@ class Retriever:
     def log_query(self, query: str, hits: Sequence[Hit], *, k: int, mode: str,
                   filters: Mapping[str, Any]) -> None:
         assert self.query_log is not None
-        try:
+        try:  # queued: the file is written by the log's own thread, off the request path
             self.query_log.write(
                 query, hits, model_name=self.model_name if mode != "bm25" else None,
                 metadata={"mode": mode, "k": k, "filters": dict(filters),
                           "store_id": self.store.store_id},
             )
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:
             # A failing log must not fail the answer; say so loudly (without the query).
-            log.error("query log write to %s failed: %s", self.query_log.path, exc)
+            log.error("query log %s: queueing a query failed: %s", self.query_log.path, exc)
 
     def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         queries, k, mode, filters = parse_request(model_input, params)

@@ -11,6 +11,7 @@ previous ingest run of the same store in the experiment, so a later run can tell
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -424,8 +425,8 @@ def log_ingest_run(
     """
     import pandas as pd
 
-    with _mlflow_session(tracking_uri, experiment) as mlflow, tempfile.TemporaryDirectory(
-        prefix="mlflow-rag-bundle-"
+    with _mlflow_session(tracking_uri, experiment) as mlflow, scratch_dir(
+        store.root, "ingest_run"
     ) as tmp:
         client = mlflow.MlflowClient()
         stats = store.stats()
@@ -537,6 +538,70 @@ def download_bundle(run_id: str, destination: str | Path, *, tracking_uri: str |
     except MlflowException as exc:
         raise TrackingError(f"cannot download the bundle of run {run_id}: {exc.message}") from None
     return Path(local)
+
+
+# --------------------------------------------------------------------------- scratch folders
+
+SCRATCH_DIR = ".scratch"  # inside the store: the bundles being logged, while they are
+
+
+@contextmanager
+def scratch_dir(store_root: str | Path, kind: str) -> Iterator[str]:
+    """A private folder for a bundle being logged, removed afterwards; inside the store.
+
+    A bundle is a full copy of the store, all its text. In ``$TMPDIR`` a killed run left it
+    there for good, often in a shared ``/tmp`` that nothing of this project looks at again.
+    Inside ``STORE/.scratch/`` the copy stays under the store's own permissions and disk, and
+    each run first removes the folders of runs on this host whose process is gone, so a
+    killed ``log-model`` or tracked ingest leaves its copy only until the next one. A store
+    folder that cannot be written (read-only media) falls back to ``$TMPDIR``, cleaned the
+    same way.
+    """
+    import socket
+
+    if "-" in kind:
+        raise ValueError(f"scratch kind {kind!r} must not contain '-' (the name's separator)")
+    host = socket.gethostname().replace("-", "_") or "host"
+    prefix = f"mlflow-rag-{kind}-{host}-{os.getpid()}-"
+    parent = Path(store_root) / SCRATCH_DIR
+    try:
+        parent.mkdir(mode=0o700, exist_ok=True)
+        _remove_stale_scratch(parent, host)
+        folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    except OSError:
+        parent = Path(tempfile.gettempdir())
+        _remove_stale_scratch(parent, host)
+        folder = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if parent.name == SCRATCH_DIR:
+            with contextlib.suppress(OSError):
+                parent.rmdir()  # only if empty: another run may be using it
+
+
+def _remove_stale_scratch(parent: Path, host: str) -> None:
+    """Remove scratch folders of runs on this host whose process no longer exists."""
+    for folder in parent.glob(f"mlflow-rag-*-{host}-*-*"):
+        try:
+            pid = int(folder.name.removeprefix("mlflow-rag-").split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        log.info("removing %s, left by a run that was killed (pid %d)", folder, pid)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------- search runs
@@ -788,8 +853,8 @@ def log_model(
             f"unknown model_config keys {unknown}; choose from {sorted(DEFAULT_MODEL_CONFIG)}"
         )
     config = {**DEFAULT_MODEL_CONFIG, **(model_config or {})}
-    with Store.open(store_path, read_only=True) as store, tempfile.TemporaryDirectory(
-        prefix="mlflow-rag-model-"
+    with Store.open(store_path, read_only=True) as store, scratch_dir(
+        store.root, "log_model"
     ) as tmp:
         bundle = store.snapshot(Path(tmp) / "bundle")
         manifest = read_manifest(bundle)

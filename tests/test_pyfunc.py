@@ -240,13 +240,21 @@ def test_pii_fields_are_hidden_unless_the_model_config_includes_them(
 # --------------------------------------------------------------------------- tracing
 
 
-def test_each_predict_records_a_trace_with_a_retriever_span_of_documents(champion: Any) -> None:
-    mlflow.tracing.enable()
-    champion.predict(queries(f"green tea for {PII_EMAIL}"), params={"k": 2, "mode": "hybrid"})
+def _last_trace() -> Any:
     trace_id = mlflow.get_last_active_trace_id()
     assert trace_id is not None
     trace = mlflow.get_trace(trace_id, flush=True)
     assert trace is not None
+    return trace
+
+
+def test_with_trace_text_each_predict_records_a_retriever_span_of_documents(
+    logged: Logged
+) -> None:
+    mlflow.tracing.enable()
+    model = mlflow.pyfunc.load_model("models:/rag@champion", model_config={"trace": "text"})
+    model.predict(queries(f"green tea for {PII_EMAIL}"), params={"k": 2, "mode": "hybrid"})
+    trace = _last_trace()
     retrievers = [s for s in trace.data.spans if s.span_type == "RETRIEVER"]
     assert len(retrievers) == 1
     span = retrievers[0]
@@ -259,6 +267,30 @@ def test_each_predict_records_a_trace_with_a_retriever_span_of_documents(champio
     # queries in traces pass the same redaction hook as query logs
     assert span.inputs["query"] == "green tea for <email>"
     assert PII_EMAIL not in json.dumps(trace.to_dict(), default=str)
+
+
+def test_by_default_traces_hold_ids_and_scores_but_no_query_or_chunk_text(champion: Any) -> None:
+    """The tracking store keeps traces where purge-queries cannot reach: no text by default."""
+    mlflow.tracing.enable()
+    champion.predict(queries("zebraquartz green tea"), params={"k": 2, "mode": "hybrid",
+                                                               "filters": '{"country": "Japan"}'})
+    trace = _last_trace()
+    dumped = json.dumps(trace.to_dict(), default=str)
+    assert "zebraquartz" not in dumped and "Japan" not in dumped
+    assert "brewed" not in dumped and "Sencha" not in dumped and "/data/tea.md" not in dumped
+    (span,) = [s for s in trace.data.spans if s.span_type == "RETRIEVER"]
+    assert span.inputs == {"query_index": 0, "k": 2, "mode": "hybrid", "filtered": True}
+    assert [d["metadata"]["document_id"] for d in span.outputs] == ["tea", "tea"]
+
+
+def test_trace_off_records_no_trace_and_a_bad_trace_value_is_refused(logged: Logged) -> None:
+    mlflow.tracing.enable()
+    model = mlflow.pyfunc.load_model("models:/rag@champion", model_config={"trace": "off"})
+    before = mlflow.get_last_active_trace_id()
+    assert len(model.predict(queries("green tea"), params={"k": 1})) == 1
+    assert mlflow.get_last_active_trace_id() == before
+    with pytest.raises(InvalidInput, match="Unknown trace 'all'"):
+        mlflow.pyfunc.load_model("models:/rag@champion", model_config={"trace": "all"})
 
 
 # --------------------------------------------------------------------------- query log
@@ -283,6 +315,7 @@ def test_query_log_is_opt_in_separate_from_the_bundle_and_redacted(
     model = mlflow.pyfunc.load_model("models:/rag@champion", model_config={"query_log": str(log_path)})
     model.predict(queries(f"green tea for {PII_EMAIL}", "castling the king"),
                   params={"k": 2, "mode": "bm25"})
+    assert model.unwrap_python_model().retriever.query_log.flush(timeout=60)  # written off-path
     rows, retrievals = _logged_queries(log_path)
     assert sorted(r[0] for r in rows) == ["castling the king", "green tea for <email>"]
     assert retrievals == 4
@@ -300,6 +333,7 @@ def test_query_log_environment_variable_wins(
         "models:/rag@champion", model_config={"query_log": str(tmp_path / "config.db")}
     )
     model.predict(queries("honey bees"), params={"k": 1})
+    assert model.unwrap_python_model().retriever.query_log.flush(timeout=60)
     assert len(_logged_queries(from_env)[0]) == 1
     assert not (tmp_path / "config.db").exists()
 
@@ -320,6 +354,69 @@ def test_query_log_from_several_processes_loses_no_rows(tmp_path: Path) -> None:
     rows, _ = _logged_queries(path)
     assert len(rows) == 450
     assert len({json.loads(m)["pid"] for _, _, m in rows}) == 3
+
+
+def _held_write_lock(path: Path) -> sqlite3.Connection:
+    """What a retention VACUUM (or any other writer) holds for as long as it runs."""
+    locker = sqlite3.connect(path, isolation_level=None, timeout=60)
+    locker.execute("BEGIN IMMEDIATE")
+    return locker
+
+
+def test_a_write_locked_query_log_never_blocks_the_request_and_the_rows_arrive_after(
+    tmp_path: Path
+) -> None:
+    import threading
+
+    from mlflow_rag.serving import QueryLog
+
+    path = tmp_path / "queries.db"
+    log = QueryLog(path)
+    log.write("before the lock", [], model_name=None, metadata={})
+    assert log.flush(timeout=60)
+    locker = _held_write_lock(path)
+    try:
+        writer = threading.Thread(target=lambda: [
+            log.write(f"query {i}", [], model_name=None, metadata={}) for i in range(5)])
+        writer.start()
+        writer.join(timeout=10)  # a write that waited for the lock would wait 30 s
+        assert not writer.is_alive(), "a query log write blocked on the locked file"
+        assert not log.flush(timeout=1.5)  # queued, not written: the file is still locked
+        assert len(_logged_queries(path)[0]) == 1
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    assert log.flush(timeout=60)
+    assert sorted(r[0] for r in _logged_queries(path)[0]) == sorted(
+        ["before the lock"] + [f"query {i}" for i in range(5)])
+    assert log.stats()["dropped"] == 0 and log.stats()["retries"] >= 1
+    log.close()
+
+
+def test_a_full_query_log_queue_drops_new_queries_counts_them_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mlflow_rag.serving import QueryLog
+
+    path = tmp_path / "queries.db"
+    log = QueryLog(path, max_queued=3)
+    log.write("first", [], model_name=None, metadata={})
+    assert log.flush(timeout=60)
+    locker = _held_write_lock(path)
+    try:
+        with caplog.at_level("WARNING", logger="mlflow_rag.serving"):
+            for i in range(5):
+                log.write(f"locked {i}", [], model_name=None, metadata={})
+        assert log.stats()["dropped"] == 2
+        assert "1 queries dropped so far" in caplog.text  # then at most one line per 10 s
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    with caplog.at_level("WARNING", logger="mlflow_rag.serving"):
+        log.close()
+    assert "4 queries written, 2 dropped" in caplog.text and "locked" not in caplog.text
+    assert sorted(r[0] for r in _logged_queries(path)[0]) == ["first", "locked 0", "locked 1",
+                                                                "locked 2"]
 
 
 def test_query_log_inside_the_bundle_is_refused(logged: Logged, tmp_path: Path) -> None:
@@ -353,6 +450,65 @@ def test_a_bundle_without_vectors_still_answers_bm25(tmp_path: Path) -> None:
             retriever.predict(["bicycle derailleur"], {"mode": "hybrid"})
     finally:
         retriever.close()
+
+
+def test_loading_runs_every_lazy_step_so_the_first_request_is_not_slower(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MiniLM builds its embedder object at once but loads its weights on the first embedding:
+    the load (and so the server's /ping) must wait for one real embedding and one search of
+    each kind, and none of that is a logged query."""
+    from mlflow_rag.embed import registry
+
+    calls: list[str] = []
+    real_get = registry.get_embedder
+
+    def recording_embedder(spec: str, **options: Any) -> Any:
+        embedder = real_get(spec, **options)
+        embed_query = embedder.embed_query
+        monkeypatch.setattr(embedder, "embed_query",
+                            lambda text: calls.append("embed_query") or embed_query(text))
+        return embedder
+
+    monkeypatch.setattr(registry, "get_embedder", recording_embedder)
+    for name in ("dense_search", "lexical_search"):
+        real = getattr(Store, name)
+        monkeypatch.setattr(Store, name, lambda self, *a, _real=real, _name=name, **kw:
+                            calls.append(_name) or _real(self, *a, **kw))
+    with Store.open(build_store(tmp_path / "store"), read_only=True) as store:
+        bundle = store.snapshot(tmp_path / "bundle")
+    retriever = Retriever(bundle, query_log=tmp_path / "queries.db")
+    try:
+        assert sorted(set(calls)) == ["dense_search", "embed_query", "lexical_search"]
+        calls.clear()
+        retriever.predict(["honey bees"], {"mode": "hybrid", "k": 1})
+        assert calls.count("embed_query") == 1  # the request itself, nothing left to load
+    finally:
+        retriever.close()
+    conn = sqlite3.connect(tmp_path / "queries.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM queries").fetchone()[0] == 1  # not the warm-up
+    finally:
+        conn.close()
+
+
+def test_the_scoring_server_sets_the_tracer_up_before_it_serves(
+    champion: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_model runs load_context with tracing off, so the tracer (imports, exporter) would
+    be set up by the first request's first span: the server's init() does it instead."""
+    import mlflow.pyfunc.scoring_server as server
+    from mlflow.tracing import provider
+
+    from mlflow_rag import pyfunc_model
+
+    monkeypatch.setattr(server, "init", lambda model: "app")
+    monkeypatch.setattr(server, "invocations", lambda *args: None)
+    mlflow.tracing.reset()
+    assert not provider.provider.once._done
+    pyfunc_model.guard_scoring_server()
+    assert server.init(champion) == "app"
+    assert provider.provider.once._done  # set up before any request
 
 
 # --------------------------------------------------------------------------- the HTTP body

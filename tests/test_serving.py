@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -123,6 +124,38 @@ def test_models_serve_answers_queries_and_rejects_bad_ones_with_400(
             assert SECRET not in text and PII_EMAIL not in text and "confidential" not in text
 
 
+def test_served_queries_and_hit_texts_stay_out_of_the_tracking_stores_traces(
+    champion: Champion, tmp_path: Path
+) -> None:
+    """Query logging is opt-in; MLflow's traces of served requests must not be a second,
+    unpurgeable query log: by default they carry ids, ranks and scores, no text."""
+    private = "zebraquartz green tea brewing"
+    chunk_text = "brewed with water below boiling"
+    database = Path(champion.uri.removeprefix("sqlite:///"))
+    with model_server(champion, tmp_path) as url:
+        before = _trace_count(database)
+        status, body = post_json(f"{url}/invocations", request([private], k=2, mode="hybrid"))
+        assert status == 200 and body["predictions"][0]["document_id"] == "tea"
+        assert chunk_text in body["predictions"][0]["text"]  # the answer itself has the text
+        deadline = time.monotonic() + 60
+        while _trace_count(database) == before and time.monotonic() < deadline:
+            time.sleep(0.2)  # traces are exported asynchronously
+    assert _trace_count(database) > before, "the request left no trace (nothing was checked)"
+    stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
+    stored += b"".join(p.read_bytes() for p in (champion.root / "mlruns").rglob("*")
+                       if p.is_file() and "traces" in p.parts)
+    for text in (private, "zebraquartz", chunk_text):
+        assert text.encode() not in stored and text.encode("utf-16-le") not in stored, text
+
+
+def _trace_count(database: Path) -> int:
+    conn = sqlite3.connect(database)
+    try:
+        return int(conn.execute("SELECT count(*) FROM trace_info").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def test_two_server_workers_log_every_query_and_never_write_the_bundle(
     champion: Champion, tmp_path: Path
 ) -> None:
@@ -137,6 +170,7 @@ def test_two_server_workers_log_every_query_and_never_write_the_bundle(
 
         with ThreadPoolExecutor(max_workers=16) as pool:
             hits = sum(pool.map(ask, range(n)))
+        wait_for_rows(log_path, n)
     conn = sqlite3.connect(log_path)
     try:
         queries = conn.execute("SELECT query_text, metadata FROM queries").fetchall()
@@ -148,6 +182,52 @@ def test_two_server_workers_log_every_query_and_never_write_the_bundle(
     pids = {json.loads(m)["pid"] for _, m in queries}
     print(f"\nquery log rows written by {len(pids)} worker process(es)")
     assert 1 <= len(pids) <= 2
+
+
+def logged_count(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT count(*) FROM queries").fetchone()[0])
+    except sqlite3.OperationalError:  # the writer has created the file, not its tables yet
+        return 0
+    finally:
+        conn.close()
+
+
+def wait_for_rows(path: Path, n: int, *, timeout: float = 60.0) -> int:
+    """The query log is written off the request path: rows land shortly after the answers."""
+    deadline = time.monotonic() + timeout
+    count = logged_count(path) if path.exists() else 0
+    while count < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+        count = logged_count(path) if path.exists() else 0
+    return count
+
+
+def test_a_write_locked_query_log_costs_no_request_and_no_row(
+    champion: Champion, tmp_path: Path
+) -> None:
+    """Another writer (the retention VACUUM the docs recommend) holds the log's write lock:
+    requests still answer at once, and their rows arrive once the lock is released."""
+    log_path = tmp_path / "queries.db"
+    with model_server(champion, tmp_path, **{QUERY_LOG_ENV: str(log_path)}) as url:
+        status, body = post_json(f"{url}/invocations", request(["honey bees"], k=1, mode="bm25"))
+        assert status == 200, body
+        assert wait_for_rows(log_path, 1) == 1
+        locker = sqlite3.connect(log_path, isolation_level=None, timeout=60)
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            for i in range(4):
+                # the timeout is a bound, far below the 30 s a blocked log write used to wait
+                status, body = post_json(f"{url}/invocations",
+                                         request([f"honey bees {i}", f"green tea {i}"], k=1,
+                                                 mode="bm25"), timeout=15)
+                assert status == 200, body
+            assert logged_count(log_path) == 1  # queued in the server, not written yet
+        finally:
+            locker.execute("COMMIT")
+            locker.close()
+        assert wait_for_rows(log_path, 9) == 9
 
 
 def test_an_ingest_logs_to_a_tracking_server_over_http_and_its_bundle_comes_back(

@@ -25,6 +25,7 @@ from tests.test_serving import (  # noqa: F401
     model_server,
     request,
     tracking_template,
+    wait_for_rows,
 )
 
 pytestmark = pytest.mark.slow
@@ -80,6 +81,7 @@ def test_eight_concurrent_clients_get_their_own_answers_and_every_query_is_logge
 
         with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
             problems = [p for found in pool.map(client, range(CLIENTS)) for p in found]
+        wait_for_rows(log_path, CLIENTS * REQUESTS_PER_CLIENT * 2)  # written off the request path
     assert problems == []
     conn = sqlite3.connect(log_path)
     try:

@@ -303,6 +303,43 @@ def test_cli_log_model_prints_the_model_uri_and_the_alias_uri(
     assert model.predict({"query": "honey bees"}, params={"k": 1}).iloc[0].document_id == "bees"
 
 
+@pytest.mark.slow
+def test_a_killed_log_model_leaves_no_copy_in_tmpdir_and_the_next_run_removes_its_copy(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    """A bundle is a full copy of the store's text: a killed log-model must not leave it in
+    $TMPDIR for good. It works inside STORE/.scratch, and the next run removes what a killed
+    one left there."""
+    store = build_store(tmp_path / "store")
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    scratch = store / ".scratch"
+
+    def copies() -> list[Path]:
+        return [*tmpdir.rglob("metadata.db"), *scratch.rglob("metadata.db")]
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow_rag.cli", "log-model", "--store", str(store),
+         "--experiment", "killed", "--tracking-uri", tracking_uri],
+        env=subprocess_env(TMPDIR=str(tmpdir)), cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not copies() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)  # polling for the moment the copy exists, then kill -9
+    proc.kill()
+    proc.wait(timeout=30)
+    assert copies(), "log-model ended before its bundle copy was seen: nothing was killed"
+    assert not list(tmpdir.rglob("metadata.db")), "a copy of the store was left in $TMPDIR"
+    assert list(scratch.rglob("metadata.db"))  # left by the killed run, inside the store
+
+    from mlflow_rag.tracking import log_model
+
+    info = log_model(store, experiment="again", tracking_uri=tracking_uri)
+    assert info.model_uri
+    assert not scratch.exists() or not any(scratch.iterdir())  # the killed run's copy is gone
+
+
 def test_cli_alias_without_register_is_refused(tracking_uri: str, tmp_path: Path) -> None:
     store = build_store(tmp_path / "store")
     result = CliRunner().invoke(main, ["log-model", "--store", str(store), "--alias", "champion",
