@@ -471,27 +471,42 @@ def ingest(
         sources, loader_options=options.loader_options, progress=progress,
         id_prefix=options.id_prefix, skipped=skipped,
     )
-    documents, duplicates = stored_under_other_ids(documents, store)
-    failures.extend(duplicates)
-    for failure in failures:
-        if on_failure:
-            on_failure(failure)
     stages.add("load", started)
-    if not documents:
-        raise LoaderError(_printable(
-            f"nothing to ingest: {len(failures)} item(s) failed to load"
-            + (f"; first: {failures[0].source_path}: {failures[0].reason}" if failures else "")
-        ))
-    if not options.overwrite:
-        check_id_collisions(documents, store)
+    if not documents:  # said at once, without waiting for another writer's lock
+        _report_failures(failures, on_failure)
+        raise _nothing_to_ingest(failures)
 
     def busy(holder: str) -> None:
         say(f"another process ({holder}) is writing to {store.root}; waiting for it to finish")
 
+    # What the store holds is read under the lock: an ingest that waited sees what the other
+    # writer committed (an id it took, a file it stored) before deciding anything.
     with store.writer_lock(wait=options.wait, on_busy=busy if options.wait else None):
+        documents, duplicates = stored_under_other_ids(documents, store)
+        failures.extend(duplicates)
+        _report_failures(failures, on_failure)
+        if not documents:
+            raise _nothing_to_ingest(failures)
+        if not options.overwrite:
+            check_id_collisions(documents, store)
         return _ingest_locked(sources, store, documents, failures, loaders, options=options,
                               embedder=embedder, progress=progress, say=say, stages=stages,
                               skipped=skipped)
+
+
+def _report_failures(
+    failures: Sequence[LoadFailure], on_failure: Callable[[LoadFailure], None] | None
+) -> None:
+    for failure in failures:
+        if on_failure:
+            on_failure(failure)
+
+
+def _nothing_to_ingest(failures: Sequence[LoadFailure]) -> LoaderError:
+    return LoaderError(_printable(
+        f"nothing to ingest: {len(failures)} item(s) failed to load"
+        + (f"; first: {failures[0].source_path}: {failures[0].reason}" if failures else "")
+    ))
 
 
 def _ingest_locked(

@@ -229,3 +229,30 @@ def test_cli_second_folder_with_the_same_file_names_is_refused_then_kept_with_a_
 
 def test_id_collision_is_a_rag_error() -> None:
     assert issubclass(IdCollision, RagError)
+
+
+def test_a_clash_committed_while_an_ingest_waits_for_the_lock_is_still_refused(
+    tmp_path: Path, two_corpora: tuple[Path, Path]
+) -> None:
+    """The id checks read the store under the writer lock: an ingest that waited for another
+    writer sees what that writer committed (here corpus/notes.txt) and refuses to replace
+    it, instead of having checked the store before the other writer landed."""
+    first, second = two_corpora
+    store_path = tmp_path / "s"
+    with Store.open(store_path, create=True) as store:
+        run_ingest([str(first / "other.txt")], store, embedder="tfidf")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with Store.open(store_path) as holder, holder.writer_lock():
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "mlflow_rag.cli", "ingest", str(second), "--store",
+             str(store_path), "--embedder", "tfidf", "--no-track"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        line = waiting.stderr.readline() if waiting.stderr else ""
+        assert "is writing to" in line  # it planned nothing yet: it waits for the lock
+        run_ingest([str(first / "notes.txt")], holder, embedder="tfidf")
+    out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 1, out
+    assert err.strip().splitlines()[-1].startswith("error: 1 document id(s) already belong")
+    with Store.open(store_path) as store:
+        assert store.get_document("notes.txt").raw_text == "Bees make honey in the spring."
+        assert store.find_documents({"source_path": str(second / "more.txt")}) == []
