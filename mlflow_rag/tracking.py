@@ -324,6 +324,7 @@ def ingest_metrics(report: IngestReport, *, store_bytes: int | None = None) -> d
         "documents_updated": report.documents_updated,
         "documents_unchanged": report.documents_unchanged,
         "documents_failed": report.documents_failed,
+        "files_skipped": sum(report.skipped.values()),  # of types no loader reads
         "chunks": report.chunks,
         "vectors_embedded": report.vectors_embedded,
         "vectors_cached": report.vectors_cached,

@@ -82,6 +82,9 @@ def test_folder_ingest_reports_skipped_files_by_extension(tmp_path: Path) -> Non
     assert dict(report.skipped) == {".docx": 2, ".png": 1, "(no extension)": 1}
     text = format_report(report)
     assert "skipped: 4 files of types not loaded: .docx 2, .png 1, (no extension) 1" in text
+    from mlflow_rag.tracking import ingest_metrics  # what the ingest run logs
+
+    assert ingest_metrics(report)["files_skipped"] == 4
 
 
 def test_a_glob_reports_what_it_matched_but_did_not_load(tmp_path: Path) -> None:

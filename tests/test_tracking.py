@@ -378,6 +378,7 @@ def test_mlproject_entry_points_call_the_cli_with_quoted_params() -> None:
     [
         ("ingest", {"source": "d", "chunker": "fixed", "chunk_size": "128"},
          ["--chunker", "fixed", "--chunk-size", "128"]),
+        ("ingest", {"source": "d", "id_prefix": "corpus2/"}, ["--id-prefix", "corpus2/"]),
         ("ingest", {"source": "d"}, []),
         ("search", {"query": "q", "store": "/s", "filters": '{"a": 1}'}, ["--filter", '{"a": 1}']),
         ("search", {"query": "q", "store": "/s"}, []),
