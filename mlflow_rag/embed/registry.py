@@ -55,7 +55,7 @@ KINDS: tuple[EmbedderKind, ...] = (
             tokenizer="minilm",
             requirements=TORCH_MINILM_REQUIREMENTS if backend == "torch"
             else ONNX_MINILM_REQUIREMENTS,
-            help={"torch": "offline", "onnx": "ONNX Runtime, the same vectors",
+            help={"torch": "offline", "onnx": "ONNX Runtime, minilm's vectors",
                   "onnx-int8": "int8, ~2x faster"}[backend],
         )
         for backend in MINILM_BACKENDS
