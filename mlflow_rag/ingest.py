@@ -30,7 +30,7 @@ from mlflow_rag.embed.base import (
     WindowedEmbedder,
     is_fitted_embedder,
 )
-from mlflow_rag.embed.registry import KINDS, find_embedder_kind
+from mlflow_rag.embed.registry import KINDS, OPENAI_PREFIX, find_embedder_kind
 from mlflow_rag.errors import (
     ChunkingChangeRefused,
     IdCollision,
@@ -906,8 +906,8 @@ def _import_legacy_locked(path: str | Path, store: Store, legacy: Any, stages: _
     chunker = get_chunker("fields")
     chunking = chunker.config()
     spec = legacy.model_name
-    embedder_spec = f"openai:{spec}" if spec.startswith("text-embedding-") else None
-    if spec.startswith("openai:"):
+    embedder_spec = f"{OPENAI_PREFIX}{spec}" if spec.startswith("text-embedding-") else None
+    if spec.startswith(OPENAI_PREFIX):
         embedder_spec = spec
     ready = []
     failures = list(legacy.failures)

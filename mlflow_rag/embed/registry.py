@@ -67,6 +67,7 @@ KINDS: tuple[EmbedderKind, ...] = (
 #: Every name a user may give (the openai entry stands for any model), for error messages.
 EMBEDDERS: list[str] = [kind.spec for kind in KINDS]
 _BY_SPEC = {name: kind for kind in KINDS for name in (kind.spec, *kind.aliases)}
+_PLAIN_MINILM = _BY_SPEC["minilm"]
 
 
 def find_embedder_kind(spec: object) -> EmbedderKind | None:
@@ -99,7 +100,7 @@ def get_query_embedder(spec: str, *, state_dir: Path | None = None, **options: A
     is installed (the same vectors; no torch import, so the CLI starts in about a second),
     else through torch. See :func:`mlflow_rag.embed.minilm_fast.minilm_query_embedder`.
     """
-    if spec in ("minilm", f"{MINILM_PREFIX}torch") and "backend" not in options:
+    if _BY_SPEC.get(spec) is _PLAIN_MINILM and "backend" not in options:
         from mlflow_rag.embed.minilm_fast import minilm_query_embedder
 
         return minilm_query_embedder(**options)
