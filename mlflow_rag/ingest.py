@@ -30,7 +30,7 @@ from mlflow_rag.embed.base import (
     WindowedEmbedder,
     is_fitted_embedder,
 )
-from mlflow_rag.embed.registry import KINDS, OPENAI_PREFIX, find_embedder_kind
+from mlflow_rag.embed.registry import DEFAULT_EMBEDDER, KINDS, OPENAI_PREFIX, find_embedder_kind
 from mlflow_rag.errors import (
     ChunkingChangeRefused,
     IdCollision,
@@ -268,7 +268,7 @@ class IngestOptions:
     chunker: str | None = None  # None: by source type (csv/legacy -> fields, else recursive)
     chunk_size: int | None = None
     chunk_overlap: int | None = None
-    embedder: str = "minilm"
+    embedder: str = DEFAULT_EMBEDDER
     batch_size: int = 64
     index_type: str | None = None
     index_params: Mapping[str, int] | None = None

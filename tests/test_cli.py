@@ -123,9 +123,9 @@ def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
 
 def test_choices_and_embedder_help_are_the_registries_and_help_loads_no_layer() -> None:
     from mlflow_rag.chunk.registry import CHUNKERS
-    from mlflow_rag.embed.registry import KINDS
+    from mlflow_rag.embed.registry import DEFAULT_EMBEDDER, KINDS
     from mlflow_rag.index.choose import INDEX_TYPES
-    from mlflow_rag.ingest import REFITS
+    from mlflow_rag.ingest import REFITS, IngestOptions
     from mlflow_rag.search import MODES
 
     ingest = {p.name: p for p in main.commands["ingest"].params}
@@ -134,6 +134,7 @@ def test_choices_and_embedder_help_are_the_registries_and_help_loads_no_layer() 
     assert ingest["index_type"].type.choices == INDEX_TYPES
     assert ingest["refit"].type.choices == REFITS
     assert search["mode"].type.choices == MODES
+    assert ingest["embedder"].default == DEFAULT_EMBEDDER == IngestOptions().embedder
     shown = CliRunner().invoke(main, ["ingest", "--help"], terminal_width=200).output
     for kind in KINDS:  # every embedder the registry knows is offered, with its note
         assert f"{kind.spec.replace('<model>', 'MODEL')} ({kind.help})" in " ".join(shown.split())

@@ -64,6 +64,8 @@ KINDS: tuple[EmbedderKind, ...] = (
     EmbedderKind(f"{OPENAI_PREFIX}<model>", "openai", local=False,
                  requirements=OPENAI_REQUIREMENTS, help="OPENAI_API_KEY, OPENAI_BASE_URL"),
 )
+#: What ingest and grids embed with when no embedder is named.
+DEFAULT_EMBEDDER = "minilm"
 #: Every name a user may give (the openai entry stands for any model), for error messages.
 EMBEDDERS: list[str] = [kind.spec for kind in KINDS]
 _BY_SPEC = {name: kind for kind in KINDS for name in (kind.spec, *kind.aliases)}

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_rag.chunk.registry import CHUNKERS, DEFAULT_CHUNK_SIZE, default_overlap
-from mlflow_rag.embed.registry import embedder_kind
+from mlflow_rag.embed.registry import DEFAULT_EMBEDDER, embedder_kind
 from mlflow_rag.errors import InvalidInput, UnknownChoice
 from mlflow_rag.evaluation.metrics import DEFAULT_KS, METRICS
 from mlflow_rag.index.choose import INDEX_TYPES
@@ -52,7 +52,7 @@ AXIS_DEFAULTS: dict[str, Any] = {
     "chunker": "recursive",
     "chunk_size": DEFAULT_CHUNK_SIZE,
     "chunk_overlap": None,  # chunk_size // 8
-    "embedder": "minilm",
+    "embedder": DEFAULT_EMBEDDER,
     "index_type": "auto",
     "mode": list(MODES),
     "k": DEFAULT_K,
