@@ -6,10 +6,11 @@ Heavy modules (mlflow, torch) are imported inside the commands that need them, s
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,46 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+class _Names(click.Choice):
+    """The names a registry owns (``"package.module.ATTRIBUTE"``), read when the option is
+    used or its help shown: never a second copy in the CLI, and ``mlflow-rag --help`` still
+    imports none of the layers below (numpy, FAISS)."""
+
+    def __init__(self, source: str) -> None:
+        self._source = source
+        self._names: tuple[str, ...] | None = None
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._names is None:
+            module, _, attribute = self._source.rpartition(".")
+            self._names = tuple(getattr(importlib.import_module(module), attribute))
+        return self._names
+
+    @choices.setter
+    def choices(self, value: Iterable[str]) -> None:  # click.Choice.__init__ sets ()
+        self._names = tuple(value) or None
+
+
+class _HelpFrom(click.Option):
+    """An option whose help a registry writes (``help_from``) when help is shown."""
+
+    def __init__(self, *args: Any, help_from: Callable[[], str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._help_from = help_from
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = self._help_from()
+        return super().get_help_record(ctx)
+
+
+def _embedders_help() -> str:
+    from mlflow_rag.embed.registry import embedders_help
+
+    return f"{embedders_help()}."
 
 
 def _store_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,22 +154,21 @@ def _report_json(report: Any, run_id: str | None) -> dict[str, Any]:
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
 @_store_option
-@click.option("--chunker", type=click.Choice(["fields", "fixed", "recursive", "markdown"]),
+@click.option("--chunker", type=_Names("mlflow_rag.chunk.registry.CHUNKERS"),
               default=None, help="Chunking [default: a stored document keeps its chunker; new ones: "
                                   "fields for CSV, markdown for .md/.html, recursive otherwise].")
 @click.option("--chunk-size", type=int, default=None, help="Tokens per chunk [default: 256].")
 @click.option("--chunk-overlap", type=int, default=None,
               help="Tokens shared by neighbours [default: chunk size / 8].")
-@click.option("--embedder", default="minilm", show_default=True,
-              help="minilm (offline; minilm:onnx-int8 is ~2x faster), tfidf, or openai:MODEL "
-                   "(OPENAI_API_KEY, OPENAI_BASE_URL).")
+@click.option("--embedder", default="minilm", show_default=True, cls=_HelpFrom,
+              help_from=_embedders_help)
 @click.option("--id-column", default=None, help="CSV/JSONL: the column holding document ids.")
 @click.option("--text-columns", default=None, help="CSV/JSONL: comma-separated text columns.")
 @click.option("--pii-columns", default=None,
               help="CSV/JSONL: comma-separated PII columns (stored, never embedded or shown) "
                    "[default: guessed from names like e-mail, phone, social; 'none' for none].")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per embed call.")
-@click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf"]), default=None,
+@click.option("--index-type", type=_Names("mlflow_rag.index.choose.INDEX_TYPES"), default=None,
               help="FAISS index [default: auto by vector count].")
 @click.option("--index-param", "index_params", multiple=True, metavar="KEY=INT",
               help="Index setting, repeatable: M, ef_construction, ef_search (hnsw); "
@@ -145,7 +185,7 @@ def _report_json(report: Any, run_id: str | None) -> dict[str, Any]:
               help="Re-chunk documents already stored with this chunking (and this embedder's "
                    "tokenizer) even if unchanged; other models lose vectors of chunks whose "
                    "text changes. Without it such an ingest is refused, naming the loss.")
-@click.option("--refit", type=click.Choice(["auto", "always", "never"]), default="auto",
+@click.option("--refit", type=_Names("mlflow_rag.ingest.REFITS"), default="auto",
               show_default=True,
               help="tfidf: refit and re-embed when the corpus outgrew the fit (auto: more than "
                    "2x the texts or 10%% new terms), always, or never (warn only).")
@@ -229,7 +269,7 @@ def import_legacy(
 @_store_option
 @click.option("-k", "k", default=5, show_default=True, type=int, help="Number of hits.")
 @click.option("--mode", default="hybrid", show_default=True,
-              type=click.Choice(["dense", "bm25", "hybrid"]), help="Ranking.")
+              type=_Names("mlflow_rag.search.MODES"), help="Ranking.")
 @click.option("--filter", "filter_json", default=None,
               help='JSON filter, e.g. \'{"country": {"$in": ["UK"]}}\'.')
 @click.option("--embedder", default=None,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow_rag.embed.registry import DEFAULT_EMBEDDER
 from mlflow_rag.errors import InvalidInput
 from mlflow_rag.evaluation.datasets import EvalDataset, cache_root, resolve_dataset
 from mlflow_rag.evaluation.harness import (
@@ -63,7 +64,7 @@ MAX_DATASET_DIGEST = 36  # MLflow's limit on a dataset digest
 # The default grid when no variants file is given: BM25, MiniLM dense and their hybrid.
 DEFAULT_GRID: dict[str, Any] = {
     "name": "default",
-    "grid": {"chunker": "recursive", "chunk_size": 256, "embedder": "minilm",
+    "grid": {"chunker": "recursive", "chunk_size": 256, "embedder": DEFAULT_EMBEDDER,
              "mode": ["bm25", "dense", "hybrid"], "k": 100},
 }
 # Columns of the printed comparison and the comparison table, besides the ranking metrics.

@@ -23,7 +23,14 @@ import numpy as np
 from mlflow_rag.chunk.base import Chunker
 from mlflow_rag.chunk.registry import CHUNKERS, DEFAULT_CHUNK_SIZE, default_chunker_for, get_chunker
 from mlflow_rag.chunk.sections import section_metadata
-from mlflow_rag.embed.base import Embedder
+from mlflow_rag.embed.base import (
+    Embedder,
+    FittedEmbedder,
+    TokenizedEmbedder,
+    WindowedEmbedder,
+    is_fitted_embedder,
+)
+from mlflow_rag.embed.registry import DEFAULT_EMBEDDER, KINDS, OPENAI_PREFIX, find_embedder_kind
 from mlflow_rag.errors import (
     ChunkingChangeRefused,
     IdCollision,
@@ -261,7 +268,7 @@ class IngestOptions:
     chunker: str | None = None  # None: by source type (csv/legacy -> fields, else recursive)
     chunk_size: int | None = None
     chunk_overlap: int | None = None
-    embedder: str = "minilm"
+    embedder: str = DEFAULT_EMBEDDER
     batch_size: int = 64
     index_type: str | None = None
     index_params: Mapping[str, int] | None = None
@@ -520,13 +527,13 @@ def _ingest_locked(
     started = time.perf_counter()
     # Made under the lock: a tfidf state another ingest saved meanwhile is the one loaded.
     model = embedder or _make_embedder(options.embedder, store)
-    spans = getattr(model, "token_spans", None)
+    spans = model.token_spans if isinstance(model, TokenizedEmbedder) else None
     states = store.document_states([d.id for d in documents])
     names = chunker_names(documents, states, options.chunker)
     chunk_size = options.chunk_size
-    if chunk_size is None and getattr(model, "max_tokens", None):
+    if chunk_size is None and isinstance(model, WindowedEmbedder) and model.max_tokens:
         # keep default chunks inside the model's window, so nothing is silently truncated
-        chunk_size = min(DEFAULT_CHUNK_SIZE, int(model.max_tokens))  # type: ignore[attr-defined]
+        chunk_size = min(DEFAULT_CHUNK_SIZE, int(model.max_tokens))
     chunkers = {name: get_chunker(name, chunk_size=chunk_size, chunk_overlap=options.chunk_overlap,
                                   token_spans=spans) for name in sorted(set(names.values()))}
     chunking = report_chunking(documents, names, chunkers)
@@ -569,7 +576,7 @@ def _ingest_locked(
     missing = store.chunks_without_vectors(model.name, unchanged_ids)  # e.g. a new embedder
     replaced_ids = {d.id for d, _, _ in to_write if d.id in states}
     new_texts = [c.text for _, _, chunks in to_write for c in chunks] + [t for _, t, _ in missing]
-    if hasattr(model, "fit"):
+    if is_fitted_embedder(model):
         _fit_if_needed(model, store, new_texts, replaced_ids, options=options, say=say,
                        progress=progress)
     info = store.ensure_model(
@@ -668,7 +675,7 @@ def _vectors_dropped(
 
 
 def _fit_if_needed(
-    model: Any, store: Store, new_texts: Sequence[str], replaced_ids: set[str], *,
+    model: FittedEmbedder, store: Store, new_texts: Sequence[str], replaced_ids: set[str], *,
     options: IngestOptions, say: Callable[[str], None], progress: bool,
 ) -> None:
     """Fit an embedder fitted on the corpus (tfidf) where it must be, under the store's lock:
@@ -704,7 +711,7 @@ def _fit_if_needed(
           say=say, progress=progress)
 
 
-def refit_reason(model: Any, vector_count: int, new_texts: Sequence[str]) -> str:
+def refit_reason(model: FittedEmbedder, vector_count: int, new_texts: Sequence[str]) -> str:
     """Why a fitted embedder is stale by the refit rule (REFIT_GROWTH, REFIT_NEW_TERMS), or ""."""
     if not new_texts:
         return ""
@@ -722,7 +729,7 @@ def refit_reason(model: Any, vector_count: int, new_texts: Sequence[str]) -> str
 
 
 def refit(
-    store: Store, model: Any, *, extra_texts: Sequence[str] = (),
+    store: Store, model: FittedEmbedder, *, extra_texts: Sequence[str] = (),
     skip_documents: set[str] | frozenset[str] = frozenset(), reason: str = "asked for",
     say: Callable[[str], None] | None = None, progress: bool = False, batch_size: int = 256,
 ) -> int:
@@ -768,7 +775,12 @@ def refit_corpus_models(
     """Refit every model of the store fitted on the corpus (tfidf), as after a delete: the
     deleted documents' terms leave the saved vocabulary. Returns each refit's facts."""
     return [refit_model(store, info.name, wait=wait, on_message=on_message)
-            for info in store.models() if info.embedder == "tfidf"]
+            for info in store.models() if _fitted_on_corpus(info.embedder)]
+
+
+def _fitted_on_corpus(spec: str | None) -> bool:
+    kind = find_embedder_kind(spec)
+    return kind is not None and kind.fitted_on_corpus
 
 
 def _restore_files(directory: Path, files: Mapping[str, bytes]) -> None:
@@ -792,10 +804,11 @@ def refit_model(
 
     with store.writer_lock(wait=wait, on_busy=busy if wait else None):
         info = store.model(model_name)
-        if info.embedder != "tfidf":
+        if not _fitted_on_corpus(info.embedder):
+            fitted = [kind.spec for kind in KINDS if kind.fitted_on_corpus]
             raise InvalidInput(
                 f"model {model_name!r} is embedded by {info.embedder!r}, which is not fitted on "
-                "the corpus; only tfidf models can be refitted"
+                f"the corpus; only {', '.join(fitted)} models can be refitted"
             )
         from mlflow_rag.embed.tfidf import STATE_JSON, STATE_NPZ, TfidfEmbedder
 
@@ -817,11 +830,6 @@ def refit_model(
     return {"model": model_name, "before": before, "after": after}
 
 
-# Embedders ``check`` may run to re-embed a sample: local ones (an openai model costs money
-# and needs a key, so it is not re-embedded by default).
-_LOCAL_EMBEDDERS = ("tfidf", "minilm")
-
-
 def recorded_embedders(
     store: Store, *, include_remote: bool = False
 ) -> dict[str, Callable[[Sequence[str]], np.ndarray]]:
@@ -833,7 +841,9 @@ def recorded_embedders(
     out: dict[str, Callable[[Sequence[str]], np.ndarray]] = {}
     for info in store.models():
         spec = info.embedder
-        if not spec or not (include_remote or spec.split(":", 1)[0] in _LOCAL_EMBEDDERS):
+        kind = find_embedder_kind(spec)
+        # Local embedders only, unless asked: an openai model costs money and needs a key.
+        if not spec or not (include_remote or (kind is not None and kind.local)):
             continue
         state = store.root / MODELS_DIR / info.slug
 
@@ -911,8 +921,8 @@ def _import_legacy_locked(path: str | Path, store: Store, legacy: Any, stages: _
     chunker = get_chunker("fields")
     chunking = chunker.config()
     spec = legacy.model_name
-    embedder_spec = f"openai:{spec}" if spec.startswith("text-embedding-") else None
-    if spec.startswith("openai:"):
+    embedder_spec = f"{OPENAI_PREFIX}{spec}" if spec.startswith("text-embedding-") else None
+    if spec.startswith(OPENAI_PREFIX):
         embedder_spec = spec
     ready = []
     failures = list(legacy.failures)

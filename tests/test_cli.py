@@ -121,6 +121,32 @@ def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
     assert proc.stderr.startswith("error: no store at") and "Traceback" not in proc.stderr
 
 
+def test_choices_and_embedder_help_are_the_registries_and_help_loads_no_layer() -> None:
+    from mlflow_rag.chunk.registry import CHUNKERS
+    from mlflow_rag.embed.registry import DEFAULT_EMBEDDER, KINDS
+    from mlflow_rag.index.choose import INDEX_TYPES
+    from mlflow_rag.ingest import REFITS, IngestOptions
+    from mlflow_rag.search import MODES
+
+    ingest = {p.name: p for p in main.commands["ingest"].params}
+    search = {p.name: p for p in main.commands["search"].params}
+    assert ingest["chunker"].type.choices == CHUNKERS
+    assert ingest["index_type"].type.choices == INDEX_TYPES
+    assert ingest["refit"].type.choices == REFITS
+    assert search["mode"].type.choices == MODES
+    assert ingest["embedder"].default == DEFAULT_EMBEDDER == IngestOptions().embedder
+    shown = CliRunner().invoke(main, ["ingest", "--help"], terminal_width=200).output
+    for kind in KINDS:  # every embedder the registry knows is offered, with its note
+        assert f"{kind.spec.replace('<model>', 'MODEL')} ({kind.help})" in " ".join(shown.split())
+    # the choices are read when used: the bare command line imports none of the layers below
+    code = ("import sys; from mlflow_rag.cli import main\n"
+            "sys.argv = ['mlflow-rag', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('loaded:', [m for m in ('numpy', 'faiss') if m in sys.modules])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "loaded: []" in proc.stdout
+
+
 def test_search_and_stats_do_not_import_mlflow_or_torch(store_dir: Path) -> None:
     code = (
         "import sys; from mlflow_rag.cli import main\n"

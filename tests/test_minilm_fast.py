@@ -515,3 +515,27 @@ def test_torch_query_runtime_is_chosen_by_environment_and_a_bad_value_is_one_lin
     done = run_cli("search", "agents", "--store", str(minilm_store), "--mode", "bm25",
                    cache=onnx_cache, env={minilm_fast.ENV_QUERY_RUNTIME: "gpu"})
     assert done.returncode == 0, done.stderr  # BM25 embeds nothing
+
+
+def test_cli_evaluates_a_grid_of_the_fast_backends(
+    onnx_int8: OnnxMiniLMEmbedder, onnx_cache: Path, tmp_path: Path,
+) -> None:
+    """`mlflow-rag evaluate` takes every embedder spec ingest takes (grids once refused
+    `minilm:onnx-int8`): the variants run, embedding with the backend they name."""
+    from tests.test_harness import write_beir
+
+    beir = write_beir(tmp_path / "tiny")
+    grid = tmp_path / "fast.yaml"
+    grid.write_text("ks: [1, 5]\nmetric: ndcg_at_5\ngrid:\n  mode: dense\n  k: 5\n"
+                    "  chunk_size: 64\n  embedder: [minilm:onnx-int8, minilm:onnx]\n",
+                    encoding="utf-8")
+    done = run_cli("evaluate", "--dataset", str(beir), "--variants", str(grid), "--no-track",
+                   "--work-dir", str(tmp_path / "work"), "--json", cache=onnx_cache)
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome = json.loads(done.stdout)
+    rows = {row["variant"]: row for row in outcome["variants"]}
+    assert set(rows) == {"dense-minilm:onnx-int8", "dense-minilm:onnx"}
+    # chunks cut by MiniLM's word pieces, as ingest cuts them for these backends
+    assert Path(outcome["best"]["store_path"]).name == "recursive-64-8-minilm"
+    for row in rows.values():  # one relevant topic per query: MiniLM finds it first
+        assert row["ndcg_at_5"] > 0.8, row

