@@ -492,23 +492,54 @@ def test_loading_runs_every_lazy_step_so_the_first_request_is_not_slower(
         conn.close()
 
 
-def test_the_scoring_server_sets_the_tracer_up_before_it_serves(
-    champion: Any, monkeypatch: pytest.MonkeyPatch
+# The scoring server's own start-up (its app module: load_model, then init(model)), /ping, then
+# the first /invocations through the ASGI app; prints what that first request still built.
+FIRST_REQUEST_PROBE = """
+import json, os, sys
+from mlflow.pyfunc import scoring_server
+from mlflow.tracking._tracking_service import utils
+
+builds = []
+registry = utils._tracking_store_registry._registry
+for scheme, builder in list(registry.items()):
+    registry[scheme] = lambda *a, _b=builder, **k: builds.append(scheme) or _b(*a, **k)
+os.environ[scoring_server._SERVER_MODEL_PATH] = sys.argv[1]
+from mlflow.pyfunc.scoring_server import app as served
+from fastapi.testclient import TestClient
+
+client = TestClient(served.app)
+assert client.get("/ping").status_code == 200
+modules, at_load = set(sys.modules), len(builds)
+reply = client.post("/invocations", json={
+    "dataframe_split": {"columns": ["query"], "data": [["honey bees"]]}, "params": {"k": 1}})
+print(json.dumps({"status": reply.status_code, "stores_built_at_load": at_load,
+                  "stores_built_by_request": len(builds) - at_load,
+                  "imported_by_request": sorted(set(sys.modules) - modules)}))
+"""
+
+
+def test_the_first_served_request_builds_and_imports_nothing_the_load_could_have(
+    logged: Logged, tmp_path: Path
 ) -> None:
-    """load_model runs load_context with tracing off, so the tracer (imports, exporter) would
-    be set up by the first request's first span: the server's init() does it instead."""
-    import mlflow.pyfunc.scoring_server as server
-    from mlflow.tracing import provider
+    """load_model runs load_context with tracing off, and the server builds its app with the
+    init() it looked up before loading, so the tracer (its imports, the tracking store it
+    exports to) used to be set up by the first request's first span: 1-3 s of it. Driven as
+    `mlflow models serve` runs it: its app module on a local model folder, in a fresh process."""
+    import subprocess
+    import sys
 
-    from mlflow_rag import pyfunc_model
-
-    monkeypatch.setattr(server, "init", lambda model: "app")
-    monkeypatch.setattr(server, "invocations", lambda *args: None)
-    mlflow.tracing.reset()
-    assert not provider.provider.once._done
-    pyfunc_model.guard_scoring_server()
-    assert server.init(champion) == "app"
-    assert provider.provider.once._done  # set up before any request
+    local = mlflow.artifacts.download_artifacts("models:/rag@champion", dst_path=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_REQUEST_PROBE, local], capture_output=True, text=True,
+        cwd=logged.root, env=helpers_mlflow.subprocess_env(MLFLOW_TRACKING_URI=logged.uri),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    assert probe["status"] == 200
+    assert probe["stores_built_by_request"] == 0, probe  # the exporter's store came with /ping
+    assert probe["stores_built_at_load"] == 1
+    assert probe["imported_by_request"] == []
 
 
 # --------------------------------------------------------------------------- the HTTP body
