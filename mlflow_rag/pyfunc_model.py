@@ -121,7 +121,8 @@ class RetrieverModel(PythonModel):
         queries: list[str] = []
         try:
             queries = coerce_queries(model_input)  # first alone: the scrub below needs them
-            queries, k, mode, filters = parse_request(queries, params)
+            queries, k, mode, filters = parse_request(queries, params,
+                                                      default_mode=retriever.default_mode)
         except RagError as exc:
             raise bad_request(str(exc), queries) from None
         text = self.trace == "text"

@@ -80,7 +80,8 @@ def test_signature_declares_the_query_column_and_the_params(champion: Any) -> No
     meta = champion.metadata
     assert meta.get_input_schema().input_names() == ["query"]
     params = {p.name: p.default for p in meta.get_params_schema().params}
-    assert params == {"k": 5, "mode": "hybrid", "filters": ""}
+    # mode "": the bundle's own default, decided at load (hybrid here: it has an embedder)
+    assert params == {"k": 5, "mode": "", "filters": ""}
     assert meta.get_output_schema().input_names() == list(OUTPUT_COLUMNS)
 
 
@@ -452,6 +453,35 @@ def test_a_bundle_without_vectors_still_answers_bm25(tmp_path: Path) -> None:
         retriever.close()
 
 
+def test_the_default_mode_is_what_the_bundle_can_answer() -> None:
+    from mlflow_rag.serving import bundle_modes
+
+    assert bundle_modes(dense=True) == ("hybrid", ("bm25", "dense", "hybrid"))
+    assert bundle_modes(dense=False) == ("bm25", ("bm25",))
+
+
+def test_a_bm25_only_model_answers_without_a_mode_and_refuses_dense_naming_the_valid_modes(
+    logged: Logged, tmp_path: Path
+) -> None:
+    """The signature's params fill in what a request leaves out; the mode it fills in must be
+    one this bundle can answer."""
+    from mlflow_rag.tracking import log_model
+
+    store = build_store(tmp_path / "store", with_vectors=False)
+    info = log_model(store, experiment="bm25-only", tracking_uri=logged.uri)
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    for params in (None, {"k": 1}):
+        frame = model.predict(queries("bicycle derailleur"), params=params)
+        assert frame.iloc[0].document_id == "bikes"
+    for mode in ("dense", "hybrid"):
+        with pytest.raises(MlflowException) as caught:
+            model.predict(queries(SECRET), params={"mode": mode})
+        message = caught.value.message
+        assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+        assert f"mode {mode!r}" in message and "['bm25']" in message, message
+        assert SECRET not in message and PII_EMAIL not in message
+
+
 def test_loading_runs_every_lazy_step_so_the_first_request_is_not_slower(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -553,7 +583,7 @@ def test_the_body_check_refuses_bad_json_and_params_and_messages_lose_the_reques
             "params": {"k": 3.0, "filters": {"country": "UK"}, "other": 1}}
     data, private = normalise_json_body(json.dumps(body).encode())
     assert SECRET in private and "query" not in private
-    assert json.loads(data)["params"] == {"k": 3, "mode": "hybrid",
+    assert json.loads(data)["params"] == {"k": 3, "mode": "",  # the model's default applies
                                           "filters": '{"country": "UK"}', "other": 1}
     for raw in (json.dumps(body).encode()[:-3], b'{"x": "\xff' + SECRET.encode() + b'"}',
                 json.dumps({**body, "params": {"k": "3"}}).encode(),
