@@ -453,6 +453,34 @@ def test_a_bundle_without_vectors_still_answers_bm25(tmp_path: Path) -> None:
         retriever.close()
 
 
+def test_vectors_without_a_known_embedder_make_a_bm25_default_and_a_dense_400(
+    tmp_path: Path
+) -> None:
+    """E.g. vectors imported with no embedder to recompute them, as import-legacy may leave."""
+    import numpy as np
+
+    from tests.helpers_mlflow import CORPUS, make_corpus_record
+
+    rng = np.random.default_rng(0)
+    with Store.open(tmp_path / "store", create=True) as store:
+        store.ensure_model("tfidf", 8)  # no embedder recorded: queries cannot be embedded
+        store.write([make_corpus_record(doc_id, chunks, metadata={"title": title, **meta},
+                                        vectors=rng.standard_normal((len(chunks), 8)))
+                     for doc_id, (title, chunks, meta) in CORPUS.items()])
+    with Store.open(tmp_path / "store", read_only=True) as store:
+        bundle = store.snapshot(tmp_path / "bundle")
+    retriever = Retriever(bundle)
+    try:
+        assert retriever.predict(["bicycle derailleur"], {"k": 1}).iloc[0].document_id == "bikes"
+        with pytest.raises(BadRequest) as caught:
+            retriever.predict(["bicycle derailleur"], {"mode": "dense"})
+        message = str(caught.value)
+        assert "mode 'dense'" in message and "['bm25']" in message, message
+        assert "no known embedder" in message  # says why
+    finally:
+        retriever.close()
+
+
 def test_the_default_mode_is_what_the_bundle_can_answer() -> None:
     from mlflow_rag.serving import bundle_modes
 
