@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import mlflow
@@ -108,7 +108,8 @@ class RetrieverModel(PythonModel):
             # models logged before the option existed have no "mmap" key: the default applies
             mmap=_flag(config.get("mmap", True)),
         )
-        guard_scoring_server()
+        if guard_scoring_server():
+            warm_up_serving(trace=self.trace != "off")
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -120,7 +121,8 @@ class RetrieverModel(PythonModel):
         queries: list[str] = []
         try:
             queries = coerce_queries(model_input)  # first alone: the scrub below needs them
-            queries, k, mode, filters = parse_request(queries, params)
+            queries, k, mode, filters = parse_request(queries, params,
+                                                      default_mode=retriever.default_mode)
         except RagError as exc:
             raise bad_request(str(exc), queries) from None
         text = self.trace == "text"
@@ -206,7 +208,7 @@ def _documents(hits: Sequence[Hit], *, text: bool) -> list[Any]:
     ]
 
 
-def guard_scoring_server() -> None:
+def guard_scoring_server() -> bool:
     """Keep request text out of every error MLflow's scoring server answers for this model.
 
     The scoring server (``mlflow models serve``) decodes the body and checks params against
@@ -217,12 +219,15 @@ def guard_scoring_server() -> None:
     decoded and their params checked by :func:`mlflow_rag.serving.normalise_json_body` first,
     and any message MLflow still raises passes :func:`mlflow_rag.serving.private_message`.
     Requests to other models in the process are passed through untouched. Outside a scoring
-    server (``mlflow.pyfunc.load_model`` in Python) nothing is changed.
+    server (``mlflow.pyfunc.load_model`` in Python) nothing is changed. Returns whether the
+    process is a scoring server.
     """
     server = sys.modules.get("mlflow.pyfunc.scoring_server")
     original = getattr(server, "invocations", None)
-    if server is None or original is None or getattr(original, "_mlflow_rag_guard", False):
-        return
+    if server is None or original is None:
+        return False
+    if getattr(original, "_mlflow_rag_guard", False):
+        return True
 
     @functools.wraps(original)
     def invocations(data: Any, content_type: Any, model: Any, input_schema: Any) -> Any:
@@ -246,33 +251,53 @@ def guard_scoring_server() -> None:
 
     invocations._mlflow_rag_guard = True  # type: ignore[attr-defined]
     setattr(server, "invocations", invocations)  # noqa: B010 (a module found at run time)
-
-    # The server builds its app (``init(model)``) after load_model returns: the first moment
-    # the tracer can be set up (load_model runs load_context with tracing switched off).
-    original_init = getattr(server, "init", None)
-    if original_init is not None and not getattr(original_init, "_mlflow_rag_guard", False):
-
-        @functools.wraps(original_init)
-        def init(model: Any) -> Any:
-            if _serves_retriever(model) and model.unwrap_python_model().trace != "off":
-                warm_up_tracing()
-            return original_init(model)
-
-        init._mlflow_rag_guard = True  # type: ignore[attr-defined]
-        setattr(server, "init", init)  # noqa: B010
+    return True
 
 
-def warm_up_tracing() -> None:
-    """Set MLflow's tracer up now, not in the first request's first span (imports and the
-    exporter: 0.2-0.5 s on an idle machine, seconds on a busy one). Records no trace.
-    (``mlflow.tracing.enable()`` would not do: it sets a provider up without marking it
-    done, so the first span would set up another.)"""
-    try:
-        from mlflow.tracing import provider
+def warm_up_serving(*, trace: bool) -> None:
+    """Do now, before ``/ping`` answers, what the scoring server's first request would do once.
 
-        provider._get_tracer(__name__)
-    except Exception as exc:  # an MLflow without this function: the first request pays
-        log.debug("tracing warm-up skipped: %s", exc)
+    ``load_model`` runs ``load_context`` with tracing switched off (a no-op tracer in place),
+    so the tracer cannot be set up here, and the server builds its app with the ``init``
+    function it looked up before loading the model (``scoring_server.init(load_model(...))``):
+    nothing of the model's runs between loading and serving. What setting the tracer up
+    costs is its imports and the tracking store it exports to, all kept per process; they
+    are built here, so the first span only assembles them (py-spy on a served MiniLM model:
+    1.3-2.8 s of the first request was this, against ~60 ms for the next ones).
+    Also the response's JSON encoding (its pandas code is imported on first use).
+    Records no trace; a step that fails only leaves its cost to the first request.
+    """
+    steps: list[tuple[str, Callable[[], None]]] = [("response encoding", _warm_up_response)]
+    if trace:
+        steps.insert(0, ("tracing", _warm_up_tracing))
+    for name, step in steps:
+        try:
+            step()
+        except Exception as exc:
+            log.debug("serving warm-up (%s) skipped: %s", name, exc)
+
+
+def _warm_up_tracing() -> None:
+    # What mlflow.tracing.provider._get_span_processors() builds on the first span.
+    from mlflow.tracing.client import TracingClient
+    from mlflow.tracing.export.mlflow_v3 import MlflowV3SpanExporter  # noqa: F401
+    from mlflow.tracing.processor.mlflow_v3 import MlflowV3SpanProcessor  # noqa: F401
+    from mlflow.tracing.processor.otel import OtelSpanProcessor  # noqa: F401
+    from mlflow.tracing.utils.environment import resolve_env_metadata
+    from mlflow.utils.databricks_utils import is_in_databricks_notebook
+
+    # the exporter's store: cached per tracking URI (engine, schema check, SQLAlchemy imports)
+    _ = TracingClient(mlflow.get_tracking_uri()).store
+    is_in_databricks_notebook()  # asked by the exporter; the answer imports IPython
+    resolve_env_metadata()  # cached per process; imports git
+
+
+def _warm_up_response() -> None:
+    import io
+
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    predictions_to_json(hits_frame([]), io.StringIO())
 
 
 def _error_code(exc: MlflowException) -> int:

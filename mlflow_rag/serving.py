@@ -32,7 +32,7 @@ import pandas as pd
 
 from mlflow_rag import codec
 from mlflow_rag.errors import InvalidInput, RagError
-from mlflow_rag.search import DEFAULT_MODE, Searcher, check_mode, check_query, redact_emails
+from mlflow_rag.search import DEFAULT_MODE, MODES, Searcher, check_mode, check_query, redact_emails
 from mlflow_rag.store import db
 from mlflow_rag.store.filters import compile_filter, parse_filter
 from mlflow_rag.store.store import Store, check_k
@@ -45,7 +45,9 @@ OUTPUT_COLUMNS = (
     "query_index", "rank", "score", "chunk_id", "document_id", "chunk_type", "text",
     "source_path", "metadata",
 )
-PARAM_DEFAULTS: dict[str, Any] = {"k": 5, "mode": DEFAULT_MODE, "filters": ""}
+# The signature's defaults, which MLflow fills in for params a request leaves out. "mode": ""
+# stands for the bundle's own default (bundle_modes), known only once the model is loaded.
+PARAM_DEFAULTS: dict[str, Any] = {"k": 5, "mode": "", "filters": ""}
 QUERY_COLUMN = "query"
 MAX_QUERIES_PER_REQUEST = 1_000  # an oversized request is refused, not queued
 MAX_HITS_PER_REQUEST = 100_000  # queries x k: the response table must stay a sane size
@@ -68,6 +70,13 @@ TRACE_MODES = ("off", "ids", "text")
 
 class BadRequest(InvalidInput):
     """A request the model cannot answer as sent (its message never contains query text)."""
+
+
+def bundle_modes(*, dense: bool) -> tuple[str, tuple[str, ...]]:
+    """``(default mode, valid modes)`` of a bundle: every mode, hybrid by default, when its
+    query embedder can load (``dense``); BM25 alone otherwise (no vectors, an embedder the
+    serving process lacks: the OpenAI key, the ``local`` extra, an unknown model)."""
+    return (DEFAULT_MODE, tuple(sorted(MODES))) if dense else ("bm25", ("bm25",))
 
 
 # --------------------------------------------------------------------------- request parsing
@@ -117,14 +126,17 @@ def coerce_queries(model_input: Any) -> list[str]:
     return queries
 
 
-def parse_params(params: Mapping[str, Any] | None) -> tuple[int, str, dict[str, Any]]:
-    """``(k, mode, filters)`` from the request params, with the defaults of the signature."""
+def parse_params(
+    params: Mapping[str, Any] | None, *, default_mode: str = DEFAULT_MODE
+) -> tuple[int, str, dict[str, Any]]:
+    """``(k, mode, filters)`` from the request params, with the defaults of the signature; a
+    missing or empty mode is ``default_mode`` (the bundle's, see :func:`bundle_modes`)."""
     merged = {**PARAM_DEFAULTS, **{k: v for k, v in (params or {}).items() if v is not None}}
     k = merged["k"]
     if isinstance(k, float) and k.is_integer():  # JSON clients may send 5.0
         k = int(k)
     k = check_k(k)
-    mode = check_mode(merged["mode"])
+    mode = check_mode(merged["mode"] or default_mode)
     filters = merged["filters"]
     if not isinstance(filters, (str, Mapping)):
         raise BadRequest(
@@ -136,12 +148,12 @@ def parse_params(params: Mapping[str, Any] | None) -> tuple[int, str, dict[str, 
 
 
 def parse_request(
-    model_input: Any, params: Mapping[str, Any] | None
+    model_input: Any, params: Mapping[str, Any] | None, *, default_mode: str = DEFAULT_MODE
 ) -> tuple[list[str], int, str, dict[str, Any]]:
     """``(queries, k, mode, filters)`` of a request, or :class:`BadRequest` (or another
     :class:`RagError`) naming what is wrong."""
     queries = coerce_queries(model_input)
-    k, mode, filters = parse_params(params)
+    k, mode, filters = parse_params(params, default_mode=default_mode)
     if len(queries) * k > MAX_HITS_PER_REQUEST:
         raise BadRequest(
             f"{len(queries)} queries x k={k} could return {len(queries) * k} rows; at most "
@@ -223,7 +235,8 @@ def normalise_json_body(data: bytes | str) -> tuple[bytes | str, list[str]]:
         k, mode, filters = parse_params(params)
     except RagError as exc:
         raise BadRequest(scrub(str(exc), private)) from None
-    body["params"] = {**params, "k": k, "mode": mode,
+    # a missing mode stays empty: the model, which knows what its bundle can answer, decides
+    body["params"] = {**params, "k": k, "mode": mode if params.get("mode") else "",
                       "filters": json.dumps(filters, ensure_ascii=False) if filters else ""}
     return json.dumps(body, ensure_ascii=False).encode("utf-8"), private
 
@@ -518,6 +531,7 @@ class Retriever:
             QueryLog(query_log, redact=redact, forbidden_root=self.bundle) if query_log else None
         )
         self.dense_error: str | None = None
+        self.default_mode, self.modes = bundle_modes(dense=True)
         self._warm_up()
         models = self.store.models()
         # The embedding space queries are logged against (none for a bundle without vectors).
@@ -536,14 +550,15 @@ class Retriever:
         """
         self.store.load_indexes()
         if not self.store.models():
-            self.dense_error = "the bundle holds no vectors; search it with mode 'bm25'"
+            self.dense_error = "the bundle holds no vectors"
         else:
             try:
                 _ = self.searcher.embedder
             except (RagError, ImportError) as exc:
-                self.dense_error = f"dense search is unavailable in this bundle: {exc}"
-                log.warning("%s", self.dense_error)
-        mode = "bm25" if self.dense_error else "hybrid"
+                self.dense_error = f"its query embedder cannot load: {exc}"
+                log.warning("dense search is unavailable in this bundle: %s", self.dense_error)
+        self.default_mode, self.modes = bundle_modes(dense=self.dense_error is None)
+        mode = self.default_mode
         try:
             self.searcher.search(WARM_UP_QUERY, k=1, mode=mode, include_pii=self.include_pii)
         except (RagError, ImportError) as exc:
@@ -552,8 +567,9 @@ class Retriever:
             log.warning("warm-up search (%s) failed: %s", mode, exc)
 
     def search_one(self, query: str, *, k: int, mode: str, filters: Mapping[str, Any]) -> list[Hit]:
-        if mode != "bm25" and self.dense_error:
-            raise BadRequest(self.dense_error)
+        if mode not in self.modes:
+            raise BadRequest(f"mode {mode!r} is unavailable in this bundle ({self.dense_error}); "
+                             f"choose from {list(self.modes)}")
         hits = self.searcher.search(
             query, k=k, mode=mode, filters=filters or None, include_pii=self.include_pii,
         )
@@ -575,7 +591,8 @@ class Retriever:
             log.error("query log %s: queueing a query failed: %s", self.query_log.path, exc)
 
     def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
-        queries, k, mode, filters = parse_request(model_input, params)
+        queries, k, mode, filters = parse_request(model_input, params,
+                                                  default_mode=self.default_mode)
         return hits_frame([self.search_one(q, k=k, mode=mode, filters=filters) for q in queries])
 
     def close(self) -> None:

@@ -80,7 +80,8 @@ def test_signature_declares_the_query_column_and_the_params(champion: Any) -> No
     meta = champion.metadata
     assert meta.get_input_schema().input_names() == ["query"]
     params = {p.name: p.default for p in meta.get_params_schema().params}
-    assert params == {"k": 5, "mode": "hybrid", "filters": ""}
+    # mode "": the bundle's own default, decided at load (hybrid here: it has an embedder)
+    assert params == {"k": 5, "mode": "", "filters": ""}
     assert meta.get_output_schema().input_names() == list(OUTPUT_COLUMNS)
 
 
@@ -455,6 +456,63 @@ def test_a_bundle_without_vectors_still_answers_bm25(tmp_path: Path) -> None:
         retriever.close()
 
 
+def test_vectors_without_a_known_embedder_make_a_bm25_default_and_a_dense_400(
+    tmp_path: Path
+) -> None:
+    """E.g. vectors imported with no embedder to recompute them, as import-legacy may leave."""
+    import numpy as np
+
+    from tests.helpers_mlflow import CORPUS, make_corpus_record
+
+    rng = np.random.default_rng(0)
+    with Store.open(tmp_path / "store", create=True) as store:
+        store.ensure_model("tfidf", 8)  # no embedder recorded: queries cannot be embedded
+        store.write([make_corpus_record(doc_id, chunks, metadata={"title": title, **meta},
+                                        vectors=rng.standard_normal((len(chunks), 8)))
+                     for doc_id, (title, chunks, meta) in CORPUS.items()])
+    with Store.open(tmp_path / "store", read_only=True) as store:
+        bundle = store.snapshot(tmp_path / "bundle")
+    retriever = Retriever(bundle)
+    try:
+        assert retriever.predict(["bicycle derailleur"], {"k": 1}).iloc[0].document_id == "bikes"
+        with pytest.raises(BadRequest) as caught:
+            retriever.predict(["bicycle derailleur"], {"mode": "dense"})
+        message = str(caught.value)
+        assert "mode 'dense'" in message and "['bm25']" in message, message
+        assert "no known embedder" in message  # says why
+    finally:
+        retriever.close()
+
+
+def test_the_default_mode_is_what_the_bundle_can_answer() -> None:
+    from mlflow_rag.serving import bundle_modes
+
+    assert bundle_modes(dense=True) == ("hybrid", ("bm25", "dense", "hybrid"))
+    assert bundle_modes(dense=False) == ("bm25", ("bm25",))
+
+
+def test_a_bm25_only_model_answers_without_a_mode_and_refuses_dense_naming_the_valid_modes(
+    logged: Logged, tmp_path: Path
+) -> None:
+    """The signature's params fill in what a request leaves out; the mode it fills in must be
+    one this bundle can answer."""
+    from mlflow_rag.tracking import log_model
+
+    store = build_store(tmp_path / "store", with_vectors=False)
+    info = log_model(store, experiment="bm25-only", tracking_uri=logged.uri)
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    for params in (None, {"k": 1}):
+        frame = model.predict(queries("bicycle derailleur"), params=params)
+        assert frame.iloc[0].document_id == "bikes"
+    for mode in ("dense", "hybrid"):
+        with pytest.raises(MlflowException) as caught:
+            model.predict(queries(SECRET), params={"mode": mode})
+        message = caught.value.message
+        assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+        assert f"mode {mode!r}" in message and "['bm25']" in message, message
+        assert SECRET not in message and PII_EMAIL not in message
+
+
 def test_loading_runs_every_lazy_step_so_the_first_request_is_not_slower(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -495,23 +553,54 @@ def test_loading_runs_every_lazy_step_so_the_first_request_is_not_slower(
         conn.close()
 
 
-def test_the_scoring_server_sets_the_tracer_up_before_it_serves(
-    champion: Any, monkeypatch: pytest.MonkeyPatch
+# The scoring server's own start-up (its app module: load_model, then init(model)), /ping, then
+# the first /invocations through the ASGI app; prints what that first request still built.
+FIRST_REQUEST_PROBE = """
+import json, os, sys
+from mlflow.pyfunc import scoring_server
+from mlflow.tracking._tracking_service import utils
+
+builds = []
+registry = utils._tracking_store_registry._registry
+for scheme, builder in list(registry.items()):
+    registry[scheme] = lambda *a, _b=builder, **k: builds.append(scheme) or _b(*a, **k)
+os.environ[scoring_server._SERVER_MODEL_PATH] = sys.argv[1]
+from mlflow.pyfunc.scoring_server import app as served
+from fastapi.testclient import TestClient
+
+client = TestClient(served.app)
+assert client.get("/ping").status_code == 200
+modules, at_load = set(sys.modules), len(builds)
+reply = client.post("/invocations", json={
+    "dataframe_split": {"columns": ["query"], "data": [["honey bees"]]}, "params": {"k": 1}})
+print(json.dumps({"status": reply.status_code, "stores_built_at_load": at_load,
+                  "stores_built_by_request": len(builds) - at_load,
+                  "imported_by_request": sorted(set(sys.modules) - modules)}))
+"""
+
+
+def test_the_first_served_request_builds_and_imports_nothing_the_load_could_have(
+    logged: Logged, tmp_path: Path
 ) -> None:
-    """load_model runs load_context with tracing off, so the tracer (imports, exporter) would
-    be set up by the first request's first span: the server's init() does it instead."""
-    import mlflow.pyfunc.scoring_server as server
-    from mlflow.tracing import provider
+    """load_model runs load_context with tracing off, and the server builds its app with the
+    init() it looked up before loading, so the tracer (its imports, the tracking store it
+    exports to) used to be set up by the first request's first span: 1-3 s of it. Driven as
+    `mlflow models serve` runs it: its app module on a local model folder, in a fresh process."""
+    import subprocess
+    import sys
 
-    from mlflow_rag import pyfunc_model
-
-    monkeypatch.setattr(server, "init", lambda model: "app")
-    monkeypatch.setattr(server, "invocations", lambda *args: None)
-    mlflow.tracing.reset()
-    assert not provider.provider.once._done
-    pyfunc_model.guard_scoring_server()
-    assert server.init(champion) == "app"
-    assert provider.provider.once._done  # set up before any request
+    local = mlflow.artifacts.download_artifacts("models:/rag@champion", dst_path=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_REQUEST_PROBE, local], capture_output=True, text=True,
+        cwd=logged.root, env=helpers_mlflow.subprocess_env(MLFLOW_TRACKING_URI=logged.uri),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    assert probe["status"] == 200
+    assert probe["stores_built_by_request"] == 0, probe  # the exporter's store came with /ping
+    assert probe["stores_built_at_load"] == 1
+    assert probe["imported_by_request"] == []
 
 
 # --------------------------------------------------------------------------- the HTTP body
@@ -525,7 +614,7 @@ def test_the_body_check_refuses_bad_json_and_params_and_messages_lose_the_reques
             "params": {"k": 3.0, "filters": {"country": "UK"}, "other": 1}}
     data, private = normalise_json_body(json.dumps(body).encode())
     assert SECRET in private and "query" not in private
-    assert json.loads(data)["params"] == {"k": 3, "mode": "hybrid",
+    assert json.loads(data)["params"] == {"k": 3, "mode": "",  # the model's default applies
                                           "filters": '{"country": "UK"}', "other": 1}
     for raw in (json.dumps(body).encode()[:-3], b'{"x": "\xff' + SECRET.encode() + b'"}',
                 json.dumps({**body, "params": {"k": "3"}}).encode(),

@@ -72,9 +72,9 @@ def champion(tracking_template: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @contextmanager
 def model_server(champion: Champion, log_dir: Path, *, workers: int = 1,
-                 **env: str) -> Iterator[str]:
+                 model: str = "models:/rag@champion", **env: str) -> Iterator[str]:
     port = free_port()
-    args = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/rag@champion",
+    args = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model,
             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", str(workers)]
     with server_process(
         args, health_url=f"http://127.0.0.1:{port}/ping", log_path=log_dir / "serve.log",
@@ -122,6 +122,26 @@ def test_models_serve_answers_queries_and_rejects_bad_ones_with_400(
             assert fragment in body["message"]
             text = json.dumps(body)
             assert SECRET not in text and PII_EMAIL not in text and "confidential" not in text
+
+
+def test_a_served_bm25_only_model_answers_requests_without_a_mode_and_400s_dense(
+    champion: Champion, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle without a usable embedder (here: no vectors at all) defaults to bm25; asking
+    it for dense names the mode and the valid ones."""
+    store = build_store(tmp_path / "store", with_vectors=False)
+    monkeypatch.chdir(champion.root)  # the new experiment's artifacts go under root/mlruns
+    info = log_model(store, experiment="bm25-only", tracking_uri=champion.uri)
+    with model_server(champion, tmp_path, model=info.model_uri) as url:
+        status, body = post_json(f"{url}/invocations", {
+            "dataframe_records": [{"query": "bicycle derailleur"}]})
+        assert status == 200, body
+        assert body["predictions"][0]["document_id"] == "bikes"
+        status, body = post_json(f"{url}/invocations", request([SECRET], mode="dense"))
+        assert status == 400, body
+        assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert "mode 'dense'" in body["message"] and "['bm25']" in body["message"], body
+        assert SECRET not in json.dumps(body)
 
 
 def test_served_queries_and_hit_texts_stay_out_of_the_tracking_stores_traces(
