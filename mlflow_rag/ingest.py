@@ -32,7 +32,8 @@ from mlflow_rag.errors import (
     RagError,
     UnknownChoice,
 )
-from mlflow_rag.store.store import MODELS_DIR, PII_KEY, Store, clean_vectors, content_hash
+from mlflow_rag.store.checks import PII_KEY, clean_vectors, content_hash
+from mlflow_rag.store.store import MODELS_DIR, Store
 from mlflow_rag.types import (
     ChunkRecord,
     DocumentRecord,
@@ -841,7 +842,7 @@ def _persist(store: Store, model_name: str, stages: _Stage) -> tuple[dict[str, A
 
 
 def _slug(name: str) -> str:
-    from mlflow_rag.store.store import model_slug
+    from mlflow_rag.store.checks import model_slug
 
     return model_slug(name)
 

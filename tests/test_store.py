@@ -23,7 +23,8 @@ from mlflow_rag.errors import (
     UnknownChoice,
 )
 from mlflow_rag.store import db
-from mlflow_rag.store.store import Store, clean_vectors, model_slug
+from mlflow_rag.store.checks import clean_vectors, model_slug
+from mlflow_rag.store.store import Store
 from tests.conftest import make_record
 
 

@@ -44,7 +44,8 @@ from mlflow_rag.evaluation.metrics import evaluate_run
 from mlflow_rag.evaluation.rollup import rollup_to_documents
 from mlflow_rag.evaluation.variants import Chunking, Grid, Variant
 from mlflow_rag.search import fuse, redact_emails
-from mlflow_rag.store.store import MAX_K, Store, model_slug
+from mlflow_rag.store.checks import MAX_K, model_slug
+from mlflow_rag.store.store import Store
 from mlflow_rag.types import Hit, IngestReport, LoadFailure
 
 # Embedders whose own tokenizer should size the chunks of a store they are ingested into,
@@ -386,7 +387,7 @@ def write_chunks_only(
     from mlflow_rag.chunk.registry import get_chunker
     from mlflow_rag.errors import LoaderError
     from mlflow_rag.ingest import chunk_records, document_metadata, load_sources
-    from mlflow_rag.store.store import content_hash
+    from mlflow_rag.store.checks import content_hash
     from mlflow_rag.types import DocumentRecord
 
     documents, failures, _ = load_sources(sources, loader_options=loader_options,
