@@ -33,7 +33,8 @@ from mlflow_rag.errors import (
     UnknownChoice,
 )
 from mlflow_rag.store.checks import PII_KEY, clean_vectors, content_hash
-from mlflow_rag.store.store import MODELS_DIR, Store
+from mlflow_rag.store.layout import MODELS_DIR
+from mlflow_rag.store.store import Store
 from mlflow_rag.types import (
     ChunkRecord,
     DocumentRecord,

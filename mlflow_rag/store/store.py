@@ -1,12 +1,6 @@
 """The store: one SQLite file (source of truth, vectors included) + one FAISS index per model.
 
-Layout of a store directory (a contract other parts build on)::
-
-    STORE/metadata.db            documents, chunks, embeddings, queries, retrievals (+ FTS5)
-    STORE/index/<model-slug>.faiss
-    STORE/manifest.json          schema/package versions; per model: dimension, index type and
-                                 parameters, generation, vector count, sha256 of the index file
-    STORE/models/<model-slug>/   embedder state fitted at ingest (tfidf), if any
+The files and folders of a store: :mod:`mlflow_rag.store.layout`.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction that bumps the store's generation. Index
 files are derived: each is stamped (in the manifest) with the generation it reflects, and
@@ -47,7 +41,7 @@ from mlflow_rag.errors import (
 )
 from mlflow_rag.index.choose import INDEX_TYPES, IndexSpec, choose_index
 from mlflow_rag.index.vector_index import VectorIndex, sha256_bytes, sorted_unique
-from mlflow_rag.store import db
+from mlflow_rag.store import db, layout
 from mlflow_rag.store.checks import (
     PII_KEY,
     SLUG_PATTERN,
@@ -64,7 +58,6 @@ from mlflow_rag.store.files import (
     atomic_write_bytes,
     block_sha256s,
     block_sha256s_fd,
-    check_tree_confined,
     confined,
     exclusive_lock,
     sha256_fd,
@@ -87,10 +80,6 @@ from mlflow_rag.types import (
 
 log = logging.getLogger("mlflow_rag.store")
 
-DB_FILE = "metadata.db"
-INDEX_DIR = "index"
-MODELS_DIR = "models"
-LOCK_FILE = ".lock"
 # verify(): a re-embedded sample must match its stored vector this closely. Deterministic
 # embedders (tfidf, the same MiniLM backend) give 1.0 up to rounding; int8 ONNX varies with
 # thread counts by far less than this; a vector of another fit or model is far below it.
@@ -173,12 +162,12 @@ class Store:
                 "its index files"
             )
         root = Path(path)
-        db_path = root / DB_FILE
+        db_path = root / layout.DB_FILE
         if not db_path.exists():
             if not create or read_only or immutable:
                 if root.exists() and any(root.iterdir()):
                     raise ForeignStore(
-                        f"{root} is not a mlflow-rag store (no {DB_FILE}); "
+                        f"{root} is not a mlflow-rag store (no {layout.DB_FILE}); "
                         "point --store at a store directory or a new path"
                     )
                 raise StoreNotFound(
@@ -196,7 +185,7 @@ class Store:
                 if db.schema_version(conn) < SCHEMA_VERSION:
                     # Two processes creating one store must not both run the migrations
                     # (both saw user_version 0): one at a time, each re-reading the version.
-                    with exclusive_lock(root / LOCK_FILE):
+                    with exclusive_lock(root / layout.LOCK_FILE):
                         db.migrate(conn, db_path)
                 else:
                     db.migrate(conn, db_path)
@@ -251,16 +240,8 @@ class Store:
         under ``index/``, ``models/`` or at ``manifest.json`` that leads outside."""
         with self._lock, db.read_transaction(self.conn):
             self._refresh_models(db.generation(self.conn))
-        for folder in (INDEX_DIR, MODELS_DIR):
-            check_tree_confined(self.root, folder, what=f"store folder {folder}/")
-        confined(self.root, "manifest.json", what="manifest")
-
-    def _index_relative(self, info: ModelInfo) -> str:
-        return f"{INDEX_DIR}/{info.slug}.faiss"
-
-    def _index_path(self, info: ModelInfo) -> Path:
-        return confined(self.root, self._index_relative(info),
-                        what=f"index file of model {info.name!r}")
+        layout.check_folders_confined(self.root, what="store")
+        confined(self.root, layout.MANIFEST_FILE, what="manifest")
 
     # ----------------------------------------------------------------- the writer lock
 
@@ -273,7 +254,7 @@ class Store:
         if self._file_lock_owner == me:
             yield
             return
-        with exclusive_lock(self.root / LOCK_FILE, wait=wait, on_busy=on_busy,
+        with exclusive_lock(self.root / layout.LOCK_FILE, wait=wait, on_busy=on_busy,
                             record_holder=record_holder):
             self._file_lock_owner = me
             try:
@@ -303,7 +284,7 @@ class Store:
         for name, slug, dim, embedder, version, index_type, params in db.model_rows(self.conn):
             if not isinstance(slug, str) or not SLUG_PATTERN.fullmatch(slug):
                 raise UnsafePath(
-                    f"model {name!r} in {self.root / DB_FILE} has the slug {slug!r}, which is "
+                    f"model {name!r} in {self.root / layout.DB_FILE} has the slug {slug!r}, which is "
                     "not a plain file name ([a-z0-9._-]); refused (it names the model's files)"
                 )
             self._models[name] = ModelInfo(
@@ -406,9 +387,7 @@ class Store:
 
     def model_dir(self, name: str) -> Path:
         """Where an embedder fitted at ingest keeps its state (inside the store)."""
-        info = self.model(name)
-        return confined(self.root, f"{MODELS_DIR}/{info.slug}",
-                        what=f"state folder of model {info.name!r}")
+        return layout.model_dir(self.root, self.model(name))
 
     # ----------------------------------------------------------------- writes
 
@@ -758,7 +737,7 @@ class Store:
         spec = IndexSpec(entry.index_type, entry.index_params)
         # One open file for the size, the hash and FAISS's read: a writer replacing the path
         # meanwhile cannot slip unverified bytes in (the descriptor keeps the hashed inode).
-        with open(self._index_path(info), "rb") as handle:
+        with open(layout.index_path(self.root, info), "rb") as handle:
             reason = self._file_problem(entry, handle.fileno())
             if reason:
                 return self._build(info, generation, reason)
@@ -808,11 +787,11 @@ class Store:
             return f"index dimension {entry.dimension} != model dimension {info.dimension}"
         if entry.generation > generation:
             return f"index generation {entry.generation} is ahead of the database ({generation})"
-        if entry.index_file != self._index_relative(info):
+        if entry.index_file != layout.index_relative(info):
             # Never opened: the manifest may only name the file this store writes.
             return (f"the manifest names the index file {entry.index_file!r}, not "
-                    f"{self._index_relative(info)}")
-        if not self._index_path(info).is_file():
+                    f"{layout.index_relative(info)}")
+        if not layout.index_path(self.root, info).is_file():
             return f"{entry.index_file} is missing"
         wanted = choose_index(info.index_type, count, info.dimension, info.index_params)
         if wanted.kind != entry.index_type:
@@ -836,7 +815,7 @@ class Store:
         if self.read_only:
             return
         with self._file_lock(), self._lock:
-            _remove_stale_temp_files(self.root)
+            layout.remove_stale_temp_files(self.root)
             on_disk = read_manifest(self.root)
             manifest = on_disk or Manifest(self.store_id, SCHEMA_VERSION)
             if manifest.store_id != self.store_id:
@@ -861,16 +840,16 @@ class Store:
                 file_ok = (
                     entry is not None and self._persisted.get(name) is not None
                     and entry.index_type == index.spec.kind
-                    and entry.index_file == self._index_relative(info)
-                    and self._index_path(info).is_file()
+                    and entry.index_file == layout.index_relative(info)
+                    and layout.index_path(self.root, info).is_file()
                 )
                 if file_ok and not index.dirty:
                     assert entry is not None
                     entry.generation = generation
                     continue
                 data = index.serialize()
-                relative = self._index_relative(info)
-                atomic_write_bytes(self._index_path(info), data)
+                relative = layout.index_relative(info)
+                atomic_write_bytes(layout.index_path(self.root, info), data)
                 manifest.models[name] = ModelEntry(
                     slug=info.slug, dimension=info.dimension, embedder=info.embedder,
                     model_version=info.model_version, index_type=index.spec.kind,
@@ -1175,21 +1154,22 @@ class Store:
                              target)
 
             with self._file_lock():
-                for sub in (INDEX_DIR, MODELS_DIR):
+                for sub in (layout.INDEX_DIR, layout.MODELS_DIR):
                     if (self.root / sub).is_dir():
                         shutil.copytree(self.root / sub, dest / sub, copy_function=copy_inside)
                 if (self.root / "manifest.json").is_file():
                     shutil.copy2(self.root / "manifest.json", dest / "manifest.json")
-                db.vacuum_into(self.conn, dest / DB_FILE)
-        db.finalize_snapshot(dest / DB_FILE)
+                db.vacuum_into(self.conn, dest / layout.DB_FILE)
+        db.finalize_snapshot(dest / layout.DB_FILE)
         snap = Store.open(dest)
         try:
             snap.flush()
         finally:
             snap.close(flush=False)
-        for stray in (dest / LOCK_FILE, dest / f"{DB_FILE}-wal", dest / f"{DB_FILE}-shm"):
+        db_file = layout.DB_FILE
+        for stray in (dest / layout.LOCK_FILE, dest / f"{db_file}-wal", dest / f"{db_file}-shm"):
             stray.unlink(missing_ok=True)
-        db.finalize_snapshot(dest / DB_FILE)
+        db.finalize_snapshot(dest / layout.DB_FILE)
         manifest = read_manifest(dest)
         assert manifest is not None
         manifest.files = {
@@ -1243,18 +1223,6 @@ def _vectors_to_carry(
     return {key: list(models.values()) for key, models in out.items()}
 
 
-def _remove_stale_temp_files(root: Path) -> None:
-    """Delete temp files a killed process left (``.<name>.<pid>.tmp``, see atomic_write_bytes).
-
-    Only called under the store's lock, which every writer of those files holds, so any temp
-    file present belongs to a process that died mid-write."""
-    for folder in (root, root / INDEX_DIR):
-        if folder.is_dir():
-            for stale in folder.glob(".*.tmp"):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-
-
 def _first_differing_vector(
     index: VectorIndex, conn: Any, info: ModelInfo, *, samples: int = 16
 ) -> int | None:
@@ -1303,8 +1271,8 @@ def _bundle_write_error(exc: BaseException, dest: Path) -> BaseException:
     if isinstance(exc, OSError):
         return storage_error(exc.filename or dest, exc)
     if db.is_storage_failure(exc):
-        return StorageError(f"cannot write bundle file {dest / DB_FILE}: {exc}",
-                            filename=str(dest / DB_FILE))
+        return StorageError(f"cannot write bundle file {dest / layout.DB_FILE}: {exc}",
+                            filename=str(dest / layout.DB_FILE))
     return exc
 
 
@@ -1325,12 +1293,11 @@ def verify_bundle(root: Path) -> dict[str, FileStamp]:
         )
     if not manifest.files:
         raise BundleCorrupt(f"{root}/manifest.json records no file hashes; not a bundle")
-    if DB_FILE not in manifest.files:
-        raise BundleCorrupt(f"{root}/manifest.json records no hash for {DB_FILE}")
+    if layout.DB_FILE not in manifest.files:
+        raise BundleCorrupt(f"{root}/manifest.json records no hash for {layout.DB_FILE}")
     stamps: dict[str, FileStamp] = {}
     try:
-        for folder in (INDEX_DIR, MODELS_DIR):
-            check_tree_confined(root, folder, what=f"bundle folder {folder}/")
+        layout.check_folders_confined(root, what="bundle")
     except UnsafePath as exc:
         raise BundleCorrupt(str(exc)) from None
     for relative, meta in manifest.files.items():
