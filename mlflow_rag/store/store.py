@@ -14,10 +14,8 @@ import contextlib
 import copy
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,6 @@ import numpy as np
 
 from mlflow_rag import codec
 from mlflow_rag.errors import (
-    BundleCorrupt,
     ChunkNotFound,
     DimensionMismatch,
     DocumentNotFound,
@@ -41,7 +38,7 @@ from mlflow_rag.errors import (
 )
 from mlflow_rag.index.choose import INDEX_TYPES, IndexSpec, choose_index
 from mlflow_rag.index.vector_index import VectorIndex, sha256_bytes, sorted_unique
-from mlflow_rag.store import db, layout
+from mlflow_rag.store import bundle, db, layout
 from mlflow_rag.store.checks import (
     PII_KEY,
     SLUG_PATTERN,
@@ -54,6 +51,7 @@ from mlflow_rag.store.checks import (
 )
 from mlflow_rag.store.files import (
     HASH_BLOCK_BYTES,
+    FileStamp,
     StorageError,
     atomic_write_bytes,
     block_sha256s,
@@ -61,8 +59,6 @@ from mlflow_rag.store.files import (
     confined,
     exclusive_lock,
     sha256_fd,
-    sha256_file,
-    storage_error,
 )
 from mlflow_rag.store.filter_masks import VectorKeys, allowed_vector_ids
 from mlflow_rag.store.filters import compile_filter, metadata_fields, plan_filter
@@ -84,29 +80,6 @@ log = logging.getLogger("mlflow_rag.store")
 # embedders (tfidf, the same MiniLM backend) give 1.0 up to rounding; int8 ONNX varies with
 # thread counts by far less than this; a vector of another fit or model is far below it.
 EMBED_CHECK_MIN_COSINE = 0.98
-
-
-@dataclass(frozen=True)
-class FileStamp:
-    """A file's identity and contents as hashed: inode, size and times, with its sha256.
-
-    Rewriting a file in place changes its mtime and ctime (ctime cannot be set back from user
-    space), and replacing it changes the inode; equal stamps taken moments apart in one
-    process therefore mean the bytes hashed are the bytes there now. Only used within one
-    ``Store.open``: never persisted, so bit rot at rest is always caught by a fresh hash.
-    """
-
-    device: int
-    inode: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    sha256: str
-
-    @classmethod
-    def of(cls, fd: int, sha256: str) -> FileStamp:
-        st = os.fstat(fd)
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha256)
 
 
 class Store:
@@ -174,7 +147,7 @@ class Store:
                     f"no store at {root}; create one with `mlflow-rag ingest SOURCE --store {root}`"
                 )
             root.mkdir(parents=True, exist_ok=True)
-        verified = verify_bundle(root) if verify_files else {}
+        verified = bundle.verify_bundle(root) if verify_files else {}
         conn = db.connect(db_path, read_only=read_only, immutable=immutable)
         try:
             if read_only or immutable:
@@ -193,7 +166,8 @@ class Store:
                         verified_files=verified)
             store._check_stored_paths()
             if verify_files:
-                _check_bundle_identity(store, db_path)
+                bundle.check_identity(store.manifest, store_id=store.store_id,
+                                      generation=db.generation(conn), db_path=db_path)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, RagError):
@@ -1120,64 +1094,33 @@ class Store:
                     )
         return report
 
+
     def snapshot(self, destination: str | Path) -> Path:
         """A consistent, self-contained copy (a bundle) with file hashes in its manifest.
 
         If any step fails (disk full, I/O error), what was written of the bundle is removed and
         StorageError names the file that could not be written; this store is not changed.
         """
-        dest = Path(destination)
-        if dest.exists() and any(dest.iterdir()):
-            raise InvalidInput(f"snapshot destination {dest} is not empty")
-        created = not dest.exists()
-        try:
-            dest.mkdir(parents=True, exist_ok=True)
-            self._write_snapshot(dest)
-        except BaseException as exc:
-            _remove_partial_bundle(dest, remove_folder=created)
-            raise _bundle_write_error(exc, dest) from exc
-        return dest
+        return bundle.write_bundle(Path(destination), copy_live_files=self._copy_live_files,
+                                   persist_indexes=_persist_indexes)
 
-    def _write_snapshot(self, dest: Path) -> None:
-        import shutil
-
+    def _copy_live_files(self, dest: Path) -> None:
         with self._lock:
             if not self.read_only:
                 self.flush()
             # Copy the derived files first: if a writer commits before VACUUM INTO, the
             # snapshot's database is only ahead of them, and opening it replays the difference.
-            root = self.root
-
-            def copy_inside(source: str, target: str) -> None:
-                # copytree follows symlinks: copy a file only if it resolves inside the store
-                shutil.copy2(confined(root, Path(source).relative_to(root), what="store file"),
-                             target)
-
             with self._file_lock():
-                for sub in (layout.INDEX_DIR, layout.MODELS_DIR):
-                    if (self.root / sub).is_dir():
-                        shutil.copytree(self.root / sub, dest / sub, copy_function=copy_inside)
-                if (self.root / "manifest.json").is_file():
-                    shutil.copy2(self.root / "manifest.json", dest / "manifest.json")
-                db.vacuum_into(self.conn, dest / layout.DB_FILE)
-        db.finalize_snapshot(dest / layout.DB_FILE)
-        snap = Store.open(dest)
-        try:
-            snap.flush()
-        finally:
-            snap.close(flush=False)
-        db_file = layout.DB_FILE
-        for stray in (dest / layout.LOCK_FILE, dest / f"{db_file}-wal", dest / f"{db_file}-shm"):
-            stray.unlink(missing_ok=True)
-        db.finalize_snapshot(dest / layout.DB_FILE)
-        manifest = read_manifest(dest)
-        assert manifest is not None
-        manifest.files = {
-            str(p.relative_to(dest)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(dest.rglob("*"))
-            if p.is_file() and p.name != "manifest.json"
-        }
-        write_manifest(dest, manifest)
+                bundle.copy_store_files(self.root, dest, self.conn)
+
+
+def _persist_indexes(root: Path) -> None:
+    """Open a copied store and write its indexes as of its own database (a bundle's)."""
+    snap = Store.open(root)
+    try:
+        snap.flush()
+    finally:
+        snap.close(flush=False)
 
 
 def _embed_check(
@@ -1242,115 +1185,6 @@ def _first_differing_vector(
         ) > 1e-4:
             return int(vector_id)
     return None
-
-
-def _remove_partial_bundle(dest: Path, *, remove_folder: bool) -> None:
-    """Remove what a failed snapshot wrote (dest was missing or empty when it started)."""
-    import shutil
-
-    if remove_folder:
-        shutil.rmtree(dest, ignore_errors=True)
-        return
-    if dest.is_dir():
-        for child in dest.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
-
-
-def _bundle_write_error(exc: BaseException, dest: Path) -> BaseException:
-    """The error a failed snapshot raises: StorageError naming the file for disk failures."""
-    import shutil
-
-    if isinstance(exc, StorageError) or not isinstance(exc, Exception):
-        return exc
-    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
-        _source, target, why = exc.args[0][0]
-        return StorageError(f"cannot write bundle file {target}: {why}", filename=str(target))
-    if isinstance(exc, OSError):
-        return storage_error(exc.filename or dest, exc)
-    if db.is_storage_failure(exc):
-        return StorageError(f"cannot write bundle file {dest / layout.DB_FILE}: {exc}",
-                            filename=str(dest / layout.DB_FILE))
-    return exc
-
-
-def verify_bundle(root: Path) -> dict[str, FileStamp]:
-    """Refuse a bundle whose files do not match the hashes its manifest records.
-
-    Every message names the file and what is wrong with it: missing, truncated or grown (size),
-    damaged or replaced (sha256), outside the bundle, or made by a newer schema. Returns the
-    stamp of every file it hashed, so the store opened next need not hash an index again.
-    """
-    manifest = read_manifest(root)
-    if manifest is None:
-        raise BundleCorrupt(f"{root} has no readable manifest.json")
-    if manifest.schema_version > SCHEMA_VERSION:
-        raise BundleCorrupt(
-            f"{root} was written with schema version {manifest.schema_version}, newer than "
-            f"this mlflow-rag ({SCHEMA_VERSION}); upgrade mlflow-rag"
-        )
-    if not manifest.files:
-        raise BundleCorrupt(f"{root}/manifest.json records no file hashes; not a bundle")
-    if layout.DB_FILE not in manifest.files:
-        raise BundleCorrupt(f"{root}/manifest.json records no hash for {layout.DB_FILE}")
-    stamps: dict[str, FileStamp] = {}
-    try:
-        layout.check_folders_confined(root, what="bundle")
-    except UnsafePath as exc:
-        raise BundleCorrupt(str(exc)) from None
-    for relative, meta in manifest.files.items():
-        try:
-            path = confined(root, relative, what="manifest.json names the bundle file")
-        except UnsafePath:
-            raise BundleCorrupt(
-                f"manifest.json names a file outside the bundle: {relative!r}") from None
-        if not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int) \
-                or not isinstance(meta.get("sha256"), str):
-            raise BundleCorrupt(f"manifest.json has no size and sha256 for bundle file {relative}")
-        if path.is_symlink() or not path.is_file():
-            raise BundleCorrupt(f"bundle file {relative} is missing (or not a regular file)")
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size != meta["bytes"]:
-                change = "truncated" if size < meta["bytes"] else "grown"
-                raise BundleCorrupt(
-                    f"bundle file {relative} is {size} bytes, the manifest records "
-                    f"{meta['bytes']} ({change} or replaced)"
-                )
-            digest = sha256_fd(handle.fileno())
-            if digest != meta["sha256"]:
-                raise BundleCorrupt(
-                    f"bundle file {relative} does not match its recorded sha256 (damaged or "
-                    "replaced)"
-                )
-            stamps[relative] = FileStamp.of(handle.fileno(), digest)
-    for name, entry in manifest.models.items():
-        recorded = manifest.files.get(entry.index_file)
-        if recorded is None or recorded["sha256"] != entry.sha256:
-            raise BundleCorrupt(
-                f"manifest.json is inconsistent: the index of model {name!r} ({entry.index_file}) "
-                "is not the file its hash list records"
-            )
-    return stamps
-
-
-def _check_bundle_identity(store: Store, db_path: Path) -> None:
-    """A verified bundle's manifest and database must come from the same store and moment."""
-    manifest = store.manifest
-    assert manifest is not None  # verify_bundle read it
-    if manifest.store_id != store.store_id:
-        raise BundleCorrupt(
-            f"{db_path} belongs to store {store.store_id} but manifest.json to store "
-            f"{manifest.store_id}: files from two different stores"
-        )
-    generation = db.generation(store.conn)
-    if manifest.generation != generation:
-        raise BundleCorrupt(
-            f"{db_path} is at generation {generation} but manifest.json at "
-            f"{manifest.generation}: files from two different snapshots"
-        )
 
 
 # --------------------------------------------------------------------------- query log helpers
