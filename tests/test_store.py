@@ -435,7 +435,7 @@ def test_writes_extend_the_in_memory_index_to_exactly_what_sqlite_holds(
     rng = np.random.default_rng(3)
 
     def check(model: str) -> None:
-        index = store._index_for(store.model(model), db.generation(store.conn))
+        index = store._index_cache.index_for(store.model(model), db.generation(store.conn))
         ids, vectors = _sqlite_state(store, model)
         assert index.ids().tolist() == ids.tolist()
         assert np.array_equal(index.vectors_for(ids), vectors)
@@ -446,7 +446,7 @@ def test_writes_extend_the_in_memory_index_to_exactly_what_sqlite_holds(
         for start in (0, 30, 60):  # a fresh model, then extensions of its in-memory index
             store.write([make_record(f"d{i}", ["a", "b"], vectors=rng.normal(size=(2, 8)))
                          for i in range(start, start + 30)])
-            assert store._indexes["m"].generation == db.generation(store.conn)
+            assert store._index_cache.indexes["m"].generation == db.generation(store.conn)
             check("m")
         store.add_vectors("n", ["d0#0"], rng.normal(size=(1, 4)))
         store.write([make_record("d5", ["changed"], vectors=rng.normal(size=(1, 8)))])  # replace
@@ -496,9 +496,9 @@ def test_block_hashes_of_bytes_and_of_a_file_agree_with_hashlib(tmp_path: Path, 
 
 
 def _small_block_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    import mlflow_rag.store.store as store_module
+    import mlflow_rag.store.index_cache as index_cache_module
 
-    monkeypatch.setattr(store_module, "HASH_BLOCK_BYTES", 4096)
+    monkeypatch.setattr(index_cache_module, "HASH_BLOCK_BYTES", 4096)
     rng = np.random.default_rng(5)
     with Store.open(tmp_path / "s", create=True) as store:
         store.ensure_model("m", 16, index_type="flat")

@@ -11,7 +11,6 @@ or rebuilds it when it is missing, corrupt or foreign.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import logging
 import threading
@@ -36,8 +35,7 @@ from mlflow_rag.errors import (
     UnknownChoice,
     UnsafePath,
 )
-from mlflow_rag.index.choose import INDEX_TYPES, IndexSpec, choose_index
-from mlflow_rag.index.vector_index import VectorIndex, sha256_bytes, sorted_unique
+from mlflow_rag.index.choose import INDEX_TYPES, choose_index
 from mlflow_rag.store import bundle, db, layout
 from mlflow_rag.store.checks import (
     PII_KEY,
@@ -50,19 +48,15 @@ from mlflow_rag.store.checks import (
     public_metadata,
 )
 from mlflow_rag.store.files import (
-    HASH_BLOCK_BYTES,
     FileStamp,
     StorageError,
-    atomic_write_bytes,
-    block_sha256s,
-    block_sha256s_fd,
     confined,
     exclusive_lock,
-    sha256_fd,
 )
-from mlflow_rag.store.filter_masks import VectorKeys, allowed_vector_ids
+from mlflow_rag.store.filter_masks import allowed_vector_ids
 from mlflow_rag.store.filters import compile_filter, metadata_fields, plan_filter
-from mlflow_rag.store.manifest import Manifest, ModelEntry, read_manifest, write_manifest
+from mlflow_rag.store.index_cache import IndexCache
+from mlflow_rag.store.manifest import Manifest
 from mlflow_rag.store.schema import SCHEMA_VERSION
 from mlflow_rag.types import (
     ChunkView,
@@ -94,22 +88,26 @@ class Store:
         self.read_only = read_only or immutable
         self.immutable = immutable
         self.mmap = mmap
-        # Files whose sha256 verify_bundle checked during this open, by identity (see
-        # FileStamp): loading such an index does not hash it a second time.
-        self._verified_files: dict[str, FileStamp] = dict(verified_files or {})
         self._lock = threading.RLock()
         # The thread holding the store's lock file through this object (writer_lock, flush):
         # nested uses by that thread do not lock again (flock would wait for itself).
         self._file_lock_owner: int | None = None
-        self._indexes: dict[str, VectorIndex] = {}
-        self._keys: dict[str, tuple[int, VectorKeys]] = {}  # per model: (generation, keys)
-        self._persisted: dict[str, int] = {}  # model -> generation of the file on disk
         self._models: dict[str, ModelInfo] = {}
         self._models_generation = -1
-        self.events: list[str] = []  # rebuilds and repairs, for reports and tests
         self.orphan_hits = 0  # index hits without a row: must stay 0 (readers see snapshots)
         self.store_id = db.get_meta(conn, "store_id")
-        self.manifest = read_manifest(root)
+        self._index_cache = IndexCache(root, conn, store_id=self.store_id, mmap=mmap,
+                                       verified_files=verified_files)
+
+    @property
+    def events(self) -> list[str]:
+        """Rebuilds and repairs (why an index was rebuilt, an incomplete erasure), in order."""
+        return self._index_cache.events
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The manifest as this store last read or wrote it."""
+        return self._index_cache.manifest
 
     # ----------------------------------------------------------------- open / close
 
@@ -195,8 +193,7 @@ class Store:
         finally:
             self._conn.close()
             self._conn = None
-            self._indexes.clear()
-            self._keys.clear()
+            self._index_cache.clear()
 
     @property
     def conn(self) -> Any:
@@ -356,7 +353,7 @@ class Store:
                     )
             self._models_generation = -1
             if index_type is not None:
-                self._indexes.pop(name, None)  # rebuilt with the new settings on next use
+                self._index_cache.forget(name)  # rebuilt with the new settings on next use
             return self.model(name)
 
     def model_dir(self, name: str) -> Path:
@@ -442,7 +439,7 @@ class Store:
                         ))
             # Models this write starts: their whole index is what this write adds.
             fresh = {name for name in added
-                     if name not in self._indexes and not db.has_vectors(self.conn, name)}
+                     if name not in self._index_cache.indexes and not db.has_vectors(self.conn, name)}
             db.insert_embeddings(self.conn, embedding_rows)
             if carried:
                 kept = [(c.id, row) for doc_id, c in chunks
@@ -454,37 +451,13 @@ class Store:
                     for i, (chunk_id, (model_name, version, dim, blob, meta)) in enumerate(kept)
                 ))
         if not replaced:
-            self._advance_indexes(generation, added, fresh)
+            with self._lock:
+                self._index_cache.advance(generation, added, fresh, self._models)
         return WriteReport(
             new=len(todo) - len(replaced), updated=len(replaced),
             unchanged=len(prepared) - len(todo), chunks=len(chunks), vectors=n_vectors,
             generation=generation,
         )
-
-    def _advance_indexes(
-        self, generation: int, added: Mapping[str, tuple[list[int], list[np.ndarray]]],
-        fresh: set[str],
-    ) -> None:
-        """Add a committed write's vectors to the in-memory indexes it extends, so that flush
-        need not read them back from SQLite. Only an index that reflected the store exactly
-        before this write (its generation is the one before) or a model this write started
-        qualifies; any other index catches up from SQLite in :meth:`_sync` as before."""
-        with self._lock:
-            for name, (ids, blocks) in added.items():
-                vector_ids = np.asarray(ids, dtype=np.int64)
-                matrix = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-                index = self._indexes.get(name)
-                if index is not None and index.generation == generation - 1:
-                    index.add(vector_ids, matrix)
-                    index.generation = generation
-                elif index is None and name in fresh:
-                    info = self._models[name]
-                    spec = choose_index(info.index_type, len(ids), info.dimension, info.index_params)
-                    if spec.kind == "ivf":
-                        continue  # trained at flush on all the vectors, not on this first batch
-                    self._indexes[name] = VectorIndex.build(
-                        spec, info.dimension, vector_ids, matrix, generation=generation
-                    )
 
     def _prepare(self, record: DocumentRecord) -> tuple[DocumentRecord, str, list[Any]]:
         """Validate before the transaction starts, so bad input never half-lands."""
@@ -614,14 +587,10 @@ class Store:
                     raise ChunkNotFound("some chunk ids do not exist in the store") from None
                 raise
             self._models_generation = -1
-            self._keys.pop(model_name, None)
-            # Another space: the index is built from SQLite now (the file on disk is of the
-            # old one; replacing it is expected, not a repair worth a warning).
             with db.read_transaction(self.conn):
                 generation = db.generation(self.conn)
                 self._refresh_models(generation)
-                self._build(self._models[model_name], generation, "")
-                self._persisted.pop(model_name, None)
+                self._index_cache.rebuilt_for_new_space(self._models[model_name], generation)
         return count
 
     def vectors_on_documents(self, document_ids: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -677,176 +646,16 @@ class Store:
 
     # ----------------------------------------------------------------- indexes
 
-    def _index_for(self, info: ModelInfo, generation: int) -> VectorIndex:
-        """The model's index, synced to ``generation``. Call inside a read transaction."""
-        index = self._indexes.get(info.name)
-        if index is not None and index.dimension != info.dimension:
-            index = None  # the model was refitted into another space (by another process)
-        if index is None:
-            index = self._load_index(info, generation)
-            self._indexes[info.name] = index
-        if index.generation != generation:
-            index = self._sync(info, index, generation)
-        return index
-
-    def _build(self, info: ModelInfo, generation: int, reason: str) -> VectorIndex:
-        ids, vectors = db.vectors_after(self.conn, info.name, 0, info.dimension)
-        spec = choose_index(info.index_type, len(ids), info.dimension, info.index_params)
-        if reason:
-            self.events.append(f"rebuilt index for {info.name!r}: {reason}")
-            log.warning("rebuilding the %s index of %s: %s", info.name, self.root, reason)
-        index = VectorIndex.build(spec, info.dimension, ids, vectors, generation=generation)
-        self._indexes[info.name] = index
-        return index
-
-    def _load_index(self, info: ModelInfo, generation: int) -> VectorIndex:
-        """Load the index file if it checks out against the manifest, else rebuild."""
-        entry = self.manifest.models.get(info.name) if self.manifest else None
-        if entry is None:
-            return self._build(info, generation, "")  # first index of this model
-        count = db.vector_count(self.conn, info.name)
-        reason = self._entry_problem(info, entry, generation, count)
-        if reason:
-            return self._build(info, generation, reason)
-        spec = IndexSpec(entry.index_type, entry.index_params)
-        # One open file for the size, the hash and FAISS's read: a writer replacing the path
-        # meanwhile cannot slip unverified bytes in (the descriptor keeps the hashed inode).
-        with open(layout.index_path(self.root, info), "rb") as handle:
-            reason = self._file_problem(entry, handle.fileno())
-            if reason:
-                return self._build(info, generation, reason)
-            try:
-                index = VectorIndex.read(
-                    handle.fileno(), spec, info.dimension, generation=entry.generation,
-                    max_vector_id=entry.max_vector_id, expected_count=entry.vector_count,
-                    mmap=self.mmap,
-                )
-            except Exception as exc:  # a hash-verified file that FAISS still refuses
-                return self._build(info, generation, f"{entry.index_file} unreadable: {exc}")
-        self._persisted[info.name] = entry.generation
-        if entry.generation != generation:  # rows were written since the file was persisted
-            index = self._sync(info, index, generation)
-        if index.ntotal != count:  # same read transaction: the count cannot have moved
-            return self._build(info, generation, "index and SQLite disagree on the vector count")
-        differs = _first_differing_vector(index, self.conn, info)
-        if differs is not None:
-            return self._build(
-                info, generation,
-                f"{entry.index_file}: vector {differs} differs from SQLite (a foreign index?)",
-            )
-        return index
-
-    def _file_problem(self, entry: ModelEntry, fd: int) -> str:
-        """Why the open index file must not be handed to FAISS (size or sha256), or ""."""
-        stamp = FileStamp.of(fd, entry.sha256)
-        if stamp.size != entry.bytes:
-            return f"{entry.index_file} has {stamp.size} bytes, expected {entry.bytes}"
-        if self._verified_files.get(entry.index_file) == stamp:
-            return ""  # verify_bundle hashed this very file (same inode, size, times) just now
-        if entry.block_sha256 and entry.block_bytes > 0:
-            blocks = block_sha256s_fd(fd, stamp.size, block=entry.block_bytes)
-            if blocks != entry.block_sha256:
-                return f"{entry.index_file} does not match its sha256 (block hashes)"
-        elif sha256_fd(fd) != entry.sha256:
-            return f"{entry.index_file} does not match its sha256"
-        return ""
-
-    def _entry_problem(
-        self, info: ModelInfo, entry: ModelEntry, generation: int, count: int
-    ) -> str:
-        assert self.manifest is not None
-        if self.manifest.store_id != self.store_id:
-            return "the manifest belongs to another store"
-        if entry.dimension != info.dimension:
-            return f"index dimension {entry.dimension} != model dimension {info.dimension}"
-        if entry.generation > generation:
-            return f"index generation {entry.generation} is ahead of the database ({generation})"
-        if entry.index_file != layout.index_relative(info):
-            # Never opened: the manifest may only name the file this store writes.
-            return (f"the manifest names the index file {entry.index_file!r}, not "
-                    f"{layout.index_relative(info)}")
-        if not layout.index_path(self.root, info).is_file():
-            return f"{entry.index_file} is missing"
-        wanted = choose_index(info.index_type, count, info.dimension, info.index_params)
-        if wanted.kind != entry.index_type:
-            return f"index type changes from {entry.index_type} to {wanted.kind}"
-        if wanted.kind != "ivf" and dict(wanted.params) != dict(entry.index_params):
-            return "index parameters changed"
-        return ""
-
-    def _sync(self, info: ModelInfo, index: VectorIndex, generation: int) -> VectorIndex:
-        """Replay what changed since the index's generation (inside a read transaction)."""
-        deleted = db.deletions_since(self.conn, info.name, index.generation)
-        if len(deleted) and not index.remove(deleted):
-            return self._build(info, generation, "")
-        ids, vectors = db.vectors_after(self.conn, info.name, index.max_vector_id, info.dimension)
-        index.add(ids, vectors)
-        index.generation = generation
-        return index
-
     def flush(self) -> None:
         """Bring every model's index up to date and persist it atomically, then the manifest."""
         if self.read_only:
             return
         with self._file_lock(), self._lock:
-            layout.remove_stale_temp_files(self.root)
-            on_disk = read_manifest(self.root)
-            manifest = on_disk or Manifest(self.store_id, SCHEMA_VERSION)
-            if manifest.store_id != self.store_id:
-                manifest = Manifest(self.store_id, SCHEMA_VERSION)
-            before = copy.deepcopy(manifest.to_dict()) if manifest is on_disk else None
-            self.manifest = manifest
-            written: list[VectorIndex] = []
-            with db.read_transaction(self.conn):
-                generation = db.generation(self.conn)
-                self._refresh_models(generation)
-                current = {name: self._index_for(info, generation)
-                           for name, info in self._models.items()}
-                for name, index in current.items():
-                    info = self._models[name]
-                    wanted = choose_index(info.index_type, index.ntotal, info.dimension,
-                                          info.index_params)
-                    if wanted.kind != index.spec.kind:  # grown past what "auto" keeps exact
-                        current[name] = self._build(info, generation, "")
-            for name, index in current.items():
-                info = self._models[name]
-                entry = manifest.models.get(name)
-                file_ok = (
-                    entry is not None and self._persisted.get(name) is not None
-                    and entry.index_type == index.spec.kind
-                    and entry.index_file == layout.index_relative(info)
-                    and layout.index_path(self.root, info).is_file()
-                )
-                if file_ok and not index.dirty:
-                    assert entry is not None
-                    entry.generation = generation
-                    continue
-                data = index.serialize()
-                relative = layout.index_relative(info)
-                atomic_write_bytes(layout.index_path(self.root, info), data)
-                manifest.models[name] = ModelEntry(
-                    slug=info.slug, dimension=info.dimension, embedder=info.embedder,
-                    model_version=info.model_version, index_type=index.spec.kind,
-                    index_params=dict(index.spec.params), generation=generation,
-                    vector_count=index.ntotal, max_vector_id=index.max_vector_id,
-                    index_file=relative, sha256=sha256_bytes(data), bytes=len(data),
-                    block_sha256=block_sha256s(data, block=HASH_BLOCK_BYTES),
-                    block_bytes=HASH_BLOCK_BYTES,
-                )
-                written.append(index)
-            for name in list(manifest.models):
-                if name not in current:
-                    del manifest.models[name]
-            manifest.generation = generation
-            manifest.schema_version = SCHEMA_VERSION
-            # An unchanged store writes nothing (close() must not fail on a full disk), and an
-            # index counts as persisted only once the manifest that vouches for it is written.
-            if manifest.to_dict() != before:
-                write_manifest(self.root, manifest)
-            for index in written:
-                index.dirty = False
-            for name in current:
-                self._persisted[name] = generation
+            self._index_cache.persist(self._models_at)
+
+    def _models_at(self, generation: int) -> Mapping[str, ModelInfo]:
+        self._refresh_models(generation)
+        return self._models
 
     def load_indexes(self) -> None:
         """Load every model's index now (checked, and synced to the current generation), so
@@ -855,7 +664,7 @@ class Store:
             generation = db.generation(self.conn)
             self._refresh_models(generation)
             for info in self._models.values():
-                self._index_for(info, generation)
+                self._index_cache.index_for(info, generation)
 
     def rebuild_index(self, model: str | None = None) -> None:
         """Drop the in-memory index and rebuild it from SQLite (then persist if writable)."""
@@ -863,7 +672,7 @@ class Store:
             generation = db.generation(self.conn)
             self._refresh_models(generation)
             info = self._model(model)
-            self._build(info, generation, "asked for")
+            self._index_cache.build(info, generation, "asked for")
         self.flush()
 
     # ----------------------------------------------------------------- reads
@@ -965,11 +774,11 @@ class Store:
             self._refresh_models(generation)
             info = self._model(model)
             query = clean_query(vector, info.dimension)
-            index = self._index_for(info, generation)
+            index = self._index_cache.index_for(info, generation)
             allowed = None
             if plan is not None:
                 allowed = allowed_vector_ids(
-                    plan, self._vector_keys(info.name, generation),
+                    plan, self._index_cache.vector_keys(info.name, generation),
                     lambda sql, params: db.matching_ids(self.conn, sql, params),
                 )
             result = index.search(query, k, allowed=allowed)
@@ -982,14 +791,6 @@ class Store:
                 continue
             hits.append(_hit(row, len(hits) + 1, float(score), include_pii, vector_id))
         return hits
-
-    def _vector_keys(self, model_name: str, generation: int) -> VectorKeys:
-        """Which chunk and document each vector belongs to, as of ``generation`` (cached)."""
-        cached = self._keys.get(model_name)
-        if cached is None or cached[0] != generation:
-            cached = (generation, VectorKeys(*db.vector_keys(self.conn, model_name)))
-            self._keys[model_name] = cached
-        return cached[1]
 
     def lexical_search(
         self, text: str, *, k: int = 10, filters: str | Mapping[str, Any] | None = None,
@@ -1066,7 +867,7 @@ class Store:
             generation = db.generation(self.conn)
             self._refresh_models(generation)
             for name, info in self._models.items():
-                index = self._index_for(info, generation)
+                index = self._index_cache.index_for(info, generation)
                 sql_ids, vectors = db.vectors_after(self.conn, name, 0, info.dimension)
                 index_ids = index.ids()
                 rng = np.random.default_rng(seed)
@@ -1164,27 +965,6 @@ def _vectors_to_carry(
         out.setdefault((doc_id, text_hash), {}).setdefault(model_name, (model_name, version, dim,
                                                                         blob, meta))
     return {key: list(models.values()) for key, models in out.items()}
-
-
-def _first_differing_vector(
-    index: VectorIndex, conn: Any, info: ModelInfo, *, samples: int = 16
-) -> int | None:
-    """Spot-check a loaded index against SQLite: up to ``samples`` vector ids, evenly spread,
-    must each score their own SQLite vector at its full length. An index from another store
-    whose hash was recomputed, with the same ids, passes every other check. Returns the first
-    id that differs, or None."""
-    ids = index.ids()
-    if len(ids) == 0:
-        return None
-    picks = ids[sorted_unique(np.linspace(0, len(ids) - 1, num=min(samples, len(ids))).astype(int))]
-    stored = db.vectors_by_ids(conn, picks.tolist(), info.dimension)
-    for vector_id, vector in zip(picks.tolist(), stored, strict=True):
-        result = index.search(vector, 1, allowed=np.array([vector_id], dtype=np.int64))
-        if result.ids.tolist() != [vector_id] or abs(
-            float(result.scores[0]) - float(vector @ vector)
-        ) > 1e-4:
-            return int(vector_id)
-    return None
 
 
 # --------------------------------------------------------------------------- query log helpers
