@@ -25,7 +25,6 @@ from mlflow_rag.errors import (
     ChunkNotFound,
     DimensionMismatch,
     DocumentNotFound,
-    EmbedderUnavailable,
     ForeignStore,
     InvalidInput,
     InvalidVector,
@@ -36,7 +35,7 @@ from mlflow_rag.errors import (
     UnsafePath,
 )
 from mlflow_rag.index.choose import INDEX_TYPES, choose_index
-from mlflow_rag.store import bundle, db, layout
+from mlflow_rag.store import bundle, db, integrity, layout, views
 from mlflow_rag.store.checks import (
     PII_KEY,
     SLUG_PATTERN,
@@ -45,7 +44,6 @@ from mlflow_rag.store.checks import (
     clean_vectors,
     fts_query,
     model_slug,
-    public_metadata,
 )
 from mlflow_rag.store.files import (
     FileStamp,
@@ -56,6 +54,7 @@ from mlflow_rag.store.files import (
 from mlflow_rag.store.filter_masks import allowed_vector_ids
 from mlflow_rag.store.filters import compile_filter, metadata_fields, plan_filter
 from mlflow_rag.store.index_cache import IndexCache
+from mlflow_rag.store.integrity import EMBED_CHECK_MIN_COSINE
 from mlflow_rag.store.manifest import Manifest
 from mlflow_rag.store.query_log import purge_query_log, write_query_log
 from mlflow_rag.store.schema import SCHEMA_VERSION
@@ -71,10 +70,6 @@ from mlflow_rag.types import (
 
 log = logging.getLogger("mlflow_rag.store")
 
-# verify(): a re-embedded sample must match its stored vector this closely. Deterministic
-# embedders (tfidf, the same MiniLM backend) give 1.0 up to rounding; int8 ONNX varies with
-# thread counts by far less than this; a vector of another fit or model is far below it.
-EMBED_CHECK_MIN_COSINE = 0.98
 
 
 class Store:
@@ -720,8 +715,8 @@ class Store:
             row = db.document_row(self.conn, document_id)
             if row is None:
                 raise DocumentNotFound(f"no document with id {document_id!r} in {self.root}")
-            chunks = tuple(_chunk_view(r) for r in db.chunk_rows(self.conn, document_id))
-        return _document_view(row, chunks, include_pii=include_pii)
+            chunks = tuple(views.chunk_view(r) for r in db.chunk_rows(self.conn, document_id))
+        return views.document_view(row, chunks, include_pii=include_pii)
 
     def expand_context(self, chunk_id: str, *, n: int = 1) -> list[ChunkView]:
         """The chunk and up to ``n`` neighbours on each side within its document, in order."""
@@ -731,7 +726,7 @@ class Store:
             rows = db.neighbour_rows(self.conn, chunk_id, n)
         if not rows:
             raise ChunkNotFound(f"no chunk with id {chunk_id!r} in {self.root}")
-        return [_chunk_view(r) for r in rows]
+        return [views.chunk_view(r) for r in rows]
 
     def find_documents(
         self, filters: str | Mapping[str, Any] | None = None, *, limit: int = 100,
@@ -741,7 +736,7 @@ class Store:
         where, params = compile_filter(filters)
         with self._lock:
             rows = db.find_document_rows(self.conn, where, params, limit)
-        return [_document_view(r, (), include_pii=include_pii) for r in rows]
+        return [views.document_view(r, (), include_pii=include_pii) for r in rows]
 
     def stats(self) -> StoreStats:
         models = self.models()
@@ -790,7 +785,7 @@ class Store:
             if row is None:  # cannot happen inside one snapshot; never return a hit without a row
                 self.orphan_hits += 1
                 continue
-            hits.append(_hit(row, len(hits) + 1, float(score), include_pii, vector_id))
+            hits.append(views.hit(row, len(hits) + 1, float(score), include_pii, vector_id))
         return hits
 
     def lexical_search(
@@ -805,7 +800,7 @@ class Store:
         where, params = compile_filter(filters) if filters else ("1", [])
         with self._lock:
             rows = db.bm25_rows(self.conn, match, k, where, params)
-        return [_hit(row[1:], i + 1, float(row[0]), include_pii) for i, row in enumerate(rows)]
+        return [views.hit(row[1:], i + 1, float(row[0]), include_pii) for i, row in enumerate(rows)]
 
     def hits_for_chunks(
         self, chunk_ids: Sequence[str], scores: Sequence[float], *, include_pii: bool = False
@@ -818,7 +813,7 @@ class Store:
         hits: list[Hit] = []
         for chunk_id, score in zip(chunk_ids, scores, strict=True):
             if chunk_id in rows:
-                hits.append(_hit(rows[chunk_id], len(hits) + 1, float(score), include_pii))
+                hits.append(views.hit(rows[chunk_id], len(hits) + 1, float(score), include_pii))
         return hits
 
     # ----------------------------------------------------------------- query log
@@ -849,15 +844,10 @@ class Store:
         embedders: Mapping[str, Callable[[Sequence[str]], np.ndarray]] | None = None,
         embed_sample: int = 8, min_cosine: float = EMBED_CHECK_MIN_COSINE,
     ) -> dict[str, Any]:
-        """Integrity report: SQLite and FTS checks, index ids == SQLite ids, self-retrieval.
-
-        ``embedders`` (model name -> a function embedding texts as that model's recorded
-        embedder does) adds a check that the stored vectors are that embedder's output for
-        their text: ``embed_sample`` spread vectors are re-embedded and each must have cosine
-        >= ``min_cosine`` with its stored vector (``embed_mismatches`` counts those that do
-        not; an embedder that cannot run or gives another dimension fails them all). Vectors
-        from another fit of a tfidf model, or another model's, fail it; the self-retrieval
-        check alone cannot tell.
+        """Integrity report: SQLite and FTS checks, then per model its index against SQLite
+        (ids equal, ``sample`` vectors find themselves) and, for the models in ``embedders``
+        (model name -> a function embedding texts as that model's recorded embedder does),
+        ``embed_sample`` re-embedded vectors (:func:`mlflow_rag.store.integrity.check_model`).
 
         FTS5 runs its check as a write (``INSERT ... 'integrity-check'``), so a read-only or
         immutable store skips it; SQLite's own ``integrity_check`` still covers the file."""
@@ -869,33 +859,12 @@ class Store:
             self._refresh_models(generation)
             for name, info in self._models.items():
                 index = self._index_cache.index_for(info, generation)
-                sql_ids, vectors = db.vectors_after(self.conn, name, 0, info.dimension)
-                index_ids = index.ids()
-                rng = np.random.default_rng(seed)
-                picks = rng.choice(len(sql_ids), size=min(sample, len(sql_ids)), replace=False)
-                found = 0
-                for p in picks:
-                    result = index.search(vectors[p], 1)
-                    top = result.ids[:1].tolist()
-                    # duplicates (identical vectors) may outrank; accept an equal score
-                    if top and (top[0] == sql_ids[p] or result.scores[0] >= float(
-                        vectors[p] @ vectors[p]) - 1e-5):
-                        found += 1
-                report["models"][name] = {
-                    "ids_equal": bool(np.array_equal(np.sort(index_ids), sql_ids)),
-                    "vectors": len(sql_ids),
-                    "self_found": found,
-                    "sampled": len(picks),
-                }
-                if embedders and name in embedders and len(sql_ids):
-                    spread = np.unique(np.linspace(0, len(sql_ids) - 1,
-                                                   num=min(embed_sample, len(sql_ids))).astype(int))
-                    rows = db.sample_vectors_with_text(self.conn, name, sql_ids[spread].tolist())
-                    report["models"][name].update(
-                        _embed_check(embedders[name], rows, info.dimension, min_cosine)
-                    )
+                report["models"][name] = integrity.check_model(
+                    self.conn, info, index, sample=sample, seed=seed,
+                    embed=(embedders or {}).get(name), embed_sample=embed_sample,
+                    min_cosine=min_cosine,
+                )
         return report
-
 
     def snapshot(self, destination: str | Path) -> Path:
         """A consistent, self-contained copy (a bundle) with file hashes in its manifest.
@@ -925,35 +894,6 @@ def _persist_indexes(root: Path) -> None:
         snap.close(flush=False)
 
 
-def _embed_check(
-    embed: Callable[[Sequence[str]], np.ndarray], rows: Sequence[tuple[int, str, bytes]],
-    dimension: int, min_cosine: float,
-) -> dict[str, Any]:
-    """Re-embed sampled chunk texts; how many stored vectors the embedder does not give."""
-    out: dict[str, Any] = {"embed_checked": len(rows), "embed_mismatches": 0}
-    try:
-        fresh = np.asarray(embed([text for _, text, _ in rows]), dtype=np.float64)
-    except EmbedderUnavailable as exc:  # not installed here (no key, no extra): not a fault
-        out.update(embed_checked=0, embed_skipped=str(exc))
-        return out
-    except Exception as exc:  # the recorded embedder cannot run: the check fails, named
-        out.update(embed_mismatches=len(rows), embed_error=f"{type(exc).__name__}: {exc}")
-        return out
-    if fresh.ndim != 2 or fresh.shape != (len(rows), dimension):
-        out.update(embed_mismatches=len(rows),
-                   embed_error=f"the embedder gives vectors of shape {fresh.shape[1:]}, the "
-                               f"stored ones have dimension {dimension}")
-        return out
-    stored = np.stack([np.frombuffer(blob, dtype="<f4").astype(np.float64) for _, _, blob in rows])
-    norms = np.linalg.norm(fresh, axis=1) * np.linalg.norm(stored, axis=1)
-    cosines = (fresh * stored).sum(axis=1) / np.where(norms > 0, norms, 1.0)
-    bad = cosines < min_cosine
-    out.update(embed_mismatches=int(bad.sum()), embed_min_cosine=round(float(cosines.min()), 6))
-    if bad.any():
-        out["embed_mismatched_vector_ids"] = [int(rows[i][0]) for i in np.flatnonzero(bad)[:10]]
-    return out
-
-
 def _vectors_to_carry(
     rows: Sequence[tuple[Any, ...]], supplied: Mapping[str, set[str]]
 ) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
@@ -966,39 +906,3 @@ def _vectors_to_carry(
         out.setdefault((doc_id, text_hash), {}).setdefault(model_name, (model_name, version, dim,
                                                                         blob, meta))
     return {key: list(models.values()) for key, models in out.items()}
-
-
-# --------------------------------------------------------------------------- row -> view
-
-
-def _chunk_view(row: Sequence[Any]) -> ChunkView:
-    cid, doc_id, index, ctype, text, start, end, tokens, meta = row
-    return ChunkView(
-        id=cid, document_id=doc_id, chunk_index=index, chunk_type=ctype, text=text,
-        start_char=start, end_char=end, token_count=tokens, metadata=codec.loads_object(meta),
-    )
-
-
-def _document_view(
-    row: Sequence[Any], chunks: tuple[ChunkView, ...], *, include_pii: bool
-) -> DocumentView:
-    doc_id, source_path, source_type, chash, imported, updated, meta, raw = row
-    return DocumentView(
-        id=doc_id, source_path=source_path, source_type=source_type, content_hash=chash,
-        imported_at=imported, updated_at=updated,
-        metadata=public_metadata(codec.loads_object(meta), include_pii=include_pii),
-        raw_text=raw, chunks=chunks,
-    )
-
-
-def _hit(
-    row: Sequence[Any], rank: int, score: float, include_pii: bool, vector_id: int | None = None
-) -> Hit:
-    chunk_id, doc_id, ctype, cindex, text, cmeta, source_path, dmeta = row
-    return Hit(
-        rank=rank, score=score, chunk_id=chunk_id, document_id=doc_id, chunk_type=ctype,
-        chunk_index=cindex, text=text, source_path=source_path,
-        document_metadata=public_metadata(codec.loads_object(dmeta), include_pii=include_pii),
-        chunk_metadata=codec.loads_object(cmeta), vector_id=vector_id,
-    )
-

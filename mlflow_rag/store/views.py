@@ -1,0 +1,44 @@
+"""Database rows -> the views the store returns (documents, chunks, hits); PII-marked
+document metadata is left out unless asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mlflow_rag import codec
+from mlflow_rag.store.checks import public_metadata
+from mlflow_rag.types import ChunkView, DocumentView, Hit
+
+
+def chunk_view(row: Sequence[Any]) -> ChunkView:
+    cid, doc_id, index, ctype, text, start, end, tokens, meta = row
+    return ChunkView(
+        id=cid, document_id=doc_id, chunk_index=index, chunk_type=ctype, text=text,
+        start_char=start, end_char=end, token_count=tokens, metadata=codec.loads_object(meta),
+    )
+
+
+def document_view(
+    row: Sequence[Any], chunks: tuple[ChunkView, ...], *, include_pii: bool
+) -> DocumentView:
+    doc_id, source_path, source_type, chash, imported, updated, meta, raw = row
+    return DocumentView(
+        id=doc_id, source_path=source_path, source_type=source_type, content_hash=chash,
+        imported_at=imported, updated_at=updated,
+        metadata=public_metadata(codec.loads_object(meta), include_pii=include_pii),
+        raw_text=raw, chunks=chunks,
+    )
+
+
+def hit(
+    row: Sequence[Any], rank: int, score: float, include_pii: bool, vector_id: int | None = None
+) -> Hit:
+    chunk_id, doc_id, ctype, cindex, text, cmeta, source_path, dmeta = row
+    return Hit(
+        rank=rank, score=score, chunk_id=chunk_id, document_id=doc_id, chunk_type=ctype,
+        chunk_index=cindex, text=text, source_path=source_path,
+        document_metadata=public_metadata(codec.loads_object(dmeta), include_pii=include_pii),
+        chunk_metadata=codec.loads_object(cmeta), vector_id=vector_id,
+    )
+
