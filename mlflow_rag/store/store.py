@@ -11,7 +11,6 @@ or rebuilds it when it is missing, corrupt or foreign.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,25 +22,20 @@ import numpy as np
 from mlflow_rag import codec
 from mlflow_rag.errors import (
     ChunkNotFound,
-    DimensionMismatch,
     DocumentNotFound,
     ForeignStore,
     InvalidInput,
-    ModelNotFound,
     RagError,
     StoreNotFound,
     UnknownChoice,
-    UnsafePath,
 )
 from mlflow_rag.index.choose import INDEX_TYPES, choose_index
 from mlflow_rag.store import bundle, db, integrity, layout, views, writes
 from mlflow_rag.store.checks import (
-    SLUG_PATTERN,
     check_k,
     clean_query,
     clean_vectors,
     fts_query,
-    model_slug,
 )
 from mlflow_rag.store.files import (
     FileStamp,
@@ -54,6 +48,7 @@ from mlflow_rag.store.filters import compile_filter, plan_filter
 from mlflow_rag.store.index_cache import IndexCache
 from mlflow_rag.store.integrity import EMBED_CHECK_MIN_COSINE
 from mlflow_rag.store.manifest import Manifest
+from mlflow_rag.store.models import ModelRegistry
 from mlflow_rag.store.query_log import purge_query_log, write_query_log
 from mlflow_rag.store.schema import SCHEMA_VERSION
 from mlflow_rag.types import (
@@ -86,8 +81,7 @@ class Store:
         # The thread holding the store's lock file through this object (writer_lock, flush):
         # nested uses by that thread do not lock again (flock would wait for itself).
         self._file_lock_owner: int | None = None
-        self._models: dict[str, ModelInfo] = {}
-        self._models_generation = -1
+        self._registry = ModelRegistry(root, conn)
         self.orphan_hits = 0  # index hits without a row: must stay 0 (readers see snapshots)
         self.store_id = db.get_meta(conn, "store_id")
         self._index_cache = IndexCache(root, conn, store_id=self.store_id, mmap=mmap,
@@ -204,7 +198,7 @@ class Store:
         model's slug (it names the index file and the embedder's state folder), or a symlink
         under ``index/``, ``models/`` or at ``manifest.json`` that leads outside."""
         with self._lock, db.read_transaction(self.conn):
-            self._refresh_models(db.generation(self.conn))
+            self._registry.refresh(db.generation(self.conn))
         layout.check_folders_confined(self.root, what="store")
         confined(self.root, layout.MANIFEST_FILE, what="manifest")
 
@@ -242,68 +236,18 @@ class Store:
 
     # ----------------------------------------------------------------- models
 
-    def _refresh_models(self, generation: int) -> None:
-        if generation == self._models_generation:
-            return
-        self._models = {}
-        for name, slug, dim, embedder, version, index_type, params in db.model_rows(self.conn):
-            if not isinstance(slug, str) or not SLUG_PATTERN.fullmatch(slug):
-                raise UnsafePath(
-                    f"model {name!r} in {self.root / layout.DB_FILE} has the slug {slug!r}, which is "
-                    "not a plain file name ([a-z0-9._-]); refused (it names the model's files)"
-                )
-            self._models[name] = ModelInfo(
-                name=name, slug=slug, dimension=dim, embedder=embedder, model_version=version,
-                index_type=index_type, index_params=codec.loads_object(params),
-                vector_count=-1, generation=generation,
-            )
-        self._models_generation = generation
-
     def models(self) -> list[ModelInfo]:
         """Embedding models in this store, with their vector counts and effective index type."""
         with self._lock, db.read_transaction(self.conn):
             generation = db.generation(self.conn)
-            self._refresh_models(generation)
-            out = []
-            for info in self._models.values():
-                count = db.vector_count(self.conn, info.name)
-                spec = choose_index(info.index_type, count, info.dimension, info.index_params)
-                out.append(
-                    ModelInfo(
-                        name=info.name, slug=info.slug, dimension=info.dimension,
-                        embedder=info.embedder, model_version=info.model_version,
-                        index_type=spec.kind, index_params=dict(spec.params),
-                        vector_count=count, generation=generation,
-                    )
-                )
-            return out
+            self._registry.refresh(generation)
+            return self._registry.counted(generation)
 
     def model(self, name: str | None = None) -> ModelInfo:
         """The named model, or the only one. Errors list the models the store has."""
         with self._lock, db.read_transaction(self.conn):
-            self._refresh_models(db.generation(self.conn))
-            return self._model(name)
-
-    def _model(self, name: str | None) -> ModelInfo:
-        if name is None:
-            if len(self._models) == 1:
-                return next(iter(self._models.values()))
-            if not self._models:
-                raise ModelNotFound(f"{self.root} holds no vectors yet; ingest documents first")
-            raise ModelNotFound(
-                f"{self.root} holds several embedding models; choose one with --embedder from "
-                f"{sorted(self._models)}"
-            )
-        if name not in self._models:
-            have = sorted(self._models)
-            add = f"`mlflow-rag ingest SOURCES --store {self.root} --embedder {name}`"
-            raise ModelNotFound(
-                f"no embedding model {name!r} in {self.root}; it has {have}: search with "
-                f"--embedder {' or '.join(have)}, or add {name} vectors with {add}"
-                if have else f"no embedding model {name!r} in {self.root}; it holds no vectors "
-                f"yet: add them with {add}"
-            )
-        return self._models[name]
+            self._registry.refresh(db.generation(self.conn))
+            return self._registry.get(name)
 
     def ensure_model(
         self, name: str, dimension: int, *, embedder: str | None = None,
@@ -320,32 +264,11 @@ class Store:
             choose_index(index_type, 0, dimension, index_params)  # validate parameters early
         with self._lock:
             with db.write_transaction(self.conn) as generation:
-                self._refresh_models(generation - 1)
-                existing = self._models.get(name)
-                if existing is not None:
-                    if existing.dimension != dimension:
-                        raise DimensionMismatch(
-                            f"model {name!r} in {self.root} has dimension {existing.dimension}, "
-                            f"not {dimension}"
-                        )
-                    if index_type is not None and (
-                        index_type != existing.index_type
-                        or dict(index_params or {}) != dict(existing.index_params)
-                    ):
-                        db.update_model_index(
-                            self.conn, name, index_type=index_type,
-                            index_params=dict(index_params or {}),
-                        )
-                else:
-                    slug = model_slug(name)
-                    if any(m.slug == slug for m in self._models.values()):
-                        slug = f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-                    db.insert_model(
-                        self.conn, name=name, slug=slug, dimension=dimension, embedder=embedder,
-                        model_version=model_version, index_type=index_type or "auto",
-                        index_params=dict(index_params or {}),
-                    )
-            self._models_generation = -1
+                self._registry.register(
+                    name, dimension, generation=generation, embedder=embedder,
+                    model_version=model_version, index_type=index_type, index_params=index_params,
+                )
+            self._registry.invalidate()
             if index_type is not None:
                 self._index_cache.forget(name)  # rebuilt with the new settings on next use
             return self.model(name)
@@ -368,9 +291,9 @@ class Store:
             dup = next(i for i in ids if ids.count(i) > 1)
             raise InvalidInput(f"document id {dup!r} appears twice in one write")
         with self._lock:
-            self._refresh_models(db.generation(self.conn))
-            prepared = [writes.prepare(record, self._model) for record in records]
-            writes.clean_vectors_of(prepared, self._models)
+            self._registry.refresh(db.generation(self.conn))
+            prepared = [writes.prepare(record, self._registry.get) for record in records]
+            writes.clean_vectors_of(prepared, self._registry.by_name)
         with self._lock:
             written = writes.write_documents(
                 self.conn, prepared, skip_unchanged=skip_unchanged,
@@ -379,7 +302,7 @@ class Store:
         if not written.report.updated:
             with self._lock:
                 self._index_cache.advance(written.report.generation, written.added,
-                                          written.fresh, self._models)
+                                          written.fresh, self._registry.by_name)
         return written.report
 
     def add_vectors(
@@ -442,11 +365,11 @@ class Store:
                 if "FOREIGN KEY" in str(exc):
                     raise ChunkNotFound("some chunk ids do not exist in the store") from None
                 raise
-            self._models_generation = -1
+            self._registry.invalidate()
             with db.read_transaction(self.conn):
                 generation = db.generation(self.conn)
-                self._refresh_models(generation)
-                self._index_cache.rebuilt_for_new_space(self._models[model_name], generation)
+                self._registry.refresh(generation)
+                self._index_cache.rebuilt_for_new_space(self._registry.by_name[model_name], generation)
         return count
 
     def vectors_on_documents(self, document_ids: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -510,24 +433,24 @@ class Store:
             self._index_cache.persist(self._models_at)
 
     def _models_at(self, generation: int) -> Mapping[str, ModelInfo]:
-        self._refresh_models(generation)
-        return self._models
+        self._registry.refresh(generation)
+        return self._registry.by_name
 
     def load_indexes(self) -> None:
         """Load every model's index now (checked, and synced to the current generation), so
         the first search does not pay for it: a server does this before it answers."""
         with self._lock, db.read_transaction(self.conn):
             generation = db.generation(self.conn)
-            self._refresh_models(generation)
-            for info in self._models.values():
+            self._registry.refresh(generation)
+            for info in self._registry.by_name.values():
                 self._index_cache.index_for(info, generation)
 
     def rebuild_index(self, model: str | None = None) -> None:
         """Drop the in-memory index and rebuild it from SQLite (then persist if writable)."""
         with self._lock, db.read_transaction(self.conn):
             generation = db.generation(self.conn)
-            self._refresh_models(generation)
-            info = self._model(model)
+            self._registry.refresh(generation)
+            info = self._registry.get(model)
             self._index_cache.build(info, generation, "asked for")
         self.flush()
 
@@ -627,8 +550,8 @@ class Store:
         plan = plan_filter(filters) if filters else None
         with self._lock, db.read_transaction(self.conn):
             generation = db.generation(self.conn)
-            self._refresh_models(generation)
-            info = self._model(model)
+            self._registry.refresh(generation)
+            info = self._registry.get(model)
             query = clean_query(vector, info.dimension)
             index = self._index_cache.index_for(info, generation)
             allowed = None
@@ -716,8 +639,8 @@ class Store:
             if not self.read_only:
                 db.fts_integrity_check(self.conn)
             generation = db.generation(self.conn)
-            self._refresh_models(generation)
-            for name, info in self._models.items():
+            self._registry.refresh(generation)
+            for name, info in self._registry.by_name.items():
                 index = self._index_cache.index_for(info, generation)
                 report["models"][name] = integrity.check_model(
                     self.conn, info, index, sample=sample, seed=seed,
