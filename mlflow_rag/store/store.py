@@ -23,14 +23,12 @@ from mlflow_rag import codec
 from mlflow_rag.errors import (
     ChunkNotFound,
     DocumentNotFound,
-    ForeignStore,
     InvalidInput,
     RagError,
-    StoreNotFound,
     UnknownChoice,
 )
 from mlflow_rag.index.choose import INDEX_TYPES, choose_index
-from mlflow_rag.store import bundle, db, integrity, layout, views, writes
+from mlflow_rag.store import bundle, db, integrity, layout, opening, views, writes
 from mlflow_rag.store.checks import (
     check_k,
     clean_query,
@@ -39,7 +37,6 @@ from mlflow_rag.store.checks import (
 )
 from mlflow_rag.store.files import (
     FileStamp,
-    StorageError,
     confined,
     exclusive_lock,
 )
@@ -50,7 +47,6 @@ from mlflow_rag.store.integrity import EMBED_CHECK_MIN_COSINE
 from mlflow_rag.store.manifest import Manifest
 from mlflow_rag.store.models import ModelRegistry
 from mlflow_rag.store.query_log import purge_query_log, write_query_log
-from mlflow_rag.store.schema import SCHEMA_VERSION
 from mlflow_rag.types import (
     ChunkView,
     DocumentRecord,
@@ -122,48 +118,16 @@ class Store:
             )
         root = Path(path)
         db_path = root / layout.DB_FILE
-        if not db_path.exists():
-            if not create or read_only or immutable:
-                if root.exists() and any(root.iterdir()):
-                    raise ForeignStore(
-                        f"{root} is not a mlflow-rag store (no {layout.DB_FILE}); "
-                        "point --store at a store directory or a new path"
-                    )
-                raise StoreNotFound(
-                    f"no store at {root}; create one with `mlflow-rag ingest SOURCE --store {root}`"
-                )
-            root.mkdir(parents=True, exist_ok=True)
+        opening.check_exists(root, create=create and not (read_only or immutable))
         verified = bundle.verify_bundle(root) if verify_files else {}
-        conn = db.connect(db_path, read_only=read_only, immutable=immutable)
-        try:
-            if read_only or immutable:
-                if not db.is_store_database(conn):
-                    raise ForeignStore(f"{db_path} is not a mlflow-rag store database")
-                db.check_version(conn, db_path)
-            else:
-                if db.schema_version(conn) < SCHEMA_VERSION:
-                    # Two processes creating one store must not both run the migrations
-                    # (both saw user_version 0): one at a time, each re-reading the version.
-                    with exclusive_lock(root / layout.LOCK_FILE):
-                        db.migrate(conn, db_path)
-                else:
-                    db.migrate(conn, db_path)
+        conn = opening.connect(root, read_only=read_only, immutable=immutable)
+        with opening.closed_on_failure(conn, db_path):
             store = cls(root, conn, read_only=read_only, immutable=immutable, mmap=mmap,
                         verified_files=verified)
             store._check_stored_paths()
             if verify_files:
                 bundle.check_identity(store.manifest, store_id=store.store_id,
                                       generation=db.generation(conn), db_path=db_path)
-        except BaseException as exc:
-            conn.close()
-            if isinstance(exc, RagError):
-                raise
-            if db.is_storage_failure(exc):
-                raise StorageError(f"cannot write {db_path}: {exc}; the store was not opened",
-                                   filename=str(db_path)) from exc
-            if exc.__class__.__name__ == "DatabaseError":
-                raise ForeignStore(f"{db_path} is not a readable SQLite database: {exc}") from None
-            raise
         return store
 
     def __enter__(self) -> Store:
