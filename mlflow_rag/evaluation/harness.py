@@ -225,7 +225,7 @@ def _make_embedder(spec: str, store: Store) -> Embedder:
     """The embedder for ``spec``, with its state fitted on this store if it has one (tfidf)."""
     from mlflow_rag.embed.registry import get_embedder
 
-    state = store.root / "models" / model_slug(spec)
+    state = store.model_dir(spec)
     return get_embedder(spec, state_dir=state if state.is_dir() else None)
 
 

@@ -36,9 +36,9 @@ def index_path(root: Path, info: ModelInfo) -> Path:
     return confined(root, index_relative(info), what=f"index file of model {info.name!r}")
 
 
-def model_dir(root: Path, info: ModelInfo) -> Path:
-    """Where an embedder fitted at ingest keeps its state (inside the store)."""
-    return confined(root, f"{MODELS_DIR}/{info.slug}", what=f"state folder of model {info.name!r}")
+def model_dir(root: Path, *, slug: str, name: str) -> Path:
+    """Where the embedder of model ``name`` keeps the state it fitted (inside the store)."""
+    return confined(root, f"{MODELS_DIR}/{slug}", what=f"state folder of model {name!r}")
 
 
 def check_folders_confined(root: Path, *, what: str) -> None:

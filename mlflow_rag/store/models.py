@@ -70,6 +70,17 @@ class ModelRegistry:
             )
         return self.by_name[name]
 
+    def slug_for(self, name: str) -> str:
+        """The slug of a registered model, or the one :meth:`register` would give it now (a
+        name that slugs like a registered one's gets a hash of the name behind it)."""
+        existing = self.by_name.get(name)
+        if existing is not None:
+            return existing.slug
+        slug = model_slug(name)
+        if any(m.slug == slug for m in self.by_name.values()):
+            slug = f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+        return slug
+
     def counted(self, generation: int) -> list[ModelInfo]:
         """The models with their vector counts and the index type each gets at that count."""
         out = []
@@ -110,9 +121,7 @@ class ModelRegistry:
                     index_params=dict(index_params or {}),
                 )
         else:
-            slug = model_slug(name)
-            if any(m.slug == slug for m in self.by_name.values()):
-                slug = f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+            slug = self.slug_for(name)
             db.insert_model(
                 self.conn, name=name, slug=slug, dimension=dimension, embedder=embedder,
                 model_version=model_version, index_type=index_type or "auto",

@@ -238,8 +238,13 @@ class Store:
             return self.model(name)
 
     def model_dir(self, name: str) -> Path:
-        """Where an embedder fitted at ingest keeps its state (inside the store)."""
-        return layout.model_dir(self.root, self.model(name))
+        """Where the embedder of model ``name`` keeps the state it fitted at ingest (inside the
+        store): its slug's folder, or for a model not registered yet the folder it will get
+        (a first fit is saved before the model's dimension is known and registered)."""
+        with self._lock, db.read_transaction(self.conn):
+            self._registry.refresh(db.generation(self.conn))
+            slug = self._registry.slug_for(name)
+        return layout.model_dir(self.root, slug=slug, name=name)
 
     # ----------------------------------------------------------------- writes
 
