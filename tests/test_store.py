@@ -541,3 +541,14 @@ def test_a_manifest_without_block_hashes_is_still_verified_by_the_whole_file_sha
     with Store.open(root, read_only=True) as store:
         store.dense_search(np.ones(16), k=3)
         assert any(e.endswith("does not match its sha256") for e in store.events)
+
+
+def test_lexical_index_bytes_counts_the_full_text_index_pages(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s", create=True) as store:
+        store.ensure_model("m", 4)
+        empty = store.lexical_index_bytes()
+        words = " ".join(f"term{i}" for i in range(2000))
+        store.write([make_record(f"d{i}", [f"{words} doc{i}"], vectors=np.ones((1, 4)))
+                     for i in range(20)])
+        filled = store.lexical_index_bytes()
+    assert filled > empty and filled >= 4096  # at least one page more than the empty tables

@@ -532,7 +532,7 @@ def _cost_metrics(
     store.flush()  # persist the index this variant used, so its file size is known
     stats = store.stats()
     out: dict[str, float] = {"documents": float(stats.documents), "chunks": float(stats.chunks)}
-    lexical_bytes = _fts_bytes(store)
+    lexical_bytes = store.lexical_index_bytes()
     if variant.embedder is None:
         out["ingest_seconds"] = chunk_seconds
         out["index_bytes"] = float(lexical_bytes)
@@ -546,17 +546,6 @@ def _cost_metrics(
     dense_bytes = entry.bytes if entry is not None else 0
     out["index_bytes"] = float(dense_bytes + (lexical_bytes if variant.mode == "hybrid" else 0))
     return out
-
-
-def _fts_bytes(store: Store) -> int:
-    """Bytes of the full-text (BM25) index: the pages of the FTS5 tables (SQLite's dbstat)."""
-    try:
-        row = store.conn.execute(
-            "SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name LIKE 'chunks_fts%'"
-        ).fetchone()
-    except Exception:  # a SQLite built without dbstat: the size is unknown, not an error
-        return 0
-    return int(row[0])
 
 
 __all__ = [

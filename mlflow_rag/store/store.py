@@ -490,6 +490,11 @@ class Store:
             rows = db.find_document_rows(self.conn, where, params, limit)
         return [views.document_view(r, (), include_pii=include_pii) for r in rows]
 
+    def lexical_index_bytes(self) -> int:
+        """Bytes of the full-text (BM25) index's pages; 0 if this SQLite cannot tell."""
+        with self._lock:
+            return db.fts_bytes(self.conn)
+
     def stats(self) -> StoreStats:
         models = self.models()
         with self._lock, db.read_transaction(self.conn):
