@@ -150,6 +150,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise storage_error(path, exc, action="sync the folder of") from exc
 
 
+def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as handle:
         return sha256_fd(handle.fileno())

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mlflow_rag.index.choose import IndexSpec, choose_index
-from mlflow_rag.index.vector_index import VectorIndex, sha256_bytes, sorted_unique
+from mlflow_rag.index.vector_index import VectorIndex, sorted_unique
 from mlflow_rag.store import db, layout
 from mlflow_rag.store.files import (
     HASH_BLOCK_BYTES,
@@ -28,6 +28,7 @@ from mlflow_rag.store.files import (
     atomic_write_bytes,
     block_sha256s,
     block_sha256s_fd,
+    sha256_bytes,
     sha256_fd,
 )
 from mlflow_rag.store.filter_masks import VectorKeys
