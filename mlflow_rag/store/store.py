@@ -1,6 +1,16 @@
 """The store: one SQLite file (source of truth, vectors included) + one FAISS index per model.
 
-The files and folders of a store: :mod:`mlflow_rag.store.layout`.
+:class:`Store` is the facade the other layers use: it holds the connection, the thread lock
+and the store's lock file, checks what callers pass, and hands each job to its module:
+
+- ``opening``: refuse what is not a store, connect, migrate;
+- ``models``: the embedding models (``ModelRegistry``), read once per generation;
+- ``writes``: documents, chunks and vectors in one transaction per call;
+- ``index_cache``: the FAISS index lifecycle (load, verify, replay, rebuild, persist);
+- ``views`` and ``db``: reads and search, hydrated from one read snapshot;
+- ``query_log``: queries and what they retrieved, and retention;
+- ``integrity`` and ``bundle``: ``verify``, ``snapshot`` and ``verify_bundle``;
+- ``layout``: the files and folders of a store; ``checks``: vector and request checks.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction that bumps the store's generation. Index
 files are derived: each is stamped (in the manifest) with the generation it reflects, and
@@ -58,7 +68,6 @@ from mlflow_rag.types import (
 )
 
 log = logging.getLogger("mlflow_rag.store")
-
 
 
 class Store:
