@@ -38,7 +38,7 @@ from mlflow_rag.errors import (
     UnknownChoice,
 )
 from mlflow_rag.index.choose import INDEX_TYPES, choose_index
-from mlflow_rag.store import bundle, db, integrity, layout, opening, views, writes
+from mlflow_rag.store import bundle, db, integrity, layout, opening, retrieval, views, writes
 from mlflow_rag.store.checks import (
     check_k,
     clean_query,
@@ -50,7 +50,6 @@ from mlflow_rag.store.files import (
     confined,
     exclusive_lock,
 )
-from mlflow_rag.store.filter_masks import allowed_vector_ids
 from mlflow_rag.store.filters import compile_filter, plan_filter
 from mlflow_rag.store.index_cache import IndexCache
 from mlflow_rag.store.integrity import EMBED_CHECK_MIN_COSINE
@@ -537,21 +536,11 @@ class Store:
             info = self._registry.get(model)
             query = clean_query(vector, info.dimension)
             index = self._index_cache.index_for(info, generation)
-            allowed = None
-            if plan is not None:
-                allowed = allowed_vector_ids(
-                    plan, self._index_cache.vector_keys(info.name, generation),
-                    lambda sql, params: db.matching_ids(self.conn, sql, params),
-                )
-            result = index.search(query, k, allowed=allowed)
-            rows = db.hits_by_vector_ids(self.conn, result.ids.tolist())
-        hits: list[Hit] = []
-        for vector_id, score in zip(result.ids.tolist(), result.scores.tolist(), strict=True):
-            row = rows.get(vector_id)
-            if row is None:  # cannot happen inside one snapshot; never return a hit without a row
-                self.orphan_hits += 1
-                continue
-            hits.append(views.hit(row, len(hits) + 1, float(score), include_pii, vector_id))
+            keys = self._index_cache.vector_keys(info.name, generation) if plan is not None else None
+            found = retrieval.dense(self.conn, index, query, k, plan=plan, keys=keys)
+        hits, orphans = views.dense_hits(found.ids, found.scores, found.rows,
+                                         include_pii=include_pii)
+        self.orphan_hits += orphans  # cannot happen inside one snapshot: must stay 0
         return hits
 
     def lexical_search(
@@ -566,7 +555,7 @@ class Store:
         where, params = compile_filter(filters) if filters else ("1", [])
         with self._lock:
             rows = db.bm25_rows(self.conn, match, k, where, params)
-        return [views.hit(row[1:], i + 1, float(row[0]), include_pii) for i, row in enumerate(rows)]
+        return views.lexical_hits(rows, include_pii=include_pii)
 
     def hits_for_chunks(
         self, chunk_ids: Sequence[str], scores: Sequence[float], *, include_pii: bool = False
@@ -576,11 +565,7 @@ class Store:
             rows = db.hits_by_chunk_ids(self.conn, list(chunk_ids))
         if len(chunk_ids) != len(scores):
             raise InvalidInput(f"{len(chunk_ids)} chunk ids but {len(scores)} scores")
-        hits: list[Hit] = []
-        for chunk_id, score in zip(chunk_ids, scores, strict=True):
-            if chunk_id in rows:
-                hits.append(views.hit(rows[chunk_id], len(hits) + 1, float(score), include_pii))
-        return hits
+        return views.chunk_hits(rows, chunk_ids, scores, include_pii=include_pii)
 
     # ----------------------------------------------------------------- query log
 

@@ -3,7 +3,7 @@ document metadata is left out unless asked for."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlflow_rag import codec
@@ -42,3 +42,36 @@ def hit(
         chunk_metadata=codec.loads_object(cmeta), vector_id=vector_id,
     )
 
+
+
+def dense_hits(
+    ids: Sequence[int], scores: Sequence[float], rows: Mapping[int, Sequence[Any]], *,
+    include_pii: bool,
+) -> tuple[list[Hit], int]:
+    """Hits in the index's order, and how many ids had no row (those are never returned)."""
+    hits: list[Hit] = []
+    orphans = 0
+    for vector_id, score in zip(ids, scores, strict=True):
+        row = rows.get(vector_id)
+        if row is None:
+            orphans += 1
+            continue
+        hits.append(hit(row, len(hits) + 1, float(score), include_pii, vector_id))
+    return hits, orphans
+
+
+def lexical_hits(rows: Sequence[Sequence[Any]], *, include_pii: bool) -> list[Hit]:
+    """BM25 rows (score first) -> hits in their order."""
+    return [hit(row[1:], i + 1, float(row[0]), include_pii) for i, row in enumerate(rows)]
+
+
+def chunk_hits(
+    rows: Mapping[str, Sequence[Any]], chunk_ids: Sequence[str], scores: Sequence[float], *,
+    include_pii: bool,
+) -> list[Hit]:
+    """Hits for ``chunk_ids`` in the given order; ids without a row are left out."""
+    hits: list[Hit] = []
+    for chunk_id, score in zip(chunk_ids, scores, strict=True):
+        if chunk_id in rows:
+            hits.append(hit(rows[chunk_id], len(hits) + 1, float(score), include_pii))
+    return hits
