@@ -772,6 +772,13 @@ FREE_PAGES_ZEROED = "free_pages_zeroed"
 CHECKPOINT_WAIT_MS = 2_000
 
 
+def vacuum_and_truncate_wal(conn: sqlite3.Connection) -> None:
+    """Rewrite the database without its free pages, then checkpoint the WAL into it and
+    truncate the WAL, so deleted rows leave neither file."""
+    conn.execute("VACUUM")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def fts_bytes(conn: sqlite3.Connection) -> int:
     """Bytes of the full-text (BM25) index: the pages of the FTS5 tables (SQLite's dbstat)."""
     try:

@@ -59,8 +59,7 @@ def purge_query_log(conn: Any, days: float) -> int:
     with db.immediate_transaction(conn):
         deleted = db.delete_queries_before(conn, cutoff)
     try:
-        conn.execute("VACUUM")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.vacuum_and_truncate_wal(conn)
     except Exception as exc:
         if db.is_storage_failure(exc):
             raise db.storage_failure(
