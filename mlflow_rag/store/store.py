@@ -297,23 +297,12 @@ class Store:
         if len(matrix) != len(chunk_ids):
             raise InvalidInput(f"{len(matrix)} vectors for {len(chunk_ids)} chunk ids")
         per_chunk = [codec.metadata_json(m) for m in metadata] if metadata else None
-        with self._lock, db.write_transaction(self.conn):
-            if replace:
-                db.delete_embeddings_for(self.conn, model_name, chunk_ids)
-            try:
-                return writes.insert_vectors(
-                    self.conn, model_name, chunk_ids, matrix,
-                    model_version=model_version or info.model_version, metadata=per_chunk,
-                    now=db.utc_now(),
-                )
-            except Exception as exc:
-                if "FOREIGN KEY" in str(exc):
-                    raise ChunkNotFound("some chunk ids do not exist in the store") from None
-                if "UNIQUE" in str(exc):
-                    raise InvalidInput(
-                        f"some chunks already have a {model_name!r} vector (pass replace=True)"
-                    ) from None
-                raise
+        with self._lock:
+            return writes.add_model_vectors(
+                self.conn, model_name, chunk_ids, matrix,
+                model_version=model_version or info.model_version, metadata=per_chunk,
+                replace=replace,
+            )
 
     def replace_model_vectors(
         self, model_name: str, chunk_ids: Sequence[str], vectors: Any, *, dimension: int,
@@ -330,18 +319,10 @@ class Store:
         if len(matrix) != len(chunk_ids):
             raise InvalidInput(f"{len(matrix)} vectors for {len(chunk_ids)} chunk ids")
         with self._lock:
-            try:
-                with db.write_transaction(self.conn):
-                    db.delete_model_vectors(self.conn, model_name)
-                    db.update_model_fit(self.conn, model_name, dimension=dimension,
-                                        model_version=model_version)
-                    count = writes.insert_vectors(self.conn, model_name, chunk_ids, matrix,
-                                                 model_version=model_version, metadata=None,
-                                                 now=db.utc_now())
-            except Exception as exc:
-                if "FOREIGN KEY" in str(exc):
-                    raise ChunkNotFound("some chunk ids do not exist in the store") from None
-                raise
+            count = writes.replace_model_vectors(
+                self.conn, model_name, chunk_ids, matrix, dimension=dimension,
+                model_version=model_version,
+            )
             self._registry.invalidate()
             with db.read_transaction(self.conn):
                 generation = db.generation(self.conn)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mlflow_rag import codec
-from mlflow_rag.errors import InvalidInput, InvalidVector, RagError
+from mlflow_rag.errors import ChunkNotFound, InvalidInput, InvalidVector, RagError
 from mlflow_rag.store import db
 from mlflow_rag.store.checks import PII_KEY, clean_vectors
 from mlflow_rag.store.filters import metadata_fields
@@ -171,6 +171,48 @@ def clean_vectors_of(prepared: list[Prepared], models: Mapping[str, ModelInfo]) 
         for entry, array in zip(entries, arrays, strict=True):
             entry[2] = matrix[offset : offset + len(array)]
             offset += len(array)
+
+def add_model_vectors(
+    conn: Any, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
+    model_version: str | None, metadata: Sequence[str] | None, replace: bool,
+) -> int:
+    """One model's vectors for existing chunks, in one write transaction (``replace``: their
+    old vectors of this model go first). Returns the number inserted."""
+    with db.write_transaction(conn):
+        if replace:
+            db.delete_embeddings_for(conn, model_name, chunk_ids)
+        try:
+            return insert_vectors(conn, model_name, chunk_ids, matrix,
+                                  model_version=model_version, metadata=metadata,
+                                  now=db.utc_now())
+        except Exception as exc:
+            if "FOREIGN KEY" in str(exc):
+                raise ChunkNotFound("some chunk ids do not exist in the store") from None
+            if "UNIQUE" in str(exc):
+                raise InvalidInput(
+                    f"some chunks already have a {model_name!r} vector (pass replace=True)"
+                ) from None
+            raise
+
+
+def replace_model_vectors(
+    conn: Any, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
+    dimension: int, model_version: str | None,
+) -> int:
+    """Every vector of a model replaced in one write transaction, with the model's new
+    dimension and version recorded. Returns the number inserted."""
+    try:
+        with db.write_transaction(conn):
+            db.delete_model_vectors(conn, model_name)
+            db.update_model_fit(conn, model_name, dimension=dimension,
+                                model_version=model_version)
+            return insert_vectors(conn, model_name, chunk_ids, matrix,
+                                  model_version=model_version, metadata=None, now=db.utc_now())
+    except Exception as exc:
+        if "FOREIGN KEY" in str(exc):
+            raise ChunkNotFound("some chunk ids do not exist in the store") from None
+        raise
+
 
 def insert_vectors(
     conn: Any, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
