@@ -68,6 +68,9 @@ from mlflow_rag.types import (
 
 log = logging.getLogger("mlflow_rag.store")
 
+# check_k and write_query_log (imported above) stay importable from here: serving.py takes
+# them from this module.
+
 
 class Store:
     """Open with :meth:`Store.open`; use as a context manager so indexes are persisted."""
