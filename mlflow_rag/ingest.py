@@ -39,7 +39,8 @@ from mlflow_rag.errors import (
     RagError,
     UnknownChoice,
 )
-from mlflow_rag.store.store import MODELS_DIR, PII_KEY, Store, clean_vectors, content_hash
+from mlflow_rag.store.checks import PII_KEY, clean_vectors, content_hash
+from mlflow_rag.store.store import Store
 from mlflow_rag.types import (
     ChunkRecord,
     DocumentRecord,
@@ -687,7 +688,7 @@ def _fit_if_needed(
     if not model.fitted:
         if count == 0:
             model.fit(list(new_texts))
-            model.save(store.root / MODELS_DIR / _slug(model.name))
+            model.save(store.model_dir(model.name))
             if existing is not None and existing.dimension != model.dimension:
                 # a model left without vectors (all its documents deleted), fitted anew
                 store.replace_model_vectors(model.name, [], np.zeros((0, model.dimension)),
@@ -742,7 +743,7 @@ def refit(
     stored = store.chunks_with_vectors(model.name)
     chunks = [(cid, text) for cid, _, text in stored]
     say(f"refitting {model.name}: {reason}; re-embedding its {len(chunks)} stored vector(s)")
-    state_dir = store.root / MODELS_DIR / _slug(model.name)
+    state_dir = store.model_dir(model.name)
     # The saved files as they were, put back if the vectors' commit fails.
     previous = {p.name: p.read_bytes() for p in sorted(state_dir.glob("*")) if p.is_file()} \
         if state_dir.is_dir() else {}
@@ -812,7 +813,7 @@ def refit_model(
             )
         from mlflow_rag.embed.tfidf import STATE_JSON, STATE_NPZ, TfidfEmbedder
 
-        state_dir = store.root / MODELS_DIR / _slug(model_name)
+        state_dir = store.model_dir(model_name)
         saved = TfidfEmbedder.load(state_dir) if TfidfEmbedder.is_saved(state_dir) else None
         model = TfidfEmbedder(**saved.params()) if saved is not None else TfidfEmbedder()
         vectors = next(m.vector_count for m in store.models() if m.name == model_name)
@@ -845,7 +846,7 @@ def recorded_embedders(
         # Local embedders only, unless asked: an openai model costs money and needs a key.
         if not spec or not (include_remote or (kind is not None and kind.local)):
             continue
-        state = store.root / MODELS_DIR / info.slug
+        state = store.model_dir(info.name)
 
         def embed(texts: Sequence[str], spec: str = spec, state: Path = state) -> np.ndarray:
             model = get_embedder(spec, state_dir=state if state.is_dir() else None)
@@ -865,16 +866,10 @@ def _persist(store: Store, model_name: str, stages: _Stage) -> tuple[dict[str, A
     return {"kind": final.index_type, "params": dict(final.index_params)}, store.stats()
 
 
-def _slug(name: str) -> str:
-    from mlflow_rag.store.store import model_slug
-
-    return model_slug(name)
-
-
 def _make_embedder(spec: str, store: Store) -> Embedder:
     from mlflow_rag.embed.registry import get_embedder
 
-    state = store.root / "models" / _slug(spec)
+    state = store.model_dir(spec)
     return get_embedder(spec, state_dir=state if state.is_dir() else None)
 
 

@@ -15,8 +15,9 @@ import numpy as np
 
 from mlflow_rag.embed.base import Embedder
 from mlflow_rag.errors import EmbedderUnavailable, InvalidInput, UnknownChoice
+from mlflow_rag.store.checks import MAX_K, check_k
 from mlflow_rag.store.filters import compile_filter
-from mlflow_rag.store.store import MAX_K, Store, check_k
+from mlflow_rag.store.store import Store
 from mlflow_rag.types import Hit
 
 MODES = ("dense", "bm25", "hybrid")

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlflow_rag.store.store import Store, content_hash
+from mlflow_rag.store.checks import content_hash
+from mlflow_rag.store.store import Store
 from mlflow_rag.types import ChunkRecord, DocumentRecord, VectorBatch
 
 REPO = Path(__file__).resolve().parent.parent

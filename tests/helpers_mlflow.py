@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from mlflow_rag.store.store import Store, content_hash
+from mlflow_rag.store.checks import content_hash
+from mlflow_rag.store.store import Store
 from mlflow_rag.types import ChunkRecord, DocumentRecord, IngestReport, VectorBatch
 
 VENV_BIN = Path(sys.executable).parent

@@ -42,8 +42,9 @@ from mlflow_rag.ingest import ingest
 from mlflow_rag.load import web as web_module
 from mlflow_rag.search import MAX_QUERY_CHARS, Searcher
 from mlflow_rag.store import db
+from mlflow_rag.store.checks import MAX_K, clean_vectors
 from mlflow_rag.store.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_LIST, compile_filter
-from mlflow_rag.store.store import MAX_K, Store, clean_vectors
+from mlflow_rag.store.store import Store
 from tests.conftest import make_record
 from tests.fault_child import OPTIONS, embedder, write_corpus
 from tests.fixtures_loaders import Reply, encrypt_pdf, http_server, make_pdf

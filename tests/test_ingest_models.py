@@ -617,3 +617,24 @@ def test_a_second_writer_waits_or_is_told_at_once(tmp_path: Path) -> None:
             other.close(flush=False)  # a flush would wait for the lock this thread holds
     out, _ = waiting.communicate(timeout=300)
     assert waiting.returncode == 0 and "1 new, 0 updated, 9 unchanged" in out
+
+
+def test_a_fitted_state_goes_to_the_folder_the_store_gives_its_model(tmp_path: Path) -> None:
+    """Two model names that slug alike: the store gives the second its own folder
+    (``models/tfidf-<hash>``); ingest must save the fit there and search must load it from
+    there, not from the other model's ``models/tfidf``."""
+    from mlflow_rag.embed.tfidf import TfidfEmbedder
+
+    folder = write_docs(tmp_path / "docs", MARKDOWN)
+    with Store.open(tmp_path / "s", create=True) as store:
+        store.ensure_model("TFIDF", 8)  # takes the slug "tfidf" first
+        ingest([str(folder)], store, options=TFIDF, progress=False)
+        state = store.model_dir("tfidf")
+        assert state.name != "tfidf" and TfidfEmbedder.is_saved(state)
+        assert not (store.root / "models" / "tfidf").exists()  # the other model's folder
+        assert vector_counts(store) == {"TFIDF": 0, "tfidf": store.stats().chunks}
+        hits = Searcher(store, model="tfidf").search("SQLite transactions", k=1, mode="dense")
+        assert "SQLite" in hits[0].text
+        # a second ingest loads that fit (an unchanged corpus: nothing refitted or re-embedded)
+        again = ingest([str(folder)], store, options=TFIDF, progress=False)
+        assert again.documents_unchanged == len(MARKDOWN) and again.vectors_embedded == 0

@@ -18,7 +18,8 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_rag.errors import BundleCorrupt, InvalidInput
 from mlflow_rag.serving import OUTPUT_COLUMNS, QUERY_LOG_ENV, BadRequest, Retriever
-from mlflow_rag.store.store import Store, verify_bundle
+from mlflow_rag.store.bundle import verify_bundle
+from mlflow_rag.store.store import Store
 from mlflow_rag.tracking import TAG_RUN_TYPE, TAG_STORE_ID
 from tests import helpers_mlflow
 from tests.helpers_mlflow import PII_EMAIL, build_store, log_champion, write_query_rows

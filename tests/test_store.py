@@ -23,7 +23,8 @@ from mlflow_rag.errors import (
     UnknownChoice,
 )
 from mlflow_rag.store import db
-from mlflow_rag.store.store import Store, clean_vectors, model_slug
+from mlflow_rag.store.checks import clean_vectors, model_slug
+from mlflow_rag.store.store import Store
 from tests.conftest import make_record
 
 
@@ -434,7 +435,7 @@ def test_writes_extend_the_in_memory_index_to_exactly_what_sqlite_holds(
     rng = np.random.default_rng(3)
 
     def check(model: str) -> None:
-        index = store._index_for(store.model(model), db.generation(store.conn))
+        index = store._index_cache.index_for(store.model(model), db.generation(store.conn))
         ids, vectors = _sqlite_state(store, model)
         assert index.ids().tolist() == ids.tolist()
         assert np.array_equal(index.vectors_for(ids), vectors)
@@ -445,7 +446,7 @@ def test_writes_extend_the_in_memory_index_to_exactly_what_sqlite_holds(
         for start in (0, 30, 60):  # a fresh model, then extensions of its in-memory index
             store.write([make_record(f"d{i}", ["a", "b"], vectors=rng.normal(size=(2, 8)))
                          for i in range(start, start + 30)])
-            assert store._indexes["m"].generation == db.generation(store.conn)
+            assert store._index_cache.indexes["m"].generation == db.generation(store.conn)
             check("m")
         store.add_vectors("n", ["d0#0"], rng.normal(size=(1, 4)))
         store.write([make_record("d5", ["changed"], vectors=rng.normal(size=(1, 8)))])  # replace
@@ -495,9 +496,9 @@ def test_block_hashes_of_bytes_and_of_a_file_agree_with_hashlib(tmp_path: Path, 
 
 
 def _small_block_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    import mlflow_rag.store.store as store_module
+    import mlflow_rag.store.index_cache as index_cache_module
 
-    monkeypatch.setattr(store_module, "HASH_BLOCK_BYTES", 4096)
+    monkeypatch.setattr(index_cache_module, "HASH_BLOCK_BYTES", 4096)
     rng = np.random.default_rng(5)
     with Store.open(tmp_path / "s", create=True) as store:
         store.ensure_model("m", 16, index_type="flat")
@@ -540,3 +541,14 @@ def test_a_manifest_without_block_hashes_is_still_verified_by_the_whole_file_sha
     with Store.open(root, read_only=True) as store:
         store.dense_search(np.ones(16), k=3)
         assert any(e.endswith("does not match its sha256") for e in store.events)
+
+
+def test_lexical_index_bytes_counts_the_full_text_index_pages(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s", create=True) as store:
+        store.ensure_model("m", 4)
+        empty = store.lexical_index_bytes()
+        words = " ".join(f"term{i}" for i in range(2000))
+        store.write([make_record(f"d{i}", [f"{words} doc{i}"], vectors=np.ones((1, 4)))
+                     for i in range(20)])
+        filled = store.lexical_index_bytes()
+    assert filled > empty and filled >= 4096  # at least one page more than the empty tables

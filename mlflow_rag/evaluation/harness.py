@@ -45,7 +45,8 @@ from mlflow_rag.evaluation.metrics import evaluate_run
 from mlflow_rag.evaluation.rollup import rollup_to_documents
 from mlflow_rag.evaluation.variants import Chunking, Grid, Variant
 from mlflow_rag.search import fuse, redact_emails
-from mlflow_rag.store.store import MAX_K, Store, model_slug
+from mlflow_rag.store.checks import MAX_K, model_slug
+from mlflow_rag.store.store import Store
 from mlflow_rag.types import Hit, IngestReport, LoadFailure
 
 APPROX_TOKENIZER = "approx"
@@ -228,7 +229,7 @@ def _make_embedder(spec: str, store: Store) -> Embedder:
     """The embedder for ``spec``, with its state fitted on this store if it has one (tfidf)."""
     from mlflow_rag.embed.registry import get_embedder
 
-    state = store.root / "models" / model_slug(spec)
+    state = store.model_dir(spec)
     return get_embedder(spec, state_dir=state if state.is_dir() else None)
 
 
@@ -392,7 +393,7 @@ def write_chunks_only(
     from mlflow_rag.chunk.registry import get_chunker
     from mlflow_rag.errors import LoaderError
     from mlflow_rag.ingest import chunk_records, document_metadata, load_sources
-    from mlflow_rag.store.store import content_hash
+    from mlflow_rag.store.checks import content_hash
     from mlflow_rag.types import DocumentRecord
 
     documents, failures, _ = load_sources(sources, loader_options=loader_options,
@@ -537,7 +538,7 @@ def _cost_metrics(
     store.flush()  # persist the index this variant used, so its file size is known
     stats = store.stats()
     out: dict[str, float] = {"documents": float(stats.documents), "chunks": float(stats.chunks)}
-    lexical_bytes = _fts_bytes(store)
+    lexical_bytes = store.lexical_index_bytes()
     if variant.embedder is None:
         out["ingest_seconds"] = chunk_seconds
         out["index_bytes"] = float(lexical_bytes)
@@ -551,17 +552,6 @@ def _cost_metrics(
     dense_bytes = entry.bytes if entry is not None else 0
     out["index_bytes"] = float(dense_bytes + (lexical_bytes if variant.mode == "hybrid" else 0))
     return out
-
-
-def _fts_bytes(store: Store) -> int:
-    """Bytes of the full-text (BM25) index: the pages of the FTS5 tables (SQLite's dbstat)."""
-    try:
-        row = store.conn.execute(
-            "SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name LIKE 'chunks_fts%'"
-        ).fetchone()
-    except Exception:  # a SQLite built without dbstat: the size is unknown, not an error
-        return 0
-    return int(row[0])
 
 
 __all__ = [

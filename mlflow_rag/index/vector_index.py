@@ -11,7 +11,6 @@ Filtered search is always exact: a selector over a graph walk misses results.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -394,6 +393,3 @@ def _check_layout(
     check_index_file(read_at, size, kind=spec.kind, dimension=dimension, count=count,
                      nlist=nlist)
 
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

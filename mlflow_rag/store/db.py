@@ -772,6 +772,24 @@ FREE_PAGES_ZEROED = "free_pages_zeroed"
 CHECKPOINT_WAIT_MS = 2_000
 
 
+def vacuum_and_truncate_wal(conn: sqlite3.Connection) -> None:
+    """Rewrite the database without its free pages, then checkpoint the WAL into it and
+    truncate the WAL, so deleted rows leave neither file."""
+    conn.execute("VACUUM")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def fts_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes of the full-text (BM25) index: the pages of the FTS5 tables (SQLite's dbstat)."""
+    try:
+        row = conn.execute(
+            "SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name LIKE 'chunks_fts%'"
+        ).fetchone()
+    except Exception:  # a SQLite built without dbstat: the size is unknown, not an error
+        return 0
+    return int(row[0])
+
+
 def fts_optimize(conn: sqlite3.Connection) -> None:
     """Merge the FTS5 index into one segment. Deleting a row only appends delete markers that
     carry its terms; a full merge drops the deleted entries, markers and terms alike."""

@@ -14,9 +14,33 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_rag.errors import RagError, StoreBusy, UnsafePath
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """A file's identity and contents as hashed: inode, size and times, with its sha256.
+
+    Rewriting a file in place changes its mtime and ctime (ctime cannot be set back from user
+    space), and replacing it changes the inode; equal stamps taken moments apart in one
+    process therefore mean the bytes hashed are the bytes there now. Only used within one
+    ``Store.open``: never persisted, so bit rot at rest is always caught by a fresh hash.
+    """
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    sha256: str
+
+    @classmethod
+    def of(cls, fd: int, sha256: str) -> FileStamp:
+        st = os.fstat(fd)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha256)
 
 
 class StorageError(RagError, OSError):
@@ -124,6 +148,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fsync_dir(path.parent)
     except OSError as exc:
         raise storage_error(path, exc, action="sync the folder of") from exc
+
+
+def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: Path) -> str:

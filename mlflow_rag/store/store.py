@@ -1,12 +1,16 @@
 """The store: one SQLite file (source of truth, vectors included) + one FAISS index per model.
 
-Layout of a store directory (a contract other parts build on)::
+:class:`Store` is the facade the other layers use: it holds the connection, the thread lock
+and the store's lock file, checks what callers pass, and hands each job to its module:
 
-    STORE/metadata.db            documents, chunks, embeddings, queries, retrievals (+ FTS5)
-    STORE/index/<model-slug>.faiss
-    STORE/manifest.json          schema/package versions; per model: dimension, index type and
-                                 parameters, generation, vector count, sha256 of the index file
-    STORE/models/<model-slug>/   embedder state fitted at ingest (tfidf), if any
+- ``opening``: refuse what is not a store, connect, migrate;
+- ``models``: the embedding models (``ModelRegistry``), read once per generation;
+- ``writes``: documents, chunks and vectors in one transaction per call;
+- ``index_cache``: the FAISS index lifecycle (load, verify, replay, rebuild, persist);
+- ``views`` and ``db``: reads and search, hydrated from one read snapshot;
+- ``query_log``: queries and what they retrieved, and retention;
+- ``integrity`` and ``bundle``: ``verify``, ``snapshot`` and ``verify_bundle``;
+- ``layout``: the files and folders of a store; ``checks``: vector and request checks.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction that bumps the store's generation. Index
 files are derived: each is stamped (in the manifest) with the generation it reflects, and
@@ -17,14 +21,9 @@ or rebuilds it when it is missing, corrupt or foreign.
 from __future__ import annotations
 
 import contextlib
-import copy
-import hashlib
 import logging
-import os
-import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,40 +31,31 @@ import numpy as np
 
 from mlflow_rag import codec
 from mlflow_rag.errors import (
-    BundleCorrupt,
     ChunkNotFound,
-    DimensionMismatch,
     DocumentNotFound,
-    EmbedderUnavailable,
-    ForeignStore,
     InvalidInput,
-    InvalidVector,
-    ModelNotFound,
     RagError,
-    StoreNotFound,
     UnknownChoice,
-    UnsafePath,
 )
-from mlflow_rag.index.choose import INDEX_TYPES, IndexSpec, choose_index
-from mlflow_rag.index.vector_index import VectorIndex, sha256_bytes, sorted_unique
-from mlflow_rag.store import db
+from mlflow_rag.index.choose import INDEX_TYPES, choose_index
+from mlflow_rag.store import bundle, db, integrity, layout, opening, retrieval, views, writes
+from mlflow_rag.store.checks import (
+    check_k,
+    clean_query,
+    clean_vectors,
+    fts_query,
+)
 from mlflow_rag.store.files import (
-    HASH_BLOCK_BYTES,
-    StorageError,
-    atomic_write_bytes,
-    block_sha256s,
-    block_sha256s_fd,
-    check_tree_confined,
+    FileStamp,
     confined,
     exclusive_lock,
-    sha256_fd,
-    sha256_file,
-    storage_error,
 )
-from mlflow_rag.store.filter_masks import VectorKeys, allowed_vector_ids
-from mlflow_rag.store.filters import compile_filter, metadata_fields, plan_filter
-from mlflow_rag.store.manifest import Manifest, ModelEntry, read_manifest, write_manifest
-from mlflow_rag.store.schema import SCHEMA_VERSION
+from mlflow_rag.store.filters import compile_filter, plan_filter
+from mlflow_rag.store.index_cache import IndexCache
+from mlflow_rag.store.integrity import EMBED_CHECK_MIN_COSINE
+from mlflow_rag.store.manifest import Manifest
+from mlflow_rag.store.models import ModelRegistry
+from mlflow_rag.store.query_log import purge_query_log, write_query_log
 from mlflow_rag.types import (
     ChunkView,
     DocumentRecord,
@@ -78,126 +68,8 @@ from mlflow_rag.types import (
 
 log = logging.getLogger("mlflow_rag.store")
 
-DB_FILE = "metadata.db"
-INDEX_DIR = "index"
-MODELS_DIR = "models"
-LOCK_FILE = ".lock"
-PII_KEY = "_pii"  # document metadata key holding PII-marked fields; hidden unless asked for
-MAX_K = 10_000
-# What model_slug produces; a slug read back from the database must still look like this
-# before it becomes part of a file name (`UPDATE models SET slug = '../../x'` wrote outside).
-SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
-# verify(): a re-embedded sample must match its stored vector this closely. Deterministic
-# embedders (tfidf, the same MiniLM backend) give 1.0 up to rounding; int8 ONNX varies with
-# thread counts by far less than this; a vector of another fit or model is far below it.
-EMBED_CHECK_MIN_COSINE = 0.98
-
-
-def model_slug(name: str) -> str:
-    """File-system-safe name of a model: ``openai:text-embedding-3-small`` ->
-    ``openai-text-embedding-3-small``."""
-    slug = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.")
-    return slug or "model"
-
-
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def public_metadata(metadata: Mapping[str, Any], *, include_pii: bool) -> dict[str, Any]:
-    if include_pii or PII_KEY not in metadata:
-        return dict(metadata)
-    return {k: v for k, v in metadata.items() if k != PII_KEY}
-
-
-def clean_vectors(vectors: Any, dimension: int, *, what: str = "vector") -> np.ndarray:
-    """Validate and L2-normalise to C-contiguous float32 (n, d). FAISS accepts NaN, inf, wrong
-    dtypes and non-contiguous arrays silently; we refuse or fix them here, before anything is
-    stored.
-
-    Each row is divided by its largest magnitude before its length is taken, so finite vectors
-    of any scale normalise correctly (squaring float32 components above ~1e19 overflows to
-    inf, and dividing by an infinite length would store a zero vector).
-    """
-    try:
-        array = np.asarray(vectors)
-    except (ValueError, TypeError) as exc:  # ragged nested lists
-        raise InvalidVector(f"{what}s must be a rectangular array of numbers: {exc}") from None
-    if array.dtype.kind not in "fiu" or array.dtype.kind == "c":
-        raise InvalidVector(f"{what}s must be real numbers, got dtype {array.dtype}")
-    if array.ndim == 1:
-        array = array.reshape(1, -1)
-    if array.ndim != 2:
-        raise InvalidVector(f"{what}s must be a 2-d array (n, dimension), got shape {array.shape}")
-    if array.shape[1] != dimension:
-        raise DimensionMismatch(
-            f"{what} dimension {array.shape[1]} does not match the model's dimension {dimension}"
-        )
-    if dimension < 1:
-        raise InvalidVector(f"{what}s need at least one component, got shape {array.shape}")
-    if array.dtype.kind != "f" or array.dtype.itemsize < 4:
-        array = array.astype(np.float64)  # integers and float16: exact in float64
-    finite = np.isfinite(array).all(axis=1)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite)[0])
-        raise InvalidVector(f"{what} {bad} contains NaN or infinity")
-    if array.shape[0] == 0:
-        return np.zeros((0, dimension), dtype=np.float32)
-    peak = np.abs(array).max(axis=1)
-    if (peak == 0).any():
-        bad = int(np.flatnonzero(peak == 0)[0])
-        raise InvalidVector(f"{what} {bad} has zero length and cannot be normalised")
-    scaled = array / peak[:, None]  # largest component +-1: the length is in [1, sqrt(d)]
-    unit = scaled / np.linalg.norm(scaled, axis=1)[:, None]
-    return np.ascontiguousarray(unit, dtype=np.float32)
-
-
-def clean_query(vector: Any, dimension: int) -> np.ndarray:
-    """One query vector (shape (d,) or (1, d)), validated and normalised like stored ones."""
-    try:
-        shape = np.shape(vector)
-    except (ValueError, TypeError) as exc:  # ragged nested lists
-        raise InvalidVector(f"a query vector must be a flat list of numbers: {exc}") from None
-    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[0] != 1):
-        raise InvalidVector(
-            f"a query is one vector of shape ({dimension},) or (1, {dimension}), got shape {shape}"
-        )
-    return clean_vectors(vector, dimension, what="query vector")[0]
-
-
-def fts_query(text: str, *, max_terms: int = 64) -> str:
-    """Free text -> an FTS5 OR-query of quoted terms (no FTS syntax from the user survives)."""
-    terms = list(dict.fromkeys(t.lower() for t in re.findall(r"\w+", text)))[:max_terms]
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-
-
-def check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
-        raise InvalidInput(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-    return int(k)
-
-
-@dataclass(frozen=True)
-class FileStamp:
-    """A file's identity and contents as hashed: inode, size and times, with its sha256.
-
-    Rewriting a file in place changes its mtime and ctime (ctime cannot be set back from user
-    space), and replacing it changes the inode; equal stamps taken moments apart in one
-    process therefore mean the bytes hashed are the bytes there now. Only used within one
-    ``Store.open``: never persisted, so bit rot at rest is always caught by a fresh hash.
-    """
-
-    device: int
-    inode: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    sha256: str
-
-    @classmethod
-    def of(cls, fd: int, sha256: str) -> FileStamp:
-        st = os.fstat(fd)
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha256)
+# check_k and write_query_log (imported above) stay importable from here: serving.py takes
+# them from this module.
 
 
 class Store:
@@ -212,22 +84,25 @@ class Store:
         self.read_only = read_only or immutable
         self.immutable = immutable
         self.mmap = mmap
-        # Files whose sha256 verify_bundle checked during this open, by identity (see
-        # FileStamp): loading such an index does not hash it a second time.
-        self._verified_files: dict[str, FileStamp] = dict(verified_files or {})
         self._lock = threading.RLock()
         # The thread holding the store's lock file through this object (writer_lock, flush):
         # nested uses by that thread do not lock again (flock would wait for itself).
         self._file_lock_owner: int | None = None
-        self._indexes: dict[str, VectorIndex] = {}
-        self._keys: dict[str, tuple[int, VectorKeys]] = {}  # per model: (generation, keys)
-        self._persisted: dict[str, int] = {}  # model -> generation of the file on disk
-        self._models: dict[str, ModelInfo] = {}
-        self._models_generation = -1
-        self.events: list[str] = []  # rebuilds and repairs, for reports and tests
+        self._registry = ModelRegistry(root, conn)
         self.orphan_hits = 0  # index hits without a row: must stay 0 (readers see snapshots)
         self.store_id = db.get_meta(conn, "store_id")
-        self.manifest = read_manifest(root)
+        self._index_cache = IndexCache(root, conn, store_id=self.store_id, mmap=mmap,
+                                       verified_files=verified_files)
+
+    @property
+    def events(self) -> list[str]:
+        """Rebuilds and repairs (why an index was rebuilt, an incomplete erasure), in order."""
+        return self._index_cache.events
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The manifest as this store last read or wrote it."""
+        return self._index_cache.manifest
 
     # ----------------------------------------------------------------- open / close
 
@@ -253,48 +128,17 @@ class Store:
                 "its index files"
             )
         root = Path(path)
-        db_path = root / DB_FILE
-        if not db_path.exists():
-            if not create or read_only or immutable:
-                if root.exists() and any(root.iterdir()):
-                    raise ForeignStore(
-                        f"{root} is not a mlflow-rag store (no {DB_FILE}); "
-                        "point --store at a store directory or a new path"
-                    )
-                raise StoreNotFound(
-                    f"no store at {root}; create one with `mlflow-rag ingest SOURCE --store {root}`"
-                )
-            root.mkdir(parents=True, exist_ok=True)
-        verified = verify_bundle(root) if verify_files else {}
-        conn = db.connect(db_path, read_only=read_only, immutable=immutable)
-        try:
-            if read_only or immutable:
-                if not db.is_store_database(conn):
-                    raise ForeignStore(f"{db_path} is not a mlflow-rag store database")
-                db.check_version(conn, db_path)
-            else:
-                if db.schema_version(conn) < SCHEMA_VERSION:
-                    # Two processes creating one store must not both run the migrations
-                    # (both saw user_version 0): one at a time, each re-reading the version.
-                    with exclusive_lock(root / LOCK_FILE):
-                        db.migrate(conn, db_path)
-                else:
-                    db.migrate(conn, db_path)
+        db_path = root / layout.DB_FILE
+        opening.check_exists(root, create=create and not (read_only or immutable))
+        verified = bundle.verify_bundle(root) if verify_files else {}
+        conn = opening.connect(root, read_only=read_only, immutable=immutable)
+        with opening.closed_on_failure(conn, db_path):
             store = cls(root, conn, read_only=read_only, immutable=immutable, mmap=mmap,
                         verified_files=verified)
             store._check_stored_paths()
             if verify_files:
-                _check_bundle_identity(store, db_path)
-        except BaseException as exc:
-            conn.close()
-            if isinstance(exc, RagError):
-                raise
-            if db.is_storage_failure(exc):
-                raise StorageError(f"cannot write {db_path}: {exc}; the store was not opened",
-                                   filename=str(db_path)) from exc
-            if exc.__class__.__name__ == "DatabaseError":
-                raise ForeignStore(f"{db_path} is not a readable SQLite database: {exc}") from None
-            raise
+                bundle.check_identity(store.manifest, store_id=store.store_id,
+                                      generation=db.generation(conn), db_path=db_path)
         return store
 
     def __enter__(self) -> Store:
@@ -312,8 +156,7 @@ class Store:
         finally:
             self._conn.close()
             self._conn = None
-            self._indexes.clear()
-            self._keys.clear()
+            self._index_cache.clear()
 
     @property
     def conn(self) -> Any:
@@ -330,17 +173,9 @@ class Store:
         model's slug (it names the index file and the embedder's state folder), or a symlink
         under ``index/``, ``models/`` or at ``manifest.json`` that leads outside."""
         with self._lock, db.read_transaction(self.conn):
-            self._refresh_models(db.generation(self.conn))
-        for folder in (INDEX_DIR, MODELS_DIR):
-            check_tree_confined(self.root, folder, what=f"store folder {folder}/")
-        confined(self.root, "manifest.json", what="manifest")
-
-    def _index_relative(self, info: ModelInfo) -> str:
-        return f"{INDEX_DIR}/{info.slug}.faiss"
-
-    def _index_path(self, info: ModelInfo) -> Path:
-        return confined(self.root, self._index_relative(info),
-                        what=f"index file of model {info.name!r}")
+            self._registry.refresh(db.generation(self.conn))
+        layout.check_folders_confined(self.root, what="store")
+        confined(self.root, layout.MANIFEST_FILE, what="manifest")
 
     # ----------------------------------------------------------------- the writer lock
 
@@ -353,7 +188,7 @@ class Store:
         if self._file_lock_owner == me:
             yield
             return
-        with exclusive_lock(self.root / LOCK_FILE, wait=wait, on_busy=on_busy,
+        with exclusive_lock(self.root / layout.LOCK_FILE, wait=wait, on_busy=on_busy,
                             record_holder=record_holder):
             self._file_lock_owner = me
             try:
@@ -376,68 +211,18 @@ class Store:
 
     # ----------------------------------------------------------------- models
 
-    def _refresh_models(self, generation: int) -> None:
-        if generation == self._models_generation:
-            return
-        self._models = {}
-        for name, slug, dim, embedder, version, index_type, params in db.model_rows(self.conn):
-            if not isinstance(slug, str) or not SLUG_PATTERN.fullmatch(slug):
-                raise UnsafePath(
-                    f"model {name!r} in {self.root / DB_FILE} has the slug {slug!r}, which is "
-                    "not a plain file name ([a-z0-9._-]); refused (it names the model's files)"
-                )
-            self._models[name] = ModelInfo(
-                name=name, slug=slug, dimension=dim, embedder=embedder, model_version=version,
-                index_type=index_type, index_params=codec.loads_object(params),
-                vector_count=-1, generation=generation,
-            )
-        self._models_generation = generation
-
     def models(self) -> list[ModelInfo]:
         """Embedding models in this store, with their vector counts and effective index type."""
         with self._lock, db.read_transaction(self.conn):
             generation = db.generation(self.conn)
-            self._refresh_models(generation)
-            out = []
-            for info in self._models.values():
-                count = db.vector_count(self.conn, info.name)
-                spec = choose_index(info.index_type, count, info.dimension, info.index_params)
-                out.append(
-                    ModelInfo(
-                        name=info.name, slug=info.slug, dimension=info.dimension,
-                        embedder=info.embedder, model_version=info.model_version,
-                        index_type=spec.kind, index_params=dict(spec.params),
-                        vector_count=count, generation=generation,
-                    )
-                )
-            return out
+            self._registry.refresh(generation)
+            return self._registry.counted(generation)
 
     def model(self, name: str | None = None) -> ModelInfo:
         """The named model, or the only one. Errors list the models the store has."""
         with self._lock, db.read_transaction(self.conn):
-            self._refresh_models(db.generation(self.conn))
-            return self._model(name)
-
-    def _model(self, name: str | None) -> ModelInfo:
-        if name is None:
-            if len(self._models) == 1:
-                return next(iter(self._models.values()))
-            if not self._models:
-                raise ModelNotFound(f"{self.root} holds no vectors yet; ingest documents first")
-            raise ModelNotFound(
-                f"{self.root} holds several embedding models; choose one with --embedder from "
-                f"{sorted(self._models)}"
-            )
-        if name not in self._models:
-            have = sorted(self._models)
-            add = f"`mlflow-rag ingest SOURCES --store {self.root} --embedder {name}`"
-            raise ModelNotFound(
-                f"no embedding model {name!r} in {self.root}; it has {have}: search with "
-                f"--embedder {' or '.join(have)}, or add {name} vectors with {add}"
-                if have else f"no embedding model {name!r} in {self.root}; it holds no vectors "
-                f"yet: add them with {add}"
-            )
-        return self._models[name]
+            self._registry.refresh(db.generation(self.conn))
+            return self._registry.get(name)
 
     def ensure_model(
         self, name: str, dimension: int, *, embedder: str | None = None,
@@ -454,41 +239,23 @@ class Store:
             choose_index(index_type, 0, dimension, index_params)  # validate parameters early
         with self._lock:
             with db.write_transaction(self.conn) as generation:
-                self._refresh_models(generation - 1)
-                existing = self._models.get(name)
-                if existing is not None:
-                    if existing.dimension != dimension:
-                        raise DimensionMismatch(
-                            f"model {name!r} in {self.root} has dimension {existing.dimension}, "
-                            f"not {dimension}"
-                        )
-                    if index_type is not None and (
-                        index_type != existing.index_type
-                        or dict(index_params or {}) != dict(existing.index_params)
-                    ):
-                        db.update_model_index(
-                            self.conn, name, index_type=index_type,
-                            index_params=dict(index_params or {}),
-                        )
-                else:
-                    slug = model_slug(name)
-                    if any(m.slug == slug for m in self._models.values()):
-                        slug = f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-                    db.insert_model(
-                        self.conn, name=name, slug=slug, dimension=dimension, embedder=embedder,
-                        model_version=model_version, index_type=index_type or "auto",
-                        index_params=dict(index_params or {}),
-                    )
-            self._models_generation = -1
+                self._registry.register(
+                    name, dimension, generation=generation, embedder=embedder,
+                    model_version=model_version, index_type=index_type, index_params=index_params,
+                )
+            self._registry.invalidate()
             if index_type is not None:
-                self._indexes.pop(name, None)  # rebuilt with the new settings on next use
+                self._index_cache.forget(name)  # rebuilt with the new settings on next use
             return self.model(name)
 
     def model_dir(self, name: str) -> Path:
-        """Where an embedder fitted at ingest keeps its state (inside the store)."""
-        info = self.model(name)
-        return confined(self.root, f"{MODELS_DIR}/{info.slug}",
-                        what=f"state folder of model {info.name!r}")
+        """Where the embedder of model ``name`` keeps the state it fitted at ingest (inside the
+        store): its slug's folder, or for a model not registered yet the folder it will get
+        (a first fit is saved before the model's dimension is known and registered)."""
+        with self._lock, db.read_transaction(self.conn):
+            self._registry.refresh(db.generation(self.conn))
+            slug = self._registry.slug_for(name)
+        return layout.model_dir(self.root, slug=slug, name=name)
 
     # ----------------------------------------------------------------- writes
 
@@ -504,182 +271,19 @@ class Store:
             dup = next(i for i in ids if ids.count(i) > 1)
             raise InvalidInput(f"document id {dup!r} appears twice in one write")
         with self._lock:
-            self._refresh_models(db.generation(self.conn))
-            prepared = [self._prepare(record) for record in records]
-            self._clean_vectors(prepared)
-        with self._lock, db.write_transaction(self.conn) as generation:
-            states = db.document_states(self.conn, ids)
-            now = db.utc_now()
-            todo = [
-                (record, metadata, vectors) for record, metadata, vectors in prepared
-                if not (skip_unchanged and states.get(record.id) == (record.content_hash, metadata))
-            ]
-            replaced = [record.id for record, _, _ in todo if record.id in states]
-            # Vectors of models this write does not supply, on chunks whose text the new
-            # chunks keep: carried over, so replacing a document (re-chunked, or one field
-            # changed) never drops another model's vectors of unchanged text.
-            carried = _vectors_to_carry(
-                db.embeddings_of_documents(self.conn, replaced),
-                {record.id: {entry[0] for entry in vectors} for record, _, vectors in todo},
-            )
-            # Rows for every table are collected first and inserted with one executemany
-            # each: per-document statements cost more than the inserts themselves.
-            db.delete_chunks_of(self.conn, replaced)
-            doc_rows = [
-                (record.id, record.source_path, record.source_type, record.content_hash,
-                 metadata, record.raw_text)
-                for record, metadata, _ in todo
-            ]
-            db.upsert_documents(self.conn, doc_rows, now=now)
-            db.replace_document_fields(
-                self.conn, replaced,
-                [(record.id, key, value) for record, _, _ in todo
-                 for key, value in metadata_fields(record.metadata, skip=(PII_KEY,))],
-            )
-            chunks = [(record.id, c) for record, _, _ in todo for c in record.chunks]
-            first = db.allocate_ids(self.conn, len(chunks))
-            db.insert_chunks(
-                self.conn,
-                (
-                    (c.id, doc_id, c.chunk_index, c.chunk_type, c.text, c.start_char, c.end_char,
-                     c.token_count, codec.metadata_json(c.metadata), c.text_hash, first + i)
-                    for i, (doc_id, c) in enumerate(chunks)
-                ),
-            )
-            db.insert_chunk_fields(
-                self.conn,
-                ((c.id, key, value) for _, c in chunks for key, value in metadata_fields(c.metadata)),
-            )
-            n_vectors = sum(len(record.chunks) * len(vectors) for record, _, vectors in todo)
-            embedding_rows: list[tuple[Any, ...]] = []
-            added: dict[str, tuple[list[int], list[np.ndarray]]] = {}
-            first_vector = db.allocate_ids(self.conn, n_vectors)
-            for record, _, vectors in todo:
-                for model_name, version, matrix, per_chunk in vectors:
-                    dim = matrix.shape[1]
-                    model_ids, blocks = added.setdefault(model_name, ([], []))
-                    model_ids.extend(range(first_vector + len(embedding_rows),
-                                     first_vector + len(embedding_rows) + len(record.chunks)))
-                    blocks.append(matrix)
-                    for i, c in enumerate(record.chunks):
-                        embedding_rows.append((
-                            f"{c.id}:{model_name}", c.id, model_name, version, dim,
-                            matrix[i].tobytes(), now, per_chunk[i] if per_chunk else "{}",
-                            first_vector + len(embedding_rows),
-                        ))
-            # Models this write starts: their whole index is what this write adds.
-            fresh = {name for name in added
-                     if name not in self._indexes and not db.has_vectors(self.conn, name)}
-            db.insert_embeddings(self.conn, embedding_rows)
-            if carried:
-                kept = [(c.id, row) for doc_id, c in chunks
-                        for row in carried.get((doc_id, c.text_hash), ())]
-                first_kept = db.allocate_ids(self.conn, len(kept))
-                db.insert_embeddings(self.conn, (
-                    (f"{chunk_id}:{model_name}", chunk_id, model_name, version, dim, blob, now,
-                     meta, first_kept + i)
-                    for i, (chunk_id, (model_name, version, dim, blob, meta)) in enumerate(kept)
-                ))
-        if not replaced:
-            self._advance_indexes(generation, added, fresh)
-        return WriteReport(
-            new=len(todo) - len(replaced), updated=len(replaced),
-            unchanged=len(prepared) - len(todo), chunks=len(chunks), vectors=n_vectors,
-            generation=generation,
-        )
-
-    def _advance_indexes(
-        self, generation: int, added: Mapping[str, tuple[list[int], list[np.ndarray]]],
-        fresh: set[str],
-    ) -> None:
-        """Add a committed write's vectors to the in-memory indexes it extends, so that flush
-        need not read them back from SQLite. Only an index that reflected the store exactly
-        before this write (its generation is the one before) or a model this write started
-        qualifies; any other index catches up from SQLite in :meth:`_sync` as before."""
+            self._registry.refresh(db.generation(self.conn))
+            prepared = [writes.prepare(record, self._registry.get) for record in records]
+            writes.clean_vectors_of(prepared, self._registry.by_name)
         with self._lock:
-            for name, (ids, blocks) in added.items():
-                vector_ids = np.asarray(ids, dtype=np.int64)
-                matrix = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-                index = self._indexes.get(name)
-                if index is not None and index.generation == generation - 1:
-                    index.add(vector_ids, matrix)
-                    index.generation = generation
-                elif index is None and name in fresh:
-                    info = self._models[name]
-                    spec = choose_index(info.index_type, len(ids), info.dimension, info.index_params)
-                    if spec.kind == "ivf":
-                        continue  # trained at flush on all the vectors, not on this first batch
-                    self._indexes[name] = VectorIndex.build(
-                        spec, info.dimension, vector_ids, matrix, generation=generation
-                    )
-
-    def _prepare(self, record: DocumentRecord) -> tuple[DocumentRecord, str, list[Any]]:
-        """Validate before the transaction starts, so bad input never half-lands."""
-        if not record.id or not isinstance(record.id, str):
-            raise InvalidInput(f"document id must be a non-empty string, got {record.id!r}")
-        indexes = [c.chunk_index for c in record.chunks]
-        if len(set(indexes)) != len(indexes):
-            raise InvalidInput(f"document {record.id!r} has duplicate chunk_index values")
-        for c in record.chunks:
-            if not c.text or not c.text.strip():
-                raise InvalidInput(f"document {record.id!r} chunk {c.chunk_index} has empty text")
-        metadata = codec.metadata_json(record.metadata)
-        vectors = []
-        for batch in record.vectors:
-            info = self._model(batch.model_name)
-            if len(batch.vectors) != len(record.chunks):
-                raise InvalidInput(
-                    f"document {record.id!r}: {len(batch.vectors)} vectors of {batch.model_name!r} "
-                    f"for {len(record.chunks)} chunks"
-                )
-            per_chunk = [codec.metadata_json(m) for m in batch.metadata] if batch.metadata else None
-            vectors.append([info.name, batch.model_version or info.model_version, batch.vectors,
-                            per_chunk])
-        return record, metadata, vectors
-
-    def _clean_vectors(self, prepared: list[tuple[DocumentRecord, str, list[Any]]]) -> None:
-        """Validate and normalise every vector of a write, one numpy pass per model.
-
-        On bad input, each document is checked on its own so the error names it."""
-        by_model: dict[str, list[list[Any]]] = {}
-        for _, _, vectors in prepared:
-            for entry in vectors:
-                by_model.setdefault(entry[0], []).append(entry)
-        for name, entries in by_model.items():
-            dimension = self._models[name].dimension
-            try:
-                arrays = [np.asarray(entry[2]) for entry in entries]
-                if any(a.ndim != 2 or a.shape[1] != dimension for a in arrays):
-                    raise InvalidVector("shape")
-                matrix = clean_vectors(np.concatenate(arrays), dimension)
-            except (RagError, ValueError, TypeError):
-                for record, _, vectors in prepared:
-                    for entry in vectors:
-                        if entry[0] == name:
-                            clean_vectors(entry[2], dimension, what=f"document {record.id!r} vector")
-                raise
-            offset = 0
-            for entry, array in zip(entries, arrays, strict=True):
-                entry[2] = matrix[offset : offset + len(array)]
-                offset += len(array)
-
-    def _insert_vectors(
-        self, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
-        model_version: str | None, metadata: Sequence[str] | None, now: str,
-    ) -> int:
-        first = db.allocate_ids(self.conn, len(chunk_ids))
-        dim = matrix.shape[1]
-        db.insert_embeddings(
-            self.conn,
-            (
-                (
-                    f"{chunk_id}:{model_name}", chunk_id, model_name, model_version, dim,
-                    matrix[i].tobytes(), now, metadata[i] if metadata else "{}", first + i,
-                )
-                for i, chunk_id in enumerate(chunk_ids)
-            ),
-        )
-        return len(chunk_ids)
+            written = writes.write_documents(
+                self.conn, prepared, skip_unchanged=skip_unchanged,
+                has_index=lambda name: name in self._index_cache.indexes,
+            )
+        if not written.report.updated:
+            with self._lock:
+                self._index_cache.advance(written.report.generation, written.added,
+                                          written.fresh, self._registry.by_name)
+        return written.report
 
     def add_vectors(
         self, model_name: str, chunk_ids: Sequence[str], vectors: Any, *,
@@ -696,22 +300,12 @@ class Store:
         if len(matrix) != len(chunk_ids):
             raise InvalidInput(f"{len(matrix)} vectors for {len(chunk_ids)} chunk ids")
         per_chunk = [codec.metadata_json(m) for m in metadata] if metadata else None
-        with self._lock, db.write_transaction(self.conn):
-            if replace:
-                db.delete_embeddings_for(self.conn, model_name, chunk_ids)
-            try:
-                return self._insert_vectors(
-                    model_name, chunk_ids, matrix, model_version=model_version or info.model_version,
-                    metadata=per_chunk, now=db.utc_now(),
-                )
-            except Exception as exc:
-                if "FOREIGN KEY" in str(exc):
-                    raise ChunkNotFound("some chunk ids do not exist in the store") from None
-                if "UNIQUE" in str(exc):
-                    raise InvalidInput(
-                        f"some chunks already have a {model_name!r} vector (pass replace=True)"
-                    ) from None
-                raise
+        with self._lock:
+            return writes.add_model_vectors(
+                self.conn, model_name, chunk_ids, matrix,
+                model_version=model_version or info.model_version, metadata=per_chunk,
+                replace=replace,
+            )
 
     def replace_model_vectors(
         self, model_name: str, chunk_ids: Sequence[str], vectors: Any, *, dimension: int,
@@ -728,27 +322,15 @@ class Store:
         if len(matrix) != len(chunk_ids):
             raise InvalidInput(f"{len(matrix)} vectors for {len(chunk_ids)} chunk ids")
         with self._lock:
-            try:
-                with db.write_transaction(self.conn):
-                    db.delete_model_vectors(self.conn, model_name)
-                    db.update_model_fit(self.conn, model_name, dimension=dimension,
-                                        model_version=model_version)
-                    count = self._insert_vectors(model_name, chunk_ids, matrix,
-                                                 model_version=model_version, metadata=None,
-                                                 now=db.utc_now())
-            except Exception as exc:
-                if "FOREIGN KEY" in str(exc):
-                    raise ChunkNotFound("some chunk ids do not exist in the store") from None
-                raise
-            self._models_generation = -1
-            self._keys.pop(model_name, None)
-            # Another space: the index is built from SQLite now (the file on disk is of the
-            # old one; replacing it is expected, not a repair worth a warning).
+            count = writes.replace_model_vectors(
+                self.conn, model_name, chunk_ids, matrix, dimension=dimension,
+                model_version=model_version,
+            )
+            self._registry.invalidate()
             with db.read_transaction(self.conn):
                 generation = db.generation(self.conn)
-                self._refresh_models(generation)
-                self._build(self._models[model_name], generation, "")
-                self._persisted.pop(model_name, None)
+                self._registry.refresh(generation)
+                self._index_cache.rebuilt_for_new_space(self._registry.by_name[model_name], generation)
         return count
 
     def vectors_on_documents(self, document_ids: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -804,193 +386,33 @@ class Store:
 
     # ----------------------------------------------------------------- indexes
 
-    def _index_for(self, info: ModelInfo, generation: int) -> VectorIndex:
-        """The model's index, synced to ``generation``. Call inside a read transaction."""
-        index = self._indexes.get(info.name)
-        if index is not None and index.dimension != info.dimension:
-            index = None  # the model was refitted into another space (by another process)
-        if index is None:
-            index = self._load_index(info, generation)
-            self._indexes[info.name] = index
-        if index.generation != generation:
-            index = self._sync(info, index, generation)
-        return index
-
-    def _build(self, info: ModelInfo, generation: int, reason: str) -> VectorIndex:
-        ids, vectors = db.vectors_after(self.conn, info.name, 0, info.dimension)
-        spec = choose_index(info.index_type, len(ids), info.dimension, info.index_params)
-        if reason:
-            self.events.append(f"rebuilt index for {info.name!r}: {reason}")
-            log.warning("rebuilding the %s index of %s: %s", info.name, self.root, reason)
-        index = VectorIndex.build(spec, info.dimension, ids, vectors, generation=generation)
-        self._indexes[info.name] = index
-        return index
-
-    def _load_index(self, info: ModelInfo, generation: int) -> VectorIndex:
-        """Load the index file if it checks out against the manifest, else rebuild."""
-        entry = self.manifest.models.get(info.name) if self.manifest else None
-        if entry is None:
-            return self._build(info, generation, "")  # first index of this model
-        count = db.vector_count(self.conn, info.name)
-        reason = self._entry_problem(info, entry, generation, count)
-        if reason:
-            return self._build(info, generation, reason)
-        spec = IndexSpec(entry.index_type, entry.index_params)
-        # One open file for the size, the hash and FAISS's read: a writer replacing the path
-        # meanwhile cannot slip unverified bytes in (the descriptor keeps the hashed inode).
-        with open(self._index_path(info), "rb") as handle:
-            reason = self._file_problem(entry, handle.fileno())
-            if reason:
-                return self._build(info, generation, reason)
-            try:
-                index = VectorIndex.read(
-                    handle.fileno(), spec, info.dimension, generation=entry.generation,
-                    max_vector_id=entry.max_vector_id, expected_count=entry.vector_count,
-                    mmap=self.mmap,
-                )
-            except Exception as exc:  # a hash-verified file that FAISS still refuses
-                return self._build(info, generation, f"{entry.index_file} unreadable: {exc}")
-        self._persisted[info.name] = entry.generation
-        if entry.generation != generation:  # rows were written since the file was persisted
-            index = self._sync(info, index, generation)
-        if index.ntotal != count:  # same read transaction: the count cannot have moved
-            return self._build(info, generation, "index and SQLite disagree on the vector count")
-        differs = _first_differing_vector(index, self.conn, info)
-        if differs is not None:
-            return self._build(
-                info, generation,
-                f"{entry.index_file}: vector {differs} differs from SQLite (a foreign index?)",
-            )
-        return index
-
-    def _file_problem(self, entry: ModelEntry, fd: int) -> str:
-        """Why the open index file must not be handed to FAISS (size or sha256), or ""."""
-        stamp = FileStamp.of(fd, entry.sha256)
-        if stamp.size != entry.bytes:
-            return f"{entry.index_file} has {stamp.size} bytes, expected {entry.bytes}"
-        if self._verified_files.get(entry.index_file) == stamp:
-            return ""  # verify_bundle hashed this very file (same inode, size, times) just now
-        if entry.block_sha256 and entry.block_bytes > 0:
-            blocks = block_sha256s_fd(fd, stamp.size, block=entry.block_bytes)
-            if blocks != entry.block_sha256:
-                return f"{entry.index_file} does not match its sha256 (block hashes)"
-        elif sha256_fd(fd) != entry.sha256:
-            return f"{entry.index_file} does not match its sha256"
-        return ""
-
-    def _entry_problem(
-        self, info: ModelInfo, entry: ModelEntry, generation: int, count: int
-    ) -> str:
-        assert self.manifest is not None
-        if self.manifest.store_id != self.store_id:
-            return "the manifest belongs to another store"
-        if entry.dimension != info.dimension:
-            return f"index dimension {entry.dimension} != model dimension {info.dimension}"
-        if entry.generation > generation:
-            return f"index generation {entry.generation} is ahead of the database ({generation})"
-        if entry.index_file != self._index_relative(info):
-            # Never opened: the manifest may only name the file this store writes.
-            return (f"the manifest names the index file {entry.index_file!r}, not "
-                    f"{self._index_relative(info)}")
-        if not self._index_path(info).is_file():
-            return f"{entry.index_file} is missing"
-        wanted = choose_index(info.index_type, count, info.dimension, info.index_params)
-        if wanted.kind != entry.index_type:
-            return f"index type changes from {entry.index_type} to {wanted.kind}"
-        if wanted.kind != "ivf" and dict(wanted.params) != dict(entry.index_params):
-            return "index parameters changed"
-        return ""
-
-    def _sync(self, info: ModelInfo, index: VectorIndex, generation: int) -> VectorIndex:
-        """Replay what changed since the index's generation (inside a read transaction)."""
-        deleted = db.deletions_since(self.conn, info.name, index.generation)
-        if len(deleted) and not index.remove(deleted):
-            return self._build(info, generation, "")
-        ids, vectors = db.vectors_after(self.conn, info.name, index.max_vector_id, info.dimension)
-        index.add(ids, vectors)
-        index.generation = generation
-        return index
-
     def flush(self) -> None:
         """Bring every model's index up to date and persist it atomically, then the manifest."""
         if self.read_only:
             return
         with self._file_lock(), self._lock:
-            _remove_stale_temp_files(self.root)
-            on_disk = read_manifest(self.root)
-            manifest = on_disk or Manifest(self.store_id, SCHEMA_VERSION)
-            if manifest.store_id != self.store_id:
-                manifest = Manifest(self.store_id, SCHEMA_VERSION)
-            before = copy.deepcopy(manifest.to_dict()) if manifest is on_disk else None
-            self.manifest = manifest
-            written: list[VectorIndex] = []
-            with db.read_transaction(self.conn):
-                generation = db.generation(self.conn)
-                self._refresh_models(generation)
-                current = {name: self._index_for(info, generation)
-                           for name, info in self._models.items()}
-                for name, index in current.items():
-                    info = self._models[name]
-                    wanted = choose_index(info.index_type, index.ntotal, info.dimension,
-                                          info.index_params)
-                    if wanted.kind != index.spec.kind:  # grown past what "auto" keeps exact
-                        current[name] = self._build(info, generation, "")
-            for name, index in current.items():
-                info = self._models[name]
-                entry = manifest.models.get(name)
-                file_ok = (
-                    entry is not None and self._persisted.get(name) is not None
-                    and entry.index_type == index.spec.kind
-                    and entry.index_file == self._index_relative(info)
-                    and self._index_path(info).is_file()
-                )
-                if file_ok and not index.dirty:
-                    assert entry is not None
-                    entry.generation = generation
-                    continue
-                data = index.serialize()
-                relative = self._index_relative(info)
-                atomic_write_bytes(self._index_path(info), data)
-                manifest.models[name] = ModelEntry(
-                    slug=info.slug, dimension=info.dimension, embedder=info.embedder,
-                    model_version=info.model_version, index_type=index.spec.kind,
-                    index_params=dict(index.spec.params), generation=generation,
-                    vector_count=index.ntotal, max_vector_id=index.max_vector_id,
-                    index_file=relative, sha256=sha256_bytes(data), bytes=len(data),
-                    block_sha256=block_sha256s(data, block=HASH_BLOCK_BYTES),
-                    block_bytes=HASH_BLOCK_BYTES,
-                )
-                written.append(index)
-            for name in list(manifest.models):
-                if name not in current:
-                    del manifest.models[name]
-            manifest.generation = generation
-            manifest.schema_version = SCHEMA_VERSION
-            # An unchanged store writes nothing (close() must not fail on a full disk), and an
-            # index counts as persisted only once the manifest that vouches for it is written.
-            if manifest.to_dict() != before:
-                write_manifest(self.root, manifest)
-            for index in written:
-                index.dirty = False
-            for name in current:
-                self._persisted[name] = generation
+            self._index_cache.persist(self._models_at)
+
+    def _models_at(self, generation: int) -> Mapping[str, ModelInfo]:
+        self._registry.refresh(generation)
+        return self._registry.by_name
 
     def load_indexes(self) -> None:
         """Load every model's index now (checked, and synced to the current generation), so
         the first search does not pay for it: a server does this before it answers."""
         with self._lock, db.read_transaction(self.conn):
             generation = db.generation(self.conn)
-            self._refresh_models(generation)
-            for info in self._models.values():
-                self._index_for(info, generation)
+            self._registry.refresh(generation)
+            for info in self._registry.by_name.values():
+                self._index_cache.index_for(info, generation)
 
     def rebuild_index(self, model: str | None = None) -> None:
         """Drop the in-memory index and rebuild it from SQLite (then persist if writable)."""
         with self._lock, db.read_transaction(self.conn):
             generation = db.generation(self.conn)
-            self._refresh_models(generation)
-            info = self._model(model)
-            self._build(info, generation, "asked for")
+            self._registry.refresh(generation)
+            info = self._registry.get(model)
+            self._index_cache.build(info, generation, "asked for")
         self.flush()
 
     # ----------------------------------------------------------------- reads
@@ -1037,8 +459,8 @@ class Store:
             row = db.document_row(self.conn, document_id)
             if row is None:
                 raise DocumentNotFound(f"no document with id {document_id!r} in {self.root}")
-            chunks = tuple(_chunk_view(r) for r in db.chunk_rows(self.conn, document_id))
-        return _document_view(row, chunks, include_pii=include_pii)
+            chunks = tuple(views.chunk_view(r) for r in db.chunk_rows(self.conn, document_id))
+        return views.document_view(row, chunks, include_pii=include_pii)
 
     def expand_context(self, chunk_id: str, *, n: int = 1) -> list[ChunkView]:
         """The chunk and up to ``n`` neighbours on each side within its document, in order."""
@@ -1048,7 +470,7 @@ class Store:
             rows = db.neighbour_rows(self.conn, chunk_id, n)
         if not rows:
             raise ChunkNotFound(f"no chunk with id {chunk_id!r} in {self.root}")
-        return [_chunk_view(r) for r in rows]
+        return [views.chunk_view(r) for r in rows]
 
     def find_documents(
         self, filters: str | Mapping[str, Any] | None = None, *, limit: int = 100,
@@ -1058,7 +480,12 @@ class Store:
         where, params = compile_filter(filters)
         with self._lock:
             rows = db.find_document_rows(self.conn, where, params, limit)
-        return [_document_view(r, (), include_pii=include_pii) for r in rows]
+        return [views.document_view(r, (), include_pii=include_pii) for r in rows]
+
+    def lexical_index_bytes(self) -> int:
+        """Bytes of the full-text (BM25) index's pages; 0 if this SQLite cannot tell."""
+        with self._lock:
+            return db.fts_bytes(self.conn)
 
     def stats(self) -> StoreStats:
         models = self.models()
@@ -1089,34 +516,16 @@ class Store:
         plan = plan_filter(filters) if filters else None
         with self._lock, db.read_transaction(self.conn):
             generation = db.generation(self.conn)
-            self._refresh_models(generation)
-            info = self._model(model)
+            self._registry.refresh(generation)
+            info = self._registry.get(model)
             query = clean_query(vector, info.dimension)
-            index = self._index_for(info, generation)
-            allowed = None
-            if plan is not None:
-                allowed = allowed_vector_ids(
-                    plan, self._vector_keys(info.name, generation),
-                    lambda sql, params: db.matching_ids(self.conn, sql, params),
-                )
-            result = index.search(query, k, allowed=allowed)
-            rows = db.hits_by_vector_ids(self.conn, result.ids.tolist())
-        hits: list[Hit] = []
-        for vector_id, score in zip(result.ids.tolist(), result.scores.tolist(), strict=True):
-            row = rows.get(vector_id)
-            if row is None:  # cannot happen inside one snapshot; never return a hit without a row
-                self.orphan_hits += 1
-                continue
-            hits.append(_hit(row, len(hits) + 1, float(score), include_pii, vector_id))
+            index = self._index_cache.index_for(info, generation)
+            keys = self._index_cache.vector_keys(info.name, generation) if plan is not None else None
+            found = retrieval.dense(self.conn, index, query, k, plan=plan, keys=keys)
+        hits, orphans = views.dense_hits(found.ids, found.scores, found.rows,
+                                         include_pii=include_pii)
+        self.orphan_hits += orphans  # cannot happen inside one snapshot: must stay 0
         return hits
-
-    def _vector_keys(self, model_name: str, generation: int) -> VectorKeys:
-        """Which chunk and document each vector belongs to, as of ``generation`` (cached)."""
-        cached = self._keys.get(model_name)
-        if cached is None or cached[0] != generation:
-            cached = (generation, VectorKeys(*db.vector_keys(self.conn, model_name)))
-            self._keys[model_name] = cached
-        return cached[1]
 
     def lexical_search(
         self, text: str, *, k: int = 10, filters: str | Mapping[str, Any] | None = None,
@@ -1130,7 +539,7 @@ class Store:
         where, params = compile_filter(filters) if filters else ("1", [])
         with self._lock:
             rows = db.bm25_rows(self.conn, match, k, where, params)
-        return [_hit(row[1:], i + 1, float(row[0]), include_pii) for i, row in enumerate(rows)]
+        return views.lexical_hits(rows, include_pii=include_pii)
 
     def hits_for_chunks(
         self, chunk_ids: Sequence[str], scores: Sequence[float], *, include_pii: bool = False
@@ -1140,11 +549,7 @@ class Store:
             rows = db.hits_by_chunk_ids(self.conn, list(chunk_ids))
         if len(chunk_ids) != len(scores):
             raise InvalidInput(f"{len(chunk_ids)} chunk ids but {len(scores)} scores")
-        hits: list[Hit] = []
-        for chunk_id, score in zip(chunk_ids, scores, strict=True):
-            if chunk_id in rows:
-                hits.append(_hit(rows[chunk_id], len(hits) + 1, float(score), include_pii))
-        return hits
+        return views.chunk_hits(rows, chunk_ids, scores, include_pii=include_pii)
 
     # ----------------------------------------------------------------- query log
 
@@ -1174,15 +579,10 @@ class Store:
         embedders: Mapping[str, Callable[[Sequence[str]], np.ndarray]] | None = None,
         embed_sample: int = 8, min_cosine: float = EMBED_CHECK_MIN_COSINE,
     ) -> dict[str, Any]:
-        """Integrity report: SQLite and FTS checks, index ids == SQLite ids, self-retrieval.
-
-        ``embedders`` (model name -> a function embedding texts as that model's recorded
-        embedder does) adds a check that the stored vectors are that embedder's output for
-        their text: ``embed_sample`` spread vectors are re-embedded and each must have cosine
-        >= ``min_cosine`` with its stored vector (``embed_mismatches`` counts those that do
-        not; an embedder that cannot run or gives another dimension fails them all). Vectors
-        from another fit of a tfidf model, or another model's, fail it; the self-retrieval
-        check alone cannot tell.
+        """Integrity report: SQLite and FTS checks, then per model its index against SQLite
+        (ids equal, ``sample`` vectors find themselves) and, for the models in ``embedders``
+        (model name -> a function embedding texts as that model's recorded embedder does),
+        ``embed_sample`` re-embedded vectors (:func:`mlflow_rag.store.integrity.check_model`).
 
         FTS5 runs its check as a write (``INSERT ... 'integrity-check'``), so a read-only or
         immutable store skips it; SQLite's own ``integrity_check`` still covers the file."""
@@ -1191,34 +591,14 @@ class Store:
             if not self.read_only:
                 db.fts_integrity_check(self.conn)
             generation = db.generation(self.conn)
-            self._refresh_models(generation)
-            for name, info in self._models.items():
-                index = self._index_for(info, generation)
-                sql_ids, vectors = db.vectors_after(self.conn, name, 0, info.dimension)
-                index_ids = index.ids()
-                rng = np.random.default_rng(seed)
-                picks = rng.choice(len(sql_ids), size=min(sample, len(sql_ids)), replace=False)
-                found = 0
-                for p in picks:
-                    result = index.search(vectors[p], 1)
-                    top = result.ids[:1].tolist()
-                    # duplicates (identical vectors) may outrank; accept an equal score
-                    if top and (top[0] == sql_ids[p] or result.scores[0] >= float(
-                        vectors[p] @ vectors[p]) - 1e-5):
-                        found += 1
-                report["models"][name] = {
-                    "ids_equal": bool(np.array_equal(np.sort(index_ids), sql_ids)),
-                    "vectors": len(sql_ids),
-                    "self_found": found,
-                    "sampled": len(picks),
-                }
-                if embedders and name in embedders and len(sql_ids):
-                    spread = np.unique(np.linspace(0, len(sql_ids) - 1,
-                                                   num=min(embed_sample, len(sql_ids))).astype(int))
-                    rows = db.sample_vectors_with_text(self.conn, name, sql_ids[spread].tolist())
-                    report["models"][name].update(
-                        _embed_check(embedders[name], rows, info.dimension, min_cosine)
-                    )
+            self._registry.refresh(generation)
+            for name, info in self._registry.by_name.items():
+                index = self._index_cache.index_for(info, generation)
+                report["models"][name] = integrity.check_model(
+                    self.conn, info, index, sample=sample, seed=seed,
+                    embed=(embedders or {}).get(name), embed_sample=embed_sample,
+                    min_cosine=min_cosine,
+                )
         return report
 
     def snapshot(self, destination: str | Path) -> Path:
@@ -1227,334 +607,23 @@ class Store:
         If any step fails (disk full, I/O error), what was written of the bundle is removed and
         StorageError names the file that could not be written; this store is not changed.
         """
-        dest = Path(destination)
-        if dest.exists() and any(dest.iterdir()):
-            raise InvalidInput(f"snapshot destination {dest} is not empty")
-        created = not dest.exists()
-        try:
-            dest.mkdir(parents=True, exist_ok=True)
-            self._write_snapshot(dest)
-        except BaseException as exc:
-            _remove_partial_bundle(dest, remove_folder=created)
-            raise _bundle_write_error(exc, dest) from exc
-        return dest
+        return bundle.write_bundle(Path(destination), copy_live_files=self._copy_live_files,
+                                   persist_indexes=_persist_indexes)
 
-    def _write_snapshot(self, dest: Path) -> None:
-        import shutil
-
+    def _copy_live_files(self, dest: Path) -> None:
         with self._lock:
             if not self.read_only:
                 self.flush()
             # Copy the derived files first: if a writer commits before VACUUM INTO, the
             # snapshot's database is only ahead of them, and opening it replays the difference.
-            root = self.root
-
-            def copy_inside(source: str, target: str) -> None:
-                # copytree follows symlinks: copy a file only if it resolves inside the store
-                shutil.copy2(confined(root, Path(source).relative_to(root), what="store file"),
-                             target)
-
             with self._file_lock():
-                for sub in (INDEX_DIR, MODELS_DIR):
-                    if (self.root / sub).is_dir():
-                        shutil.copytree(self.root / sub, dest / sub, copy_function=copy_inside)
-                if (self.root / "manifest.json").is_file():
-                    shutil.copy2(self.root / "manifest.json", dest / "manifest.json")
-                db.vacuum_into(self.conn, dest / DB_FILE)
-        db.finalize_snapshot(dest / DB_FILE)
-        snap = Store.open(dest)
-        try:
-            snap.flush()
-        finally:
-            snap.close(flush=False)
-        for stray in (dest / LOCK_FILE, dest / f"{DB_FILE}-wal", dest / f"{DB_FILE}-shm"):
-            stray.unlink(missing_ok=True)
-        db.finalize_snapshot(dest / DB_FILE)
-        manifest = read_manifest(dest)
-        assert manifest is not None
-        manifest.files = {
-            str(p.relative_to(dest)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(dest.rglob("*"))
-            if p.is_file() and p.name != "manifest.json"
-        }
-        write_manifest(dest, manifest)
+                bundle.copy_store_files(self.root, dest, self.conn)
 
 
-def _embed_check(
-    embed: Callable[[Sequence[str]], np.ndarray], rows: Sequence[tuple[int, str, bytes]],
-    dimension: int, min_cosine: float,
-) -> dict[str, Any]:
-    """Re-embed sampled chunk texts; how many stored vectors the embedder does not give."""
-    out: dict[str, Any] = {"embed_checked": len(rows), "embed_mismatches": 0}
+def _persist_indexes(root: Path) -> None:
+    """Open a copied store and write its indexes as of its own database (a bundle's)."""
+    snap = Store.open(root)
     try:
-        fresh = np.asarray(embed([text for _, text, _ in rows]), dtype=np.float64)
-    except EmbedderUnavailable as exc:  # not installed here (no key, no extra): not a fault
-        out.update(embed_checked=0, embed_skipped=str(exc))
-        return out
-    except Exception as exc:  # the recorded embedder cannot run: the check fails, named
-        out.update(embed_mismatches=len(rows), embed_error=f"{type(exc).__name__}: {exc}")
-        return out
-    if fresh.ndim != 2 or fresh.shape != (len(rows), dimension):
-        out.update(embed_mismatches=len(rows),
-                   embed_error=f"the embedder gives vectors of shape {fresh.shape[1:]}, the "
-                               f"stored ones have dimension {dimension}")
-        return out
-    stored = np.stack([np.frombuffer(blob, dtype="<f4").astype(np.float64) for _, _, blob in rows])
-    norms = np.linalg.norm(fresh, axis=1) * np.linalg.norm(stored, axis=1)
-    cosines = (fresh * stored).sum(axis=1) / np.where(norms > 0, norms, 1.0)
-    bad = cosines < min_cosine
-    out.update(embed_mismatches=int(bad.sum()), embed_min_cosine=round(float(cosines.min()), 6))
-    if bad.any():
-        out["embed_mismatched_vector_ids"] = [int(rows[i][0]) for i in np.flatnonzero(bad)[:10]]
-    return out
-
-
-def _vectors_to_carry(
-    rows: Sequence[tuple[Any, ...]], supplied: Mapping[str, set[str]]
-) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
-    """(document id, text hash) -> [(model, version, dimension, vector, metadata)] of the
-    stored vectors a replacement keeps: those of models the new record does not supply."""
-    out: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {}
-    for doc_id, text_hash, model_name, version, dim, blob, meta in rows:
-        if model_name in supplied.get(doc_id, ()):
-            continue
-        out.setdefault((doc_id, text_hash), {}).setdefault(model_name, (model_name, version, dim,
-                                                                        blob, meta))
-    return {key: list(models.values()) for key, models in out.items()}
-
-
-def _remove_stale_temp_files(root: Path) -> None:
-    """Delete temp files a killed process left (``.<name>.<pid>.tmp``, see atomic_write_bytes).
-
-    Only called under the store's lock, which every writer of those files holds, so any temp
-    file present belongs to a process that died mid-write."""
-    for folder in (root, root / INDEX_DIR):
-        if folder.is_dir():
-            for stale in folder.glob(".*.tmp"):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-
-
-def _first_differing_vector(
-    index: VectorIndex, conn: Any, info: ModelInfo, *, samples: int = 16
-) -> int | None:
-    """Spot-check a loaded index against SQLite: up to ``samples`` vector ids, evenly spread,
-    must each score their own SQLite vector at its full length. An index from another store
-    whose hash was recomputed, with the same ids, passes every other check. Returns the first
-    id that differs, or None."""
-    ids = index.ids()
-    if len(ids) == 0:
-        return None
-    picks = ids[sorted_unique(np.linspace(0, len(ids) - 1, num=min(samples, len(ids))).astype(int))]
-    stored = db.vectors_by_ids(conn, picks.tolist(), info.dimension)
-    for vector_id, vector in zip(picks.tolist(), stored, strict=True):
-        result = index.search(vector, 1, allowed=np.array([vector_id], dtype=np.int64))
-        if result.ids.tolist() != [vector_id] or abs(
-            float(result.scores[0]) - float(vector @ vector)
-        ) > 1e-4:
-            return int(vector_id)
-    return None
-
-
-def _remove_partial_bundle(dest: Path, *, remove_folder: bool) -> None:
-    """Remove what a failed snapshot wrote (dest was missing or empty when it started)."""
-    import shutil
-
-    if remove_folder:
-        shutil.rmtree(dest, ignore_errors=True)
-        return
-    if dest.is_dir():
-        for child in dest.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
-
-
-def _bundle_write_error(exc: BaseException, dest: Path) -> BaseException:
-    """The error a failed snapshot raises: StorageError naming the file for disk failures."""
-    import shutil
-
-    if isinstance(exc, StorageError) or not isinstance(exc, Exception):
-        return exc
-    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
-        _source, target, why = exc.args[0][0]
-        return StorageError(f"cannot write bundle file {target}: {why}", filename=str(target))
-    if isinstance(exc, OSError):
-        return storage_error(exc.filename or dest, exc)
-    if db.is_storage_failure(exc):
-        return StorageError(f"cannot write bundle file {dest / DB_FILE}: {exc}",
-                            filename=str(dest / DB_FILE))
-    return exc
-
-
-def verify_bundle(root: Path) -> dict[str, FileStamp]:
-    """Refuse a bundle whose files do not match the hashes its manifest records.
-
-    Every message names the file and what is wrong with it: missing, truncated or grown (size),
-    damaged or replaced (sha256), outside the bundle, or made by a newer schema. Returns the
-    stamp of every file it hashed, so the store opened next need not hash an index again.
-    """
-    manifest = read_manifest(root)
-    if manifest is None:
-        raise BundleCorrupt(f"{root} has no readable manifest.json")
-    if manifest.schema_version > SCHEMA_VERSION:
-        raise BundleCorrupt(
-            f"{root} was written with schema version {manifest.schema_version}, newer than "
-            f"this mlflow-rag ({SCHEMA_VERSION}); upgrade mlflow-rag"
-        )
-    if not manifest.files:
-        raise BundleCorrupt(f"{root}/manifest.json records no file hashes; not a bundle")
-    if DB_FILE not in manifest.files:
-        raise BundleCorrupt(f"{root}/manifest.json records no hash for {DB_FILE}")
-    stamps: dict[str, FileStamp] = {}
-    try:
-        for folder in (INDEX_DIR, MODELS_DIR):
-            check_tree_confined(root, folder, what=f"bundle folder {folder}/")
-    except UnsafePath as exc:
-        raise BundleCorrupt(str(exc)) from None
-    for relative, meta in manifest.files.items():
-        try:
-            path = confined(root, relative, what="manifest.json names the bundle file")
-        except UnsafePath:
-            raise BundleCorrupt(
-                f"manifest.json names a file outside the bundle: {relative!r}") from None
-        if not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int) \
-                or not isinstance(meta.get("sha256"), str):
-            raise BundleCorrupt(f"manifest.json has no size and sha256 for bundle file {relative}")
-        if path.is_symlink() or not path.is_file():
-            raise BundleCorrupt(f"bundle file {relative} is missing (or not a regular file)")
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size != meta["bytes"]:
-                change = "truncated" if size < meta["bytes"] else "grown"
-                raise BundleCorrupt(
-                    f"bundle file {relative} is {size} bytes, the manifest records "
-                    f"{meta['bytes']} ({change} or replaced)"
-                )
-            digest = sha256_fd(handle.fileno())
-            if digest != meta["sha256"]:
-                raise BundleCorrupt(
-                    f"bundle file {relative} does not match its recorded sha256 (damaged or "
-                    "replaced)"
-                )
-            stamps[relative] = FileStamp.of(handle.fileno(), digest)
-    for name, entry in manifest.models.items():
-        recorded = manifest.files.get(entry.index_file)
-        if recorded is None or recorded["sha256"] != entry.sha256:
-            raise BundleCorrupt(
-                f"manifest.json is inconsistent: the index of model {name!r} ({entry.index_file}) "
-                "is not the file its hash list records"
-            )
-    return stamps
-
-
-def _check_bundle_identity(store: Store, db_path: Path) -> None:
-    """A verified bundle's manifest and database must come from the same store and moment."""
-    manifest = store.manifest
-    assert manifest is not None  # verify_bundle read it
-    if manifest.store_id != store.store_id:
-        raise BundleCorrupt(
-            f"{db_path} belongs to store {store.store_id} but manifest.json to store "
-            f"{manifest.store_id}: files from two different stores"
-        )
-    generation = db.generation(store.conn)
-    if manifest.generation != generation:
-        raise BundleCorrupt(
-            f"{db_path} is at generation {generation} but manifest.json at "
-            f"{manifest.generation}: files from two different snapshots"
-        )
-
-
-# --------------------------------------------------------------------------- query log helpers
-
-
-def write_query_log(
-    conn: Any, text: str, hits: Sequence[Hit], *, model_name: str | None,
-    embedding: np.ndarray | None, metadata: Mapping[str, Any] | None,
-    redact: Callable[[str], str] | None,
-) -> str:
-    """Insert one query and its retrievals in one transaction (any connection with the tables).
-
-    ``redact`` runs before anything is stored. If it changed the text, the query embedding is
-    not stored either: it was computed from the raw text, and embeddings can be inverted to
-    recover much of the text they encode.
-    """
-    stored = redact(text) if redact else text
-    if stored != text:
-        embedding = None
-    query_id = db.new_id()
-    with db.immediate_transaction(conn):
-        db.insert_query(
-            conn, query_id=query_id, text=stored,
-            embedding=codec.vector_to_blob(embedding) if embedding is not None else None,
-            model_name=model_name, timestamp=db.utc_now(),
-            metadata=codec.metadata_json(metadata),
-            retrievals=[(db.new_id(), h.chunk_id, h.rank, h.score, "{}") for h in hits],
-        )
-    return query_id
-
-
-def purge_query_log(conn: Any, days: float) -> int:
-    """Delete query logs older than ``days``, VACUUM, and checkpoint the WAL into the main file
-    and truncate it: until then the deleted text is still on disk (in the WAL, and in the old
-    pages of the main file), and the file does not shrink."""
-    import math
-    from datetime import datetime, timedelta, timezone
-
-    if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days) \
-            or days < 0:
-        raise InvalidInput(f"days must be a non-negative number, got {days!r}")
-    try:
-        cutoff = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(
-            timespec="microseconds")
-    except OverflowError:  # further back than datetime reaches: nothing is that old
-        cutoff = ""
-    with db.immediate_transaction(conn):
-        deleted = db.delete_queries_before(conn, cutoff)
-    try:
-        conn.execute("VACUUM")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    except Exception as exc:
-        if db.is_storage_failure(exc):
-            raise db.storage_failure(
-                conn, exc, outcome=f"{deleted} queries were deleted but the space not reclaimed"
-            ) from exc
-        raise
-    return deleted
-
-
-# --------------------------------------------------------------------------- row -> view
-
-
-def _chunk_view(row: Sequence[Any]) -> ChunkView:
-    cid, doc_id, index, ctype, text, start, end, tokens, meta = row
-    return ChunkView(
-        id=cid, document_id=doc_id, chunk_index=index, chunk_type=ctype, text=text,
-        start_char=start, end_char=end, token_count=tokens, metadata=codec.loads_object(meta),
-    )
-
-
-def _document_view(
-    row: Sequence[Any], chunks: tuple[ChunkView, ...], *, include_pii: bool
-) -> DocumentView:
-    doc_id, source_path, source_type, chash, imported, updated, meta, raw = row
-    return DocumentView(
-        id=doc_id, source_path=source_path, source_type=source_type, content_hash=chash,
-        imported_at=imported, updated_at=updated,
-        metadata=public_metadata(codec.loads_object(meta), include_pii=include_pii),
-        raw_text=raw, chunks=chunks,
-    )
-
-
-def _hit(
-    row: Sequence[Any], rank: int, score: float, include_pii: bool, vector_id: int | None = None
-) -> Hit:
-    chunk_id, doc_id, ctype, cindex, text, cmeta, source_path, dmeta = row
-    return Hit(
-        rank=rank, score=score, chunk_id=chunk_id, document_id=doc_id, chunk_type=ctype,
-        chunk_index=cindex, text=text, source_path=source_path,
-        document_metadata=public_metadata(codec.loads_object(dmeta), include_pii=include_pii),
-        chunk_metadata=codec.loads_object(cmeta), vector_id=vector_id,
-    )
-
+        snap.flush()
+    finally:
+        snap.close(flush=False)

@@ -1,0 +1,300 @@
+"""The index lifecycle: one FAISS index per model, derived from SQLite (the source of truth).
+
+An :class:`IndexCache` is handed a store's root and its database connection. It loads an
+index file only if it checks out against the manifest (store id, dimension, generation, the
+one file name allowed, size, sha256 or block hashes, FAISS's layout, a spot check of vectors
+against SQLite), brings it up to the database's generation by replaying the deletion log and
+the vectors added since, rebuilds it from SQLite when anything is wrong (and records why in
+``events``), and persists indexes and manifest atomically. Callers hold the store's locks and
+the read transaction each method names; this module takes none itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlflow_rag.index.choose import IndexSpec, choose_index
+from mlflow_rag.index.vector_index import VectorIndex, sorted_unique
+from mlflow_rag.store import db, layout
+from mlflow_rag.store.files import (
+    HASH_BLOCK_BYTES,
+    FileStamp,
+    atomic_write_bytes,
+    block_sha256s,
+    block_sha256s_fd,
+    sha256_bytes,
+    sha256_fd,
+)
+from mlflow_rag.store.filter_masks import VectorKeys
+from mlflow_rag.store.manifest import Manifest, ModelEntry, read_manifest, write_manifest
+from mlflow_rag.store.schema import SCHEMA_VERSION
+from mlflow_rag.types import ModelInfo
+
+log = logging.getLogger("mlflow_rag.store")
+
+
+class IndexCache:
+    """The in-memory indexes of one open store, with what the files on disk reflect."""
+
+    def __init__(
+        self, root: Path, conn: Any, *, store_id: str, mmap: bool,
+        verified_files: Mapping[str, FileStamp] | None = None,
+    ) -> None:
+        self.root = root
+        self.conn = conn
+        self.store_id = store_id
+        self.mmap = mmap
+        # Files whose sha256 verify_bundle checked during this open, by identity (see
+        # FileStamp): loading such an index does not hash it a second time.
+        self.verified_files: dict[str, FileStamp] = dict(verified_files or {})
+        self.indexes: dict[str, VectorIndex] = {}
+        self.keys: dict[str, tuple[int, VectorKeys]] = {}  # per model: (generation, keys)
+        self.persisted: dict[str, int] = {}  # model -> generation of the file on disk
+        self.events: list[str] = []  # rebuilds and repairs, for reports and tests
+        self.manifest = read_manifest(root)
+
+    def clear(self) -> None:
+        self.indexes.clear()
+        self.keys.clear()
+
+    def forget(self, name: str) -> None:
+        """Drop a model's in-memory index: it is loaded or rebuilt on next use."""
+        self.indexes.pop(name, None)
+
+    def rebuilt_for_new_space(self, info: ModelInfo, generation: int) -> None:
+        """A refitted model (another space, maybe another dimension): build its index from
+        SQLite now; the file on disk is of the old space, and replacing it is expected, not a
+        repair worth a warning. Call inside a read transaction."""
+        self.keys.pop(info.name, None)
+        self.build(info, generation, "")
+        self.persisted.pop(info.name, None)
+
+    def index_for(self, info: ModelInfo, generation: int) -> VectorIndex:
+        """The model's index, synced to ``generation``. Call inside a read transaction."""
+        index = self.indexes.get(info.name)
+        if index is not None and index.dimension != info.dimension:
+            index = None  # the model was refitted into another space (by another process)
+        if index is None:
+            index = self._load(info, generation)
+            self.indexes[info.name] = index
+        if index.generation != generation:
+            index = self.sync(info, index, generation)
+        return index
+
+    def build(self, info: ModelInfo, generation: int, reason: str) -> VectorIndex:
+        ids, vectors = db.vectors_after(self.conn, info.name, 0, info.dimension)
+        spec = choose_index(info.index_type, len(ids), info.dimension, info.index_params)
+        if reason:
+            self.events.append(f"rebuilt index for {info.name!r}: {reason}")
+            log.warning("rebuilding the %s index of %s: %s", info.name, self.root, reason)
+        index = VectorIndex.build(spec, info.dimension, ids, vectors, generation=generation)
+        self.indexes[info.name] = index
+        return index
+
+    def _load(self, info: ModelInfo, generation: int) -> VectorIndex:
+        """Load the index file if it checks out against the manifest, else rebuild."""
+        entry = self.manifest.models.get(info.name) if self.manifest else None
+        if entry is None:
+            return self.build(info, generation, "")  # first index of this model
+        count = db.vector_count(self.conn, info.name)
+        reason = self._entry_problem(info, entry, generation, count)
+        if reason:
+            return self.build(info, generation, reason)
+        spec = IndexSpec(entry.index_type, entry.index_params)
+        # One open file for the size, the hash and FAISS's read: a writer replacing the path
+        # meanwhile cannot slip unverified bytes in (the descriptor keeps the hashed inode).
+        with open(layout.index_path(self.root, info), "rb") as handle:
+            reason = self._file_problem(entry, handle.fileno())
+            if reason:
+                return self.build(info, generation, reason)
+            try:
+                index = VectorIndex.read(
+                    handle.fileno(), spec, info.dimension, generation=entry.generation,
+                    max_vector_id=entry.max_vector_id, expected_count=entry.vector_count,
+                    mmap=self.mmap,
+                )
+            except Exception as exc:  # a hash-verified file that FAISS still refuses
+                return self.build(info, generation, f"{entry.index_file} unreadable: {exc}")
+        self.persisted[info.name] = entry.generation
+        if entry.generation != generation:  # rows were written since the file was persisted
+            index = self.sync(info, index, generation)
+        if index.ntotal != count:  # same read transaction: the count cannot have moved
+            return self.build(info, generation, "index and SQLite disagree on the vector count")
+        differs = first_differing_vector(index, self.conn, info)
+        if differs is not None:
+            return self.build(
+                info, generation,
+                f"{entry.index_file}: vector {differs} differs from SQLite (a foreign index?)",
+            )
+        return index
+
+    def _file_problem(self, entry: ModelEntry, fd: int) -> str:
+        """Why the open index file must not be handed to FAISS (size or sha256), or ""."""
+        stamp = FileStamp.of(fd, entry.sha256)
+        if stamp.size != entry.bytes:
+            return f"{entry.index_file} has {stamp.size} bytes, expected {entry.bytes}"
+        if self.verified_files.get(entry.index_file) == stamp:
+            return ""  # verify_bundle hashed this very file (same inode, size, times) just now
+        if entry.block_sha256 and entry.block_bytes > 0:
+            blocks = block_sha256s_fd(fd, stamp.size, block=entry.block_bytes)
+            if blocks != entry.block_sha256:
+                return f"{entry.index_file} does not match its sha256 (block hashes)"
+        elif sha256_fd(fd) != entry.sha256:
+            return f"{entry.index_file} does not match its sha256"
+        return ""
+
+    def _entry_problem(
+        self, info: ModelInfo, entry: ModelEntry, generation: int, count: int
+    ) -> str:
+        assert self.manifest is not None
+        if self.manifest.store_id != self.store_id:
+            return "the manifest belongs to another store"
+        if entry.dimension != info.dimension:
+            return f"index dimension {entry.dimension} != model dimension {info.dimension}"
+        if entry.generation > generation:
+            return f"index generation {entry.generation} is ahead of the database ({generation})"
+        if entry.index_file != layout.index_relative(info):
+            # Never opened: the manifest may only name the file this store writes.
+            return (f"the manifest names the index file {entry.index_file!r}, not "
+                    f"{layout.index_relative(info)}")
+        if not layout.index_path(self.root, info).is_file():
+            return f"{entry.index_file} is missing"
+        wanted = choose_index(info.index_type, count, info.dimension, info.index_params)
+        if wanted.kind != entry.index_type:
+            return f"index type changes from {entry.index_type} to {wanted.kind}"
+        if wanted.kind != "ivf" and dict(wanted.params) != dict(entry.index_params):
+            return "index parameters changed"
+        return ""
+
+    def sync(self, info: ModelInfo, index: VectorIndex, generation: int) -> VectorIndex:
+        """Replay what changed since the index's generation (inside a read transaction)."""
+        deleted = db.deletions_since(self.conn, info.name, index.generation)
+        if len(deleted) and not index.remove(deleted):
+            return self.build(info, generation, "")
+        ids, vectors = db.vectors_after(self.conn, info.name, index.max_vector_id, info.dimension)
+        index.add(ids, vectors)
+        index.generation = generation
+        return index
+
+    def persist(self, models_at: Callable[[int], Mapping[str, ModelInfo]]) -> None:
+        """Bring every model's index up to date and persist it atomically, then the manifest.
+
+        ``models_at(generation)``: the store's models as of that generation. The caller holds
+        the store's lock file (every writer of these files does) and its thread lock."""
+        layout.remove_stale_temp_files(self.root)
+        on_disk = read_manifest(self.root)
+        manifest = on_disk or Manifest(self.store_id, SCHEMA_VERSION)
+        if manifest.store_id != self.store_id:
+            manifest = Manifest(self.store_id, SCHEMA_VERSION)
+        before = copy.deepcopy(manifest.to_dict()) if manifest is on_disk else None
+        self.manifest = manifest
+        written: list[VectorIndex] = []
+        with db.read_transaction(self.conn):
+            generation = db.generation(self.conn)
+            models = dict(models_at(generation))
+            current = {name: self.index_for(info, generation)
+                       for name, info in models.items()}
+            for name, index in current.items():
+                info = models[name]
+                wanted = choose_index(info.index_type, index.ntotal, info.dimension,
+                                      info.index_params)
+                if wanted.kind != index.spec.kind:  # grown past what "auto" keeps exact
+                    current[name] = self.build(info, generation, "")
+        for name, index in current.items():
+            info = models[name]
+            entry = manifest.models.get(name)
+            file_ok = (
+                entry is not None and self.persisted.get(name) is not None
+                and entry.index_type == index.spec.kind
+                and entry.index_file == layout.index_relative(info)
+                and layout.index_path(self.root, info).is_file()
+            )
+            if file_ok and not index.dirty:
+                assert entry is not None
+                entry.generation = generation
+                continue
+            data = index.serialize()
+            relative = layout.index_relative(info)
+            atomic_write_bytes(layout.index_path(self.root, info), data)
+            manifest.models[name] = ModelEntry(
+                slug=info.slug, dimension=info.dimension, embedder=info.embedder,
+                model_version=info.model_version, index_type=index.spec.kind,
+                index_params=dict(index.spec.params), generation=generation,
+                vector_count=index.ntotal, max_vector_id=index.max_vector_id,
+                index_file=relative, sha256=sha256_bytes(data), bytes=len(data),
+                block_sha256=block_sha256s(data, block=HASH_BLOCK_BYTES),
+                block_bytes=HASH_BLOCK_BYTES,
+            )
+            written.append(index)
+        for name in list(manifest.models):
+            if name not in current:
+                del manifest.models[name]
+        manifest.generation = generation
+        manifest.schema_version = SCHEMA_VERSION
+        # An unchanged store writes nothing (close() must not fail on a full disk), and an
+        # index counts as persisted only once the manifest that vouches for it is written.
+        if manifest.to_dict() != before:
+            write_manifest(self.root, manifest)
+        for index in written:
+            index.dirty = False
+        for name in current:
+            self.persisted[name] = generation
+
+    def advance(
+        self, generation: int, added: Mapping[str, tuple[list[int], list[np.ndarray]]],
+        fresh: set[str], models: Mapping[str, ModelInfo],
+    ) -> None:
+        """Add a committed write's vectors to the in-memory indexes it extends, so that flush
+        need not read them back from SQLite. Only an index that reflected the store exactly
+        before this write (its generation is the one before) or a model this write started
+        qualifies; any other index catches up from SQLite in :meth:`sync` as before."""
+        for name, (ids, blocks) in added.items():
+            vector_ids = np.asarray(ids, dtype=np.int64)
+            matrix = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+            index = self.indexes.get(name)
+            if index is not None and index.generation == generation - 1:
+                index.add(vector_ids, matrix)
+                index.generation = generation
+            elif index is None and name in fresh:
+                info = models[name]
+                spec = choose_index(info.index_type, len(ids), info.dimension, info.index_params)
+                if spec.kind == "ivf":
+                    continue  # trained at flush on all the vectors, not on this first batch
+                self.indexes[name] = VectorIndex.build(
+                    spec, info.dimension, vector_ids, matrix, generation=generation
+                )
+
+    def vector_keys(self, model_name: str, generation: int) -> VectorKeys:
+        """Which chunk and document each vector belongs to, as of ``generation`` (cached)."""
+        cached = self.keys.get(model_name)
+        if cached is None or cached[0] != generation:
+            cached = (generation, VectorKeys(*db.vector_keys(self.conn, model_name)))
+            self.keys[model_name] = cached
+        return cached[1]
+
+
+def first_differing_vector(
+    index: VectorIndex, conn: Any, info: ModelInfo, *, samples: int = 16
+) -> int | None:
+    """Spot-check a loaded index against SQLite: up to ``samples`` vector ids, evenly spread,
+    must each score their own SQLite vector at its full length. An index from another store
+    whose hash was recomputed, with the same ids, passes every other check. Returns the first
+    id that differs, or None."""
+    ids = index.ids()
+    if len(ids) == 0:
+        return None
+    picks = ids[sorted_unique(np.linspace(0, len(ids) - 1, num=min(samples, len(ids))).astype(int))]
+    stored = db.vectors_by_ids(conn, picks.tolist(), info.dimension)
+    for vector_id, vector in zip(picks.tolist(), stored, strict=True):
+        result = index.search(vector, 1, allowed=np.array([vector_id], dtype=np.int64))
+        if result.ids.tolist() != [vector_id] or abs(
+            float(result.scores[0]) - float(vector @ vector)
+        ) > 1e-4:
+            return int(vector_id)
+    return None

@@ -1,0 +1,87 @@
+"""Integrity checks of a store's contents beyond SQLite's own: each model's index against
+SQLite (same ids, every sampled vector finds itself) and, given the model's embedder, that
+the stored vectors are that embedder's output for their text."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from mlflow_rag.errors import EmbedderUnavailable
+from mlflow_rag.index.vector_index import VectorIndex
+from mlflow_rag.store import db
+from mlflow_rag.types import ModelInfo
+
+# verify(): a re-embedded sample must match its stored vector this closely. Deterministic
+# embedders (tfidf, the same MiniLM backend) give 1.0 up to rounding; int8 ONNX varies with
+# thread counts by far less than this; a vector of another fit or model is far below it.
+EMBED_CHECK_MIN_COSINE = 0.98
+
+
+def check_model(
+    conn: Any, info: ModelInfo, index: VectorIndex, *, sample: int, seed: int,
+    embed: Callable[[Sequence[str]], np.ndarray] | None, embed_sample: int, min_cosine: float,
+) -> dict[str, Any]:
+    """One model's entry of ``Store.verify``'s report. Call inside a read transaction.
+
+    ``embed`` (a function embedding texts as the model's recorded embedder does) adds a check
+    that the stored vectors are that embedder's output for their text: ``embed_sample``
+    spread vectors are re-embedded and each must have cosine >= ``min_cosine`` with its stored
+    vector (``embed_mismatches`` counts those that do not; an embedder that cannot run or
+    gives another dimension fails them all). Vectors from another fit of a tfidf model, or
+    another model's, fail it; the self-retrieval check alone cannot tell."""
+    sql_ids, vectors = db.vectors_after(conn, info.name, 0, info.dimension)
+    index_ids = index.ids()
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(sql_ids), size=min(sample, len(sql_ids)), replace=False)
+    found = 0
+    for p in picks:
+        result = index.search(vectors[p], 1)
+        top = result.ids[:1].tolist()
+        # duplicates (identical vectors) may outrank; accept an equal score
+        if top and (top[0] == sql_ids[p] or result.scores[0] >= float(
+            vectors[p] @ vectors[p]) - 1e-5):
+            found += 1
+    report: dict[str, Any] = {
+        "ids_equal": bool(np.array_equal(np.sort(index_ids), sql_ids)),
+        "vectors": len(sql_ids),
+        "self_found": found,
+        "sampled": len(picks),
+    }
+    if embed is not None and len(sql_ids):
+        spread = np.unique(np.linspace(0, len(sql_ids) - 1,
+                                       num=min(embed_sample, len(sql_ids))).astype(int))
+        rows = db.sample_vectors_with_text(conn, info.name, sql_ids[spread].tolist())
+        report.update(_embed_check(embed, rows, info.dimension, min_cosine))
+    return report
+
+
+def _embed_check(
+    embed: Callable[[Sequence[str]], np.ndarray], rows: Sequence[tuple[int, str, bytes]],
+    dimension: int, min_cosine: float,
+) -> dict[str, Any]:
+    """Re-embed sampled chunk texts; how many stored vectors the embedder does not give."""
+    out: dict[str, Any] = {"embed_checked": len(rows), "embed_mismatches": 0}
+    try:
+        fresh = np.asarray(embed([text for _, text, _ in rows]), dtype=np.float64)
+    except EmbedderUnavailable as exc:  # not installed here (no key, no extra): not a fault
+        out.update(embed_checked=0, embed_skipped=str(exc))
+        return out
+    except Exception as exc:  # the recorded embedder cannot run: the check fails, named
+        out.update(embed_mismatches=len(rows), embed_error=f"{type(exc).__name__}: {exc}")
+        return out
+    if fresh.ndim != 2 or fresh.shape != (len(rows), dimension):
+        out.update(embed_mismatches=len(rows),
+                   embed_error=f"the embedder gives vectors of shape {fresh.shape[1:]}, the "
+                               f"stored ones have dimension {dimension}")
+        return out
+    stored = np.stack([np.frombuffer(blob, dtype="<f4").astype(np.float64) for _, _, blob in rows])
+    norms = np.linalg.norm(fresh, axis=1) * np.linalg.norm(stored, axis=1)
+    cosines = (fresh * stored).sum(axis=1) / np.where(norms > 0, norms, 1.0)
+    bad = cosines < min_cosine
+    out.update(embed_mismatches=int(bad.sum()), embed_min_cosine=round(float(cosines.min()), 6))
+    if bad.any():
+        out["embed_mismatched_vector_ids"] = [int(rows[i][0]) for i in np.flatnonzero(bad)[:10]]
+    return out

@@ -1,0 +1,69 @@
+"""The query log: each query with what it retrieved (``queries`` + ``retrievals``), and
+retention that deletes old entries and reclaims their space. Functions of a connection, so
+any connection holding the tables can log (the store's, or a server's own)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mlflow_rag import codec
+from mlflow_rag.errors import InvalidInput
+from mlflow_rag.store import db
+from mlflow_rag.types import Hit
+
+
+def write_query_log(
+    conn: Any, text: str, hits: Sequence[Hit], *, model_name: str | None,
+    embedding: np.ndarray | None, metadata: Mapping[str, Any] | None,
+    redact: Callable[[str], str] | None,
+) -> str:
+    """Insert one query and its retrievals in one transaction (any connection with the tables).
+
+    ``redact`` runs before anything is stored. If it changed the text, the query embedding is
+    not stored either: it was computed from the raw text, and embeddings can be inverted to
+    recover much of the text they encode.
+    """
+    stored = redact(text) if redact else text
+    if stored != text:
+        embedding = None
+    query_id = db.new_id()
+    with db.immediate_transaction(conn):
+        db.insert_query(
+            conn, query_id=query_id, text=stored,
+            embedding=codec.vector_to_blob(embedding) if embedding is not None else None,
+            model_name=model_name, timestamp=db.utc_now(),
+            metadata=codec.metadata_json(metadata),
+            retrievals=[(db.new_id(), h.chunk_id, h.rank, h.score, "{}") for h in hits],
+        )
+    return query_id
+
+
+def purge_query_log(conn: Any, days: float) -> int:
+    """Delete query logs older than ``days``, VACUUM, and checkpoint the WAL into the main file
+    and truncate it: until then the deleted text is still on disk (in the WAL, and in the old
+    pages of the main file), and the file does not shrink."""
+    import math
+    from datetime import datetime, timedelta, timezone
+
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days) \
+            or days < 0:
+        raise InvalidInput(f"days must be a non-negative number, got {days!r}")
+    try:
+        cutoff = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(
+            timespec="microseconds")
+    except OverflowError:  # further back than datetime reaches: nothing is that old
+        cutoff = ""
+    with db.immediate_transaction(conn):
+        deleted = db.delete_queries_before(conn, cutoff)
+    try:
+        db.vacuum_and_truncate_wal(conn)
+    except Exception as exc:
+        if db.is_storage_failure(exc):
+            raise db.storage_failure(
+                conn, exc, outcome=f"{deleted} queries were deleted but the space not reclaimed"
+            ) from exc
+        raise
+    return deleted

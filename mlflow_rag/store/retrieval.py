@@ -1,0 +1,42 @@
+"""Dense search inside one read snapshot: a model's index ranks the query (only among the
+vectors a filter allows, exactly, when there is one) and the hits' rows are read in the same
+snapshot, so a hit always has its row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlflow_rag.index.vector_index import VectorIndex
+from mlflow_rag.store import db
+from mlflow_rag.store.filter_masks import VectorKeys, allowed_vector_ids
+from mlflow_rag.store.filters import Plan
+
+
+@dataclass(frozen=True)
+class DenseFound:
+    """Vector ids and scores in rank order, with the row of each id that has one."""
+
+    ids: list[int]
+    scores: list[float]
+    rows: dict[int, Any]
+
+
+def dense(
+    conn: Any, index: VectorIndex, query: np.ndarray, k: int, *, plan: Plan | None,
+    keys: VectorKeys | None,
+) -> DenseFound:
+    """Top ``k`` of ``index`` for ``query``. Call inside a read transaction; ``keys`` (which
+    chunk and document each vector belongs to) are needed with a filter ``plan``."""
+    allowed = None
+    if plan is not None:
+        assert keys is not None
+        allowed = allowed_vector_ids(
+            plan, keys, lambda sql, params: db.matching_ids(conn, sql, params)
+        )
+    result = index.search(query, k, allowed=allowed)
+    ids = result.ids.tolist()
+    return DenseFound(ids=ids, scores=result.scores.tolist(),
+                      rows=db.hits_by_vector_ids(conn, ids))

@@ -1,0 +1,77 @@
+"""Database rows -> the views the store returns (documents, chunks, hits); PII-marked
+document metadata is left out unless asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mlflow_rag import codec
+from mlflow_rag.store.checks import public_metadata
+from mlflow_rag.types import ChunkView, DocumentView, Hit
+
+
+def chunk_view(row: Sequence[Any]) -> ChunkView:
+    cid, doc_id, index, ctype, text, start, end, tokens, meta = row
+    return ChunkView(
+        id=cid, document_id=doc_id, chunk_index=index, chunk_type=ctype, text=text,
+        start_char=start, end_char=end, token_count=tokens, metadata=codec.loads_object(meta),
+    )
+
+
+def document_view(
+    row: Sequence[Any], chunks: tuple[ChunkView, ...], *, include_pii: bool
+) -> DocumentView:
+    doc_id, source_path, source_type, chash, imported, updated, meta, raw = row
+    return DocumentView(
+        id=doc_id, source_path=source_path, source_type=source_type, content_hash=chash,
+        imported_at=imported, updated_at=updated,
+        metadata=public_metadata(codec.loads_object(meta), include_pii=include_pii),
+        raw_text=raw, chunks=chunks,
+    )
+
+
+def hit(
+    row: Sequence[Any], rank: int, score: float, include_pii: bool, vector_id: int | None = None
+) -> Hit:
+    chunk_id, doc_id, ctype, cindex, text, cmeta, source_path, dmeta = row
+    return Hit(
+        rank=rank, score=score, chunk_id=chunk_id, document_id=doc_id, chunk_type=ctype,
+        chunk_index=cindex, text=text, source_path=source_path,
+        document_metadata=public_metadata(codec.loads_object(dmeta), include_pii=include_pii),
+        chunk_metadata=codec.loads_object(cmeta), vector_id=vector_id,
+    )
+
+
+
+def dense_hits(
+    ids: Sequence[int], scores: Sequence[float], rows: Mapping[int, Sequence[Any]], *,
+    include_pii: bool,
+) -> tuple[list[Hit], int]:
+    """Hits in the index's order, and how many ids had no row (those are never returned)."""
+    hits: list[Hit] = []
+    orphans = 0
+    for vector_id, score in zip(ids, scores, strict=True):
+        row = rows.get(vector_id)
+        if row is None:
+            orphans += 1
+            continue
+        hits.append(hit(row, len(hits) + 1, float(score), include_pii, vector_id))
+    return hits, orphans
+
+
+def lexical_hits(rows: Sequence[Sequence[Any]], *, include_pii: bool) -> list[Hit]:
+    """BM25 rows (score first) -> hits in their order."""
+    return [hit(row[1:], i + 1, float(row[0]), include_pii) for i, row in enumerate(rows)]
+
+
+def chunk_hits(
+    rows: Mapping[str, Sequence[Any]], chunk_ids: Sequence[str], scores: Sequence[float], *,
+    include_pii: bool,
+) -> list[Hit]:
+    """Hits for ``chunk_ids`` in the given order; ids without a row are left out."""
+    hits: list[Hit] = []
+    for chunk_id, score in zip(chunk_ids, scores, strict=True):
+        if chunk_id in rows:
+            hits.append(hit(rows[chunk_id], len(hits) + 1, float(score), include_pii))
+    return hits

@@ -1,0 +1,247 @@
+"""Writes: documents with their chunks, metadata fields and vectors in one transaction.
+
+Everything is validated before the transaction starts (:func:`prepare`,
+:func:`clean_vectors_of`), so bad input never half-lands; the transaction bumps the store's
+generation and takes vector ids from a sequence that never reuses a value, which is what the
+index cache replays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlflow_rag import codec
+from mlflow_rag.errors import ChunkNotFound, InvalidInput, InvalidVector, RagError
+from mlflow_rag.store import db
+from mlflow_rag.store.checks import PII_KEY, clean_vectors
+from mlflow_rag.store.filters import metadata_fields
+from mlflow_rag.types import DocumentRecord, ModelInfo, WriteReport
+
+# A record, its metadata as stored JSON, and per model [name, version, vectors, metadata].
+Prepared = tuple[DocumentRecord, str, list[Any]]
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a write committed, and the vectors it added per model (for the index cache)."""
+
+    report: WriteReport
+    added: dict[str, tuple[list[int], list[np.ndarray]]]
+    fresh: set[str]  # models this write started: their whole index is what it added
+
+
+def write_documents(
+    conn: Any, prepared: Sequence[Prepared], *, skip_unchanged: bool,
+    has_index: Callable[[str], bool],
+) -> Written:
+    """Add or replace the prepared documents in one write transaction."""
+    ids = [record.id for record, _, _ in prepared]
+    with db.write_transaction(conn) as generation:
+        states = db.document_states(conn, ids)
+        now = db.utc_now()
+        todo = [
+            (record, metadata, vectors) for record, metadata, vectors in prepared
+            if not (skip_unchanged and states.get(record.id) == (record.content_hash, metadata))
+        ]
+        replaced = [record.id for record, _, _ in todo if record.id in states]
+        # Vectors of models this write does not supply, on chunks whose text the new
+        # chunks keep: carried over, so replacing a document (re-chunked, or one field
+        # changed) never drops another model's vectors of unchanged text.
+        carried = _vectors_to_carry(
+            db.embeddings_of_documents(conn, replaced),
+            {record.id: {entry[0] for entry in vectors} for record, _, vectors in todo},
+        )
+        # Rows for every table are collected first and inserted with one executemany
+        # each: per-document statements cost more than the inserts themselves.
+        db.delete_chunks_of(conn, replaced)
+        doc_rows = [
+            (record.id, record.source_path, record.source_type, record.content_hash,
+             metadata, record.raw_text)
+            for record, metadata, _ in todo
+        ]
+        db.upsert_documents(conn, doc_rows, now=now)
+        db.replace_document_fields(
+            conn, replaced,
+            [(record.id, key, value) for record, _, _ in todo
+             for key, value in metadata_fields(record.metadata, skip=(PII_KEY,))],
+        )
+        chunks = [(record.id, c) for record, _, _ in todo for c in record.chunks]
+        first = db.allocate_ids(conn, len(chunks))
+        db.insert_chunks(
+            conn,
+            (
+                (c.id, doc_id, c.chunk_index, c.chunk_type, c.text, c.start_char, c.end_char,
+                 c.token_count, codec.metadata_json(c.metadata), c.text_hash, first + i)
+                for i, (doc_id, c) in enumerate(chunks)
+            ),
+        )
+        db.insert_chunk_fields(
+            conn,
+            ((c.id, key, value) for _, c in chunks for key, value in metadata_fields(c.metadata)),
+        )
+        n_vectors = sum(len(record.chunks) * len(vectors) for record, _, vectors in todo)
+        embedding_rows: list[tuple[Any, ...]] = []
+        added: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+        first_vector = db.allocate_ids(conn, n_vectors)
+        for record, _, vectors in todo:
+            for model_name, version, matrix, per_chunk in vectors:
+                dim = matrix.shape[1]
+                model_ids, blocks = added.setdefault(model_name, ([], []))
+                model_ids.extend(range(first_vector + len(embedding_rows),
+                                 first_vector + len(embedding_rows) + len(record.chunks)))
+                blocks.append(matrix)
+                for i, c in enumerate(record.chunks):
+                    embedding_rows.append((
+                        f"{c.id}:{model_name}", c.id, model_name, version, dim,
+                        matrix[i].tobytes(), now, per_chunk[i] if per_chunk else "{}",
+                        first_vector + len(embedding_rows),
+                    ))
+        # Models this write starts: their whole index is what this write adds.
+        fresh = {name for name in added
+                 if not has_index(name) and not db.has_vectors(conn, name)}
+        db.insert_embeddings(conn, embedding_rows)
+        if carried:
+            kept = [(c.id, row) for doc_id, c in chunks
+                    for row in carried.get((doc_id, c.text_hash), ())]
+            first_kept = db.allocate_ids(conn, len(kept))
+            db.insert_embeddings(conn, (
+                (f"{chunk_id}:{model_name}", chunk_id, model_name, version, dim, blob, now,
+                 meta, first_kept + i)
+                for i, (chunk_id, (model_name, version, dim, blob, meta)) in enumerate(kept)
+            ))
+    return Written(
+        report=WriteReport(
+            new=len(todo) - len(replaced), updated=len(replaced),
+            unchanged=len(prepared) - len(todo), chunks=len(chunks), vectors=n_vectors,
+            generation=generation,
+        ),
+        added=added, fresh=fresh,
+    )
+
+
+def prepare(record: DocumentRecord, model_of: Callable[[str], ModelInfo]) -> Prepared:
+    """Validate before the transaction starts, so bad input never half-lands."""
+    if not record.id or not isinstance(record.id, str):
+        raise InvalidInput(f"document id must be a non-empty string, got {record.id!r}")
+    indexes = [c.chunk_index for c in record.chunks]
+    if len(set(indexes)) != len(indexes):
+        raise InvalidInput(f"document {record.id!r} has duplicate chunk_index values")
+    for c in record.chunks:
+        if not c.text or not c.text.strip():
+            raise InvalidInput(f"document {record.id!r} chunk {c.chunk_index} has empty text")
+    metadata = codec.metadata_json(record.metadata)
+    vectors = []
+    for batch in record.vectors:
+        info = model_of(batch.model_name)
+        if len(batch.vectors) != len(record.chunks):
+            raise InvalidInput(
+                f"document {record.id!r}: {len(batch.vectors)} vectors of {batch.model_name!r} "
+                f"for {len(record.chunks)} chunks"
+            )
+        per_chunk = [codec.metadata_json(m) for m in batch.metadata] if batch.metadata else None
+        vectors.append([info.name, batch.model_version or info.model_version, batch.vectors,
+                        per_chunk])
+    return record, metadata, vectors
+
+def clean_vectors_of(prepared: list[Prepared], models: Mapping[str, ModelInfo]) -> None:
+    """Validate and normalise every vector of a write, one numpy pass per model.
+
+    On bad input, each document is checked on its own so the error names it."""
+    by_model: dict[str, list[list[Any]]] = {}
+    for _, _, vectors in prepared:
+        for entry in vectors:
+            by_model.setdefault(entry[0], []).append(entry)
+    for name, entries in by_model.items():
+        dimension = models[name].dimension
+        try:
+            arrays = [np.asarray(entry[2]) for entry in entries]
+            if any(a.ndim != 2 or a.shape[1] != dimension for a in arrays):
+                raise InvalidVector("shape")
+            matrix = clean_vectors(np.concatenate(arrays), dimension)
+        except (RagError, ValueError, TypeError):
+            for record, _, vectors in prepared:
+                for entry in vectors:
+                    if entry[0] == name:
+                        clean_vectors(entry[2], dimension, what=f"document {record.id!r} vector")
+            raise
+        offset = 0
+        for entry, array in zip(entries, arrays, strict=True):
+            entry[2] = matrix[offset : offset + len(array)]
+            offset += len(array)
+
+def add_model_vectors(
+    conn: Any, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
+    model_version: str | None, metadata: Sequence[str] | None, replace: bool,
+) -> int:
+    """One model's vectors for existing chunks, in one write transaction (``replace``: their
+    old vectors of this model go first). Returns the number inserted."""
+    with db.write_transaction(conn):
+        if replace:
+            db.delete_embeddings_for(conn, model_name, chunk_ids)
+        try:
+            return insert_vectors(conn, model_name, chunk_ids, matrix,
+                                  model_version=model_version, metadata=metadata,
+                                  now=db.utc_now())
+        except Exception as exc:
+            if "FOREIGN KEY" in str(exc):
+                raise ChunkNotFound("some chunk ids do not exist in the store") from None
+            if "UNIQUE" in str(exc):
+                raise InvalidInput(
+                    f"some chunks already have a {model_name!r} vector (pass replace=True)"
+                ) from None
+            raise
+
+
+def replace_model_vectors(
+    conn: Any, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
+    dimension: int, model_version: str | None,
+) -> int:
+    """Every vector of a model replaced in one write transaction, with the model's new
+    dimension and version recorded. Returns the number inserted."""
+    try:
+        with db.write_transaction(conn):
+            db.delete_model_vectors(conn, model_name)
+            db.update_model_fit(conn, model_name, dimension=dimension,
+                                model_version=model_version)
+            return insert_vectors(conn, model_name, chunk_ids, matrix,
+                                  model_version=model_version, metadata=None, now=db.utc_now())
+    except Exception as exc:
+        if "FOREIGN KEY" in str(exc):
+            raise ChunkNotFound("some chunk ids do not exist in the store") from None
+        raise
+
+
+def insert_vectors(
+    conn: Any, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
+    model_version: str | None, metadata: Sequence[str] | None, now: str,
+) -> int:
+    first = db.allocate_ids(conn, len(chunk_ids))
+    dim = matrix.shape[1]
+    db.insert_embeddings(
+        conn,
+        (
+            (
+                f"{chunk_id}:{model_name}", chunk_id, model_name, model_version, dim,
+                matrix[i].tobytes(), now, metadata[i] if metadata else "{}", first + i,
+            )
+            for i, chunk_id in enumerate(chunk_ids)
+        ),
+    )
+    return len(chunk_ids)
+
+
+def _vectors_to_carry(
+    rows: Sequence[tuple[Any, ...]], supplied: Mapping[str, set[str]]
+) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
+    """(document id, text hash) -> [(model, version, dimension, vector, metadata)] of the
+    stored vectors a replacement keeps: those of models the new record does not supply."""
+    out: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {}
+    for doc_id, text_hash, model_name, version, dim, blob, meta in rows:
+        if model_name in supplied.get(doc_id, ()):
+            continue
+        out.setdefault((doc_id, text_hash), {}).setdefault(model_name, (model_name, version, dim,
+                                                                        blob, meta))
+    return {key: list(models.values()) for key, models in out.items()}
