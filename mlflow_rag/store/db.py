@@ -335,32 +335,29 @@ def vector_count(conn: sqlite3.Connection, model_name: str) -> int:
 # --------------------------------------------------------------------------- documents
 
 
+def _document_columns(
+    conn: sqlite3.Connection, ids: Sequence[str], columns: str
+) -> Iterator[tuple[Any, ...]]:
+    """(id, *columns) of the documents with these ids that exist; ``columns`` is this
+    module's own text, never input."""
+    for part in _batches(ids, 500):
+        marks = ",".join("?" * len(part))
+        yield from conn.execute(f"SELECT id, {columns} FROM documents WHERE id IN ({marks})", part)
+
+
 def document_states(
     conn: sqlite3.Connection, ids: Sequence[str]
 ) -> dict[str, tuple[str | None, str]]:
     """id -> (content_hash, metadata JSON) for the ids that exist."""
-    out: dict[str, tuple[str | None, str]] = {}
-    for part in _batches(ids, 500):
-        marks = ",".join("?" * len(part))
-        for doc_id, content_hash, metadata in conn.execute(
-            f"SELECT id, content_hash, metadata FROM documents WHERE id IN ({marks})", part
-        ):
-            out[doc_id] = (content_hash, metadata)
-    return out
+    return {row[0]: (row[1], row[2]) for row in _document_columns(conn, ids, "content_hash, metadata")}
 
 
 def document_sources(
     conn: sqlite3.Connection, ids: Sequence[str]
 ) -> dict[str, tuple[str, str | None]]:
     """id -> (source_path, content_hash) for the ids that exist."""
-    out: dict[str, tuple[str, str | None]] = {}
-    for part in _batches(ids, 500):
-        marks = ",".join("?" * len(part))
-        for doc_id, source_path, content_hash in conn.execute(
-            f"SELECT id, source_path, content_hash FROM documents WHERE id IN ({marks})", part
-        ):
-            out[doc_id] = (source_path, content_hash)
-    return out
+    return {row[0]: (row[1], row[2])
+            for row in _document_columns(conn, ids, "source_path, content_hash")}
 
 
 def documents_by_source(conn: sqlite3.Connection, paths: Sequence[str]) -> list[tuple[str, str]]:
