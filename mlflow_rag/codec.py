@@ -6,7 +6,6 @@ JSON columns hold compact, key-sorted UTF-8 JSON; vectors are little-endian floa
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,12 +41,6 @@ def dumps_pretty(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, indent=2, default=_default) + "\n"
 
 
-def loads(text: str | bytes | None) -> Any:
-    if text is None:
-        return None
-    return json.loads(text)
-
-
 def loads_object(text: str | bytes | None) -> dict[str, Any]:
     """Decode a JSON column that holds an object; NULL or empty decodes to ``{}``."""
     if not text:
@@ -68,7 +61,3 @@ def vector_to_blob(vector: np.ndarray) -> bytes:
 
 def blob_to_vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
-
-
-def finite(value: float) -> bool:
-    return math.isfinite(value)

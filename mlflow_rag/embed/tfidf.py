@@ -309,16 +309,13 @@ class TfidfEmbedder:
 
     # ----------------------------------------------------------------------- transform
 
-    def tfidf_matrix(self, texts: Sequence[str]) -> Any:
-        """Sparse CSR (n, n_features) tf-idf rows, l2-normalised: scikit-learn's transform.
-
-        Re-implemented on the saved state: counts of in-vocabulary terms, ``1 + log(count)``,
-        times idf, rows scaled to unit length (rows without known terms stay zero).
-        """
-        return self._tfidf(texts)[0]
-
     def _tfidf(self, texts: Sequence[str]) -> tuple[Any, int]:
-        """(tf-idf matrix, number of analyzer terms in ``texts`` including unknown ones)."""
+        """(tf-idf matrix, number of analyzer terms in ``texts`` including unknown ones).
+
+        scikit-learn's transform re-implemented on the saved state: counts of in-vocabulary
+        terms, ``1 + log(count)``, times idf, rows scaled to unit length (rows without known
+        terms stay zero); a sparse CSR (n, n_features) matrix.
+        """
         from scipy.sparse import csr_matrix
 
         state = self._state()

@@ -689,20 +689,6 @@ def hits_by_vector_ids(
     return {row[0]: row[1:] for row in rows}
 
 
-def hits_by_chunk_ids(
-    conn: sqlite3.Connection, chunk_ids: Sequence[str]
-) -> dict[str, tuple[Any, ...]]:
-    if not chunk_ids:
-        return {}
-    marks = ",".join("?" * len(chunk_ids))
-    rows = conn.execute(
-        f"SELECT {HIT_COLUMNS} FROM chunks c JOIN documents d ON d.id = c.document_id "
-        f"WHERE c.id IN ({marks})",
-        list(chunk_ids),
-    ).fetchall()
-    return {row[0]: row for row in rows}
-
-
 def bm25_rows(
     conn: sqlite3.Connection, match: str, k: int, where: str, params: Sequence[Any]
 ) -> list[tuple[Any, ...]]:
@@ -743,21 +729,6 @@ def insert_query(
 def delete_queries_before(conn: sqlite3.Connection, timestamp: str) -> int:
     cursor = conn.execute("DELETE FROM queries WHERE timestamp < ?", (timestamp,))
     return cursor.rowcount
-
-
-def query_rows(conn: sqlite3.Connection, limit: int) -> list[tuple[Any, ...]]:
-    return conn.execute(
-        "SELECT id, query_text, model_name, timestamp, metadata FROM queries "
-        "ORDER BY timestamp DESC LIMIT ?",
-        (limit,),
-    ).fetchall()
-
-
-def retrieval_rows(conn: sqlite3.Connection, query_id: str) -> list[tuple[Any, ...]]:
-    return conn.execute(
-        "SELECT chunk_id, rank, score, metadata FROM retrievals WHERE query_id = ? ORDER BY rank",
-        (query_id,),
-    ).fetchall()
 
 
 # --------------------------------------------------------------------------- snapshots

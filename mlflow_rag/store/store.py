@@ -541,16 +541,6 @@ class Store:
             rows = db.bm25_rows(self.conn, match, k, where, params)
         return views.lexical_hits(rows, include_pii=include_pii)
 
-    def hits_for_chunks(
-        self, chunk_ids: Sequence[str], scores: Sequence[float], *, include_pii: bool = False
-    ) -> list[Hit]:
-        """Hydrate chunk ids (e.g. after fusion) into hits, in the given order."""
-        with self._lock:
-            rows = db.hits_by_chunk_ids(self.conn, list(chunk_ids))
-        if len(chunk_ids) != len(scores):
-            raise InvalidInput(f"{len(chunk_ids)} chunk ids but {len(scores)} scores")
-        return views.chunk_hits(rows, chunk_ids, scores, include_pii=include_pii)
-
     # ----------------------------------------------------------------- query log
 
     def log_query(

@@ -63,15 +63,3 @@ def dense_hits(
 def lexical_hits(rows: Sequence[Sequence[Any]], *, include_pii: bool) -> list[Hit]:
     """BM25 rows (score first) -> hits in their order."""
     return [hit(row[1:], i + 1, float(row[0]), include_pii) for i, row in enumerate(rows)]
-
-
-def chunk_hits(
-    rows: Mapping[str, Sequence[Any]], chunk_ids: Sequence[str], scores: Sequence[float], *,
-    include_pii: bool,
-) -> list[Hit]:
-    """Hits for ``chunk_ids`` in the given order; ids without a row are left out."""
-    hits: list[Hit] = []
-    for chunk_id, score in zip(chunk_ids, scores, strict=True):
-        if chunk_id in rows:
-            hits.append(hit(rows[chunk_id], len(hits) + 1, float(score), include_pii))
-    return hits
