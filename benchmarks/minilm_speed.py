@@ -39,11 +39,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.torch_int8 import TorchInt8MiniLMEmbedder
 from mlflow_rag.embed.base import Embedder
 from mlflow_rag.embed.minilm import MiniLMEmbedder
 from mlflow_rag.embed.minilm_fast import (
     BACKENDS,
-    TorchInt8MiniLMEmbedder,
     minilm_embedder,
     physical_cores,
 )

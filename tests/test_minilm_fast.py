@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.torch_int8 import TorchInt8MiniLMEmbedder
 from mlflow_rag.embed import Embedder, InvalidTextAt, get_embedder, get_query_embedder, minilm_fast
 from mlflow_rag.embed.minilm import MiniLMEmbedder
 from mlflow_rag.embed.minilm_fast import (
@@ -24,7 +25,6 @@ from mlflow_rag.embed.minilm_fast import (
     OnnxInt8MiniLMEmbedder,
     OnnxMiniLMEmbedder,
     OnnxQueryMiniLMEmbedder,
-    TorchInt8MiniLMEmbedder,
     cached_onnx_model,
     minilm_query_embedder,
 )

@@ -37,7 +37,7 @@ The queries of a plain ``minilm`` store (torch vectors) are embedded by
 plain model's own name and version (its vectors, to float rounding), when onnxruntime is
 installed, else torch. A CLI search then starts without torch (benchmarks/cli_start.py).
 
-torch's own dynamic int8 (:class:`TorchInt8MiniLMEmbedder`) is measurable but not offered
+torch's own dynamic int8 (``benchmarks/torch_int8.py``) is measurable but not offered
 as a backend: its weight scales are per tensor (coarser than ONNX Runtime's), and its
 activation scales span the batch, so a text's vector would depend on its batch mates. Its
 quality: ``benchmarks/minilm_speed.py --also torch-int8 --quality``.
@@ -172,30 +172,6 @@ def default_cache_dir() -> Path:
     """``$MLFLOW_RAG_CACHE_DIR/onnx``, else ``~/.cache/mlflow-rag/onnx``."""
     root = os.environ.get(ENV_CACHE_DIR) or "~/.cache/mlflow-rag"
     return Path(root).expanduser() / "onnx"
-
-
-# --------------------------------------------------------------------------- torch int8
-
-
-class TorchInt8MiniLMEmbedder(MiniLMEmbedder):
-    """The plain model with its Linear layers quantised to int8 by torch (dynamic, per tensor).
-
-    A measured candidate, deliberately not in :data:`BACKENDS` (see the module docstring):
-    ``benchmarks/minilm_speed.py --also torch-int8`` builds it directly.
-    """
-
-    name = "minilm:torch-int8"
-    version = f"{_BASE_VERSION}+torch-int8"
-    backend = "torch-int8"
-
-    def _load(self) -> SentenceTransformer:
-        model = super()._load()
-        import torch
-
-        quantized: SentenceTransformer = torch.ao.quantization.quantize_dynamic(
-            model, {torch.nn.Linear}, dtype=torch.qint8
-        )
-        return quantized
 
 
 # --------------------------------------------------------------------------- ONNX Runtime

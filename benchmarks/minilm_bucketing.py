@@ -1,6 +1,6 @@
 """MiniLM throughput on a BEIR corpus, with and without length bucketing.
 
-    python -m mlflow_rag.embed.bench /path/to/corpus.jsonl --n 500 --threads 1
+    python benchmarks/minilm_bucketing.py /path/to/corpus.jsonl --n 500 --threads 1
 
 Each text is ``title + " " + text`` of one corpus line (``--vary`` cuts each to a seeded
 8..200 words, like chunks of mixed length). Modes, each timed ``--repeat`` times
@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mlflow_rag.embed.minilm import MiniLMEmbedder
 
