@@ -1,5 +1,5 @@
 """Promises 1, 2 and 4 under faults: disk full and I/O errors, SIGKILL during index rebuilds
-and re-ingests, damaged bundles and index files (DESIGN.md "Reliability promises").
+and re-ingests, damaged bundles and index files (docs/reliability.md).
 
 Disk full is simulated without root: a child process sets RLIMIT_FSIZE and ignores SIGXFSZ,
 so every write past the limit fails with EFBIG (tests/fault_child.py). I/O errors at each

@@ -1,4 +1,4 @@
-"""Promise 5: bad input gets a clear error and loses nothing (DESIGN.md).
+"""Promise 5: bad input gets a clear error and loses nothing (docs/reliability.md).
 
 Filters never execute the caller's SQL and never change the database; hostile vectors are
 refused or normalised before FAISS sees them (FAISS itself accepts NaN, inf and zero vectors

@@ -1,4 +1,4 @@
-"""Promise 1: SIGKILL at any moment of a write; the store reopens consistent (DESIGN.md).
+"""Promise 1: SIGKILL at any moment of a write; the store reopens consistent (docs/reliability.md).
 
 Each round starts a writer process on the same store, lets it acknowledge a random number
 of batches, kills it at a random moment, reopens and checks: integrity_check ok, FTS ok, the

@@ -1,6 +1,6 @@
 """Promise 6 and PII: query logs are opt-in, redacted before they are stored, purged for good,
 PII-tagged fields stay out of every output unless asked for, and no error message carries the
-query text (DESIGN.md "Reliability promises").
+query text (docs/reliability.md, promise 6).
 
 "Never stored" is checked on the bytes of every file in the store folder (metadata.db, its
 -wal and -shm, index files, manifest), not only through SQL.

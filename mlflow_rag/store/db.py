@@ -1,6 +1,7 @@
 """All SQL of the store lives here: connections, migrations, transactions, reads and writes.
 
-Connections follow DESIGN.md: WAL, ``synchronous=FULL`` for the writer, ``busy_timeout``,
+Connections serve docs/reliability.md's promises 1-3 (kill -9, disk errors, readers see
+only committed data): WAL, ``synchronous=FULL`` for the writer, ``busy_timeout``,
 ``foreign_keys=ON`` on every connection, ``isolation_level=None`` with explicit transactions.
 """
 
