@@ -119,16 +119,9 @@ class JsonlLoader:
         def fail(reason: str) -> LoadFailure:
             return LoadFailure(source, f"line {line}: {reason}")
 
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            return fail(f"not UTF-8 (byte {exc.start}: {exc.reason})")
-        except json.JSONDecodeError as exc:
-            return fail(f"invalid JSON ({exc.msg} at column {exc.colno})")
-        except RecursionError:
-            return fail("invalid JSON (nested too deeply)")
-        if not isinstance(obj, dict):
-            return fail(f"expected a JSON object, got {type(obj).__name__}")
+        obj = _json_object(raw)
+        if isinstance(obj, str):
+            return fail(obj)
 
         metadata = dict(base)
         id_key = next((k for k in self.id_fields if obj.get(k) is not None), None)
@@ -152,23 +145,10 @@ class JsonlLoader:
             doc_id = "line-" + stable_hash([public])[:16]
             metadata["id_source"] = "line_hash"
 
-        parts: list[str] = []
-        sections: list[Section] = []
-        offset = 0
-        for field in self.text_fields:
-            value = obj.get(field)
-            if value is None:
-                continue
-            if not isinstance(value, str):
-                return fail(f"text field {field!r} must be a string, got {type(value).__name__}")
-            if not value.strip():
-                continue
-            if parts:
-                parts.append(TEXT_SEPARATOR)
-                offset += len(TEXT_SEPARATOR)
-            sections.append(Section(field, offset, offset + len(value)))
-            parts.append(value)
-            offset += len(value)
+        joined = self._joined_text(obj)
+        if isinstance(joined, str):
+            return fail(joined)
+        parts, sections = joined
         if not sections:
             return fail(f"id {doc_id!r} has no text in fields {self.text_fields}")
 
@@ -185,6 +165,42 @@ class JsonlLoader:
             metadata=metadata,
             pii={k: obj[k] for k in pii_fields if k in obj},
         )
+
+    def _joined_text(self, obj: dict[str, Any]) -> tuple[list[str], list[Section]] | str:
+        """(parts to join, one section per non-blank text field), or why a text field is bad."""
+        parts: list[str] = []
+        sections: list[Section] = []
+        offset = 0
+        for field in self.text_fields:
+            value = obj.get(field)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                return f"text field {field!r} must be a string, got {type(value).__name__}"
+            if not value.strip():
+                continue
+            if parts:
+                parts.append(TEXT_SEPARATOR)
+                offset += len(TEXT_SEPARATOR)
+            sections.append(Section(field, offset, offset + len(value)))
+            parts.append(value)
+            offset += len(value)
+        return parts, sections
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | str:
+    """One line decoded to a JSON object, or why it is not one."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 (byte {exc.start}: {exc.reason})"
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return "invalid JSON (nested too deeply)"
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {type(obj).__name__}"
+    return obj
 
 
 def _bounded_lines(f: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
