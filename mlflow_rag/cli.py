@@ -291,12 +291,11 @@ def search(
     """Search the store for QUERY."""
     import time
 
-    from mlflow_rag.search import Searcher, format_document_hits, format_hits
-    from mlflow_rag.store.filters import compile_filter, parse_filter
+    from mlflow_rag.search import Searcher, SearchRequest, format_document_hits, format_hits
     from mlflow_rag.store.store import Store
 
-    filters = parse_filter(filter_json)  # a bad filter fails before the store is opened
-    compile_filter(filters)
+    # parsed once (a bad filter, k or query fails before the store is opened) and handed down
+    request = SearchRequest.parse(query, k=k, mode=mode, filters=filter_json)
     # A one-shot reader maps the index rather than copying it (a faster start, shared pages).
     with Store.open(store_path, read_only=not log_query, mmap=not log_query) as store:
         if embedder is not None and mode != "bm25":
@@ -305,12 +304,10 @@ def search(
         searcher = Searcher(store, model=embedder)
         groups = None
         if per_document:
-            groups = searcher.search_documents(query, k=k, mode=mode, filters=filters,
-                                               include_pii=include_pii, log=log_query)
+            groups = searcher.run_documents(request, include_pii=include_pii, log=log_query)
             hits = [hit for group in groups for hit in group.hits]
         else:
-            hits = searcher.search(query, k=k, mode=mode, filters=filters,
-                                   include_pii=include_pii, log=log_query)
+            hits = searcher.run(request, include_pii=include_pii, log=log_query)
         latency_ms = (time.perf_counter() - started) * 1000
         if experiment:  # mlflow is imported only when a run is asked for
             from mlflow_rag.tracking import (
@@ -358,13 +355,13 @@ def list_documents(store_path: Path, filter_json: str | None, limit: int, as_jso
 
     The ids are what `show`, `delete` and the `document_id` filter take.
     """
-    from mlflow_rag.store.filters import compile_filter
+    from mlflow_rag.store.filters import as_plan
     from mlflow_rag.store.store import Store
 
-    compile_filter(filter_json)  # a bad filter fails before the store is opened
+    plan = as_plan(filter_json)  # compiled once: a bad filter fails before the store is opened
     with Store.open(store_path, read_only=True) as store:
         # one more than asked: says whether the listing was cut
-        docs = store.find_documents(filter_json, limit=limit + 1, include_pii=include_pii)
+        docs = store.find_documents(plan, limit=limit + 1, include_pii=include_pii)
     more = len(docs) > limit
     docs = docs[:limit]
     if as_json:

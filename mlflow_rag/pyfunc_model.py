@@ -33,16 +33,17 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow.pyfunc import PythonModel
 
 from mlflow_rag.errors import EmbedderError, InvalidInput, RagError
+from mlflow_rag.search import SearchRequest
 from mlflow_rag.serving import (
     QUERY_LOG_ENV,
     REDACTORS,
     TRACE_MODES,
     Retriever,
     body_strings,
+    build_requests,
     coerce_queries,
     hits_frame,
     normalise_json_body,
-    parse_request,
     private_message,
     scrub,
 )
@@ -121,17 +122,17 @@ class RetrieverModel(PythonModel):
         queries: list[str] = []
         try:
             queries = coerce_queries(model_input)  # first alone: the scrub below needs them
-            queries, k, mode, filters = parse_request(queries, params,
-                                                      default_mode=retriever.default_mode)
+            searches = build_requests(queries, params, default_mode=retriever.default_mode)
         except RagError as exc:
             raise bad_request(str(exc), queries) from None
         text = self.trace == "text"
         redact = retriever.redact or (lambda query: query)
-        request: dict[str, Any] = {"k": k, "mode": mode}
+        first = searches[0]  # the params (k, mode, filter) are the same for every query
+        request: dict[str, Any] = {"k": first.k, "mode": first.mode}
         if text:
-            request["filters"] = json.dumps(filters, sort_keys=True)
+            request["filters"] = json.dumps(dict(first.filters), sort_keys=True)
         else:  # filter values may be as private as queries
-            request["filtered"] = bool(filters)
+            request["filtered"] = bool(first.filters)
         results: list[list[Hit]] = []
         with self._span("predict", "CHAIN") as root:
             root.set_inputs({"query": [redact(q) for q in queries], **request} if text
@@ -141,12 +142,11 @@ class RetrieverModel(PythonModel):
                                  "mlflow_rag.trace": self.trace})
             if retriever.query_log is not None:  # queries the log could not keep (its queue full)
                 root.set_attributes({"mlflow_rag.query_log_dropped": retriever.query_log.dropped})
-            for index, query in enumerate(queries):
+            for index, (query, search) in enumerate(zip(queries, searches, strict=True)):
                 with self._span("retrieve", "RETRIEVER") as span:
                     span.set_inputs({"query": redact(query), **request} if text
                                     else {"query_index": index, **request})
-                    hits = self._search(retriever, query, queries, k=k, mode=mode,
-                                        filters=filters)
+                    hits = self._search(retriever, search, queries)
                     span.set_outputs(_documents(hits, text=text))
                 results.append(hits)
             frame = hits_frame(results)
@@ -160,10 +160,9 @@ class RetrieverModel(PythonModel):
         return mlflow.start_span(name=name, span_type=span_type)
 
     @staticmethod
-    def _search(retriever: Retriever, query: str, queries: Sequence[str], *, k: int, mode: str,
-                filters: dict[str, Any]) -> list[Hit]:
+    def _search(retriever: Retriever, search: SearchRequest, queries: Sequence[str]) -> list[Hit]:
         try:
-            return retriever.search_one(query, k=k, mode=mode, filters=filters)
+            return retriever.search_one(search)
         except EmbedderError as exc:  # the embedding service failed, not the request
             raise PrivateMlflowException(
                 scrub(f"the query embedder failed: {exc}", queries),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,8 @@ import numpy as np
 from mlflow_rag.embed.base import Embedder
 from mlflow_rag.errors import EmbedderUnavailable, InvalidInput, UnknownChoice
 from mlflow_rag.store.checks import MAX_K, check_k
-from mlflow_rag.store.filters import compile_filter
+from mlflow_rag.store.filters import as_plan, parse_filter
+from mlflow_rag.store.request import Retrieval
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import Hit
 
@@ -55,6 +56,75 @@ def check_query(text: Any) -> str:
     if len(text) > MAX_QUERY_CHARS:
         raise InvalidInput(f"query is {len(text)} characters long; at most {MAX_QUERY_CHARS}")
     return text
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One query, parsed once at the boundary (the CLI, :meth:`Searcher.search`, serving):
+    its text checked, its mode one of :data:`MODES`, ``k`` checked and its filter compiled
+    (``retrieval``). The layers below take it as it is and check nothing again.
+
+    ``filters`` is the filter as parsed (``{}``: none), for query logs and traces. ``depth``
+    is how many candidates of each list a hybrid search fuses. Build it with :meth:`parse`
+    (:meth:`of_checked_query` for text checked already); :meth:`with_query` and
+    :meth:`with_k` derive one from another without checking again.
+    """
+
+    query: str
+    mode: str
+    retrieval: Retrieval
+    filters: Mapping[str, Any] = field(default_factory=dict)
+    depth: int = 0
+
+    @property
+    def k(self) -> int:
+        return self.retrieval.k
+
+    @classmethod
+    def parse(
+        cls, query: Any, *, k: Any = 10, mode: str = DEFAULT_MODE,
+        filters: str | Mapping[str, Any] | None = None, candidates: int | None = None,
+    ) -> SearchRequest:
+        """Check everything a search needs before any work: a bad filter fails before the
+        query is embedded."""
+        check_query(query)
+        return cls.of_checked_query(query, k=k, mode=mode, filters=filters, candidates=candidates)
+
+    @classmethod
+    def of_checked_query(
+        cls, query: str, *, k: Any = 10, mode: str = DEFAULT_MODE,
+        filters: str | Mapping[str, Any] | None = None, candidates: int | None = None,
+    ) -> SearchRequest:
+        """:meth:`parse` for a query checked already (by :func:`check_query`); use
+        :meth:`with_query` to ask the same of other checked queries."""
+        checked_k = check_k(k)  # k, the mode, then the filter: serving's order of checks
+        check_mode(mode)
+        parsed = parse_filter(filters)
+        retrieval = Retrieval(k=checked_k, plan=as_plan(parsed))
+        depth = 0
+        if mode == "hybrid":
+            depth = check_k(candidates) if candidates else _hybrid_depth(retrieval.k)
+        return cls(query=query, mode=mode, retrieval=retrieval, filters=parsed, depth=depth)
+
+    def with_k(self, k: int) -> SearchRequest:
+        """The same request for ``k`` results (in range: derived from a checked ``k``); a
+        hybrid search fuses its default depth of candidates for it."""
+        depth = _hybrid_depth(k) if self.mode == "hybrid" else 0
+        return SearchRequest(query=self.query, mode=self.mode,
+                             retrieval=self.retrieval.deeper(k), filters=self.filters,
+                             depth=depth)
+
+    def with_query(self, query: str) -> SearchRequest:
+        """The same request for another query, checked already by :func:`check_query`."""
+        return SearchRequest(query=query, mode=self.mode, retrieval=self.retrieval,
+                             filters=self.filters, depth=self.depth)
+
+
+def _hybrid_depth(k: int) -> int:
+    """Candidates of each list a hybrid search of ``k`` results fuses by default. Derived
+    from a checked ``k``, it is in range unless ``k`` is above ``MAX_K / 2``; the search
+    refuses that depth (:meth:`Searcher._fused`), after the request's own checks."""
+    return max(100, 2 * k)
 
 
 def reciprocal_rank_fusion(
@@ -291,27 +361,31 @@ class Searcher:
     ) -> list[Hit]:
         """Top-k hits for ``query``. Hybrid fuses the top ``candidates`` of dense and BM25
         with ``fusion`` (default: the searcher's)."""
-        check_query(query)
-        check_mode(mode)
-        k = check_k(k)
-        if filters:
-            compile_filter(filters)  # a bad filter fails before any embedding work
+        request = SearchRequest.parse(query, k=k, mode=mode, filters=filters,
+                                      candidates=candidates)
+        return self.run(request, include_pii=include_pii, log=log, fusion=fusion)
+
+    def run(
+        self, request: SearchRequest, *, include_pii: bool = False, log: bool = False,
+        fusion: str | None = None,
+    ) -> list[Hit]:
+        """The hits of a parsed request (:class:`SearchRequest`): nothing is checked again."""
+        query, mode = request.query, request.mode
         vector = None
         if mode == "bm25":
-            hits = self.store.lexical_search(query, k=k, filters=filters, include_pii=include_pii)
+            hits = self.store.lexical(query, request.retrieval, include_pii=include_pii)
         elif mode == "dense":
-            vector = self.embed_query(query)
-            hits = self.store.dense_search(
-                vector, model=self._model(), k=k, filters=filters, include_pii=include_pii
+            vector = self.embedder.embed_query(query)
+            hits = self.store.dense(
+                vector, request.retrieval, model=self._model(), include_pii=include_pii
             ) if self._has_direction(query) else []
         else:
-            vector = self.embed_query(query)
-            hits = self.hybrid(query, vector, k=k, filters=filters, include_pii=include_pii,
-                               candidates=candidates, fusion=fusion)
+            vector = self.embedder.embed_query(query)
+            hits = self._fused(request, vector, include_pii=include_pii, fusion=fusion)
         if log:
             self.store.log_query(
                 query, hits, model_name=self._model() if mode != "bm25" else None,
-                embedding=vector, metadata={"mode": mode, "k": k}, redact=self.redact,
+                embedding=vector, metadata={"mode": mode, "k": request.k}, redact=self.redact,
             )
         return hits
 
@@ -322,10 +396,17 @@ class Searcher:
     ) -> list[DocumentHits]:
         """The top-``k`` documents for ``query``, each with its hits among the best ``depth``
         chunks (default ``max(100, 10 k)``): a document ranks by its best chunk."""
-        k = check_k(k)
-        depth = check_k(depth or min(MAX_K, max(100, 10 * k)))
-        hits = self.search(query, k=max(k, depth), mode=mode, filters=filters,
-                           include_pii=include_pii, log=log)
+        request = SearchRequest.parse(query, k=k, mode=mode, filters=filters)
+        return self.run_documents(request, include_pii=include_pii, log=log, depth=depth)
+
+    def run_documents(
+        self, request: SearchRequest, *, include_pii: bool = False, log: bool = False,
+        depth: int | None = None,
+    ) -> list[DocumentHits]:
+        """:meth:`search_documents` for a parsed request: its ``k`` counts documents."""
+        k = request.k
+        chunks = check_k(depth) if depth else min(MAX_K, max(100, 10 * k))
+        hits = self.run(request.with_k(max(k, chunks)), include_pii=include_pii, log=log)
         return group_by_document(hits, k=k)
 
     def hybrid(
@@ -333,13 +414,23 @@ class Searcher:
         filters: str | Mapping[str, Any] | None = None, include_pii: bool = False,
         candidates: int | None = None, fusion: str | None = None,
     ) -> list[Hit]:
+        request = SearchRequest.parse(query, k=k, mode="hybrid", filters=filters,
+                                      candidates=candidates)
+        return self._fused(request, vector, include_pii=include_pii, fusion=fusion)
+
+    def _fused(
+        self, request: SearchRequest, vector: np.ndarray, *, include_pii: bool,
+        fusion: str | None,
+    ) -> list[Hit]:
         method = check_fusion(fusion or self.fusion)
-        depth = check_k(candidates or max(100, 2 * k))
-        dense = self.store.dense_search(
-            vector, model=self._model(), k=depth, filters=filters, include_pii=include_pii
+        query, k = request.query, request.k
+        if request.depth > MAX_K:  # a default depth above MAX_K is refused, as it always was
+            check_k(request.depth)
+        candidates = request.retrieval.deeper(request.depth)
+        dense = self.store.dense(
+            vector, candidates, model=self._model(), include_pii=include_pii
         ) if self._has_direction(query) else []
-        lexical = self.store.lexical_search(query, k=depth, filters=filters,
-                                            include_pii=include_pii)
+        lexical = self.store.lexical(query, candidates, include_pii=include_pii)
         fused = fuse(
             [[(h.chunk_id, h.score) for h in dense], [(h.chunk_id, h.score) for h in lexical]],
             method=method,

@@ -32,10 +32,16 @@ import pandas as pd
 
 from mlflow_rag import codec
 from mlflow_rag.errors import InvalidInput, RagError
-from mlflow_rag.search import DEFAULT_MODE, MODES, Searcher, check_mode, check_query, redact_emails
+from mlflow_rag.search import (
+    DEFAULT_MODE,
+    MODES,
+    Searcher,
+    SearchRequest,
+    check_query,
+    redact_emails,
+)
 from mlflow_rag.store import db
-from mlflow_rag.store.filters import compile_filter, parse_filter
-from mlflow_rag.store.store import Store, check_k
+from mlflow_rag.store.store import Store
 from mlflow_rag.types import Hit
 
 log = logging.getLogger("mlflow_rag.serving")
@@ -126,40 +132,59 @@ def coerce_queries(model_input: Any) -> list[str]:
     return queries
 
 
+def _merged_params(
+    params: Mapping[str, Any] | None, *, default_mode: str
+) -> tuple[Any, str, str | Mapping[str, Any]]:
+    """``(k, mode, filters)`` as sent, with the defaults of the signature (a missing or empty
+    mode is ``default_mode``)."""
+    merged = {**PARAM_DEFAULTS, **{k: v for k, v in (params or {}).items() if v is not None}}
+    k = merged["k"]
+    if isinstance(k, float) and k.is_integer():  # JSON clients may send 5.0
+        k = int(k)
+    return k, str(merged["mode"] or default_mode), merged["filters"]
+
+
+def _parsed(query: str, params: Mapping[str, Any] | None, *, default_mode: str) -> SearchRequest:
+    k, mode, filters = _merged_params(params, default_mode=default_mode)
+    if not isinstance(filters, (str, Mapping)):
+        SearchRequest.of_checked_query(query, k=k, mode=mode)  # a bad k or mode is named first
+        raise BadRequest(
+            f"filters must be a JSON object (or a string holding one), got {_json_type(filters)}"
+        )
+    # unknown keys or operators of the filter fail here, before any search
+    return SearchRequest.of_checked_query(query, k=k, mode=mode, filters=filters)
+
+
 def parse_params(
     params: Mapping[str, Any] | None, *, default_mode: str = DEFAULT_MODE
 ) -> tuple[int, str, dict[str, Any]]:
     """``(k, mode, filters)`` from the request params, with the defaults of the signature; a
     missing or empty mode is ``default_mode`` (the bundle's, see :func:`bundle_modes`)."""
-    merged = {**PARAM_DEFAULTS, **{k: v for k, v in (params or {}).items() if v is not None}}
-    k = merged["k"]
-    if isinstance(k, float) and k.is_integer():  # JSON clients may send 5.0
-        k = int(k)
-    k = check_k(k)
-    mode = check_mode(merged["mode"] or default_mode)
-    filters = merged["filters"]
-    if not isinstance(filters, (str, Mapping)):
+    request = _parsed("", params, default_mode=default_mode)  # the params alone: no query
+    return request.k, request.mode, dict(request.filters)
+
+
+def build_requests(
+    queries: Sequence[str], params: Mapping[str, Any] | None, *,
+    default_mode: str = DEFAULT_MODE,
+) -> list[SearchRequest]:
+    """One :class:`SearchRequest` per query (each checked already, by :func:`coerce_queries`):
+    the params are checked and the filter compiled once for them all."""
+    first = _parsed(queries[0], params, default_mode=default_mode)
+    if len(queries) * first.k > MAX_HITS_PER_REQUEST:
         raise BadRequest(
-            f"filters must be a JSON object (or a string holding one), got {_json_type(filters)}"
+            f"{len(queries)} queries x k={first.k} could return {len(queries) * first.k} rows; "
+            f"at most {MAX_HITS_PER_REQUEST} per request: send fewer queries or a smaller k"
         )
-    parsed = parse_filter(filters)
-    compile_filter(parsed)  # unknown keys or operators fail here, before any search
-    return k, mode, parsed
+    return [first] + [first.with_query(query) for query in queries[1:]]
 
 
 def parse_request(
     model_input: Any, params: Mapping[str, Any] | None, *, default_mode: str = DEFAULT_MODE
-) -> tuple[list[str], int, str, dict[str, Any]]:
-    """``(queries, k, mode, filters)`` of a request, or :class:`BadRequest` (or another
-    :class:`RagError`) naming what is wrong."""
-    queries = coerce_queries(model_input)
-    k, mode, filters = parse_params(params, default_mode=default_mode)
-    if len(queries) * k > MAX_HITS_PER_REQUEST:
-        raise BadRequest(
-            f"{len(queries)} queries x k={k} could return {len(queries) * k} rows; at most "
-            f"{MAX_HITS_PER_REQUEST} per request: send fewer queries or a smaller k"
-        )
-    return queries, k, mode, filters
+) -> list[SearchRequest]:
+    """One parsed :class:`SearchRequest` per query of a request, or :class:`BadRequest` (or
+    another :class:`RagError`) naming what is wrong."""
+    return build_requests(coerce_queries(model_input), params, default_mode=default_mode)
 
 
 # --------------------------------------------------------------------------- the HTTP body
@@ -566,15 +591,14 @@ class Retriever:
             # search for the life of the worker; requests will say what fails then.
             log.warning("warm-up search (%s) failed: %s", mode, exc)
 
-    def search_one(self, query: str, *, k: int, mode: str, filters: Mapping[str, Any]) -> list[Hit]:
-        if mode not in self.modes:
-            raise BadRequest(f"mode {mode!r} is unavailable in this bundle ({self.dense_error}); "
-                             f"choose from {list(self.modes)}")
-        hits = self.searcher.search(
-            query, k=k, mode=mode, filters=filters or None, include_pii=self.include_pii,
-        )
+    def search_one(self, request: SearchRequest) -> list[Hit]:
+        if request.mode not in self.modes:
+            raise BadRequest(f"mode {request.mode!r} is unavailable in this bundle "
+                             f"({self.dense_error}); choose from {list(self.modes)}")
+        hits = self.searcher.run(request, include_pii=self.include_pii)
         if self.query_log is not None:
-            self.log_query(query, hits, k=k, mode=mode, filters=filters)
+            self.log_query(request.query, hits, k=request.k, mode=request.mode,
+                           filters=request.filters)
         return hits
 
     def log_query(self, query: str, hits: Sequence[Hit], *, k: int, mode: str,
@@ -591,9 +615,8 @@ class Retriever:
             log.error("query log %s: queueing a query failed: %s", self.query_log.path, exc)
 
     def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
-        queries, k, mode, filters = parse_request(model_input, params,
-                                                  default_mode=self.default_mode)
-        return hits_frame([self.search_one(q, k=k, mode=mode, filters=filters) for q in queries])
+        requests = parse_request(model_input, params, default_mode=self.default_mode)
+        return hits_frame([self.search_one(request) for request in requests])
 
     def close(self) -> None:
         if self.query_log is not None:

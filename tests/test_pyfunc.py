@@ -533,7 +533,7 @@ def test_loading_runs_every_lazy_step_so_the_first_request_is_not_slower(
         return embedder
 
     monkeypatch.setattr(registry, "get_embedder", recording_embedder)
-    for name in ("dense_search", "lexical_search"):
+    for name in ("dense", "lexical"):  # the store's searches of a parsed request
         real = getattr(Store, name)
         monkeypatch.setattr(Store, name, lambda self, *a, _real=real, _name=name, **kw:
                             calls.append(_name) or _real(self, *a, **kw))
@@ -541,7 +541,7 @@ def test_loading_runs_every_lazy_step_so_the_first_request_is_not_slower(
         bundle = store.snapshot(tmp_path / "bundle")
     retriever = Retriever(bundle, query_log=tmp_path / "queries.db")
     try:
-        assert sorted(set(calls)) == ["dense_search", "embed_query", "lexical_search"]
+        assert sorted(set(calls)) == ["dense", "embed_query", "lexical"]
         calls.clear()
         retriever.predict(["honey bees"], {"mode": "hybrid", "k": 1})
         assert calls.count("embed_query") == 1  # the request itself, nothing left to load

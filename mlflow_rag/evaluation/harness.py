@@ -46,6 +46,7 @@ from mlflow_rag.evaluation.rollup import rollup_to_documents
 from mlflow_rag.evaluation.variants import Chunking, Grid, Variant
 from mlflow_rag.search import fuse, redact_emails
 from mlflow_rag.store.checks import MAX_K, model_slug
+from mlflow_rag.store.request import Retrieval
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import Hit, IngestReport, LoadFailure
 
@@ -299,7 +300,7 @@ def run_grid(
                     lexical_key = f"bm25/{depth}"
                     if lexical_key not in lists:
                         lists[lexical_key] = _collect(
-                            partial(_lexical, store, texts, depth), len(texts), doc_of,
+                            partial(_lexical, store, texts, Retrieval.parse(k=depth)), len(texts), doc_of,
                             desc=f"bm25 top {depth}", options=options)
                     lexical = lists[lexical_key]
                 if variant.embedder is not None:
@@ -315,7 +316,8 @@ def run_grid(
                     dense_key = f"dense/{embedder.name}/{variant.index_type}/{depth}"
                     if dense_key not in lists:
                         lists[dense_key] = _collect(
-                            partial(_dense, store, embedder.name, query_vectors[space], depth),
+                            partial(_dense, store, embedder.name, query_vectors[space],
+                                    Retrieval.parse(k=depth)),
                             len(texts), doc_of, desc=f"{embedder.name} top {depth}",
                             options=options)
                     dense = lists[dense_key]
@@ -442,12 +444,12 @@ def _set_index(store: Store, embedder: Embedder, index_type: str | None) -> None
         store.ensure_model(embedder.name, embedder.dimension, index_type=index_type)
 
 
-def _lexical(store: Store, texts: Sequence[str], depth: int, q: int) -> list[Hit]:
-    return store.lexical_search(texts[q], k=depth)
+def _lexical(store: Store, texts: Sequence[str], request: Retrieval, q: int) -> list[Hit]:
+    return store.lexical(texts[q], request)
 
 
-def _dense(store: Store, model: str, vectors: np.ndarray, depth: int, q: int) -> list[Hit]:
-    return store.dense_search(vectors[q], model=model, k=depth)
+def _dense(store: Store, model: str, vectors: np.ndarray, request: Retrieval, q: int) -> list[Hit]:
+    return store.dense(vectors[q], request, model=model)
 
 
 def _collect(

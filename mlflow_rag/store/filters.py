@@ -96,6 +96,14 @@ def plan_filter(spec: str | Mapping[str, Any] | None) -> Plan:
     return _Compiler().filter(parse_filter(spec), depth=0)
 
 
+def as_plan(spec: str | Mapping[str, Any] | Plan | None) -> Plan | None:
+    """A filter in its compiled form, compiled at most once: a plan is returned as it is, JSON
+    text or a mapping is compiled, and no filter (``None``, ``""``, ``{}``) is ``None``."""
+    if isinstance(spec, (Condition, Junction)):
+        return spec
+    return plan_filter(spec) if spec else None
+
+
 @dataclass(frozen=True)
 class Condition:
     """One leaf: the rows whose ``owner`` id is (or, ``negate``, is not) in ``ids_sql``.

@@ -40,7 +40,6 @@ from mlflow_rag.errors import (
 from mlflow_rag.index.choose import INDEX_TYPES, choose_index
 from mlflow_rag.store import bundle, db, integrity, layout, opening, retrieval, views, writes
 from mlflow_rag.store.checks import (
-    check_k,
     clean_query,
     clean_vectors,
     fts_query,
@@ -50,12 +49,13 @@ from mlflow_rag.store.files import (
     confined,
     exclusive_lock,
 )
-from mlflow_rag.store.filters import compile_filter, plan_filter
+from mlflow_rag.store.filters import Plan, as_plan, render_sql
 from mlflow_rag.store.index_cache import IndexCache
 from mlflow_rag.store.integrity import EMBED_CHECK_MIN_COSINE
 from mlflow_rag.store.manifest import Manifest
 from mlflow_rag.store.models import ModelRegistry
 from mlflow_rag.store.query_log import purge_query_log, write_query_log
+from mlflow_rag.store.request import Retrieval
 from mlflow_rag.types import (
     ChunkView,
     DocumentRecord,
@@ -67,9 +67,6 @@ from mlflow_rag.types import (
 )
 
 log = logging.getLogger("mlflow_rag.store")
-
-# check_k and write_query_log (imported above) stay importable from here: serving.py takes
-# them from this module.
 
 
 class Store:
@@ -473,11 +470,13 @@ class Store:
         return [views.chunk_view(r) for r in rows]
 
     def find_documents(
-        self, filters: str | Mapping[str, Any] | None = None, *, limit: int = 100,
+        self, filters: str | Mapping[str, Any] | Plan | None = None, *, limit: int = 100,
         include_pii: bool = False,
     ) -> list[DocumentView]:
-        """Documents with at least one chunk matching the filter (metadata, dates, types)."""
-        where, params = compile_filter(filters)
+        """Documents with at least one chunk matching the filter (metadata, dates, types);
+        ``filters`` is JSON text, a mapping or a compiled plan (not compiled again)."""
+        plan = as_plan(filters)
+        where, params = render_sql(plan) if plan is not None else ("1", [])
         with self._lock:
             rows = db.find_document_rows(self.conn, where, params, limit)
         return [views.document_view(r, (), include_pii=include_pii) for r in rows]
@@ -506,14 +505,22 @@ class Store:
 
     def dense_search(
         self, vector: Any, *, model: str | None = None, k: int = 10,
-        filters: str | Mapping[str, Any] | None = None, include_pii: bool = False,
+        filters: str | Mapping[str, Any] | Plan | None = None, include_pii: bool = False,
     ) -> list[Hit]:
         """Top-k chunks by inner product with ``vector`` (L2-normalised here), hydrated.
 
-        With ``filters``, only matching chunks are ranked, exactly (pre-filtering).
+        With ``filters`` (JSON text, a mapping or a compiled plan), only matching chunks are
+        ranked, exactly (pre-filtering).
         """
-        k = check_k(k)
-        plan = plan_filter(filters) if filters else None
+        return self.dense(vector, Retrieval.parse(k=k, filters=filters), model=model,
+                          include_pii=include_pii)
+
+    def dense(
+        self, vector: Any, request: Retrieval, *, model: str | None = None,
+        include_pii: bool = False,
+    ) -> list[Hit]:
+        """:meth:`dense_search` for a request parsed already (``k`` checked, filter compiled)."""
+        plan = request.plan
         with self._lock, db.read_transaction(self.conn):
             generation = db.generation(self.conn)
             self._registry.refresh(generation)
@@ -521,24 +528,27 @@ class Store:
             query = clean_query(vector, info.dimension)
             index = self._index_cache.index_for(info, generation)
             keys = self._index_cache.vector_keys(info.name, generation) if plan is not None else None
-            found = retrieval.dense(self.conn, index, query, k, plan=plan, keys=keys)
+            found = retrieval.dense(self.conn, index, query, request.k, plan=plan, keys=keys)
         hits, orphans = views.dense_hits(found.ids, found.scores, found.rows,
                                          include_pii=include_pii)
         self.orphan_hits += orphans  # cannot happen inside one snapshot: must stay 0
         return hits
 
     def lexical_search(
-        self, text: str, *, k: int = 10, filters: str | Mapping[str, Any] | None = None,
+        self, text: str, *, k: int = 10, filters: str | Mapping[str, Any] | Plan | None = None,
         include_pii: bool = False,
     ) -> list[Hit]:
         """BM25 (SQLite FTS5) over chunk text, pre-filtered like dense search."""
-        k = check_k(k)
+        return self.lexical(text, Retrieval.parse(k=k, filters=filters), include_pii=include_pii)
+
+    def lexical(self, text: str, request: Retrieval, *, include_pii: bool = False) -> list[Hit]:
+        """:meth:`lexical_search` for a request parsed already (``k`` checked, filter compiled)."""
         match = fts_query(text)
         if not match:
             return []
-        where, params = compile_filter(filters) if filters else ("1", [])
+        where, params = render_sql(request.plan) if request.plan is not None else ("1", [])
         with self._lock:
-            rows = db.bm25_rows(self.conn, match, k, where, params)
+            rows = db.bm25_rows(self.conn, match, request.k, where, params)
         return views.lexical_hits(rows, include_pii=include_pii)
 
     # ----------------------------------------------------------------- query log
