@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mlflow_rag.chunk.base import TokenSpans
 from mlflow_rag.chunk.registry import DEFAULT_CHUNK_SIZE, get_chunker
 from mlflow_rag.embed.base import Embedder, TokenizedEmbedder, WindowedEmbedder, is_fitted_embedder
 from mlflow_rag.embed.registry import DEFAULT_EMBEDDER
@@ -76,6 +77,8 @@ from mlflow_rag.types import (
 
 log = logging.getLogger("mlflow_rag.ingest")
 
+# ingest's default chunk tokenizer: the embedder's own (see ingest's chunk_tokenizer)
+EMBEDDER_TOKENIZER = "embedder"
 WRITE_BATCH = 256  # documents per transaction: commits often enough to resume after a kill
 
 
@@ -105,7 +108,8 @@ class IngestOptions:
 
 def ingest(
     sources: Sequence[str], store: Store, *, options: IngestOptions = IngestOptions(),
-    embedder: Embedder | None = None, progress: bool = True,
+    embedder: Embedder | None = None, chunk_tokenizer: TokenSpans | str | None = EMBEDDER_TOKENIZER,
+    progress: bool = True,
     on_failure: Callable[[LoadFailure], None] | None = None,
     on_message: Callable[[str], None] | None = None,
 ) -> IngestReport:
@@ -116,7 +120,12 @@ def ingest(
     store take turns (the second waits, or raises StoreBusy with ``options.wait=False``) and
     each plans from what the other committed. ``on_message`` receives notes for the user
     (waiting for another writer, a refit, vectors dropped with changed text); by default
-    they are logged."""
+    they are logged.
+
+    ``chunk_tokenizer`` counts chunk sizes: by default the embedder's own tokenizer (when it
+    has one), else the given ``token_spans`` function, or None for the approximate tokenizer.
+    Every embedder of one store must see the same chunks, so the evaluation harness passes
+    one tokenizer to the ingests of all its embedders."""
     if not sources:
         raise InvalidInput("no sources given; name files, folders, globs or URLs")
     if options.index_params and options.index_type is None:
@@ -153,8 +162,19 @@ def ingest(
         if not options.overwrite:
             check_id_collisions(documents, store)
         return _ingest_locked(sources, store, documents, failures, loaders, options=options,
-                              embedder=embedder, progress=progress, say=say, stages=stages,
+                              embedder=embedder, chunk_tokenizer=chunk_tokenizer,
+                              progress=progress, say=say, stages=stages,
                               skipped=skipped)
+
+
+def _chunk_token_spans(model: Embedder, chunk_tokenizer: TokenSpans | str | None) -> TokenSpans | None:
+    """The tokenizer chunks are sized by (None: the approximate one); see :func:`ingest`."""
+    if chunk_tokenizer == EMBEDDER_TOKENIZER:
+        return model.token_spans if isinstance(model, TokenizedEmbedder) else None
+    if chunk_tokenizer is not None and not callable(chunk_tokenizer):
+        raise InvalidInput(f"chunk tokenizer {chunk_tokenizer!r} is neither {EMBEDDER_TOKENIZER!r}, "
+                           "a token_spans function nor None (the approximate tokenizer)")
+    return chunk_tokenizer if callable(chunk_tokenizer) else None
 
 
 def _report_failures(
@@ -175,15 +195,15 @@ def _nothing_to_ingest(failures: Sequence[LoadFailure]) -> LoaderError:
 def _ingest_locked(
     sources: Sequence[str], store: Store, documents: list[SourceDocument],
     failures: list[LoadFailure], loaders: list[str], *, options: IngestOptions,
-    embedder: Embedder | None, progress: bool, say: Callable[[str], None], stages: Stages,
-    skipped: Mapping[str, int],
+    embedder: Embedder | None, chunk_tokenizer: TokenSpans | str | None, progress: bool,
+    say: Callable[[str], None], stages: Stages, skipped: Mapping[str, int],
 ) -> IngestReport:
     from tqdm import tqdm
 
     started = time.perf_counter()
     # Made under the lock: a tfidf state another ingest saved meanwhile is the one loaded.
     model = embedder or make_embedder(options.embedder, store)
-    spans = model.token_spans if isinstance(model, TokenizedEmbedder) else None
+    spans = _chunk_token_spans(model, chunk_tokenizer)
     states = store.document_states([d.id for d in documents])
     names = chunker_names(documents, states, options.chunker)
     chunk_size = options.chunk_size
@@ -325,6 +345,7 @@ def _vectors_dropped(
 
 
 __all__ = [
+    "EMBEDDER_TOKENIZER",
     "REFITS",
     "REFIT_GROWTH",
     "REFIT_NEW_TERMS",

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -210,21 +210,6 @@ def corpus_sources(dataset: EvalDataset, sources: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- the harness
 
 
-class _ChunkedBy:
-    """An embedder as the ingest pipeline sees it, with the store's tokenizer for chunking.
-
-    The pipeline sizes chunks with ``embedder.token_spans`` when there is one; every embedder
-    of a store must produce the same chunks, so all of them present the same tokenizer.
-    """
-
-    def __init__(self, inner: Embedder, token_spans: Callable[[str], list[tuple[int, int]]] | None):
-        self._inner = inner
-        self.token_spans = token_spans
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 def _make_embedder(spec: str, store: Store) -> Embedder:
     """The embedder for ``spec``, with its state fitted on this store if it has one (tfidf)."""
     from mlflow_rag.embed.registry import get_embedder
@@ -360,7 +345,6 @@ def _ingest_chunking(
     failures: list[LoadFailure] = []
     for spec in embedders:
         began = time.perf_counter()
-        seen_by_ingest = cast(Embedder, _ChunkedBy(models[spec], spans))
         report = ingest(
             list(sources), store,
             options=IngestOptions(
@@ -368,7 +352,8 @@ def _ingest_chunking(
                 chunk_overlap=chunking.chunk_overlap, embedder=spec, batch_size=options.batch_size,
                 loader_options=dict(options.loader_options),
             ),
-            embedder=seen_by_ingest, progress=options.progress,
+            # one tokenizer for every embedder: they all must see the same chunks
+            embedder=models[spec], chunk_tokenizer=spans, progress=options.progress,
         )
         records.append(IngestRecord(chunking, spec, store.root, report, time.perf_counter() - began))
         failures = failures or list(report.failures)
