@@ -192,69 +192,46 @@ def _nothing_to_ingest(failures: Sequence[LoadFailure]) -> LoaderError:
     ))
 
 
+Prepared = tuple[SourceDocument, dict[str, Any], tuple[ChunkRecord, ...]]
+
+
+@dataclass(frozen=True)
+class _Chunked:
+    """What the chunk stage decided: the documents to write (with their chunks) and those left
+    as stored."""
+
+    chunking: dict[str, Any]
+    states: Mapping[str, tuple[str | None, Mapping[str, Any]]]
+    actions: Mapping[str, str]
+    to_write: list[Prepared]
+    unchanged_ids: list[str]
+
+
 def _ingest_locked(
     sources: Sequence[str], store: Store, documents: list[SourceDocument],
     failures: list[LoadFailure], loaders: list[str], *, options: IngestOptions,
     embedder: Embedder | None, chunk_tokenizer: TokenSpans | str | None, progress: bool,
     say: Callable[[str], None], stages: Stages, skipped: Mapping[str, int],
 ) -> IngestReport:
-    from tqdm import tqdm
-
     started = time.perf_counter()
     # Made under the lock: a tfidf state another ingest saved meanwhile is the one loaded.
     model = embedder or make_embedder(options.embedder, store)
-    spans = _chunk_token_spans(model, chunk_tokenizer)
-    states = store.document_states([d.id for d in documents])
-    names = chunker_names(documents, states, options.chunker)
-    chunk_size = options.chunk_size
-    if chunk_size is None and isinstance(model, WindowedEmbedder) and model.max_tokens:
-        # keep default chunks inside the model's window, so nothing is silently truncated
-        chunk_size = min(DEFAULT_CHUNK_SIZE, int(model.max_tokens))
-    chunkers = {name: get_chunker(name, chunk_size=chunk_size, chunk_overlap=options.chunk_overlap,
-                                  token_spans=spans) for name in sorted(set(names.values()))}
-    chunking = report_chunking(documents, names, chunkers)
-    explicit = (options.chunker, options.chunk_size, options.chunk_overlap) != (None, None, None)
-    # Decide before chunking: an unchanged document (same text, same chunking) is not chunked
-    # again, so re-ingesting an unchanged corpus costs loading and hashing only.
-    described = [(d, document_metadata(d, chunkers[names[d.id]].config())) for d in documents]
-    actions = {
-        d.id: document_action(states.get(d.id), content_hash(d.text), meta,
-                              rechunk=options.rechunk, keep_chunking=not explicit)
-        for d, meta in described
-    }
-    prepared: list[tuple[SourceDocument, dict[str, Any], tuple[ChunkRecord, ...]]] = []
-    for document, meta in tqdm(described, desc="chunk", unit="doc", disable=not progress, leave=False):
-        if actions[document.id] == "unchanged":
-            prepared.append((document, meta, ()))  # nothing of it is written
-            continue
-        chunks = chunk_records(document, chunkers[names[document.id]])
-        if not chunks:
-            failures.append(LoadFailure(document.source_path, f"document {document.id!r} gave no chunks"))
-            continue
-        prepared.append((document, meta, chunks))
+    plan = _chunk_stage(store, documents, failures, model, _chunk_token_spans(model, chunk_tokenizer),
+                        options=options, progress=progress)
+    to_write = plan.to_write
     stages.add("chunk", started)
 
     started = time.perf_counter()
-    to_write = [(d, meta, chunks) for d, meta, chunks in prepared if actions[d.id] != "unchanged"]
-    unchanged_ids = [d.id for d, _, _ in prepared if actions[d.id] == "unchanged"]
-    dropped = _vectors_dropped(store, to_write, states, actions, model.name)
+    dropped = _vectors_dropped(store, to_write, plan.states, plan.actions, model.name)
     rechunk_losses = dropped.get("rechunk", {})
     if rechunk_losses and not options.rechunk:
-        n_docs = sum(1 for d, _, _ in to_write if actions[d.id] == "rechunk")
-        old = next(iter({describe_chunking(states[d.id][1].get("chunking")) for d, _, _ in to_write
-                         if actions[d.id] == "rechunk"}))
-        raise ChunkingChangeRefused(
-            f"re-chunking {n_docs} unchanged document(s) ({old} -> {describe_chunking(chunking)}) "
-            f"would drop {_count_text(rechunk_losses)} of other models; pass --rechunk "
-            "(IngestOptions(rechunk=True)) to re-chunk anyway, or leave out the chunking "
-            "options to keep the stored chunks"
-        )
-    missing = store.chunks_without_vectors(model.name, unchanged_ids)  # e.g. a new embedder
-    replaced_ids = {d.id for d, _, _ in to_write if d.id in states}
+        raise _rechunk_refused(plan, rechunk_losses)
+    missing = store.chunks_without_vectors(model.name, plan.unchanged_ids)  # e.g. a new embedder
+    replaced_ids = {d.id for d, _, _ in to_write if d.id in plan.states}
     new_texts = [c.text for _, _, chunks in to_write for c in chunks] + [t for _, t, _ in missing]
     if is_fitted_embedder(model):
         fit_if_needed(model, store, new_texts, replaced_ids, policy=options.refit, say=say,
-                       progress=progress)
+                      progress=progress)
     info = store.ensure_model(
         model.name, model.dimension, embedder=model.name, model_version=model.version,
         index_type=options.index_type, index_params=options.index_params,
@@ -267,30 +244,13 @@ def _ingest_locked(
 
     started = time.perf_counter()
     vectors, tokens, cost = embed_all(model, [texts[h] for h in todo], todo,
-                                       batch_size=options.batch_size, progress=progress)
+                                      batch_size=options.batch_size, progress=progress)
     vectors.update(cached)
     stages.add("embed", started)
 
     started = time.perf_counter()
-    new = updated = 0
-    bar = tqdm(total=len(to_write), desc="write", unit="doc", disable=not progress, leave=False)
-    for start in range(0, len(to_write), WRITE_BATCH):
-        block = to_write[start : start + WRITE_BATCH]
-        records = [
-            DocumentRecord(
-                id=d.id, source_path=d.source_path, source_type=d.source_type,
-                content_hash=content_hash(d.text), raw_text=d.text, chunks=chunks,
-                metadata=meta,
-                vectors=(VectorBatch(info.name, np.stack([vectors[c.text_hash] for c in chunks]),
-                                     model_version=model.version),),
-            )
-            for d, meta, chunks in block
-        ]
-        report = store.write(records, skip_unchanged=False)
-        new += report.new
-        updated += report.updated
-        bar.update(len(block))
-    bar.close()
+    new, updated = _write_stage(store, to_write, vectors, info.name, model.version,
+                                progress=progress)
     if missing:
         store.add_vectors(info.name, [cid for cid, _, _ in missing],
                           np.stack([vectors[h] for _, _, h in missing]), model_version=model.version)
@@ -305,16 +265,96 @@ def _ingest_locked(
     index, stats = persist_index(store, info.name, stages)
     return IngestReport(
         sources=tuple(sources), source_digest=source_digest(documents),
-        loader=",".join(sorted(set(loaders))), chunker=chunking, embedder=info.name,
+        loader=",".join(sorted(set(loaders))), chunker=plan.chunking, embedder=info.name,
         embedder_version=model.version, dimension=info.dimension,
         index=index,
-        documents_new=new, documents_updated=updated, documents_unchanged=len(unchanged_ids),
+        documents_new=new, documents_updated=updated, documents_unchanged=len(plan.unchanged_ids),
         documents_failed=len(failures), chunks=sum(len(c) for _, _, c in to_write),
         vectors_embedded=len(todo), vectors_cached=len(texts) - len(todo), tokens=tokens,
         cost_usd=cost, seconds=dict(stages.seconds), failures=tuple(failures),
         store_generation=stats.generation, store_bytes=stats.bytes_on_disk, skipped=dict(skipped),
     )
 
+
+def _chunk_stage(
+    store: Store, documents: Sequence[SourceDocument], failures: list[LoadFailure],
+    model: Embedder, spans: TokenSpans | None, *, options: IngestOptions, progress: bool,
+) -> _Chunked:
+    """Choose each document's chunker, decide its action and chunk those that are written.
+    Documents that give no chunks are added to ``failures``."""
+    from tqdm import tqdm
+
+    states = store.document_states([d.id for d in documents])
+    names = chunker_names(documents, states, options.chunker)
+    chunk_size = options.chunk_size
+    if chunk_size is None and isinstance(model, WindowedEmbedder) and model.max_tokens:
+        # keep default chunks inside the model's window, so nothing is silently truncated
+        chunk_size = min(DEFAULT_CHUNK_SIZE, int(model.max_tokens))
+    chunkers = {name: get_chunker(name, chunk_size=chunk_size, chunk_overlap=options.chunk_overlap,
+                                  token_spans=spans) for name in sorted(set(names.values()))}
+    explicit = (options.chunker, options.chunk_size, options.chunk_overlap) != (None, None, None)
+    # Decide before chunking: an unchanged document (same text, same chunking) is not chunked
+    # again, so re-ingesting an unchanged corpus costs loading and hashing only.
+    described = [(d, document_metadata(d, chunkers[names[d.id]].config())) for d in documents]
+    actions = {
+        d.id: document_action(states.get(d.id), content_hash(d.text), meta,
+                              rechunk=options.rechunk, keep_chunking=not explicit)
+        for d, meta in described
+    }
+    to_write: list[Prepared] = []
+    unchanged_ids: list[str] = []
+    for document, meta in tqdm(described, desc="chunk", unit="doc", disable=not progress, leave=False):
+        if actions[document.id] == "unchanged":
+            unchanged_ids.append(document.id)  # nothing of it is written
+            continue
+        chunks = chunk_records(document, chunkers[names[document.id]])
+        if not chunks:
+            failures.append(LoadFailure(document.source_path, f"document {document.id!r} gave no chunks"))
+            continue
+        to_write.append((document, meta, chunks))
+    return _Chunked(chunking=report_chunking(documents, names, chunkers), states=states,
+                    actions=actions, to_write=to_write, unchanged_ids=unchanged_ids)
+
+
+def _rechunk_refused(plan: _Chunked, losses: Mapping[str, int]) -> ChunkingChangeRefused:
+    rechunked = [d for d, _, _ in plan.to_write if plan.actions[d.id] == "rechunk"]
+    old = next(iter({describe_chunking(plan.states[d.id][1].get("chunking")) for d in rechunked}))
+    return ChunkingChangeRefused(
+        f"re-chunking {len(rechunked)} unchanged document(s) ({old} -> "
+        f"{describe_chunking(plan.chunking)}) would drop {_count_text(losses)} of other models; "
+        "pass --rechunk (IngestOptions(rechunk=True)) to re-chunk anyway, or leave out the "
+        "chunking options to keep the stored chunks"
+    )
+
+
+def _write_stage(
+    store: Store, to_write: Sequence[Prepared], vectors: Mapping[str, np.ndarray], model_name: str,
+    model_version: str | None, *, progress: bool,
+) -> tuple[int, int]:
+    """Write the documents with their chunks and vectors, WRITE_BATCH per transaction.
+    Returns how many were new and how many updated."""
+    from tqdm import tqdm
+
+    new = updated = 0
+    with tqdm(total=len(to_write), desc="write", unit="doc", disable=not progress,
+              leave=False) as bar:
+        for start in range(0, len(to_write), WRITE_BATCH):
+            block = to_write[start : start + WRITE_BATCH]
+            records = [
+                DocumentRecord(
+                    id=d.id, source_path=d.source_path, source_type=d.source_type,
+                    content_hash=content_hash(d.text), raw_text=d.text, chunks=chunks,
+                    metadata=meta,
+                    vectors=(VectorBatch(model_name, np.stack([vectors[c.text_hash] for c in chunks]),
+                                         model_version=model_version),),
+                )
+                for d, meta, chunks in block
+            ]
+            report = store.write(records, skip_unchanged=False)
+            new += report.new
+            updated += report.updated
+            bar.update(len(block))
+    return new, updated
 
 
 def _count_text(counts: Mapping[str, int]) -> str:
