@@ -249,8 +249,8 @@ def _ingest_locked(
     stages.add("embed", started)
 
     started = time.perf_counter()
-    new, updated = _write_stage(store, to_write, vectors, info.name, model.version,
-                                progress=progress)
+    new, updated = write_documents(store, to_write, vectors=vectors, model_name=info.name,
+                                   model_version=model.version, progress=progress)
     if missing:
         store.add_vectors(info.name, [cid for cid, _, _ in missing],
                           np.stack([vectors[h] for _, _, h in missing]), model_version=model.version)
@@ -327,30 +327,31 @@ def _rechunk_refused(plan: _Chunked, losses: Mapping[str, int]) -> ChunkingChang
     )
 
 
-def _write_stage(
-    store: Store, to_write: Sequence[Prepared], vectors: Mapping[str, np.ndarray], model_name: str,
-    model_version: str | None, *, progress: bool,
+def write_documents(
+    store: Store, to_write: Sequence[Prepared], *, vectors: Mapping[str, np.ndarray] | None = None,
+    model_name: str = "", model_version: str | None = None, skip_unchanged: bool = False,
+    progress: bool = False,
 ) -> tuple[int, int]:
-    """Write the documents with their chunks and vectors, WRITE_BATCH per transaction.
-    Returns how many were new and how many updated."""
+    """Ingest's write stage: the documents with their chunks and, given ``vectors`` (text hash
+    -> vector), ``model_name``'s vectors, WRITE_BATCH documents per transaction. Without
+    vectors only documents and chunks are written (the harness's BM25-only stores), looking
+    exactly as an ingest writes them. Returns how many were new and how many updated."""
     from tqdm import tqdm
+
+    def record(d: SourceDocument, meta: dict[str, Any], chunks: tuple[ChunkRecord, ...]) -> DocumentRecord:
+        batch = () if vectors is None else (
+            VectorBatch(model_name, np.stack([vectors[c.text_hash] for c in chunks]),
+                        model_version=model_version),)
+        return DocumentRecord(id=d.id, source_path=d.source_path, source_type=d.source_type,
+                              content_hash=content_hash(d.text), raw_text=d.text, chunks=chunks,
+                              metadata=meta, vectors=batch)
 
     new = updated = 0
     with tqdm(total=len(to_write), desc="write", unit="doc", disable=not progress,
               leave=False) as bar:
         for start in range(0, len(to_write), WRITE_BATCH):
             block = to_write[start : start + WRITE_BATCH]
-            records = [
-                DocumentRecord(
-                    id=d.id, source_path=d.source_path, source_type=d.source_type,
-                    content_hash=content_hash(d.text), raw_text=d.text, chunks=chunks,
-                    metadata=meta,
-                    vectors=(VectorBatch(model_name, np.stack([vectors[c.text_hash] for c in chunks]),
-                                         model_version=model_version),),
-                )
-                for d, meta, chunks in block
-            ]
-            report = store.write(records, skip_unchanged=False)
+            report = store.write([record(*item) for item in block], skip_unchanged=skip_unchanged)
             new += report.new
             updated += report.updated
             bar.update(len(block))
@@ -416,4 +417,5 @@ __all__ = [
     "source_digest",
     "source_identity",
     "stored_under_other_ids",
+    "write_documents",
 ]

@@ -377,9 +377,7 @@ def write_chunks_only(
     """
     from mlflow_rag.chunk.registry import get_chunker
     from mlflow_rag.errors import LoaderError
-    from mlflow_rag.ingest import chunk_records, document_metadata, load_sources
-    from mlflow_rag.store.checks import content_hash
-    from mlflow_rag.types import DocumentRecord
+    from mlflow_rag.ingest import chunk_records, document_metadata, load_sources, write_documents
 
     documents, failures, _ = load_sources(sources, loader_options=loader_options,
                                           progress=progress)
@@ -389,22 +387,16 @@ def write_chunks_only(
     chunker = get_chunker(chunking.chunker, chunk_size=chunking.chunk_size,
                           chunk_overlap=chunking.chunk_overlap)
     config = chunker.config()
-    records = []
+    prepared = []
     for document in documents:
         chunks = chunk_records(document, chunker)
         if not chunks:  # as ingest reports it
             failures.append(LoadFailure(document.source_path,
                                         f"document {document.id!r} gave no chunks"))
         else:
-            records.append(DocumentRecord(
-                id=document.id, source_path=document.source_path,
-                source_type=document.source_type, content_hash=content_hash(document.text),
-                raw_text=document.text, chunks=chunks,
-                metadata=document_metadata(document, config),
-            ))
-    written = 0
-    for start in range(0, len(records), 256):  # the pipeline's transaction size
-        written += store.write(records[start : start + 256]).new
+            prepared.append((document, document_metadata(document, config), chunks))
+    # Stored documents the same as these are left as they are (a re-run of the harness).
+    written, _ = write_documents(store, prepared, skip_unchanged=True, progress=progress)
     return written, failures
 
 
