@@ -227,3 +227,24 @@ def test_hybrid_variants_rank_as_hybrid_search_does(beir: Path, tmp_path: Path, 
             hits = searcher.hybrid(row.query, vector, k=depth, candidates=depth, fusion=fusion)
             expected = rollup_to_documents([(h.document_id, h.score) for h in hits], limit=5)
             assert list(row.retrieved_ids) == [doc for doc, _ in expected][: len(row.retrieved_ids)]
+
+
+def test_bm25_only_store_is_written_as_ingest_writes_it(tmp_path: Path) -> None:
+    """write_chunks_only goes through ingest's write stage: a later ingest with an embedder
+    finds every document unchanged and only adds vectors; a re-run writes nothing."""
+    from mlflow_rag.evaluation.harness import write_chunks_only
+    from mlflow_rag.ingest import IngestOptions, ingest
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name, text in {"a.txt": "tea grows on hills in Assam", "b.txt": "coffee is roasted"}.items():
+        (folder / name).write_text(text)
+    chunking = Chunking("recursive", 64, 8)
+    with Store.open(tmp_path / "s", create=True) as store:
+        written, failures = write_chunks_only(store, chunking, [str(folder)], progress=False)
+        assert (written, failures) == (2, [])
+        assert write_chunks_only(store, chunking, [str(folder)], progress=False)[0] == 0
+        report = ingest([str(folder)], store, progress=False, options=IngestOptions(
+            embedder="tfidf", chunker="recursive", chunk_size=64, chunk_overlap=8))
+        stored = sum(len(store.get_document(d).chunks) for d in ("a.txt", "b.txt"))
+        assert (report.documents_unchanged, report.chunks, report.vectors_embedded) == (2, 0, stored)

@@ -252,3 +252,26 @@ def test_index_type_and_parameters_reach_the_store(tmp_path: Path) -> None:
     bad = runner.invoke(main, ["ingest", str(folder), "--store", str(tmp_path / "s"), "--no-track",
                                "--embedder", "tfidf", "--index-param", "M=16"])
     assert bad.exit_code == 1 and "need an index type" in bad.output
+
+
+def test_chunk_tokenizer_sizes_chunks_whatever_the_embedder(tmp_path: Path) -> None:
+    """The harness's tokenizer for all embedders of a store: chunks counted in it, and a bad
+    value refused before anything is written."""
+    import re
+
+    def words(text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(r"\S+", text)]
+
+    words.name = "words-v1"  # type: ignore[attr-defined]
+    folder = write_docs(tmp_path / "docs", DOCS)
+    options = IngestOptions(embedder="tfidf", chunker="recursive", chunk_size=16, chunk_overlap=0)
+    with Store.open(tmp_path / "s", create=True) as store:
+        with pytest.raises(InvalidInput, match="chunk tokenizer 'words'"):
+            ingest([str(folder)], store, options=options, chunk_tokenizer="words", progress=False)
+        assert store.stats().documents == 0
+        report = ingest([str(folder)], store, options=options, chunk_tokenizer=words,
+                        progress=False)
+        assert report.chunker["tokenizer"] == "words-v1"
+        chunks = [c for d in DOCS for c in store.get_document(d).chunks]
+        assert chunks and all(len(words(c.text)) <= 16 for c in chunks)
+        assert {c.token_count for c in chunks} == {len(words(c.text)) for c in chunks}

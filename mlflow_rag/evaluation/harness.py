@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -211,21 +211,6 @@ def corpus_sources(dataset: EvalDataset, sources: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- the harness
 
 
-class _ChunkedBy:
-    """An embedder as the ingest pipeline sees it, with the store's tokenizer for chunking.
-
-    The pipeline sizes chunks with ``embedder.token_spans`` when there is one; every embedder
-    of a store must produce the same chunks, so all of them present the same tokenizer.
-    """
-
-    def __init__(self, inner: Embedder, token_spans: Callable[[str], list[tuple[int, int]]] | None):
-        self._inner = inner
-        self.token_spans = token_spans
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 def _make_embedder(spec: str, store: Store) -> Embedder:
     """The embedder for ``spec``, with its state fitted on this store if it has one (tfidf)."""
     from mlflow_rag.embed.registry import get_embedder
@@ -362,7 +347,6 @@ def _ingest_chunking(
     failures: list[LoadFailure] = []
     for spec in embedders:
         began = time.perf_counter()
-        seen_by_ingest = cast(Embedder, _ChunkedBy(models[spec], spans))
         report = ingest(
             list(sources), store,
             options=IngestOptions(
@@ -370,7 +354,8 @@ def _ingest_chunking(
                 chunk_overlap=chunking.chunk_overlap, embedder=spec, batch_size=options.batch_size,
                 loader_options=dict(options.loader_options),
             ),
-            embedder=seen_by_ingest, progress=options.progress,
+            # one tokenizer for every embedder: they all must see the same chunks
+            embedder=models[spec], chunk_tokenizer=spans, progress=options.progress,
         )
         records.append(IngestRecord(chunking, spec, store.root, report, time.perf_counter() - began))
         failures = failures or list(report.failures)
@@ -394,9 +379,7 @@ def write_chunks_only(
     """
     from mlflow_rag.chunk.registry import get_chunker
     from mlflow_rag.errors import LoaderError
-    from mlflow_rag.ingest import chunk_records, document_metadata, load_sources
-    from mlflow_rag.store.checks import content_hash
-    from mlflow_rag.types import DocumentRecord
+    from mlflow_rag.ingest import chunk_records, document_metadata, load_sources, write_documents
 
     documents, failures, _ = load_sources(sources, loader_options=loader_options,
                                           progress=progress)
@@ -406,22 +389,16 @@ def write_chunks_only(
     chunker = get_chunker(chunking.chunker, chunk_size=chunking.chunk_size,
                           chunk_overlap=chunking.chunk_overlap)
     config = chunker.config()
-    records = []
+    prepared = []
     for document in documents:
         chunks = chunk_records(document, chunker)
         if not chunks:  # as ingest reports it
             failures.append(LoadFailure(document.source_path,
                                         f"document {document.id!r} gave no chunks"))
         else:
-            records.append(DocumentRecord(
-                id=document.id, source_path=document.source_path,
-                source_type=document.source_type, content_hash=content_hash(document.text),
-                raw_text=document.text, chunks=chunks,
-                metadata=document_metadata(document, config),
-            ))
-    written = 0
-    for start in range(0, len(records), 256):  # the pipeline's transaction size
-        written += store.write(records[start : start + 256]).new
+            prepared.append((document, document_metadata(document, config), chunks))
+    # Stored documents the same as these are left as they are (a re-run of the harness).
+    written, _ = write_documents(store, prepared, skip_unchanged=True, progress=progress)
     return written, failures
 
 
