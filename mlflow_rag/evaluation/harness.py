@@ -211,14 +211,6 @@ def corpus_sources(dataset: EvalDataset, sources: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- the harness
 
 
-def _make_embedder(spec: str, store: Store) -> Embedder:
-    """The embedder for ``spec``, with its state fitted on this store if it has one (tfidf)."""
-    from mlflow_rag.embed.registry import get_embedder
-
-    state = store.model_dir(spec)
-    return get_embedder(spec, state_dir=state if state.is_dir() else None)
-
-
 def _tqdm(iterable: Any = None, **kwargs: Any) -> Any:
     from tqdm import tqdm
 
@@ -338,8 +330,9 @@ def _ingest_chunking(
     """Chunk the corpus into ``store`` and embed it once per embedder (cached on re-runs);
     also returns the corpus items that failed to load."""
     from mlflow_rag.ingest import IngestOptions, ingest
+    from mlflow_rag.ingest_embed import make_embedder
 
-    models = {spec: _make_embedder(spec, store) for spec in embedders}
+    models = {spec: make_embedder(spec, store) for spec in embedders}
     owner = next((models[spec] for spec in embedders
                   if tokenizer and _tokenizer_of(spec) == tokenizer), None)
     spans = owner.token_spans if isinstance(owner, TokenizedEmbedder) else None
