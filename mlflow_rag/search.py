@@ -121,10 +121,10 @@ class SearchRequest:
 
 
 def _hybrid_depth(k: int) -> int:
-    """Candidates of each list a hybrid search of ``k`` results fuses by default. Derived
-    from a checked ``k``, it is in range unless ``k`` is above ``MAX_K / 2``; the search
-    refuses that depth (:meth:`Searcher._fused`), after the request's own checks."""
-    return max(100, 2 * k)
+    """Candidates of each list a hybrid search of ``k`` results fuses by default: twice ``k``
+    (at least 100), never more than a search may ask for. It is the searcher's number, not
+    the user's, so a valid ``k`` must never make it an error."""
+    return min(MAX_K, max(100, 2 * k))
 
 
 def reciprocal_rank_fusion(

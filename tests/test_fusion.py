@@ -106,3 +106,38 @@ def test_searcher_hybrid_uses_the_fusion_asked_for(random_store: Any) -> None:
             Searcher(store, fusion="max")
     finally:
         store.close()
+
+
+def test_a_hybrid_k_above_half_the_limit_fuses_the_largest_depth_allowed(
+    random_store: Any, tmp_path: Any
+) -> None:
+    """The default depth (2k candidates per list) is the searcher's number, not the user's: a
+    valid k above MAX_K / 2 fuses MAX_K candidates instead of failing on a depth of 2k."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mlflow_rag.ingest import IngestOptions, ingest
+    from mlflow_rag.store.checks import MAX_K
+    from mlflow_rag.store.store import Store
+
+    store, vectors = random_store(n_docs=20, per_doc=1, dim=8)
+    try:
+        hits = Searcher(store, model="m").hybrid("document 3 chunk 0 topic3", vectors[3],
+                                                 k=MAX_K // 2 + 1)
+        assert len(hits) == 20 and hits[0].chunk_id == "doc3#0"
+    finally:
+        store.close()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, text in enumerate(["bees make honey", "whales sing songs", "comets have tails"]):
+        (docs / f"{i}.txt").write_text(text, encoding="utf-8")
+    with Store.open(tmp_path / "s", create=True) as built:
+        ingest([str(docs)], built, options=IngestOptions(embedder="tfidf"), progress=False)
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow_rag.cli", "search", "honey", "--store", str(tmp_path / "s"),
+         "--mode", "hybrid", "-k", str(MAX_K)],
+        capture_output=True, text=True, timeout=300, cwd=repo)
+    assert done.returncode == 0, done.stderr
+    assert "0.txt" in done.stdout
