@@ -188,7 +188,7 @@ def _report_json(report: Any, run_id: str | None) -> dict[str, Any]:
 @click.option("--refit", type=_Names("mlflow_rag.ingest.REFITS"), default="auto",
               show_default=True,
               help="tfidf: refit and re-embed when the corpus outgrew the fit (auto: more than "
-                   "2x the texts or 10%% new terms), always, or never (warn only).")
+                   "2x the texts or 10% new terms), always, or never (warn only).")
 @click.option("--no-wait", is_flag=True,
               help="Fail at once if another process is writing to the store (default: wait).")
 @click.option("--json", "as_json", is_flag=True,
