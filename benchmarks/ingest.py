@@ -92,14 +92,16 @@ def ingest_raw(path: Path, vectors: np.ndarray, texts: list[str]) -> float:
 def ingest_raw_store_schema(path: Path, vectors: np.ndarray, texts: list[str]) -> float:
     """The raw loop into the store's own schema (its indexes, field tables and triggers), to
     tell what the schema costs from what ``Store.write`` does on top of it."""
-    from mlflow_rag.store import db
+    from mlflow_rag.store.sqlite import connection
+    from mlflow_rag.store.sqlite.backend import SqliteBackend
 
     start = time.perf_counter()
     path.mkdir(parents=True, exist_ok=True)
-    conn = db.connect(path / "metadata.db")
-    db.migrate(conn, path / "metadata.db")
-    db.insert_model(conn, name="bench", slug="bench", dimension=vectors.shape[1], embedder=None,
-                    model_version=None, index_type="flat", index_params={})
+    conn = connection.connect(path / "metadata.db")
+    connection.migrate(conn, path / "metadata.db")
+    SqliteBackend(conn, path / "metadata.db").insert_model(
+        name="bench", slug="bench", dimension=vectors.shape[1], embedder=None,
+        model_version=None, index_type="flat", index_params={})
     now = "2026-01-01T00:00:00+00:00"
     for block in batched(len(texts), BATCH):
         conn.execute("BEGIN")

@@ -20,7 +20,7 @@ _EXPORTS = {
     "Store": "mlflow_rag.store.store",
     "Searcher": "mlflow_rag.search",
     "reciprocal_rank_fusion": "mlflow_rag.search",
-    "compile_filter": "mlflow_rag.store.filters",
+    "compile_filter": "mlflow_rag.store.sqlite.filter_sql",
     "choose_index": "mlflow_rag.index.choose",
     "Hit": "mlflow_rag.types",
     "DocumentRecord": "mlflow_rag.types",

@@ -13,13 +13,11 @@ Query text is private: no error message raised here contains it.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import logging
 import os
 import queue
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +38,7 @@ from mlflow_rag.search import (
     check_query,
     redact_emails,
 )
-from mlflow_rag.store import db
+from mlflow_rag.store.backend import Backend, new_id, utc_now
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import Hit
 
@@ -371,7 +369,7 @@ class QueryLog:
         self._pid = -1
         self._queue: queue.Queue[_Entry | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._backend: Backend | None = None
         self._last_drop_log = 0.0
         self._closed = False
 
@@ -383,7 +381,7 @@ class QueryLog:
         entry = _Entry(
             text=text, retrievals=tuple((h.chunk_id, h.rank, float(h.score)) for h in hits),
             model_name=model_name, metadata=codec.metadata_json({**metadata, "pid": os.getpid()}),
-            timestamp=db.utc_now(),
+            timestamp=utc_now(),
         )
         with self._lock:
             if self._closed and self._pid == os.getpid():
@@ -438,7 +436,7 @@ class QueryLog:
         self._pid = os.getpid()
         self._closed = False
         self._queue = queue.Queue()
-        self._conn = None
+        self._backend = None
         self._thread = threading.Thread(target=self._run, name="mlflow-rag-query-log",
                                         daemon=True)
         self._thread.start()
@@ -468,7 +466,7 @@ class QueryLog:
                     self.written += len(batch)
                     delay = 0.05
                     break
-                except (sqlite3.Error, OSError) as exc:
+                except Exception as exc:
                     # locked by another writer (a VACUUM, a purge) or failing: the queries
                     # stay queued; new ones are dropped and counted once the queue is full
                     self.retries += 1
@@ -484,43 +482,31 @@ class QueryLog:
         self._reset_connection()
 
     def _write_batch(self, batch: Sequence[_Entry]) -> None:
-        conn = self._connection()
-        with db.immediate_transaction(conn):
+        backend = self._connection()
+        with backend.immediate_transaction():
             for entry in batch:
                 stored = self.redact(entry.text) if self.redact else entry.text
-                query_id = db.new_id()
-                db.insert_query(
-                    conn, query_id=query_id, text=stored, embedding=None,
+                query_id = new_id()
+                backend.insert_query(
+                    query_id=query_id, text=stored, embedding=None,
                     model_name=entry.model_name, timestamp=entry.timestamp,
                     metadata=entry.metadata,
-                    retrievals=[(db.new_id(), chunk_id, rank, score, "{}")
+                    retrievals=[(new_id(), chunk_id, rank, score, "{}")
                                 for chunk_id, rank, score in entry.retrievals],
                 )
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False,
-                timeout=self.WRITER_BUSY_TIMEOUT_MS / 1000,
-            )
-            try:
-                conn.execute(f"PRAGMA busy_timeout = {self.WRITER_BUSY_TIMEOUT_MS}")
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = FULL")
-                conn.execute("PRAGMA foreign_keys = ON")
-                with db.immediate_transaction(conn):  # two workers creating tables take turns
-                    db.ensure_query_log_schema(conn)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
+    def _connection(self) -> Backend:
+        if self._backend is None:
+            from mlflow_rag.store.sqlite.backend import SqliteBackend
+
+            self._backend = SqliteBackend.open_query_log(
+                self.path, busy_timeout_ms=self.WRITER_BUSY_TIMEOUT_MS)
+        return self._backend
 
     def _reset_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._conn = None
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
 
     def _log_drop(self, why: str) -> None:
         now = time.monotonic()

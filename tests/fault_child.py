@@ -102,7 +102,7 @@ def state(path: Path | str) -> dict[str, Any]:
     and the consistency checks. Opening it persists nothing."""
     store = Store.open(path)
     try:
-        conn = store.conn
+        conn = store.backend.conn
         docs = conn.execute("SELECT id, content_hash FROM documents ORDER BY id").fetchall()
         counts = conn.execute(
             "SELECT (SELECT count(*) FROM chunks), (SELECT count(*) FROM embeddings)"

@@ -23,7 +23,7 @@ def test_every_cli_command_is_in_the_reference() -> None:
 def test_architecture_map_names_modules_that_exist() -> None:
     text = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
     root = Path(__file__).resolve().parent.parent / "mlflow_rag"
-    for module in ("store/schema.py", "store/db.py", "store/filters.py", "store/store.py",
+    for module in ("store/schema.py", "store/backend.py", "store/filters.py", "store/store.py",
                    "index/choose.py", "index/vector_index.py", "ingest.py", "search.py"):
         assert module in text and (root / module).exists()
 

@@ -64,7 +64,7 @@ def build(root: Path, corpus: Path, index_type: str | None = None) -> str:
 
 def secret_vectors(root: Path, doc_id: str) -> list[bytes]:
     with Store.open(root, read_only=True) as store:
-        rows = store.conn.execute(
+        rows = store.backend.conn.execute(
             "SELECT e.vector FROM embeddings e JOIN chunks c ON c.id = e.chunk_id "
             "WHERE c.document_id = ?", (doc_id,)).fetchall()
     assert rows
@@ -114,7 +114,7 @@ def test_delete_erases_while_the_store_stays_open(tmp_path: Path, index_type: st
     vectors = secret_vectors(root, doc_id)
     with Store.open(root) as store:
         # set explicitly: SQLite's default depends on how it was built (macOS: off)
-        assert store.conn.execute("PRAGMA secure_delete").fetchone()[0] == 1
+        assert store.backend.conn.execute("PRAGMA secure_delete").fetchone()[0] == 1
         query = HashEmbedder().embed_query("retrieval ranking")
         before = [h.document_id for h in store.dense_search(query, k=10)]
         store.delete(doc_id)
@@ -149,7 +149,7 @@ def test_a_store_written_before_secure_delete_is_vacuumed_on_its_first_erase(
     import shutil
     import sqlite3
 
-    from mlflow_rag.store import db
+    from mlflow_rag.store.sqlite import connection
 
     def legacy_writer(conn: sqlite3.Connection) -> None:
         # as before, on an SQLite built without SQLITE_SECURE_DELETE (Debian's has it on)
@@ -157,7 +157,7 @@ def test_a_store_written_before_secure_delete_is_vacuumed_on_its_first_erase(
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA secure_delete = OFF")
 
-    monkeypatch.setattr(db, "configure_writer", legacy_writer)
+    monkeypatch.setattr(connection, "configure_writer", legacy_writer)
     legacy = tmp_path / "legacy"
     doc_id = build(legacy, tmp_path / "corpus")
     drafts = tmp_path / "drafts"  # an earlier draft of the note, deleted by an older version
@@ -167,18 +167,19 @@ def test_a_store_written_before_secure_delete_is_vacuumed_on_its_first_erase(
     with Store.open(legacy) as store:
         ingest([str(drafts)], store, options=options(), embedder=HashEmbedder(), progress=False)
         draft = store.find_documents({"source_path": str(drafts / "draft.txt")})[0].id
-        with db.write_transaction(store.conn):  # what delete did before erasure existed
-            db.delete_document(store.conn, draft)
+        with store.backend.write_transaction():  # what delete did before erasure existed
+            store.backend.delete_document(draft)
     monkeypatch.undo()
     conn = sqlite3.connect(legacy / "metadata.db")
     with conn:
-        conn.execute("DELETE FROM store_meta WHERE key = ?", (db.FREE_PAGES_ZEROED,))
+        conn.execute("DELETE FROM store_meta WHERE key = ?", (connection.FREE_PAGES_ZEROED,))
     conn.close()
     marked = tmp_path / "marked"  # the same store claiming its free pages are clean
     shutil.copytree(legacy, marked)
     conn = sqlite3.connect(marked / "metadata.db")
     with conn:
-        db.set_meta(conn, db.FREE_PAGES_ZEROED, "1")
+        conn.execute("INSERT OR REPLACE INTO store_meta(key, value) VALUES (?, ?)",
+                     (connection.FREE_PAGES_ZEROED, "1"))
     conn.close()
     vectors = secret_vectors(legacy, doc_id)
     for root in (legacy, marked):
@@ -187,7 +188,7 @@ def test_a_store_written_before_secure_delete_is_vacuumed_on_its_first_erase(
     assert leaks(marked, vectors)  # old free pages: what the one VACUUM is for
     assert leaks(legacy, vectors) == []
     with Store.open(legacy, read_only=True) as store:
-        assert db.get_meta(store.conn, db.FREE_PAGES_ZEROED) == "1"
+        assert store.backend.get_meta(connection.FREE_PAGES_ZEROED) == "1"
 
 
 def test_a_reader_holding_a_snapshot_defers_the_wal_truncation_and_says_so(
@@ -198,13 +199,13 @@ def test_a_reader_holding_a_snapshot_defers_the_wal_truncation_and_says_so(
     vectors = secret_vectors(root, doc_id)
     reader = Store.open(root, read_only=True)
     try:
-        reader.conn.execute("BEGIN")
-        reader.conn.execute("SELECT count(*) FROM chunks").fetchone()  # pins a snapshot
+        reader.backend.conn.execute("BEGIN")
+        reader.backend.conn.execute("SELECT count(*) FROM chunks").fetchone()  # pins a snapshot
         with Store.open(root) as store:
             store.delete(doc_id)
             assert any("erasure incomplete" in e and "read snapshot" in e for e in store.events)
             assert leaks(root, vectors)  # still in the WAL while the snapshot is held
-            reader.conn.execute("COMMIT")
+            reader.backend.conn.execute("COMMIT")
             store.erase_deleted()  # the next erase finishes the job
             assert leaks(root, vectors) == []
     finally:

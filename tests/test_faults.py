@@ -376,7 +376,7 @@ def check_after_kill(path: Path) -> list[str]:
 
 
 def _sqlite_vectors(store: Store) -> tuple[np.ndarray, np.ndarray]:
-    rows = store.conn.execute(
+    rows = store.backend.conn.execute(
         "SELECT vector_id, vector FROM embeddings ORDER BY vector_id").fetchall()
     ids = np.array([r[0] for r in rows])
     return ids, np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(len(rows), -1)
@@ -511,7 +511,7 @@ def reingest_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def _documents(path: Path) -> dict[str, tuple[str, list[str]]]:
     """document id -> (raw text, chunk texts in order)."""
     store = Store.open(path)
-    rows = store.conn.execute(
+    rows = store.backend.conn.execute(
         "SELECT d.id, d.raw_text, c.text FROM documents d JOIN chunks c ON c.document_id = d.id "
         "ORDER BY d.id, c.chunk_index").fetchall()
     store.close(flush=False)
@@ -535,7 +535,7 @@ def check_reingest_state(path: Path, old: dict[str, Any], new: dict[str, Any]) -
             counts["old"] += 1
     store = Store.open(path)
     model = embedder()
-    rows = store.conn.execute(
+    rows = store.backend.conn.execute(
         "SELECT c.text, e.vector FROM embeddings e JOIN chunks c ON c.id = e.chunk_id").fetchall()
     for text, blob in rows:
         assert np.allclose(np.frombuffer(blob, "<f4"), model.embed_query(text), atol=1e-6), text

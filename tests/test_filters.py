@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlflow_rag.errors import FilterError, RagError, UnknownChoice
-from mlflow_rag.store.filters import MAX_DEPTH, MAX_LIST, compile_filter, parse_filter
+from mlflow_rag.store.filters import MAX_DEPTH, MAX_LIST, parse_filter
+from mlflow_rag.store.sqlite.filter_sql import compile_filter
 from mlflow_rag.store.store import Store
 
 
@@ -238,18 +239,17 @@ mask_filters = st.recursive(
 def test_masks_select_exactly_the_vectors_the_sql_form_selects(mixed_store, spec: dict) -> None:
     import numpy as np
 
-    from mlflow_rag.store import db
     from mlflow_rag.store.filter_masks import VectorKeys, allowed_vector_ids
     from mlflow_rag.store.filters import plan_filter
 
-    conn = mixed_store.conn
+    conn = mixed_store.backend.conn
     where, params = compile_filter(spec)
     expected = sorted(r[0] for r in conn.execute(
         "SELECT e.vector_id FROM embeddings e JOIN chunks c ON c.id = e.chunk_id "
         "JOIN documents d ON d.id = c.document_id WHERE e.model_name = 'm' AND (" + where + ")",
         params))
-    keys = VectorKeys(*db.vector_keys(conn, "m"))
-    got = allowed_vector_ids(plan_filter(spec), keys, lambda sql, p: db.matching_ids(conn, sql, p))
+    keys = VectorKeys(*mixed_store.backend.vector_keys("m"))
+    got = allowed_vector_ids(plan_filter(spec), keys, mixed_store.backend.condition_ids)
     assert got.tolist() == expected
     assert got.dtype == np.int64
     hits = mixed_store.dense_search(np.ones(4), model="m", k=200, filters=spec)

@@ -41,9 +41,9 @@ from mlflow_rag.errors import (
 from mlflow_rag.ingest import ingest
 from mlflow_rag.load import web as web_module
 from mlflow_rag.search import MAX_QUERY_CHARS, Searcher
-from mlflow_rag.store import db
 from mlflow_rag.store.checks import MAX_K, clean_vectors
-from mlflow_rag.store.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_LIST, compile_filter
+from mlflow_rag.store.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_LIST
+from mlflow_rag.store.sqlite.filter_sql import compile_filter
 from mlflow_rag.store.store import Store
 from tests.conftest import make_record
 from tests.fault_child import OPTIONS, embedder, write_corpus
@@ -98,10 +98,10 @@ def hostile_store(tmp_path: Path) -> Iterator[Store]:
 
 
 def database_fingerprint(store: Store) -> tuple[str, dict[str, int], list[tuple[Any, ...]]]:
-    conn = store.conn
+    conn = store.backend.conn
     return (
-        db.schema_sql(conn),
-        db.counts(conn),
+        store.backend.schema_sql(),
+        store.backend.counts(),
         conn.execute("SELECT id, content_hash, metadata FROM documents ORDER BY id").fetchall(),
     )
 
@@ -200,7 +200,7 @@ def test_malformed_filters_get_clear_errors_from_every_entry_point(
 
 
 def _hostile_ns(store: Store) -> list[int]:
-    return [json.loads(m)["n"] for (m,) in store.conn.execute("SELECT metadata FROM documents")]
+    return [json.loads(m)["n"] for (m,) in store.backend.conn.execute("SELECT metadata FROM documents")]
 
 
 @pytest.mark.parametrize("shape", ["or", "and", "keys", "nested", "values", "empty"])
@@ -343,7 +343,7 @@ def check_random_filters(store: Store, examples: int) -> None:
 
     run()
     assert database_fingerprint(store) == before  # schema, row counts and rows unchanged
-    assert db.integrity_check(store.conn) == "ok"
+    assert store.backend.integrity_check() == "ok"
 
 
 def test_random_filters_run_or_are_refused_and_never_change_the_database(

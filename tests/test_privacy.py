@@ -106,7 +106,7 @@ def test_cli_log_query_stores_the_redacted_text_only(store: Store) -> None:
     code, out = cli("search", SECRET, "--store", str(root), "--mode", "bm25", "--log-query")
     assert code == 0, out
     with Store.open(root) as again:
-        rows = again.conn.execute("SELECT query_text FROM queries").fetchall()
+        rows = again.backend.conn.execute("SELECT query_text FROM queries").fetchall()
         assert rows == [("is <email> on the shortlist for the merger",)]
         assert not on_disk(root, QUERY_EMAIL)  # store open: metadata.db and its -wal
     assert not on_disk(root, QUERY_EMAIL)  # closed: checkpointed into metadata.db
@@ -121,14 +121,14 @@ def test_redaction_hook_runs_before_anything_reaches_the_files(store: Store) -> 
 
     hits = searcher(store, redact=redact).search(SECRET, mode="hybrid", k=2, log=True)
     assert seen == [SECRET] and hits
-    text, embedding = store.conn.execute(
+    text, embedding = store.backend.conn.execute(
         "SELECT query_text, query_embedding FROM queries").fetchone()
     assert text == "is <email> on the shortlist for the [topic]"
     assert embedding is None  # the raw text's embedding could be inverted back into it
     assert not on_disk(store.root, QUERY_EMAIL) and not on_disk(store.root, "merger")
     # a query the hook leaves alone keeps its embedding (useful for query analytics)
     searcher(store, redact=redact).search("vector search talks", mode="dense", k=1, log=True)
-    kept = store.conn.execute(
+    kept = store.backend.conn.execute(
         "SELECT query_embedding FROM queries WHERE query_text = 'vector search talks'").fetchone()
     assert kept[0] is not None and len(kept[0]) == 4 * 64
 
@@ -146,7 +146,7 @@ def test_retention_purges_old_queries_from_every_file_and_shrinks_the_database(
         plain.search(f"confidential question number {i} about the merger", mode="bm25", k=2,
                      log=True)
     recent = plain.search("a recent question on retrieval", mode="bm25", k=2, log=True)
-    store.conn.execute("UPDATE queries SET timestamp = '2001-01-01T00:00:00+00:00' "
+    store.backend.conn.execute("UPDATE queries SET timestamp = '2001-01-01T00:00:00+00:00' "
                        "WHERE query_text LIKE 'confidential%'")
     store.flush()
     size_before = sum(len(p.read_bytes()) for p in store.root.glob("metadata.db*"))
@@ -162,7 +162,7 @@ def test_retention_purges_old_queries_from_every_file_and_shrinks_the_database(
 
 def test_cli_purge_queries_deletes_old_logs(store: Store) -> None:
     searcher(store, redact=None).search("old question", mode="bm25", k=1, log=True)
-    store.conn.execute("UPDATE queries SET timestamp = '2001-01-01T00:00:00+00:00'")
+    store.backend.conn.execute("UPDATE queries SET timestamp = '2001-01-01T00:00:00+00:00'")
     root = store.root
     store.close()
     assert cli("purge-queries", "--store", str(root), "--older-than-days", "7") == (

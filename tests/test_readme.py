@@ -249,7 +249,7 @@ def test_the_store_doc_names_every_table_of_the_schema_snapshot() -> None:
 
 
 def test_every_filter_example_in_the_filters_doc_compiles() -> None:
-    from mlflow_rag.store.filters import compile_filter
+    from mlflow_rag.store.sqlite.filter_sql import compile_filter
 
     examples = [b.text for b in fenced_blocks(DOCS / "filters.md") if b.lang == "json"]
     assert len(examples) >= 5

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mlflow_rag.errors import ForeignStore, SchemaTooNew, StoreNotFound
-from mlflow_rag.store import db
 from mlflow_rag.store.schema import MIGRATIONS, SCHEMA_VERSION
+from mlflow_rag.store.sqlite import connection as db
 from mlflow_rag.store.store import Store
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "schema.sql"
@@ -26,7 +26,7 @@ def test_migrations_are_ordered_and_recorded(tmp_path: Path) -> None:
     versions = [m.version for m in MIGRATIONS]
     assert versions == sorted(versions) == list(range(1, len(versions) + 1))
     store = Store.open(tmp_path / "s", create=True)
-    rows = store.conn.execute("SELECT version, name FROM schema_migrations").fetchall()
+    rows = store.backend.conn.execute("SELECT version, name FROM schema_migrations").fetchall()
     assert rows == [(m.version, m.name) for m in MIGRATIONS]
     store.close()
 
@@ -34,13 +34,14 @@ def test_migrations_are_ordered_and_recorded(tmp_path: Path) -> None:
 def test_reopening_does_not_migrate_twice(tmp_path: Path) -> None:
     Store.open(tmp_path / "s", create=True).close()
     store = Store.open(tmp_path / "s")
-    assert store.conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(MIGRATIONS)
+    applied = store.backend.conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0]
+    assert applied == len(MIGRATIONS)
     store.close()
 
 
 def test_every_table_and_index_of_the_design_exists(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s", create=True)
-    conn = store.conn
+    conn = store.backend.conn
     columns = {
         table: [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
         for table in ("documents", "chunks", "embeddings", "queries", "retrievals")
@@ -64,7 +65,7 @@ def test_every_table_and_index_of_the_design_exists(tmp_path: Path) -> None:
 def test_json_columns_refuse_invalid_json(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s", create=True)
     with pytest.raises(sqlite3.IntegrityError):
-        store.conn.execute(
+        store.backend.conn.execute(
             "INSERT INTO documents(id, source_path, source_type, imported_at, metadata) "
             "VALUES ('x', 'p', 'text', '2026', '{not json')"
         )

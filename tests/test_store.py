@@ -22,7 +22,6 @@ from mlflow_rag.errors import (
     RagError,
     UnknownChoice,
 )
-from mlflow_rag.store import db
 from mlflow_rag.store.checks import clean_vectors, model_slug
 from mlflow_rag.store.store import Store
 from tests.conftest import make_record
@@ -167,7 +166,7 @@ def test_bm25_stays_in_step_after_replace_and_delete(random_store) -> None:
     assert all(h.document_id != "doc2" for h in store.lexical_search("document", k=10))
     store.delete("doc2")
     assert store.lexical_search("zebra", k=5) == []
-    store.conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('integrity-check')")
+    store.backend.conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('integrity-check')")
     store.close()
 
 
@@ -396,13 +395,13 @@ def test_query_log_records_hits_and_redacts_and_retention_deletes(random_store) 
     hits = store.dense_search(vectors[0], k=3)
     qid = store.log_query("mail me at jane@example.com", hits, model_name="m",
                           embedding=vectors[0], redact=redact_emails)
-    row = store.conn.execute("SELECT query_text FROM queries WHERE id = ?", (qid,)).fetchone()
+    row = store.backend.conn.execute("SELECT query_text FROM queries WHERE id = ?", (qid,)).fetchone()
     assert row[0] == "mail me at <email>"
-    ranks = store.conn.execute(
+    ranks = store.backend.conn.execute(
         "SELECT rank, chunk_id FROM retrievals WHERE query_id = ? ORDER BY rank", (qid,)).fetchall()
     assert ranks == [(h.rank, h.chunk_id) for h in hits]
     assert store.delete_queries_older_than(1) == 0
-    store.conn.execute("UPDATE queries SET timestamp = '2000-01-01T00:00:00+00:00'")
+    store.backend.conn.execute("UPDATE queries SET timestamp = '2000-01-01T00:00:00+00:00'")
     assert store.delete_queries_older_than(1) == 1
     assert store.stats().retrievals == 0
     store.close()
@@ -421,7 +420,7 @@ def test_pii_is_hidden_unless_asked_for(tmp_path: Path) -> None:
 
 
 def _sqlite_state(store: Store, model: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = store.conn.execute(
+    rows = store.backend.conn.execute(
         "SELECT vector_id, vector FROM embeddings WHERE model_name = ? ORDER BY vector_id", (model,)
     ).fetchall()
     return (np.array([r[0] for r in rows]),
@@ -435,7 +434,7 @@ def test_writes_extend_the_in_memory_index_to_exactly_what_sqlite_holds(
     rng = np.random.default_rng(3)
 
     def check(model: str) -> None:
-        index = store._index_cache.index_for(store.model(model), db.generation(store.conn))
+        index = store._index_cache.index_for(store.model(model), store.backend.generation())
         ids, vectors = _sqlite_state(store, model)
         assert index.ids().tolist() == ids.tolist()
         assert np.array_equal(index.vectors_for(ids), vectors)
@@ -446,7 +445,7 @@ def test_writes_extend_the_in_memory_index_to_exactly_what_sqlite_holds(
         for start in (0, 30, 60):  # a fresh model, then extensions of its in-memory index
             store.write([make_record(f"d{i}", ["a", "b"], vectors=rng.normal(size=(2, 8)))
                          for i in range(start, start + 30)])
-            assert store._index_cache.indexes["m"].generation == db.generation(store.conn)
+            assert store._index_cache.indexes["m"].generation == store.backend.generation()
             check("m")
         store.add_vectors("n", ["d0#0"], rng.normal(size=(1, 4)))
         store.write([make_record("d5", ["changed"], vectors=rng.normal(size=(1, 8)))])  # replace

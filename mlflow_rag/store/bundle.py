@@ -7,13 +7,14 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from mlflow_rag.errors import BundleCorrupt, InvalidInput, UnsafePath
-from mlflow_rag.store import db, layout
+from mlflow_rag.store import layout
+from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.files import FileStamp, StorageError, confined, sha256_fd, sha256_file, storage_error
 from mlflow_rag.store.manifest import Manifest, read_manifest, write_manifest
 from mlflow_rag.store.schema import SCHEMA_VERSION
+from mlflow_rag.store.sqlite.connection import finalize_snapshot, is_storage_failure
 
 
 def write_bundle(
@@ -40,7 +41,7 @@ def write_bundle(
     return dest
 
 
-def copy_store_files(root: Path, dest: Path, conn: Any) -> None:
+def copy_store_files(root: Path, dest: Path, backend: Backend) -> None:
     """Copy the derived files (index, models, manifest), then the database by VACUUM INTO.
     The caller holds the store's lock file, so no flush rewrites them meanwhile."""
 
@@ -53,16 +54,16 @@ def copy_store_files(root: Path, dest: Path, conn: Any) -> None:
             shutil.copytree(root / sub, dest / sub, copy_function=copy_inside)
     if (root / layout.MANIFEST_FILE).is_file():
         shutil.copy2(root / layout.MANIFEST_FILE, dest / layout.MANIFEST_FILE)
-    db.vacuum_into(conn, dest / layout.DB_FILE)
+    backend.copy_to(dest / layout.DB_FILE)
 
 
 def _seal(dest: Path, persist_indexes: Callable[[Path], None]) -> None:
     db_file = layout.DB_FILE
-    db.finalize_snapshot(dest / db_file)
+    finalize_snapshot(dest / db_file)
     persist_indexes(dest)
     for stray in (dest / layout.LOCK_FILE, dest / f"{db_file}-wal", dest / f"{db_file}-shm"):
         stray.unlink(missing_ok=True)
-    db.finalize_snapshot(dest / db_file)
+    finalize_snapshot(dest / db_file)
     manifest = read_manifest(dest)
     assert manifest is not None
     manifest.files = {
@@ -172,7 +173,7 @@ def _bundle_write_error(exc: BaseException, dest: Path) -> BaseException:
         return StorageError(f"cannot write bundle file {target}: {why}", filename=str(target))
     if isinstance(exc, OSError):
         return storage_error(exc.filename or dest, exc)
-    if db.is_storage_failure(exc):
+    if is_storage_failure(exc):
         return StorageError(f"cannot write bundle file {dest / layout.DB_FILE}: {exc}",
                             filename=str(dest / layout.DB_FILE))
     return exc

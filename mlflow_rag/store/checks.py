@@ -91,12 +91,6 @@ def clean_query(vector: Any, dimension: int) -> np.ndarray:
     return clean_vectors(vector, dimension, what="query vector")[0]
 
 
-def fts_query(text: str, *, max_terms: int = 64) -> str:
-    """Free text -> an FTS5 OR-query of quoted terms (no FTS syntax from the user survives)."""
-    terms = list(dict.fromkeys(t.lower() for t in re.findall(r"\w+", text)))[:max_terms]
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-
-
 def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
         raise InvalidInput(f"k must be an integer from 1 to {MAX_K}, got {k!r}")

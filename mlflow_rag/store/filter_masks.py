@@ -1,6 +1,6 @@
 """Filters for dense search, evaluated as boolean masks over one model's vectors.
 
-The SQL form of a filter (:func:`~mlflow_rag.store.filters.render_sql`) joins every matching
+The SQL form of a filter (a backend's rendering of the plan) joins every matching
 row through documents, chunks and embeddings: three B-tree seeks per match, which dominates
 when a filter keeps thousands of chunks. Here each condition of the plan is one index range
 scan returning document or chunk ids; the ids become a mask over the vectors through
@@ -12,17 +12,16 @@ them to the same answers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import cached_property
 from itertools import repeat
-from typing import Any
 
 import numpy as np
 
 from mlflow_rag.store.filters import Condition, Plan
 
-#: Runs one condition's ``ids_sql`` with its parameters and returns the ids it selects.
-IdQuery = Callable[[str, Sequence[Any]], list[str]]
+#: The document or chunk ids one condition's test selects (a backend's ``condition_ids``).
+IdQuery = Callable[[Condition], list[str]]
 
 
 class VectorKeys:
@@ -74,7 +73,7 @@ def _mask(node: Plan, keys: VectorKeys, query: IdQuery) -> np.ndarray:
 
 
 def _condition_mask(node: Condition, keys: VectorKeys, query: IdQuery) -> np.ndarray:
-    ids = query(node.ids_sql, node.params)
+    ids = query(node)
     if node.owner == "chunk":
         lookup, size = keys.chunk_position, len(keys)
     else:

@@ -1,4 +1,8 @@
-"""The filter language, compiled to parameterised SQL (a pure function, no connection).
+"""The filter language, compiled to a plan of conditions (a pure function, no connection).
+
+Each backend renders a plan as its own parameterised SQL
+(:mod:`mlflow_rag.store.sqlite.filter_sql`); dense search evaluates the same plan as masks
+(:mod:`mlflow_rag.store.filter_masks`).
 
 A filter is a JSON object. Keys are fields; values are a scalar (equality) or an object of
 operators. ``$and`` / ``$or`` take lists of filters::
@@ -86,11 +90,6 @@ def parse_filter(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
     return value
 
 
-def compile_filter(spec: str | Mapping[str, Any] | None) -> tuple[str, list[Any]]:
-    """Return ``(sql, params)`` over the aliases ``d`` (documents) and ``c`` (chunks)."""
-    return render_sql(plan_filter(spec))
-
-
 def plan_filter(spec: str | Mapping[str, Any] | None) -> Plan:
     """The filter as a tree of :class:`Junction` and :class:`Condition` (validated)."""
     return _Compiler().filter(parse_filter(spec), depth=0)
@@ -106,18 +105,24 @@ def as_plan(spec: str | Mapping[str, Any] | Plan | None) -> Plan | None:
 
 @dataclass(frozen=True)
 class Condition:
-    """One leaf: the rows whose ``owner`` id is (or, ``negate``, is not) in ``ids_sql``.
+    """One leaf: the rows whose ``owner`` id is (or, ``negate``, is not) among the ids one
+    test selects, with no SQL in it (each backend renders it).
 
-    ``ids_sql`` selects the matching document or chunk ids from one indexed table, so a
-    leaf costs one index range scan wherever it is evaluated; ``sql`` is the same test inline
-    over the aliases ``d`` and ``c``. Column tests are NULL-safe inline and never negated, so
-    SQL's NULL (unknown) and "no match" agree everywhere a leaf can appear.
+    A column test (``column`` set: an allow-listed column, under the aliases ``d`` for
+    documents and ``c`` for chunks) keeps the filter's operator and is never negated: its
+    rendering is NULL-safe, so SQL's NULL (unknown) and "no match" agree everywhere a leaf
+    can appear. A metadata test (``field`` set) is a positive lookup in the indexed
+    ``<owner>_fields`` rows: ``op`` is ``$exists`` (the key is present), ``$notnull`` (a
+    non-null value), ``$in`` (a value in the list ``arg``), ``$eq`` or a range operator
+    (compared like with like: strings with strings, numbers with numbers); ``$ne``, ``$nin``,
+    ``$exists: false`` and equality with null are these lookups negated.
     """
 
     owner: str  # "document" | "chunk"
-    sql: str
-    ids_sql: str
-    params: tuple[Any, ...]
+    column: str | None
+    field: str | None
+    op: str
+    arg: Any
     negate: bool = False
 
 
@@ -130,32 +135,6 @@ class Junction:
 
 
 Plan = Condition | Junction
-
-
-def render_sql(plan: Plan) -> tuple[str, list[Any]]:
-    """The plan as one SQL boolean expression and its parameters, in order."""
-    params: list[Any] = []
-
-    def render(node: Plan) -> str:
-        if isinstance(node, Condition):
-            params.extend(node.params)
-            return node.sql
-        if not node.parts:
-            return "1"
-        return join(node.op, [render(part) for part in node.parts])
-
-    def join(op: str, parts: list[str]) -> str:
-        # SQLite parses "a OR b OR c ..." as a left-deep tree, one level per term, and refuses
-        # expressions deeper than 1,000 (512 terms already failed inside find_documents'
-        # subquery); halving keeps the depth logarithmic in the number of terms.
-        if len(parts) == 1:
-            return parts[0]
-        if len(parts) <= 8:
-            return "(" + f" {op} ".join(parts) + ")"
-        middle = len(parts) // 2
-        return f"({join(op, parts[:middle])} {op} {join(op, parts[middle:])})"
-
-    return render(plan), params
 
 
 class _Compiler:
@@ -254,54 +233,23 @@ class _Compiler:
             if isinstance(value, str):
                 self.count_chars(value)
         if column is not None:
-            sql, params = column_condition(column, op, arg)
-            alias, rows = ("d", "documents d") if table == "document" else ("c", "chunks c")
-            return Condition(table, sql, f"SELECT {alias}.id FROM {rows} WHERE {sql}", params)
+            return Condition(table, column, None, op, arg)
         assert name is not None
         return field_condition(table, name, op, arg)
 
 
-def column_condition(column: str, op: str, arg: Any) -> tuple[str, tuple[Any, ...]]:
-    if op == "$exists":
-        return f"({column} IS {'NOT ' if arg else ''}NULL)", ()
-    if op in ("$in", "$nin"):
-        values = (json.dumps(arg),)
-        if op == "$in":
-            return f"({column} IN (SELECT value FROM json_each(?)))", values
-        return f"({column} IS NULL OR {column} NOT IN (SELECT value FROM json_each(?)))", values
-    if arg is None:
-        return f"({column} IS {'NOT ' if op == '$ne' else ''}NULL)", ()
-    if op == "$ne":
-        return f"({column} IS NULL OR {column} != ?)", (arg,)
-    return f"({column} {COMPARISONS[op]} ?)", (arg,)
-
-
 def field_condition(table: str, name: str, op: str, arg: Any) -> Condition:
-    """A metadata test: membership in the ids the indexed ``<table>_fields`` rows give."""
-    owner = "d.id" if table == "document" else "c.id"
-    id_column = "document_id" if table == "document" else "chunk_id"
-    lookup = f"SELECT {id_column} FROM {table}_fields WHERE key = ?"
-    params: tuple[Any, ...] = (name,)
-    negate = False
+    """A metadata test as a positive lookup in the indexed fields, negated where the operator
+    asks for the rows that lack a match (``$ne``/``$nin`` also match a missing field)."""
     if op == "$exists":
-        negate = not arg
-    elif op in ("$in", "$nin"):
-        lookup += " AND value IN (SELECT value FROM json_each(?))"
-        params += (json.dumps(arg),)
-        negate = op == "$nin"
-    elif arg is None:  # null matches a missing field or an explicit null
-        lookup += " AND value IS NOT NULL"
-        negate = op != "$ne"
-    elif op in ("$eq", "$ne"):
-        lookup += " AND value = ?"
-        params += (arg,)
-        negate = op == "$ne"
-    else:
-        kinds = "('text')" if isinstance(arg, str) else "('integer', 'real')"
-        lookup += f" AND value {COMPARISONS[op]} ? AND typeof(value) IN {kinds}"
-        params += (arg,)
-    sql = f"({owner} {'NOT ' if negate else ''}IN ({lookup}))"
-    return Condition(table, sql, lookup, params, negate)
+        return Condition(table, None, name, "$exists", None, negate=not arg)
+    if op in ("$in", "$nin"):
+        return Condition(table, None, name, "$in", list(arg), negate=op == "$nin")
+    if arg is None:  # null matches a missing field or an explicit null
+        return Condition(table, None, name, "$notnull", None, negate=op != "$ne")
+    if op in ("$eq", "$ne"):
+        return Condition(table, None, name, "$eq", arg, negate=op == "$ne")
+    return Condition(table, None, name, op, arg)
 
 
 def _check_argument(key: str, op: str, arg: Any) -> None:

@@ -1,6 +1,6 @@
 """The index lifecycle: one FAISS index per model, derived from SQLite (the source of truth).
 
-An :class:`IndexCache` is handed a store's root and its database connection. It loads an
+An :class:`IndexCache` is handed a store's root and its backend (the database). It loads an
 index file only if it checks out against the manifest (store id, dimension, generation, the
 one file name allowed, size, sha256 or block hashes, FAISS's layout, a spot check of vectors
 against SQLite), brings it up to the database's generation by replaying the deletion log and
@@ -15,13 +15,13 @@ import copy
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from mlflow_rag.index.choose import IndexSpec, choose_index
 from mlflow_rag.index.vector_index import VectorIndex, sorted_unique
-from mlflow_rag.store import db, layout
+from mlflow_rag.store import layout
+from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.files import (
     HASH_BLOCK_BYTES,
     FileStamp,
@@ -43,11 +43,11 @@ class IndexCache:
     """The in-memory indexes of one open store, with what the files on disk reflect."""
 
     def __init__(
-        self, root: Path, conn: Any, *, store_id: str, mmap: bool,
+        self, root: Path, backend: Backend, *, store_id: str, mmap: bool,
         verified_files: Mapping[str, FileStamp] | None = None,
     ) -> None:
         self.root = root
-        self.conn = conn
+        self.backend = backend
         self.store_id = store_id
         self.mmap = mmap
         # Files whose sha256 verify_bundle checked during this open, by identity (see
@@ -88,7 +88,7 @@ class IndexCache:
         return index
 
     def build(self, info: ModelInfo, generation: int, reason: str) -> VectorIndex:
-        ids, vectors = db.vectors_after(self.conn, info.name, 0, info.dimension)
+        ids, vectors = self.backend.vectors_after(info.name, 0, info.dimension)
         spec = choose_index(info.index_type, len(ids), info.dimension, info.index_params)
         if reason:
             self.events.append(f"rebuilt index for {info.name!r}: {reason}")
@@ -102,7 +102,7 @@ class IndexCache:
         entry = self.manifest.models.get(info.name) if self.manifest else None
         if entry is None:
             return self.build(info, generation, "")  # first index of this model
-        count = db.vector_count(self.conn, info.name)
+        count = self.backend.vector_count(info.name)
         reason = self._entry_problem(info, entry, generation, count)
         if reason:
             return self.build(info, generation, reason)
@@ -126,7 +126,7 @@ class IndexCache:
             index = self.sync(info, index, generation)
         if index.ntotal != count:  # same read transaction: the count cannot have moved
             return self.build(info, generation, "index and SQLite disagree on the vector count")
-        differs = first_differing_vector(index, self.conn, info)
+        differs = first_differing_vector(index, self.backend, info)
         if differs is not None:
             return self.build(
                 info, generation,
@@ -174,10 +174,10 @@ class IndexCache:
 
     def sync(self, info: ModelInfo, index: VectorIndex, generation: int) -> VectorIndex:
         """Replay what changed since the index's generation (inside a read transaction)."""
-        deleted = db.deletions_since(self.conn, info.name, index.generation)
+        deleted = self.backend.deletions_since(info.name, index.generation)
         if len(deleted) and not index.remove(deleted):
             return self.build(info, generation, "")
-        ids, vectors = db.vectors_after(self.conn, info.name, index.max_vector_id, info.dimension)
+        ids, vectors = self.backend.vectors_after(info.name, index.max_vector_id, info.dimension)
         index.add(ids, vectors)
         index.generation = generation
         return index
@@ -195,8 +195,8 @@ class IndexCache:
         before = copy.deepcopy(manifest.to_dict()) if manifest is on_disk else None
         self.manifest = manifest
         written: list[VectorIndex] = []
-        with db.read_transaction(self.conn):
-            generation = db.generation(self.conn)
+        with self.backend.read_transaction():
+            generation = self.backend.generation()
             models = dict(models_at(generation))
             current = {name: self.index_for(info, generation)
                        for name, info in models.items()}
@@ -274,13 +274,13 @@ class IndexCache:
         """Which chunk and document each vector belongs to, as of ``generation`` (cached)."""
         cached = self.keys.get(model_name)
         if cached is None or cached[0] != generation:
-            cached = (generation, VectorKeys(*db.vector_keys(self.conn, model_name)))
+            cached = (generation, VectorKeys(*self.backend.vector_keys(model_name)))
             self.keys[model_name] = cached
         return cached[1]
 
 
 def first_differing_vector(
-    index: VectorIndex, conn: Any, info: ModelInfo, *, samples: int = 16
+    index: VectorIndex, backend: Backend, info: ModelInfo, *, samples: int = 16
 ) -> int | None:
     """Spot-check a loaded index against SQLite: up to ``samples`` vector ids, evenly spread,
     must each score their own SQLite vector at its full length. An index from another store
@@ -290,7 +290,7 @@ def first_differing_vector(
     if len(ids) == 0:
         return None
     picks = ids[sorted_unique(np.linspace(0, len(ids) - 1, num=min(samples, len(ids))).astype(int))]
-    stored = db.vectors_by_ids(conn, picks.tolist(), info.dimension)
+    stored = backend.vectors_by_ids(picks.tolist(), info.dimension)
     for vector_id, vector in zip(picks.tolist(), stored, strict=True):
         result = index.search(vector, 1, allowed=np.array([vector_id], dtype=np.int64))
         if result.ids.tolist() != [vector_id] or abs(

@@ -11,7 +11,7 @@ import numpy as np
 
 from mlflow_rag.errors import EmbedderUnavailable
 from mlflow_rag.index.vector_index import VectorIndex
-from mlflow_rag.store import db
+from mlflow_rag.store.backend import Backend
 from mlflow_rag.types import ModelInfo
 
 # verify(): a re-embedded sample must match its stored vector this closely. Deterministic
@@ -21,7 +21,7 @@ EMBED_CHECK_MIN_COSINE = 0.98
 
 
 def check_model(
-    conn: Any, info: ModelInfo, index: VectorIndex, *, sample: int, seed: int,
+    backend: Backend, info: ModelInfo, index: VectorIndex, *, sample: int, seed: int,
     embed: Callable[[Sequence[str]], np.ndarray] | None, embed_sample: int, min_cosine: float,
 ) -> dict[str, Any]:
     """One model's entry of ``Store.verify``'s report. Call inside a read transaction.
@@ -32,7 +32,7 @@ def check_model(
     vector (``embed_mismatches`` counts those that do not; an embedder that cannot run or
     gives another dimension fails them all). Vectors from another fit of a tfidf model, or
     another model's, fail it; the self-retrieval check alone cannot tell."""
-    sql_ids, vectors = db.vectors_after(conn, info.name, 0, info.dimension)
+    sql_ids, vectors = backend.vectors_after(info.name, 0, info.dimension)
     index_ids = index.ids()
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(sql_ids), size=min(sample, len(sql_ids)), replace=False)
@@ -53,7 +53,7 @@ def check_model(
     if embed is not None and len(sql_ids):
         spread = np.unique(np.linspace(0, len(sql_ids) - 1,
                                        num=min(embed_sample, len(sql_ids))).astype(int))
-        rows = db.sample_vectors_with_text(conn, info.name, sql_ids[spread].tolist())
+        rows = backend.sample_vectors_with_text(info.name, sql_ids[spread].tolist())
         report.update(_embed_check(embed, rows, info.dimension, min_cosine))
     return report
 

@@ -11,18 +11,19 @@ from typing import Any
 from mlflow_rag import codec
 from mlflow_rag.errors import DimensionMismatch, ModelNotFound, UnsafePath
 from mlflow_rag.index.choose import choose_index
-from mlflow_rag.store import db, layout
+from mlflow_rag.store import layout
+from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.checks import SLUG_PATTERN, model_slug
 from mlflow_rag.types import ModelInfo
 
 
 class ModelRegistry:
     """The models of one store as of ``generation``. Callers hold the store's lock and, to
-    read, a transaction of the connection."""
+    read, a transaction of the backend."""
 
-    def __init__(self, root: Path, conn: Any) -> None:
+    def __init__(self, root: Path, backend: Backend) -> None:
         self.root = root
-        self.conn = conn
+        self.backend = backend
         self.by_name: dict[str, ModelInfo] = {}
         self.generation = -1
 
@@ -35,7 +36,7 @@ class ModelRegistry:
         if generation == self.generation:
             return
         self.by_name = {}
-        for name, slug, dim, embedder, version, index_type, params in db.model_rows(self.conn):
+        for name, slug, dim, embedder, version, index_type, params in self.backend.model_rows():
             if not isinstance(slug, str) or not SLUG_PATTERN.fullmatch(slug):
                 raise UnsafePath(
                     f"model {name!r} in {self.root / layout.DB_FILE} has the slug {slug!r}, which is "
@@ -85,7 +86,7 @@ class ModelRegistry:
         """The models with their vector counts and the index type each gets at that count."""
         out = []
         for info in self.by_name.values():
-            count = db.vector_count(self.conn, info.name)
+            count = self.backend.vector_count(info.name)
             spec = choose_index(info.index_type, count, info.dimension, info.index_params)
             out.append(
                 ModelInfo(
@@ -116,14 +117,14 @@ class ModelRegistry:
                 index_type != existing.index_type
                 or dict(index_params or {}) != dict(existing.index_params)
             ):
-                db.update_model_index(
-                    self.conn, name, index_type=index_type,
+                self.backend.update_model_index(
+                    name, index_type=index_type,
                     index_params=dict(index_params or {}),
                 )
         else:
             slug = self.slug_for(name)
-            db.insert_model(
-                self.conn, name=name, slug=slug, dimension=dimension, embedder=embedder,
+            self.backend.insert_model(
+                name=name, slug=slug, dimension=dimension, embedder=embedder,
                 model_version=model_version, index_type=index_type or "auto",
                 index_params=dict(index_params or {}),
             )

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from mlflow_rag.index.vector_index import VectorIndex
-from mlflow_rag.store import db
+from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.filter_masks import VectorKeys, allowed_vector_ids
 from mlflow_rag.store.filters import Plan
 
@@ -25,7 +25,7 @@ class DenseFound:
 
 
 def dense(
-    conn: Any, index: VectorIndex, query: np.ndarray, k: int, *, plan: Plan | None,
+    backend: Backend, index: VectorIndex, query: np.ndarray, k: int, *, plan: Plan | None,
     keys: VectorKeys | None,
 ) -> DenseFound:
     """Top ``k`` of ``index`` for ``query``. Call inside a read transaction; ``keys`` (which
@@ -33,10 +33,8 @@ def dense(
     allowed = None
     if plan is not None:
         assert keys is not None
-        allowed = allowed_vector_ids(
-            plan, keys, lambda sql, params: db.matching_ids(conn, sql, params)
-        )
+        allowed = allowed_vector_ids(plan, keys, backend.condition_ids)
     result = index.search(query, k, allowed=allowed)
     ids = result.ids.tolist()
     return DenseFound(ids=ids, scores=result.scores.tolist(),
-                      rows=db.hits_by_vector_ids(conn, ids))
+                      rows=backend.hits_by_vector_ids(ids))

@@ -1,21 +1,22 @@
-"""The store: one SQLite file (source of truth, vectors included) + one FAISS index per model.
+"""The store: a database (the source of truth, vectors included) + one FAISS index per model.
 
-:class:`Store` is the facade the other layers use: it holds the connection, the thread lock
-and the store's lock file, checks what callers pass, and hands each job to its module:
+:class:`Store` is the facade the other layers use: it holds the backend (the database behind
+:class:`~mlflow_rag.store.backend.Backend`), the thread lock and the store's lock file, checks
+what callers pass, and hands each job to its module:
 
-- ``opening``: refuse what is not a store, connect, migrate;
+- ``opening``: refuse what is not a store, open its backend (checked or migrated);
 - ``models``: the embedding models (``ModelRegistry``), read once per generation;
 - ``writes``: documents, chunks and vectors in one transaction per call;
 - ``index_cache``: the FAISS index lifecycle (load, verify, replay, rebuild, persist);
-- ``views`` and ``db``: reads and search, hydrated from one read snapshot;
+- ``views`` and the backend: reads and search, hydrated from one read snapshot;
 - ``query_log``: queries and what they retrieved, and retention;
 - ``integrity`` and ``bundle``: ``verify``, ``snapshot`` and ``verify_bundle``;
 - ``layout``: the files and folders of a store; ``checks``: vector and request checks.
 
-Every write is one ``BEGIN IMMEDIATE`` transaction that bumps the store's generation. Index
-files are derived: each is stamped (in the manifest) with the generation it reflects, and
-opening or searching brings it up to date by replaying deletions and additions from SQLite,
-or rebuilds it when it is missing, corrupt or foreign.
+Every write is one write transaction that bumps the store's generation. Index files are
+derived: each is stamped (in the manifest) with the generation it reflects, and opening or
+searching brings it up to date by replaying deletions and additions from the database, or
+rebuilds it when it is missing, corrupt or foreign.
 """
 
 from __future__ import annotations
@@ -38,18 +39,15 @@ from mlflow_rag.errors import (
     UnknownChoice,
 )
 from mlflow_rag.index.choose import INDEX_TYPES, choose_index
-from mlflow_rag.store import bundle, db, integrity, layout, opening, retrieval, views, writes
-from mlflow_rag.store.checks import (
-    clean_query,
-    clean_vectors,
-    fts_query,
-)
+from mlflow_rag.store import bundle, integrity, layout, opening, retrieval, views, writes
+from mlflow_rag.store.backend import Backend
+from mlflow_rag.store.checks import clean_query, clean_vectors
 from mlflow_rag.store.files import (
     FileStamp,
     confined,
     exclusive_lock,
 )
-from mlflow_rag.store.filters import Plan, as_plan, render_sql
+from mlflow_rag.store.filters import Plan, as_plan
 from mlflow_rag.store.index_cache import IndexCache
 from mlflow_rag.store.integrity import EMBED_CHECK_MIN_COSINE
 from mlflow_rag.store.manifest import Manifest
@@ -73,11 +71,11 @@ class Store:
     """Open with :meth:`Store.open`; use as a context manager so indexes are persisted."""
 
     def __init__(
-        self, root: Path, conn: Any, *, read_only: bool, immutable: bool, mmap: bool = False,
+        self, root: Path, backend: Backend, *, read_only: bool, immutable: bool, mmap: bool = False,
         verified_files: Mapping[str, FileStamp] | None = None,
     ) -> None:
         self.root = root
-        self._conn = conn
+        self._backend: Backend | None = backend
         self.read_only = read_only or immutable
         self.immutable = immutable
         self.mmap = mmap
@@ -85,10 +83,10 @@ class Store:
         # The thread holding the store's lock file through this object (writer_lock, flush):
         # nested uses by that thread do not lock again (flock would wait for itself).
         self._file_lock_owner: int | None = None
-        self._registry = ModelRegistry(root, conn)
+        self._registry = ModelRegistry(root, backend)
         self.orphan_hits = 0  # index hits without a row: must stay 0 (readers see snapshots)
-        self.store_id = db.get_meta(conn, "store_id")
-        self._index_cache = IndexCache(root, conn, store_id=self.store_id, mmap=mmap,
+        self.store_id = backend.get_meta("store_id")
+        self._index_cache = IndexCache(root, backend, store_id=self.store_id, mmap=mmap,
                                        verified_files=verified_files)
 
     @property
@@ -125,17 +123,17 @@ class Store:
                 "its index files"
             )
         root = Path(path)
-        db_path = root / layout.DB_FILE
         opening.check_exists(root, create=create and not (read_only or immutable))
         verified = bundle.verify_bundle(root) if verify_files else {}
-        conn = opening.connect(root, read_only=read_only, immutable=immutable)
-        with opening.closed_on_failure(conn, db_path):
-            store = cls(root, conn, read_only=read_only, immutable=immutable, mmap=mmap,
+        backend = opening.open_backend(root, read_only=read_only, immutable=immutable)
+        with opening.closed_on_failure(backend):
+            store = cls(root, backend, read_only=read_only, immutable=immutable, mmap=mmap,
                         verified_files=verified)
             store._check_stored_paths()
             if verify_files:
                 bundle.check_identity(store.manifest, store_id=store.store_id,
-                                      generation=db.generation(conn), db_path=db_path)
+                                      generation=backend.generation(),
+                                      db_path=root / layout.DB_FILE)
         return store
 
     def __enter__(self) -> Store:
@@ -145,21 +143,22 @@ class Store:
         self.close(flush=exc[0] is None)
 
     def close(self, *, flush: bool = True) -> None:
-        if self._conn is None:
+        if self._backend is None:
             return
         try:
             if flush and not self.read_only:
                 self.flush()
         finally:
-            self._conn.close()
-            self._conn = None
+            self._backend.close()
+            self._backend = None
             self._index_cache.clear()
 
     @property
-    def conn(self) -> Any:
-        if self._conn is None:
+    def backend(self) -> Backend:
+        """The database this store keeps its source of truth in."""
+        if self._backend is None:
             raise RagError("the store is closed")
-        return self._conn
+        return self._backend
 
     def _require_writable(self) -> None:
         if self.read_only:
@@ -169,8 +168,8 @@ class Store:
         """Refuse the open if a path derived from stored data would leave the store: a
         model's slug (it names the index file and the embedder's state folder), or a symlink
         under ``index/``, ``models/`` or at ``manifest.json`` that leads outside."""
-        with self._lock, db.read_transaction(self.conn):
-            self._registry.refresh(db.generation(self.conn))
+        with self._lock, self.backend.read_transaction():
+            self._registry.refresh(self.backend.generation())
         layout.check_folders_confined(self.root, what="store")
         confined(self.root, layout.MANIFEST_FILE, what="manifest")
 
@@ -210,15 +209,15 @@ class Store:
 
     def models(self) -> list[ModelInfo]:
         """Embedding models in this store, with their vector counts and effective index type."""
-        with self._lock, db.read_transaction(self.conn):
-            generation = db.generation(self.conn)
+        with self._lock, self.backend.read_transaction():
+            generation = self.backend.generation()
             self._registry.refresh(generation)
             return self._registry.counted(generation)
 
     def model(self, name: str | None = None) -> ModelInfo:
         """The named model, or the only one. Errors list the models the store has."""
-        with self._lock, db.read_transaction(self.conn):
-            self._registry.refresh(db.generation(self.conn))
+        with self._lock, self.backend.read_transaction():
+            self._registry.refresh(self.backend.generation())
             return self._registry.get(name)
 
     def ensure_model(
@@ -235,7 +234,7 @@ class Store:
         if index_type is not None:
             choose_index(index_type, 0, dimension, index_params)  # validate parameters early
         with self._lock:
-            with db.write_transaction(self.conn) as generation:
+            with self.backend.write_transaction() as generation:
                 self._registry.register(
                     name, dimension, generation=generation, embedder=embedder,
                     model_version=model_version, index_type=index_type, index_params=index_params,
@@ -249,8 +248,8 @@ class Store:
         """Where the embedder of model ``name`` keeps the state it fitted at ingest (inside the
         store): its slug's folder, or for a model not registered yet the folder it will get
         (a first fit is saved before the model's dimension is known and registered)."""
-        with self._lock, db.read_transaction(self.conn):
-            self._registry.refresh(db.generation(self.conn))
+        with self._lock, self.backend.read_transaction():
+            self._registry.refresh(self.backend.generation())
             slug = self._registry.slug_for(name)
         return layout.model_dir(self.root, slug=slug, name=name)
 
@@ -268,12 +267,12 @@ class Store:
             dup = next(i for i in ids if ids.count(i) > 1)
             raise InvalidInput(f"document id {dup!r} appears twice in one write")
         with self._lock:
-            self._registry.refresh(db.generation(self.conn))
+            self._registry.refresh(self.backend.generation())
             prepared = [writes.prepare(record, self._registry.get) for record in records]
             writes.clean_vectors_of(prepared, self._registry.by_name)
         with self._lock:
             written = writes.write_documents(
-                self.conn, prepared, skip_unchanged=skip_unchanged,
+                self.backend, prepared, skip_unchanged=skip_unchanged,
                 has_index=lambda name: name in self._index_cache.indexes,
             )
         if not written.report.updated:
@@ -299,7 +298,7 @@ class Store:
         per_chunk = [codec.metadata_json(m) for m in metadata] if metadata else None
         with self._lock:
             return writes.add_model_vectors(
-                self.conn, model_name, chunk_ids, matrix,
+                self.backend, model_name, chunk_ids, matrix,
                 model_version=model_version or info.model_version, metadata=per_chunk,
                 replace=replace,
             )
@@ -320,12 +319,12 @@ class Store:
             raise InvalidInput(f"{len(matrix)} vectors for {len(chunk_ids)} chunk ids")
         with self._lock:
             count = writes.replace_model_vectors(
-                self.conn, model_name, chunk_ids, matrix, dimension=dimension,
+                self.backend, model_name, chunk_ids, matrix, dimension=dimension,
                 model_version=model_version,
             )
             self._registry.invalidate()
-            with db.read_transaction(self.conn):
-                generation = db.generation(self.conn)
+            with self.backend.read_transaction():
+                generation = self.backend.generation()
                 self._registry.refresh(generation)
                 self._index_cache.rebuilt_for_new_space(self._registry.by_name[model_name], generation)
         return count
@@ -333,13 +332,13 @@ class Store:
     def vectors_on_documents(self, document_ids: Sequence[str]) -> list[tuple[str, str, str]]:
         """(document id, chunk text hash, model name) of every vector on these documents."""
         with self._lock:
-            rows = db.embeddings_of_documents(self.conn, list(document_ids))
+            rows = self.backend.embeddings_of_documents(list(document_ids))
         return [(row[0], row[1], row[2]) for row in rows]
 
     def chunks_with_vectors(self, model_name: str) -> list[tuple[str, str, str]]:
         """(chunk id, document id, text) of every chunk holding a vector of this model."""
         with self._lock:
-            return db.chunks_with_vectors(self.conn, model_name)
+            return self.backend.chunks_with_vectors(model_name)
 
     def delete(self, document_id: str, *, erase: bool = True) -> None:
         """Delete a document; its chunks and vectors cascade, and leave the index.
@@ -348,8 +347,8 @@ class Store:
         (:meth:`erase_deleted`); deleting many documents, pass ``erase=False`` and call
         :meth:`erase_deleted` once at the end."""
         self._require_writable()
-        with self._lock, db.write_transaction(self.conn):
-            if not db.delete_document(self.conn, document_id):
+        with self._lock, self.backend.write_transaction():
+            if not self.backend.delete_document(document_id):
                 raise DocumentNotFound(f"no document with id {document_id!r} in {self.root}")
         if erase:
             self.erase_deleted()
@@ -365,14 +364,13 @@ class Store:
         self._require_writable()
         with self._lock:
             try:
-                with db.immediate_transaction(self.conn):
-                    db.fts_optimize(self.conn)
+                self.backend.compact_lexical_index()
                 self.flush()
-                problem = db.erase_free_pages(self.conn)
+                problem = self.backend.erase_free_space()
             except Exception as exc:
-                if db.is_storage_failure(exc):
-                    raise db.storage_failure(
-                        self.conn, exc, outcome="the deletion is committed but its bytes are not "
+                if self.backend.is_storage_failure(exc):
+                    raise self.backend.storage_failure(
+                        exc, outcome="the deletion is committed but its bytes are not "
                         "yet erased; run the delete's erase again (Store.erase_deleted)",
                     ) from exc
                 raise
@@ -397,16 +395,16 @@ class Store:
     def load_indexes(self) -> None:
         """Load every model's index now (checked, and synced to the current generation), so
         the first search does not pay for it: a server does this before it answers."""
-        with self._lock, db.read_transaction(self.conn):
-            generation = db.generation(self.conn)
+        with self._lock, self.backend.read_transaction():
+            generation = self.backend.generation()
             self._registry.refresh(generation)
             for info in self._registry.by_name.values():
                 self._index_cache.index_for(info, generation)
 
     def rebuild_index(self, model: str | None = None) -> None:
         """Drop the in-memory index and rebuild it from SQLite (then persist if writable)."""
-        with self._lock, db.read_transaction(self.conn):
-            generation = db.generation(self.conn)
+        with self._lock, self.backend.read_transaction():
+            generation = self.backend.generation()
             self._registry.refresh(generation)
             info = self._registry.get(model)
             self._index_cache.build(info, generation, "asked for")
@@ -418,45 +416,45 @@ class Store:
         with self._lock:
             return {
                 k: (h, codec.loads_object(m))
-                for k, (h, m) in db.document_states(self.conn, list(ids)).items()
+                for k, (h, m) in self.backend.document_states(list(ids)).items()
             }
 
     def document_sources(self, ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
         """id -> (source_path, content_hash) of the stored documents among ``ids``."""
         with self._lock:
-            return db.document_sources(self.conn, list(ids))
+            return self.backend.document_sources(list(ids))
 
     def document_ids_by_source(self, source_paths: Sequence[str]) -> dict[str, list[str]]:
         """source_path -> ids of the stored documents that came from it."""
         out: dict[str, list[str]] = {}
         with self._lock:
-            for path, doc_id in db.documents_by_source(self.conn, list(source_paths)):
+            for path, doc_id in self.backend.documents_by_source(list(source_paths)):
                 out.setdefault(path, []).append(doc_id)
         return out
 
     def cached_vectors(self, model_name: str, text_hashes: Sequence[str]) -> dict[str, np.ndarray]:
         """text_hash -> stored vector, for texts this model embedded before (embedding cache)."""
         with self._lock:
-            blobs = db.cached_vectors(self.conn, model_name, list(text_hashes))
+            blobs = self.backend.cached_vectors(model_name, list(text_hashes))
         return {h: codec.blob_to_vector(b) for h, b in blobs.items()}
 
     def chunks_without_vectors(
         self, model_name: str, document_ids: Sequence[str]
     ) -> list[tuple[str, str, str]]:
         with self._lock:
-            return db.chunks_without_vectors(self.conn, model_name, list(document_ids))
+            return self.backend.chunks_without_vectors(model_name, list(document_ids))
 
     def vectors_for_chunks(self, model_name: str, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
         with self._lock:
-            return db.vectors_for_chunks(self.conn, model_name, list(chunk_ids))
+            return self.backend.vectors_for_chunks(model_name, list(chunk_ids))
 
     def get_document(self, document_id: str, *, include_pii: bool = False) -> DocumentView:
         """A document with all its chunks in order."""
-        with self._lock, db.read_transaction(self.conn):
-            row = db.document_row(self.conn, document_id)
+        with self._lock, self.backend.read_transaction():
+            row = self.backend.document_row(document_id)
             if row is None:
                 raise DocumentNotFound(f"no document with id {document_id!r} in {self.root}")
-            chunks = tuple(views.chunk_view(r) for r in db.chunk_rows(self.conn, document_id))
+            chunks = tuple(views.chunk_view(r) for r in self.backend.chunk_rows(document_id))
         return views.document_view(row, chunks, include_pii=include_pii)
 
     def expand_context(self, chunk_id: str, *, n: int = 1) -> list[ChunkView]:
@@ -464,7 +462,7 @@ class Store:
         if not isinstance(n, int) or n < 0:
             raise InvalidInput(f"n must be a non-negative integer, got {n!r}")
         with self._lock:
-            rows = db.neighbour_rows(self.conn, chunk_id, n)
+            rows = self.backend.neighbour_rows(chunk_id, n)
         if not rows:
             raise ChunkNotFound(f"no chunk with id {chunk_id!r} in {self.root}")
         return [views.chunk_view(r) for r in rows]
@@ -476,23 +474,22 @@ class Store:
         """Documents with at least one chunk matching the filter (metadata, dates, types);
         ``filters`` is JSON text, a mapping or a compiled plan (not compiled again)."""
         plan = as_plan(filters)
-        where, params = render_sql(plan) if plan is not None else ("1", [])
         with self._lock:
-            rows = db.find_document_rows(self.conn, where, params, limit)
+            rows = self.backend.find_document_rows(plan, limit)
         return [views.document_view(r, (), include_pii=include_pii) for r in rows]
 
     def lexical_index_bytes(self) -> int:
         """Bytes of the full-text (BM25) index's pages; 0 if this SQLite cannot tell."""
         with self._lock:
-            return db.fts_bytes(self.conn)
+            return self.backend.lexical_index_bytes()
 
     def stats(self) -> StoreStats:
         models = self.models()
-        with self._lock, db.read_transaction(self.conn):
-            counts = db.counts(self.conn)
-            generation = db.generation(self.conn)
-            version = db.schema_version(self.conn)
-            types = db.source_type_counts(self.conn)
+        with self._lock, self.backend.read_transaction():
+            counts = self.backend.counts()
+            generation = self.backend.generation()
+            version = self.backend.schema_version()
+            types = self.backend.source_type_counts()
         size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
         return StoreStats(
             documents=counts["documents"], chunks=counts["chunks"],
@@ -521,14 +518,14 @@ class Store:
     ) -> list[Hit]:
         """:meth:`dense_search` for a request parsed already (``k`` checked, filter compiled)."""
         plan = request.plan
-        with self._lock, db.read_transaction(self.conn):
-            generation = db.generation(self.conn)
+        with self._lock, self.backend.read_transaction():
+            generation = self.backend.generation()
             self._registry.refresh(generation)
             info = self._registry.get(model)
             query = clean_query(vector, info.dimension)
             index = self._index_cache.index_for(info, generation)
             keys = self._index_cache.vector_keys(info.name, generation) if plan is not None else None
-            found = retrieval.dense(self.conn, index, query, request.k, plan=plan, keys=keys)
+            found = retrieval.dense(self.backend, index, query, request.k, plan=plan, keys=keys)
         hits, orphans = views.dense_hits(found.ids, found.scores, found.rows,
                                          include_pii=include_pii)
         self.orphan_hits += orphans  # cannot happen inside one snapshot: must stay 0
@@ -543,12 +540,8 @@ class Store:
 
     def lexical(self, text: str, request: Retrieval, *, include_pii: bool = False) -> list[Hit]:
         """:meth:`lexical_search` for a request parsed already (``k`` checked, filter compiled)."""
-        match = fts_query(text)
-        if not match:
-            return []
-        where, params = render_sql(request.plan) if request.plan is not None else ("1", [])
         with self._lock:
-            rows = db.bm25_rows(self.conn, match, request.k, where, params)
+            rows = self.backend.bm25_rows(text, request.k, request.plan)
         return views.lexical_hits(rows, include_pii=include_pii)
 
     # ----------------------------------------------------------------- query log
@@ -562,7 +555,7 @@ class Store:
         self._require_writable()
         with self._lock:
             return write_query_log(
-                self.conn, text, hits, model_name=model_name, embedding=embedding,
+                self.backend, text, hits, model_name=model_name, embedding=embedding,
                 metadata=metadata, redact=redact,
             )
 
@@ -570,7 +563,7 @@ class Store:
         """Retention: delete query logs older than ``days`` and reclaim the space."""
         self._require_writable()
         with self._lock:
-            return purge_query_log(self.conn, days)
+            return purge_query_log(self.backend, days)
 
     # ----------------------------------------------------------------- checks and bundles
 
@@ -586,16 +579,16 @@ class Store:
 
         FTS5 runs its check as a write (``INSERT ... 'integrity-check'``), so a read-only or
         immutable store skips it; SQLite's own ``integrity_check`` still covers the file."""
-        report: dict[str, Any] = {"integrity_check": db.integrity_check(self.conn), "models": {}}
-        with self._lock, db.read_transaction(self.conn):
+        report: dict[str, Any] = {"integrity_check": self.backend.integrity_check(), "models": {}}
+        with self._lock, self.backend.read_transaction():
             if not self.read_only:
-                db.fts_integrity_check(self.conn)
-            generation = db.generation(self.conn)
+                self.backend.lexical_index_check()
+            generation = self.backend.generation()
             self._registry.refresh(generation)
             for name, info in self._registry.by_name.items():
                 index = self._index_cache.index_for(info, generation)
                 report["models"][name] = integrity.check_model(
-                    self.conn, info, index, sample=sample, seed=seed,
+                    self.backend, info, index, sample=sample, seed=seed,
                     embed=(embedders or {}).get(name), embed_sample=embed_sample,
                     min_cosine=min_cosine,
                 )
@@ -617,7 +610,7 @@ class Store:
             # Copy the derived files first: if a writer commits before VACUUM INTO, the
             # snapshot's database is only ahead of them, and opening it replays the difference.
             with self._file_lock():
-                bundle.copy_store_files(self.root, dest, self.conn)
+                bundle.copy_store_files(self.root, dest, self.backend)
 
 
 def _persist_indexes(root: Path) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from mlflow_rag import codec
 from mlflow_rag.errors import ChunkNotFound, InvalidInput, InvalidVector, RagError
-from mlflow_rag.store import db
+from mlflow_rag.store.backend import Backend, utc_now
 from mlflow_rag.store.checks import PII_KEY, clean_vectors
 from mlflow_rag.store.filters import metadata_fields
 from mlflow_rag.types import DocumentRecord, ModelInfo, WriteReport
@@ -34,14 +34,14 @@ class Written:
 
 
 def write_documents(
-    conn: Any, prepared: Sequence[Prepared], *, skip_unchanged: bool,
+    backend: Backend, prepared: Sequence[Prepared], *, skip_unchanged: bool,
     has_index: Callable[[str], bool],
 ) -> Written:
     """Add or replace the prepared documents in one write transaction."""
     ids = [record.id for record, _, _ in prepared]
-    with db.write_transaction(conn) as generation:
-        states = db.document_states(conn, ids)
-        now = db.utc_now()
+    with backend.write_transaction() as generation:
+        states = backend.document_states(ids)
+        now = utc_now()
         todo = [
             (record, metadata, vectors) for record, metadata, vectors in prepared
             if not (skip_unchanged and states.get(record.id) == (record.content_hash, metadata))
@@ -51,41 +51,39 @@ def write_documents(
         # chunks keep: carried over, so replacing a document (re-chunked, or one field
         # changed) never drops another model's vectors of unchanged text.
         carried = _vectors_to_carry(
-            db.embeddings_of_documents(conn, replaced),
+            backend.embeddings_of_documents(replaced),
             {record.id: {entry[0] for entry in vectors} for record, _, vectors in todo},
         )
         # Rows for every table are collected first and inserted with one executemany
         # each: per-document statements cost more than the inserts themselves.
-        db.delete_chunks_of(conn, replaced)
+        backend.delete_chunks_of(replaced)
         doc_rows = [
             (record.id, record.source_path, record.source_type, record.content_hash,
              metadata, record.raw_text)
             for record, metadata, _ in todo
         ]
-        db.upsert_documents(conn, doc_rows, now=now)
-        db.replace_document_fields(
-            conn, replaced,
+        backend.upsert_documents(doc_rows, now=now)
+        backend.replace_document_fields(
+            replaced,
             [(record.id, key, value) for record, _, _ in todo
              for key, value in metadata_fields(record.metadata, skip=(PII_KEY,))],
         )
         chunks = [(record.id, c) for record, _, _ in todo for c in record.chunks]
-        first = db.allocate_ids(conn, len(chunks))
-        db.insert_chunks(
-            conn,
+        first = backend.allocate_ids(len(chunks))
+        backend.insert_chunks(
             (
                 (c.id, doc_id, c.chunk_index, c.chunk_type, c.text, c.start_char, c.end_char,
                  c.token_count, codec.metadata_json(c.metadata), c.text_hash, first + i)
                 for i, (doc_id, c) in enumerate(chunks)
             ),
         )
-        db.insert_chunk_fields(
-            conn,
+        backend.insert_chunk_fields(
             ((c.id, key, value) for _, c in chunks for key, value in metadata_fields(c.metadata)),
         )
         n_vectors = sum(len(record.chunks) * len(vectors) for record, _, vectors in todo)
         embedding_rows: list[tuple[Any, ...]] = []
         added: dict[str, tuple[list[int], list[np.ndarray]]] = {}
-        first_vector = db.allocate_ids(conn, n_vectors)
+        first_vector = backend.allocate_ids(n_vectors)
         for record, _, vectors in todo:
             for model_name, version, matrix, per_chunk in vectors:
                 dim = matrix.shape[1]
@@ -101,13 +99,13 @@ def write_documents(
                     ))
         # Models this write starts: their whole index is what this write adds.
         fresh = {name for name in added
-                 if not has_index(name) and not db.has_vectors(conn, name)}
-        db.insert_embeddings(conn, embedding_rows)
+                 if not has_index(name) and not backend.has_vectors(name)}
+        backend.insert_embeddings(embedding_rows)
         if carried:
             kept = [(c.id, row) for doc_id, c in chunks
                     for row in carried.get((doc_id, c.text_hash), ())]
-            first_kept = db.allocate_ids(conn, len(kept))
-            db.insert_embeddings(conn, (
+            first_kept = backend.allocate_ids(len(kept))
+            backend.insert_embeddings((
                 (f"{chunk_id}:{model_name}", chunk_id, model_name, version, dim, blob, now,
                  meta, first_kept + i)
                 for i, (chunk_id, (model_name, version, dim, blob, meta)) in enumerate(kept)
@@ -173,18 +171,18 @@ def clean_vectors_of(prepared: list[Prepared], models: Mapping[str, ModelInfo]) 
             offset += len(array)
 
 def add_model_vectors(
-    conn: Any, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
+    backend: Backend, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
     model_version: str | None, metadata: Sequence[str] | None, replace: bool,
 ) -> int:
     """One model's vectors for existing chunks, in one write transaction (``replace``: their
     old vectors of this model go first). Returns the number inserted."""
-    with db.write_transaction(conn):
+    with backend.write_transaction():
         if replace:
-            db.delete_embeddings_for(conn, model_name, chunk_ids)
+            backend.delete_embeddings_for(model_name, chunk_ids)
         try:
-            return insert_vectors(conn, model_name, chunk_ids, matrix,
+            return insert_vectors(backend, model_name, chunk_ids, matrix,
                                   model_version=model_version, metadata=metadata,
-                                  now=db.utc_now())
+                                  now=utc_now())
         except Exception as exc:
             if "FOREIGN KEY" in str(exc):
                 raise ChunkNotFound("some chunk ids do not exist in the store") from None
@@ -196,18 +194,18 @@ def add_model_vectors(
 
 
 def replace_model_vectors(
-    conn: Any, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
+    backend: Backend, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
     dimension: int, model_version: str | None,
 ) -> int:
     """Every vector of a model replaced in one write transaction, with the model's new
     dimension and version recorded. Returns the number inserted."""
     try:
-        with db.write_transaction(conn):
-            db.delete_model_vectors(conn, model_name)
-            db.update_model_fit(conn, model_name, dimension=dimension,
+        with backend.write_transaction():
+            backend.delete_model_vectors(model_name)
+            backend.update_model_fit(model_name, dimension=dimension,
                                 model_version=model_version)
-            return insert_vectors(conn, model_name, chunk_ids, matrix,
-                                  model_version=model_version, metadata=None, now=db.utc_now())
+            return insert_vectors(backend, model_name, chunk_ids, matrix,
+                                  model_version=model_version, metadata=None, now=utc_now())
     except Exception as exc:
         if "FOREIGN KEY" in str(exc):
             raise ChunkNotFound("some chunk ids do not exist in the store") from None
@@ -215,13 +213,12 @@ def replace_model_vectors(
 
 
 def insert_vectors(
-    conn: Any, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
+    backend: Backend, model_name: str, chunk_ids: Sequence[str], matrix: np.ndarray, *,
     model_version: str | None, metadata: Sequence[str] | None, now: str,
 ) -> int:
-    first = db.allocate_ids(conn, len(chunk_ids))
+    first = backend.allocate_ids(len(chunk_ids))
     dim = matrix.shape[1]
-    db.insert_embeddings(
-        conn,
+    backend.insert_embeddings(
         (
             (
                 f"{chunk_id}:{model_name}", chunk_id, model_name, model_version, dim,

@@ -1,0 +1,355 @@
+"""The storage backend seam: what a store asks of the database that holds it.
+
+A store keeps its source of truth (documents, chunks, vectors, the query log, the models and
+the bookkeeping below) in one database behind :class:`Backend`; the FAISS indexes are derived
+from it. Every SQL statement lives in a backend's own package (``store/sqlite/`` today), and
+the modules above (``writes``, ``index_cache``, ``retrieval``, ``query_log``, ...) talk to the
+database only through these methods, so a second database is one new package.
+
+What every backend promises (docs/architecture.md, "The backend seam"; the contract tests
+in ``tests/test_backend_contract.py`` hold each backend to it):
+
+- **Transactions.** :meth:`Backend.immediate_transaction` is a write transaction that
+  serialises with every other writer of the same store (in any process, on any host) from
+  its start, and commits all or nothing; :meth:`Backend.write_transaction` is one that also
+  bumps the store's **generation** and yields the new value, so generations count committed
+  writes, strictly increasing. :meth:`Backend.read_transaction` pins one snapshot: every
+  read inside it sees the same committed state, never part of a write. Both nest inside an
+  outer transaction of the same kind.
+- **The vector-id sequence.** :meth:`Backend.allocate_ids` hands out ids from a sequence
+  that never returns a value twice, even after the rows that had them are deleted, so an
+  index can tell new rows (id above the highest it holds) from old ones.
+- **The deletion log.** Every vector removed (by a document's deletion, a re-chunk, a
+  replaced or dropped model) is recorded with the generation that removed it, in the same
+  transaction; :meth:`Backend.deletions_since` returns them. With the sequence, this lets
+  an index written at generation G catch up to any later generation without a rebuild.
+- **Failures.** A failure of the storage under the database (disk full, I/O error) rolls
+  the transaction back and :meth:`Backend.storage_failure` names what failed; nothing of a
+  failed write is visible afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from mlflow_rag.store.files import StorageError
+    from mlflow_rag.store.filters import Condition, Plan
+
+STORE_FORMAT = "mlflow-rag-store"
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC with microseconds: sorts lexicographically, filters compare as text."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Backend(ABC):
+    """One store's database. Rows are tuples in the column orders each method names."""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the database is, for messages (a path, or a URL without its password)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; later calls raise RagError("the store is closed")."""
+
+    # ------------------------------------------------------------------ transactions
+
+    @abstractmethod
+    def immediate_transaction(self) -> AbstractContextManager[None]:
+        """A write transaction, serialised with every other writer of the store from its start."""
+
+    @abstractmethod
+    def write_transaction(self) -> AbstractContextManager[int]:
+        """:meth:`immediate_transaction` that bumps the generation and yields the new one."""
+
+    @abstractmethod
+    def read_transaction(self) -> AbstractContextManager[None]:
+        """One snapshot for several reads; nested use keeps the outer snapshot."""
+
+    @abstractmethod
+    def get_meta(self, key: str) -> str:
+        """A value of the store's bookkeeping (``store_id``, ``generation``, ...)."""
+
+    @abstractmethod
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a bookkeeping value (inside a write transaction)."""
+
+    @abstractmethod
+    def generation(self) -> int:
+        """The generation of the last committed write (0 for a new store)."""
+
+    @abstractmethod
+    def allocate_ids(self, count: int) -> int:
+        """Reserve ``count`` ids of the never-reused sequence; returns the first. In a write
+        transaction."""
+
+    # ------------------------------------------------------------------ models
+
+    @abstractmethod
+    def model_rows(self) -> list[tuple[Any, ...]]:
+        """(name, slug, dimension, embedder, model_version, index_type, index_params JSON)."""
+
+    @abstractmethod
+    def insert_model(
+        self, *, name: str, slug: str, dimension: int, embedder: str | None,
+        model_version: str | None, index_type: str, index_params: dict[str, Any],
+    ) -> None:
+        """Register an embedding model."""
+
+    @abstractmethod
+    def update_model_index(
+        self, name: str, *, index_type: str, index_params: dict[str, Any]
+    ) -> None:
+        """Change a model's index settings."""
+
+    @abstractmethod
+    def update_model_fit(self, name: str, *, dimension: int, model_version: str | None) -> None:
+        """A refitted model (tfidf): its new dimension and version (its vectors are replaced
+        too)."""
+
+    @abstractmethod
+    def delete_model_vectors(self, model_name: str) -> None:
+        """Delete every vector of a model (each logged as deleted)."""
+
+    @abstractmethod
+    def has_vectors(self, model_name: str) -> bool:
+        """True if the model has at least one vector."""
+
+    @abstractmethod
+    def vector_count(self, model_name: str) -> int:
+        """How many vectors the model has."""
+
+    # ------------------------------------------------------------------ documents and chunks
+
+    @abstractmethod
+    def document_states(self, ids: Sequence[str]) -> dict[str, tuple[str | None, str]]:
+        """id -> (content_hash, metadata JSON) for the ids that exist."""
+
+    @abstractmethod
+    def document_sources(self, ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """id -> (source_path, content_hash) for the ids that exist."""
+
+    @abstractmethod
+    def documents_by_source(self, paths: Sequence[str]) -> list[tuple[str, str]]:
+        """(source_path, id) of the documents stored from these source paths, by id."""
+
+    @abstractmethod
+    def delete_document(self, document_id: str) -> bool:
+        """Delete a document with its chunks, fields and vectors; False if there was none."""
+
+    @abstractmethod
+    def upsert_documents(self, rows: Sequence[tuple[Any, ...]], *, now: str) -> None:
+        """rows: (id, source_path, source_type, content_hash, metadata, raw_text). A new id
+        gets imported_at = now; an existing one keeps imported_at and gets updated_at = now."""
+
+    @abstractmethod
+    def replace_document_fields(
+        self, replaced: Sequence[str], rows: Sequence[tuple[str, str, Any]]
+    ) -> None:
+        """Drop the field rows of the ``replaced`` documents, then insert ``rows``
+        (document_id, key, value)."""
+
+    @abstractmethod
+    def delete_chunks_of(self, document_ids: Sequence[str]) -> None:
+        """Delete these documents' chunks (their vectors and field rows go with them)."""
+
+    @abstractmethod
+    def insert_chunks(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """rows: (id, document_id, chunk_index, chunk_type, text, start_char, end_char,
+        token_count, metadata, text_hash, fts_rowid). Also indexes the text for BM25."""
+
+    @abstractmethod
+    def insert_chunk_fields(self, rows: Iterable[tuple[str, str, Any]]) -> None:
+        """rows: (chunk_id, key, value)."""
+
+    @abstractmethod
+    def document_row(self, document_id: str) -> tuple[Any, ...] | None:
+        """(id, source_path, source_type, content_hash, imported_at, updated_at, metadata,
+        raw_text), or None."""
+
+    @abstractmethod
+    def chunk_rows(self, document_id: str) -> list[tuple[Any, ...]]:
+        """A document's chunks in order: (id, document_id, chunk_index, chunk_type, text,
+        start_char, end_char, token_count, metadata)."""
+
+    @abstractmethod
+    def neighbour_rows(self, chunk_id: str, n: int) -> list[tuple[Any, ...]]:
+        """The chunk and up to ``n`` chunks either side of it in its document, as
+        :meth:`chunk_rows`."""
+
+    @abstractmethod
+    def find_document_rows(self, plan: Plan | None, limit: int) -> list[tuple[Any, ...]]:
+        """Documents with a chunk matching ``plan`` by import time, as :meth:`document_row`
+        with raw_text None."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Rows of documents, chunks, embeddings, queries and retrievals."""
+
+    @abstractmethod
+    def source_type_counts(self) -> dict[str, int]:
+        """Documents per source type."""
+
+    # ------------------------------------------------------------------ vectors
+
+    @abstractmethod
+    def insert_embeddings(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """rows: (id, chunk_id, model_name, model_version, vector_dimension, vector bytes
+        (float32 little-endian), created_at, metadata, vector_id)."""
+
+    @abstractmethod
+    def delete_embeddings_for(self, model_name: str, chunk_ids: Sequence[str]) -> None:
+        """Delete one model's vectors of these chunks (each logged as deleted)."""
+
+    @abstractmethod
+    def embeddings_of_documents(self, document_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        """(document_id, text_hash, model_name, model_version, vector_dimension, vector,
+        metadata) of every vector on these documents' chunks."""
+
+    @abstractmethod
+    def chunks_with_vectors(self, model_name: str) -> list[tuple[str, str, str]]:
+        """(chunk_id, document_id, text) of every chunk holding a vector of this model, by
+        vector id."""
+
+    @abstractmethod
+    def sample_vectors_with_text(
+        self, model_name: str, vector_ids: Sequence[int]
+    ) -> list[tuple[int, str, bytes]]:
+        """(vector_id, chunk text, vector bytes) for these vector ids of a model."""
+
+    @abstractmethod
+    def vectors_after(
+        self, model_name: str, after_vector_id: int, dimension: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(vector_ids, float32 matrix) of the model's vectors with id > after, in id order."""
+
+    @abstractmethod
+    def vectors_by_ids(self, vector_ids: Sequence[int], dimension: int) -> np.ndarray:
+        """The float32 vectors of ``vector_ids``, in that order (each id must exist)."""
+
+    @abstractmethod
+    def vectors_for_chunks(
+        self, model_name: str, chunk_ids: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """chunk_id -> the model's vector, for the chunks that have one."""
+
+    @abstractmethod
+    def deletions_since(self, model_name: str, since_generation: int) -> np.ndarray:
+        """Vector ids of the model deleted by generations after ``since_generation``."""
+
+    @abstractmethod
+    def cached_vectors(self, model_name: str, text_hashes: Sequence[str]) -> dict[str, bytes]:
+        """text_hash -> vector bytes for texts this model already embedded (the embedding
+        cache)."""
+
+    @abstractmethod
+    def chunks_without_vectors(
+        self, model_name: str, document_ids: Sequence[str]
+    ) -> list[tuple[str, str, str]]:
+        """(chunk_id, text, text_hash) of the documents' chunks that lack this model's
+        vector."""
+
+    @abstractmethod
+    def vector_keys(self, model_name: str) -> tuple[np.ndarray, list[str], list[str]]:
+        """(vector ids ascending, their chunk ids, their document ids) for one model."""
+
+    # ------------------------------------------------------------------ search
+
+    @abstractmethod
+    def condition_ids(self, condition: Condition) -> list[str]:
+        """The document or chunk ids (by ``condition.owner``) one filter condition's test
+        selects, before its negation."""
+
+    @abstractmethod
+    def hits_by_vector_ids(self, vector_ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
+        """vector_id -> hit row (chunk id, document id, chunk type, chunk index, text, chunk
+        metadata, source path, document metadata), in one query."""
+
+    @abstractmethod
+    def bm25_rows(self, text: str, k: int, plan: Plan | None) -> list[tuple[Any, ...]]:
+        """(score, *hit row) of the ``k`` chunks matching ``plan`` that rank best by BM25 for
+        free ``text`` (any term may match; no query syntax), best first, higher is better."""
+
+    # ------------------------------------------------------------------ query log
+
+    @abstractmethod
+    def insert_query(
+        self, *, query_id: str, text: str, embedding: bytes | None,
+        model_name: str | None, timestamp: str, metadata: str,
+        retrievals: Sequence[tuple[str, str, int, float, str]],
+    ) -> None:
+        """One query and its retrievals (id, chunk_id, rank, score, metadata)."""
+
+    @abstractmethod
+    def delete_queries_before(self, timestamp: str) -> int:
+        """Delete the queries (and their retrievals) logged before ``timestamp``."""
+
+    # ------------------------------------------------------------------ upkeep
+
+    @abstractmethod
+    def schema_version(self) -> int:
+        """The last migration applied."""
+
+    @abstractmethod
+    def schema_sql(self) -> str:
+        """The schema as text, in a stable order (compared with a checked-in snapshot)."""
+
+    @abstractmethod
+    def integrity_check(self) -> str:
+        """The database's own consistency check: "ok" or what is wrong."""
+
+    @abstractmethod
+    def lexical_index_check(self) -> None:
+        """Check the BM25 index against the chunks; raises if they disagree (a write)."""
+
+    @abstractmethod
+    def lexical_index_bytes(self) -> int:
+        """Bytes of the BM25 index (0 if the database cannot tell)."""
+
+    @abstractmethod
+    def compact_lexical_index(self) -> None:
+        """Rewrite the BM25 index so deleted chunks leave no terms in it."""
+
+    @abstractmethod
+    def erase_free_space(self) -> str:
+        """Leave no deleted content in the database's storage; returns why that could not
+        complete ("" if it did). Call outside a transaction."""
+
+    @abstractmethod
+    def reclaim_space(self) -> None:
+        """Give the space of deleted rows back (after a purge of the query log)."""
+
+    @abstractmethod
+    def copy_to(self, target: Path) -> None:
+        """A consistent copy of the database as one SQLite file at ``target`` (a bundle's)."""
+
+    @abstractmethod
+    def is_storage_failure(self, exc: BaseException) -> bool:
+        """True for errors caused by the storage under the database (full, I/O error)."""
+
+    @abstractmethod
+    def open_failure(self, exc: Exception) -> Exception | None:
+        """What a failure while opening the store means, as a named error (a full disk, a
+        database that is not a store's), or None to raise it as it is."""
+
+    @abstractmethod
+    def storage_failure(self, exc: BaseException, *, outcome: str) -> StorageError:
+        """A storage failure as a StorageError naming the database and the ``outcome``."""

@@ -1,0 +1,1 @@
+"""The SQLite backend: the store's default, one file beside its index folder."""
