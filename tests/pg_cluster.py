@@ -19,6 +19,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -214,6 +215,55 @@ def _init(cluster: PgCluster) -> None:
         conf.write("\n# tests/pg_cluster.py\n" + settings)
 
 
+FOLDER_PREFIX = "mlflow-rag-pg-"
+OWNER_FILE = "owner.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_server_of(pid: int, root: Path) -> bool:
+    """Whether ``pid`` is a live server of the cluster in ``root`` (a zombie has no cmdline)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return str(root / "data") in cmdline
+
+
+def reap_orphans() -> list[Path]:
+    """Stop and remove the clusters of test sessions that died without their teardown (a
+    killed pytest leaves its server running): folders of ours whose owner process is gone.
+    Returns the folders removed."""
+    removed = []
+    for root in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+        try:
+            owner = int((root / OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours, or still being made
+        if _alive(owner):
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            server = int((root / "data" / "postmaster.pid").read_text().split()[0])
+            # The pid file may be stale and the number reused: signal only that cluster's server.
+            if is_server_of(server, root):
+                os.kill(server, signal.SIGQUIT)  # immediate shutdown: the data is thrown away
+                deadline = time.monotonic() + 10
+                while is_server_of(server, root) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            removed.append(root)
+    return removed
+
+
 @contextlib.contextmanager
 def running_cluster(*, attempts: int = 3) -> Iterator[PgCluster]:
     """Start a cluster in a new temp folder; stop it and remove the folder on exit."""
@@ -221,7 +271,9 @@ def running_cluster(*, attempts: int = 3) -> Iterator[PgCluster]:
     os_user = server_user()
     # Not pytest's tmp_path: its parents are private to the caller, and a unix socket path
     # must stay under 108 bytes.
-    root = Path(tempfile.mkdtemp(prefix="mlflow-rag-pg-"))
+    reap_orphans()
+    root = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
+    (root / OWNER_FILE).write_text(f"{os.getpid()}\n", encoding="utf-8")
     started = time.perf_counter()
     cluster = PgCluster(root=root, bindir=bindir, port=0, password=secrets.token_urlsafe(18),
                         _os_user=os_user)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import postgres_unavailable
-from tests.pg_cluster import PgCluster, PostgresUnavailable, find_bindir
+from tests.pg_cluster import PgCluster, PostgresUnavailable, find_bindir, is_server_of, reap_orphans
 
 pytestmark = pytest.mark.postgres
 
@@ -79,3 +81,24 @@ def test_no_postgresql_skips_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI: no PostgreSQL server binaries"):
         postgres_unavailable(reason)
+
+
+def test_a_cluster_whose_session_was_killed_is_stopped_and_removed_by_the_next() -> None:
+    """A pytest killed with -9 never runs its teardown; its server must not run for ever."""
+    code = ("import sys, time\nfrom tests.pg_cluster import running_cluster\n"
+            "with running_cluster() as c:\n"
+            "    print(c.root, c.data_dir.joinpath('postmaster.pid').read_text().split()[0],"
+            " flush=True)\n"
+            "    time.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert owner.stdout is not None
+        root_text, server_text = owner.stdout.readline().split()
+    finally:
+        owner.kill()
+        owner.wait()
+    root, server = Path(root_text), int(server_text)
+    assert root.is_dir() and is_server_of(server, root)
+    assert root in reap_orphans()
+    assert not root.exists() and not is_server_of(server, root)
