@@ -229,6 +229,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def base_dir() -> Path:
+    """Where cluster folders go: the temp folder, unless (under root) the server's user could
+    not reach it (a private TMPDIR): then /tmp."""
+    base = Path(tempfile.gettempdir()).resolve()
+    if os.geteuid() == 0 and not all(p.stat().st_mode & 0o001 for p in (base, *base.parents)):
+        return Path("/tmp")
+    return base
+
+
 def is_server_of(pid: int, root: Path) -> bool:
     """Whether ``pid`` is a live server of the cluster in ``root`` (a zombie has no cmdline)."""
     try:
@@ -243,7 +252,7 @@ def reap_orphans() -> list[Path]:
     killed pytest leaves its server running): folders of ours whose owner process is gone.
     Returns the folders removed."""
     removed = []
-    for root in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+    for root in base_dir().glob(f"{FOLDER_PREFIX}*"):
         try:
             owner = int((root / OWNER_FILE).read_text().strip())
         except (OSError, ValueError):
@@ -272,7 +281,7 @@ def running_cluster(*, attempts: int = 3) -> Iterator[PgCluster]:
     # Not pytest's tmp_path: its parents are private to the caller, and a unix socket path
     # must stay under 108 bytes.
     reap_orphans()
-    root = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
+    root = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=base_dir()))
     (root / OWNER_FILE).write_text(f"{os.getpid()}\n", encoding="utf-8")
     started = time.perf_counter()
     cluster = PgCluster(root=root, bindir=bindir, port=0, password=secrets.token_urlsafe(18),
