@@ -86,9 +86,10 @@ def random_store(tmp_path: Path) -> Callable[..., tuple[Store, np.ndarray]]:
 
 
 def postgres_unavailable(reason: str) -> None:
-    """Skip, except under CI (``CI=true``, as .ci/run sets), where a missing PostgreSQL must
-    fail: CI never skips the PostgreSQL tests silently."""
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+    """Skip, except under CI (``CI=true``, or ``MLFLOW_RAG_REQUIRE_POSTGRES=1`` as .ci/run
+    sets), where a missing PostgreSQL must fail: CI never skips the PostgreSQL tests silently."""
+    required = os.environ.get("MLFLOW_RAG_REQUIRE_POSTGRES", "") not in ("", "0")
+    if required or os.environ.get("CI", "").lower() in ("true", "1", "yes"):
         pytest.fail(f"CI: {reason}", pytrace=False)
     pytest.skip(reason)
 

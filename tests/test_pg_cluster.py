@@ -76,11 +76,16 @@ def test_the_server_binaries_are_found_without_path(monkeypatch: pytest.MonkeyPa
 def test_no_postgresql_skips_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     reason = str(PostgresUnavailable("no PostgreSQL server binaries"))
     monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("MLFLOW_RAG_REQUIRE_POSTGRES", raising=False)
     with pytest.raises(pytest.skip.Exception):
         postgres_unavailable(reason)
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="CI: no PostgreSQL server binaries"):
-        postgres_unavailable(reason)
+    for name, value in (("CI", "true"), ("MLFLOW_RAG_REQUIRE_POSTGRES", "1")):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            with pytest.raises(pytest.fail.Exception, match="CI: no PostgreSQL server binaries"):
+                postgres_unavailable(reason)
+    ci_script = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    assert "export MLFLOW_RAG_REQUIRE_POSTGRES=1" in ci_script
 
 
 def test_a_cluster_whose_session_was_killed_is_stopped_and_removed_by_the_next() -> None:
