@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ import pytest
 from mlflow_rag.store.checks import content_hash
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import ChunkRecord, DocumentRecord, VectorBatch
+from tests.pg_cluster import PgCluster, PostgresUnavailable, running_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,3 +80,36 @@ def random_store(tmp_path: Path) -> Callable[..., tuple[Store, np.ndarray]]:
         return store, vectors.reshape(n_docs * per_doc, dim)
 
     return build
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def postgres_unavailable(reason: str) -> None:
+    """Skip, except under CI (``CI=true``, or ``MLFLOW_RAG_REQUIRE_POSTGRES=1`` as .ci/run
+    sets), where a missing PostgreSQL must fail: CI never skips the PostgreSQL tests silently."""
+    required = os.environ.get("MLFLOW_RAG_REQUIRE_POSTGRES", "") not in ("", "0")
+    if required or os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+        pytest.fail(f"CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster per session (tests/pg_cluster.py); a test that wants
+    isolation takes a database of its own: ``pg_cluster.new_database()`` or ``pg_database``."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        postgres_unavailable("psycopg is not installed: pip install -e '.[postgres]'")
+    try:
+        with running_cluster() as cluster:
+            yield cluster
+    except PostgresUnavailable as exc:
+        postgres_unavailable(str(exc))
+
+
+@pytest.fixture
+def pg_database(pg_cluster: PgCluster) -> str:
+    """The password DSN of a fresh, empty database in the session's cluster."""
+    return pg_cluster.dsn(pg_cluster.new_database())
