@@ -102,6 +102,10 @@ class EmbedderUnavailable(EmbedderError):
     """The embedder cannot run here (optional dependency missing, no API key...)."""
 
 
+class DatabaseUnavailable(RagError):
+    """The store's database server cannot be reached, or refused the connection."""
+
+
 class StoreBusy(RagError):
     """Another process is writing to the store and this call was asked not to wait."""
 

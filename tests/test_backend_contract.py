@@ -21,17 +21,27 @@ from mlflow_rag.store.sqlite.backend import SqliteBackend
 OpenBackend = Callable[[], Backend]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenBackend]:
     """Opens connections to one new store of the backend under test; closes them after."""
     opened: list[Backend] = []
+    if request.param == "postgresql":
+        from mlflow_rag.store.postgres.backend import PostgresBackend
 
-    def connect() -> Backend:
-        backend = SqliteBackend.open(tmp_path, read_only=False, immutable=False)
+        location = request.getfixturevalue("pg_database")
+
+        def connect() -> Backend:
+            return PostgresBackend.open(location, create=True, read_only=False)
+    else:
+        def connect() -> Backend:
+            return SqliteBackend.open(tmp_path, read_only=False, immutable=False)
+
+    def tracked() -> Backend:
+        backend = connect()
         opened.append(backend)
         return backend
 
-    yield connect
+    yield tracked
     for backend in opened:
         backend.close()
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +45,25 @@ if TYPE_CHECKING:
     from mlflow_rag.store.filters import Condition, Plan
 
 STORE_FORMAT = "mlflow-rag-store"
+
+# The tables a store copies between backends, each with its columns in the order every
+# backend's ``dump_rows``/``load_rows`` use (metadata fields as one ``value``, as written).
+TABLES: dict[str, tuple[str, ...]] = {
+    "store_meta": ("key", "value"),
+    "models": ("name", "slug", "dimension", "embedder", "model_version", "index_type",
+               "index_params", "created_at"),
+    "documents": ("id", "source_path", "source_type", "content_hash", "imported_at",
+                  "updated_at", "metadata", "raw_text"),
+    "document_fields": ("document_id", "key", "value"),
+    "chunks": ("id", "document_id", "chunk_index", "chunk_type", "text", "start_char",
+               "end_char", "token_count", "metadata", "text_hash", "fts_rowid"),
+    "chunk_fields": ("chunk_id", "key", "value"),
+    "embeddings": ("id", "chunk_id", "model_name", "model_version", "vector_dimension",
+                   "vector", "created_at", "metadata", "vector_id"),
+    "vector_deletions": ("vector_id", "model_name", "generation"),
+    "queries": ("id", "query_text", "query_embedding", "model_name", "timestamp", "metadata"),
+    "retrievals": ("id", "query_id", "chunk_id", "rank", "score", "metadata"),
+}
 
 
 def utc_now() -> str:
@@ -301,6 +320,17 @@ class Backend(ABC):
     @abstractmethod
     def delete_queries_before(self, timestamp: str) -> int:
         """Delete the queries (and their retrievals) logged before ``timestamp``."""
+
+    # ------------------------------------------------------------------ copies
+
+    @abstractmethod
+    def dump_rows(self, table: str) -> Iterator[tuple[Any, ...]]:
+        """Every row of one of :data:`TABLES`, in its columns (vectors as bytes)."""
+
+    @abstractmethod
+    def load_rows(self, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Insert rows as :meth:`dump_rows` gives them (in a write transaction; a bookkeeping
+        key already there takes the row's value)."""
 
     # ------------------------------------------------------------------ upkeep
 

@@ -14,6 +14,7 @@ model's slug) goes through :func:`~mlflow_rag.store.files.confined`, so it canno
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 from mlflow_rag.store.files import check_tree_confined, confined
@@ -25,6 +26,18 @@ INDEX_DIR = "index"
 MODELS_DIR = "models"
 LOCK_FILE = ".lock"
 MANIFEST_FILE = MANIFEST
+
+
+CACHE_ENV = "MLFLOW_RAG_CACHE_DIR"
+
+
+def cache_home() -> Path:
+    """Where stores in a database keep their derived files on this machine:
+    ``$MLFLOW_RAG_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlflow-rag``, else ``~/.cache/mlflow-rag``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mlflow-rag"
 
 
 def index_relative(info: ModelInfo) -> str:

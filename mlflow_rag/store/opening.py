@@ -29,11 +29,30 @@ def check_exists(root: Path, *, create: bool) -> None:
     root.mkdir(parents=True, exist_ok=True)
 
 
+def is_database_location(path: str | Path) -> bool:
+    """True for a ``postgresql://`` location (a store in a database, not a folder)."""
+    from mlflow_rag.store.postgres.connection import is_location
+
+    return isinstance(path, str) and is_location(path)
+
+
 def open_backend(root: Path, *, read_only: bool, immutable: bool) -> Backend:
-    """The store's database, checked (read-only) or migrated (writable)."""
+    """The store's database in the folder ``root``, checked (read-only) or migrated."""
     from mlflow_rag.store.sqlite.backend import SqliteBackend
 
     return SqliteBackend.open(root, read_only=read_only, immutable=immutable)
+
+
+def open_database(location: str, *, create: bool, read_only: bool) -> tuple[Path, Backend]:
+    """A store in a database: its backend, and the local folder that caches its derived
+    files (indexes, fitted embedders), one per store id under :func:`layout.cache_home`."""
+    from mlflow_rag.store.postgres.backend import PostgresBackend
+
+    backend = PostgresBackend.open(location, create=create, read_only=read_only)
+    with closed_on_failure(backend):
+        root = layout.cache_home() / "stores" / backend.get_meta("store_id")
+        root.mkdir(parents=True, exist_ok=True)
+    return root, backend
 
 
 @contextlib.contextmanager

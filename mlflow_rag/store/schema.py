@@ -27,6 +27,9 @@ class Migration(NamedTuple):
     sql: str
 
 
+# BM25's tokenizer; the PostgreSQL backend cuts its terms with the same one.
+FTS_TOKENIZER = "porter unicode61 remove_diacritics 2"
+
 _INITIAL = """
 CREATE TABLE store_meta (
     key TEXT PRIMARY KEY,
@@ -150,7 +153,7 @@ CREATE INDEX idx_retrievals_chunk ON retrievals(chunk_id);
 -- Deletes and updates keep triggers so that every path (cascades included) stays in step.
 CREATE VIRTUAL TABLE chunks_fts USING fts5(
     text, content='chunks', content_rowid='fts_rowid',
-    tokenize='porter unicode61 remove_diacritics 2'
+    tokenize='{FTS_TOKENIZER}'
 );
 CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
     INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.fts_rowid, old.text);
@@ -160,6 +163,7 @@ CREATE TRIGGER chunks_fts_update AFTER UPDATE OF text, fts_rowid ON chunks BEGIN
     INSERT INTO chunks_fts(rowid, text) VALUES (new.fts_rowid, new.text);
 END;
 """
+_INITIAL = _INITIAL.replace("{FTS_TOKENIZER}", FTS_TOKENIZER)
 
 # Query logs can live in a separate writable file next to a read-only bundle (serving).
 # There the chunks table does not exist, so retrievals carry no foreign key to it.

@@ -72,9 +72,11 @@ class Store:
 
     def __init__(
         self, root: Path, backend: Backend, *, read_only: bool, immutable: bool, mmap: bool = False,
-        verified_files: Mapping[str, FileStamp] | None = None,
+        verified_files: Mapping[str, FileStamp] | None = None, location: str | None = None,
     ) -> None:
         self.root = root
+        # What users call the store: its folder, or its database (without a password).
+        self.location = location or str(root)
         self._backend: Backend | None = backend
         self.read_only = read_only or immutable
         self.immutable = immutable
@@ -122,6 +124,9 @@ class Store:
                 "mmap=True needs read_only=True or immutable=True: a writable store rewrites "
                 "its index files"
             )
+        if opening.is_database_location(path):
+            return cls._open_database(str(path), create=create, read_only=read_only,
+                                      immutable=immutable, verify_files=verify_files, mmap=mmap)
         root = Path(path)
         opening.check_exists(root, create=create and not (read_only or immutable))
         verified = bundle.verify_bundle(root) if verify_files else {}
@@ -134,6 +139,23 @@ class Store:
                 bundle.check_identity(store.manifest, store_id=store.store_id,
                                       generation=backend.generation(),
                                       db_path=root / layout.DB_FILE)
+        return store
+
+    @classmethod
+    def _open_database(
+        cls, location: str, *, create: bool, read_only: bool, immutable: bool,
+        verify_files: bool, mmap: bool,
+    ) -> Store:
+        if immutable or verify_files:
+            raise InvalidInput(
+                "immutable and verify_files are for bundles (folders); a store in a database "
+                "is opened read_only instead"
+            )
+        root, backend = opening.open_database(location, create=create, read_only=read_only)
+        with opening.closed_on_failure(backend):
+            store = cls(root, backend, read_only=read_only, immutable=False, mmap=mmap,
+                        location=backend.location)
+            store._check_stored_paths()
         return store
 
     def __enter__(self) -> Store:
@@ -162,7 +184,7 @@ class Store:
 
     def _require_writable(self) -> None:
         if self.read_only:
-            raise RagError(f"{self.root} is open read-only")
+            raise RagError(f"{self.location} is open read-only")
 
     def _check_stored_paths(self) -> None:
         """Refuse the open if a path derived from stored data would leave the store: a
@@ -349,7 +371,7 @@ class Store:
         self._require_writable()
         with self._lock, self.backend.write_transaction():
             if not self.backend.delete_document(document_id):
-                raise DocumentNotFound(f"no document with id {document_id!r} in {self.root}")
+                raise DocumentNotFound(f"no document with id {document_id!r} in {self.location}")
         if erase:
             self.erase_deleted()
 
@@ -377,7 +399,7 @@ class Store:
         if problem:
             message = f"erasure incomplete: {problem}"
             self.events.append(message)
-            log.warning("%s: %s", self.root, message)
+            log.warning("%s: %s", self.location, message)
 
     # ----------------------------------------------------------------- indexes
 
@@ -453,7 +475,7 @@ class Store:
         with self._lock, self.backend.read_transaction():
             row = self.backend.document_row(document_id)
             if row is None:
-                raise DocumentNotFound(f"no document with id {document_id!r} in {self.root}")
+                raise DocumentNotFound(f"no document with id {document_id!r} in {self.location}")
             chunks = tuple(views.chunk_view(r) for r in self.backend.chunk_rows(document_id))
         return views.document_view(row, chunks, include_pii=include_pii)
 
@@ -464,7 +486,7 @@ class Store:
         with self._lock:
             rows = self.backend.neighbour_rows(chunk_id, n)
         if not rows:
-            raise ChunkNotFound(f"no chunk with id {chunk_id!r} in {self.root}")
+            raise ChunkNotFound(f"no chunk with id {chunk_id!r} in {self.location}")
         return [views.chunk_view(r) for r in rows]
 
     def find_documents(

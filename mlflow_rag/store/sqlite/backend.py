@@ -21,7 +21,7 @@ import numpy as np
 from mlflow_rag import codec
 from mlflow_rag.errors import ForeignStore, RagError
 from mlflow_rag.store import layout
-from mlflow_rag.store.backend import Backend, utc_now
+from mlflow_rag.store.backend import TABLES, Backend, utc_now
 from mlflow_rag.store.files import StorageError, exclusive_lock
 from mlflow_rag.store.filters import Condition, Plan
 from mlflow_rag.store.schema import QUERY_LOG_SCHEMA, SCHEMA_VERSION
@@ -69,6 +69,16 @@ class SqliteBackend(Backend):
             else:
                 connection.migrate(conn, db_path)
         return cls(conn, db_path)
+
+    @classmethod
+    def create_file(cls, path: Path) -> SqliteBackend:
+        """A new, empty store database at ``path`` (no folder around it: a bundle's copy)."""
+        if path.exists():
+            raise RagError(f"{path} exists; a copy is written only to a new file")
+        conn = connection.connect(path)
+        with closed_on_failure(conn, path):
+            connection.migrate(conn, path)
+        return cls(conn, path)
 
     @classmethod
     def open_query_log(cls, path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> SqliteBackend:
@@ -604,6 +614,21 @@ class SqliteBackend(Backend):
     def copy_to(self, target: Path) -> None:
         """A consistent copy of the database (never a file copy of a live WAL database)."""
         self.conn.execute("VACUUM INTO ?", (str(target),))
+
+    # ------------------------------------------------------------------ copies
+
+    def dump_rows(self, table: str) -> Iterator[tuple[Any, ...]]:
+        columns = ", ".join(TABLES[table])
+        yield from self.conn.execute(f"SELECT {columns} FROM {table}")
+
+    def load_rows(self, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        if table == "chunks":
+            self.insert_chunks(rows)  # with their BM25 index rows
+            return
+        columns = TABLES[table]
+        verb = "INSERT OR REPLACE" if table == "store_meta" else "INSERT"
+        marks = ", ".join("?" * len(columns))
+        self.conn.executemany(f"{verb} INTO {table}({', '.join(columns)}) VALUES ({marks})", rows)
 
     # ------------------------------------------------------------------ schema and failures
 

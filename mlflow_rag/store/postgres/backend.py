@@ -1,0 +1,579 @@
+"""The PostgreSQL backend: every SQL statement of a store kept in a PostgreSQL schema.
+
+:class:`PostgresBackend` implements :class:`~mlflow_rag.store.backend.Backend` over one
+psycopg connection (opened and migrated by :mod:`mlflow_rag.store.postgres.connection`).
+Writers serialise on the store's advisory lock; readers use REPEATABLE READ snapshots; the
+generation, the id sequence and the deletion log are the same rows and trigger as SQLite's,
+so every process and host keeps its FAISS indexes current the same way. BM25 is computed
+from ``chunk_terms`` with FTS5's formula (k1 = 1.2, b = 0.75), so scores match SQLite's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlflow_rag import codec
+from mlflow_rag.errors import DatabaseUnavailable, ForeignStore, RagError
+from mlflow_rag.store.backend import TABLES, Backend, utc_now
+from mlflow_rag.store.files import StorageError
+from mlflow_rag.store.filters import Condition, Plan
+from mlflow_rag.store.postgres import connection, terms
+from mlflow_rag.store.postgres.connection import Location, is_storage_failure
+from mlflow_rag.store.postgres.filter_sql import condition_ids_sql, field_columns, render_sql
+
+HIT_COLUMNS = (
+    "c.id, c.document_id, c.chunk_type, c.chunk_index, c.text, c.metadata, "
+    "d.source_path, d.metadata"
+)
+CHUNK_COLUMNS = (
+    "id, document_id, chunk_index, chunk_type, text, start_char, end_char, token_count, metadata"
+)
+BM25_K1, BM25_B = 1.2, 0.75
+
+
+class PostgresBackend(Backend):
+    """A store's database in one schema of a PostgreSQL database."""
+
+    def __init__(self, conn: Any, location: Location) -> None:
+        self._conn: Any = conn
+        self._location = location
+
+    @classmethod
+    def open(cls, location: str | Location, *, create: bool, read_only: bool) -> PostgresBackend:
+        """Connect, then check (read-only) or migrate the store's schema."""
+        where = location if isinstance(location, Location) else connection.parse_location(location)
+        conn = connection.connect(where)
+        try:
+            connection.open_schema(conn, where, create=create, read_only=read_only)
+            if read_only:
+                conn.execute("SET default_transaction_read_only = on")
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, Exception) and not isinstance(exc, RagError):
+                named = open_failure(exc, where)
+                if named is not None:
+                    raise named from exc
+            raise
+        return cls(conn, where)
+
+    @property
+    def conn(self) -> Any:
+        if self._conn is None:
+            raise RagError("the store is closed")
+        return self._conn
+
+    @property
+    def location(self) -> str:
+        return self._location.shown
+
+    @property
+    def store_location(self) -> Location:
+        return self._location
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self.conn.execute(sql, params).fetchall())
+
+    def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(sql, list(rows))
+
+    # ------------------------------------------------------------------ transactions
+
+    def immediate_transaction(self) -> contextlib.AbstractContextManager[None]:
+        return connection.write_lock_transaction(self.conn, self._location)
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[int]:
+        with self.immediate_transaction():
+            generation = int(self.get_meta("generation")) + 1
+            self.set_meta("generation", str(generation))
+            yield generation
+
+    @contextmanager
+    def read_transaction(self) -> Iterator[None]:
+        import psycopg
+
+        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            yield  # nested: the outer transaction already pins the snapshot
+            return
+        self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield
+        finally:
+            if not self.conn.closed:
+                self.conn.execute("COMMIT")
+
+    def get_meta(self, key: str) -> str:
+        row = self.conn.execute("SELECT value FROM store_meta WHERE key = %s", (key,)).fetchone()
+        if row is None:
+            raise ForeignStore(f"store_meta has no {key!r}: not a complete mlflow-rag store")
+        return str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO store_meta(key, value) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def generation(self) -> int:
+        return int(self.get_meta("generation"))
+
+    def allocate_ids(self, count: int) -> int:
+        first = int(self.get_meta("next_id"))
+        self.set_meta("next_id", str(first + count))
+        return first
+
+    # ------------------------------------------------------------------ models
+
+    def model_rows(self) -> list[tuple[Any, ...]]:
+        return self._rows(
+            "SELECT name, slug, dimension, embedder, model_version, index_type, index_params "
+            "FROM models ORDER BY name"
+        )
+
+    def insert_model(
+        self, *, name: str, slug: str, dimension: int, embedder: str | None,
+        model_version: str | None, index_type: str, index_params: dict[str, Any],
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO models(name, slug, dimension, embedder, model_version, index_type, "
+            "index_params, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (name, slug, dimension, embedder, model_version, index_type,
+             codec.dumps(index_params), utc_now()),
+        )
+
+    def update_model_index(
+        self, name: str, *, index_type: str, index_params: dict[str, Any]
+    ) -> None:
+        self.conn.execute("UPDATE models SET index_type = %s, index_params = %s WHERE name = %s",
+                          (index_type, codec.dumps(index_params), name))
+
+    def update_model_fit(self, name: str, *, dimension: int, model_version: str | None) -> None:
+        self.conn.execute("UPDATE models SET dimension = %s, model_version = %s WHERE name = %s",
+                          (dimension, model_version, name))
+
+    def delete_model_vectors(self, model_name: str) -> None:
+        self.conn.execute("DELETE FROM embeddings WHERE model_name = %s", (model_name,))
+
+    def has_vectors(self, model_name: str) -> bool:
+        return self.conn.execute(
+            "SELECT 1 FROM embeddings WHERE model_name = %s LIMIT 1", (model_name,)
+        ).fetchone() is not None
+
+    def vector_count(self, model_name: str) -> int:
+        return int(self.conn.execute(
+            "SELECT count(*) FROM embeddings WHERE model_name = %s", (model_name,)
+        ).fetchone()[0])
+
+    # ------------------------------------------------------------------ documents and chunks
+
+    def document_states(self, ids: Sequence[str]) -> dict[str, tuple[str | None, str]]:
+        rows = self._rows("SELECT id, content_hash, metadata FROM documents WHERE id = ANY(%s)",
+                          (list(ids),))
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def document_sources(self, ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        rows = self._rows("SELECT id, source_path, content_hash FROM documents WHERE id = ANY(%s)",
+                          (list(ids),))
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def documents_by_source(self, paths: Sequence[str]) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in self._rows(
+            "SELECT source_path, id FROM documents WHERE source_path = ANY(%s) ORDER BY id",
+            (list(dict.fromkeys(paths)),))]
+
+    def delete_document(self, document_id: str) -> bool:
+        cursor = self.conn.execute("DELETE FROM documents WHERE id = %s", (document_id,))
+        return bool(cursor.rowcount > 0)
+
+    def upsert_documents(self, rows: Sequence[tuple[Any, ...]], *, now: str) -> None:
+        self._many(
+            "INSERT INTO documents(id, source_path, source_type, content_hash, imported_at, "
+            "updated_at, metadata, raw_text) VALUES (%s, %s, %s, %s, %s, NULL, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET source_path = excluded.source_path, "
+            "source_type = excluded.source_type, content_hash = excluded.content_hash, "
+            "updated_at = %s, metadata = excluded.metadata, raw_text = excluded.raw_text",
+            [(i, p, t, h, now, m, r, now) for i, p, t, h, m, r in rows],
+        )
+
+    def replace_document_fields(
+        self, replaced: Sequence[str], rows: Sequence[tuple[str, str, Any]]
+    ) -> None:
+        if replaced:
+            self.conn.execute("DELETE FROM document_fields WHERE document_id = ANY(%s)",
+                              (list(replaced),))
+        self._many("INSERT INTO document_fields(document_id, key, txt, num) "
+                   "VALUES (%s, %s, %s, %s)",
+                   [(owner, key, *field_columns(value)) for owner, key, value in rows])
+
+    def delete_chunks_of(self, document_ids: Sequence[str]) -> None:
+        if document_ids:
+            self.conn.execute("DELETE FROM chunks WHERE document_id = ANY(%s)", (list(document_ids),))
+
+    def insert_chunks(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        rows = list(rows)
+        chunk_rows: list[tuple[Any, ...]] = []
+        term_rows: list[tuple[str, int, int]] = []
+        for row, (counts, length) in zip(rows, terms.term_counts([r[4] for r in rows]), strict=True):
+            chunk_rows.append((*row, length))
+            term_rows.extend((term, row[10], tf) for term, tf in counts.items())
+        with self.conn.cursor() as cur:
+            with cur.copy(
+                "COPY chunks (id, document_id, chunk_index, chunk_type, text, start_char, "
+                "end_char, token_count, metadata, text_hash, fts_rowid, lex_length) FROM STDIN"
+            ) as copy:
+                for chunk in chunk_rows:
+                    copy.write_row(chunk)
+            with cur.copy("COPY chunk_terms (term, fts_rowid, tf) FROM STDIN") as copy:
+                for term_row in term_rows:
+                    copy.write_row(term_row)
+
+    def insert_chunk_fields(self, rows: Iterable[tuple[str, str, Any]]) -> None:
+        self._many("INSERT INTO chunk_fields(chunk_id, key, txt, num) VALUES (%s, %s, %s, %s)",
+                   [(owner, key, *field_columns(value)) for owner, key, value in rows])
+
+    def document_row(self, document_id: str) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.conn.execute(
+            "SELECT id, source_path, source_type, content_hash, imported_at, updated_at, "
+            "metadata, raw_text FROM documents WHERE id = %s",
+            (document_id,),
+        ).fetchone()
+        return row
+
+    def chunk_rows(self, document_id: str) -> list[tuple[Any, ...]]:
+        return self._rows(
+            f"SELECT {CHUNK_COLUMNS} FROM chunks WHERE document_id = %s ORDER BY chunk_index",
+            (document_id,),
+        )
+
+    def neighbour_rows(self, chunk_id: str, n: int) -> list[tuple[Any, ...]]:
+        return self._rows(
+            f"SELECT {CHUNK_COLUMNS} FROM chunks WHERE document_id = "
+            "(SELECT document_id FROM chunks WHERE id = %(id)s) AND chunk_index BETWEEN "
+            "(SELECT chunk_index FROM chunks WHERE id = %(id)s) - %(n)s AND "
+            "(SELECT chunk_index FROM chunks WHERE id = %(id)s) + %(n)s ORDER BY chunk_index",
+            {"id": chunk_id, "n": n},  # type: ignore[arg-type]
+        )
+
+    def find_document_rows(self, plan: Plan | None, limit: int) -> list[tuple[Any, ...]]:
+        where, params = render_sql(plan) if plan is not None else ("TRUE", [])
+        return self._rows(
+            "SELECT d.id, d.source_path, d.source_type, d.content_hash, d.imported_at, "
+            "d.updated_at, d.metadata, NULL FROM documents d WHERE d.id IN (SELECT c.document_id "
+            "FROM chunks c JOIN documents d ON d.id = c.document_id WHERE " + where + ") "
+            "ORDER BY d.imported_at, d.id LIMIT %s",
+            (*params, limit),
+        )
+
+    def counts(self) -> dict[str, int]:
+        row = self.conn.execute(
+            "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks), "
+            "(SELECT count(*) FROM embeddings), (SELECT count(*) FROM queries), "
+            "(SELECT count(*) FROM retrievals)"
+        ).fetchone()
+        names = ("documents", "chunks", "embeddings", "queries", "retrievals")
+        return dict(zip(names, (int(v) for v in row), strict=True))
+
+    def source_type_counts(self) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in self._rows(
+            "SELECT source_type, count(*) FROM documents GROUP BY source_type")}
+
+    # ------------------------------------------------------------------ vectors
+
+    def insert_embeddings(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        with self.conn.cursor() as cur, cur.copy(
+            "COPY embeddings (id, chunk_id, model_name, model_version, vector_dimension, "
+            "vector, created_at, metadata, vector_id) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def delete_embeddings_for(self, model_name: str, chunk_ids: Sequence[str]) -> None:
+        self.conn.execute("DELETE FROM embeddings WHERE model_name = %s AND chunk_id = ANY(%s)",
+                          (model_name, list(chunk_ids)))
+
+    def embeddings_of_documents(self, document_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        return [(*r[:5], bytes(r[5]), r[6]) for r in self._rows(
+            "SELECT c.document_id, c.text_hash, e.model_name, e.model_version, "
+            "e.vector_dimension, e.vector, e.metadata FROM chunks c "
+            "JOIN embeddings e ON e.chunk_id = c.id WHERE c.document_id = ANY(%s)",
+            (list(document_ids),))]
+
+    def chunks_with_vectors(self, model_name: str) -> list[tuple[str, str, str]]:
+        return [(r[0], r[1], r[2]) for r in self._rows(
+            "SELECT c.id, c.document_id, c.text FROM embeddings e JOIN chunks c "
+            "ON c.id = e.chunk_id WHERE e.model_name = %s ORDER BY e.vector_id", (model_name,))]
+
+    def sample_vectors_with_text(
+        self, model_name: str, vector_ids: Sequence[int]
+    ) -> list[tuple[int, str, bytes]]:
+        return [(int(r[0]), r[1], bytes(r[2])) for r in self._rows(
+            "SELECT e.vector_id, c.text, e.vector FROM embeddings e JOIN chunks c "
+            "ON c.id = e.chunk_id WHERE e.model_name = %s AND e.vector_id = ANY(%s) "
+            "ORDER BY e.vector_id", (model_name, [int(v) for v in vector_ids]))]
+
+    def vectors_after(
+        self, model_name: str, after_vector_id: int, dimension: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._rows(
+            "SELECT vector_id, vector FROM embeddings WHERE model_name = %s AND vector_id > %s "
+            "ORDER BY vector_id", (model_name, after_vector_id))
+        return _vectors_from_rows(rows, dimension)
+
+    def vectors_by_ids(self, vector_ids: Sequence[int], dimension: int) -> np.ndarray:
+        if not vector_ids:
+            return np.zeros((0, dimension), dtype=np.float32)
+        blobs = {int(r[0]): r[1] for r in self._rows(
+            "SELECT vector_id, vector FROM embeddings WHERE vector_id = ANY(%s)",
+            ([int(v) for v in vector_ids],))}
+        return _vectors_from_rows([(v, blobs[int(v)]) for v in vector_ids], dimension)[1]
+
+    def vectors_for_chunks(
+        self, model_name: str, chunk_ids: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        return {r[0]: codec.blob_to_vector(bytes(r[1])) for r in self._rows(
+            "SELECT chunk_id, vector FROM embeddings WHERE model_name = %s AND chunk_id = ANY(%s)",
+            (model_name, list(chunk_ids)))}
+
+    def deletions_since(self, model_name: str, since_generation: int) -> np.ndarray:
+        rows = self._rows(
+            "SELECT vector_id FROM vector_deletions WHERE model_name = %s AND generation > %s",
+            (model_name, since_generation))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def cached_vectors(self, model_name: str, text_hashes: Sequence[str]) -> dict[str, bytes]:
+        return {r[0]: bytes(r[1]) for r in self._rows(
+            "SELECT c.text_hash, e.vector FROM chunks c JOIN embeddings e ON e.chunk_id = c.id "
+            "WHERE e.model_name = %s AND c.text_hash = ANY(%s)",
+            (model_name, list(dict.fromkeys(text_hashes))))}
+
+    def chunks_without_vectors(
+        self, model_name: str, document_ids: Sequence[str]
+    ) -> list[tuple[str, str, str]]:
+        return [(r[0], r[1], r[2]) for r in self._rows(
+            "SELECT c.id, c.text, c.text_hash FROM chunks c WHERE c.document_id = ANY(%s) "
+            "AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.chunk_id = c.id "
+            "AND e.model_name = %s) ORDER BY c.document_id, c.chunk_index",
+            (list(document_ids), model_name))]
+
+    def vector_keys(self, model_name: str) -> tuple[np.ndarray, list[str], list[str]]:
+        rows = self._rows(
+            "SELECT e.vector_id, e.chunk_id, c.document_id FROM embeddings e "
+            "JOIN chunks c ON c.id = e.chunk_id WHERE e.model_name = %s ORDER BY e.vector_id",
+            (model_name,))
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return ids, [r[1] for r in rows], [r[2] for r in rows]
+
+    # ------------------------------------------------------------------ search
+
+    def condition_ids(self, condition: Condition) -> list[str]:
+        sql, params = condition_ids_sql(condition)
+        return [r[0] for r in self._rows(sql, params)]
+
+    def hits_by_vector_ids(self, vector_ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
+        if not vector_ids:
+            return {}
+        rows = self._rows(
+            f"SELECT e.vector_id, {HIT_COLUMNS} FROM embeddings e "
+            "JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id "
+            "WHERE e.vector_id = ANY(%s)", ([int(v) for v in vector_ids],))
+        return {int(row[0]): row[1:] for row in rows}
+
+    def bm25_rows(self, text: str, k: int, plan: Plan | None) -> list[tuple[Any, ...]]:
+        query = terms.query_terms(text)
+        if not query:
+            return []
+        where, params = render_sql(plan) if plan is not None else ("TRUE", [])
+        # FTS5's bm25: idf = ln((N - df + 0.5) / (df + 0.5)), floored at 1e-6, summed over the
+        # query's terms with tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avg_len)).
+        return self._rows(
+            "WITH stats AS (SELECT chunks AS n, tokens::float8 / greatest(chunks, 1) AS avg_len "
+            "FROM lex_stats), "
+            "weights AS (SELECT t.term, greatest(ln((s.n - count(*) + 0.5) / (count(*) + 0.5)), "
+            "1e-6) AS idf FROM chunk_terms t, stats s WHERE t.term = ANY(%s) "
+            "GROUP BY t.term, s.n), "
+            "scored AS (SELECT t.fts_rowid, sum(w.idf * t.tf * %s / (t.tf + %s * (%s + %s * "
+            "c.lex_length / s.avg_len))) AS score FROM chunk_terms t "
+            "JOIN weights w ON w.term = t.term JOIN chunks c ON c.fts_rowid = t.fts_rowid, "
+            "stats s GROUP BY t.fts_rowid) "
+            f"SELECT sc.score, {HIT_COLUMNS} FROM scored sc JOIN chunks c "
+            "ON c.fts_rowid = sc.fts_rowid JOIN documents d ON d.id = c.document_id "
+            "WHERE " + where + " ORDER BY sc.score DESC, c.fts_rowid LIMIT %s",
+            (query, BM25_K1 + 1, BM25_K1, 1 - BM25_B, BM25_B, *params, k),
+        )
+
+    # ------------------------------------------------------------------ query log
+
+    def insert_query(
+        self, *, query_id: str, text: str, embedding: bytes | None,
+        model_name: str | None, timestamp: str, metadata: str,
+        retrievals: Sequence[tuple[str, str, int, float, str]],
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO queries(id, query_text, query_embedding, model_name, timestamp, "
+            "metadata) VALUES (%s, %s, %s, %s, %s, %s)",
+            (query_id, text, embedding, model_name, timestamp, metadata),
+        )
+        self._many(
+            "INSERT INTO retrievals(id, query_id, chunk_id, rank, score, metadata) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            [(rid, query_id, chunk_id, rank, score, meta)
+             for rid, chunk_id, rank, score, meta in retrievals],
+        )
+
+    def delete_queries_before(self, timestamp: str) -> int:
+        cursor = self.conn.execute("DELETE FROM queries WHERE timestamp < %s", (timestamp,))
+        return int(cursor.rowcount)
+
+    # ------------------------------------------------------------------ copies
+
+    def dump_rows(self, table: str) -> Iterator[tuple[Any, ...]]:
+        columns = TABLES[table]
+        if table.endswith("_fields"):
+            with self.conn.cursor() as cur:
+                cur.execute(f"SELECT {columns[0]}, key, txt, num FROM {table}")
+                for owner, key, txt, num in cur:
+                    yield owner, key, txt if num is None else _number(num)
+            return
+        with self.conn.cursor() as cur:
+            cur.execute(f"SELECT {', '.join(columns)} FROM {table}")
+            for row in cur:
+                yield tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+
+    def load_rows(self, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        if table == "chunks":
+            self.insert_chunks(rows)  # with their BM25 terms
+            return
+        if table.endswith("_fields"):
+            rows = ((owner, key, *field_columns(value)) for owner, key, value in rows)
+            columns: tuple[str, ...] = (TABLES[table][0], "key", "txt", "num")
+        else:
+            columns = TABLES[table]
+        if table == "store_meta":
+            for key, value in rows:
+                self.set_meta(key, value)
+            return
+        with self.conn.cursor() as cur, cur.copy(
+            f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    # ------------------------------------------------------------------ upkeep
+
+    def schema_version(self) -> int:
+        return connection.schema_version(self.conn)
+
+    def schema_sql(self) -> str:
+        """Tables, columns and indexes of the store's schema, in a stable order."""
+        columns = self._rows(
+            "SELECT table_name, column_name, data_type, is_nullable FROM "
+            "information_schema.columns WHERE table_schema = current_schema() "
+            "ORDER BY table_name, ordinal_position")
+        indexes = self._rows(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+            "ORDER BY indexname")
+        return "".join(f"-- column {t}.{c} {d} {n}\n" for t, c, d, n in columns) + \
+            "".join(f"{i};\n" for (i,) in indexes)
+
+    def integrity_check(self) -> str:
+        """PostgreSQL checks its pages itself; what is checked here is the bookkeeping BM25
+        reads: the kept chunk count and length against the chunks."""
+        n, tokens = self.conn.execute("SELECT chunks, tokens FROM lex_stats").fetchone()
+        real_n, real_tokens = self.conn.execute(
+            "SELECT count(*), coalesce(sum(lex_length), 0) FROM chunks").fetchone()
+        if (int(n), int(tokens)) != (int(real_n), int(real_tokens)):
+            return f"lex_stats holds {n} chunks / {tokens} tokens, the chunks {real_n} / {real_tokens}"
+        return "ok"
+
+    def lexical_index_check(self) -> None:
+        problem = self.integrity_check()
+        if problem != "ok":
+            raise RagError(problem)
+
+    def lexical_index_bytes(self) -> int:
+        row = self.conn.execute(
+            "SELECT pg_total_relation_size('chunk_terms') + pg_total_relation_size('lex_stats')"
+        ).fetchone()
+        return int(row[0])
+
+    def compact_lexical_index(self) -> None:
+        """Deleted chunks' terms leave with their rows (a cascade): nothing to merge."""
+
+    def erase_free_space(self) -> str:
+        """VACUUM the tables that held the deleted rows, so their space is reused; old row
+        versions may stay in the server's files until then, and in its WAL and backups."""
+        for table in ("documents", "chunks", "chunk_terms", "document_fields", "chunk_fields",
+                      "embeddings"):
+            self.conn.execute(f"VACUUM {table}")
+        return ""
+
+    def reclaim_space(self) -> None:
+        self.conn.execute("VACUUM queries")
+        self.conn.execute("VACUUM retrievals")
+
+    def copy_to(self, target: Path) -> None:
+        """A SQLite file holding this store's rows as of one snapshot (a bundle's database)."""
+        from mlflow_rag.store.sqlite.backend import SqliteBackend
+        from mlflow_rag.store.transfer import copy_rows
+
+        copy = SqliteBackend.create_file(target)
+        try:
+            copy_rows(self, copy)
+        finally:
+            copy.close()
+
+    def is_storage_failure(self, exc: BaseException) -> bool:
+        return is_storage_failure(exc)
+
+    def storage_failure(self, exc: BaseException, *, outcome: str) -> StorageError:
+        return StorageError(f"cannot write {self.location}: {exc}; {outcome}",
+                            filename=self.location, strerror=str(exc))
+
+    def open_failure(self, exc: Exception) -> Exception | None:
+        return open_failure(exc, self._location)
+
+
+def open_failure(exc: Exception, location: Location) -> Exception | None:
+    """A failure while opening, named: a lost server, a missing permission."""
+    import psycopg
+
+    if is_storage_failure(exc):
+        return StorageError(f"cannot write {location.shown}: {exc}; the store was not opened",
+                            filename=location.shown)
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return DatabaseUnavailable(
+            f"{location.shown}: permission denied ({str(exc).splitlines()[0]}); grant the role "
+            f"CREATE on the database (to make the store) or USAGE and SELECT on schema "
+            f"{location.schema}")
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseUnavailable(f"lost {location.shown}: {str(exc).splitlines()[0]}")
+    return None
+
+
+def _number(value: Decimal) -> int | float:
+    """A stored ``numeric`` as the Python number it was written from."""
+    exponent = value.as_tuple().exponent
+    return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+
+
+def _vectors_from_rows(rows: list[tuple[Any, ...]], dimension: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    if not rows:
+        return ids, np.zeros((0, dimension), dtype=np.float32)
+    matrix = np.frombuffer(b"".join(bytes(r[1]) for r in rows), dtype="<f4")
+    return ids, matrix.reshape(len(rows), dimension).astype(np.float32, copy=False)

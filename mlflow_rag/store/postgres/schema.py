@@ -1,0 +1,179 @@
+"""The store's schema in PostgreSQL's dialect: ordered, named migrations of their own (the
+applied ones are rows of ``schema_migrations``; the version is the highest).
+
+It maps table for table to the SQLite schema (mlflow_rag/store/schema.py), with these
+differences:
+- metadata field values (``document_fields`` / ``chunk_fields``) are two typed columns,
+  ``txt`` and ``num``, where SQLite keeps one untyped column: a filter compares strings with
+  strings and numbers with numbers on either backend;
+- text that filters compare is ``COLLATE "C"``, ordered by code point as SQLite orders it;
+- BM25 reads ``chunk_terms`` (each chunk's terms, cut as FTS5 cuts them:
+  mlflow_rag/store/postgres/terms.py) with ``chunks.lex_length`` and ``lex_stats`` (chunk
+  count and total length, kept by statement triggers) instead of an FTS5 table;
+- vectors are ``bytea`` (float32 little-endian, as SQLite's BLOBs).
+"""
+
+from __future__ import annotations
+
+from mlflow_rag.store.schema import Migration
+
+_INITIAL = """
+CREATE TABLE store_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE documents (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    source_path TEXT COLLATE "C" NOT NULL,
+    source_type TEXT COLLATE "C" NOT NULL,
+    content_hash TEXT COLLATE "C",
+    imported_at TEXT COLLATE "C" NOT NULL,
+    updated_at TEXT COLLATE "C",
+    metadata TEXT NOT NULL DEFAULT '{}',
+    raw_text TEXT
+);
+CREATE INDEX idx_documents_source ON documents(source_path);
+CREATE INDEX idx_documents_hash ON documents(content_hash);
+CREATE INDEX idx_documents_imported ON documents(imported_at, id);
+
+CREATE TABLE chunks (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    document_id TEXT COLLATE "C" NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    chunk_index INTEGER NOT NULL,
+    chunk_type TEXT COLLATE "C",
+    text TEXT NOT NULL,
+    start_char INTEGER,
+    end_char INTEGER,
+    token_count INTEGER,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    text_hash TEXT COLLATE "C" NOT NULL,
+    fts_rowid BIGINT NOT NULL UNIQUE,
+    lex_length INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (document_id, chunk_index)
+);
+CREATE INDEX idx_chunks_document ON chunks(document_id, id);
+CREATE INDEX idx_chunks_text_hash ON chunks(text_hash);
+CREATE INDEX idx_chunks_type ON chunks(chunk_type);
+
+CREATE TABLE chunk_terms (
+    term TEXT COLLATE "C" NOT NULL,
+    fts_rowid BIGINT NOT NULL REFERENCES chunks(fts_rowid) ON DELETE CASCADE,
+    tf INTEGER NOT NULL,
+    PRIMARY KEY (term, fts_rowid)
+);
+CREATE INDEX idx_chunk_terms_chunk ON chunk_terms(fts_rowid);
+
+CREATE TABLE lex_stats (
+    one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+    chunks BIGINT NOT NULL,
+    tokens BIGINT NOT NULL
+);
+INSERT INTO lex_stats VALUES (TRUE, 0, 0);
+
+CREATE FUNCTION lex_stats_add() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE lex_stats SET chunks = chunks + (SELECT count(*) FROM new_rows),
+        tokens = tokens + (SELECT coalesce(sum(lex_length), 0) FROM new_rows);
+    RETURN NULL;
+END $$;
+CREATE FUNCTION lex_stats_remove() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE lex_stats SET chunks = chunks - (SELECT count(*) FROM old_rows),
+        tokens = tokens - (SELECT coalesce(sum(lex_length), 0) FROM old_rows);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER chunks_lex_insert AFTER INSERT ON chunks
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION lex_stats_add();
+CREATE TRIGGER chunks_lex_delete AFTER DELETE ON chunks
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION lex_stats_remove();
+
+CREATE TABLE document_fields (
+    document_id TEXT COLLATE "C" NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    key TEXT COLLATE "C" NOT NULL,
+    txt TEXT COLLATE "C",
+    num NUMERIC
+);
+CREATE INDEX idx_document_fields_document ON document_fields(document_id);
+CREATE INDEX idx_document_fields_txt ON document_fields(key, txt, document_id);
+CREATE INDEX idx_document_fields_num ON document_fields(key, num, document_id);
+
+CREATE TABLE chunk_fields (
+    chunk_id TEXT COLLATE "C" NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+    key TEXT COLLATE "C" NOT NULL,
+    txt TEXT COLLATE "C",
+    num NUMERIC
+);
+CREATE INDEX idx_chunk_fields_chunk ON chunk_fields(chunk_id);
+CREATE INDEX idx_chunk_fields_txt ON chunk_fields(key, txt, chunk_id);
+CREATE INDEX idx_chunk_fields_num ON chunk_fields(key, num, chunk_id);
+
+CREATE TABLE models (
+    name TEXT PRIMARY KEY,
+    slug TEXT NOT NULL UNIQUE,
+    dimension INTEGER NOT NULL CHECK (dimension > 0),
+    embedder TEXT,
+    model_version TEXT,
+    index_type TEXT NOT NULL DEFAULT 'auto',
+    index_params TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL
+);
+
+CREATE TABLE embeddings (
+    id TEXT PRIMARY KEY,
+    chunk_id TEXT COLLATE "C" NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+    model_name TEXT NOT NULL REFERENCES models(name),
+    model_version TEXT,
+    vector_dimension INTEGER NOT NULL,
+    vector BYTEA NOT NULL CHECK (length(vector) = 4 * vector_dimension),
+    created_at TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    vector_id BIGINT NOT NULL UNIQUE,
+    UNIQUE (chunk_id, model_name)
+);
+CREATE INDEX idx_embeddings_model ON embeddings(model_name, vector_id);
+
+CREATE TABLE vector_deletions (
+    vector_id BIGINT PRIMARY KEY,
+    model_name TEXT NOT NULL,
+    generation BIGINT NOT NULL
+);
+CREATE INDEX idx_vector_deletions_model ON vector_deletions(model_name, generation);
+
+CREATE FUNCTION log_vector_deletions() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO vector_deletions(vector_id, model_name, generation)
+    SELECT vector_id, model_name,
+           (SELECT value::bigint FROM store_meta WHERE key = 'generation')
+    FROM old_rows
+    ON CONFLICT (vector_id) DO UPDATE SET model_name = excluded.model_name,
+        generation = excluded.generation;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER embeddings_log_delete AFTER DELETE ON embeddings
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION log_vector_deletions();
+
+CREATE TABLE queries (
+    id TEXT PRIMARY KEY,
+    query_text TEXT NOT NULL,
+    query_embedding BYTEA,
+    model_name TEXT,
+    timestamp TEXT COLLATE "C" NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX idx_queries_timestamp ON queries(timestamp);
+
+CREATE TABLE retrievals (
+    id TEXT PRIMARY KEY,
+    query_id TEXT NOT NULL REFERENCES queries(id) ON DELETE CASCADE,
+    chunk_id TEXT COLLATE "C" NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+    rank INTEGER NOT NULL,
+    score DOUBLE PRECISION NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX idx_retrievals_query ON retrievals(query_id);
+CREATE INDEX idx_retrievals_chunk ON retrievals(chunk_id);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", _INITIAL),)
+SCHEMA_VERSION = MIGRATIONS[-1].version
