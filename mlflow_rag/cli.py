@@ -119,7 +119,7 @@ def _tracking_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _check_tracking(tracking_uri: str | None) -> None:
     """An unreachable tracking server fails before the work, not after a long ingest."""
-    from mlflow_rag.tracking import (  # no mlflow import
+    from mlflow_rag.tracking_session import (  # no mlflow import
         check_tracking_uri,
         legacy_tracking_note,
         quiet_mlflow,
@@ -310,12 +310,8 @@ def search(
             hits = searcher.run(request, include_pii=include_pii, log=log_query)
         latency_ms = (time.perf_counter() - started) * 1000
         if experiment:  # mlflow is imported only when a run is asked for
-            from mlflow_rag.tracking import (
-                TAG_GENERATION,
-                TAG_STORE_ID,
-                log_search_run,
-                quiet_mlflow,
-            )
+            from mlflow_rag.tracking import log_search_run
+            from mlflow_rag.tracking_session import TAG_GENERATION, TAG_STORE_ID, quiet_mlflow
 
             quiet_mlflow()
 
@@ -549,7 +545,7 @@ def log_model_command(
 
     Serve it with `mlflow models serve -m models:/NAME@ALIAS --env-manager local`.
     """
-    from mlflow_rag.tracking import log_model
+    from mlflow_rag.tracking_model import log_model
 
     _check_tracking(tracking_uri)
     info = log_model(
