@@ -30,7 +30,9 @@ from typing import Any
 
 from mlflow_rag.embed.registry import DEFAULT_EMBEDDER
 from mlflow_rag.errors import InvalidInput
-from mlflow_rag.evaluation.datasets import EvalDataset, cache_root, resolve_dataset
+from mlflow_rag.evaluation.beir_download import cache_root
+from mlflow_rag.evaluation.datasets import resolve_dataset
+from mlflow_rag.evaluation.eval_dataset import EvalDataset
 from mlflow_rag.evaluation.harness import (
     EvaluationResult,
     HarnessOptions,

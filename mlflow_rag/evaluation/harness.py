@@ -1,7 +1,7 @@
 """The evaluation harness: ingest once per chunking, search every variant, score it. No MLflow.
 
 For a :class:`~mlflow_rag.evaluation.variants.Grid` and an
-:class:`~mlflow_rag.evaluation.datasets.EvalDataset`:
+:class:`~mlflow_rag.evaluation.eval_dataset.EvalDataset`:
 
 1. One store per chunking config under ``work_dir``. Every embedder the grid pairs with that
    chunking is ingested into the same store as its own embedding model (the store keeps
@@ -40,7 +40,7 @@ import numpy as np
 from mlflow_rag.embed.base import Embedder, TokenizedEmbedder
 from mlflow_rag.embed.registry import find_embedder_kind
 from mlflow_rag.errors import InvalidInput
-from mlflow_rag.evaluation.datasets import EvalDataset
+from mlflow_rag.evaluation.eval_dataset import EvalDataset
 from mlflow_rag.evaluation.metrics import evaluate_run
 from mlflow_rag.evaluation.rollup import rollup_to_documents
 from mlflow_rag.evaluation.variants import Chunking, Grid, Variant
