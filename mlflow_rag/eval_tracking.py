@@ -33,12 +33,8 @@ from mlflow_rag.errors import InvalidInput
 from mlflow_rag.evaluation.beir_download import cache_root
 from mlflow_rag.evaluation.datasets import resolve_dataset
 from mlflow_rag.evaluation.eval_dataset import EvalDataset
-from mlflow_rag.evaluation.harness import (
-    EvaluationResult,
-    HarnessOptions,
-    VariantResult,
-    run_grid,
-)
+from mlflow_rag.evaluation.harness import run_grid
+from mlflow_rag.evaluation.harness_types import EvaluationResult, HarnessOptions, VariantResult
 from mlflow_rag.evaluation.variants import DEFAULT_METRIC, Grid, check_metric, load_grid, parse_grid
 from mlflow_rag.tracking_session import (
     DEFAULT_EXPERIMENT,
