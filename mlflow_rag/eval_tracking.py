@@ -30,21 +30,19 @@ from typing import Any
 
 from mlflow_rag.embed.registry import DEFAULT_EMBEDDER
 from mlflow_rag.errors import InvalidInput
-from mlflow_rag.evaluation.datasets import EvalDataset, cache_root, resolve_dataset
-from mlflow_rag.evaluation.harness import (
-    EvaluationResult,
-    HarnessOptions,
-    VariantResult,
-    run_grid,
-)
+from mlflow_rag.evaluation.beir_download import cache_root
+from mlflow_rag.evaluation.datasets import resolve_dataset
+from mlflow_rag.evaluation.eval_dataset import EvalDataset
+from mlflow_rag.evaluation.harness import run_grid
+from mlflow_rag.evaluation.harness_types import EvaluationResult, HarnessOptions, VariantResult
 from mlflow_rag.evaluation.variants import DEFAULT_METRIC, Grid, check_metric, load_grid, parse_grid
-from mlflow_rag.tracking import (
+from mlflow_rag.tracking_session import (
     DEFAULT_EXPERIMENT,
     TAG_DESCRIPTION,
     TAG_RUN_TYPE,
     TAG_STORE_PATH,
-    _mlflow_session,
     log_params_once,
+    mlflow_session,
 )
 
 log = logging.getLogger("mlflow_rag.eval_tracking")
@@ -184,7 +182,7 @@ def _session(tracking_uri: str | None, experiment: str | None) -> Iterator[Any]:
     """MLflow pointed at the tracking URI and experiment, chosen as for every other command
     (``--experiment``, then ``MLFLOW_EXPERIMENT_NAME``/``_ID``, then ``mlflow-rag``); under
     ``mlflow run`` the project's run is the parent, so the experiment is that run's."""
-    with _mlflow_session(tracking_uri, experiment) as mlflow:
+    with mlflow_session(tracking_uri, experiment) as mlflow:
         yield mlflow
 
 
@@ -361,7 +359,7 @@ def _register_best(
     """
     import mlflow
 
-    from mlflow_rag.tracking import log_model
+    from mlflow_rag.tracking_model import log_model
 
     variant = best.variant
     config = {"embedder": variant.embedder} if variant.embedder else None

@@ -164,9 +164,9 @@ def test_mlflow_and_mlflow_rag_see_the_same_runs_without_exporting_anything(
 
 def test_every_command_defaults_to_one_experiment(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlflow_rag import eval_tracking, tracking
+    from mlflow_rag import eval_tracking, tracking_session
 
-    assert eval_tracking.DEFAULT_EVAL_EXPERIMENT == tracking.DEFAULT_EXPERIMENT == "mlflow-rag"
+    assert eval_tracking.DEFAULT_EVAL_EXPERIMENT == tracking_session.DEFAULT_EXPERIMENT == "mlflow-rag"
     help_text = "\n".join(
         CliRunner().invoke(main, [name, "--help"]).output
         for name in ("ingest", "import-legacy", "log-model", "evaluate")

@@ -18,16 +18,23 @@ import numpy as np
 import pytest
 
 from benchmarks.torch_int8 import TorchInt8MiniLMEmbedder
-from mlflow_rag.embed import Embedder, InvalidTextAt, get_embedder, get_query_embedder, minilm_fast
+from mlflow_rag.embed import (
+    Embedder,
+    InvalidTextAt,
+    get_embedder,
+    get_query_embedder,
+    minilm_fast,
+    onnx_export,
+)
 from mlflow_rag.embed.minilm import MiniLMEmbedder
 from mlflow_rag.embed.minilm_fast import (
     BACKENDS,
     OnnxInt8MiniLMEmbedder,
     OnnxMiniLMEmbedder,
     OnnxQueryMiniLMEmbedder,
-    cached_onnx_model,
     minilm_query_embedder,
 )
+from mlflow_rag.embed.onnx_export import cached_onnx_model
 from mlflow_rag.errors import EmbedderUnavailable, InvalidInput, UnknownChoice
 from mlflow_rag.ingest import IngestOptions, ingest
 from mlflow_rag.search import Searcher
@@ -315,8 +322,8 @@ def test_a_cached_export_is_used_and_an_altered_one_rebuilt(
         calls.append("quantize")
         path.write_bytes(source.read_bytes() + b" in int8")
 
-    monkeypatch.setattr(minilm_fast, "export_onnx", fake_export)
-    monkeypatch.setattr(minilm_fast, "quantize_onnx", fake_quantize)
+    monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
+    monkeypatch.setattr(onnx_export, "quantize_onnx", fake_quantize)
     cache = tmp_path / "cache"
     int8 = cached_onnx_model(model_dir, cache, quantized=True)
     assert calls == ["export", "quantize"] and int8.read_bytes() == b"fp32 graph in int8"
@@ -342,7 +349,7 @@ def test_other_weights_or_architecture_never_meet_an_old_export(
         exports.append((source / "config.json").read_bytes())
         path.write_bytes(b"graph of " + exports[-1])
 
-    monkeypatch.setattr(minilm_fast, "export_onnx", fake_export)
+    monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
     cache = tmp_path / "cache"
     first = cached_onnx_model(model_dir, cache, quantized=False)
     # The caller waits for an export (tens of seconds): a warning says what and where.

@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlflow_rag.tracking import _requirements
+from mlflow_rag.tracking_model import pinned_requirements
 from tests.test_serving import (  # noqa: F401
     Champion,
     champion,
@@ -80,6 +80,6 @@ def test_the_logged_requirements_install_into_a_fresh_venv_and_serve(
     # A MiniLM bundle's requirements resolve from the registry too (torch==2.13.0 finds the
     # CPU build where pip is pointed at it, here a local wheel); resolved, not installed.
     minilm = tmp_path / "minilm-requirements.txt"
-    minilm.write_text("\n".join(_requirements(["minilm"])) + "\n")
+    minilm.write_text("\n".join(pinned_requirements(["minilm"])) + "\n")
     done = pip(python, "install", "--dry-run", "-q", "-r", str(minilm))
     assert done.returncode == 0, f"{minilm.read_text()}\n{done.stderr[-3000:]}"

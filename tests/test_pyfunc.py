@@ -119,9 +119,9 @@ def test_requirements_are_public_versions_of_what_the_embedder_needs(
 ) -> None:
     from importlib import metadata
 
-    from mlflow_rag.tracking import _requirements
+    from mlflow_rag.tracking_model import pinned_requirements
 
-    lines = _requirements([embedder])
+    lines = pinned_requirements([embedder])
     names = {line.split("==")[0] for line in lines}
     assert needs <= names and not never & names and "mlflow" in names
     assert not [n for n in names if "pytest" in n or n in ("hypothesis", "ruff", "mypy")]

@@ -1,7 +1,7 @@
 """The evaluation harness: ingest once per chunking, search every variant, score it. No MLflow.
 
 For a :class:`~mlflow_rag.evaluation.variants.Grid` and an
-:class:`~mlflow_rag.evaluation.datasets.EvalDataset`:
+:class:`~mlflow_rag.evaluation.eval_dataset.EvalDataset`:
 
 1. One store per chunking config under ``work_dir``. Every embedder the grid pairs with that
    chunking is ingested into the same store as its own embedding model (the store keeps
@@ -23,6 +23,9 @@ a store must see the same chunks, or the second ingest would re-chunk (and so dr
 embedder's vectors). The tokenizer is the model's own when the grid pairs the chunking with
 an embedder that has one (MiniLM: a chunk then never exceeds what the model reads), else
 the approximate tokenizer; it is part of the store's directory name.
+
+The decisions that need no store (names, depths, tokenizers) are ``harness_plan``'s; the
+options and result records ``harness_types``'. Callers import them from here too.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,175 +40,34 @@ from typing import Any
 import numpy as np
 
 from mlflow_rag.embed.base import Embedder, TokenizedEmbedder
-from mlflow_rag.embed.registry import find_embedder_kind
 from mlflow_rag.errors import InvalidInput
-from mlflow_rag.evaluation.datasets import EvalDataset
+from mlflow_rag.evaluation.eval_dataset import EvalDataset
+from mlflow_rag.evaluation.harness_plan import (
+    APPROX_TOKENIZER,
+    candidate_depth,
+    chunk_tokenizer,
+    corpus_dir_name,
+    corpus_problems,
+    corpus_sources,
+    percentile,
+    store_dir_name,
+    tokenizer_of,
+)
+from mlflow_rag.evaluation.harness_types import (
+    Candidates,
+    EvaluationResult,
+    HarnessOptions,
+    IngestRecord,
+    QueryResult,
+    VariantResult,
+)
 from mlflow_rag.evaluation.metrics import evaluate_run
 from mlflow_rag.evaluation.rollup import rollup_to_documents
 from mlflow_rag.evaluation.variants import Chunking, Grid, Variant
 from mlflow_rag.search import fuse, redact_emails
-from mlflow_rag.store.checks import MAX_K, model_slug
 from mlflow_rag.store.request import Retrieval
 from mlflow_rag.store.store import Store
-from mlflow_rag.types import Hit, IngestReport, LoadFailure
-
-APPROX_TOKENIZER = "approx"
-TABLE_DEPTH = 10  # retrieved ids per query kept in the per-query table (the nDCG@10 window)
-
-
-@dataclass(frozen=True)
-class HarnessOptions:
-    """How to run a grid. ``sources`` is the corpus when the dataset has none (questions files)."""
-
-    work_dir: Path
-    sources: tuple[str, ...] = ()
-    # options of the corpus loaders, as ingest takes them (text_columns, id_column...)
-    loader_options: Mapping[str, Any] = field(default_factory=dict)
-    batch_size: int = 64  # texts per embed call, for chunks and for queries
-    progress: bool = True
-    table_depth: int = TABLE_DEPTH
-
-
-@dataclass(frozen=True)
-class IngestRecord:
-    """One ingestion the harness ran: a chunking config x an embedder (None: chunks only)."""
-
-    chunking: Chunking
-    embedder: str | None
-    store_path: Path
-    report: IngestReport | None  # None for a chunks-only write (bm25-only chunking)
-    seconds: float
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    """One query of one variant, for the per-query table."""
-
-    query_id: str
-    query: str
-    retrieved_ids: tuple[str, ...]  # top documents, best first (up to the table depth)
-    relevant_ids: tuple[str, ...]  # judged relevant (grade > 0)
-    ndcg_at_10: float
-    first_relevant_rank: int | None  # within the variant's k; None when none was retrieved
-    latency_ms: float
-
-
-@dataclass(frozen=True)
-class VariantResult:
-    """The outcome of one variant: its metrics (quality, latency, cost) and per-query rows."""
-
-    variant: Variant
-    metrics: dict[str, float]
-    per_query: tuple[QueryResult, ...]
-    store_path: Path
-    ks: tuple[int, ...]
-    info: dict[str, str] = field(default_factory=dict)  # extra params (tokenizer, index params)
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """Ranked chunks of every query for one search (BM25, or dense in one index), in query
-    order: ``(chunk_id, score)`` best first, and the search time of each query."""
-
-    pairs: tuple[tuple[tuple[str, float], ...], ...]
-    latency_ms: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    grid: Grid
-    dataset: EvalDataset
-    results: tuple[VariantResult, ...]
-    ingests: tuple[IngestRecord, ...]
-    queries_embedded: Mapping[str, int]  # embedding space -> query texts embedded
-    seconds: float
-    # What would make every variant score low without any fault of its own:
-    corpus_failures: tuple[LoadFailure, ...] = ()  # corpus items that did not load
-    relevant_missing: tuple[str, ...] = ()  # judged relevant ids that are no document
-    queries_without_relevant: tuple[str, ...] = ()  # queries none of whose relevant ids is
-
-    def best(self, metric: str) -> VariantResult:
-        """The variant with the highest ``metric`` (the first one listed wins a tie)."""
-        scored = [r for r in self.results if metric in r.metrics]
-        if not scored:
-            raise InvalidInput(f"no variant has the metric {metric!r}")
-        return max(scored, key=lambda r: r.metrics[metric])
-
-
-# --------------------------------------------------------------------------- pure decisions
-
-
-def chunk_tokenizer(embedders: Sequence[str]) -> str | None:
-    """The tokenizer that sizes a store's chunks (the first of its embedders' own, so a chunk
-    is never longer than the model reads), or None for the approximate one."""
-    return next(filter(None, (_tokenizer_of(spec) for spec in embedders)), None)
-
-
-def _tokenizer_of(spec: str) -> str | None:
-    kind = find_embedder_kind(spec)
-    return kind.tokenizer if kind is not None else None
-
-
-def store_dir_name(chunking: Chunking, tokenizer: str | None) -> str:
-    """``recursive-256-32-minilm``: the chunking and the tokenizer that measured it."""
-    return f"{chunking.slug}-{tokenizer or APPROX_TOKENIZER}"
-
-
-def dataset_dir_name(dataset: EvalDataset) -> str:
-    """Stores of different datasets (or versions of one) never share a directory."""
-    return f"{model_slug(dataset.name)}-{dataset.digest[:12]}"
-
-
-def candidate_depth(k: int, factor: int) -> int:
-    """Chunks to retrieve so that ``k`` distinct documents usually remain after roll-up."""
-    return min(k * factor, MAX_K)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q * 100)) if values else 0.0
-
-
-def corpus_dir_name(dataset: EvalDataset, sources: Sequence[str],
-                    loader_options: Mapping[str, Any]) -> str:
-    """The dataset's directory name, plus a digest of the corpus sources and loader options
-    when they are given: stores of one questions file over two corpora never mix."""
-    name = dataset_dir_name(dataset)
-    if not sources and not loader_options:
-        return name
-    import hashlib
-    import json
-
-    key = json.dumps({"sources": [str(Path(s).resolve()) if "://" not in s else s
-                                  for s in sources],
-                      "loader_options": dict(loader_options)}, sort_keys=True, default=str)
-    return f"{name}-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:8]}"
-
-
-def corpus_problems(store: Store, dataset: EvalDataset) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Judged relevant ids (grade > 0) that are no document of ``store``, and the queries with
-    none of their relevant ids in it (every variant scores 0 on those, whatever it does)."""
-    relevant = {qid: {d for d, grade in judged.items() if grade > 0}
-                for qid, judged in dataset.qrels.items() if qid in dataset.queries}
-    wanted = sorted(set().union(*relevant.values())) if relevant else []
-    present = set(store.document_states(wanted)) if wanted else set()
-    missing = tuple(d for d in wanted if d not in present)
-    hopeless = tuple(q for q, ids in relevant.items() if ids and not ids & present)
-    return missing, hopeless
-
-
-def corpus_sources(dataset: EvalDataset, sources: Sequence[str]) -> list[str]:
-    """What to ingest: the dataset's own corpus (a BEIR folder), else the given sources."""
-    if sources:
-        return list(sources)
-    if dataset.corpus_path is None:
-        raise InvalidInput(
-            f"dataset {dataset.name!r} is a questions file without a corpus; name the documents "
-            "its relevant ids refer to with --corpus SOURCE"
-        )
-    corpus = Path(dataset.corpus_path)
-    # The BEIR loader is chosen for the folder (title and text as sections), not the file.
-    return [str(corpus.parent if corpus.name == "corpus.jsonl" else corpus)]
-
+from mlflow_rag.types import Hit, LoadFailure
 
 # --------------------------------------------------------------------------- the harness
 
@@ -334,7 +195,7 @@ def _ingest_chunking(
 
     models = {spec: make_embedder(spec, store) for spec in embedders}
     owner = next((models[spec] for spec in embedders
-                  if tokenizer and _tokenizer_of(spec) == tokenizer), None)
+                  if tokenizer and tokenizer_of(spec) == tokenizer), None)
     spans = owner.token_spans if isinstance(owner, TokenizedEmbedder) else None
     records: list[IngestRecord] = []
     failures: list[LoadFailure] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mlflow_rag.evaluation.harness import VariantResult
+from mlflow_rag.evaluation.harness_types import VariantResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -20,7 +20,7 @@ from mlflow_rag.load._common import (
     regular_file_problem,
     stable_hash,
 )
-from mlflow_rag.load.csv import guess_pii_columns
+from mlflow_rag.load.csv_columns import guess_pii_columns
 from mlflow_rag.types import LoadFailure, Section, SourceDocument
 
 TEXT_SEPARATOR = "\n\n"

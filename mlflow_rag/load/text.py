@@ -24,7 +24,7 @@ from mlflow_rag.load._common import (
     decode_bytes,
 )
 from mlflow_rag.load._paths import FoundFile, iter_source_files
-from mlflow_rag.load.web import html_meta_charset, html_to_text
+from mlflow_rag.load.html_text import html_meta_charset, html_to_text
 from mlflow_rag.types import LoadFailure, SourceDocument
 
 TEXT_EXTENSIONS = (".txt", ".text")

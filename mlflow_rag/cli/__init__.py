@@ -1,0 +1,11 @@
+"""The ``mlflow-rag`` command line: argument parsing only; the work happens in the layers below.
+
+Heavy modules (mlflow, torch) are imported inside the commands that need them, so that
+``search --mode bm25``, ``stats`` or ``show`` start fast. ``group`` holds the group and the
+options its commands share; each other module adds one family of commands to it.
+"""
+
+from mlflow_rag.cli import ingest, maintain, models, query  # noqa: F401  (registers the commands)
+from mlflow_rag.cli.group import main
+
+__all__ = ["main"]

@@ -1,0 +1,108 @@
+"""``delete``, ``stats``, ``check``, ``refit`` and ``purge-queries``: looking after a store."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from mlflow_rag.cli.group import echo_json, main, store_option
+
+
+@main.command()
+@click.argument("doc_id")
+@store_option
+@click.option("--no-refit", is_flag=True,
+              help="Keep the tfidf vocabulary as it is (the document's terms stay in it until "
+                   "`mlflow-rag refit`).")
+def delete(doc_id: str, store_path: Path, no_refit: bool) -> None:
+    """Delete a document and erase its chunks, vectors and words from the store; a tfidf
+    model is refitted without its terms."""
+    from mlflow_rag.errors import InvalidInput
+    from mlflow_rag.ingest import refit_corpus_models
+    from mlflow_rag.store.store import Store
+
+    with Store.open(store_path) as store:
+        store.delete(doc_id)
+        click.echo(f"deleted {doc_id}")
+        if not no_refit:
+            try:
+                refit_corpus_models(store, on_message=lambda message: click.echo(message, err=True))
+            except InvalidInput as exc:  # too little text left to fit on
+                click.echo(f"warning: tfidf not refitted: {exc}", err=True)
+
+
+@main.command()
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def stats(store_path: Path, as_json: bool) -> None:
+    """Counts, embedding models and their indexes, bytes on disk."""
+    from mlflow_rag.store.store import Store
+
+    with Store.open(store_path, read_only=True) as store:
+        report = store.stats().to_dict()
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(f"documents {report['documents']}, chunks {report['chunks']}, "
+               f"embeddings {report['embeddings']}, queries {report['queries']}")
+    click.echo(f"generation {report['generation']}, schema {report['schema_version']}, "
+               f"{report['bytes_on_disk']:,} bytes")
+    for name, model in report["models"].items():
+        click.echo(f"model {name}: {model['vector_count']} vectors, dim {model['dimension']}, "
+                   f"index {model['index_type']} {model['index_params']}")
+
+
+@main.command()
+@store_option
+@click.option("--no-embed-check", is_flag=True,
+              help="Skip re-embedding a sample of chunks with each model's recorded embedder.")
+def check(store_path: Path, no_embed_check: bool) -> None:
+    """Verify the store: SQLite integrity, FTS, index ids == SQLite ids, self-retrieval, and
+    that sampled vectors are what each model's recorded embedder gives for their text (local
+    embedders: tfidf, minilm; openai models are not re-embedded)."""
+    from mlflow_rag.ingest import recorded_embedders
+    from mlflow_rag.store.store import Store
+
+    with Store.open(store_path) as store:
+        report = store.verify(embedders=None if no_embed_check else recorded_embedders(store))
+    echo_json(report)
+    bad = report["integrity_check"] != "ok" or any(
+        not m["ids_equal"] or m["self_found"] < m["sampled"] or m.get("embed_mismatches", 0)
+        for m in report["models"].values()
+    )
+    sys.exit(1 if bad else 0)
+
+
+@main.command()
+@store_option
+@click.option("--embedder", "model", default="tfidf", show_default=True,
+              help="The model fitted on the corpus to refit.")
+@click.option("--no-wait", is_flag=True,
+              help="Fail at once if another process is writing to the store (default: wait).")
+def refit(store_path: Path, model: str, no_wait: bool) -> None:
+    """Refit a tfidf model on the chunks that hold its vectors and re-embed them all (also
+    drops deleted documents' terms from its vocabulary)."""
+    from mlflow_rag.ingest import refit_model
+    from mlflow_rag.store.store import Store
+
+    with Store.open(store_path) as store:
+        result = refit_model(store, model, wait=not no_wait,
+                             on_message=lambda message: click.echo(message, err=True))
+    before, after = result["before"], result["after"]
+    click.echo(f"{model}: {after['vectors']} vectors re-embedded; dimension {before['dimension']} "
+               f"-> {after['dimension']}, vocabulary {before['n_features']} -> "
+               f"{after['n_features']} terms")
+
+
+@main.command("purge-queries")
+@store_option
+@click.option("--older-than-days", type=float, required=True, help="Delete logs older than this.")
+def purge_queries(store_path: Path, older_than_days: float) -> None:
+    """Delete logged queries (and their retrievals) older than N days; reclaim the space."""
+    from mlflow_rag.store.store import Store
+
+    with Store.open(store_path) as store:
+        deleted = store.delete_queries_older_than(older_than_days)
+    click.echo(f"deleted {deleted} queries")

@@ -1,0 +1,231 @@
+"""The served model's opt-in query log: each query and its hits in a SQLite file of its own
+(a bundle is never written), written by a background thread off the request path; a full
+queue or a busy file drops entries (counted, warned about at most every
+``DROP_LOG_INTERVAL_S``) rather than blocking or failing a search."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow_rag import codec
+from mlflow_rag.errors import InvalidInput
+from mlflow_rag.search import redact_emails
+from mlflow_rag.store.backend import Backend, new_id, utc_now
+from mlflow_rag.types import Hit
+
+log = logging.getLogger("mlflow_rag.serving")
+
+DROP_LOG_INTERVAL_S = 10.0  # at most one "queries dropped" warning per interval
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One query to log, as queued: the raw text (redacted when written) and its hits."""
+
+    text: str
+    retrievals: tuple[tuple[str, int, float], ...]  # (chunk id, rank, score)
+    model_name: str | None
+    metadata: str
+    timestamp: str
+
+
+class QueryLog:
+    """Opt-in query log in its own SQLite file (a bundle is never written), written off the
+    request path.
+
+    Logging must never block or fail a search: a retention ``VACUUM`` (or any other writer)
+    holds the file's write lock for as long as it runs, and a request that waited for it
+    would wait up to the busy timeout (30 s) and then lose its row. So :meth:`write` only
+    queues the query; one background thread per process writes the queue in batches, one
+    ``BEGIN IMMEDIATE`` transaction each, and retries a locked or failing file with back-off
+    until it can write. Nothing is lost while the queue has room; when it is full (at
+    ``max_queued`` queries), new queries are dropped and counted: :attr:`dropped`, a warning
+    in the server log at most every :data:`DROP_LOG_INTERVAL_S` seconds, and the trace
+    attribute ``mlflow_rag.query_log_dropped``. :meth:`flush` waits for the queue to be
+    written; :meth:`close` (and the process's exit) flushes with a time limit and counts
+    what is still queued then as dropped.
+
+    Several server workers (processes) append to one file: WAL, a busy timeout and one
+    transaction per batch make them take turns. Each process has its own connection, queue
+    and thread, made lazily (none of them may cross a fork).
+    """
+
+    MAX_BATCH = 500
+    RETRY_MAX_S = 2.0
+    WRITER_BUSY_TIMEOUT_MS = 1_000  # short: the writer retries itself and can stop between tries
+
+    def __init__(self, path: str | Path, *, redact: Callable[[str], str] | None = redact_emails,
+                 forbidden_root: Path | None = None, max_queued: int = 10_000,
+                 close_timeout_s: float = 10.0) -> None:
+        self.path = Path(path).expanduser().resolve()
+        if forbidden_root is not None and self.path.is_relative_to(forbidden_root.resolve()):
+            raise InvalidInput(
+                f"the query log {self.path} is inside the bundle {forbidden_root}; bundles are "
+                "read-only, point the query log at a file elsewhere"
+            )
+        if not self.path.parent.is_dir():
+            raise InvalidInput(f"the directory of the query log {self.path} does not exist")
+        self.redact = redact
+        self.max_queued = max_queued
+        self.close_timeout_s = close_timeout_s
+        self.written = 0
+        self.dropped = 0
+        self.retries = 0
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._queue: queue.Queue[_Entry | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._backend: Backend | None = None
+        self._last_drop_log = 0.0
+        self._closed = False
+
+    # ----------------------------------------------------------------------- request path
+
+    def write(self, text: str, hits: Sequence[Hit], *, model_name: str | None,
+              metadata: Mapping[str, Any]) -> None:
+        """Queue one query for the log; never blocks on the file."""
+        entry = _Entry(
+            text=text, retrievals=tuple((h.chunk_id, h.rank, float(h.score)) for h in hits),
+            model_name=model_name, metadata=codec.metadata_json({**metadata, "pid": os.getpid()}),
+            timestamp=utc_now(),
+        )
+        with self._lock:
+            if self._closed and self._pid == os.getpid():
+                self.dropped += 1
+                self._log_drop("the log is closed")
+                return
+            self._start()
+            if self._queue.unfinished_tasks >= self.max_queued:  # waiting + being written
+                self.dropped += 1
+                self._log_drop(f"the queue of {self.max_queued} queries is full")
+                return
+            self._queue.put(entry)
+
+    def stats(self) -> dict[str, int]:
+        return {"queued": self._queue.qsize(), "written": self.written, "dropped": self.dropped,
+                "retries": self.retries}
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued query is written (or ``timeout`` seconds); True if all were."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)  # polling: Queue.join() has no timeout
+        return True
+
+    def close(self) -> None:
+        """Write what is queued (at most ``close_timeout_s``), then stop the writer."""
+        with self._lock:
+            thread, mine = self._thread, self._pid == os.getpid()
+            if self._closed or thread is None or not mine:
+                self._closed = True
+                return
+            self._closed = True
+        if not self.flush(self.close_timeout_s):
+            left = self._queue.unfinished_tasks
+            self.dropped += left
+            log.warning("query log %s: %d queries not written within %.0f s of closing; "
+                        "%d dropped in all", self.path, left, self.close_timeout_s, self.dropped)
+        self._queue.put(None)  # the writer stops at this marker
+        thread.join(timeout=self.WRITER_BUSY_TIMEOUT_MS / 1000 + 1)
+        if self.dropped:
+            log.warning("query log %s closed: %d queries written, %d dropped", self.path,
+                        self.written, self.dropped)
+
+    # ----------------------------------------------------------------------- writer thread
+
+    def _start(self) -> None:
+        """The writer of this process (a fork gets a queue and thread of its own)."""
+        if self._pid == os.getpid() and self._thread is not None:
+            return
+        self._pid = os.getpid()
+        self._closed = False
+        self._queue = queue.Queue()
+        self._backend = None
+        self._thread = threading.Thread(target=self._run, name="mlflow-rag-query-log",
+                                        daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def _run(self) -> None:
+        delay = 0.05
+        while True:
+            first = self._queue.get()
+            if first is None:
+                self._queue.task_done()
+                break
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:  # keep the stop marker for after this batch
+                    self._queue.task_done()
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            while True:
+                try:
+                    self._write_batch(batch)
+                    self.written += len(batch)
+                    delay = 0.05
+                    break
+                except Exception as exc:
+                    # locked by another writer (a VACUUM, a purge) or failing: the queries
+                    # stay queued; new ones are dropped and counted once the queue is full
+                    self.retries += 1
+                    if self.retries == 1 or self.retries % 100 == 0:
+                        log.warning("query log %s: write failed (%s); retrying, %d queries "
+                                    "waiting", self.path, exc,
+                                    len(batch) + self._queue.qsize())
+                    self._reset_connection()
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.RETRY_MAX_S)
+            for _ in batch:
+                self._queue.task_done()
+        self._reset_connection()
+
+    def _write_batch(self, batch: Sequence[_Entry]) -> None:
+        backend = self._connection()
+        with backend.immediate_transaction():
+            for entry in batch:
+                stored = self.redact(entry.text) if self.redact else entry.text
+                query_id = new_id()
+                backend.insert_query(
+                    query_id=query_id, text=stored, embedding=None,
+                    model_name=entry.model_name, timestamp=entry.timestamp,
+                    metadata=entry.metadata,
+                    retrievals=[(new_id(), chunk_id, rank, score, "{}")
+                                for chunk_id, rank, score in entry.retrievals],
+                )
+
+    def _connection(self) -> Backend:
+        if self._backend is None:
+            from mlflow_rag.store.sqlite.backend import SqliteBackend
+
+            self._backend = SqliteBackend.open_query_log(
+                self.path, busy_timeout_ms=self.WRITER_BUSY_TIMEOUT_MS)
+        return self._backend
+
+    def _reset_connection(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def _log_drop(self, why: str) -> None:
+        now = time.monotonic()
+        if self.dropped == 1 or now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
+            self._last_drop_log = now
+            log.warning("query log %s: %d queries dropped so far (%s)", self.path, self.dropped,
+                        why)

@@ -1,0 +1,276 @@
+"""The retriever as a logged (registered) MLflow model: models-from-code plus the bundle.
+
+An MLflow adapter: :func:`log_model` snapshots the store, logs ``pyfunc_model.py`` (the
+models-from-code file, by path) with the bundle as an artifact and the ``mlflow_rag`` package
+as its code, pins the requirements the store's embedders need, and describes the run, the
+logged model and the registered version. MLflow is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow_rag.errors import InvalidInput, RagError
+from mlflow_rag.store.manifest import read_manifest
+from mlflow_rag.store.store import Store
+from mlflow_rag.tracking_bundles import BUNDLE_ARTIFACT_PATH, scratch_dir
+from mlflow_rag.tracking_session import (
+    TAG_BUNDLE_RUN_ID,
+    TAG_DESCRIPTION,
+    TAG_DOCUMENTS,
+    TAG_EMBEDDER,
+    TAG_GENERATION,
+    TAG_INGEST_RUN_ID,
+    TAG_RUN_TYPE,
+    TAG_STORE_ID,
+    TAG_STORE_PATH,
+    TrackingError,
+    check_tracking_uri,
+    mlflow_session,
+    resolve_tracking_uri,
+    start_run,
+)
+from mlflow_rag.types import Hit
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
+log = logging.getLogger("mlflow_rag.tracking")
+
+
+# What the served model imports: every bundle needs the base; each embedder adds what the
+# embedder registry lists for it. Test tools are never here (pytest is a dev extra, and
+# nothing at run time imports it).
+BASE_REQUIREMENTS = ("mlflow", "numpy", "pandas", "faiss-cpu", "scikit-learn", "scipy", "click")
+
+
+def requirement_names(embedders: Sequence[str | None]) -> list[str]:
+    """The distributions the served model needs for these embedders (a TF-IDF or BM25-only
+    bundle needs no torch, no sentence-transformers; imported vectors need no embedder)."""
+    from mlflow_rag.embed.registry import find_embedder_kind
+
+    names = list(BASE_REQUIREMENTS)
+    for embedder in embedders:
+        kind = find_embedder_kind(embedder)
+        extra = kind.requirements if kind is not None else ()
+        names += [name for name in extra if name not in names]
+    return names
+
+
+def public_version(version: str) -> str:
+    """A version a public index serves: without the local label (``2.13.0+cpu`` -> ``2.13.0``).
+
+    ``torch==2.13.0`` still installs the CPU build where the installer is pointed at it
+    (docs/serving.md), and a local label pins a build no public index has under that name.
+    """
+    return version.split("+", 1)[0]
+
+
+def pinned_requirements(embedders: Sequence[str | None]) -> list[str]:
+    """pip requirements of the served model, pinned to the versions that run here."""
+    out = []
+    for name in requirement_names(embedders):
+        try:
+            out.append(f"{name}=={public_version(importlib_metadata.version(name))}")
+        except importlib_metadata.PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def _copy_package(destination: Path) -> Path:
+    """The ``mlflow_rag`` package as model code (``code_paths``), so the model carries the
+    code that reads its bundle; caches and build leftovers are not part of it."""
+    source = Path(__file__).resolve().parent
+    target = destination / source.name
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+    return target
+
+
+def _examples(bundle: Path, *, embedder: str | None) -> tuple[Any, Any]:
+    """An input example drawn from the bundle's own text and the real output for it."""
+    import pandas as pd
+
+    from mlflow_rag.serving import PARAM_DEFAULTS, Retriever, hits_frame
+
+    retriever = Retriever(bundle, embedder=embedder)
+    try:
+        query = "example query"
+        documents = retriever.store.find_documents(limit=1)
+        if documents:
+            chunks = retriever.store.get_document(documents[0].id).chunks
+            if chunks:
+                query = " ".join(chunks[0].text.split()[:6]) or query
+        example = pd.DataFrame({"query": [query]})
+        output = None
+        for mode in ("hybrid", "bm25"):
+            try:
+                output = retriever.predict(example, {**PARAM_DEFAULTS, "mode": mode, "k": 2})
+            except RagError:
+                continue
+            if len(output):
+                break
+        if output is None or not len(output):
+            sample = Hit(rank=1, score=1.0, chunk_id="chunk", document_id="document",
+                         chunk_type="text", chunk_index=0, text="text", source_path="path",
+                         document_metadata={}, chunk_metadata={})
+            output = hits_frame([[sample]])
+        output["chunk_type"] = output["chunk_type"].fillna("")
+        return example, output
+    finally:
+        retriever.close()
+
+
+def ingest_run_of(client: Any, store_id: str, generation: int) -> tuple[str, str] | None:
+    """The latest ingest run, in any experiment, that left this store at this generation, and
+    the run holding that state's bundle (itself, unless it changed nothing), or None."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    runs = client.search_runs(
+        experiments,
+        filter_string=(f"tags.`{TAG_STORE_ID}` = '{store_id}' and tags.`{TAG_RUN_TYPE}` = "
+                       f"'ingest' and tags.`{TAG_GENERATION}` = '{generation}'"),
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    if not runs:
+        return None
+    run_id = str(runs[0].info.run_id)
+    return run_id, str(runs[0].data.tags.get(TAG_BUNDLE_RUN_ID) or run_id)
+
+
+def _model_description(store_name: str, *, store_id: str, generation: int,
+                       models: Sequence[Any], documents: int,
+                       ingest_run: tuple[str, str] | None) -> str:
+    spaces = ", ".join(f"`{m.name}` ({m.vector_count} vectors, dimension {m.dimension}, "
+                       f"{m.index_type} index)" for m in models) or "none (BM25 only)"
+    source = (f"the state ingest run `{ingest_run[0]}` left (its bundle: "
+              f"`runs:/{ingest_run[1]}/{BUNDLE_ARTIFACT_PATH}`)" if ingest_run
+              else "a state no logged ingest run recorded")
+    return (f"mlflow-rag retriever over the store `{store_name}` (store id `{store_id}`, "
+            f"generation {generation}): {documents} documents; embedding models: {spaces}. "
+            f"The bundle is {source}. Request params: `k`, `mode` (dense, bm25, hybrid), "
+            f"`filters`.")
+
+
+def _describe_version(client: Any, name: str, version: str, *, description: str,
+                      tags: Mapping[str, str]) -> None:
+    """A registered model version's description and tags; the registered model gets a
+    description too when it has none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.update_model_version(name, version, description=description)
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+        if not client.get_registered_model(name).description:
+            client.update_registered_model(
+                name, description="mlflow-rag retrievers (pyfunc); each version's description "
+                                  "names its store, embedders and ingest run.")
+    except MlflowException as exc:
+        raise TrackingError(f"cannot describe {name} version {version}: {exc.message}") from None
+
+
+def log_model(
+    store_path: str | Path, *, name: str = "retriever", register: str | None = None,
+    alias: str | None = None, experiment: str | None = None, tracking_uri: str | None = None,
+    model_config: Mapping[str, Any] | None = None, run_name: str | None = None,
+) -> ModelInfo:
+    """Log the store as a pyfunc retriever (models-from-code + the bundle as an artifact).
+
+    ``register`` names a registered model to add a version to; ``alias`` (needs ``register``)
+    points e.g. ``champion`` at that version, so ``models:/NAME@champion`` serves it.
+    ``model_config``: see :class:`mlflow_rag.pyfunc_model.RetrieverModel`.
+    """
+    if alias and not register:
+        raise TrackingError("--alias needs --register NAME (aliases belong to registered models)")
+    check_tracking_uri(resolve_tracking_uri(tracking_uri))  # before snapshotting a big store
+    from mlflow.models import infer_signature
+    from mlflow.types.schema import ColSpec, DataType, Schema
+
+    from mlflow_rag.serving import DEFAULT_MODEL_CONFIG, PARAM_DEFAULTS, QUERY_COLUMN
+
+    unknown = sorted(set(model_config or {}) - set(DEFAULT_MODEL_CONFIG))
+    if unknown:
+        raise InvalidInput(
+            f"unknown model_config keys {unknown}; choose from {sorted(DEFAULT_MODEL_CONFIG)}"
+        )
+    config = {**DEFAULT_MODEL_CONFIG, **(model_config or {})}
+    with Store.open(store_path, read_only=True) as store, scratch_dir(
+        store.root, "log_model"
+    ) as tmp:
+        bundle = store.snapshot(Path(tmp) / "bundle")
+        manifest = read_manifest(bundle)
+        models = store.models()
+        documents = store.stats().documents
+        example, output = _examples(bundle, embedder=config["embedder"] or None)
+        signature = infer_signature(example, output, params=PARAM_DEFAULTS)
+        # The query column is declared optional so that a request without it reaches the
+        # model, whose error names the problem (MLflow's own error quotes the request data).
+        signature.inputs = Schema([ColSpec(DataType.string, QUERY_COLUMN, required=False)])
+        code = _copy_package(Path(tmp) / "code")
+        store_name = Path(store_path).resolve().name
+        if run_name is None and not os.environ.get("MLFLOW_RUN_ID"):  # not `mlflow run`'s run
+            run_name = f"log-model {store_name}" + (f" -> {register}" if register else "")
+        with mlflow_session(tracking_uri, experiment) as mlflow, start_run(
+            mlflow, run_name
+        ) as run:
+            from mlflow.exceptions import MlflowException
+
+            generation = manifest.generation if manifest else -1
+            embedders = ",".join(m.name for m in models)
+            ingest_run = ingest_run_of(mlflow.MlflowClient(), store.store_id, generation)
+            about = {
+                TAG_STORE_ID: store.store_id,
+                TAG_GENERATION: str(generation),
+                TAG_EMBEDDER: embedders,
+                TAG_DOCUMENTS: str(documents),
+                **({TAG_INGEST_RUN_ID: ingest_run[0]} if ingest_run else {}),
+            }
+            description = _model_description(
+                store_name, store_id=store.store_id, generation=generation, models=models,
+                documents=documents, ingest_run=ingest_run)
+            run_tags = {TAG_RUN_TYPE: "log_model", **about,
+                        TAG_STORE_PATH: str(Path(store_path).resolve())}
+            if TAG_DESCRIPTION not in run.data.tags:
+                run_tags[TAG_DESCRIPTION] = description
+            mlflow.set_tags(run_tags)
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(Path(__file__).resolve().parent / "pyfunc_model.py"),
+                artifacts={"bundle": str(bundle)},
+                code_paths=[str(code)],
+                signature=signature,
+                input_example=example,
+                pip_requirements=pinned_requirements([m.embedder for m in models]),
+                model_config=config,
+                registered_model_name=register,
+                tags=about,
+                metadata={
+                    "mlflow_rag": {
+                        "store_id": store.store_id,
+                        "generation": generation,
+                        "models": {m.name: {"embedder": m.embedder, "dimension": m.dimension,
+                                            "index_type": m.index_type} for m in models},
+                    }
+                },
+            )
+            if register:
+                _describe_version(mlflow.MlflowClient(), register,
+                                  str(info.registered_model_version), description=description,
+                                  tags={**about, "mlflow_rag.log_model_run_id": run.info.run_id})
+            if alias and register:
+                version = info.registered_model_version
+                try:
+                    mlflow.MlflowClient().set_registered_model_alias(register, alias, str(version))
+                except MlflowException as exc:
+                    raise TrackingError(
+                        f"cannot set alias {alias!r} on {register} version {version}: {exc.message}"
+                    ) from None
+            log.info("logged %s in run %s", info.model_uri, run.info.run_id)
+            return info
