@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow_rag.search import redact_emails
 from mlflow_rag.store.manifest import read_manifest
+from mlflow_rag.store.store import store_address
 from mlflow_rag.tracking_bundles import BUNDLE_ARTIFACT_PATH, content_digest, scratch_dir
 from mlflow_rag.tracking_bundles import download_bundle as download_bundle
 from mlflow_rag.tracking_model import BASE_REQUIREMENTS as BASE_REQUIREMENTS
@@ -182,8 +183,8 @@ def _ingest_description(report: IngestReport, store: Store, *, generation: int, 
         sources += f" and {len(report.sources) - 3} more"
     chunker = dict(report.chunker).get("name", "")
     return (
-        f"Ingest of {sources} into the store `{Path(store.root).name}` at "
-        f"`{Path(store.root).resolve()}` (store id `{store.store_id}`, generation {generation}): "
+        f"Ingest of {sources} into the store `{store.name}` at "
+        f"`{store_address(store)}` (store id `{store.store_id}`, generation {generation}): "
         f"{ingest_summary(report)} documents; the store holds {documents} documents and "
         f"{chunks} chunks.\n\n"
         f"Embedder `{report.embedder}` ({report.embedder_version or 'no version'}, dimension "
@@ -221,7 +222,7 @@ def log_ingest_run(
         stats = store.stats()
         digest = content_digest(store)
         if run_name is None and not os.environ.get("MLFLOW_RUN_ID"):  # not `mlflow run`'s run
-            run_name = f"ingest {Path(store.root).name}: {ingest_summary(report)}"
+            run_name = f"ingest {store.name}: {ingest_summary(report)}"
         with start_run(mlflow, run_name) as run:
             previous = previous_ingest_run(client, run.info.experiment_id, store.store_id,
                                            exclude_run_id=run.info.run_id)
@@ -247,7 +248,7 @@ def log_ingest_run(
                 # 0 is the empty store: no earlier ingest run of this store was logged here.
                 TAG_PREVIOUS_GENERATION: previous.data.tags.get(TAG_GENERATION, "0")
                 if previous else "0",
-                TAG_STORE_PATH: str(Path(store.root).resolve()),
+                TAG_STORE_PATH: store_address(store),
                 **(dict(tags) if tags else {}),
             }
             if previous is not None:

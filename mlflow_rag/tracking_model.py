@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow_rag.errors import InvalidInput, RagError
 from mlflow_rag.store.manifest import read_manifest
-from mlflow_rag.store.store import Store
+from mlflow_rag.store.store import Store, store_address
 from mlflow_rag.tracking_bundles import BUNDLE_ARTIFACT_PATH, scratch_dir
 from mlflow_rag.tracking_session import (
     TAG_BUNDLE_RUN_ID,
@@ -214,7 +214,7 @@ def log_model(
         # model, whose error names the problem (MLflow's own error quotes the request data).
         signature.inputs = Schema([ColSpec(DataType.string, QUERY_COLUMN, required=False)])
         code = _copy_package(Path(tmp) / "code")
-        store_name = Path(store_path).resolve().name
+        store_name = store.name
         if run_name is None and not os.environ.get("MLFLOW_RUN_ID"):  # not `mlflow run`'s run
             run_name = f"log-model {store_name}" + (f" -> {register}" if register else "")
         with mlflow_session(tracking_uri, experiment) as mlflow, start_run(
@@ -236,7 +236,7 @@ def log_model(
                 store_name, store_id=store.store_id, generation=generation, models=models,
                 documents=documents, ingest_run=ingest_run)
             run_tags = {TAG_RUN_TYPE: "log_model", **about,
-                        TAG_STORE_PATH: str(Path(store_path).resolve())}
+                        TAG_STORE_PATH: store_address(store)}
             if TAG_DESCRIPTION not in run.data.tags:
                 run_tags[TAG_DESCRIPTION] = description
             mlflow.set_tags(run_tags)

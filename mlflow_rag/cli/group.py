@@ -70,10 +70,27 @@ def embedders_help_text() -> str:
     return f"{embedders_help()}."
 
 
+class StoreLocation(click.ParamType):
+    """A store's folder (a Path), or a database location kept as text (a URL is no path:
+    ``Path`` would fold its ``//``)."""
+
+    name = "store"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Path | str:
+        text = str(value)
+        return text if text.startswith(("postgresql://", "postgres://")) else Path(text)
+
+
+STORE_LOCATION = StoreLocation()
+
+
 def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--store", "store_path", required=True, type=click.Path(path_type=Path),
-        help="Store directory (metadata.db, index/, manifest.json).",
+        "--store", "store_path", required=True, type=STORE_LOCATION,
+        help="Store directory (metadata.db, index/, manifest.json), or a PostgreSQL store: "
+             "postgresql://[USER@]HOST[:PORT]/DB[?schema=NAME] (password from PGPASSWORD or "
+             "~/.pgpass).",
     )(func)
 
 

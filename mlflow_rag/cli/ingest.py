@@ -87,7 +87,7 @@ def _report_json(report: Any, run_id: str | None) -> dict[str, Any]:
               help="Print the report as a JSON object (with the run id) instead of text.")
 @tracking_options
 def ingest(
-    sources: tuple[str, ...], store_path: Path, chunker: str | None, chunk_size: int | None,
+    sources: tuple[str, ...], store_path: Path | str, chunker: str | None, chunk_size: int | None,
     chunk_overlap: int | None, embedder: str, id_column: str | None, text_columns: str | None,
     pii_columns: str | None, batch_size: int, index_type: str | None,
     index_params: tuple[str, ...], allow_private_urls: bool, id_prefix: str, overwrite: bool,
@@ -139,7 +139,7 @@ def ingest(
               help="Model name for the vectors [default: from the file name].")
 @tracking_options
 def import_legacy(
-    file: Path, store_path: Path, model: str | None, experiment: str | None,
+    file: Path, store_path: Path | str, model: str | None, experiment: str | None,
     tracking_uri: str | None, no_track: bool,
 ) -> None:
     """Import a legacy chatboti embeddings-<model>.json with its vectors (no re-embedding)."""

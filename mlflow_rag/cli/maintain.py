@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mlflow_rag.cli.group import echo_json, main, store_option
+from mlflow_rag.cli.group import STORE_LOCATION, echo_json, main, store_option
 
 
 @main.command()
@@ -16,7 +16,7 @@ from mlflow_rag.cli.group import echo_json, main, store_option
 @click.option("--no-refit", is_flag=True,
               help="Keep the tfidf vocabulary as it is (the document's terms stay in it until "
                    "`mlflow-rag refit`).")
-def delete(doc_id: str, store_path: Path, no_refit: bool) -> None:
+def delete(doc_id: str, store_path: Path | str, no_refit: bool) -> None:
     """Delete a document and erase its chunks, vectors and words from the store; a tfidf
     model is refitted without its terms."""
     from mlflow_rag.errors import InvalidInput
@@ -36,7 +36,7 @@ def delete(doc_id: str, store_path: Path, no_refit: bool) -> None:
 @main.command()
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def stats(store_path: Path, as_json: bool) -> None:
+def stats(store_path: Path | str, as_json: bool) -> None:
     """Counts, embedding models and their indexes, bytes on disk."""
     from mlflow_rag.store.store import Store
 
@@ -58,7 +58,7 @@ def stats(store_path: Path, as_json: bool) -> None:
 @store_option
 @click.option("--no-embed-check", is_flag=True,
               help="Skip re-embedding a sample of chunks with each model's recorded embedder.")
-def check(store_path: Path, no_embed_check: bool) -> None:
+def check(store_path: Path | str, no_embed_check: bool) -> None:
     """Verify the store: SQLite integrity, FTS, index ids == SQLite ids, self-retrieval, and
     that sampled vectors are what each model's recorded embedder gives for their text (local
     embedders: tfidf, minilm; openai models are not re-embedded)."""
@@ -81,7 +81,7 @@ def check(store_path: Path, no_embed_check: bool) -> None:
               help="The model fitted on the corpus to refit.")
 @click.option("--no-wait", is_flag=True,
               help="Fail at once if another process is writing to the store (default: wait).")
-def refit(store_path: Path, model: str, no_wait: bool) -> None:
+def refit(store_path: Path | str, model: str, no_wait: bool) -> None:
     """Refit a tfidf model on the chunks that hold its vectors and re-embed them all (also
     drops deleted documents' terms from its vocabulary)."""
     from mlflow_rag.ingest import refit_model
@@ -99,10 +99,29 @@ def refit(store_path: Path, model: str, no_wait: bool) -> None:
 @main.command("purge-queries")
 @store_option
 @click.option("--older-than-days", type=float, required=True, help="Delete logs older than this.")
-def purge_queries(store_path: Path, older_than_days: float) -> None:
+def purge_queries(store_path: Path | str, older_than_days: float) -> None:
     """Delete logged queries (and their retrievals) older than N days; reclaim the space."""
     from mlflow_rag.store.store import Store
 
     with Store.open(store_path) as store:
         deleted = store.delete_queries_older_than(older_than_days)
     click.echo(f"deleted {deleted} queries")
+
+
+@main.command("copy")
+@click.argument("source", type=STORE_LOCATION)
+@click.argument("target", type=STORE_LOCATION)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows copied per table as JSON.")
+def copy_command(source: Path | str, target: Path | str, as_json: bool) -> None:
+    """Copy the store SOURCE into a new store TARGET, on either backend: a folder to
+    postgresql://HOST/DB?schema=NAME to grow past one machine, or back to a folder to ship
+    it. Every row, id and fitted embedder is copied in one transaction; TARGET's indexes are
+    built from its rows. SOURCE is not changed."""
+    from mlflow_rag.store.copies import copy_store
+
+    report = copy_store(source, target)
+    if as_json:
+        echo_json({"source": report.source, "target": report.target, "rows": report.rows})
+        return
+    click.echo(f"copied {report.stats.documents} documents, {report.stats.chunks} chunks and "
+               f"{report.stats.embeddings} vectors from {report.source} to {report.target}")

@@ -32,7 +32,7 @@ from mlflow_rag.cli.group import (
 @click.option("--include-pii", is_flag=True,
               help="Serve PII-tagged metadata fields (model_config include_pii).")
 def log_model_command(
-    store_path: Path, name: str, register: str | None, alias: str | None,
+    store_path: Path | str, name: str, register: str | None, alias: str | None,
     experiment: str | None, tracking_uri: str | None, include_pii: bool,
 ) -> None:
     """Log the store as a pyfunc retriever model (a consistent bundle + models-from-code).

@@ -29,7 +29,7 @@ from mlflow_rag.cli.group import TRACKING_URI_HELP, Names, echo_json, main, stor
 @click.option("--tracking-uri", default=None,
               help=TRACKING_URI_HELP)
 def search(
-    query: str, store_path: Path, k: int, mode: str, filter_json: str | None,
+    query: str, store_path: Path | str, k: int, mode: str, filter_json: str | None,
     embedder: str | None, as_json: bool, include_pii: bool, log_query: bool,
     per_document: bool, experiment: str | None, tracking_uri: str | None,
 ) -> None:
@@ -65,7 +65,7 @@ def search(
                 [query], [hits], latencies_ms=[latency_ms],
                 params={"mode": mode, "k": k, "filters": filter_json or "",
                         "embedder": embedder or (models[0].name if len(models) == 1 else ""),
-                        "store": str(store_path), "include_pii": include_pii},
+                        "store": store.location, "include_pii": include_pii},
                 tags={TAG_STORE_ID: store.store_id,
                       TAG_GENERATION: str(store.stats().generation)},
                 experiment=experiment, tracking_uri=tracking_uri,
@@ -90,7 +90,7 @@ def search(
               help="Show at most this many documents.")
 @click.option("--json", "as_json", is_flag=True, help="Print the documents as a JSON list.")
 @click.option("--include-pii", is_flag=True, help="Include PII-tagged fields (with --json).")
-def list_documents(store_path: Path, filter_json: str | None, limit: int, as_json: bool,
+def list_documents(store_path: Path | str, filter_json: str | None, limit: int, as_json: bool,
                    include_pii: bool) -> None:
     """List document ids (with type, title and source), optionally filtered.
 
@@ -125,7 +125,7 @@ def list_documents(store_path: Path, filter_json: str | None, limit: int, as_jso
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the document (or chunk) as JSON.")
 @click.option("--include-pii", is_flag=True, help="Include PII-tagged fields.")
-def show(doc_id: str, store_path: Path, as_json: bool, include_pii: bool) -> None:
+def show(doc_id: str, store_path: Path | str, as_json: bool, include_pii: bool) -> None:
     """Show a document and its chunks in order, or one chunk given its chunk id.
 
     Document ids are in `list` and `search` output; chunk ids in `search --json`.
@@ -145,7 +145,7 @@ def show(doc_id: str, store_path: Path, as_json: bool, include_pii: bool) -> Non
                 chunk = store.expand_context(doc_id, n=0)[0]
             except DocumentNotFound:
                 raise DocumentNotFound(
-                    f"no document or chunk with id {doc_id!r} in {store_path}"
+                    f"no document or chunk with id {doc_id!r} in {store.location}"
                 ) from None
             parent = store.get_document(chunk.document_id, include_pii=include_pii)
     if chunk is not None:

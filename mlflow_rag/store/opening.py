@@ -43,16 +43,17 @@ def open_backend(root: Path, *, read_only: bool, immutable: bool) -> Backend:
     return SqliteBackend.open(root, read_only=read_only, immutable=immutable)
 
 
-def open_database(location: str, *, create: bool, read_only: bool) -> tuple[Path, Backend]:
-    """A store in a database: its backend, and the local folder that caches its derived
-    files (indexes, fitted embedders), one per store id under :func:`layout.cache_home`."""
+def open_database(location: str, *, create: bool, read_only: bool) -> tuple[Path, Backend, str]:
+    """A store in a database: the local folder that caches its derived files (indexes,
+    fitted embedders; one per store id under :func:`layout.cache_home`), its backend and its
+    name (the schema's)."""
     from mlflow_rag.store.postgres.backend import PostgresBackend
 
     backend = PostgresBackend.open(location, create=create, read_only=read_only)
     with closed_on_failure(backend):
         root = layout.cache_home() / "stores" / backend.get_meta("store_id")
         root.mkdir(parents=True, exist_ok=True)
-    return root, backend
+    return root, backend, backend.store_location.schema
 
 
 @contextlib.contextmanager

@@ -73,10 +73,13 @@ class Store:
     def __init__(
         self, root: Path, backend: Backend, *, read_only: bool, immutable: bool, mmap: bool = False,
         verified_files: Mapping[str, FileStamp] | None = None, location: str | None = None,
+        name: str | None = None,
     ) -> None:
         self.root = root
         # What users call the store: its folder, or its database (without a password).
         self.location = location or str(root)
+        self.is_database = location is not None
+        self.name = name or root.name  # a folder's name, or a database store's schema
         self._backend: Backend | None = backend
         self.read_only = read_only or immutable
         self.immutable = immutable
@@ -151,10 +154,10 @@ class Store:
                 "immutable and verify_files are for bundles (folders); a store in a database "
                 "is opened read_only instead"
             )
-        root, backend = opening.open_database(location, create=create, read_only=read_only)
+        root, backend, name = opening.open_database(location, create=create, read_only=read_only)
         with opening.closed_on_failure(backend):
             store = cls(root, backend, read_only=read_only, immutable=False, mmap=mmap,
-                        location=backend.location)
+                        location=backend.location, name=name)
             store._check_stored_paths()
         return store
 
@@ -633,6 +636,12 @@ class Store:
             # snapshot's database is only ahead of them, and opening it replays the difference.
             with self._file_lock():
                 bundle.copy_store_files(self.root, dest, self.backend)
+
+
+def store_address(store: Store) -> str:
+    """Where a store is, for records (run tags): a folder's absolute path, or a database's
+    location without its password."""
+    return store.location if store.is_database else str(Path(store.root).resolve())
 
 
 def _persist_indexes(root: Path) -> None:
