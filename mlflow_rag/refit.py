@@ -44,6 +44,7 @@ def fit_if_needed(
         if count == 0:
             model.fit(list(new_texts))
             model.save(store.model_dir(model.name))
+            store.publish_model_state(model.name, model.version)
             if existing is not None and existing.dimension != model.dimension:
                 # a model left without vectors (all its documents deleted), fitted anew
                 store.replace_model_vectors(model.name, [], np.zeros((0, model.dimension)),
@@ -116,6 +117,7 @@ def refit(
     # mismatch and refits, and `check` reports it.
     model.save(state_dir)
     try:
+        store.publish_model_state(model.name, model.version)
         if any(m.name == model.name for m in store.models()):
             store.replace_model_vectors(model.name, [cid for cid, _ in chunks], matrix,
                                         dimension=model.dimension, model_version=model.version)

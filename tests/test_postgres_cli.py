@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,8 +35,9 @@ def test_the_speakers_on_postgresql_through_the_cli(pg_cluster, shared_data: Pat
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     outputs = []
 
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = cli(*args, cwd=tmp_path, env=env, check=check)
+    def run(*args: str, check: bool = True, host: str = "cache") -> subprocess.CompletedProcess[str]:
+        proc = cli(*args, cwd=tmp_path, check=check,
+                   env={**env, "MLFLOW_RAG_CACHE_DIR": str(tmp_path / host)})
         outputs.append(proc.stdout + proc.stderr)
         return proc
 
@@ -65,9 +66,20 @@ def test_the_speakers_on_postgresql_through_the_cli(pg_cluster, shared_data: Pat
                                mode, "-k", "5", "--json").stdout)
         assert [h["chunk_id"] for h in found] == expected, mode
 
-    run("delete", first, "--store", store)
+    # Another host (its own cache folder) loads the fitted TF-IDF state from the database.
+    elsewhere = json.loads(run("search", "legacy modernization", "--store", store, "--mode",
+                               "dense", "-k", "5", "--json", host="host-b").stdout)
+    assert [h["chunk_id"] for h in elsewhere] == hits["dense"]
+
+    run("delete", first, "--store", store)  # refits TF-IDF: a new vocabulary version
     after = json.loads(run("stats", "--store", store, "--json").stdout)
     assert after["documents"] == stats["documents"] - 1
+    here, there = (
+        [h["chunk_id"] for h in json.loads(run("search", "legacy modernization", "--store", store,
+                                                "--mode", "dense", "-k", "5", "--json",
+                                                host=host).stdout)]
+        for host in ("cache", "host-b"))
+    assert here == there and not any(c.startswith(first + "#") for c in here)
     missing = run("show", first, "--store", store, check=False)
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
 

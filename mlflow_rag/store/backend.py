@@ -321,6 +321,18 @@ class Backend(ABC):
     def delete_queries_before(self, timestamp: str) -> int:
         """Delete the queries (and their retrievals) logged before ``timestamp``."""
 
+    # ------------------------------------------------------------------ fitted embedders
+
+    @abstractmethod
+    def save_model_files(self, model_name: str, version: str, files: dict[str, bytes]) -> None:
+        """Keep the files an embedder fitted on the corpus saved for ``version`` where every
+        process that opens the store finds them (a folder store: its ``models/`` folder,
+        which the store writes itself, so nothing to do here)."""
+
+    @abstractmethod
+    def model_files(self, model_name: str, version: str) -> dict[str, bytes]:
+        """The files saved for a model version by :meth:`save_model_files` ({} if none)."""
+
     # ------------------------------------------------------------------ copies
 
     @abstractmethod

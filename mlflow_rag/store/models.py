@@ -1,5 +1,6 @@
 """The model registry: the embedding models a store holds (name, slug, dimension, embedder,
-index settings), read from the database once per generation."""
+index settings), read from the database once per generation; and, for a store in a
+database, the fitted state of its embedders shared between hosts (:class:`ModelFiles`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from mlflow_rag.index.choose import choose_index
 from mlflow_rag.store import layout
 from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.checks import SLUG_PATTERN, model_slug
+from mlflow_rag.store.files import atomic_write_bytes, confined
 from mlflow_rag.types import ModelInfo
 
 
@@ -128,3 +130,39 @@ class ModelRegistry:
                 model_version=model_version, index_type=index_type or "auto",
                 index_params=dict(index_params or {}),
             )
+
+
+class ModelFiles:
+    """Fitted embedder state of a store in a database, kept in step with the local cache
+    folder: pushed by the writer that fitted it, pulled by a process whose folder holds
+    another version (a marker file names the version a folder holds)."""
+
+    MARKER = ".version"
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._pulled: dict[str, str] = {}  # model -> version this process has in its folder
+
+    def push(self, name: str, version: str, folder: Path) -> None:
+        files = {p.name: p.read_bytes() for p in sorted(folder.glob("*"))
+                 if p.is_file() and p.name != self.MARKER}
+        self.backend.save_model_files(name, version, files)
+        atomic_write_bytes(folder / self.MARKER, version.encode())
+        self._pulled[name] = version
+
+    def pull(self, name: str, version: str, folder: Path) -> None:
+        if self._pulled.get(name) == version:
+            return
+        marker = folder / self.MARKER
+        if marker.is_file() and marker.read_text(encoding="utf-8") == version:
+            self._pulled[name] = version
+            return
+        files = self.backend.model_files(name, version)
+        if not files:
+            return  # nothing published for it (an embedder without fitted state)
+        folder.mkdir(parents=True, exist_ok=True)
+        # A loader reads the JSON first and it names the rest: write it last, as a save does.
+        for file_name in sorted(files, key=lambda n: n.endswith(".json")):
+            atomic_write_bytes(confined(folder, file_name, what="model state file"), files[file_name])
+        atomic_write_bytes(marker, version.encode())
+        self._pulled[name] = version

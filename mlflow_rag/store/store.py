@@ -51,7 +51,7 @@ from mlflow_rag.store.filters import Plan, as_plan
 from mlflow_rag.store.index_cache import IndexCache
 from mlflow_rag.store.integrity import EMBED_CHECK_MIN_COSINE
 from mlflow_rag.store.manifest import Manifest
-from mlflow_rag.store.models import ModelRegistry
+from mlflow_rag.store.models import ModelFiles, ModelRegistry
 from mlflow_rag.store.query_log import purge_query_log, write_query_log
 from mlflow_rag.store.request import Retrieval
 from mlflow_rag.types import (
@@ -93,6 +93,7 @@ class Store:
         self.store_id = backend.get_meta("store_id")
         self._index_cache = IndexCache(root, backend, store_id=self.store_id, mmap=mmap,
                                        verified_files=verified_files)
+        self._model_files = ModelFiles(backend)
 
     @property
     def events(self) -> list[str]:
@@ -276,7 +277,18 @@ class Store:
         with self._lock, self.backend.read_transaction():
             self._registry.refresh(self.backend.generation())
             slug = self._registry.slug_for(name)
-        return layout.model_dir(self.root, slug=slug, name=name)
+            info = self._registry.by_name.get(name)
+        path = layout.model_dir(self.root, slug=slug, name=name)
+        if self.is_database and info is not None and info.model_version:
+            self._model_files.pull(name, info.model_version, path)
+        return path
+
+    def publish_model_state(self, name: str, version: str) -> None:
+        """Make the state an embedder just saved in :meth:`model_dir` (for ``version``) what
+        every process opening this store loads with that version's vectors. Call it before
+        the vectors commit. A folder store's processes read the folder itself."""
+        if self.is_database:
+            self._model_files.push(name, version, self.model_dir(name))
 
     # ----------------------------------------------------------------- writes
 

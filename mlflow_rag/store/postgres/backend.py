@@ -439,6 +439,21 @@ class PostgresBackend(Backend):
         cursor = self.conn.execute("DELETE FROM queries WHERE timestamp < %s", (timestamp,))
         return int(cursor.rowcount)
 
+    # ------------------------------------------------------------------ fitted embedders
+
+    def save_model_files(self, model_name: str, version: str, files: dict[str, bytes]) -> None:
+        with self.immediate_transaction():
+            self.conn.execute("DELETE FROM model_files WHERE model_name = %s AND "
+                              "model_version = %s", (model_name, version))
+            self._many("INSERT INTO model_files(model_name, model_version, path, content) "
+                       "VALUES (%s, %s, %s, %s)",
+                       [(model_name, version, path, content) for path, content in files.items()])
+
+    def model_files(self, model_name: str, version: str) -> dict[str, bytes]:
+        return {r[0]: bytes(r[1]) for r in self._rows(
+            "SELECT path, content FROM model_files WHERE model_name = %s AND model_version = %s",
+            (model_name, version))}
+
     # ------------------------------------------------------------------ copies
 
     def dump_rows(self, table: str) -> Iterator[tuple[Any, ...]]:

@@ -175,5 +175,21 @@ CREATE INDEX idx_retrievals_query ON retrievals(query_id);
 CREATE INDEX idx_retrievals_chunk ON retrievals(chunk_id);
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", _INITIAL),)
+# Fitted embedder state (tfidf's vocabulary) by model version: every host that opens the store
+# loads the files of the version its vectors were made with (a folder store keeps them in
+# models/<slug>/). Migration numbers 2 and 3 are taken by changes on their way.
+_MODEL_FILES = """
+CREATE TABLE model_files (
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    path TEXT NOT NULL,
+    content BYTEA NOT NULL,
+    PRIMARY KEY (model_name, model_version, path)
+);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial", _INITIAL),
+    Migration(4, "model_files", _MODEL_FILES),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -615,6 +615,14 @@ class SqliteBackend(Backend):
         """A consistent copy of the database (never a file copy of a live WAL database)."""
         self.conn.execute("VACUUM INTO ?", (str(target),))
 
+    # ------------------------------------------------------------------ fitted embedders
+
+    def save_model_files(self, model_name: str, version: str, files: dict[str, bytes]) -> None:
+        """The store's folder holds them (models/<slug>/): every process reads that."""
+
+    def model_files(self, model_name: str, version: str) -> dict[str, bytes]:
+        return {}
+
     # ------------------------------------------------------------------ copies
 
     def dump_rows(self, table: str) -> Iterator[tuple[Any, ...]]:
