@@ -113,3 +113,14 @@ def pg_cluster() -> Iterator[PgCluster]:
 def pg_database(pg_cluster: PgCluster) -> str:
     """The password DSN of a fresh, empty database in the session's cluster."""
     return pg_cluster.dsn(pg_cluster.new_database())
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a fresh, empty store goes, once per backend: a SQLite folder, then a database in
+    the session's PostgreSQL cluster. Tests of store behaviour take this, so both backends
+    keep the same promises."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store")
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.dsn(cluster.new_database())
