@@ -84,7 +84,10 @@ class RetrieverModel(PythonModel):
     ``embedder`` (the embedding model to search when the bundle holds several), ``mmap``
     (default true: workers share the index files' pages; false reads a private copy each),
     ``trace`` (:data:`mlflow_rag.serving.TRACE_MODES`: ``"ids"``, the default, records no
-    query or chunk text; ``"text"`` does, after ``redact``; ``"off"`` records no trace).
+    query or chunk text; ``"text"`` does, after ``redact``; ``"off"`` records no trace),
+    ``store`` (a live model's ``postgresql://`` store, no password in it: searched instead of
+    a bundle, so new documents are served without a new version; ``query_log`` may name the
+    same store).
     """
 
     def __init__(self) -> None:
@@ -100,8 +103,11 @@ class RetrieverModel(PythonModel):
         self.trace = str(config.get("trace") or "ids")
         if self.trace not in TRACE_MODES:
             raise InvalidInput(f"Unknown trace {self.trace!r}; choose from {list(TRACE_MODES)}")
+        # A live model names its store in a database (credentials from this process's
+        # environment: PGPASSWORD, ~/.pgpass); any other model serves its bundle artifact.
+        store = str(config.get("store") or "") or context.artifacts["bundle"]
         self.retriever = Retriever(
-            context.artifacts["bundle"],
+            store,
             include_pii=bool(config.get("include_pii", False)),
             query_log=os.environ.get(QUERY_LOG_ENV) or config.get("query_log") or None,
             redact=REDACTORS[redact_name],

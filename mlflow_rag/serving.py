@@ -32,6 +32,7 @@ from mlflow_rag.search import (
     redact_emails,
 )
 from mlflow_rag.serving_log import QueryLog
+from mlflow_rag.store.opening import is_database_location
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import Hit
 
@@ -55,7 +56,7 @@ REDACTORS: dict[str, Callable[[str], str] | None] = {"emails": redact_emails, "n
 # MLFLOW_PYFUNC_INFERENCE_CONFIG variable) override only keys the logged config already has.
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "include_pii": False, "query_log": "", "redact": "emails", "embedder": "", "mmap": True,
-    "trace": "ids",
+    "trace": "ids", "store": "",
 }
 # What an MLflow trace of a request records (the tracking store keeps traces beyond the
 # reach of purge-queries, so text is opt-in, like the query log): "off" records no trace,
@@ -312,14 +313,21 @@ class Retriever:
         redact: Callable[[str], str] | None = redact_emails, embedder: str | None = None,
         mmap: bool = True,
     ) -> None:
-        self.bundle = Path(bundle)
-        # immutable: the bundle is never written (and may sit on a read-only file system);
-        # verify_files: a truncated or altered download is refused here, not half-served.
-        # mmap (the default): the index vectors stay in the bundle's file pages, which every
-        # worker of `mlflow models serve --workers N` and every server on the host share
-        # through the page cache, instead of N private copies; nothing writes a bundle, so
-        # a map never has to become a copy. mmap=False reads each index into private memory.
-        self.store = Store.open(self.bundle, immutable=True, verify_files=True, mmap=mmap)
+        self.live = is_database_location(bundle)
+        self.bundle = None if self.live else Path(bundle)
+        if self.live:
+            # A live store in a database: read-only, and every search first catches up with
+            # what writers committed (new documents are served without a new model version).
+            self.store = Store.open(bundle, read_only=True, mmap=mmap)
+        else:
+            # immutable: the bundle is never written (and may sit on a read-only file
+            # system); verify_files: a truncated or altered download is refused here, not
+            # half-served. mmap (the default): the index vectors stay in the bundle's file
+            # pages, which every worker of `mlflow models serve --workers N` and every server
+            # on the host share through the page cache, instead of N private copies; nothing
+            # writes a bundle, so a map never has to become a copy. mmap=False reads each
+            # index into private memory.
+            self.store = Store.open(bundle, immutable=True, verify_files=True, mmap=mmap)
         self.searcher = Searcher(self.store, model=embedder, redact=redact)
         self.include_pii = include_pii
         self.redact = redact

@@ -20,6 +20,8 @@ from mlflow_rag import codec
 from mlflow_rag.errors import InvalidInput
 from mlflow_rag.search import redact_emails
 from mlflow_rag.store.backend import Backend, new_id, utc_now
+from mlflow_rag.store.opening import is_database_location
+from mlflow_rag.store.postgres.connection import redacted
 from mlflow_rag.types import Hit
 
 log = logging.getLogger("mlflow_rag.serving")
@@ -39,7 +41,8 @@ class _Entry:
 
 
 class QueryLog:
-    """Opt-in query log in its own SQLite file (a bundle is never written), written off the
+    """Opt-in query log in its own SQLite file (a bundle is never written) or in a PostgreSQL
+    store (``postgresql://...``: every replica on every host logs into it), written off the
     request path.
 
     Logging must never block or fail a search: a retention ``VACUUM`` (or any other writer)
@@ -66,14 +69,20 @@ class QueryLog:
     def __init__(self, path: str | Path, *, redact: Callable[[str], str] | None = redact_emails,
                  forbidden_root: Path | None = None, max_queued: int = 10_000,
                  close_timeout_s: float = 10.0) -> None:
-        self.path = Path(path).expanduser().resolve()
-        if forbidden_root is not None and self.path.is_relative_to(forbidden_root.resolve()):
-            raise InvalidInput(
-                f"the query log {self.path} is inside the bundle {forbidden_root}; bundles are "
-                "read-only, point the query log at a file elsewhere"
-            )
-        if not self.path.parent.is_dir():
-            raise InvalidInput(f"the directory of the query log {self.path} does not exist")
+        # A PostgreSQL store's query log: every replica writes into the one database.
+        self.database = str(path) if is_database_location(path) else None
+        self.path: Path | str
+        if self.database is not None:
+            self.path = redacted(self.database)  # for messages
+        else:
+            self.path = Path(path).expanduser().resolve()
+            if forbidden_root is not None and self.path.is_relative_to(forbidden_root.resolve()):
+                raise InvalidInput(
+                    f"the query log {self.path} is inside the bundle {forbidden_root}; bundles "
+                    "are read-only, point the query log at a file elsewhere"
+                )
+            if not self.path.parent.is_dir():
+                raise InvalidInput(f"the directory of the query log {self.path} does not exist")
         self.redact = redact
         self.max_queued = max_queued
         self.close_timeout_s = close_timeout_s
@@ -212,10 +221,17 @@ class QueryLog:
 
     def _connection(self) -> Backend:
         if self._backend is None:
-            from mlflow_rag.store.sqlite.backend import SqliteBackend
+            if self.database is not None:
+                from mlflow_rag.store.postgres.backend import PostgresBackend
 
-            self._backend = SqliteBackend.open_query_log(
-                self.path, busy_timeout_ms=self.WRITER_BUSY_TIMEOUT_MS)
+                self._backend = PostgresBackend.open(self.database, create=False,
+                                                     read_only=False)
+            else:
+                from mlflow_rag.store.sqlite.backend import SqliteBackend
+
+                assert isinstance(self.path, Path)
+                self._backend = SqliteBackend.open_query_log(
+                    self.path, busy_timeout_ms=self.WRITER_BUSY_TIMEOUT_MS)
         return self._backend
 
     def _reset_connection(self) -> None:

@@ -180,12 +180,15 @@ def log_model(
     store_path: str | Path, *, name: str = "retriever", register: str | None = None,
     alias: str | None = None, experiment: str | None = None, tracking_uri: str | None = None,
     model_config: Mapping[str, Any] | None = None, run_name: str | None = None,
+    live: bool = False,
 ) -> ModelInfo:
     """Log the store as a pyfunc retriever (models-from-code + the bundle as an artifact).
 
     ``register`` names a registered model to add a version to; ``alias`` (needs ``register``)
     points e.g. ``champion`` at that version, so ``models:/NAME@champion`` serves it.
-    ``model_config``: see :class:`mlflow_rag.pyfunc_model.RetrieverModel`.
+    ``model_config``: see :class:`mlflow_rag.pyfunc_model.RetrieverModel`. ``live`` (a store
+    in a database only): the model names the store (without a password) instead of carrying
+    a bundle, so its servers search what the store holds when they answer.
     """
     if alias and not register:
         raise TrackingError("--alias needs --register NAME (aliases belong to registered models)")
@@ -204,6 +207,12 @@ def log_model(
     with Store.open(store_path, read_only=True) as store, scratch_dir(
         store.root, "log_model"
     ) as tmp:
+        if live and not store.is_database:
+            raise InvalidInput(f"--live needs a store in a database (postgresql://...); "
+                               f"{store.location} is a folder: log its bundle instead")
+        if live:
+            config["store"] = store.location  # never a password: redacted
+        # A live model logs no bundle, but its input example is answered from one.
         bundle = store.snapshot(Path(tmp) / "bundle")
         manifest = read_manifest(bundle)
         models = store.models()
@@ -243,7 +252,7 @@ def log_model(
             info = mlflow.pyfunc.log_model(
                 name=name,
                 python_model=str(Path(__file__).resolve().parent / "pyfunc_model.py"),
-                artifacts={"bundle": str(bundle)},
+                artifacts={} if live else {"bundle": str(bundle)},
                 code_paths=[str(code)],
                 signature=signature,
                 input_example=example,

@@ -31,9 +31,14 @@ from mlflow_rag.cli.group import (
               help=TRACKING_URI_HELP)
 @click.option("--include-pii", is_flag=True,
               help="Serve PII-tagged metadata fields (model_config include_pii).")
+@click.option("--live", is_flag=True,
+              help="A store in PostgreSQL: log a model that searches the live store (named "
+                   "without its password; servers take credentials from PGPASSWORD or "
+                   "~/.pgpass) instead of a bundle, so new documents are served without a new "
+                   "version.")
 def log_model_command(
     store_path: Path | str, name: str, register: str | None, alias: str | None,
-    experiment: str | None, tracking_uri: str | None, include_pii: bool,
+    experiment: str | None, tracking_uri: str | None, include_pii: bool, live: bool,
 ) -> None:
     """Log the store as a pyfunc retriever model (a consistent bundle + models-from-code).
 
@@ -45,6 +50,7 @@ def log_model_command(
     info = log_model(
         store_path, name=name, register=register, alias=alias, experiment=experiment,
         tracking_uri=tracking_uri, model_config={"include_pii": True} if include_pii else None,
+        live=live,
     )
     click.echo(info.model_uri)
     if register:

@@ -428,11 +428,16 @@ class PostgresBackend(Backend):
             "metadata) VALUES (%s, %s, %s, %s, %s, %s)",
             (query_id, text, embedding, model_name, timestamp, metadata),
         )
-        self._many(
+        # A served bundle may name chunks deleted from the live store since: those rows are
+        # skipped (their chunk is gone), the query and its other hits are kept.
+        self.conn.execute(
             "INSERT INTO retrievals(id, query_id, chunk_id, rank, score, metadata) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            [(rid, query_id, chunk_id, rank, score, meta)
-             for rid, chunk_id, rank, score, meta in retrievals],
+            "SELECT r.id, %s, r.chunk_id, r.rank, r.score, r.metadata FROM unnest("
+            "%s::text[], %s::text[], %s::int[], %s::float8[], %s::text[]) "
+            "AS r(id, chunk_id, rank, score, metadata) "
+            "WHERE EXISTS (SELECT 1 FROM chunks c WHERE c.id = r.chunk_id)",
+            (query_id, *([list(column) for column in zip(*retrievals, strict=True)]
+                         if retrievals else [[], [], [], [], []])),
         )
 
     def delete_queries_before(self, timestamp: str) -> int:

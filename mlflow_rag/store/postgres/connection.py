@@ -75,7 +75,9 @@ def parse_location(text: str) -> Location:
 
 
 def redacted(text: str) -> str:
-    """The location with any password (in the URL or a ``password`` parameter) removed."""
+    """The location with any password (in the URL or a ``password`` parameter) removed: safe
+    to print or record, and still a location (libpq then takes the password from
+    ``PGPASSWORD`` or ``~/.pgpass``)."""
     try:
         parts = urlsplit(str(text))
     except ValueError:
@@ -84,9 +86,8 @@ def redacted(text: str) -> str:
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
         netloc = f"{userinfo.split(':', 1)[0]}@{host}"
-    query = urlencode([(k, "***" if k == "password" else v)
-                       for k, v in parse_qsl(parts.query, keep_blank_values=True)],
-                      quote_via=quote, safe="/")
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                       if k != "password"], quote_via=quote, safe="/")
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
