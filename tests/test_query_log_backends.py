@@ -40,3 +40,26 @@ def test_served_queries_are_logged_into_the_store_and_hits_on_deleted_chunks_are
         assert stats.queries == 2
         assert {row[2] for row in rows} == kept_chunks  # chunk_id column; "gone" dropped
 
+
+
+def test_log_model_live_on_a_folder_store_is_one_line_naming_the_store_and_changes_nothing(
+        tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mlflow_rag.cli import main
+    from tests.helpers_mlflow import build_store
+
+    root = build_store(tmp_path / "store")
+
+    def files() -> list[tuple[str, int]]:  # SQLite's -wal/-shm come and go with readers
+        return sorted((p.name, p.stat().st_size) for p in root.rglob("*")
+                      if p.is_file() and not p.name.endswith(("-wal", "-shm")))
+
+    before = files()
+    result = CliRunner().invoke(main, ["log-model", "--store", str(root), "--live",
+                                       "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}"])
+    assert result.exit_code != 0
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1, message
+    assert "--live needs a store in a database" in message and str(root) in message
+    assert files() == before
