@@ -42,9 +42,11 @@ from mlflow_rag.serving import (
     body_strings,
     build_requests,
     coerce_queries,
-    hits_frame,
     normalise_json_body,
+    parse_output,
     private_message,
+    response_frame,
+    row_params,
     scrub,
 )
 from mlflow_rag.types import Hit
@@ -128,21 +130,19 @@ class RetrieverModel(PythonModel):
         queries: list[str] = []
         try:
             queries = coerce_queries(model_input)  # first alone: the scrub below needs them
-            searches = build_requests(queries, params, default_mode=retriever.default_mode)
+            output = parse_output(params)
+            searches = build_requests(queries, params, default_mode=retriever.default_mode,
+                                      overrides=row_params(model_input, len(queries)))
         except RagError as exc:
             raise bad_request(str(exc), queries) from None
         text = self.trace == "text"
         redact = retriever.redact or (lambda query: query)
-        first = searches[0]  # the params (k, mode, filter) are the same for every query
-        request: dict[str, Any] = {"k": first.k, "mode": first.mode}
-        if text:
-            request["filters"] = json.dumps(dict(first.filters), sort_keys=True)
-        else:  # filter values may be as private as queries
-            request["filtered"] = bool(first.filters)
+        # the params of the first query (per-row columns may change them for others)
+        request = _traced_request(searches[0], text=text)
         results: list[list[Hit]] = []
         with self._span("predict", "CHAIN") as root:
-            root.set_inputs({"query": [redact(q) for q in queries], **request} if text
-                            else {"queries": len(queries), **request})
+            root.set_inputs({"query": [redact(q) for q in queries], **request, "output": output}
+                            if text else {"queries": len(queries), **request, "output": output})
             root.set_attributes({"mlflow_rag.store_id": retriever.store.store_id,
                                  "mlflow_rag.bundle_generation": _generation(retriever),
                                  "mlflow_rag.trace": self.trace})
@@ -150,13 +150,14 @@ class RetrieverModel(PythonModel):
                 root.set_attributes({"mlflow_rag.query_log_dropped": retriever.query_log.dropped})
             for index, (query, search) in enumerate(zip(queries, searches, strict=True)):
                 with self._span("retrieve", "RETRIEVER") as span:
-                    span.set_inputs({"query": redact(query), **request} if text
-                                    else {"query_index": index, **request})
+                    asked = _traced_request(search, text=text)
+                    span.set_inputs({"query": redact(query), **asked} if text
+                                    else {"query_index": index, **asked})
                     hits = self._search(retriever, search, queries)
                     span.set_outputs(_documents(hits, text=text))
                 results.append(hits)
-            frame = hits_frame(results)
-            root.set_outputs({"hits": len(frame)})
+            frame = response_frame(results, output=output)
+            root.set_outputs({"hits": sum(len(hits) for hits in results)})
         return frame
 
     def _span(self, name: str, span_type: str) -> Any:
@@ -182,6 +183,17 @@ class RetrieverModel(PythonModel):
                 f"retrieval failed ({type(exc).__name__}); see the server log",
                 error_code=INTERNAL_ERROR,
             ) from None
+
+
+def _traced_request(search: SearchRequest, *, text: bool) -> dict[str, Any]:
+    """What a trace records of a request's params: the filter itself only with ``text``
+    (filter values may be as private as queries), else whether there was one."""
+    request: dict[str, Any] = {"k": search.k, "mode": search.mode}
+    if text:
+        request["filters"] = json.dumps(dict(search.filters), sort_keys=True)
+    else:
+        request["filtered"] = bool(search.filters)
+    return request
 
 
 class _NoSpan:
@@ -302,7 +314,7 @@ def _warm_up_response() -> None:
 
     from mlflow.pyfunc.scoring_server import predictions_to_json
 
-    predictions_to_json(hits_frame([]), io.StringIO())
+    predictions_to_json(response_frame([], output="rows"), io.StringIO())
 
 
 def _error_code(exc: MlflowException) -> int:

@@ -45,8 +45,23 @@ OUTPUT_COLUMNS = (
 )
 # The signature's defaults, which MLflow fills in for params a request leaves out. "mode": ""
 # stands for the bundle's own default (bundle_modes), known only once the model is loaded.
-PARAM_DEFAULTS: dict[str, Any] = {"k": 5, "mode": "", "filters": ""}
+PARAM_DEFAULTS: dict[str, Any] = {"k": 5, "mode": "", "filters": "", "output": "rows"}
 QUERY_COLUMN = "query"
+# Optional columns of the request table that override a param for their row (a Spark
+# DataFrame of queries with a k, mode or filters each); an empty cell takes the param.
+ROW_PARAM_COLUMNS = ("k", "mode", "filters")
+# The shape of the response (the ``output`` param): "rows", the HTTP contract, one row per hit
+# (OUTPUT_COLUMNS); "nested", one row per query with its ranked hits in a list, so that
+# ``mlflow.pyfunc.spark_udf`` gets the one output row per input row a UDF must return.
+OUTPUTS = ("rows", "nested")
+NESTED_COLUMN = "hits"
+# The fields of each hit of a nested response, in order; SPARK_RESULT_TYPE is the matching
+# ``result_type`` of ``spark_udf`` (typed, so Spark SQL can explode and select the hits).
+HIT_FIELDS = OUTPUT_COLUMNS[1:]
+SPARK_RESULT_TYPE = (
+    f"struct<{NESTED_COLUMN}:array<struct<rank:bigint,score:double,chunk_id:string,"
+    "document_id:string,chunk_type:string,text:string,source_path:string,metadata:string>>>"
+)
 MAX_QUERIES_PER_REQUEST = 1_000  # an oversized request is refused, not queued
 MAX_HITS_PER_REQUEST = 100_000  # queries x k: the response table must stay a sane size
 QUERY_LOG_ENV = "MLFLOW_RAG_QUERY_LOG"
@@ -128,7 +143,7 @@ def _merged_params(
 ) -> tuple[Any, str, str | Mapping[str, Any]]:
     """``(k, mode, filters)`` as sent, with the defaults of the signature (a missing or empty
     mode is ``default_mode``)."""
-    merged = {**PARAM_DEFAULTS, **{k: v for k, v in (params or {}).items() if v is not None}}
+    merged = {**PARAM_DEFAULTS, **{k: v for k, v in (params or {}).items() if not _empty(v)}}
     k = merged["k"]
     if isinstance(k, float) and k.is_integer():  # JSON clients may send 5.0
         k = int(k)
@@ -146,6 +161,38 @@ def _parsed(query: str, params: Mapping[str, Any] | None, *, default_mode: str) 
     return SearchRequest.of_checked_query(query, k=k, mode=mode, filters=filters)
 
 
+def _empty(value: Any) -> bool:
+    """None, or a missing cell of a table (NaN, pandas' NA): the param applies."""
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or a mapping: a value, if a wrong one
+        return False
+
+
+def parse_output(params: Mapping[str, Any] | None) -> str:
+    """The ``output`` param: one of :data:`OUTPUTS` (``rows`` when not sent)."""
+    output = (params or {}).get("output") or PARAM_DEFAULTS["output"]
+    if output not in OUTPUTS:
+        raise BadRequest(f"unknown output {output!r}; choose from {list(OUTPUTS)}")
+    return str(output)
+
+
+def row_params(model_input: Any, count: int) -> list[dict[str, Any]]:
+    """Per-row overrides of the params from the optional :data:`ROW_PARAM_COLUMNS` of a
+    request table (``{}`` for a row that overrides nothing, and for other inputs)."""
+    rows: list[dict[str, Any]] = [{} for _ in range(count)]
+    if not isinstance(model_input, pd.DataFrame) or len(model_input) != count:
+        return rows
+    for column in ROW_PARAM_COLUMNS:
+        if column in model_input.columns:
+            for row, value in zip(rows, model_input[column].tolist(), strict=True):
+                if not _empty(value):
+                    row[column] = value.item() if isinstance(value, np.generic) else value
+    return rows
+
+
 def parse_params(
     params: Mapping[str, Any] | None, *, default_mode: str = DEFAULT_MODE
 ) -> tuple[int, str, dict[str, Any]]:
@@ -157,17 +204,32 @@ def parse_params(
 
 def build_requests(
     queries: Sequence[str], params: Mapping[str, Any] | None, *,
-    default_mode: str = DEFAULT_MODE,
+    default_mode: str = DEFAULT_MODE, overrides: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[SearchRequest]:
     """One :class:`SearchRequest` per query (each checked already, by :func:`coerce_queries`):
-    the params are checked and the filter compiled once for them all."""
-    first = _parsed(queries[0], params, default_mode=default_mode)
-    if len(queries) * first.k > MAX_HITS_PER_REQUEST:
+    the params are checked and the filter compiled once for them all, or once per distinct
+    set of ``overrides`` (per-row params, :func:`row_params`)."""
+    overrides = overrides or [{} for _ in queries]
+    parsed: dict[str, SearchRequest] = {}
+    requests = []
+    for index, (query, override) in enumerate(zip(queries, overrides, strict=True)):
+        key = json.dumps(override, sort_keys=True, default=str)
+        if key in parsed:
+            requests.append(parsed[key].with_query(query))
+            continue
+        try:
+            request = _parsed(query, {**(params or {}), **override}, default_mode=default_mode)
+        except RagError as exc:
+            raise BadRequest(f"row {index}: {exc}" if override else str(exc)) from None
+        parsed[key] = request
+        requests.append(request)
+    rows = sum(request.k for request in requests)
+    if rows > MAX_HITS_PER_REQUEST:
         raise BadRequest(
-            f"{len(queries)} queries x k={first.k} could return {len(queries) * first.k} rows; "
+            f"{len(queries)} queries x k={requests[0].k} could return {rows} rows; "
             f"at most {MAX_HITS_PER_REQUEST} per request: send fewer queries or a smaller k"
         )
-    return [first] + [first.with_query(query) for query in queries[1:]]
+    return requests
 
 
 def parse_request(
@@ -175,7 +237,9 @@ def parse_request(
 ) -> list[SearchRequest]:
     """One parsed :class:`SearchRequest` per query of a request, or :class:`BadRequest` (or
     another :class:`RagError`) naming what is wrong."""
-    return build_requests(coerce_queries(model_input), params, default_mode=default_mode)
+    queries = coerce_queries(model_input)
+    return build_requests(queries, params, default_mode=default_mode,
+                          overrides=row_params(model_input, len(queries)))
 
 
 # --------------------------------------------------------------------------- the HTTP body
@@ -302,6 +366,22 @@ def hits_frame(hits_per_query: Sequence[Sequence[Hit]]) -> pd.DataFrame:
     return frame.astype({"query_index": "int64", "rank": "int64", "score": "float64"})
 
 
+def nested_frame(hits_per_query: Sequence[Sequence[Hit]]) -> pd.DataFrame:
+    """The ``output: nested`` response: one row per query, its hits (dicts of
+    :data:`HIT_FIELDS`, in rank order) in the column :data:`NESTED_COLUMN`."""
+    hits = [[dict(zip(HIT_FIELDS, (hit.rank, float(hit.score), hit.chunk_id, hit.document_id,
+                                   hit.chunk_type, hit.text, hit.source_path,
+                                   hit_metadata(hit)), strict=True))
+             for hit in query_hits]
+            for query_hits in hits_per_query]
+    return pd.DataFrame({NESTED_COLUMN: hits})
+
+
+def response_frame(hits_per_query: Sequence[Sequence[Hit]], *, output: str) -> pd.DataFrame:
+    """The response in the shape ``output`` (one of :data:`OUTPUTS`) asks for."""
+    return nested_frame(hits_per_query) if output == "nested" else hits_frame(hits_per_query)
+
+
 # --------------------------------------------------------------------------- retriever
 
 
@@ -394,8 +474,9 @@ class Retriever:
             log.error("query log %s: queueing a query failed: %s", self.query_log.path, exc)
 
     def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        output = parse_output(params)
         requests = parse_request(model_input, params, default_mode=self.default_mode)
-        return hits_frame([self.search_one(request) for request in requests])
+        return response_frame([self.search_one(request) for request in requests], output=output)
 
     def close(self) -> None:
         if self.query_log is not None:

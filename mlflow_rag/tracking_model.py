@@ -221,7 +221,17 @@ def log_model(
         signature = infer_signature(example, output, params=PARAM_DEFAULTS)
         # The query column is declared optional so that a request without it reaches the
         # model, whose error names the problem (MLflow's own error quotes the request data).
-        signature.inputs = Schema([ColSpec(DataType.string, QUERY_COLUMN, required=False)])
+        # The optional k, mode and filters columns override the params row by row (a Spark
+        # DataFrame of queries, each with its own k); MLflow drops columns a schema lacks.
+        # k is a long: MLflow refuses int64 -> double, so a double column would refuse the
+        # common case; an empty cell (pandas floats) is refused by MLflow as a long, so a k
+        # column is whole (docs/serving.md); mode and filters cells may be empty.
+        signature.inputs = Schema([
+            ColSpec(DataType.string, QUERY_COLUMN, required=False),
+            ColSpec(DataType.long, "k", required=False),
+            ColSpec(DataType.string, "mode", required=False),
+            ColSpec(DataType.string, "filters", required=False),
+        ])
         code = _copy_package(Path(tmp) / "code")
         store_name = store.name
         if run_name is None and not os.environ.get("MLFLOW_RUN_ID"):  # not `mlflow run`'s run

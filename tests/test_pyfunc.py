@@ -79,10 +79,12 @@ def test_log_model_registers_a_version_and_points_the_alias_at_it(logged: Logged
 
 def test_signature_declares_the_query_column_and_the_params(champion: Any) -> None:
     meta = champion.metadata
-    assert meta.get_input_schema().input_names() == ["query"]
+    # query, then the optional per-row overrides of the params (ROW_PARAM_COLUMNS)
+    assert meta.get_input_schema().input_names() == ["query", "k", "mode", "filters"]
+    assert meta.get_input_schema().required_input_names() == []
     params = {p.name: p.default for p in meta.get_params_schema().params}
     # mode "": the bundle's own default, decided at load (hybrid here: it has an embedder)
-    assert params == {"k": 5, "mode": "", "filters": ""}
+    assert params == {"k": 5, "mode": "", "filters": "", "output": "rows"}
     assert meta.get_output_schema().input_names() == list(OUTPUT_COLUMNS)
 
 
@@ -196,6 +198,51 @@ def test_dict_and_series_inputs_are_accepted(champion: Any) -> None:
     # accepts lists when called directly.
     direct = champion.unwrap_python_model().predict(None, ["green tea"], {"k": 1})
     assert direct.iloc[0].document_id == "tea"
+
+
+def test_output_nested_is_one_row_per_query_with_the_same_hits_in_rank_order(
+        champion: Any) -> None:
+    asked = queries("green tea brewing", "flat bicycle tyre", "honey bees")
+    rows = champion.predict(asked, params={"k": 3, "mode": "hybrid"})
+    nested = champion.predict(asked, params={"k": 3, "mode": "hybrid", "output": "nested"})
+    assert list(nested.columns) == ["hits"] and len(nested) == 3
+    for index, hits in enumerate(nested["hits"]):
+        expected = rows[rows.query_index == index].drop(columns="query_index")
+        assert [hit["rank"] for hit in hits] == [1, 2, 3]
+        assert pd.DataFrame(list(hits)).to_dict("records") == expected.to_dict("records")
+
+
+def test_per_row_k_mode_and_filters_columns_override_the_params_for_their_row(
+        champion: Any) -> None:
+    asked = pd.DataFrame({
+        "query": ["green tea brewing", "green tea brewing", "honey bees"],
+        "k": [1, 4, 2],
+        "mode": ["bm25", None, "dense"],  # None: the param (or its default) applies
+        "filters": [None, json.dumps({"country": "Germany"}), None],
+    })
+    frame = champion.predict(asked, params={"k": 9, "output": "nested"})
+    first, second, third = (list(hits) for hits in frame["hits"])
+    assert len(first) == 1 and first[0]["document_id"] == "tea"
+    assert len(second) == 4 and {h["document_id"] for h in second} <= {"bikes", "bees"}
+    assert len(third) == 2 and third[0]["document_id"] == "bees"
+    alone = champion.predict(queries("green tea brewing"), params={"k": 1, "mode": "bm25"})
+    assert first[0]["chunk_id"] == alone.iloc[0].chunk_id
+
+
+@pytest.mark.parametrize(("params", "model_input", "fragment"), [
+    pytest.param({"output": "table"}, queries(SECRET), "unknown output 'table'; choose from "
+                 "['rows', 'nested']", id="output"),
+    pytest.param({}, pd.DataFrame({"query": [SECRET, SECRET], "k": [3, 0]}), "row 1: k must be",
+                 id="row-k"),
+    pytest.param({}, pd.DataFrame({"query": [SECRET], "mode": ["semantic"]}),
+                 "row 0: Unknown search mode", id="row-mode"),
+])
+def test_a_bad_output_or_row_param_names_the_value_and_the_row_never_the_query(
+        champion: Any, params: dict[str, Any], model_input: pd.DataFrame, fragment: str) -> None:
+    with pytest.raises(MlflowException) as caught:
+        champion.predict(model_input, params=params)
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert fragment in caught.value.message and SECRET not in caught.value.message
 
 
 BAD_REQUESTS = [
