@@ -147,6 +147,25 @@ def ingest(
     if not documents:  # said at once, without waiting for another writer's lock
         _report_failures(failures, on_failure)
         raise _nothing_to_ingest(failures)
+    return ingest_documents(documents, store, sources=sources, failures=failures,
+                            loaders=loaders, options=options, embedder=embedder,
+                            chunk_tokenizer=chunk_tokenizer, progress=progress,
+                            on_failure=on_failure, say=say, stages=stages, skipped=skipped)
+
+
+def ingest_documents(
+    documents: list[SourceDocument], store: Store, *, sources: Sequence[str],
+    failures: list[LoadFailure] | None = None, loaders: Sequence[str] = (),
+    options: IngestOptions = IngestOptions(), embedder: Embedder | None = None,
+    chunk_tokenizer: TokenSpans | str | None = EMBEDDER_TOKENIZER, progress: bool = True,
+    on_failure: Callable[[LoadFailure], None] | None = None,
+    say: Callable[[str], None] = log.warning, stages: Stages | None = None,
+    skipped: Mapping[str, int] | None = None,
+) -> IngestReport:
+    """:func:`ingest` of documents loaded already (by :func:`load_sources`, or rows of a
+    Spark partition): everything after loading, under the store's writer lock."""
+    failures = failures if failures is not None else []
+    stages = stages or Stages()
 
     def busy(holder: str) -> None:
         say(f"another process ({holder}) is writing to {store.root}; waiting for it to finish")
@@ -161,10 +180,32 @@ def ingest(
             raise _nothing_to_ingest(failures)
         if not options.overwrite:
             check_id_collisions(documents, store)
-        return _ingest_locked(sources, store, documents, failures, loaders, options=options,
-                              embedder=embedder, chunk_tokenizer=chunk_tokenizer,
-                              progress=progress, say=say, stages=stages,
-                              skipped=skipped)
+        return _ingest_locked(sources, store, documents, failures, list(loaders),
+                              options=options, embedder=embedder,
+                              chunk_tokenizer=chunk_tokenizer, progress=progress, say=say,
+                              stages=stages, skipped=skipped or {})
+
+
+def embed_ahead(
+    documents: Sequence[SourceDocument], store: Store, *, model: Embedder,
+    options: IngestOptions = IngestOptions(),
+    chunk_tokenizer: TokenSpans | str | None = EMBEDDER_TOKENIZER,
+) -> dict[str, np.ndarray]:
+    """The vectors an ingest of ``documents`` would embed (chunks to write whose text the
+    store's cache lacks), made without the writer lock: pass them to :func:`ingest_documents`
+    as ``EmbeddedAhead(model, vectors)``. The plan is made again under the lock, so a text
+    another writer embedded meanwhile is only embedded twice, never stored twice."""
+    plan = _chunk_stage(store, documents, [], model, _chunk_token_spans(model, chunk_tokenizer),
+                        options=options, progress=False)
+    texts = {c.text_hash: c.text for _, _, chunks in plan.to_write for c in chunks}
+    if model.name in {info.name for info in store.models()}:
+        for text_hash in store.cached_vectors(model.name, list(texts)):
+            texts.pop(text_hash)
+    if not texts:
+        return {}
+    vectors, _, _ = embed_all(model, list(texts.values()), list(texts), batch_size=options.batch_size,
+                              progress=False)
+    return vectors
 
 
 def _chunk_token_spans(model: Embedder, chunk_tokenizer: TokenSpans | str | None) -> TokenSpans | None:

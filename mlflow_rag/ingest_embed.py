@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from mlflow_rag.embed.base import Embedder
 from mlflow_rag.embed.registry import find_embedder_kind
+from mlflow_rag.store.checks import content_hash
 from mlflow_rag.store.store import Store
+from mlflow_rag.types import EmbedResult
 
 
 def recorded_embedders(
@@ -65,3 +67,30 @@ def embed_all(
     return vectors, tokens, cost
 
 
+
+
+class EmbeddedAhead:
+    """An embedder whose vectors for some texts were made before the ingest took the
+    store's writer lock (a Spark partition embeds its chunks while other partitions write):
+    those are looked up by text, the rest embedded by ``model``. Ingest sees ``model``'s
+    name, version, dimension and window, so nothing it records differs."""
+
+    def __init__(self, model: Embedder, vectors: Mapping[str, np.ndarray]) -> None:
+        self.model = model
+        self.vectors = vectors  # content hash of a text -> its vector
+        self.name, self.version, self.dimension = model.name, model.version, model.dimension
+        if hasattr(model, "max_tokens"):  # chunks are sized the same way as ahead of time
+            self.max_tokens = model.max_tokens
+
+    def embed(self, texts: Sequence[str]) -> EmbedResult:
+        hashes = [content_hash(text) for text in texts]
+        missing = [text for text, h in zip(texts, hashes, strict=True) if h not in self.vectors]
+        fresh = self.model.embed(missing) if missing else EmbedResult(
+            vectors=np.zeros((0, self.dimension), dtype=np.float32))
+        found = dict(zip((content_hash(t) for t in missing), fresh.vectors, strict=True))
+        vectors = np.stack([self.vectors[h] if h in self.vectors else found[h] for h in hashes])
+        return EmbedResult(vectors=vectors.astype(np.float32), tokens=fresh.tokens,
+                           cost_usd=fresh.cost_usd, seconds=fresh.seconds)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.model.embed_query(text)

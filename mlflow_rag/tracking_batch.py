@@ -13,11 +13,10 @@ from typing import Any
 import pandas as pd
 
 from mlflow_rag.batch_queries import batches, hits_table, nested_hits, read_queries
+from mlflow_rag.engines import ENGINES
 from mlflow_rag.errors import InvalidInput
 from mlflow_rag.serving import QUERY_COLUMN, ROW_PARAM_COLUMNS, SPARK_RESULT_TYPE
 from mlflow_rag.tracking_session import TAG_RUN_TYPE, log_params_once, mlflow_session, start_run
-
-ENGINES = ("local", "spark")
 
 
 @dataclass(frozen=True)

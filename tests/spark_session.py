@@ -20,7 +20,7 @@ def spark_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def local_spark(work_dir: Path) -> Iterator[Any]:
+def local_spark(work_dir: Path, *, master: str = "local[2]") -> Iterator[Any]:
     """A ``local[2]`` session whose Python workers run this interpreter; small shuffles, no
     UI, its scratch files under ``work_dir``."""
     try:
@@ -32,7 +32,7 @@ def local_spark(work_dir: Path) -> Iterator[Any]:
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     session = (
-        SparkSession.builder.master("local[2]").appName("mlflow-rag-tests")
+        SparkSession.builder.master(master).appName("mlflow-rag-tests")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.local.dir", str(work_dir))

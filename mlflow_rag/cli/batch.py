@@ -23,7 +23,7 @@ from mlflow_rag.cli.group import (
               help="The retriever model, e.g. models:/NAME@champion or runs:/ID/retriever.")
 @click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The Parquet file of hits to write (one row per hit).")
-@click.option("--engine", type=Names("mlflow_rag.tracking_batch.ENGINES"), default="local",
+@click.option("--engine", type=Names("mlflow_rag.engines.ENGINES"), default="local",
               show_default=True,
               help="local: this process; spark: mlflow.pyfunc.spark_udf on the active Spark "
                    "session (spark-submit's), else a local one.")

@@ -83,6 +83,10 @@ def _report_json(report: Any, run_id: str | None) -> dict[str, Any]:
                    "2x the texts or 10% new terms), always, or never (warn only).")
 @click.option("--no-wait", is_flag=True,
               help="Fail at once if another process is writing to the store (default: wait).")
+@click.option("--engine", type=Names("mlflow_rag.engines.ENGINES"), default="local",
+              show_default=True,
+              help="spark: chunk, embed and write in the partitions of the active Spark session "
+                   "(a store in PostgreSQL only; loading stays on the driver).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report as a JSON object (with the run id) instead of text.")
 @tracking_options
@@ -91,8 +95,8 @@ def ingest(
     chunk_overlap: int | None, embedder: str, id_column: str | None, text_columns: str | None,
     pii_columns: str | None, batch_size: int, index_type: str | None,
     index_params: tuple[str, ...], allow_private_urls: bool, id_prefix: str, overwrite: bool,
-    rechunk: bool, refit: str, no_wait: bool, as_json: bool, experiment: str | None,
-    tracking_uri: str | None, no_track: bool,
+    rechunk: bool, refit: str, no_wait: bool, engine: str, as_json: bool,
+    experiment: str | None, tracking_uri: str | None, no_track: bool,
 ) -> None:
     """Load, chunk, embed and store SOURCES (files, folders, globs, URLs).
 
@@ -121,10 +125,15 @@ def ingest(
     )
     if not no_track:
         check_tracking(tracking_uri)
+    if engine == "spark":
+        from mlflow_rag.ingest_spark import ingest_spark
+
+        spark_report = ingest_spark(list(sources), store=str(store_path), options=options)
     with Store.open(store_path, create=True) as store:
-        report = run_ingest(list(sources), store, options=options,
-                            progress=sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS")),
-                            on_message=lambda message: click.echo(message, err=True))
+        report = spark_report if engine == "spark" else run_ingest(
+            list(sources), store, options=options,
+            progress=sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS")),
+            on_message=lambda message: click.echo(message, err=True))
         if not as_json:  # printed before the run is logged: the bundle copy may take a while
             click.echo(format_report(report))
         run_id = None if no_track else _log_ingest(report, store, experiment, tracking_uri)
