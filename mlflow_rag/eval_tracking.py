@@ -276,7 +276,7 @@ def evaluate(
     register: str | None = None, alias: str = "champion", metric: str | None = None,
     corpus: Sequence[str] = (), track: bool = True, progress: bool = True,
     batch_size: int = 64, run_name: str | None = None,
-    loader_options: Mapping[str, Any] | None = None,
+    loader_options: Mapping[str, Any] | None = None, engine: str = "local",
 ) -> EvaluationRun:
     """Run a variant grid on a dataset and log it: a parent run with one child per variant.
 
@@ -289,8 +289,10 @@ def evaluate(
     temporary directory. ``register`` logs the best variant's store as a model,
     registered under that name with ``alias``. ``track=False`` runs without MLflow.
     ``loader_options`` go to the corpus loaders as ingest's (``text_columns``,
-    ``id_column``...). Corpus items that fail to load and judged ids that are no document of
-    the corpus are in the result (:func:`corpus_problem_lines`) and on the parent run.
+    ``id_column``...). ``engine="spark"`` searches the queries on the active Spark session
+    (the same metrics; latency is the executors'). Corpus items that fail to load and judged
+    ids that are no document of the corpus are in the result (:func:`corpus_problem_lines`)
+    and on the parent run.
     """
     grid = _grid(variants)
     metric = check_metric(metric or grid.metric or DEFAULT_METRIC, ks=grid.ks,
@@ -309,7 +311,7 @@ def evaluate(
     with _work_dir(work_dir) as directory:
         options = HarnessOptions(work_dir=directory, sources=tuple(corpus),
                                  loader_options=dict(loader_options or {}),
-                                 batch_size=batch_size, progress=progress)
+                                 batch_size=batch_size, progress=progress, engine=engine)
         if not track:
             result = run_grid(grid, data, options=options)
             return EvaluationRun(result=result, metric=metric, parent_run_id=None,
@@ -327,6 +329,7 @@ def evaluate(
                     "variants_file": grid.source or "", "grid": grid.name,
                     "variants": str(len(grid.variants)), "metric": metric,
                     "ks": json.dumps(list(grid.ks)), "candidate_factor": str(grid.candidate_factor),
+                    "engine": engine,
                 })
                 mlflow.log_input(dataset_input, context="evaluation")
 

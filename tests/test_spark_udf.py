@@ -105,3 +105,24 @@ def test_batch_search_on_spark_writes_what_the_local_engine_writes(
         tables[engine] = pd.read_parquet(out)
     assert len(tables["local"]) == 12
     pd.testing.assert_frame_equal(tables["spark"], tables["local"])
+
+
+def test_an_evaluation_on_spark_scores_what_the_local_one_scores(
+        spark: Any, shared_data: Path, tmp_path: Path) -> None:
+    """The query side on Spark: the same candidate lists, so every metric but latency is the
+    same number (a flat index: exact, so no build order can change a list)."""
+    from mlflow_rag.eval_tracking import evaluate
+
+    dataset = shared_data / "scifact-train"
+    grid = Path(__file__).resolve().parent.parent / "evaluations" / "small.yaml"
+    metrics = {}
+    for engine in ("local", "spark"):
+        outcome = evaluate(dataset, variants=grid, split="train", max_queries=40, track=False,
+                           progress=False, work_dir=tmp_path / engine, engine=engine)
+        metrics[engine] = {
+            result.variant.label: {name: value for name, value in result.metrics.items()
+                                   if not any(t in name for t in ("latency", "seconds", "_ms"))}
+            for result in outcome.result.results}
+    assert set(metrics["spark"]) == set(metrics["local"]) and len(metrics["local"]) == 3
+    assert metrics["spark"] == metrics["local"]
+    assert all(m["ndcg_at_10"] > 0.3 for m in metrics["local"].values())

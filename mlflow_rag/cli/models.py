@@ -12,6 +12,7 @@ import click
 from mlflow_rag.cli.group import (
     EXPERIMENT_HELP,
     TRACKING_URI_HELP,
+    Names,
     check_tracking,
     echo_json,
     main,
@@ -88,6 +89,10 @@ def log_model_command(
               help="CSV/JSONL corpus: the column holding the ids the questions file names.")
 @click.option("--text-columns", default=None,
               help="CSV/JSONL corpus: comma-separated text columns (as ingest takes them).")
+@click.option("--engine", type=Names("mlflow_rag.engines.ENGINES"), default="local",
+              show_default=True,
+              help="spark: search the queries on the active Spark session (the store shipped "
+                   "as a bundle); the same metrics, latency measured on the executors.")
 @click.option("--no-track", is_flag=True, help="Print the comparison only; log no MLflow runs.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the outcome as a JSON object (variants best first, runs, champion).")
@@ -96,7 +101,7 @@ def evaluate(
     experiment: str | None, split: str | None, max_queries: int | None,
     tracking_uri: str | None, work_dir: Path | None, register: str | None, alias: str,
     metric: str | None, corpus: tuple[str, ...], id_column: str | None,
-    text_columns: str | None, no_track: bool, as_json: bool,
+    text_columns: str | None, engine: str, no_track: bool, as_json: bool,
 ) -> None:
     """Evaluate a grid of retrieval variants on a dataset: one MLflow child run per variant.
 
@@ -116,7 +121,7 @@ def evaluate(
     outcome = run_evaluation(
         dataset, variants=variants, experiment=experiment, split=split, max_queries=max_queries,
         tracking_uri=tracking_uri, work_dir=work_dir, register=register, alias=alias,
-        metric=metric, corpus=corpus, track=not no_track,
+        metric=metric, corpus=corpus, track=not no_track, engine=engine,
         progress=sys.stderr.isatty() or bool(os.environ.get("MLFLOW_RAG_PROGRESS")),
         loader_options={**({"id_column": id_column} if id_column else {}),
                         **({"text_columns": split_commas(text_columns)} if text_columns else {})},

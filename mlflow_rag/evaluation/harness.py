@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from mlflow_rag.embed.base import Embedder, TokenizedEmbedder
-from mlflow_rag.errors import InvalidInput
+from mlflow_rag.engines import ENGINES
+from mlflow_rag.errors import InvalidInput, UnknownChoice
 from mlflow_rag.evaluation.eval_dataset import EvalDataset
 from mlflow_rag.evaluation.harness_plan import (
     APPROX_TOKENIZER,
@@ -89,6 +90,8 @@ def run_grid(
     adapter logs a child run there, so runs appear while the grid is still running).
     """
     started = time.perf_counter()
+    if options.engine not in ENGINES:
+        raise UnknownChoice("engine", options.engine, ENGINES)
     sources = corpus_sources(dataset, options.sources)
     if not dataset.queries:
         raise InvalidInput(f"dataset {dataset.name!r} has no queries")
@@ -137,9 +140,9 @@ def run_grid(
                 if variant.mode in ("bm25", "hybrid"):
                     lexical_key = f"bm25/{depth}"
                     if lexical_key not in lists:
-                        lists[lexical_key] = _collect(
-                            partial(_lexical, store, texts, Retrieval.parse(k=depth)), len(texts), doc_of,
-                            desc=f"bm25 top {depth}", options=options)
+                        lists[lexical_key] = _candidates(
+                            store, texts=texts, request=Retrieval.parse(k=depth), doc_of=doc_of,
+                            desc=f"bm25 top {depth}", options=options, scratch=root)
                     lexical = lists[lexical_key]
                 if variant.embedder is not None:
                     embedder = models[variant.embedder]
@@ -153,11 +156,10 @@ def run_grid(
                     _set_index(store, embedder, variant.index_type)
                     dense_key = f"dense/{embedder.name}/{variant.index_type}/{depth}"
                     if dense_key not in lists:
-                        lists[dense_key] = _collect(
-                            partial(_dense, store, embedder.name, query_vectors[space],
-                                    Retrieval.parse(k=depth)),
-                            len(texts), doc_of, desc=f"{embedder.name} top {depth}",
-                            options=options)
+                        lists[dense_key] = _candidates(
+                            store, vectors=query_vectors[space], model=embedder.name,
+                            request=Retrieval.parse(k=depth), doc_of=doc_of,
+                            desc=f"{embedder.name} top {depth}", options=options, scratch=root)
                     dense = lists[dense_key]
                 metrics, per_query = _run_variant(
                     variant, dataset, query_ids, texts, lexical, dense, doc_of,
@@ -281,6 +283,27 @@ def _lexical(store: Store, texts: Sequence[str], request: Retrieval, q: int) -> 
 
 def _dense(store: Store, model: str, vectors: np.ndarray, request: Retrieval, q: int) -> list[Hit]:
     return store.dense(vectors[q], request, model=model)
+
+
+def _candidates(
+    store: Store, *, texts: Sequence[str] | None = None, vectors: np.ndarray | None = None,
+    model: str | None = None, request: Retrieval, doc_of: dict[str, str], desc: str,
+    options: HarnessOptions, scratch: Path,
+) -> Candidates:
+    """Every query's candidate list: BM25 of ``texts``, or dense of ``vectors`` in
+    ``model``'s index; searched here, or on Spark (``options.engine``)."""
+    if options.engine == "spark":
+        from mlflow_rag.evaluation.harness_spark import collect_on_spark
+
+        return collect_on_spark(store, texts=texts, vectors=vectors, model=model,
+                                request=request, doc_of=doc_of, scratch=scratch / "spark")
+    if vectors is not None:
+        assert model is not None
+        return _collect(partial(_dense, store, model, vectors, request), len(vectors), doc_of,
+                        desc=desc, options=options)
+    assert texts is not None
+    return _collect(partial(_lexical, store, texts, request), len(texts), doc_of, desc=desc,
+                    options=options)
 
 
 def _collect(

@@ -27,6 +27,9 @@ class HarnessOptions:
     batch_size: int = 64  # texts per embed call, for chunks and for queries
     progress: bool = True
     table_depth: int = TABLE_DEPTH
+    # where the queries are searched: "local", or "spark" (the store shipped to the
+    # executors as a bundle; the same candidate lists, so the same metrics but latency)
+    engine: str = "local"
 
 
 @dataclass(frozen=True)
