@@ -119,6 +119,12 @@ def schema_exists(conn: Any, schema: str) -> bool:
     return row is not None
 
 
+def _has_usage(conn: Any, schema: str) -> bool:
+    """Without USAGE the schema's tables are invisible (``current_schema()`` is NULL), so a
+    store would look missing: say so instead."""
+    return bool(conn.execute("SELECT has_schema_privilege(%s, 'USAGE')", (schema,)).fetchone()[0])
+
+
 def is_store_schema(conn: Any) -> bool:
     row = conn.execute(
         "SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'store_meta'"
@@ -156,6 +162,12 @@ def open_schema(conn: Any, location: Location, *, create: bool, read_only: bool)
             raise StoreNotFound(
                 f"no store at {location.shown}; create one with "
                 f"`mlflow-rag ingest SOURCE --store {location.shown}`")
+    elif not _has_usage(conn, location.schema):
+        user = conn.execute("SELECT current_user").fetchone()[0]
+        raise DatabaseUnavailable(
+            f"role {user} has no USAGE on schema {location.schema} of {location.shown}; as its "
+            f"owner: GRANT USAGE ON SCHEMA {location.schema} TO {user}, and SELECT (to read) "
+            "or INSERT, UPDATE, DELETE (to write) on its tables")
     elif schema_version(conn) and not is_store_schema(conn):
         raise ForeignStore(f"schema {location.schema} of {location.shown} is not a mlflow-rag store")
     if read_only:
@@ -214,21 +226,39 @@ def is_storage_failure(exc: BaseException) -> bool:
 
 
 @contextmanager
-def write_lock_transaction(conn: Any, location: Location) -> Iterator[None]:
+def write_lock_transaction(conn: Any, location: Location, *, begun: bool = False) -> Iterator[None]:
     """A transaction holding the store's write lock from its start; commits, or rolls back
-    on any error (nothing of it lands)."""
+    on any error (nothing of it lands). ``begun``: the caller has sent BEGIN already.
+
+    A connection lost before COMMIT means the server rolled the transaction back; one lost
+    during COMMIT leaves its outcome unknown: each is its own one-line error, never retried."""
     import psycopg
 
-    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+    from mlflow_rag.store.postgres import guard
+
     try:
+        if not begun:
+            conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (location.lock_key,))
         yield
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            if guard.is_connection_failure(exc):
+                raise guard.unavailable(exc, location, outcome=guard.AT_COMMIT) from exc
+            raise
     except BaseException as exc:
-        if not conn.closed:
+        if not (conn.closed or conn.broken):
             with contextlib.suppress(psycopg.Error):
                 conn.execute("ROLLBACK")
         if is_storage_failure(exc):
             raise StorageError(f"cannot write {location.shown}: {exc}; the transaction was "
                                "rolled back", filename=location.shown) from exc
+        if guard.is_connection_failure(exc) or guard.is_permission_failure(exc):
+            raise guard.unavailable(exc, location, outcome=guard.IN_WRITE) from exc
         raise
+
+
+def set_read_only(conn: Any) -> None:
+    """Every transaction of this connection read-only (a store opened ``read_only``)."""
+    conn.execute("SET default_transaction_read_only = on")
