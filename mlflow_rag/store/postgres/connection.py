@@ -100,13 +100,39 @@ def connect(location: Location) -> Any:
                                connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.Error as exc:
         raise DatabaseUnavailable(
-            f"cannot connect to {location.shown}: {_first_line(exc, location)}") from None
+            f"cannot connect to {location.shown}: {_connect_reason(exc, location)}") from None
     try:
         conn.execute(f'SET search_path TO "{location.schema}"')
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+# What to fix, by what libpq said (its second line, cut from the one-line message, is a hint
+# of its own for some of these).
+_CONNECT_HINTS = (
+    ("password authentication failed", "check the role's password (PGPASSWORD, ~/.pgpass, "
+     "or the location)"),
+    ("no password supplied", "give the role's password (PGPASSWORD or ~/.pgpass)"),
+    ("does not exist", "fix the location, or create the database or role first"),
+    ("permission denied", "GRANT CONNECT ON DATABASE to the role"),
+    ("no pg_hba.conf entry", "allow this host and role in the server's pg_hba.conf"),
+    ("Connection refused", "is the server running and listening on that host and port?"),
+    ("No such file or directory", "is the server running, with its socket in that folder?"),
+    ("timeout expired", "is the server up and reachable from here (firewall, host name)?"),
+    ("could not translate host name", "fix the host name"),
+)
+
+
+def _connect_reason(exc: BaseException, location: Location) -> str:
+    """libpq's reason without its preamble (``connection failed: connection to server at
+    ... failed:``, which repeats the location), and what to do about it."""
+    reason = _first_line(exc, location).rsplit(" failed: ", 1)[-1].replace("FATAL:  ", "")
+    for marker, hint in _CONNECT_HINTS:
+        if marker in reason:
+            return f"{reason}; {hint}"
+    return reason
 
 
 def _first_line(exc: BaseException, location: Location) -> str:
