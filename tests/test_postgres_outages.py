@@ -231,3 +231,46 @@ def test_a_role_without_usage_on_the_schema_is_told_what_to_grant(pg_cluster: Pg
     assert password not in text and "permission denied" in text, text
     writer.close()
     _kept(pg_cluster, stored)
+
+
+class _AnswerLostAtCommit:
+    """A connection whose next COMMIT reaches the server and commits, but whose answer is
+    lost (the socket closed): the one case where a write's outcome is unknown."""
+
+    def __init__(self, conn: object) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+    def execute(self, sql: object, *args: object, **kwargs: object) -> object:
+        import psycopg
+
+        result = self._conn.execute(sql, *args, **kwargs)  # type: ignore[attr-defined]
+        if sql == "COMMIT":
+            self._conn.close()  # type: ignore[attr-defined]
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return result
+
+
+def test_a_lost_commit_answer_says_the_outcome_is_unknown_and_is_not_retried(
+        pg_cluster: PgCluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MLFLOW_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    database = pg_cluster.new_database()
+    store = Store.open(pg_cluster.dsn(database), create=True)
+    store.ensure_model("m", DIM, embedder=None)
+    store.write([_doc("first")])
+    before = store.stats().generation
+    store.backend._conn = _AnswerLostAtCommit(store.backend._conn)  # type: ignore[attr-defined]
+    with pytest.raises(DatabaseUnavailable) as caught:
+        store.write([_doc("second")])
+    text = _one_line(caught.value, pg_cluster, database)
+    assert "may or may not have landed" in text, text
+    # It had landed, once: the generation moved by one (no silent second attempt), and the
+    # same Store reconnects and its index catches up with the write it saw fail.
+    assert store.stats().generation == before + 1
+    assert store.stats().documents == 2
+    hits = store.dense_search(np.asarray(_doc("second").vectors[0].vectors[0]), k=1)  # type: ignore[attr-defined]
+    assert hits[0].document_id == "second"
+    assert store.verify(sample=4)["models"]["m"]["ids_equal"]
+    store.close()
