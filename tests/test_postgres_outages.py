@@ -274,3 +274,31 @@ def test_a_lost_commit_answer_says_the_outcome_is_unknown_and_is_not_retried(
     assert hits[0].document_id == "second"
     assert store.verify(sample=4)["models"]["m"]["ids_equal"]
     store.close()
+
+
+def test_the_roles_of_docs_scaling_can_do_what_it_says(pg_cluster: PgCluster, stored: str) -> None:
+    """docs/scaling.md, "A store on PostgreSQL": the owner makes the store, a writer role
+    ingests and deletes, a reader role searches; the reader cannot write."""
+    suffix = stored[-6:]
+    writer, reader = f"rag_writer_{suffix}", f"rag_reader_{suffix}"
+    with pg_cluster.connect(stored) as admin:
+        for role in (writer, reader):
+            admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'Role-pw-{suffix}'")
+        admin.execute(f"GRANT USAGE ON SCHEMA mlflow_rag TO {writer}, {reader}")
+        admin.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA mlflow_rag "
+                      f"TO {writer}")
+        admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA mlflow_rag TO {reader}")
+    with Store.open(pg_cluster.dsn(stored, user=writer, password=f"Role-pw-{suffix}")) as store:
+        store.write([_doc("c"), _doc("d")])
+        store.delete("a")  # with its erasure (a VACUUM only the owner may run: skipped)
+    with Store.open(pg_cluster.dsn(stored, user=reader, password=f"Role-pw-{suffix}"),
+                    read_only=True) as store:
+        assert sorted(d.id for d in store.find_documents(None)) == ["b", "c", "d"]
+        hits = store.dense_search(np.asarray(_doc("c").vectors[0].vectors[0]), k=1)  # type: ignore[attr-defined]
+        assert hits[0].document_id == "c"
+        assert store.lexical_search("second part", k=3)
+    denied = Store.open(pg_cluster.dsn(stored, user=reader, password=f"Role-pw-{suffix}"))
+    with pytest.raises(DatabaseUnavailable) as caught:
+        denied.write([_doc("e")])
+    denied.close()
+    assert "permission denied" in str(caught.value) and "\n" not in str(caught.value)
