@@ -261,7 +261,8 @@ def test_a_lost_commit_answer_says_the_outcome_is_unknown_and_is_not_retried(
     store.ensure_model("m", DIM, embedder=None)
     store.write([_doc("first")])
     before = store.stats().generation
-    store.backend._conn = _AnswerLostAtCommit(store.backend._conn)  # type: ignore[attr-defined]
+    session = store.backend._session  # type: ignore[attr-defined]
+    session._conn = _AnswerLostAtCommit(session._conn)
     with pytest.raises(DatabaseUnavailable) as caught:
         store.write([_doc("second")])
     text = _one_line(caught.value, pg_cluster, database)

@@ -27,6 +27,7 @@ from mlflow_rag.store.filters import Condition, Plan
 from mlflow_rag.store.postgres import connection, guard, terms
 from mlflow_rag.store.postgres.connection import Location, is_storage_failure
 from mlflow_rag.store.postgres.filter_sql import condition_ids_sql, field_columns, render_sql
+from mlflow_rag.store.postgres.session import Session
 
 HIT_COLUMNS = (
     "c.id, c.document_id, c.chunk_type, c.chunk_index, c.text, c.metadata, "
@@ -43,11 +44,8 @@ class PostgresBackend(Backend):
     """A store's database in one schema of a PostgreSQL database."""
 
     def __init__(self, conn: Any, location: Location, *, read_only: bool = False) -> None:
-        self._conn: Any = conn
+        self._session = Session(conn, location, read_only=read_only)
         self._location = location
-        self._read_only = read_only
-        self._depth = 0  # open transactions of ours: never reconnect inside one
-        self._writing = 0
 
     @classmethod
     def open(cls, location: str | Location, *, create: bool, read_only: bool) -> PostgresBackend:
@@ -69,38 +67,10 @@ class PostgresBackend(Backend):
 
     @property
     def conn(self) -> Any:
-        """The connection; a new one if the server dropped it while no transaction of ours
-        was open (inside one, the transaction is lost: that is the caller's error)."""
-        if self._conn is None:
-            raise RagError("the store is closed")
-        if self._conn.broken or self._conn.closed:
-            if self._depth:
-                raise DatabaseUnavailable(f"lost the connection to {self.location}; "
-                                          f"{self._outcome()}")
-            self._reconnect()
-        return self._conn
-
-    def _reconnect(self) -> None:
-        with contextlib.suppress(Exception):
-            self._conn.close()
-        conn = connection.connect(self._location)
-        if self._read_only:
-            connection.set_read_only(conn)
-        self._conn = conn
-
-    def _begin(self, statement: str) -> None:
-        """Start a transaction; a connection found dead on the way (the server restarted
-        since our last call) is replaced once: nothing of the transaction had run yet."""
-        try:
-            self.conn.execute(statement)
-        except Exception as exc:
-            if self._depth or not guard.is_connection_failure(exc):
-                raise
-            self._reconnect()
-            self._conn.execute(statement)
+        return self._session.conn
 
     def _outcome(self) -> str:
-        return guard.IN_WRITE if self._writing else guard.OUTSIDE
+        return self._session.outcome()
 
     @property
     def location(self) -> str:
@@ -111,10 +81,7 @@ class PostgresBackend(Backend):
         return self._location
 
     def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+        self._session.close()
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return list(self.conn.execute(sql, params).fetchall())
@@ -125,20 +92,8 @@ class PostgresBackend(Backend):
 
     # ------------------------------------------------------------------ transactions
 
-    @contextmanager
-    def immediate_transaction(self) -> Iterator[None]:
-        if self._writing:  # nested: the outer transaction holds the lock
-            yield
-            return
-        self._begin("BEGIN ISOLATION LEVEL READ COMMITTED")
-        self._depth += 1
-        self._writing += 1
-        try:
-            with connection.write_lock_transaction(self._conn, self._location, begun=True):
-                yield
-        finally:
-            self._depth -= 1
-            self._writing -= 1
+    def immediate_transaction(self) -> contextlib.AbstractContextManager[None]:
+        return self._session.write_transaction()
 
     @contextmanager
     def write_transaction(self) -> Iterator[int]:
@@ -147,31 +102,8 @@ class PostgresBackend(Backend):
             self.set_meta("generation", str(generation))
             yield generation
 
-    @contextmanager
-    def read_transaction(self) -> Iterator[None]:
-        import psycopg
-
-        if self._depth or self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            yield  # nested: the outer transaction already pins the snapshot
-            return
-        self._begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        self._depth += 1
-        try:
-            yield
-        except BaseException:
-            if not (self._conn.broken or self._conn.closed):
-                with contextlib.suppress(psycopg.Error):
-                    self._conn.execute("ROLLBACK")
-            raise
-        else:
-            try:
-                self._conn.execute("COMMIT")
-            except psycopg.Error as exc:
-                if not guard.is_connection_failure(exc):
-                    raise
-                raise guard.unavailable(exc, self._location, outcome=guard.OUTSIDE) from exc
-        finally:
-            self._depth -= 1
+    def read_transaction(self) -> contextlib.AbstractContextManager[None]:
+        return self._session.read_transaction()
 
     def get_meta(self, key: str) -> str:
         row = self.conn.execute("SELECT value FROM store_meta WHERE key = %s", (key,)).fetchone()
