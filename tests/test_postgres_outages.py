@@ -43,13 +43,24 @@ def _one_line(exc: BaseException, cluster: PgCluster, database: str) -> str:
     return text
 
 
-@pytest.fixture
-def own_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[PgCluster]:
-    """A cluster this test may stop and start (the session's is shared)."""
+@pytest.fixture(scope="module")
+def stoppable_cluster() -> Iterator[PgCluster]:
+    """A cluster the tests of this module may stop and start (the session's is shared)."""
     pytest.importorskip("psycopg")
-    monkeypatch.setenv("MLFLOW_RAG_CACHE_DIR", str(tmp_path / "cache"))
     with running_cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture
+def own_cluster(stoppable_cluster: PgCluster, monkeypatch: pytest.MonkeyPatch,
+                tmp_path: Path) -> Iterator[PgCluster]:
+    """The stoppable cluster, running at the start of each test and again after it."""
+    monkeypatch.setenv("MLFLOW_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    if not stoppable_cluster.running():
+        stoppable_cluster.start()
+    yield stoppable_cluster
+    if not stoppable_cluster.running():
+        stoppable_cluster.start()
 
 
 def test_a_stopped_server_gives_one_line_and_the_same_store_recovers(own_cluster: PgCluster) -> None:
