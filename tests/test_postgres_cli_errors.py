@@ -110,3 +110,59 @@ def test_cli_failures_against_postgresql_are_one_line(own_cluster: PgCluster, co
     found = cli(*commands(store, corpus)["search"], "--json", cwd=tmp_path)
     assert found.returncode == 0 and json.loads(found.stdout)
     print("\n" + "\n".join(seen))
+
+
+def test_the_server_stopped_during_an_ingest_is_one_line_and_a_rerun_completes_it(
+        own_cluster: PgCluster, tmp_path: Path) -> None:
+    """`pg_ctl stop -m immediate` once the first of an ingest's transactions (256 documents
+    each) is committed: exit 1, one line, no traceback; after the restart the store holds
+    whole documents only (every committed batch, none in part), and the same command again
+    writes the rest."""
+    import time
+
+    cluster = own_cluster
+    database = cluster.new_database()
+    store = cluster.dsn(database)
+    rows = 3000
+    source = tmp_path / "notes.csv"
+    source.write_text("id,text\n" + "".join(
+        f"n{i},Note {i} on legacy modernization topic {i % 37} and recipe {i % 11}\n"
+        for i in range(rows)), encoding="utf-8")
+    args = ("ingest", str(source), "--store", store, "--embedder", "tfidf", "--no-track",
+            "--id-column", "id", "--text-columns", "text")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PYTHONPATH=str(REPO), MLFLOW_RAG_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow_rag.cli", *args], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def committed() -> int:
+        try:
+            with cluster.connect(database) as conn:
+                return int(conn.execute("SELECT count(*) FROM mlflow_rag.documents").fetchone()[0])
+        except Exception:  # the schema is not made yet
+            return 0
+
+    deadline = time.monotonic() + 240
+    while committed() == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    cluster.stop("immediate")
+    out, err = proc.communicate(timeout=120)
+    cluster.start()
+    before = committed()
+    assert 0 < before < rows, f"the stop missed the ingest: {before} documents committed"
+    assert proc.returncode == 1, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"127.0.0.1:{cluster.port}/{database}" in err and cluster.password not in out + err
+    with cluster.connect(database) as conn:
+        conn.execute("SET search_path TO mlflow_rag")
+        half = conn.execute(
+            "SELECT count(*) FROM documents d WHERE NOT EXISTS (SELECT 1 FROM chunks c "
+            "WHERE c.document_id = d.id) OR EXISTS (SELECT 1 FROM chunks c WHERE "
+            "c.document_id = d.id AND NOT EXISTS (SELECT 1 FROM embeddings e "
+            "WHERE e.chunk_id = c.id))").fetchone()[0]
+    assert half == 0 and before % 256 == 0, (half, before)
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    stats = json.loads(cli("stats", "--store", store, "--json", cwd=tmp_path).stdout)
+    assert stats["documents"] == rows and stats["embeddings"] == stats["chunks"]
+    print(f"\nstopped after {before} of {rows} documents: {err.strip()}")

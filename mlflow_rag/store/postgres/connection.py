@@ -15,6 +15,7 @@ fresh snapshot). Readers take a REPEATABLE READ snapshot and never wait.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,6 +95,14 @@ def connect(location: Location) -> Any:
     """An autocommit connection whose search path is the store's schema (created if
     missing: creating a store makes its schema)."""
     import psycopg
+
+    # A connection lost inside executemany makes psycopg log "error ignored terminating
+    # <Pipeline [BAD]>" besides raising; the raise reaches the caller as one line, and the log
+    # record, with no handler configured, would print a second through logging's last resort.
+    # A NullHandler stops only that: configured handlers still get it.
+    psycopg_log = logging.getLogger("psycopg")
+    if not psycopg_log.handlers:
+        psycopg_log.addHandler(logging.NullHandler())
 
     try:
         conn = psycopg.connect(location.conninfo, autocommit=True,
