@@ -314,3 +314,21 @@ def test_the_roles_of_docs_scaling_can_do_what_it_says(pg_cluster: PgCluster, st
         denied.write([_doc("e")])
     denied.close()
     assert "permission denied" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_location_without_host_or_credentials_takes_them_from_the_environment(
+        pg_cluster: PgCluster, stored: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``postgresql:///DB`` (docs/scaling.md: credentials in the environment) with PGHOST,
+    PGPORT, PGUSER and PGPASSWORD (before: the location became ``postgresql:/DB``, refused)."""
+    for key, value in (("PGHOST", "127.0.0.1"), ("PGPORT", str(pg_cluster.port)),
+                       ("PGUSER", pg_cluster.user), ("PGPASSWORD", pg_cluster.password)):
+        monkeypatch.setenv(key, value)
+    with Store.open(f"postgresql:///{stored}", read_only=True) as store:
+        assert store.stats().documents == 2
+        assert store.location == f"postgresql:///{stored}"
+    monkeypatch.setenv("PGPASSWORD", "Env-Secret-wrong")
+    with pytest.raises(DatabaseUnavailable) as caught:
+        Store.open(f"postgresql:///{stored}")
+    text = str(caught.value)
+    assert "\n" not in text and "Env-Secret-wrong" not in text and pg_cluster.password not in text
+    assert f'"127.0.0.1", port {pg_cluster.port}' in text and "password" in text, text

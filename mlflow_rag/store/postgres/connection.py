@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from mlflow_rag.errors import DatabaseUnavailable, ForeignStore, RagError, SchemaTooNew, StoreNotFound
 from mlflow_rag.store.backend import STORE_FORMAT, new_id, utc_now
@@ -71,7 +71,7 @@ def parse_location(text: str) -> Location:
     if not _SCHEMA_NAME.fullmatch(schema):
         raise RagError(f"bad schema name {schema!r} in {redacted(text)}: use 1-63 lowercase "
                        "letters, digits and underscores, not starting with a digit")
-    conninfo = urlunsplit(parts._replace(query=urlencode(kept)))
+    conninfo = _unsplit(parts._replace(query=urlencode(kept)))
     return Location(conninfo=conninfo, schema=schema, shown=redacted(text))
 
 
@@ -88,7 +88,17 @@ def redacted(text: str) -> str:
     query = urlencode([(k, "***" if k == "password" else v)
                        for k, v in parse_qsl(parts.query, keep_blank_values=True)],
                       quote_via=quote, safe="/")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    return _unsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _unsplit(parts: SplitResult) -> str:
+    """``urlunsplit``, keeping the ``//`` of a location without host or user
+    (``postgresql:///rag``: the host from PGHOST or the default socket), which it drops for
+    schemes it does not know, leaving ``postgresql:/rag``, which libpq refuses."""
+    text = urlunsplit(parts)
+    if not parts.netloc and not text.startswith(f"{parts.scheme}://"):
+        text = f"{parts.scheme}://" + text[len(parts.scheme) + 1:]
+    return text
 
 
 def connect(location: Location) -> Any:
@@ -136,8 +146,12 @@ _CONNECT_HINTS = (
 
 def _connect_reason(exc: BaseException, location: Location) -> str:
     """libpq's reason without its preamble (``connection failed: connection to server at
-    ... failed:``, which repeats the location), and what to do about it."""
-    reason = _first_line(exc, location).rsplit(" failed: ", 1)[-1].replace("FATAL:  ", "")
+    ... failed:``, which repeats the location; kept when the host came from PGHOST or the
+    default socket), and what to do about it."""
+    reason = _first_line(exc, location)
+    if urlsplit(location.conninfo).hostname:  # else libpq's preamble names where it went
+        reason = reason.rsplit(" failed: ", 1)[-1]
+    reason = reason.replace("FATAL:  ", "")
     for marker, hint in _CONNECT_HINTS:
         if marker in reason:
             return f"{reason}; {hint}"
