@@ -141,6 +141,9 @@ _CONNECT_HINTS = (
     ("No such file or directory", "is the server running, with its socket in that folder?"),
     ("timeout expired", "is the server up and reachable from here (firewall, host name)?"),
     ("could not translate host name", "fix the host name"),
+    ("shutting down", "the server is stopping; run this again once it is back"),
+    ("starting up", "the server is starting; run this again in a moment"),
+    ("in recovery mode", "the server is recovering; run this again in a moment"),
 )
 
 
