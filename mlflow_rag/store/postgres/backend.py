@@ -24,9 +24,10 @@ from mlflow_rag.errors import DatabaseUnavailable, ForeignStore, RagError
 from mlflow_rag.store.backend import TABLES, Backend, utc_now
 from mlflow_rag.store.files import StorageError
 from mlflow_rag.store.filters import Condition, Plan
-from mlflow_rag.store.postgres import connection, terms
+from mlflow_rag.store.postgres import connection, guard, terms
 from mlflow_rag.store.postgres.connection import Location, is_storage_failure
 from mlflow_rag.store.postgres.filter_sql import condition_ids_sql, field_columns, render_sql
+from mlflow_rag.store.postgres.session import Session
 
 HIT_COLUMNS = (
     "c.id, c.document_id, c.chunk_type, c.chunk_index, c.text, c.metadata, "
@@ -38,11 +39,12 @@ CHUNK_COLUMNS = (
 BM25_K1, BM25_B = 1.2, 0.75
 
 
+@guard.guarded
 class PostgresBackend(Backend):
     """A store's database in one schema of a PostgreSQL database."""
 
-    def __init__(self, conn: Any, location: Location) -> None:
-        self._conn: Any = conn
+    def __init__(self, conn: Any, location: Location, *, read_only: bool = False) -> None:
+        self._session = Session(conn, location, read_only=read_only)
         self._location = location
 
     @classmethod
@@ -53,7 +55,7 @@ class PostgresBackend(Backend):
         try:
             connection.open_schema(conn, where, create=create, read_only=read_only)
             if read_only:
-                conn.execute("SET default_transaction_read_only = on")
+                connection.set_read_only(conn)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, Exception) and not isinstance(exc, RagError):
@@ -61,13 +63,14 @@ class PostgresBackend(Backend):
                 if named is not None:
                     raise named from exc
             raise
-        return cls(conn, where)
+        return cls(conn, where, read_only=read_only)
 
     @property
     def conn(self) -> Any:
-        if self._conn is None:
-            raise RagError("the store is closed")
-        return self._conn
+        return self._session.conn
+
+    def _outcome(self) -> str:
+        return self._session.outcome()
 
     @property
     def location(self) -> str:
@@ -78,10 +81,7 @@ class PostgresBackend(Backend):
         return self._location
 
     def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+        self._session.close()
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return list(self.conn.execute(sql, params).fetchall())
@@ -93,7 +93,7 @@ class PostgresBackend(Backend):
     # ------------------------------------------------------------------ transactions
 
     def immediate_transaction(self) -> contextlib.AbstractContextManager[None]:
-        return connection.write_lock_transaction(self.conn, self._location)
+        return self._session.write_transaction()
 
     @contextmanager
     def write_transaction(self) -> Iterator[int]:
@@ -102,19 +102,8 @@ class PostgresBackend(Backend):
             self.set_meta("generation", str(generation))
             yield generation
 
-    @contextmanager
-    def read_transaction(self) -> Iterator[None]:
-        import psycopg
-
-        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            yield  # nested: the outer transaction already pins the snapshot
-            return
-        self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        try:
-            yield
-        finally:
-            if not self.conn.closed:
-                self.conn.execute("COMMIT")
+    def read_transaction(self) -> contextlib.AbstractContextManager[None]:
+        return self._session.read_transaction()
 
     def get_meta(self, key: str) -> str:
         row = self.conn.execute("SELECT value FROM store_meta WHERE key = %s", (key,)).fetchone()

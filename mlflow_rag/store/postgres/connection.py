@@ -15,12 +15,13 @@ fresh snapshot). Readers take a REPEATABLE READ snapshot and never wait.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from mlflow_rag.errors import DatabaseUnavailable, ForeignStore, RagError, SchemaTooNew, StoreNotFound
 from mlflow_rag.store.backend import STORE_FORMAT, new_id, utc_now
@@ -70,7 +71,7 @@ def parse_location(text: str) -> Location:
     if not _SCHEMA_NAME.fullmatch(schema):
         raise RagError(f"bad schema name {schema!r} in {redacted(text)}: use 1-63 lowercase "
                        "letters, digits and underscores, not starting with a digit")
-    conninfo = urlunsplit(parts._replace(query=urlencode(kept)))
+    conninfo = _unsplit(parts._replace(query=urlencode(kept)))
     return Location(conninfo=conninfo, schema=schema, shown=redacted(text))
 
 
@@ -88,7 +89,17 @@ def redacted(text: str) -> str:
         netloc = f"{userinfo.split(':', 1)[0]}@{host}"
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
                        if k != "password"], quote_via=quote, safe="/")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    return _unsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _unsplit(parts: SplitResult) -> str:
+    """``urlunsplit``, keeping the ``//`` of a location without host or user
+    (``postgresql:///rag``: the host from PGHOST or the default socket), which it drops for
+    schemes it does not know, leaving ``postgresql:/rag``, which libpq refuses."""
+    text = urlunsplit(parts)
+    if not parts.netloc and not text.startswith(f"{parts.scheme}://"):
+        text = f"{parts.scheme}://" + text[len(parts.scheme) + 1:]
+    return text
 
 
 def connect(location: Location) -> Any:
@@ -96,18 +107,59 @@ def connect(location: Location) -> Any:
     missing: creating a store makes its schema)."""
     import psycopg
 
+    # A connection lost inside executemany makes psycopg log "error ignored terminating
+    # <Pipeline [BAD]>" besides raising; the raise reaches the caller as one line, and the log
+    # record, with no handler configured, would print a second through logging's last resort.
+    # A NullHandler stops only that: configured handlers still get it.
+    psycopg_log = logging.getLogger("psycopg")
+    if not psycopg_log.handlers:
+        psycopg_log.addHandler(logging.NullHandler())
+
     try:
         conn = psycopg.connect(location.conninfo, autocommit=True,
                                connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.Error as exc:
         raise DatabaseUnavailable(
-            f"cannot connect to {location.shown}: {_first_line(exc, location)}") from None
+            f"cannot connect to {location.shown}: {_connect_reason(exc, location)}") from None
     try:
         conn.execute(f'SET search_path TO "{location.schema}"')
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+# What to fix, by what libpq said (its second line, cut from the one-line message, is a hint
+# of its own for some of these).
+_CONNECT_HINTS = (
+    ("password authentication failed", "check the role's password (PGPASSWORD, ~/.pgpass, "
+     "or the location)"),
+    ("no password supplied", "give the role's password (PGPASSWORD or ~/.pgpass)"),
+    ("does not exist", "fix the location, or create the database or role first"),
+    ("permission denied", "GRANT CONNECT ON DATABASE to the role"),
+    ("no pg_hba.conf entry", "allow this host and role in the server's pg_hba.conf"),
+    ("Connection refused", "is the server running and listening on that host and port?"),
+    ("No such file or directory", "is the server running, with its socket in that folder?"),
+    ("timeout expired", "is the server up and reachable from here (firewall, host name)?"),
+    ("could not translate host name", "fix the host name"),
+    ("shutting down", "the server is stopping; run this again once it is back"),
+    ("starting up", "the server is starting; run this again in a moment"),
+    ("in recovery mode", "the server is recovering; run this again in a moment"),
+)
+
+
+def _connect_reason(exc: BaseException, location: Location) -> str:
+    """libpq's reason without its preamble (``connection failed: connection to server at
+    ... failed:``, which repeats the location; kept when the host came from PGHOST or the
+    default socket), and what to do about it."""
+    reason = _first_line(exc, location)
+    if urlsplit(location.conninfo).hostname:  # else libpq's preamble names where it went
+        reason = reason.rsplit(" failed: ", 1)[-1]
+    reason = reason.replace("FATAL:  ", "")
+    for marker, hint in _CONNECT_HINTS:
+        if marker in reason:
+            return f"{reason}; {hint}"
+    return reason
 
 
 def _first_line(exc: BaseException, location: Location) -> str:
@@ -118,6 +170,12 @@ def _first_line(exc: BaseException, location: Location) -> str:
 def schema_exists(conn: Any, schema: str) -> bool:
     row = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
     return row is not None
+
+
+def _has_usage(conn: Any, schema: str) -> bool:
+    """Without USAGE the schema's tables are invisible (``current_schema()`` is NULL), so a
+    store would look missing: say so instead."""
+    return bool(conn.execute("SELECT has_schema_privilege(%s, 'USAGE')", (schema,)).fetchone()[0])
 
 
 def is_store_schema(conn: Any) -> bool:
@@ -157,6 +215,12 @@ def open_schema(conn: Any, location: Location, *, create: bool, read_only: bool)
             raise StoreNotFound(
                 f"no store at {location.shown}; create one with "
                 f"`mlflow-rag ingest SOURCE --store {location.shown}`")
+    elif not _has_usage(conn, location.schema):
+        user = conn.execute("SELECT current_user").fetchone()[0]
+        raise DatabaseUnavailable(
+            f"role {user} has no USAGE on schema {location.schema} of {location.shown}; as its "
+            f"owner: GRANT USAGE ON SCHEMA {location.schema} TO {user}, and SELECT (to read) "
+            "or INSERT, UPDATE, DELETE (to write) on its tables")
     elif schema_version(conn) and not is_store_schema(conn):
         raise ForeignStore(f"schema {location.schema} of {location.shown} is not a mlflow-rag store")
     if read_only:
@@ -215,21 +279,39 @@ def is_storage_failure(exc: BaseException) -> bool:
 
 
 @contextmanager
-def write_lock_transaction(conn: Any, location: Location) -> Iterator[None]:
+def write_lock_transaction(conn: Any, location: Location, *, begun: bool = False) -> Iterator[None]:
     """A transaction holding the store's write lock from its start; commits, or rolls back
-    on any error (nothing of it lands)."""
+    on any error (nothing of it lands). ``begun``: the caller has sent BEGIN already.
+
+    A connection lost before COMMIT means the server rolled the transaction back; one lost
+    during COMMIT leaves its outcome unknown: each is its own one-line error, never retried."""
     import psycopg
 
-    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+    from mlflow_rag.store.postgres import guard
+
     try:
+        if not begun:
+            conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (location.lock_key,))
         yield
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            if guard.is_connection_failure(exc):
+                raise guard.unavailable(exc, location, outcome=guard.AT_COMMIT) from exc
+            raise
     except BaseException as exc:
-        if not conn.closed:
+        if not (conn.closed or conn.broken):
             with contextlib.suppress(psycopg.Error):
                 conn.execute("ROLLBACK")
         if is_storage_failure(exc):
             raise StorageError(f"cannot write {location.shown}: {exc}; the transaction was "
                                "rolled back", filename=location.shown) from exc
+        if guard.is_connection_failure(exc) or guard.is_permission_failure(exc):
+            raise guard.unavailable(exc, location, outcome=guard.IN_WRITE) from exc
         raise
+
+
+def set_read_only(conn: Any) -> None:
+    """Every transaction of this connection read-only (a store opened ``read_only``)."""
+    conn.execute("SET default_transaction_read_only = on")
