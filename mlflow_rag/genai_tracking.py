@@ -87,12 +87,15 @@ def _default_prompt(mlflow: Any) -> PromptTemplate:
 
 def _known(mlflow: Any, name: str) -> str:
     """What the registry holds of a prompt name, for the error message."""
+    client = mlflow.MlflowClient()
     try:
-        versions = mlflow.MlflowClient().search_prompt_versions(name).prompt_versions
-    except Exception:  # the name itself is unknown: say so
+        numbers = sorted(int(v.version) for v in client.search_prompt_versions(name))
+    except Exception:  # the registry refuses an unknown name: say so
+        numbers = []
+    if not numbers:
         return f"prompt {name!r} does not exist"
-    numbers = sorted(int(v.version) for v in versions)
-    aliases = sorted({a for v in versions for a in (getattr(v, "aliases", None) or [])})
+    # Versions as searched carry no aliases; one read per version does (prompts have few).
+    aliases = sorted({a for n in numbers for a in client.get_prompt_version(name, n).aliases})
     return f"it has versions {numbers} and aliases {aliases}"
 
 
