@@ -10,8 +10,8 @@ import pytest
 
 from mlflow_rag.answer import answer, feedback
 from mlflow_rag.errors import PromptError
-from mlflow_rag.generate.prompting import DEFAULT_PROMPT_NAME, DEFAULT_TEMPLATE
 from mlflow_rag.genai_tracking import parse_prompt_uri
+from mlflow_rag.generate.prompting import DEFAULT_PROMPT_NAME, DEFAULT_TEMPLATE
 from mlflow_rag.store.store import Store
 from tests import helpers_mlflow
 from tests.chat_server import ChatServer
