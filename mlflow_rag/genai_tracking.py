@@ -26,13 +26,15 @@ from mlflow_rag.generate.prompting import (
     PromptTemplate,
     check_template,
 )
-from mlflow_rag.tracking_session import mlflow_session, quiet_mlflow
+from mlflow_rag.tracking_session import mlflow_session, quiet_mlflow, resolve_tracking_uri
 
 PROMPT_FORMS = ("prompts:/NAME@ALIAS", "prompts:/NAME/VERSION", "NAME@ALIAS", "NAME/VERSION")
 _URI = re.compile(r"^(?:prompts:/)?(?P<name>[A-Za-z0-9][\w.\-]*)(?:@(?P<alias>[\w\-]+)|/(?P<version>\d+))$")
 TAG_OUTPUT_ID = "mlflow_rag.output_id"
 TAG_QUERY_ID = "mlflow_rag.query_id"
 TAG_STORE_ID = "mlflow_rag.store_id"
+# The destination MLflow was last pointed at by a tracer of this process.
+_CONFIGURED: dict[str, tuple[str, str | None]] = {}
 # The kinds of span an answer's trace holds, as MLflow's SpanType names them.
 SPAN_TYPES = {"chain": "CHAIN", "retriever": "RETRIEVER", "llm": "LLM", "embedding": "EMBEDDING"}
 
@@ -147,12 +149,19 @@ class MlflowTracer:
 
     @contextmanager
     def session(self) -> Iterator[None]:
-        quiet_mlflow()
-        with mlflow_session(self.tracking_uri, self.experiment):
-            yield
+        """Point MLflow at the tracking store once per process and destination: setting the
+        experiment again resets MLflow's trace exporter (about a second a call). Traces are
+        exported in the background; :func:`flush_traces` waits for them."""
         import mlflow
 
-        mlflow.flush_trace_async_logging()
+        quiet_mlflow()
+        key = (resolve_tracking_uri(self.tracking_uri), self.experiment)
+        if _CONFIGURED.get("key") == key and mlflow.get_tracking_uri() == key[0]:
+            yield
+            return
+        with mlflow_session(self.tracking_uri, self.experiment):
+            _CONFIGURED["key"] = key
+            yield
 
     @contextmanager
     def span(self, name: str, kind: str, inputs: Mapping[str, Any]) -> Iterator[MlflowSpan]:
@@ -178,6 +187,14 @@ class MlflowTracer:
         mlflow.update_current_trace(tags=dict(tags), metadata=metadata or None)
 
 
+def flush_traces() -> None:
+    """Wait until every trace made so far is in the tracking store (before a process ends,
+    or before reading a trace back)."""
+    import mlflow
+
+    mlflow.flush_trace_async_logging()
+
+
 def log_trace_feedback(
     trace_id: str, *, value: float | bool, comment: str | None, user_id: str | None,
     tracking_uri: str | None = None, experiment: str | None = None,
@@ -186,6 +203,7 @@ def log_trace_feedback(
     from mlflow.entities import AssessmentSource, AssessmentSourceType
 
     quiet_mlflow()
+    flush_traces()  # the answer's trace may still be on its way (same process)
     with mlflow_session(tracking_uri, experiment) as mlflow:
         mlflow.log_feedback(
             trace_id=trace_id, name="user_feedback", value=value, rationale=comment,

@@ -10,7 +10,7 @@ import pytest
 
 from mlflow_rag.answer import answer, feedback
 from mlflow_rag.errors import PromptError
-from mlflow_rag.genai_tracking import parse_prompt_uri
+from mlflow_rag.genai_tracking import flush_traces, parse_prompt_uri
 from mlflow_rag.generate.prompting import DEFAULT_PROMPT_NAME, DEFAULT_TEMPLATE
 from mlflow_rag.store.store import Store
 from tests import helpers_mlflow
@@ -45,6 +45,7 @@ def test_the_shipped_prompt_is_registered_once_and_the_answer_is_one_trace(
     assert mlflow.genai.load_prompt(f"prompts:/{DEFAULT_PROMPT_NAME}/1").template == DEFAULT_TEMPLATE
     assert PII_EMAIL not in prompt_sent
     assert first.trace_id and record.trace_id == first.trace_id != second.trace_id
+    flush_traces()
     trace = mlflow.get_trace(first.trace_id)
     assert trace.info.tags["mlflow_rag.output_id"] == first.output_id
     assert trace.info.trace_metadata["mlflow.trace.session"] == "s-9"

@@ -71,6 +71,10 @@ def ask(
                         keep_answer_text=keep_answer_text, session_id=session_id,
                         user_id=user_id, track=not no_track, tracking_uri=tracking_uri,
                         experiment=experiment)
+    if not no_track:
+        from mlflow_rag.genai_tracking import flush_traces
+
+        flush_traces()  # the trace is in the tracking store before the command returns
     if result.truncation:
         cut = result.truncation
         click.echo(f"note: the passages {', '.join(cut['dropped'])} were left out to fit the "
