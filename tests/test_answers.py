@@ -162,3 +162,16 @@ def test_prompt_choices_are_one_line_errors(tmp_path) -> None:  # type: ignore[n
             _ask(store, generator="openai:m", prompt=bad,
                  generator_options={"base_url": server.base_url, "api_key": "k"})
         assert server.requests == [] and _rows(store, "generations") == []
+
+
+@pytest.mark.postgres
+def test_a_copy_between_backends_carries_answers(tmp_path, pg_database: str) -> None:  # type: ignore[no-untyped-def]
+    from mlflow_rag.store.copies import copy_store
+
+    with _store(str(tmp_path / "s")) as store:
+        result = _ask(store, keep_answer_text=True)
+        feedback(store, result.output_id, score=0.5, track=False)
+        before = store.answer_record(result.output_id)
+    copy_store(tmp_path / "s", pg_database)
+    with Store.open(pg_database, read_only=True) as copied:
+        assert copied.answer_record(result.output_id) == before
