@@ -131,3 +131,31 @@ def test_tracked_ask_and_feedback_share_one_trace(
     trace = mlflow.get_trace(shown["trace_id"])
     assert trace.info.tags["mlflow_rag.output_id"] == shown["output_id"]
     assert [a.value for a in trace.info.assessments] == [0.5]
+
+
+def test_generator_options_from_the_cli(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _counts(store)
+    bad = {
+        ("--generator-option", "colour=1"):
+            "error: Unknown option of generator extractive 'colour'; choose from "
+            "['max_output_tokens', 'max_sentences']",
+        ("--generator-option", "max_sentences=-1"):
+            "error: generator option max_sentences must be a non-negative integer, got -1",
+        ("--generator", "openai:m", "--generator-option", "price_per_million=[1]"):
+            "error: generator option price_per_million must be [input, output] USD per "
+            "million tokens, got [1]",
+    }
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    for args, expected in bad.items():
+        result = run("ask", QUESTION, "--store", store, "--no-track", *args)
+        assert result.exit_code == 1 and result.output.strip() == expected, result.output
+    assert _counts(store) == before
+    with ChatServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        result = run("ask", QUESTION, "--store", store, "--no-track", "--json", "--generator",
+                     "openai:llama3", "--generator-option", "price_per_million=[1000, 2000]",
+                     "--generator-option", "temperature=0.5")
+        assert server.requests[-1]["temperature"] == 0.5
+    shown = json.loads(result.stdout)
+    expected = (shown["input_tokens"] * 1000 + shown["output_tokens"] * 2000) / 1e6
+    assert shown["cost_usd"] == pytest.approx(expected) and expected > 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,10 +26,29 @@ def generators_help() -> str:
             f"through OPENAI_BASE_URL / OPENAI_API_KEY) [default: {DEFAULT_GENERATOR}].")
 
 
+def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """KEY=VALUE pairs, each VALUE read as JSON (a bare word stays text)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}",
+                                     param_hint="--generator-option")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
 @main.command()
 @click.argument("question")
 @store_option
 @click.option("--generator", default="extractive", cls=HelpFrom, help_from=generators_help)
+@click.option("--generator-option", "generator_options", multiple=True, metavar="KEY=VALUE",
+              help="A generator option, VALUE as JSON (repeatable): extractive takes "
+                   "max_sentences; openai:MODEL takes temperature, max_output_tokens, "
+                   "context_window, max_retries, timeout, price_per_million=[IN,OUT].")
 @click.option("--prompt", default=None,
               help="Prompt template from MLflow's Prompt Registry: prompts:/NAME@ALIAS or "
                    "prompts:/NAME/VERSION [default: the shipped one, registered on first use].")
@@ -44,7 +65,8 @@ def generators_help() -> str:
 @click.option("--no-record", is_flag=True, help="Record nothing in the store.")
 @tracking_options
 def ask(
-    question: str, store_path: Path | str, generator: str, prompt: str | None, k: int,
+    question: str, store_path: Path | str, generator: str, generator_options: tuple[str, ...],
+    prompt: str | None, k: int,
     mode: str, filter_json: str | None, as_json: bool, keep_answer_text: bool,
     session_id: str | None, user_id: str | None, no_record: bool, tracking_uri: str | None,
     no_track: bool, experiment: str | None,
@@ -56,13 +78,15 @@ def ask(
     `mlflow-rag feedback OUTPUT_ID`.
     """
     from mlflow_rag.answer import answer
-    from mlflow_rag.generate.registry import get_generator
+    from mlflow_rag.generate.registry import check_option_names, generator_kind, get_generator
     from mlflow_rag.search import SearchRequest
     from mlflow_rag.store.store import Store
 
     # Everything that can be refused is refused before the store is opened.
     SearchRequest.parse(question, k=k, mode=mode, filters=filter_json)
-    gen = get_generator(generator)
+    options = parse_options(generator_options)
+    check_option_names(generator_kind(generator), list(options))
+    gen = get_generator(generator, **options)
     if not no_track:
         check_tracking(tracking_uri)
     with Store.open(store_path, read_only=no_record, mmap=no_record) as store:
