@@ -237,7 +237,7 @@ def answer(
             metadata={"truncation": truncation} if truncation else {})
         query_id = store.log_answer(
             output_id=output_id, question=request.query, hits=hits,
-            model_name=searcher._model() if mode != "bm25" else None, embedding=vector,
+            model_name=searcher.embedding_model if mode != "bm25" else None, embedding=vector,
             query_metadata={"mode": mode, "k": request.k, "answered": True}, stats=stats,
             answer_text=generation.text if keep_answer_text else None,
             citations=[(c.chunk_id, c.document_id) for c in citations],

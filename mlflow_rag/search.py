@@ -319,6 +319,11 @@ class Searcher:
         return self.store.model(None).name if models else None
 
     @property
+    def embedding_model(self) -> str | None:
+        """The embedding space searched: the one asked for, else the store's only one."""
+        return self._model()
+
+    @property
     def embedder(self) -> Embedder:
         # A tfidf model refitted by another process since it was loaded: reload its state.
         if (self._embedder is not None and self._loaded_version is not None

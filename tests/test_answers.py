@@ -175,3 +175,19 @@ def test_a_copy_between_backends_carries_answers(tmp_path, pg_database: str) -> 
     copy_store(tmp_path / "s", pg_database)
     with Store.open(pg_database, read_only=True) as copied:
         assert copied.answer_record(result.output_id) == before
+
+
+def test_redacted_questions_and_answers_are_on_no_byte_of_the_store(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_privacy import on_disk
+
+    root = tmp_path / "s"
+    with _store(str(root)) as store:
+        before = on_disk(root, "ada.l@example.org")  # the corpus holds it in its text
+        result = _ask(store, "Does bob.secret@example.com speak about legacy modernization?",
+                      keep_answer_text=True)
+        feedback(store, result.output_id, thumbs="up", comment="ask carol.q@example.net",
+                 track=False)
+        assert "ada.l@example.org" in result.text
+        assert not on_disk(root, "bob.secret@example.com")
+        assert not on_disk(root, "carol.q@example.net")
+        assert before  # control: the scan sees text that is stored
