@@ -28,11 +28,15 @@ from mlflow_rag.search import DEFAULT_MODE, Searcher, SearchRequest, redact_emai
 from mlflow_rag.store.answer_log import GenerationStats
 from mlflow_rag.store.backend import new_id
 from mlflow_rag.store.store import Store
+from mlflow_rag.tracking_session import TAG_STORE_ID
 
 if TYPE_CHECKING:
     from mlflow_rag.types import Hit
 
 THUMBS = ("up", "down")
+# Tags of an answer's trace: the store's ids of it (the store keeps the trace id).
+TAG_OUTPUT_ID = "mlflow_rag.output_id"
+TAG_QUERY_ID = "mlflow_rag.query_id"
 
 
 @dataclass(frozen=True)
@@ -182,11 +186,12 @@ def answer(
             tracer = NoTracer()
     searcher = searcher or Searcher(store)
     shown = redact(question) if redact else question
-    output_id = new_id()
+    output_id, query_id = new_id(), new_id()
     latency: dict[str, float] = {}
     with tracer.session(), tracer.span("answer", "chain", {"question": shown}) as root:
-        tracer.tag_trace(tags={"mlflow_rag.output_id": output_id,
-                               "mlflow_rag.store_id": store.store_id},
+        tracer.tag_trace(tags={TAG_OUTPUT_ID: output_id,
+                               TAG_QUERY_ID: query_id if record else "",
+                               TAG_STORE_ID: store.store_id},
                          session_id=session_id, user_id=user_id)
         started = time.perf_counter()
         vector = searcher.embedder.embed_query(request.query) if mode != "bm25" else None
@@ -225,7 +230,6 @@ def answer(
                           "citations": [c.chunk_id for c in citations],
                           "output_id": output_id})
     trace_id = tracer.trace_id
-    query_id = None
     if record:
         stats = GenerationStats(
             generator=gen.name, params=gen.params(),
@@ -235,15 +239,16 @@ def answer(
             cost_usd=generation.cost_usd, embed_ms=latency["embed"],
             retrieve_ms=latency["retrieve"], generate_ms=latency["generate"],
             metadata={"truncation": truncation} if truncation else {})
-        query_id = store.log_answer(
-            output_id=output_id, question=request.query, hits=hits,
+        store.log_answer(
+            output_id=output_id, query_id=query_id, question=request.query, hits=hits,
             model_name=searcher.embedding_model if mode != "bm25" else None, embedding=vector,
             query_metadata={"mode": mode, "k": request.k, "answered": True}, stats=stats,
             answer_text=generation.text if keep_answer_text else None,
             citations=[(c.chunk_id, c.document_id) for c in citations],
             session_id=session_id, user_id=user_id, trace_id=trace_id, redact=redact)
     return Answer(
-        text=generation.text, citations=citations, output_id=output_id, query_id=query_id,
+        text=generation.text, citations=citations, output_id=output_id,
+        query_id=query_id if record else None,
         trace_id=trace_id, generator=gen.name, prompt=template.uri if template else None,
         input_tokens=generation.input_tokens, output_tokens=generation.output_tokens,
         cost_usd=generation.cost_usd, latency_ms=latency, truncation=truncation, hits=hits)

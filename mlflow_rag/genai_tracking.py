@@ -30,9 +30,6 @@ from mlflow_rag.tracking_session import mlflow_session, quiet_mlflow, resolve_tr
 
 PROMPT_FORMS = ("prompts:/NAME@ALIAS", "prompts:/NAME/VERSION", "NAME@ALIAS", "NAME/VERSION")
 _URI = re.compile(r"^(?:prompts:/)?(?P<name>[A-Za-z0-9][\w.\-]*)(?:@(?P<alias>[\w\-]+)|/(?P<version>\d+))$")
-TAG_OUTPUT_ID = "mlflow_rag.output_id"
-TAG_QUERY_ID = "mlflow_rag.query_id"
-TAG_STORE_ID = "mlflow_rag.store_id"
 # The destination MLflow was last pointed at by a tracer of this process.
 _CONFIGURED: dict[str, tuple[str, str | None]] = {}
 # The kinds of span an answer's trace holds, as MLflow's SpanType names them.

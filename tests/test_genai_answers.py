@@ -48,6 +48,7 @@ def test_the_shipped_prompt_is_registered_once_and_the_answer_is_one_trace(
     flush_traces()
     trace = mlflow.get_trace(first.trace_id)
     assert trace.info.tags["mlflow_rag.output_id"] == first.output_id
+    assert trace.info.tags["mlflow_rag.query_id"] == first.query_id == record.query_id
     assert trace.info.trace_metadata["mlflow.trace.session"] == "s-9"
     spans = {s.name: s for s in trace.data.spans}
     assert spans["answer"].span_type == "CHAIN" and spans["answer"].parent_id is None

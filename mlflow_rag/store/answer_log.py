@@ -65,21 +65,20 @@ class StoredAnswer:
 
 
 def write_answer(
-    backend: Backend, *, output_id: str, question: str, hits: Sequence[Hit],
+    backend: Backend, *, output_id: str, query_id: str, question: str, hits: Sequence[Hit],
     model_name: str | None, embedding: np.ndarray | None, query_metadata: Mapping[str, Any],
     stats: GenerationStats, answer_text: str | None, citations: Sequence[tuple[str, str]],
     session_id: str | None, user_id: str | None, trace_id: str | None,
     redact: Callable[[str], str] | None,
-) -> str:
+) -> None:
     """Insert the query, its retrievals, the answer and its citations (chunk_id, document_id)
-    in one transaction; returns the query id. ``redact`` runs on the question and on the
-    answer text (kept only when given) before anything is stored; a redacted question keeps
-    no embedding (query_log.write_query_log says why)."""
+    in one transaction under the ids given (the trace already names them). ``redact`` runs
+    on the question and on the answer text (kept only when given) before anything is
+    stored; a redacted question keeps no embedding (query_log.write_query_log says why)."""
     stored_question = redact(question) if redact else question
     if stored_question != question:
         embedding = None
     stored_answer = (redact(answer_text) if redact else answer_text) if answer_text else None
-    query_id = new_id()
     now = utc_now()
     row = (output_id, query_id, now, stats.prompt_name, stats.prompt_version, stats.generator,
            codec.metadata_json(stats.params), stats.input_tokens, stats.output_tokens,
@@ -95,7 +94,6 @@ def write_answer(
         backend.insert_generation(
             row, [(rank, chunk_id, doc_id)
                   for rank, (chunk_id, doc_id) in enumerate(citations, start=1)])
-    return query_id
 
 
 def check_feedback(kind: str, value: Any, comment: str | None) -> float:

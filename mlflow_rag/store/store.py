@@ -615,19 +615,19 @@ class Store:
     # ----------------------------------------------------------------- answers
 
     def log_answer(
-        self, *, output_id: str, question: str, hits: Sequence[Hit], model_name: str | None,
+        self, *, output_id: str, query_id: str, question: str, hits: Sequence[Hit], model_name: str | None,
         embedding: np.ndarray | None, query_metadata: Mapping[str, Any],
         stats: answer_log.GenerationStats, answer_text: str | None,
         citations: Sequence[tuple[str, str]], session_id: str | None = None,
         user_id: str | None = None, trace_id: str | None = None,
         redact: Callable[[str], str] | None = None,
-    ) -> str:
-        """Record an answer with its query and retrievals in one transaction (answer_log).
-        Returns the query id; ``output_id`` is the answer's."""
+    ) -> None:
+        """Record an answer (``output_id``) with its query (``query_id``) and retrievals in
+        one transaction (answer_log)."""
         self._require_writable()
         with self._lock:
-            return answer_log.write_answer(
-                self.backend, output_id=output_id, question=question, hits=hits,
+            answer_log.write_answer(
+                self.backend, output_id=output_id, query_id=query_id, question=question, hits=hits,
                 model_name=model_name, embedding=embedding, query_metadata=query_metadata,
                 stats=stats, answer_text=answer_text, citations=citations,
                 session_id=session_id, user_id=user_id, trace_id=trace_id, redact=redact)
