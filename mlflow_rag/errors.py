@@ -112,3 +112,12 @@ class StoreBusy(RagError):
 
 class ChunkingChangeRefused(RagError, ValueError):
     """Re-chunking documents would drop vectors of other models (pass rechunk to go ahead)."""
+
+
+class GeneratorError(RagError):
+    """The answer generator failed (an API error after retries, a refused request)."""
+
+
+class PromptError(RagError, ValueError):
+    """A prompt that cannot be used: a bad URI, a missing version or alias, a template whose
+    variables are not the ones answering supplies, a context that cannot fit."""

@@ -319,6 +319,11 @@ class Searcher:
         return self.store.model(None).name if models else None
 
     @property
+    def embedding_model(self) -> str | None:
+        """The embedding space searched: the one asked for, else the store's only one."""
+        return self._model()
+
+    @property
     def embedder(self) -> Embedder:
         # A tfidf model refitted by another process since it was loaded: reload its state.
         if (self._embedder is not None and self._loaded_version is not None
@@ -367,20 +372,21 @@ class Searcher:
 
     def run(
         self, request: SearchRequest, *, include_pii: bool = False, log: bool = False,
-        fusion: str | None = None,
+        fusion: str | None = None, vector: np.ndarray | None = None,
     ) -> list[Hit]:
-        """The hits of a parsed request (:class:`SearchRequest`): nothing is checked again."""
+        """The hits of a parsed request (:class:`SearchRequest`): nothing is checked again.
+        ``vector``: the query embedded already (answering times embedding on its own)."""
         query, mode = request.query, request.mode
-        vector = None
         if mode == "bm25":
+            vector = None
             hits = self.store.lexical(query, request.retrieval, include_pii=include_pii)
         elif mode == "dense":
-            vector = self.embedder.embed_query(query)
+            vector = self.embedder.embed_query(query) if vector is None else vector
             hits = self.store.dense(
                 vector, request.retrieval, model=self._model(), include_pii=include_pii
             ) if self._has_direction(query) else []
         else:
-            vector = self.embedder.embed_query(query)
+            vector = self.embedder.embed_query(query) if vector is None else vector
             hits = self._fused(request, vector, include_pii=include_pii, fusion=fusion)
         if log:
             self.store.log_query(

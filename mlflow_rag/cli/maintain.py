@@ -100,7 +100,8 @@ def refit(store_path: Path | str, model: str, no_wait: bool) -> None:
 @store_option
 @click.option("--older-than-days", type=float, required=True, help="Delete logs older than this.")
 def purge_queries(store_path: Path | str, older_than_days: float) -> None:
-    """Delete logged queries (and their retrievals) older than N days; reclaim the space."""
+    """Delete logged queries (with their retrievals, answers, citations and feedback) older
+    than N days; reclaim the space."""
     from mlflow_rag.store.store import Store
 
     with Store.open(store_path) as store:

@@ -46,6 +46,16 @@ if TYPE_CHECKING:
 
 STORE_FORMAT = "mlflow-rag-store"
 
+# An answer's record and a feedback's, in the column order of their rows everywhere.
+GENERATION_COLUMNS: tuple[str, ...] = (
+    "id", "query_id", "timestamp", "prompt_name", "prompt_version", "generator", "params",
+    "input_tokens", "output_tokens", "cost_usd", "embed_ms", "retrieve_ms", "generate_ms",
+    "answer_text", "session_id", "user_id", "trace_id", "metadata",
+)
+FEEDBACK_COLUMNS: tuple[str, ...] = (
+    "id", "generation_id", "timestamp", "kind", "value", "comment", "user_id", "metadata",
+)
+
 # The tables a store copies between backends, each with its columns in the order every
 # backend's ``dump_rows``/``load_rows`` use (metadata fields as one ``value``, as written).
 TABLES: dict[str, tuple[str, ...]] = {
@@ -63,6 +73,9 @@ TABLES: dict[str, tuple[str, ...]] = {
     "vector_deletions": ("vector_id", "model_name", "generation"),
     "queries": ("id", "query_text", "query_embedding", "model_name", "timestamp", "metadata"),
     "retrievals": ("id", "query_id", "chunk_id", "rank", "score", "metadata"),
+    "generations": GENERATION_COLUMNS,
+    "citations": ("generation_id", "rank", "chunk_id", "document_id"),
+    "feedback": FEEDBACK_COLUMNS,
 }
 
 
@@ -320,6 +333,31 @@ class Backend(ABC):
     @abstractmethod
     def delete_queries_before(self, timestamp: str) -> int:
         """Delete the queries (and their retrievals) logged before ``timestamp``."""
+
+    # ------------------------------------------------------------------ answers
+
+    @abstractmethod
+    def insert_generation(
+        self, row: Sequence[Any], citations: Sequence[tuple[int, str, str]]
+    ) -> None:
+        """One answer (:data:`GENERATION_COLUMNS`) and its citations (rank, chunk_id,
+        document_id); its query must exist. In a write transaction."""
+
+    @abstractmethod
+    def generation_row(self, generation_id: str) -> tuple[Any, ...] | None:
+        """An answer's row (:data:`GENERATION_COLUMNS`), or None."""
+
+    @abstractmethod
+    def citation_rows(self, generation_id: str) -> list[tuple[int, str, str]]:
+        """An answer's citations (rank, chunk_id, document_id) by rank."""
+
+    @abstractmethod
+    def insert_feedback(self, row: Sequence[Any]) -> None:
+        """One feedback row (:data:`FEEDBACK_COLUMNS`) on an existing answer."""
+
+    @abstractmethod
+    def feedback_rows(self, generation_id: str) -> list[tuple[Any, ...]]:
+        """An answer's feedback (:data:`FEEDBACK_COLUMNS`), oldest first."""
 
     # ------------------------------------------------------------------ fitted embedders
 

@@ -14,6 +14,9 @@ Beyond the design document's five tables:
 - ``vector_deletions``: written by a trigger, so an index built at generation g can be brought
   up to date by replaying deletions and additions instead of a full rebuild.
 - ``store_meta``: generation counter, id sequence and the store's identity.
+- ``generations`` / ``citations`` / ``feedback`` (migration 2): each answer joined to its
+  query (and so its retrievals), the chunks it cites, and what users said of it; they go
+  with their query when retention deletes it (``ON DELETE CASCADE``).
 """
 
 from __future__ import annotations
@@ -189,6 +192,60 @@ CREATE INDEX IF NOT EXISTS idx_retrievals_query ON retrievals(query_id);
 CREATE INDEX IF NOT EXISTS idx_retrievals_chunk ON retrievals(chunk_id);
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", _INITIAL),)
+# The answer half (docs/answers.md). ``generations.id`` is the output id users give feedback
+# on. Citations keep chunk and document ids without a foreign key: what an answer cited stays
+# on record after its document is deleted (ids only, no text). Answer text is NULL unless
+# asked for, and redacted like query text.
+ANSWERS = """
+CREATE TABLE generations (
+    id TEXT PRIMARY KEY,
+    query_id TEXT NOT NULL REFERENCES queries(id) ON DELETE CASCADE,
+    timestamp TEXT NOT NULL,
+    prompt_name TEXT,
+    prompt_version TEXT,
+    generator TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(params)),
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cost_usd REAL,
+    embed_ms REAL,
+    retrieve_ms REAL,
+    generate_ms REAL,
+    answer_text TEXT,
+    session_id TEXT,
+    user_id TEXT,
+    trace_id TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
+);
+CREATE INDEX idx_generations_query ON generations(query_id);
+CREATE INDEX idx_generations_timestamp ON generations(timestamp);
+CREATE INDEX idx_generations_session ON generations(session_id);
+
+CREATE TABLE citations (
+    generation_id TEXT NOT NULL REFERENCES generations(id) ON DELETE CASCADE,
+    rank INTEGER NOT NULL,
+    chunk_id TEXT NOT NULL,
+    document_id TEXT NOT NULL,
+    PRIMARY KEY (generation_id, rank)
+);
+CREATE INDEX idx_citations_chunk ON citations(chunk_id);
+
+CREATE TABLE feedback (
+    id TEXT PRIMARY KEY,
+    generation_id TEXT NOT NULL REFERENCES generations(id) ON DELETE CASCADE,
+    timestamp TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('score', 'thumbs')),
+    value REAL NOT NULL,
+    comment TEXT,
+    user_id TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
+);
+CREATE INDEX idx_feedback_generation ON feedback(generation_id);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial", _INITIAL),
+    Migration(2, "answers", ANSWERS),
+)
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -10,6 +10,7 @@ what callers pass, and hands each job to its module:
 - ``index_cache``: the FAISS index lifecycle (load, verify, replay, rebuild, persist);
 - ``views`` and the backend: reads and search, hydrated from one read snapshot;
 - ``query_log``: queries and what they retrieved, and retention;
+- ``answer_log``: answers with their query, citations and feedback (retention: the query's);
 - ``integrity`` and ``bundle``: ``verify``, ``snapshot`` and ``verify_bundle``;
 - ``layout``: the files and folders of a store; ``checks``: vector and request checks.
 
@@ -39,7 +40,16 @@ from mlflow_rag.errors import (
     UnknownChoice,
 )
 from mlflow_rag.index.choose import INDEX_TYPES, choose_index
-from mlflow_rag.store import bundle, integrity, layout, opening, retrieval, views, writes
+from mlflow_rag.store import (
+    answer_log,
+    bundle,
+    integrity,
+    layout,
+    opening,
+    retrieval,
+    views,
+    writes,
+)
 from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.checks import clean_query, clean_vectors
 from mlflow_rag.store.files import (
@@ -601,6 +611,41 @@ class Store:
         self._require_writable()
         with self._lock:
             return purge_query_log(self.backend, days)
+
+    # ----------------------------------------------------------------- answers
+
+    def log_answer(
+        self, *, output_id: str, query_id: str, question: str, hits: Sequence[Hit], model_name: str | None,
+        embedding: np.ndarray | None, query_metadata: Mapping[str, Any],
+        stats: answer_log.GenerationStats, answer_text: str | None,
+        citations: Sequence[tuple[str, str]], session_id: str | None = None,
+        user_id: str | None = None, trace_id: str | None = None,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
+        """Record an answer (``output_id``) with its query (``query_id``) and retrievals in
+        one transaction (answer_log)."""
+        self._require_writable()
+        with self._lock:
+            answer_log.write_answer(
+                self.backend, output_id=output_id, query_id=query_id, question=question, hits=hits,
+                model_name=model_name, embedding=embedding, query_metadata=query_metadata,
+                stats=stats, answer_text=answer_text, citations=citations,
+                session_id=session_id, user_id=user_id, trace_id=trace_id, redact=redact)
+
+    def answer_record(self, output_id: str) -> answer_log.StoredAnswer:
+        """An answer as recorded, with its citations and feedback."""
+        with self._lock:
+            return answer_log.read_answer(self.backend, output_id)
+
+    def add_feedback(
+        self, output_id: str, *, kind: str, value: float, comment: str | None = None,
+        user_id: str | None = None, redact: Callable[[str], str] | None = None,
+    ) -> answer_log.Feedback:
+        """Record feedback on an answer (``kind`` "score" or "thumbs")."""
+        self._require_writable()
+        with self._lock:
+            return answer_log.write_feedback(self.backend, output_id, kind=kind, value=value,
+                                             comment=comment, user_id=user_id, redact=redact)
 
     # ----------------------------------------------------------------- checks and bundles
 

@@ -13,6 +13,9 @@ CREATE INDEX idx_chunks_text_hash ON chunks(text_hash);
 -- index idx_chunks_type
 CREATE INDEX idx_chunks_type ON chunks(chunk_type);
 
+-- index idx_citations_chunk
+CREATE INDEX idx_citations_chunk ON citations(chunk_id);
+
 -- index idx_document_fields_document
 CREATE INDEX idx_document_fields_document ON document_fields(document_id);
 
@@ -30,6 +33,18 @@ CREATE INDEX idx_embeddings_chunk ON embeddings(chunk_id, model_name, vector_id)
 
 -- index idx_embeddings_model
 CREATE INDEX idx_embeddings_model ON embeddings(model_name);
+
+-- index idx_feedback_generation
+CREATE INDEX idx_feedback_generation ON feedback(generation_id);
+
+-- index idx_generations_query
+CREATE INDEX idx_generations_query ON generations(query_id);
+
+-- index idx_generations_session
+CREATE INDEX idx_generations_session ON generations(session_id);
+
+-- index idx_generations_timestamp
+CREATE INDEX idx_generations_timestamp ON generations(timestamp);
 
 -- index idx_queries_timestamp
 CREATE INDEX idx_queries_timestamp ON queries(timestamp);
@@ -84,6 +99,15 @@ CREATE TABLE 'chunks_fts_docsize'(id INTEGER PRIMARY KEY, sz BLOB);
 -- table chunks_fts_idx
 CREATE TABLE 'chunks_fts_idx'(segid, term, pgno, PRIMARY KEY(segid, term)) WITHOUT ROWID;
 
+-- table citations
+CREATE TABLE citations (
+    generation_id TEXT NOT NULL REFERENCES generations(id) ON DELETE CASCADE,
+    rank INTEGER NOT NULL,
+    chunk_id TEXT NOT NULL,
+    document_id TEXT NOT NULL,
+    PRIMARY KEY (generation_id, rank)
+);
+
 -- table document_fields
 CREATE TABLE document_fields (
     document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
@@ -115,6 +139,40 @@ CREATE TABLE embeddings (
     metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
     vector_id INTEGER NOT NULL UNIQUE,
     UNIQUE (chunk_id, model_name)
+);
+
+-- table feedback
+CREATE TABLE feedback (
+    id TEXT PRIMARY KEY,
+    generation_id TEXT NOT NULL REFERENCES generations(id) ON DELETE CASCADE,
+    timestamp TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('score', 'thumbs')),
+    value REAL NOT NULL,
+    comment TEXT,
+    user_id TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
+);
+
+-- table generations
+CREATE TABLE generations (
+    id TEXT PRIMARY KEY,
+    query_id TEXT NOT NULL REFERENCES queries(id) ON DELETE CASCADE,
+    timestamp TEXT NOT NULL,
+    prompt_name TEXT,
+    prompt_version TEXT,
+    generator TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(params)),
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cost_usd REAL,
+    embed_ms REAL,
+    retrieve_ms REAL,
+    generate_ms REAL,
+    answer_text TEXT,
+    session_id TEXT,
+    user_id TEXT,
+    trace_id TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
 );
 
 -- table models

@@ -25,6 +25,7 @@ from mlflow_rag.store.backend import TABLES, Backend, utc_now
 from mlflow_rag.store.files import StorageError
 from mlflow_rag.store.filters import Condition, Plan
 from mlflow_rag.store.postgres import connection, guard, terms
+from mlflow_rag.store.postgres.answers import PostgresAnswers
 from mlflow_rag.store.postgres.connection import Location, is_storage_failure
 from mlflow_rag.store.postgres.filter_sql import condition_ids_sql, field_columns, render_sql
 from mlflow_rag.store.postgres.session import Session
@@ -40,7 +41,7 @@ BM25_K1, BM25_B = 1.2, 0.75
 
 
 @guard.guarded
-class PostgresBackend(Backend):
+class PostgresBackend(PostgresAnswers, Backend):
     """A store's database in one schema of a PostgreSQL database."""
 
     def __init__(self, conn: Any, location: Location, *, read_only: bool = False) -> None:

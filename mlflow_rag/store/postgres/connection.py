@@ -232,21 +232,30 @@ def open_schema(conn: Any, location: Location, *, create: bool, read_only: bool)
     migrate(conn, location)
 
 
+def applied_versions(conn: Any) -> set[int]:
+    """The migrations applied to the store's schema (none before the first)."""
+    if not schema_version(conn):
+        return set()
+    return {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+
+
 def migrate(conn: Any, location: Location) -> int:
     """Apply pending migrations in order, each in its own transaction, under the store's
-    write lock (so two processes creating one store take turns, each re-reading the version).
+    write lock (so two processes creating one store take turns, each re-reading what is
+    applied). Pending means not applied, not only above the highest applied: migration
+    numbers are handed out ahead, so a store may hold 4 and still lack 2.
     """
-    version = check_version(conn, location)
+    check_version(conn, location)
+    applied = applied_versions(conn)
     for migration in MIGRATIONS:
-        if migration.version <= version:
+        if migration.version in applied:
             continue
         with write_lock_transaction(conn, location):
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{location.schema}"')
-            current = schema_version(conn)
-            if current >= migration.version:
-                version = current
+            applied = applied_versions(conn)
+            if migration.version in applied:
                 continue
-            if current == 0 and conn.execute(
+            if not applied and conn.execute(
                 "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
             ).fetchone()[0]:
                 raise ForeignStore(f"schema {location.schema} of {location.shown} holds tables "
@@ -260,8 +269,8 @@ def migrate(conn: Any, location: Location) -> int:
                 )
             conn.execute("INSERT INTO schema_migrations VALUES (%s, %s, %s)",
                          (migration.version, migration.name, utc_now()))
-        version = migration.version
-    return version
+            applied.add(migration.version)
+    return schema_version(conn)
 
 
 def _init_meta(conn: Any) -> None:

@@ -177,7 +177,7 @@ CREATE INDEX idx_retrievals_chunk ON retrievals(chunk_id);
 
 # Fitted embedder state (tfidf's vocabulary) by model version: every host that opens the store
 # loads the files of the version its vectors were made with (a folder store keeps them in
-# models/<slug>/). Migration numbers 2 and 3 are taken by changes on their way.
+# models/<slug>/). Migration number 3 is taken by a change on its way.
 _MODEL_FILES = """
 CREATE TABLE model_files (
     model_name TEXT NOT NULL,
@@ -188,8 +188,57 @@ CREATE TABLE model_files (
 );
 """
 
+# The answer half, as mlflow_rag/store/schema.py ANSWERS (its comments hold here too).
+_ANSWERS = """
+CREATE TABLE generations (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    query_id TEXT NOT NULL REFERENCES queries(id) ON DELETE CASCADE,
+    timestamp TEXT COLLATE "C" NOT NULL,
+    prompt_name TEXT,
+    prompt_version TEXT,
+    generator TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}',
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cost_usd DOUBLE PRECISION,
+    embed_ms DOUBLE PRECISION,
+    retrieve_ms DOUBLE PRECISION,
+    generate_ms DOUBLE PRECISION,
+    answer_text TEXT,
+    session_id TEXT,
+    user_id TEXT,
+    trace_id TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX idx_generations_query ON generations(query_id);
+CREATE INDEX idx_generations_timestamp ON generations(timestamp);
+CREATE INDEX idx_generations_session ON generations(session_id);
+
+CREATE TABLE citations (
+    generation_id TEXT COLLATE "C" NOT NULL REFERENCES generations(id) ON DELETE CASCADE,
+    rank INTEGER NOT NULL,
+    chunk_id TEXT COLLATE "C" NOT NULL,
+    document_id TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (generation_id, rank)
+);
+CREATE INDEX idx_citations_chunk ON citations(chunk_id);
+
+CREATE TABLE feedback (
+    id TEXT PRIMARY KEY,
+    generation_id TEXT COLLATE "C" NOT NULL REFERENCES generations(id) ON DELETE CASCADE,
+    timestamp TEXT COLLATE "C" NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('score', 'thumbs')),
+    value DOUBLE PRECISION NOT NULL,
+    comment TEXT,
+    user_id TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX idx_feedback_generation ON feedback(generation_id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _INITIAL),
+    Migration(2, "answers", _ANSWERS),
     Migration(4, "model_files", _MODEL_FILES),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -26,6 +26,7 @@ from mlflow_rag.store.files import StorageError, exclusive_lock
 from mlflow_rag.store.filters import Condition, Plan
 from mlflow_rag.store.schema import QUERY_LOG_SCHEMA, SCHEMA_VERSION
 from mlflow_rag.store.sqlite import connection
+from mlflow_rag.store.sqlite.answers import SqliteAnswers
 from mlflow_rag.store.sqlite.connection import (
     BUSY_TIMEOUT_MS,
     FREE_PAGES_ZEROED,
@@ -44,7 +45,7 @@ CHUNK_COLUMNS = (
 CHECKPOINT_WAIT_MS = 2_000
 
 
-class SqliteBackend(Backend):
+class SqliteBackend(SqliteAnswers, Backend):
     """A store's database in one SQLite file (``metadata.db`` in the store's folder)."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:

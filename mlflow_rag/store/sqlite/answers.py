@@ -1,0 +1,50 @@
+"""The SQL of the answer half (generations, citations, feedback) in SQLite, mixed into
+:class:`~mlflow_rag.store.sqlite.backend.SqliteBackend`."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from mlflow_rag.store.backend import FEEDBACK_COLUMNS, GENERATION_COLUMNS
+
+_GENERATION = ", ".join(GENERATION_COLUMNS)
+_FEEDBACK = ", ".join(FEEDBACK_COLUMNS)
+
+
+class SqliteAnswers:
+    """Backend methods of the answer tables; ``conn`` is the backend's connection."""
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def insert_generation(
+        self, row: Sequence[Any], citations: Sequence[tuple[int, str, str]]
+    ) -> None:
+        marks = ", ".join("?" * len(GENERATION_COLUMNS))
+        self.conn.execute(f"INSERT INTO generations({_GENERATION}) VALUES ({marks})", tuple(row))
+        self.conn.executemany(
+            "INSERT INTO citations(generation_id, rank, chunk_id, document_id) VALUES (?, ?, ?, ?)",
+            [(row[0], rank, chunk_id, doc_id) for rank, chunk_id, doc_id in citations],
+        )
+
+    def generation_row(self, generation_id: str) -> tuple[Any, ...] | None:
+        row = self.conn.execute(f"SELECT {_GENERATION} FROM generations WHERE id = ?",
+                                (generation_id,)).fetchone()
+        return tuple(row) if row is not None else None
+
+    def citation_rows(self, generation_id: str) -> list[tuple[int, str, str]]:
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT rank, chunk_id, document_id FROM citations WHERE generation_id = ? "
+            "ORDER BY rank", (generation_id,))]
+
+    def insert_feedback(self, row: Sequence[Any]) -> None:
+        marks = ", ".join("?" * len(FEEDBACK_COLUMNS))
+        self.conn.execute(f"INSERT INTO feedback({_FEEDBACK}) VALUES ({marks})", tuple(row))
+
+    def feedback_rows(self, generation_id: str) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self.conn.execute(
+            f"SELECT {_FEEDBACK} FROM feedback WHERE generation_id = ? ORDER BY timestamp, id",
+            (generation_id,))]
