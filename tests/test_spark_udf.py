@@ -125,4 +125,4 @@ def test_an_evaluation_on_spark_scores_what_the_local_one_scores(
             for result in outcome.result.results}
     assert set(metrics["spark"]) == set(metrics["local"]) and len(metrics["local"]) == 3
     assert metrics["spark"] == metrics["local"]
-    assert all(m["ndcg_at_10"] > 0.3 for m in metrics["local"].values())
+    assert all(m["ndcg_at_10"] > 0.1 for m in metrics["local"].values())
