@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -171,11 +172,14 @@ def search_kinds(store: Store, queries: np.ndarray) -> dict[str, Callable[[int],
     kinds: dict[str, Callable[[int], object]] = {
         "dense": lambda i: store.dense_search(queries[i % n], model=MODEL, k=10)}
     for name, filters in FILTERS.items():
-        kinds[name] = lambda i, f=filters: store.dense_search(queries[i % n], model=MODEL, k=10,
-                                                              filters=f)
+        kinds[name] = functools.partial(_filtered, store, queries, filters)
     kinds["bm25"] = lambda i: store.lexical_search(f"protein cell gene {i % 7}", k=10)
     kinds["hybrid"] = lambda i: searcher.hybrid(f"protein cell gene {i % 7}", queries[i % n], k=10)
     return kinds
+
+
+def _filtered(store: Store, queries: np.ndarray, filters: dict[str, Any], i: int) -> object:
+    return store.dense_search(queries[i % len(queries)], model=MODEL, k=10, filters=filters)
 
 
 def search(stores: dict[str, Store], queries: np.ndarray, count: int, reps: int,
