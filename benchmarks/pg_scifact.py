@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -101,7 +102,8 @@ def harness_on_sqlite(dataset: EvalDataset, work_dir: Path, embedder: str,
                                           for r in result.results}
 
 
-def score_store(location: str | Path, dataset: EvalDataset) -> dict[str, Any]:
+def score_store(location: str | Path, dataset: EvalDataset, *, progress: bool = True,
+                label: str = "") -> dict[str, Any]:
     """nDCG@10 per mode and the median search time (ms) of each list, on one store."""
     query_ids = list(dataset.queries)
     texts = [dataset.queries[q] for q in query_ids]
@@ -113,7 +115,9 @@ def score_store(location: str | Path, dataset: EvalDataset) -> dict[str, Any]:
                                   for i in range(0, len(texts), 64)])
         runs: dict[str, dict[str, list[str]]] = {mode: {} for mode in MODES}
         times: dict[str, list[float]] = {"bm25": [], "dense": []}
-        for qid, text, vector in zip(query_ids, texts, vectors, strict=True):
+        claims = tqdm(zip(query_ids, texts, vectors, strict=True), total=len(texts),
+                      desc=f"score {label}", unit="claim", disable=not progress)
+        for qid, text, vector in claims:
             began = time.perf_counter()
             lexical = store.lexical(text, request)
             times["bm25"].append((time.perf_counter() - began) * 1000)
@@ -157,8 +161,8 @@ def compare(dataset_dir: Path, dsn: str, work_dir: Path, *, embedder: str = "tfi
     began = time.perf_counter()
     copy_store(sqlite_store, dsn)
     copy_s = time.perf_counter() - began
-    sqlite = score_store(sqlite_store, dataset)
-    postgres = score_store(dsn, dataset)
+    sqlite = score_store(sqlite_store, dataset, progress=progress, label="SQLite")
+    postgres = score_store(dsn, dataset, progress=progress, label="PostgreSQL")
     changed = sum(sqlite["runs"][m][q][:10] != postgres["runs"][m][q][:10]
                   for m in MODES for q in dataset.queries)
     figures: dict[str, Any] = {
