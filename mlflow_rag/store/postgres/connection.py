@@ -123,6 +123,9 @@ def connect(location: Location) -> Any:
             f"cannot connect to {location.shown}: {_connect_reason(exc, location)}") from None
     try:
         conn.execute(f'SET search_path TO "{location.schema}"')
+        # JIT compiling costs 0.5-1 s per BM25 query when the planner's estimates are high
+        # (a freshly loaded store, not yet analysed), hundreds of times what the query costs.
+        conn.execute("SET jit = off")
     except BaseException:
         conn.close()
         raise

@@ -5,6 +5,7 @@ BM25 alike on either backend, term for term, whatever the language of its text.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections import Counter
@@ -43,7 +44,21 @@ def term_counts(texts: Sequence[str]) -> list[tuple[Counter[str], int]]:
     return [(Counter(terms), len(terms)) for terms in _tokens(texts)]
 
 
+def query_term_counts(text: str) -> Counter[str]:
+    """The terms of a free-text query, each with the number of the query's distinct words
+    (case-insensitive, the first ``MAX_QUERY_TERMS``) that it comes from; any term may match
+    and no query syntax survives (the text is indexed, never parsed as a query).
+
+    The SQLite backend sends FTS5 one quoted phrase per distinct word
+    (``store/sqlite/filter_sql.fts_query``), and FTS5 sums BM25 over phrases: two words with
+    one stem ("death", "deaths") count that term twice. Counting words, not stems, here keeps
+    the scores equal."""
+    words = list(dict.fromkeys(w.lower() for w in re.findall(r"\w+", text)))[:MAX_QUERY_TERMS]
+    # A word the tokenizer cuts in two (snake_case) is a phrase to FTS5; here its terms count
+    # separately: chunk_terms keeps no positions.
+    return Counter(term for terms in (_tokens(words) if words else []) for term in terms)
+
+
 def query_terms(text: str) -> list[str]:
-    """The distinct terms of a free-text query (the first ``MAX_QUERY_TERMS``), any of which
-    may match; no query syntax survives (the text is indexed, never parsed as a query)."""
-    return list(dict.fromkeys(_tokens([text])[0]))[:MAX_QUERY_TERMS]
+    """The distinct terms of a free-text query (:func:`query_term_counts`), in order."""
+    return list(query_term_counts(text))
