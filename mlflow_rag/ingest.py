@@ -64,6 +64,7 @@ from mlflow_rag.refit import (
     refit_model,
     refit_reason,
 )
+from mlflow_rag.store.access import parse_labels
 from mlflow_rag.store.checks import content_hash
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import (
@@ -103,6 +104,9 @@ class IngestOptions:
     refit: str = "auto"
     # Another process writing to the store: wait for it (False: StoreBusy at once).
     wait: bool = True
+    # Access labels of documents whose record names none (an ``_access`` field wins); none:
+    # such documents are visible to everyone (store/access.py).
+    access_labels: tuple[str, ...] = ()
 
 
 
@@ -134,6 +138,7 @@ def ingest(
         raise InvalidInput(f"batch size must be positive, got {options.batch_size}")
     if options.refit not in REFITS:
         raise UnknownChoice("refit policy", options.refit, REFITS)
+    parse_labels(list(options.access_labels))  # a bad label fails before anything loads
     say = on_message or log.warning
     stages = Stages()
 
@@ -295,7 +300,8 @@ def _chunk_stage(
     explicit = (options.chunker, options.chunk_size, options.chunk_overlap) != (None, None, None)
     # Decide before chunking: an unchanged document (same text, same chunking) is not chunked
     # again, so re-ingesting an unchanged corpus costs loading and hashing only.
-    described = [(d, document_metadata(d, chunkers[names[d.id]].config())) for d in documents]
+    described = [(d, document_metadata(d, chunkers[names[d.id]].config(),
+                                        access_labels=options.access_labels)) for d in documents]
     actions = {
         d.id: document_action(states.get(d.id), content_hash(d.text), meta,
                               rechunk=options.rechunk, keep_chunking=not explicit)

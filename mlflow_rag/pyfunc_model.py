@@ -84,7 +84,8 @@ class RetrieverModel(PythonModel):
     ``embedder`` (the embedding model to search when the bundle holds several), ``mmap``
     (default true: workers share the index files' pages; false reads a private copy each),
     ``trace`` (:data:`mlflow_rag.serving.TRACE_MODES`: ``"ids"``, the default, records no
-    query or chunk text; ``"text"`` does, after ``redact``; ``"off"`` records no trace).
+    query or chunk text; ``"text"`` does, after ``redact``; ``"off"`` records no trace),
+    ``require_principal`` (default false: a request without params ``principal`` is 400).
     """
 
     def __init__(self) -> None:
@@ -108,6 +109,7 @@ class RetrieverModel(PythonModel):
             embedder=config.get("embedder") or None,
             # models logged before the option existed have no "mmap" key: the default applies
             mmap=_flag(config.get("mmap", True)),
+            require_principal=_flag(config.get("require_principal", False)),
         )
         if guard_scoring_server():
             warm_up_serving(trace=self.trace != "off")
@@ -122,7 +124,8 @@ class RetrieverModel(PythonModel):
         queries: list[str] = []
         try:
             queries = coerce_queries(model_input)  # first alone: the scrub below needs them
-            searches = build_requests(queries, params, default_mode=retriever.default_mode)
+            searches = build_requests(queries, params, default_mode=retriever.default_mode,
+                                      require_principal=retriever.require_principal)
         except RagError as exc:
             raise bad_request(str(exc), queries) from None
         text = self.trace == "text"

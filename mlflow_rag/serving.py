@@ -32,6 +32,7 @@ from mlflow_rag.search import (
     redact_emails,
 )
 from mlflow_rag.serving_log import QueryLog
+from mlflow_rag.store.access import Principal
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import Hit
 
@@ -44,7 +45,8 @@ OUTPUT_COLUMNS = (
 )
 # The signature's defaults, which MLflow fills in for params a request leaves out. "mode": ""
 # stands for the bundle's own default (bundle_modes), known only once the model is loaded.
-PARAM_DEFAULTS: dict[str, Any] = {"k": 5, "mode": "", "filters": ""}
+# "principal"/"groups": who the request reads as (store/access.py); "" is nobody.
+PARAM_DEFAULTS: dict[str, Any] = {"k": 5, "mode": "", "filters": "", "principal": "", "groups": ""}
 QUERY_COLUMN = "query"
 MAX_QUERIES_PER_REQUEST = 1_000  # an oversized request is refused, not queued
 MAX_HITS_PER_REQUEST = 100_000  # queries x k: the response table must stay a sane size
@@ -55,7 +57,7 @@ REDACTORS: dict[str, Callable[[str], str] | None] = {"emails": redact_emails, "n
 # MLFLOW_PYFUNC_INFERENCE_CONFIG variable) override only keys the logged config already has.
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "include_pii": False, "query_log": "", "redact": "emails", "embedder": "", "mmap": True,
-    "trace": "ids",
+    "trace": "ids", "require_principal": False,
 }
 # What an MLflow trace of a request records (the tracking store keeps traces beyond the
 # reach of purge-queries, so text is opt-in, like the query log): "off" records no trace,
@@ -134,15 +136,35 @@ def _merged_params(
     return k, str(merged["mode"] or default_mode), merged["filters"]
 
 
-def _parsed(query: str, params: Mapping[str, Any] | None, *, default_mode: str) -> SearchRequest:
+def request_principal(params: Mapping[str, Any] | None, *, required: bool) -> Principal | None:
+    """Who a request reads as (params ``principal``, ``groups``); with ``required`` (the
+    model config ``require_principal``) a request without one is refused, never served
+    everything."""
+    given = params or {}
+    try:
+        principal = Principal.optional(given.get("principal"), given.get("groups"))
+    except InvalidInput as exc:
+        raise BadRequest(str(exc)) from None
+    if principal is None and required:
+        raise BadRequest('this model requires a principal: send params {"principal": NAME, '
+                         '"groups": "G1,G2"}')
+    return principal
+
+
+def _parsed(
+    query: str, params: Mapping[str, Any] | None, *, default_mode: str,
+    require_principal: bool = False,
+) -> SearchRequest:
     k, mode, filters = _merged_params(params, default_mode=default_mode)
+    principal = request_principal(params, required=require_principal)
     if not isinstance(filters, (str, Mapping)):
         SearchRequest.of_checked_query(query, k=k, mode=mode)  # a bad k or mode is named first
         raise BadRequest(
             f"filters must be a JSON object (or a string holding one), got {_json_type(filters)}"
         )
     # unknown keys or operators of the filter fail here, before any search
-    return SearchRequest.of_checked_query(query, k=k, mode=mode, filters=filters)
+    return SearchRequest.of_checked_query(query, k=k, mode=mode, filters=filters,
+                                          principal=principal)
 
 
 def parse_params(
@@ -156,11 +178,12 @@ def parse_params(
 
 def build_requests(
     queries: Sequence[str], params: Mapping[str, Any] | None, *,
-    default_mode: str = DEFAULT_MODE,
+    default_mode: str = DEFAULT_MODE, require_principal: bool = False,
 ) -> list[SearchRequest]:
     """One :class:`SearchRequest` per query (each checked already, by :func:`coerce_queries`):
     the params are checked and the filter compiled once for them all."""
-    first = _parsed(queries[0], params, default_mode=default_mode)
+    first = _parsed(queries[0], params, default_mode=default_mode,
+                    require_principal=require_principal)
     if len(queries) * first.k > MAX_HITS_PER_REQUEST:
         raise BadRequest(
             f"{len(queries)} queries x k={first.k} could return {len(queries) * first.k} rows; "
@@ -170,11 +193,13 @@ def build_requests(
 
 
 def parse_request(
-    model_input: Any, params: Mapping[str, Any] | None, *, default_mode: str = DEFAULT_MODE
+    model_input: Any, params: Mapping[str, Any] | None, *, default_mode: str = DEFAULT_MODE,
+    require_principal: bool = False,
 ) -> list[SearchRequest]:
     """One parsed :class:`SearchRequest` per query of a request, or :class:`BadRequest` (or
     another :class:`RagError`) naming what is wrong."""
-    return build_requests(coerce_queries(model_input), params, default_mode=default_mode)
+    return build_requests(coerce_queries(model_input), params, default_mode=default_mode,
+                          require_principal=require_principal)
 
 
 # --------------------------------------------------------------------------- the HTTP body
@@ -310,9 +335,10 @@ class Retriever:
     def __init__(
         self, bundle: str | Path, *, include_pii: bool = False, query_log: str | Path | None = None,
         redact: Callable[[str], str] | None = redact_emails, embedder: str | None = None,
-        mmap: bool = True,
+        mmap: bool = True, require_principal: bool = False,
     ) -> None:
         self.bundle = Path(bundle)
+        self.require_principal = require_principal  # a request without one: 400
         # immutable: the bundle is never written (and may sit on a read-only file system);
         # verify_files: a truncated or altered download is refused here, not half-served.
         # mmap (the default): the index vectors stay in the bundle's file pages, which every
@@ -386,7 +412,8 @@ class Retriever:
             log.error("query log %s: queueing a query failed: %s", self.query_log.path, exc)
 
     def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
-        requests = parse_request(model_input, params, default_mode=self.default_mode)
+        requests = parse_request(model_input, params, default_mode=self.default_mode,
+                                 require_principal=self.require_principal)
         return hits_frame([self.search_one(request) for request in requests])
 
     def close(self) -> None:

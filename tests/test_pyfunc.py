@@ -82,7 +82,7 @@ def test_signature_declares_the_query_column_and_the_params(champion: Any) -> No
     assert meta.get_input_schema().input_names() == ["query"]
     params = {p.name: p.default for p in meta.get_params_schema().params}
     # mode "": the bundle's own default, decided at load (hybrid here: it has an embedder)
-    assert params == {"k": 5, "mode": "", "filters": ""}
+    assert params == {"k": 5, "mode": "", "filters": "", "principal": "", "groups": ""}
     assert meta.get_output_schema().input_names() == list(OUTPUT_COLUMNS)
 
 

@@ -83,6 +83,10 @@ def _report_json(report: Any, run_id: str | None) -> dict[str, Any]:
                    "2x the texts or 10% new terms), always, or never (warn only).")
 @click.option("--no-wait", is_flag=True,
               help="Fail at once if another process is writing to the store (default: wait).")
+@click.option("--access-labels", default=None,
+              help="Comma-separated access labels of documents whose record has no '_access' "
+                   "field: only principals holding one may read them (docs/governance.md) "
+                   "[default: none, visible to everyone].")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report as a JSON object (with the run id) instead of text.")
 @tracking_options
@@ -91,8 +95,8 @@ def ingest(
     chunk_overlap: int | None, embedder: str, id_column: str | None, text_columns: str | None,
     pii_columns: str | None, batch_size: int, index_type: str | None,
     index_params: tuple[str, ...], allow_private_urls: bool, id_prefix: str, overwrite: bool,
-    rechunk: bool, refit: str, no_wait: bool, as_json: bool, experiment: str | None,
-    tracking_uri: str | None, no_track: bool,
+    rechunk: bool, refit: str, no_wait: bool, access_labels: str | None, as_json: bool,
+    experiment: str | None, tracking_uri: str | None, no_track: bool,
 ) -> None:
     """Load, chunk, embed and store SOURCES (files, folders, globs, URLs).
 
@@ -102,6 +106,7 @@ def ingest(
     """
     from mlflow_rag.ingest import IngestOptions, format_report
     from mlflow_rag.ingest import ingest as run_ingest
+    from mlflow_rag.store.access import parse_labels
     from mlflow_rag.store.store import Store
 
     loader_options: dict[str, Any] = {}
@@ -118,6 +123,7 @@ def ingest(
         batch_size=batch_size, index_type=index_type, loader_options=loader_options,
         index_params=key_ints(index_params) or None, id_prefix=id_prefix, overwrite=overwrite,
         rechunk=rechunk, refit=refit, wait=not no_wait,
+        access_labels=tuple(parse_labels(access_labels)),
     )
     if not no_track:
         check_tracking(tracking_uri)

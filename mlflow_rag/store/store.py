@@ -40,6 +40,7 @@ from mlflow_rag.errors import (
 )
 from mlflow_rag.index.choose import INDEX_TYPES, choose_index
 from mlflow_rag.store import bundle, integrity, layout, opening, retrieval, views, writes
+from mlflow_rag.store.access import Principal, restrict, visible
 from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.checks import clean_query, clean_vectors
 from mlflow_rag.store.files import (
@@ -485,32 +486,44 @@ class Store:
         with self._lock:
             return self.backend.vectors_for_chunks(model_name, list(chunk_ids))
 
-    def get_document(self, document_id: str, *, include_pii: bool = False) -> DocumentView:
-        """A document with all its chunks in order."""
+    def get_document(
+        self, document_id: str, *, include_pii: bool = False, principal: Principal | None = None,
+    ) -> DocumentView:
+        """A document with all its chunks in order. One ``principal`` may not see is "not
+        found", in the words used for a document that does not exist."""
         with self._lock, self.backend.read_transaction():
             row = self.backend.document_row(document_id)
-            if row is None:
+            if row is None or not visible(codec.loads_object(row[6]), principal):
                 raise DocumentNotFound(f"no document with id {document_id!r} in {self.location}")
             chunks = tuple(views.chunk_view(r) for r in self.backend.chunk_rows(document_id))
         return views.document_view(row, chunks, include_pii=include_pii)
 
-    def expand_context(self, chunk_id: str, *, n: int = 1) -> list[ChunkView]:
-        """The chunk and up to ``n`` neighbours on each side within its document, in order."""
+    def expand_context(
+        self, chunk_id: str, *, n: int = 1, principal: Principal | None = None,
+    ) -> list[ChunkView]:
+        """The chunk and up to ``n`` neighbours on each side within its document, in order.
+        Neighbours share the chunk's document, so they are visible exactly when it is; a
+        chunk ``principal`` may not see is "not found", as one that does not exist."""
         if not isinstance(n, int) or n < 0:
             raise InvalidInput(f"n must be a non-negative integer, got {n!r}")
-        with self._lock:
+        with self._lock, self.backend.read_transaction():
             rows = self.backend.neighbour_rows(chunk_id, n)
+            if rows and principal is not None:
+                document = self.backend.document_row(rows[0][1])
+                if document is None or not visible(codec.loads_object(document[6]), principal):
+                    rows = []
         if not rows:
             raise ChunkNotFound(f"no chunk with id {chunk_id!r} in {self.location}")
         return [views.chunk_view(r) for r in rows]
 
     def find_documents(
         self, filters: str | Mapping[str, Any] | Plan | None = None, *, limit: int = 100,
-        include_pii: bool = False,
+        include_pii: bool = False, principal: Principal | None = None,
     ) -> list[DocumentView]:
-        """Documents with at least one chunk matching the filter (metadata, dates, types);
-        ``filters`` is JSON text, a mapping or a compiled plan (not compiled again)."""
-        plan = as_plan(filters)
+        """Documents with at least one chunk matching the filter (metadata, dates, types)
+        among those ``principal`` may see; ``filters`` is JSON text, a mapping or a compiled
+        plan (not compiled again)."""
+        plan = restrict(as_plan(filters), principal)
         with self._lock:
             rows = self.backend.find_document_rows(plan, limit)
         return [views.document_view(r, (), include_pii=include_pii) for r in rows]

@@ -15,6 +15,7 @@ import numpy as np
 
 from mlflow_rag import codec
 from mlflow_rag.errors import ChunkNotFound, InvalidInput, InvalidVector, RagError
+from mlflow_rag.store.access import check_stored_labels
 from mlflow_rag.store.backend import Backend, utc_now
 from mlflow_rag.store.checks import PII_KEY, clean_vectors
 from mlflow_rag.store.filters import metadata_fields
@@ -130,6 +131,7 @@ def prepare(record: DocumentRecord, model_of: Callable[[str], ModelInfo]) -> Pre
     for c in record.chunks:
         if not c.text or not c.text.strip():
             raise InvalidInput(f"document {record.id!r} chunk {c.chunk_index} has empty text")
+    check_stored_labels(record.metadata)
     metadata = codec.metadata_json(record.metadata)
     vectors = []
     for batch in record.vectors:
