@@ -17,8 +17,9 @@ TOPICS = ["budget salaries payroll review", "vector search index tuning",
 
 def run(*args: str, ok: bool = True) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args))
-    if ok:
+    if ok:  # stdout alone: notes on stderr (a refit) do not break the JSON
         assert result.exit_code == 0, result.output
+        return result.exit_code, result.stdout
     return result.exit_code, result.output
 
 
@@ -99,3 +100,68 @@ def test_bad_labels_and_groups_alone_are_one_line_errors_and_nothing_changes(lab
     assert code == 1 and "without a principal" in out
     _, after = run("stats", "--store", store, "--json")
     assert json.loads(after)["documents"] == json.loads(before)["documents"]
+
+
+# ------------------------------------------------------------------ ingest --sync
+
+
+@pytest.fixture
+def two_roots(store_location: str, tmp_path: Path) -> tuple[str, Path, Path]:
+    """A store holding the documents of two folders, ingested separately."""
+    first = write_root(tmp_path / "first", "a", 4)
+    second = write_root(tmp_path / "second", "b", 3)
+    for root in (first, second):
+        run("ingest", str(root), "--store", store_location, "--embedder", "tfidf", "--no-track")
+    return store_location, first, second
+
+
+def stored_ids(store: str) -> set[str]:
+    _, out = run("list", "--store", store, "--json", "--limit", "1000")
+    return {d["id"] for d in json.loads(out)}
+
+
+def test_sync_dry_run_lists_the_changes_and_writes_nothing(two_roots) -> None:
+    store, first, second = two_roots
+    (first / "a0.txt").unlink()
+    (first / "a1.txt").write_text("budget rewritten entirely.\n", encoding="utf-8")
+    (first / "a9.txt").write_text("a brand new payroll note.\n", encoding="utf-8")
+    (second / "b0.txt").unlink()  # gone from the other root, which is not synced
+    _, before = run("stats", "--store", store, "--json")
+    _, out = run("ingest", str(first), "--store", store, "--embedder", "tfidf", "--no-track",
+                 "--sync", "--dry-run", "--json")
+    preview = json.loads(out)
+    assert (preview["new"], preview["updated"], preview["deleted"]) == (
+        ["a9.txt"], ["a1.txt"], ["a0.txt"])
+    assert preview["unchanged"] == 2 and preview["dry_run"] is True
+    _, after = run("stats", "--store", store, "--json")
+    assert json.loads(after) == json.loads(before)  # generation included: nothing written
+    _, text = run("ingest", str(first), "--store", store, "--embedder", "tfidf", "--no-track",
+                  "--sync", "--dry-run")
+    assert "1 new, 1 updated, 1 deleted" in text and "deleted: a0.txt" in text
+
+
+def test_sync_deletes_what_is_gone_from_its_sources_and_never_touches_other_roots(
+    two_roots,
+) -> None:
+    store, first, second = two_roots
+    (first / "a0.txt").unlink()
+    (first / "a1.txt").write_text("budget rewritten entirely.\n", encoding="utf-8")
+    (second / "b0.txt").unlink()
+    _, out = run("ingest", str(first), "--store", store, "--embedder", "tfidf", "--no-track",
+                 "--sync", "--json")
+    report = json.loads(out)
+    assert (report["documents_deleted"], report["documents_updated"]) == (1, 1)
+    assert stored_ids(store) == {"a1.txt", "a2.txt", "a3.txt", "b0.txt", "b1.txt", "b2.txt"}
+    code, _ = run("show", "a0.txt", "--store", store, ok=False)
+    assert code == 1
+    for mode in ("dense", "bm25", "hybrid"):  # the deleted document left every index
+        _, hits = run("search", "budget salaries payroll", "--store", store, "--mode", mode,
+                      "-k", "50", "--json")
+        assert "a0.txt" not in ids_of(hits)
+    run("check", "--store", store, "--no-embed-check")
+    # without --sync nothing is deleted; syncing the second root now removes b0 only
+    run("ingest", str(second), "--store", store, "--embedder", "tfidf", "--no-track")
+    assert "b0.txt" in stored_ids(store)
+    run("ingest", str(second / "*.txt"), "--store", store, "--embedder", "tfidf", "--no-track",
+        "--sync")
+    assert stored_ids(store) == {"a1.txt", "a2.txt", "a3.txt", "b1.txt", "b2.txt"}

@@ -60,6 +60,7 @@ from mlflow_rag.types import (
     DocumentRecord,
     DocumentView,
     Hit,
+    IngestRun,
     ModelInfo,
     StoreStats,
     WriteReport,
@@ -293,17 +294,26 @@ class Store:
 
     # ----------------------------------------------------------------- writes
 
-    def write(self, records: Sequence[DocumentRecord], *, skip_unchanged: bool = True) -> WriteReport:
-        """Add or replace documents with their chunks and vectors, in one transaction.
+    def write(
+        self, records: Sequence[DocumentRecord], *, skip_unchanged: bool = True,
+        delete: Sequence[str] = (), run: IngestRun | None = None,
+    ) -> WriteReport:
+        """Add or replace documents with their chunks and vectors, and delete the documents
+        ``delete`` names, in one transaction; ``run`` (the ingest run writing) is recorded in
+        each written or deleted document's version history.
 
         A document whose content hash and metadata equal the stored ones is unchanged and
-        skipped; one that differs replaces its chunks and vectors.
+        skipped; one that differs replaces its chunks and vectors (its previous version is
+        kept in its history: :meth:`document_history`).
         """
         self._require_writable()
         ids = [r.id for r in records]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise InvalidInput(f"document id {dup!r} appears twice in one write")
+        both = sorted(set(ids) & set(delete))
+        if both:
+            raise InvalidInput(f"document id {both[0]!r} is both written and deleted in one write")
         with self._lock:
             self._registry.refresh(self.backend.generation())
             prepared = [writes.prepare(record, self._registry.get) for record in records]
@@ -312,8 +322,10 @@ class Store:
             written = writes.write_documents(
                 self.backend, prepared, skip_unchanged=skip_unchanged,
                 has_index=lambda name: name in self._index_cache.indexes,
+                delete_ids=list(dict.fromkeys(delete)), run=run,
             )
-        if not written.report.updated:
+        # Replaced or deleted vectors: the index replays the deletion log on its next use.
+        if not written.report.updated and not written.report.deleted:
             with self._lock:
                 self._index_cache.advance(written.report.generation, written.added,
                                           written.fresh, self._registry.by_name)
@@ -461,6 +473,11 @@ class Store:
         """id -> (source_path, content_hash) of the stored documents among ``ids``."""
         with self._lock:
             return self.backend.document_sources(list(ids))
+
+    def document_paths(self) -> list[tuple[str, str]]:
+        """(id, source_path) of every stored document."""
+        with self._lock:
+            return self.backend.document_paths()
 
     def document_ids_by_source(self, source_paths: Sequence[str]) -> dict[str, list[str]]:
         """source_path -> ids of the stored documents that came from it."""

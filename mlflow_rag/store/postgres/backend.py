@@ -27,6 +27,7 @@ from mlflow_rag.store.filters import Condition, Plan
 from mlflow_rag.store.postgres import connection, terms
 from mlflow_rag.store.postgres.connection import Location, is_storage_failure
 from mlflow_rag.store.postgres.filter_sql import condition_ids_sql, field_columns, render_sql
+from mlflow_rag.store.postgres.governance import PostgresGovernance
 
 HIT_COLUMNS = (
     "c.id, c.document_id, c.chunk_type, c.chunk_index, c.text, c.metadata, "
@@ -38,7 +39,7 @@ CHUNK_COLUMNS = (
 BM25_K1, BM25_B = 1.2, 0.75
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(PostgresGovernance, Backend):
     """A store's database in one schema of a PostgreSQL database."""
 
     def __init__(self, conn: Any, location: Location) -> None:
