@@ -138,6 +138,24 @@ class WriteReport:
 
 
 @dataclass(frozen=True)
+class DocumentVersion:
+    """One version of a document: what it held (its content hash, its source), when and by
+    which ingest run it was written, and when, by which run and how (``"updated"`` or
+    ``"deleted"``) it ended; the current version has ``replaced_at`` None. Runs are ingest
+    ids (``IngestReport.ingest_id``); None: written through the API, or before versions were
+    kept."""
+
+    version: int
+    content_hash: str | None
+    source_path: str
+    written_at: str
+    written_by: str | None
+    replaced_at: str | None = None
+    replaced_by: str | None = None
+    ended_by: str | None = None
+
+
+@dataclass(frozen=True)
 class IngestRun:
     """The ingest run a write belongs to: recorded with the documents it writes (their
     versions name it), so ``lineage`` can say which run wrote or replaced what."""

@@ -10,6 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from mlflow_rag.cli import main
+from tests import helpers_mlflow
+
+tracking_template = helpers_mlflow.tracking_template  # shared fixtures
+tracking_uri = helpers_mlflow.tracking_uri
 
 TOPICS = ["budget salaries payroll review", "vector search index tuning",
           "payroll vector review notes", "salaries of the search team"]
@@ -165,3 +169,78 @@ def test_sync_deletes_what_is_gone_from_its_sources_and_never_touches_other_root
     run("ingest", str(second / "*.txt"), "--store", store, "--embedder", "tfidf", "--no-track",
         "--sync")
     assert stored_ids(store) == {"a1.txt", "a2.txt", "a3.txt", "b1.txt", "b2.txt"}
+
+
+# ------------------------------------------------------------------ versions and lineage
+
+
+def test_an_updated_document_keeps_its_history_with_the_runs_that_wrote_and_replaced_it(
+    two_roots,
+) -> None:
+    store, first, _ = two_roots
+    _, out = run("show", "a1.txt", "--store", store, "--history", "--json")
+    [original] = json.loads(out)["versions"]
+    assert original["replaced_at"] is None and original["written_by"]
+    (first / "a1.txt").write_text("budget rewritten entirely.\n", encoding="utf-8")
+    _, out = run("ingest", str(first), "--store", store, "--embedder", "tfidf", "--no-track",
+                 "--json")
+    second_run = json.loads(out)["ingest_id"]
+    _, out = run("show", "a1.txt", "--store", store, "--history", "--json")
+    old, new = json.loads(out)["versions"]
+    assert (old["version"], new["version"]) == (1, 2)
+    assert old["content_hash"] == original["content_hash"] != new["content_hash"]
+    assert (old["replaced_by"], old["ended_by"], new["written_by"]) == (
+        second_run, "updated", second_run)
+    assert old["replaced_at"] == new["written_at"] and new["replaced_at"] is None
+    _, text = run("show", "a1.txt", "--store", store, "--history")
+    assert "2 version(s)" in text and "updated" in text and "current" in text
+    # a deleted document keeps its history; a principal is told "not found" as for any id
+    (first / "a2.txt").unlink()
+    run("ingest", str(first), "--store", store, "--embedder", "tfidf", "--no-track", "--sync")
+    _, out = run("show", "a2.txt", "--store", store, "--history", "--json")
+    assert json.loads(out)["versions"][-1]["ended_by"] == "deleted"
+    code, out = run("show", "a2.txt", "--store", store, "--history", "--principal", "x", ok=False)
+    assert code == 1 and "no document with id 'a2.txt'" in out
+
+
+def test_lineage_follows_a_document_a_chunk_and_a_query(two_roots) -> None:
+    store, _, _ = two_roots
+    _, hits = run("search", "payroll review", "--store", store, "--mode", "dense", "-k", "3",
+                  "--json", "--log-query")
+    top = json.loads(hits)[0]
+    _, out = run("lineage", top["document_id"], "--store", store, "--json")
+    chain = json.loads(out)
+    [doc] = chain["documents"]
+    assert chain["kind"] == "document" and doc["source_path"].endswith(top["document_id"])
+    assert doc["versions"][0]["written_by"] == chain["ingest_runs"][0]["id"]
+    assert chain["ingest_runs"][0]["embedder"] == "tfidf"
+    assert all(e["model"] == "tfidf" and e["model_version"] for c in doc["chunks"]
+               for e in c["embeddings"])
+    [query] = [q for q in doc["queries"] if q["chunk_id"] == top["chunk_id"]]
+    _, out = run("lineage", top["chunk_id"], "--store", store, "--json")
+    chunk_chain = json.loads(out)
+    assert chunk_chain["kind"] == "chunk"
+    assert [c["id"] for c in chunk_chain["documents"][0]["chunks"]] == [top["chunk_id"]]
+    _, out = run("lineage", query["query_id"], "--store", store, "--json")
+    query_chain = json.loads(out)
+    assert query_chain["kind"] == "query"
+    assert query_chain["query"]["hits"][0]["chunk_id"] == top["chunk_id"]
+    assert top["document_id"] in {d["id"] for d in query_chain["documents"]}
+    _, text = run("lineage", top["document_id"], "--store", store)
+    assert text.startswith(f"document {top['document_id']}") and "ingest " in text
+    code, out = run("lineage", "nothing", "--store", store, ok=False)
+    assert code == 1 and "no document, chunk or logged query with id 'nothing'" in out
+
+
+def test_lineage_ends_at_the_mlflow_run_of_each_ingest(tracking_uri: str, tmp_path: Path) -> None:
+    root = write_root(tmp_path / "docs", "t", 2)
+    store = str(tmp_path / "store")
+    _, out = run("ingest", str(root), "--store", store, "--embedder", "tfidf", "--json",
+                 "--experiment", "lineage")
+    report = json.loads(out)
+    _, out = run("lineage", "t0.txt", "--store", store, "--json", "--runs")
+    [ingest] = json.loads(out)["ingest_runs"]
+    assert ingest["id"] == report["ingest_id"]
+    assert [r["run_id"] for r in ingest["mlflow_runs"]] == [report["run_id"]]
+    _, text = run("lineage", "t0.txt", "--store", store, "--runs")
+    assert f"MLflow run {report['run_id']}" in text

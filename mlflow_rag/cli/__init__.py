@@ -5,7 +5,13 @@ Heavy modules (mlflow, torch) are imported inside the commands that need them, s
 options its commands share; each other module adds one family of commands to it.
 """
 
-from mlflow_rag.cli import ingest, maintain, models, query  # noqa: F401  (registers the commands)
+from mlflow_rag.cli import (  # noqa: F401  (registers the commands)
+    governance,
+    ingest,
+    maintain,
+    models,
+    query,
+)
 from mlflow_rag.cli.group import main
 
 __all__ = ["main"]

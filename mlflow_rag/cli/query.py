@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -139,8 +140,11 @@ def list_documents(store_path: Path | str, filter_json: str | None, limit: int, 
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the document (or chunk) as JSON.")
 @click.option("--include-pii", is_flag=True, help="Include PII-tagged fields.")
+@click.option("--history", is_flag=True,
+              help="Show the document's versions instead: content hash, when and by which "
+                   "ingest run each was written and replaced (a deleted document's too).")
 @principal_options
-def show(doc_id: str, store_path: Path | str, as_json: bool, include_pii: bool,
+def show(doc_id: str, store_path: Path | str, as_json: bool, include_pii: bool, history: bool,
          principal: str | None, principal_groups: str | None) -> None:
     """Show a document and its chunks in order, or one chunk given its chunk id.
 
@@ -154,6 +158,9 @@ def show(doc_id: str, store_path: Path | str, as_json: bool, include_pii: bool,
 
     chunk: ChunkView | None = None
     reader = parse_principal(principal, principal_groups)
+    if history:
+        _show_history(doc_id, store_path, as_json=as_json, reader=reader)
+        return
     with Store.open(store_path, read_only=True) as store:
         try:
             doc = store.get_document(doc_id, include_pii=include_pii, principal=reader)
@@ -190,3 +197,21 @@ def show(doc_id: str, store_path: Path | str, as_json: bool, include_pii: bool,
         click.echo(f"--- chunk {part.chunk_index} ({part.id}) [{part.chunk_type}] "
                    f"chars {part.start_char}-{part.end_char}, {part.token_count} tokens")
         click.echo(part.text)
+
+
+def _show_history(doc_id: str, store_path: Path | str, *, as_json: bool, reader: Any) -> None:
+    from dataclasses import asdict
+
+    from mlflow_rag.store.store import Store
+
+    with Store.open(store_path, read_only=True) as store:
+        versions = store.document_history(doc_id, principal=reader)
+    if as_json:
+        echo_json({"id": doc_id, "versions": [asdict(v) for v in versions]})
+        return
+    click.echo(f"{doc_id}: {len(versions)} version(s) kept")
+    for v in versions:
+        written = f"written {v.written_at}" + (f" by ingest {v.written_by}" if v.written_by else "")
+        ended = (f"; {v.ended_by} {v.replaced_at}" + (f" by ingest {v.replaced_by}" if v.replaced_by else "")
+                 if v.replaced_at else "; current")
+        click.echo(f"  v{v.version}  {v.content_hash}  {v.source_path}  {written}{ended}")

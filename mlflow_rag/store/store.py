@@ -39,7 +39,16 @@ from mlflow_rag.errors import (
     UnknownChoice,
 )
 from mlflow_rag.index.choose import INDEX_TYPES, choose_index
-from mlflow_rag.store import bundle, integrity, layout, opening, retrieval, views, writes
+from mlflow_rag.store import (
+    bundle,
+    integrity,
+    layout,
+    lineage,
+    opening,
+    retrieval,
+    views,
+    writes,
+)
 from mlflow_rag.store.access import Principal, restrict, visible
 from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.checks import clean_query, clean_vectors
@@ -58,6 +67,7 @@ from mlflow_rag.store.request import Retrieval
 from mlflow_rag.types import (
     ChunkView,
     DocumentRecord,
+    DocumentVersion,
     DocumentView,
     Hit,
     IngestRun,
@@ -514,6 +524,26 @@ class Store:
                 raise DocumentNotFound(f"no document with id {document_id!r} in {self.location}")
             chunks = tuple(views.chunk_view(r) for r in self.backend.chunk_rows(document_id))
         return views.document_view(row, chunks, include_pii=include_pii)
+
+    def document_history(
+        self, document_id: str, *, principal: Principal | None = None,
+    ) -> list[DocumentVersion]:
+        """Every kept version of a document, oldest first (the current one last, open). For
+        a principal, only a document it may see now (a deleted one is "not found")."""
+        with self._lock, self.backend.read_transaction():
+            row = self.backend.document_row(document_id)
+            versions = lineage.history(self.backend, document_id)
+            hidden = principal is not None and (
+                row is None or not visible(codec.loads_object(row[6]), principal))
+        if hidden or (row is None and not versions):
+            raise DocumentNotFound(f"no document with id {document_id!r} in {self.location}")
+        return versions
+
+    def lineage(self, item_id: str) -> dict[str, Any]:
+        """The chain of a document, chunk or logged query id (:mod:`mlflow_rag.store.lineage`):
+        for whoever holds the store, never filtered by principal."""
+        with self._lock, self.backend.read_transaction():
+            return lineage.lineage(self.backend, item_id, location=self.location)
 
     def expand_context(
         self, chunk_id: str, *, n: int = 1, principal: Principal | None = None,
