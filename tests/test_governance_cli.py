@@ -201,6 +201,10 @@ def test_an_updated_document_keeps_its_history_with_the_runs_that_wrote_and_repl
     assert json.loads(out)["versions"][-1]["ended_by"] == "deleted"
     code, out = run("show", "a2.txt", "--store", store, "--history", "--principal", "x", ok=False)
     assert code == 1 and "no document with id 'a2.txt'" in out
+    run("delete", "a3.txt", "--store", store)  # a delete through the CLI ends it too
+    _, out = run("show", "a3.txt", "--store", store, "--history", "--json")
+    last = json.loads(out)["versions"][-1]
+    assert (last["ended_by"], last["replaced_by"]) == ("deleted", None)
 
 
 def test_lineage_follows_a_document_a_chunk_and_a_query(two_roots) -> None:

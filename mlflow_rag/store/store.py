@@ -50,7 +50,7 @@ from mlflow_rag.store import (
     writes,
 )
 from mlflow_rag.store.access import Principal, restrict, visible
-from mlflow_rag.store.backend import Backend
+from mlflow_rag.store.backend import Backend, utc_now
 from mlflow_rag.store.checks import clean_query, clean_vectors
 from mlflow_rag.store.files import (
     FileStamp,
@@ -408,6 +408,9 @@ class Store:
         :meth:`erase_deleted` once at the end."""
         self._require_writable()
         with self._lock, self.backend.write_transaction():
+            if self.backend.document_row(document_id) is not None:  # its history says so
+                self.backend.close_document_versions([document_id], at=utc_now(), run=None,
+                                                     ended_by="deleted")
             if not self.backend.delete_document(document_id):
                 raise DocumentNotFound(f"no document with id {document_id!r} in {self.location}")
         if erase:
