@@ -139,6 +139,13 @@ def schema_version(conn: Any) -> int:
     return int(conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0])
 
 
+def applied_versions(conn: Any) -> set[int]:
+    """The migrations applied to this schema (its ``schema_migrations`` rows)."""
+    if schema_version(conn) == 0:
+        return set()
+    return {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+
+
 def check_version(conn: Any, location: Location) -> int:
     version = schema_version(conn)
     if version > SCHEMA_VERSION:
@@ -169,16 +176,20 @@ def open_schema(conn: Any, location: Location, *, create: bool, read_only: bool)
 
 def migrate(conn: Any, location: Location) -> int:
     """Apply pending migrations in order, each in its own transaction, under the store's
-    write lock (so two processes creating one store take turns, each re-reading the version).
+    write lock (so two processes creating one store take turns, each re-reading what is
+    applied). A migration is pending when its row is missing, not when its number is below
+    the highest applied: numbers are handed out before changes land, so a store may hold 1
+    and 4 when 3 arrives.
     """
     version = check_version(conn, location)
+    applied = applied_versions(conn)
     for migration in MIGRATIONS:
-        if migration.version <= version:
+        if migration.version in applied:
             continue
         with write_lock_transaction(conn, location):
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{location.schema}"')
             current = schema_version(conn)
-            if current >= migration.version:
+            if migration.version in applied_versions(conn):
                 version = current
                 continue
             if current == 0 and conn.execute(
@@ -195,7 +206,7 @@ def migrate(conn: Any, location: Location) -> int:
                 )
             conn.execute("INSERT INTO schema_migrations VALUES (%s, %s, %s)",
                          (migration.version, migration.name, utc_now()))
-        version = migration.version
+        version = max(version, migration.version)
     return version
 
 
