@@ -248,3 +248,35 @@ def test_lineage_ends_at_the_mlflow_run_of_each_ingest(tracking_uri: str, tmp_pa
     assert [r["run_id"] for r in ingest["mlflow_runs"]] == [report["run_id"]]
     _, text = run("lineage", "t0.txt", "--store", store, "--runs")
     assert f"MLflow run {report['run_id']}" in text
+
+
+def test_a_csv_access_column_labels_each_row_and_is_never_text(store_location: str,
+                                                               tmp_path: Path) -> None:
+    table = tmp_path / "people.csv"
+    long = "a long biography of payroll work across many teams and years " * 3
+    table.write_text("id,bio,_access\n"
+                     f"p1,{long} one,\"hr,legal\"\n"
+                     f"p2,{long} two,\n", encoding="utf-8")
+    run("ingest", str(table), "--store", store_location, "--embedder", "tfidf", "--no-track",
+        "--id-column", "id")
+    _, out = run("show", "p1", "--store", store_location, "--json")
+    shown = json.loads(out)
+    assert shown["metadata"]["_access"] == ["hr", "legal"]
+    assert all("hr,legal" not in c["text"] for c in shown["chunks"])
+    _, out = run("search", "payroll biography", "--store", store_location, "--json", "-k", "5",
+                 "--principal", "bob")
+    assert ids_of(out) == {"p2"}
+    _, out = run("search", "payroll biography", "--store", store_location, "--json", "-k", "5",
+                 "--principal", "bob", "--groups", "legal")
+    assert ids_of(out) == {"p1", "p2"}
+
+
+def test_a_sync_of_a_source_that_loads_nothing_deletes_nothing(two_roots) -> None:
+    """An emptied (or unmounted) folder must not wipe what came from it."""
+    store, first, _ = two_roots
+    for path in first.iterdir():
+        path.unlink()
+    code, out = run("ingest", str(first), "--store", store, "--embedder", "tfidf", "--no-track",
+                    "--sync", ok=False)
+    assert code == 1 and "nothing to ingest" in out
+    assert {"a0.txt", "a1.txt", "a2.txt", "a3.txt"} <= stored_ids(store)
