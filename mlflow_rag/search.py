@@ -76,6 +76,7 @@ class SearchRequest:
     retrieval: Retrieval
     filters: Mapping[str, Any] = field(default_factory=dict)
     depth: int = 0
+    principal: Principal | None = None  # who it reads as (in retrieval's plan already)
 
     @property
     def k(self) -> int:
@@ -108,7 +109,8 @@ class SearchRequest:
         depth = 0
         if mode == "hybrid":
             depth = check_k(candidates) if candidates else _hybrid_depth(retrieval.k)
-        return cls(query=query, mode=mode, retrieval=retrieval, filters=parsed, depth=depth)
+        return cls(query=query, mode=mode, retrieval=retrieval, filters=parsed, depth=depth,
+                   principal=principal)
 
     def with_k(self, k: int) -> SearchRequest:
         """The same request for ``k`` results (in range: derived from a checked ``k``); a
@@ -116,12 +118,22 @@ class SearchRequest:
         depth = _hybrid_depth(k) if self.mode == "hybrid" else 0
         return SearchRequest(query=self.query, mode=self.mode,
                              retrieval=self.retrieval.deeper(k), filters=self.filters,
-                             depth=depth)
+                             depth=depth, principal=self.principal)
 
     def with_query(self, query: str) -> SearchRequest:
         """The same request for another query, checked already by :func:`check_query`."""
         return SearchRequest(query=query, mode=self.mode, retrieval=self.retrieval,
-                             filters=self.filters, depth=self.depth)
+                             filters=self.filters, depth=self.depth, principal=self.principal)
+
+
+def _log_metadata(request: SearchRequest) -> dict[str, Any]:
+    """What a logged query records of its request: mode, k and who it read as (an audit of
+    principal searches; lineage shows it with the queries that retrieved a document)."""
+    metadata: dict[str, Any] = {"mode": request.mode, "k": request.k}
+    if request.principal is not None:
+        metadata["principal"] = request.principal.name
+        metadata["groups"] = list(request.principal.groups)
+    return metadata
 
 
 def _hybrid_depth(k: int) -> int:
@@ -391,7 +403,7 @@ class Searcher:
         if log:
             self.store.log_query(
                 query, hits, model_name=self._model() if mode != "bm25" else None,
-                embedding=vector, metadata={"mode": mode, "k": request.k}, redact=self.redact,
+                embedding=vector, metadata=_log_metadata(request), redact=self.redact,
             )
         return hits
 

@@ -221,6 +221,12 @@ def test_lineage_follows_a_document_a_chunk_and_a_query(two_roots) -> None:
     assert all(e["model"] == "tfidf" and e["model_version"] for c in doc["chunks"]
                for e in c["embeddings"])
     [query] = [q for q in doc["queries"] if q["chunk_id"] == top["chunk_id"]]
+    assert "principal" not in query["metadata"]
+    run("search", "payroll review", "--store", store, "--mode", "bm25", "--log-query",
+        "--principal", "ann", "--groups", "hr")
+    _, out = run("lineage", top["document_id"], "--store", store, "--json")
+    logged = [q["metadata"] for q in json.loads(out)["documents"][0]["queries"]]
+    assert {"mode": "bm25", "k": 5, "principal": "ann", "groups": ["hr"]} in logged
     _, out = run("lineage", top["chunk_id"], "--store", store, "--json")
     chunk_chain = json.loads(out)
     assert chunk_chain["kind"] == "chunk"
