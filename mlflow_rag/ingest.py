@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,7 @@ from mlflow_rag.ingest_sources import (
     source_identity,
     stored_under_other_ids,
 )
+from mlflow_rag.ingest_sync import IngestPreview, gone_documents
 from mlflow_rag.legacy_import import import_legacy
 from mlflow_rag.refit import (
     REFIT_GROWTH,
@@ -64,12 +66,15 @@ from mlflow_rag.refit import (
     refit_model,
     refit_reason,
 )
+from mlflow_rag.store.access import parse_labels
+from mlflow_rag.store.backend import utc_now
 from mlflow_rag.store.checks import content_hash
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import (
     ChunkRecord,
     DocumentRecord,
     IngestReport,
+    IngestRun,
     LoadFailure,
     SourceDocument,
     VectorBatch,
@@ -103,6 +108,12 @@ class IngestOptions:
     refit: str = "auto"
     # Another process writing to the store: wait for it (False: StoreBusy at once).
     wait: bool = True
+    # Delete stored documents that came from these sources and are gone from them, in the
+    # transaction that writes the new and updated ones (ingest_sync.py).
+    sync: bool = False
+    # Access labels of documents whose record names none (an ``_access`` field wins); none:
+    # such documents are visible to everyone (store/access.py).
+    access_labels: tuple[str, ...] = ()
 
 
 
@@ -134,6 +145,7 @@ def ingest(
         raise InvalidInput(f"batch size must be positive, got {options.batch_size}")
     if options.refit not in REFITS:
         raise UnknownChoice("refit policy", options.refit, REFITS)
+    parse_labels(list(options.access_labels))  # a bad label fails before anything loads
     say = on_message or log.warning
     stages = Stages()
 
@@ -180,10 +192,47 @@ def ingest_documents(
             raise _nothing_to_ingest(failures)
         if not options.overwrite:
             check_id_collisions(documents, store)
+        gone = _gone(store, sources, documents, failures) if options.sync else []
         return _ingest_locked(sources, store, documents, failures, list(loaders),
                               options=options, embedder=embedder,
                               chunk_tokenizer=chunk_tokenizer, progress=progress, say=say,
-                              stages=stages, skipped=skipped or {})
+                              stages=stages, skipped=skipped or {}, gone=gone)
+
+
+def _gone(
+    store: Store, sources: Sequence[str], documents: Sequence[SourceDocument],
+    failures: Sequence[LoadFailure],
+) -> list[str]:
+    return gone_documents(store.document_paths(), sources, loaded_ids={d.id for d in documents},
+                          failed_paths={f.source_path for f in failures})
+
+
+def preview_ingest(
+    sources: Sequence[str], store: Store, *, options: IngestOptions = IngestOptions(),
+    embedder: Embedder | None = None,
+) -> IngestPreview:
+    """What :func:`ingest` with these options would change (new, updated and, with
+    ``options.sync``, deleted documents), writing nothing: ``ingest --dry-run``."""
+    parse_labels(list(options.access_labels))
+    documents, failures, _ = load_sources(
+        sources, loader_options=options.loader_options, progress=False,
+        id_prefix=options.id_prefix, skipped={},
+    )
+    documents, duplicates = stored_under_other_ids(documents, store)
+    failures.extend(duplicates)
+    if not options.overwrite:
+        check_id_collisions(documents, store)
+    model = embedder or make_embedder(options.embedder, store)
+    plan = _chunk_stage(store, documents, failures, model,
+                        _chunk_token_spans(model, EMBEDDER_TOKENIZER), options=options,
+                        progress=False)
+    written = [d.id for d, _, _ in plan.to_write]
+    return IngestPreview(
+        new=tuple(i for i in written if i not in plan.states),
+        updated=tuple(i for i in written if i in plan.states),
+        deleted=tuple(_gone(store, sources, documents, failures) if options.sync else ()),
+        unchanged=len(plan.unchanged_ids), failed=tuple(f.source_path for f in failures),
+    )
 
 
 def embed_ahead(
@@ -253,6 +302,7 @@ def _ingest_locked(
     failures: list[LoadFailure], loaders: list[str], *, options: IngestOptions,
     embedder: Embedder | None, chunk_tokenizer: TokenSpans | str | None, progress: bool,
     say: Callable[[str], None], stages: Stages, skipped: Mapping[str, int],
+    gone: Sequence[str] = (),
 ) -> IngestReport:
     started = time.perf_counter()
     # Made under the lock: a tfidf state another ingest saved meanwhile is the one loaded.
@@ -290,8 +340,14 @@ def _ingest_locked(
     stages.add("embed", started)
 
     started = time.perf_counter()
+    run = IngestRun(id=uuid.uuid4().hex, started_at=utc_now(), sources=tuple(sources),
+                    source_digest=source_digest(documents), embedder=info.name,
+                    embedder_version=model.version)
     new, updated = write_documents(store, to_write, vectors=vectors, model_name=info.name,
-                                   model_version=model.version, progress=progress)
+                                   model_version=model.version, progress=progress,
+                                   delete=gone, run=run)
+    if gone:
+        store.erase_deleted()  # a synced deletion leaves no bytes behind, as `delete` does
     if missing:
         store.add_vectors(info.name, [cid for cid, _, _ in missing],
                           np.stack([vectors[h] for _, _, h in missing]), model_version=model.version)
@@ -314,6 +370,7 @@ def _ingest_locked(
         vectors_embedded=len(todo), vectors_cached=len(texts) - len(todo), tokens=tokens,
         cost_usd=cost, seconds=dict(stages.seconds), failures=tuple(failures),
         store_generation=stats.generation, store_bytes=stats.bytes_on_disk, skipped=dict(skipped),
+        documents_deleted=len(gone), ingest_id=run.id,
     )
 
 
@@ -336,7 +393,8 @@ def _chunk_stage(
     explicit = (options.chunker, options.chunk_size, options.chunk_overlap) != (None, None, None)
     # Decide before chunking: an unchanged document (same text, same chunking) is not chunked
     # again, so re-ingesting an unchanged corpus costs loading and hashing only.
-    described = [(d, document_metadata(d, chunkers[names[d.id]].config())) for d in documents]
+    described = [(d, document_metadata(d, chunkers[names[d.id]].config(),
+                                        access_labels=options.access_labels)) for d in documents]
     actions = {
         d.id: document_action(states.get(d.id), content_hash(d.text), meta,
                               rechunk=options.rechunk, keep_chunking=not explicit)
@@ -371,12 +429,14 @@ def _rechunk_refused(plan: _Chunked, losses: Mapping[str, int]) -> ChunkingChang
 def write_documents(
     store: Store, to_write: Sequence[Prepared], *, vectors: Mapping[str, np.ndarray] | None = None,
     model_name: str = "", model_version: str | None = None, skip_unchanged: bool = False,
-    progress: bool = False,
+    progress: bool = False, delete: Sequence[str] = (), run: IngestRun | None = None,
 ) -> tuple[int, int]:
     """Ingest's write stage: the documents with their chunks and, given ``vectors`` (text hash
     -> vector), ``model_name``'s vectors, WRITE_BATCH documents per transaction. Without
     vectors only documents and chunks are written (the harness's BM25-only stores), looking
-    exactly as an ingest writes them. Returns how many were new and how many updated."""
+    exactly as an ingest writes them. Documents to ``delete`` (a sync's) make it one
+    transaction with the writes: a sync lands whole or not at all. Returns how many were new
+    and how many updated."""
     from tqdm import tqdm
 
     def record(d: SourceDocument, meta: dict[str, Any], chunks: tuple[ChunkRecord, ...]) -> DocumentRecord:
@@ -390,9 +450,11 @@ def write_documents(
     new = updated = 0
     with tqdm(total=len(to_write), desc="write", unit="doc", disable=not progress,
               leave=False) as bar:
-        for start in range(0, len(to_write), WRITE_BATCH):
-            block = to_write[start : start + WRITE_BATCH]
-            report = store.write([record(*item) for item in block], skip_unchanged=skip_unchanged)
+        batch = max(len(to_write), 1) if delete else WRITE_BATCH
+        for start in range(0, max(len(to_write), 1 if delete else 0), batch):
+            block = to_write[start : start + batch]
+            report = store.write([record(*item) for item in block], skip_unchanged=skip_unchanged,
+                                 delete=delete, run=run)
             new += report.new
             updated += report.updated
             bar.update(len(block))
@@ -448,6 +510,7 @@ __all__ = [
     "ingest",
     "load_sources",
     "loader_options_for",
+    "preview_ingest",
     "recorded_embedders",
     "refit",
     "refit_corpus_models",

@@ -11,6 +11,8 @@ from typing import Any
 from mlflow_rag.chunk.base import Chunker
 from mlflow_rag.chunk.registry import CHUNKERS, default_chunker_for
 from mlflow_rag.chunk.sections import section_metadata
+from mlflow_rag.errors import InvalidInput
+from mlflow_rag.store.access import with_labels
 from mlflow_rag.store.checks import PII_KEY, content_hash
 from mlflow_rag.types import ChunkRecord, SourceDocument
 
@@ -56,10 +58,16 @@ def chunk_id(document_id: str, chunk_index: int) -> str:
     return f"{document_id}#{chunk_index}"
 
 
-def document_metadata(document: SourceDocument, chunking: Mapping[str, Any]) -> dict[str, Any]:
+def document_metadata(
+    document: SourceDocument, chunking: Mapping[str, Any], *, access_labels: Sequence[str] = (),
+) -> dict[str, Any]:
     """What the store keeps as documents.metadata: the loader's fields, how it was chunked,
-    and PII under a key that search output hides unless asked for."""
-    metadata = dict(document.metadata)
+    its access labels (its own ``_access`` field, else ``access_labels``) and PII under a key
+    that search output hides unless asked for."""
+    try:
+        metadata = with_labels(document.metadata, list(access_labels))
+    except InvalidInput as exc:
+        raise InvalidInput(f"document {document.id!r} ({document.source_path}): {exc}") from None
     metadata["chunking"] = dict(chunking)
     if document.pii:
         metadata[PII_KEY] = dict(document.pii)

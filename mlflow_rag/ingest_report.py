@@ -41,7 +41,9 @@ def format_report(report: IngestReport) -> str:
     stage_text = ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
     lines = [
         f"documents: {report.documents_new} new, {report.documents_updated} updated, "
-        f"{report.documents_unchanged} unchanged, {report.documents_failed} failed",
+        f"{report.documents_unchanged} unchanged, {report.documents_failed} failed"
+        + (f", {report.documents_deleted} deleted (gone from their sources)"
+           if report.documents_deleted else ""),
         f"chunks: {report.chunks} written ({report.chunker.get('name')}); vectors: "
         f"{report.vectors_embedded} embedded, {report.vectors_cached} cached "
         f"({report.embedder}, dim {report.dimension}, index {report.index.get('kind')})",

@@ -57,6 +57,9 @@ def ingest_spark(
         raise InvalidInput(f"--engine spark writes from many processes and hosts: it needs a "
                            f"store in PostgreSQL (postgresql://...), not the folder {store}")
     options = options or IngestOptions()
+    if options.sync:  # a partition sees only its own documents: it would delete the others'
+        raise InvalidInput("--sync needs the whole source in one ingest; run it without "
+                           "--engine spark")
     started = time.perf_counter()
     with Store.open(store, create=True) as opened:
         model = make_embedder(options.embedder, opened)

@@ -89,7 +89,8 @@ class RetrieverModel(PythonModel):
     query or chunk text; ``"text"`` does, after ``redact``; ``"off"`` records no trace),
     ``store`` (a live model's ``postgresql://`` store, no password in it: searched instead of
     a bundle, so new documents are served without a new version; ``query_log`` may name the
-    same store).
+    same store), ``require_principal`` (default false: a request without params
+    ``principal`` is 400).
     """
 
     def __init__(self) -> None:
@@ -116,6 +117,7 @@ class RetrieverModel(PythonModel):
             embedder=config.get("embedder") or None,
             # models logged before the option existed have no "mmap" key: the default applies
             mmap=_flag(config.get("mmap", True)),
+            require_principal=_flag(config.get("require_principal", False)),
         )
         if guard_scoring_server():
             warm_up_serving(trace=self.trace != "off")
@@ -132,7 +134,8 @@ class RetrieverModel(PythonModel):
             queries = coerce_queries(model_input)  # first alone: the scrub below needs them
             output = parse_output(params)
             searches = build_requests(queries, params, default_mode=retriever.default_mode,
-                                      overrides=row_params(model_input, len(queries)))
+                                      overrides=row_params(model_input, len(queries)),
+                                      require_principal=retriever.require_principal)
         except RagError as exc:
             raise bad_request(str(exc), queries) from None
         text = self.trace == "text"

@@ -15,6 +15,7 @@ import numpy as np
 
 from mlflow_rag.embed.base import Embedder
 from mlflow_rag.errors import EmbedderUnavailable, InvalidInput, UnknownChoice
+from mlflow_rag.store.access import Principal, restrict
 from mlflow_rag.store.checks import MAX_K, check_k
 from mlflow_rag.store.filters import as_plan, parse_filter
 from mlflow_rag.store.request import Retrieval
@@ -75,6 +76,7 @@ class SearchRequest:
     retrieval: Retrieval
     filters: Mapping[str, Any] = field(default_factory=dict)
     depth: int = 0
+    principal: Principal | None = None  # who it reads as (in retrieval's plan already)
 
     @property
     def k(self) -> int:
@@ -84,27 +86,31 @@ class SearchRequest:
     def parse(
         cls, query: Any, *, k: Any = 10, mode: str = DEFAULT_MODE,
         filters: str | Mapping[str, Any] | None = None, candidates: int | None = None,
+        principal: Principal | None = None,
     ) -> SearchRequest:
         """Check everything a search needs before any work: a bad filter fails before the
-        query is embedded."""
+        query is embedded. With a ``principal``, only what it may see is searched."""
         check_query(query)
-        return cls.of_checked_query(query, k=k, mode=mode, filters=filters, candidates=candidates)
+        return cls.of_checked_query(query, k=k, mode=mode, filters=filters, candidates=candidates,
+                                    principal=principal)
 
     @classmethod
     def of_checked_query(
         cls, query: str, *, k: Any = 10, mode: str = DEFAULT_MODE,
         filters: str | Mapping[str, Any] | None = None, candidates: int | None = None,
+        principal: Principal | None = None,
     ) -> SearchRequest:
         """:meth:`parse` for a query checked already (by :func:`check_query`); use
         :meth:`with_query` to ask the same of other checked queries."""
         checked_k = check_k(k)  # k, the mode, then the filter: serving's order of checks
         check_mode(mode)
         parsed = parse_filter(filters)
-        retrieval = Retrieval(k=checked_k, plan=as_plan(parsed))
+        retrieval = Retrieval(k=checked_k, plan=restrict(as_plan(parsed), principal))
         depth = 0
         if mode == "hybrid":
             depth = check_k(candidates) if candidates else _hybrid_depth(retrieval.k)
-        return cls(query=query, mode=mode, retrieval=retrieval, filters=parsed, depth=depth)
+        return cls(query=query, mode=mode, retrieval=retrieval, filters=parsed, depth=depth,
+                   principal=principal)
 
     def with_k(self, k: int) -> SearchRequest:
         """The same request for ``k`` results (in range: derived from a checked ``k``); a
@@ -112,12 +118,22 @@ class SearchRequest:
         depth = _hybrid_depth(k) if self.mode == "hybrid" else 0
         return SearchRequest(query=self.query, mode=self.mode,
                              retrieval=self.retrieval.deeper(k), filters=self.filters,
-                             depth=depth)
+                             depth=depth, principal=self.principal)
 
     def with_query(self, query: str) -> SearchRequest:
         """The same request for another query, checked already by :func:`check_query`."""
         return SearchRequest(query=query, mode=self.mode, retrieval=self.retrieval,
-                             filters=self.filters, depth=self.depth)
+                             filters=self.filters, depth=self.depth, principal=self.principal)
+
+
+def _log_metadata(request: SearchRequest) -> dict[str, Any]:
+    """What a logged query records of its request: mode, k and who it read as (an audit of
+    principal searches; lineage shows it with the queries that retrieved a document)."""
+    metadata: dict[str, Any] = {"mode": request.mode, "k": request.k}
+    if request.principal is not None:
+        metadata["principal"] = request.principal.name
+        metadata["groups"] = list(request.principal.groups)
+    return metadata
 
 
 def _hybrid_depth(k: int) -> int:
@@ -363,11 +379,13 @@ class Searcher:
         self, query: str, *, k: int = 10, mode: str = DEFAULT_MODE,
         filters: str | Mapping[str, Any] | None = None, include_pii: bool = False,
         log: bool = False, candidates: int | None = None, fusion: str | None = None,
+        principal: Principal | None = None,
     ) -> list[Hit]:
-        """Top-k hits for ``query``. Hybrid fuses the top ``candidates`` of dense and BM25
-        with ``fusion`` (default: the searcher's)."""
+        """Top-k hits for ``query`` among what ``principal`` may see (none: everything).
+        Hybrid fuses the top ``candidates`` of dense and BM25 with ``fusion`` (default: the
+        searcher's)."""
         request = SearchRequest.parse(query, k=k, mode=mode, filters=filters,
-                                      candidates=candidates)
+                                      candidates=candidates, principal=principal)
         return self.run(request, include_pii=include_pii, log=log, fusion=fusion)
 
     def run(
@@ -391,18 +409,18 @@ class Searcher:
         if log:
             self.store.log_query(
                 query, hits, model_name=self._model() if mode != "bm25" else None,
-                embedding=vector, metadata={"mode": mode, "k": request.k}, redact=self.redact,
+                embedding=vector, metadata=_log_metadata(request), redact=self.redact,
             )
         return hits
 
     def search_documents(
         self, query: str, *, k: int = 10, mode: str = DEFAULT_MODE,
         filters: str | Mapping[str, Any] | None = None, include_pii: bool = False,
-        log: bool = False, depth: int | None = None,
+        log: bool = False, depth: int | None = None, principal: Principal | None = None,
     ) -> list[DocumentHits]:
         """The top-``k`` documents for ``query``, each with its hits among the best ``depth``
         chunks (default ``max(100, 10 k)``): a document ranks by its best chunk."""
-        request = SearchRequest.parse(query, k=k, mode=mode, filters=filters)
+        request = SearchRequest.parse(query, k=k, mode=mode, filters=filters, principal=principal)
         return self.run_documents(request, include_pii=include_pii, log=log, depth=depth)
 
     def run_documents(
@@ -419,9 +437,10 @@ class Searcher:
         self, query: str, vector: np.ndarray, *, k: int,
         filters: str | Mapping[str, Any] | None = None, include_pii: bool = False,
         candidates: int | None = None, fusion: str | None = None,
+        principal: Principal | None = None,
     ) -> list[Hit]:
         request = SearchRequest.parse(query, k=k, mode="hybrid", filters=filters,
-                                      candidates=candidates)
+                                      candidates=candidates, principal=principal)
         return self._fused(request, vector, include_pii=include_pii, fusion=fusion)
 
     def _fused(

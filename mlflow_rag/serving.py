@@ -32,6 +32,7 @@ from mlflow_rag.search import (
     redact_emails,
 )
 from mlflow_rag.serving_log import QueryLog
+from mlflow_rag.store.access import Principal
 from mlflow_rag.store.opening import is_database_location
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import Hit
@@ -45,7 +46,9 @@ OUTPUT_COLUMNS = (
 )
 # The signature's defaults, which MLflow fills in for params a request leaves out. "mode": ""
 # stands for the bundle's own default (bundle_modes), known only once the model is loaded.
-PARAM_DEFAULTS: dict[str, Any] = {"k": 5, "mode": "", "filters": "", "output": "rows"}
+# "principal"/"groups": who the request reads as (store/access.py); "" is nobody.
+PARAM_DEFAULTS: dict[str, Any] = {"k": 5, "mode": "", "filters": "", "principal": "",
+                                  "groups": "", "output": "rows"}
 QUERY_COLUMN = "query"
 # Optional columns of the request table that override a param for their row (a Spark
 # DataFrame of queries with a k, mode or filters each); an empty cell takes the param.
@@ -71,7 +74,7 @@ REDACTORS: dict[str, Callable[[str], str] | None] = {"emails": redact_emails, "n
 # MLFLOW_PYFUNC_INFERENCE_CONFIG variable) override only keys the logged config already has.
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "include_pii": False, "query_log": "", "redact": "emails", "embedder": "", "mmap": True,
-    "trace": "ids", "store": "",
+    "trace": "ids", "store": "", "require_principal": False,
 }
 # What an MLflow trace of a request records (the tracking store keeps traces beyond the
 # reach of purge-queries, so text is opt-in, like the query log): "off" records no trace,
@@ -150,15 +153,35 @@ def _merged_params(
     return k, str(merged["mode"] or default_mode), merged["filters"]
 
 
-def _parsed(query: str, params: Mapping[str, Any] | None, *, default_mode: str) -> SearchRequest:
+def request_principal(params: Mapping[str, Any] | None, *, required: bool) -> Principal | None:
+    """Who a request reads as (params ``principal``, ``groups``); with ``required`` (the
+    model config ``require_principal``) a request without one is refused, never served
+    everything."""
+    given = params or {}
+    try:
+        principal = Principal.optional(given.get("principal"), given.get("groups"))
+    except InvalidInput as exc:
+        raise BadRequest(str(exc)) from None
+    if principal is None and required:
+        raise BadRequest('this model requires a principal: send params {"principal": NAME, '
+                         '"groups": "G1,G2"}')
+    return principal
+
+
+def _parsed(
+    query: str, params: Mapping[str, Any] | None, *, default_mode: str,
+    require_principal: bool = False,
+) -> SearchRequest:
     k, mode, filters = _merged_params(params, default_mode=default_mode)
+    principal = request_principal(params, required=require_principal)
     if not isinstance(filters, (str, Mapping)):
         SearchRequest.of_checked_query(query, k=k, mode=mode)  # a bad k or mode is named first
         raise BadRequest(
             f"filters must be a JSON object (or a string holding one), got {_json_type(filters)}"
         )
     # unknown keys or operators of the filter fail here, before any search
-    return SearchRequest.of_checked_query(query, k=k, mode=mode, filters=filters)
+    return SearchRequest.of_checked_query(query, k=k, mode=mode, filters=filters,
+                                          principal=principal)
 
 
 def _empty(value: Any) -> bool:
@@ -205,6 +228,7 @@ def parse_params(
 def build_requests(
     queries: Sequence[str], params: Mapping[str, Any] | None, *,
     default_mode: str = DEFAULT_MODE, overrides: Sequence[Mapping[str, Any]] | None = None,
+    require_principal: bool = False,
 ) -> list[SearchRequest]:
     """One :class:`SearchRequest` per query (each checked already, by :func:`coerce_queries`):
     the params are checked and the filter compiled once for them all, or once per distinct
@@ -218,7 +242,8 @@ def build_requests(
             requests.append(parsed[key].with_query(query))
             continue
         try:
-            request = _parsed(query, {**(params or {}), **override}, default_mode=default_mode)
+            request = _parsed(query, {**(params or {}), **override}, default_mode=default_mode,
+                              require_principal=require_principal)
         except RagError as exc:
             raise BadRequest(f"row {index}: {exc}" if override else str(exc)) from None
         parsed[key] = request
@@ -233,13 +258,15 @@ def build_requests(
 
 
 def parse_request(
-    model_input: Any, params: Mapping[str, Any] | None, *, default_mode: str = DEFAULT_MODE
+    model_input: Any, params: Mapping[str, Any] | None, *, default_mode: str = DEFAULT_MODE,
+    require_principal: bool = False,
 ) -> list[SearchRequest]:
     """One parsed :class:`SearchRequest` per query of a request, or :class:`BadRequest` (or
     another :class:`RagError`) naming what is wrong."""
     queries = coerce_queries(model_input)
     return build_requests(queries, params, default_mode=default_mode,
-                          overrides=row_params(model_input, len(queries)))
+                          overrides=row_params(model_input, len(queries)),
+                          require_principal=require_principal)
 
 
 # --------------------------------------------------------------------------- the HTTP body
@@ -391,8 +418,9 @@ class Retriever:
     def __init__(
         self, bundle: str | Path, *, include_pii: bool = False, query_log: str | Path | None = None,
         redact: Callable[[str], str] | None = redact_emails, embedder: str | None = None,
-        mmap: bool = True,
+        mmap: bool = True, require_principal: bool = False,
     ) -> None:
+        self.require_principal = require_principal  # a request without one: 400
         self.live = is_database_location(bundle)
         self.bundle = None if self.live else Path(bundle)
         if self.live:
@@ -475,7 +503,8 @@ class Retriever:
 
     def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         output = parse_output(params)
-        requests = parse_request(model_input, params, default_mode=self.default_mode)
+        requests = parse_request(model_input, params, default_mode=self.default_mode,
+                                 require_principal=self.require_principal)
         return response_frame([self.search_one(request) for request in requests], output=output)
 
     def close(self) -> None:

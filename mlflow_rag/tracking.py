@@ -36,6 +36,7 @@ from mlflow_rag.tracking_session import (
     TAG_DOCUMENTS,
     TAG_EMBEDDER,
     TAG_GENERATION,
+    TAG_INGEST_ID,
     TAG_PREVIOUS_GENERATION,
     TAG_PREVIOUS_RUN_ID,
     TAG_RUN_TYPE,
@@ -251,6 +252,8 @@ def log_ingest_run(
                 TAG_STORE_PATH: store_address(store),
                 **(dict(tags) if tags else {}),
             }
+            if report.ingest_id:
+                run_tags[TAG_INGEST_ID] = report.ingest_id
             if previous is not None:
                 run_tags[TAG_PREVIOUS_RUN_ID] = previous.info.run_id
             if digest is not None:
@@ -382,3 +385,27 @@ def log_search_run(
         )
         mlflow.log_table(table, artifact_file=HITS_TABLE)
         return str(run.info.run_id)
+
+
+def runs_of_ingests(
+    ingest_ids: Sequence[str], *, tracking_uri: str | None,
+) -> dict[str, list[dict[str, str]]]:
+    """Ingest id -> the MLflow runs tagged with it (run id, experiment, run name), in every
+    experiment of the tracking server: lineage's last link."""
+    if not ingest_ids:
+        return {}
+    with mlflow_session(tracking_uri, None) as mlflow:
+        client = mlflow.MlflowClient()
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = [  # tag filters take "=" only: one search per ingest (ids are hex)
+            run for ingest_id in dict.fromkeys(ingest_ids) if experiments
+            for run in client.search_runs(
+                experiments, filter_string=f"tags.`{TAG_INGEST_ID}` = '{ingest_id.replace(chr(39), '')}'",
+                max_results=1000)
+        ]
+    out: dict[str, list[dict[str, str]]] = {}
+    for run in runs:
+        out.setdefault(run.data.tags[TAG_INGEST_ID], []).append({
+            "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+            "run_name": run.info.run_name or ""})
+    return out

@@ -41,6 +41,9 @@ TAG_STORE_PATH = "mlflow_rag.store_path"
 TAG_EMBEDDER = "mlflow_rag.embedder"  # an ingest's embedder; a model's, comma-separated
 TAG_DOCUMENTS = "mlflow_rag.documents"  # documents in the store (the logged bundle)
 TAG_INGEST_RUN_ID = "mlflow_rag.ingest_run_id"  # the ingest run that left the store so
+# An ingest run's id in the store it wrote (document versions name it): lineage finds the
+# MLflow run by it.
+TAG_INGEST_ID = "mlflow_rag.ingest_id"
 TAG_DESCRIPTION = "mlflow.note.content"  # MLflow's run description (shown in the UI)
 # An ingest run's store content (documents, vectors, index files), generation aside; an
 # ingest that leaves it as the previous run did logs no second copy of the bundle but names

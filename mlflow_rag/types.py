@@ -134,6 +134,38 @@ class WriteReport:
     chunks: int = 0
     vectors: int = 0
     generation: int = 0
+    deleted: int = 0
+
+
+@dataclass(frozen=True)
+class DocumentVersion:
+    """One version of a document: what it held (its content hash, its source), when and by
+    which ingest run it was written, and when, by which run and how (``"updated"`` or
+    ``"deleted"``) it ended; the current version has ``replaced_at`` None. Runs are ingest
+    ids (``IngestReport.ingest_id``); None: written through the API, or before versions were
+    kept."""
+
+    version: int
+    content_hash: str | None
+    source_path: str
+    written_at: str
+    written_by: str | None
+    replaced_at: str | None = None
+    replaced_by: str | None = None
+    ended_by: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestRun:
+    """The ingest run a write belongs to: recorded with the documents it writes (their
+    versions name it), so ``lineage`` can say which run wrote or replaced what."""
+
+    id: str
+    started_at: str
+    sources: tuple[str, ...] = ()
+    source_digest: str | None = None
+    embedder: str | None = None
+    embedder_version: str | None = None
 
 
 # --------------------------------------------------------------------------- store output
@@ -281,6 +313,8 @@ class IngestReport:
     store_bytes: int = 0
     # files of a folder or glob that no loader reads, by extension ({".docx": 2}); not failures
     skipped: Mapping[str, int] = field(default_factory=dict)
+    documents_deleted: int = 0  # gone from their sources (ingest --sync)
+    ingest_id: str = ""  # the run's id in the store (document versions name it); "" none
 
     @property
     def total_seconds(self) -> float:

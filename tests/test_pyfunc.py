@@ -84,7 +84,8 @@ def test_signature_declares_the_query_column_and_the_params(champion: Any) -> No
     assert meta.get_input_schema().required_input_names() == []
     params = {p.name: p.default for p in meta.get_params_schema().params}
     # mode "": the bundle's own default, decided at load (hybrid here: it has an embedder)
-    assert params == {"k": 5, "mode": "", "filters": "", "output": "rows"}
+    assert params == {"k": 5, "mode": "", "filters": "", "principal": "", "groups": "",
+                      "output": "rows"}
     assert meta.get_output_schema().input_names() == list(OUTPUT_COLUMNS)
 
 

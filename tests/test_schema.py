@@ -24,7 +24,9 @@ def test_empty_database_plus_all_migrations_equals_the_snapshot(tmp_path: Path) 
 
 def test_migrations_are_ordered_and_recorded(tmp_path: Path) -> None:
     versions = [m.version for m in MIGRATIONS]
-    assert versions == sorted(versions) == list(range(1, len(versions) + 1))
+    # increasing, without repeats (numbers are handed out to changes before they land, so a
+    # branch may hold 1 and 3 while 2 is on its way)
+    assert versions == sorted(set(versions)) and versions[0] == 1
     store = Store.open(tmp_path / "s", create=True)
     rows = store.backend.conn.execute("SELECT version, name FROM schema_migrations").fetchall()
     assert rows == [(m.version, m.name) for m in MIGRATIONS]

@@ -130,6 +130,25 @@ def tracking_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--experiment", default=None, help=EXPERIMENT_HELP)(func)
 
 
+def principal_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--principal NAME --groups G1,G2``: read only what this principal may see
+    (docs/governance.md). Who may claim a principal is the caller's business."""
+    func = click.option("--groups", "principal_groups", default=None,
+                        help="The principal's groups, comma-separated (labels it holds).")(func)
+    return click.option(
+        "--principal", default=None,
+        help="Read as this principal: only documents without access labels or with a label "
+             "it holds (its name or one of --groups) [default: everything].",
+    )(func)
+
+
+def parse_principal(name: str | None, groups: str | None) -> Any:
+    """The CLI's principal (a :class:`~mlflow_rag.store.access.Principal`), or ``None``."""
+    from mlflow_rag.store.access import Principal
+
+    return Principal.optional(name, groups)
+
+
 def check_tracking(tracking_uri: str | None) -> None:
     """An unreachable tracking server fails before the work, not after a long ingest."""
     from mlflow_rag.tracking_session import (  # no mlflow import

@@ -87,6 +87,17 @@ def _report_json(report: Any, run_id: str | None) -> dict[str, Any]:
               show_default=True,
               help="spark: chunk, embed and write in the partitions of the active Spark session "
                    "(a store in PostgreSQL only; loading stays on the driver).")
+@click.option("--access-labels", default=None,
+              help="Comma-separated access labels of documents whose record has no '_access' "
+                   "field: only principals holding one may read them (docs/governance.md) "
+                   "[default: none, visible to everyone].")
+@click.option("--sync", is_flag=True,
+              help="Also delete stored documents that came from these SOURCES (a file, a folder, "
+                   "a glob) and are gone from them, in the transaction that writes the new and "
+                   "updated ones; documents from other sources are never touched.")
+@click.option("--dry-run", is_flag=True,
+              help="List what would change (new, updated and, with --sync, deleted documents) "
+                   "and write nothing.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report as a JSON object (with the run id) instead of text.")
 @tracking_options
@@ -95,8 +106,9 @@ def ingest(
     chunk_overlap: int | None, embedder: str, id_column: str | None, text_columns: str | None,
     pii_columns: str | None, batch_size: int, index_type: str | None,
     index_params: tuple[str, ...], allow_private_urls: bool, id_prefix: str, overwrite: bool,
-    rechunk: bool, refit: str, no_wait: bool, engine: str, as_json: bool,
-    experiment: str | None, tracking_uri: str | None, no_track: bool,
+    rechunk: bool, refit: str, no_wait: bool, engine: str, access_labels: str | None,
+    sync: bool, dry_run: bool, as_json: bool, experiment: str | None, tracking_uri: str | None,
+    no_track: bool,
 ) -> None:
     """Load, chunk, embed and store SOURCES (files, folders, globs, URLs).
 
@@ -106,6 +118,7 @@ def ingest(
     """
     from mlflow_rag.ingest import IngestOptions, format_report
     from mlflow_rag.ingest import ingest as run_ingest
+    from mlflow_rag.store.access import parse_labels
     from mlflow_rag.store.store import Store
 
     loader_options: dict[str, Any] = {}
@@ -122,7 +135,20 @@ def ingest(
         batch_size=batch_size, index_type=index_type, loader_options=loader_options,
         index_params=key_ints(index_params) or None, id_prefix=id_prefix, overwrite=overwrite,
         rechunk=rechunk, refit=refit, wait=not no_wait,
+        access_labels=tuple(parse_labels(access_labels)), sync=sync,
     )
+    if dry_run:
+        from dataclasses import asdict
+
+        from mlflow_rag.ingest import preview_ingest
+
+        with Store.open(store_path, read_only=True) as store:
+            preview = preview_ingest(list(sources), store, options=options)
+        if as_json:
+            echo_json({**asdict(preview), "dry_run": True})
+        else:
+            click.echo("\n".join(preview.lines()))
+        return
     if not no_track:
         check_tracking(tracking_uri)
     if engine == "spark":

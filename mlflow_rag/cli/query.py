@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from mlflow_rag.cli.group import TRACKING_URI_HELP, Names, echo_json, main, store_option
+from mlflow_rag.cli.group import (
+    TRACKING_URI_HELP,
+    Names,
+    echo_json,
+    main,
+    parse_principal,
+    principal_options,
+    store_option,
+)
 
 
 @main.command()
@@ -28,10 +37,12 @@ from mlflow_rag.cli.group import TRACKING_URI_HELP, Names, echo_json, main, stor
               help="Log this search as an MLflow run in this experiment (hits table, latency).")
 @click.option("--tracking-uri", default=None,
               help=TRACKING_URI_HELP)
+@principal_options
 def search(
     query: str, store_path: Path | str, k: int, mode: str, filter_json: str | None,
     embedder: str | None, as_json: bool, include_pii: bool, log_query: bool,
     per_document: bool, experiment: str | None, tracking_uri: str | None,
+    principal: str | None, principal_groups: str | None,
 ) -> None:
     """Search the store for QUERY."""
     import time
@@ -40,7 +51,8 @@ def search(
     from mlflow_rag.store.store import Store
 
     # parsed once (a bad filter, k or query fails before the store is opened) and handed down
-    request = SearchRequest.parse(query, k=k, mode=mode, filters=filter_json)
+    request = SearchRequest.parse(query, k=k, mode=mode, filters=filter_json,
+                                  principal=parse_principal(principal, principal_groups))
     # A one-shot reader maps the index rather than copying it (a faster start, shared pages).
     with Store.open(store_path, read_only=not log_query, mmap=not log_query) as store:
         if embedder is not None and mode != "bm25":
@@ -90,8 +102,9 @@ def search(
               help="Show at most this many documents.")
 @click.option("--json", "as_json", is_flag=True, help="Print the documents as a JSON list.")
 @click.option("--include-pii", is_flag=True, help="Include PII-tagged fields (with --json).")
+@principal_options
 def list_documents(store_path: Path | str, filter_json: str | None, limit: int, as_json: bool,
-                   include_pii: bool) -> None:
+                   include_pii: bool, principal: str | None, principal_groups: str | None) -> None:
     """List document ids (with type, title and source), optionally filtered.
 
     The ids are what `show`, `delete` and the `document_id` filter take.
@@ -100,9 +113,11 @@ def list_documents(store_path: Path | str, filter_json: str | None, limit: int, 
     from mlflow_rag.store.store import Store
 
     plan = as_plan(filter_json)  # compiled once: a bad filter fails before the store is opened
+    reader = parse_principal(principal, principal_groups)
     with Store.open(store_path, read_only=True) as store:
         # one more than asked: says whether the listing was cut
-        docs = store.find_documents(plan, limit=limit + 1, include_pii=include_pii)
+        docs = store.find_documents(plan, limit=limit + 1, include_pii=include_pii,
+                                    principal=reader)
     more = len(docs) > limit
     docs = docs[:limit]
     if as_json:
@@ -125,7 +140,12 @@ def list_documents(store_path: Path | str, filter_json: str | None, limit: int, 
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the document (or chunk) as JSON.")
 @click.option("--include-pii", is_flag=True, help="Include PII-tagged fields.")
-def show(doc_id: str, store_path: Path | str, as_json: bool, include_pii: bool) -> None:
+@click.option("--history", is_flag=True,
+              help="Show the document's versions instead: content hash, when and by which "
+                   "ingest run each was written and replaced (a deleted document's too).")
+@principal_options
+def show(doc_id: str, store_path: Path | str, as_json: bool, include_pii: bool, history: bool,
+         principal: str | None, principal_groups: str | None) -> None:
     """Show a document and its chunks in order, or one chunk given its chunk id.
 
     Document ids are in `list` and `search` output; chunk ids in `search --json`.
@@ -137,17 +157,23 @@ def show(doc_id: str, store_path: Path | str, as_json: bool, include_pii: bool) 
     from mlflow_rag.types import ChunkView
 
     chunk: ChunkView | None = None
+    reader = parse_principal(principal, principal_groups)
+    if history:
+        _show_history(doc_id, store_path, as_json=as_json, reader=reader)
+        return
     with Store.open(store_path, read_only=True) as store:
         try:
-            doc = store.get_document(doc_id, include_pii=include_pii)
+            doc = store.get_document(doc_id, include_pii=include_pii, principal=reader)
         except DocumentNotFound:
             try:  # a document id wins: ids of web pages may hold a '#' too
-                chunk = store.expand_context(doc_id, n=0)[0]
+                chunk = store.expand_context(doc_id, n=0, principal=reader)[0]
             except DocumentNotFound:
+                # the same words whether it does not exist or the principal may not see it
                 raise DocumentNotFound(
                     f"no document or chunk with id {doc_id!r} in {store.location}"
                 ) from None
-            parent = store.get_document(chunk.document_id, include_pii=include_pii)
+            parent = store.get_document(chunk.document_id, include_pii=include_pii,
+                                        principal=reader)
     if chunk is not None:
         if as_json:
             echo_json(asdict(chunk))
@@ -171,3 +197,21 @@ def show(doc_id: str, store_path: Path | str, as_json: bool, include_pii: bool) 
         click.echo(f"--- chunk {part.chunk_index} ({part.id}) [{part.chunk_type}] "
                    f"chars {part.start_char}-{part.end_char}, {part.token_count} tokens")
         click.echo(part.text)
+
+
+def _show_history(doc_id: str, store_path: Path | str, *, as_json: bool, reader: Any) -> None:
+    from dataclasses import asdict
+
+    from mlflow_rag.store.store import Store
+
+    with Store.open(store_path, read_only=True) as store:
+        versions = store.document_history(doc_id, principal=reader)
+    if as_json:
+        echo_json({"id": doc_id, "versions": [asdict(v) for v in versions]})
+        return
+    click.echo(f"{doc_id}: {len(versions)} version(s) kept")
+    for v in versions:
+        written = f"written {v.written_at}" + (f" by ingest {v.written_by}" if v.written_by else "")
+        ended = (f"; {v.ended_by} {v.replaced_at}" + (f" by ingest {v.replaced_by}" if v.replaced_by else "")
+                 if v.replaced_at else "; current")
+        click.echo(f"  v{v.version}  {v.content_hash}  {v.source_path}  {written}{ended}")

@@ -23,6 +23,9 @@ RESERVED_METADATA_KEYS = frozenset(
     {"file_size", "encoding", "loader", "loader_version", "pii_fields", "id_source"}
 )
 
+# A record's access labels (mlflow_rag.store.access.ACCESS_KEY): kept as metadata, never text.
+ACCESS_FIELD = "_access"
+
 # Encodings tried in order when none is given. UTF-8 is strict enough that text which decodes
 # as UTF-8 almost certainly is UTF-8; cp1252 is what spreadsheet exports on Windows produce;
 # latin-1 decodes any byte sequence, so it is the last resort (and is recorded as such).

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from mlflow_rag.errors import InvalidInput
 from mlflow_rag.load._common import (
+    ACCESS_FIELD,
     add_user_fields,
     base_metadata,
     check_encoding_name,
@@ -268,7 +269,8 @@ class CsvLoader:
         id_column: str | None,
     ) -> list[str]:
         """Sample the first rows (a separate bounded pass) and pick the free-text columns."""
-        skip = set(pii_columns) | {id_column}
+        # an access-label column (store/access.py) is never text, however long its labels
+        skip = set(pii_columns) | {id_column, ACCESS_FIELD}
         # column names are unique here (duplicates failed the file), so positions are exact
         index = {c: i for i, c in enumerate(header) if c not in skip}
         candidates = list(index)

@@ -76,6 +76,10 @@ TABLES: dict[str, tuple[str, ...]] = {
     "generations": GENERATION_COLUMNS,
     "citations": ("generation_id", "rank", "chunk_id", "document_id"),
     "feedback": FEEDBACK_COLUMNS,
+    "ingest_runs": ("id", "started_at", "sources", "source_digest", "embedder",
+                    "embedder_version"),
+    "document_versions": ("document_id", "version", "content_hash", "source_path", "written_at",
+                          "written_by", "replaced_at", "replaced_by", "ended_by"),
 }
 
 
@@ -381,6 +385,55 @@ class Backend(ABC):
     def load_rows(self, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
         """Insert rows as :meth:`dump_rows` gives them (in a write transaction; a bookkeeping
         key already there takes the row's value)."""
+
+    # ------------------------------------------------------------------ governance
+
+    @abstractmethod
+    def document_paths(self) -> list[tuple[str, str]]:
+        """(id, source_path) of every document (what ``ingest --sync`` compares)."""
+
+    @abstractmethod
+    def record_ingest_run(self, row: tuple[Any, ...]) -> None:
+        """(id, started_at, sources JSON, source digest, embedder, embedder version) of an
+        ingest run, once (a second call with its id changes nothing)."""
+
+    @abstractmethod
+    def ingest_run_rows(self, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        """The rows of these ingest runs, oldest first."""
+
+    @abstractmethod
+    def close_document_versions(
+        self, ids: Sequence[str], *, at: str, run: str | None, ended_by: str
+    ) -> None:
+        """End the current version of each document (``ended_by``: "updated" or "deleted"),
+        recording one from its stored row if none was kept. Before its row changes."""
+
+    @abstractmethod
+    def open_document_versions(
+        self, rows: Sequence[tuple[str, str | None, str]], *, at: str, run: str | None
+    ) -> None:
+        """A new current version per (document id, content hash, source path)."""
+
+    @abstractmethod
+    def document_version_rows(self, document_id: str) -> list[tuple[Any, ...]]:
+        """(version, content_hash, source_path, written_at, written_by, replaced_at,
+        replaced_by, ended_by) of every kept version of a document, oldest first."""
+
+    @abstractmethod
+    def lineage_chunk_rows(self, document_id: str) -> list[tuple[Any, ...]]:
+        """(chunk id, index, text hash, model, model version, vector id, embedded at)."""
+
+    @abstractmethod
+    def lineage_retrieval_rows(self, document_id: str) -> list[tuple[Any, ...]]:
+        """(query id, timestamp, model, chunk id, rank, score, query metadata)."""
+
+    @abstractmethod
+    def lineage_query_rows(self, query_id: str) -> list[tuple[Any, ...]]:
+        """(timestamp, model, query metadata, chunk id, document id, rank, score)."""
+
+    @abstractmethod
+    def chunk_document_id(self, chunk_id: str) -> str | None:
+        """The document a chunk belongs to (None: no such chunk)."""
 
     # ------------------------------------------------------------------ upkeep
 

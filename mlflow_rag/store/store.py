@@ -45,12 +45,14 @@ from mlflow_rag.store import (
     bundle,
     integrity,
     layout,
+    lineage,
     opening,
     retrieval,
     views,
     writes,
 )
-from mlflow_rag.store.backend import Backend
+from mlflow_rag.store.access import Principal, restrict, visible
+from mlflow_rag.store.backend import Backend, utc_now
 from mlflow_rag.store.checks import clean_query, clean_vectors
 from mlflow_rag.store.files import (
     FileStamp,
@@ -67,8 +69,10 @@ from mlflow_rag.store.request import Retrieval
 from mlflow_rag.types import (
     ChunkView,
     DocumentRecord,
+    DocumentVersion,
     DocumentView,
     Hit,
+    IngestRun,
     ModelInfo,
     StoreStats,
     WriteReport,
@@ -302,17 +306,26 @@ class Store:
 
     # ----------------------------------------------------------------- writes
 
-    def write(self, records: Sequence[DocumentRecord], *, skip_unchanged: bool = True) -> WriteReport:
-        """Add or replace documents with their chunks and vectors, in one transaction.
+    def write(
+        self, records: Sequence[DocumentRecord], *, skip_unchanged: bool = True,
+        delete: Sequence[str] = (), run: IngestRun | None = None,
+    ) -> WriteReport:
+        """Add or replace documents with their chunks and vectors, and delete the documents
+        ``delete`` names, in one transaction; ``run`` (the ingest run writing) is recorded in
+        each written or deleted document's version history.
 
         A document whose content hash and metadata equal the stored ones is unchanged and
-        skipped; one that differs replaces its chunks and vectors.
+        skipped; one that differs replaces its chunks and vectors (its previous version is
+        kept in its history: :meth:`document_history`).
         """
         self._require_writable()
         ids = [r.id for r in records]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise InvalidInput(f"document id {dup!r} appears twice in one write")
+        both = sorted(set(ids) & set(delete))
+        if both:
+            raise InvalidInput(f"document id {both[0]!r} is both written and deleted in one write")
         with self._lock:
             self._registry.refresh(self.backend.generation())
             prepared = [writes.prepare(record, self._registry.get) for record in records]
@@ -321,8 +334,10 @@ class Store:
             written = writes.write_documents(
                 self.backend, prepared, skip_unchanged=skip_unchanged,
                 has_index=lambda name: name in self._index_cache.indexes,
+                delete_ids=list(dict.fromkeys(delete)), run=run,
             )
-        if not written.report.updated:
+        # Replaced or deleted vectors: the index replays the deletion log on its next use.
+        if not written.report.updated and not written.report.deleted:
             with self._lock:
                 self._index_cache.advance(written.report.generation, written.added,
                                           written.fresh, self._registry.by_name)
@@ -395,6 +410,9 @@ class Store:
         :meth:`erase_deleted` once at the end."""
         self._require_writable()
         with self._lock, self.backend.write_transaction():
+            if self.backend.document_row(document_id) is not None:  # its history says so
+                self.backend.close_document_versions([document_id], at=utc_now(), run=None,
+                                                     ended_by="deleted")
             if not self.backend.delete_document(document_id):
                 raise DocumentNotFound(f"no document with id {document_id!r} in {self.location}")
         if erase:
@@ -471,6 +489,11 @@ class Store:
         with self._lock:
             return self.backend.document_sources(list(ids))
 
+    def document_paths(self) -> list[tuple[str, str]]:
+        """(id, source_path) of every stored document."""
+        with self._lock:
+            return self.backend.document_paths()
+
     def document_ids_by_source(self, source_paths: Sequence[str]) -> dict[str, list[str]]:
         """source_path -> ids of the stored documents that came from it."""
         out: dict[str, list[str]] = {}
@@ -495,32 +518,64 @@ class Store:
         with self._lock:
             return self.backend.vectors_for_chunks(model_name, list(chunk_ids))
 
-    def get_document(self, document_id: str, *, include_pii: bool = False) -> DocumentView:
-        """A document with all its chunks in order."""
+    def get_document(
+        self, document_id: str, *, include_pii: bool = False, principal: Principal | None = None,
+    ) -> DocumentView:
+        """A document with all its chunks in order. One ``principal`` may not see is "not
+        found", in the words used for a document that does not exist."""
         with self._lock, self.backend.read_transaction():
             row = self.backend.document_row(document_id)
-            if row is None:
+            if row is None or not visible(codec.loads_object(row[6]), principal):
                 raise DocumentNotFound(f"no document with id {document_id!r} in {self.location}")
             chunks = tuple(views.chunk_view(r) for r in self.backend.chunk_rows(document_id))
         return views.document_view(row, chunks, include_pii=include_pii)
 
-    def expand_context(self, chunk_id: str, *, n: int = 1) -> list[ChunkView]:
-        """The chunk and up to ``n`` neighbours on each side within its document, in order."""
+    def document_history(
+        self, document_id: str, *, principal: Principal | None = None,
+    ) -> list[DocumentVersion]:
+        """Every kept version of a document, oldest first (the current one last, open). For
+        a principal, only a document it may see now (a deleted one is "not found")."""
+        with self._lock, self.backend.read_transaction():
+            row = self.backend.document_row(document_id)
+            versions = lineage.history(self.backend, document_id)
+            hidden = principal is not None and (
+                row is None or not visible(codec.loads_object(row[6]), principal))
+        if hidden or (row is None and not versions):
+            raise DocumentNotFound(f"no document with id {document_id!r} in {self.location}")
+        return versions
+
+    def lineage(self, item_id: str) -> dict[str, Any]:
+        """The chain of a document, chunk or logged query id (:mod:`mlflow_rag.store.lineage`):
+        for whoever holds the store, never filtered by principal."""
+        with self._lock, self.backend.read_transaction():
+            return lineage.lineage(self.backend, item_id, location=self.location)
+
+    def expand_context(
+        self, chunk_id: str, *, n: int = 1, principal: Principal | None = None,
+    ) -> list[ChunkView]:
+        """The chunk and up to ``n`` neighbours on each side within its document, in order.
+        Neighbours share the chunk's document, so they are visible exactly when it is; a
+        chunk ``principal`` may not see is "not found", as one that does not exist."""
         if not isinstance(n, int) or n < 0:
             raise InvalidInput(f"n must be a non-negative integer, got {n!r}")
-        with self._lock:
+        with self._lock, self.backend.read_transaction():
             rows = self.backend.neighbour_rows(chunk_id, n)
+            if rows and principal is not None:
+                document = self.backend.document_row(rows[0][1])
+                if document is None or not visible(codec.loads_object(document[6]), principal):
+                    rows = []
         if not rows:
             raise ChunkNotFound(f"no chunk with id {chunk_id!r} in {self.location}")
         return [views.chunk_view(r) for r in rows]
 
     def find_documents(
         self, filters: str | Mapping[str, Any] | Plan | None = None, *, limit: int = 100,
-        include_pii: bool = False,
+        include_pii: bool = False, principal: Principal | None = None,
     ) -> list[DocumentView]:
-        """Documents with at least one chunk matching the filter (metadata, dates, types);
-        ``filters`` is JSON text, a mapping or a compiled plan (not compiled again)."""
-        plan = as_plan(filters)
+        """Documents with at least one chunk matching the filter (metadata, dates, types)
+        among those ``principal`` may see; ``filters`` is JSON text, a mapping or a compiled
+        plan (not compiled again)."""
+        plan = restrict(as_plan(filters), principal)
         with self._lock:
             rows = self.backend.find_document_rows(plan, limit)
         return [views.document_view(r, (), include_pii=include_pii) for r in rows]

@@ -15,10 +15,11 @@ import numpy as np
 
 from mlflow_rag import codec
 from mlflow_rag.errors import ChunkNotFound, InvalidInput, InvalidVector, RagError
+from mlflow_rag.store.access import check_stored_labels
 from mlflow_rag.store.backend import Backend, utc_now
 from mlflow_rag.store.checks import PII_KEY, clean_vectors
 from mlflow_rag.store.filters import metadata_fields
-from mlflow_rag.types import DocumentRecord, ModelInfo, WriteReport
+from mlflow_rag.types import DocumentRecord, IngestRun, ModelInfo, WriteReport
 
 # A record, its metadata as stored JSON, and per model [name, version, vectors, metadata].
 Prepared = tuple[DocumentRecord, str, list[Any]]
@@ -35,11 +36,14 @@ class Written:
 
 def write_documents(
     backend: Backend, prepared: Sequence[Prepared], *, skip_unchanged: bool,
-    has_index: Callable[[str], bool],
+    has_index: Callable[[str], bool], delete_ids: Sequence[str] = (),
+    run: IngestRun | None = None,
 ) -> Written:
-    """Add or replace the prepared documents in one write transaction."""
+    """Add or replace the prepared documents and delete ``delete_ids`` in one write
+    transaction; each written or deleted document's version history names ``run``."""
     ids = [record.id for record, _, _ in prepared]
     with backend.write_transaction() as generation:
+        deleted = _delete_documents(backend, delete_ids, run=run)
         states = backend.document_states(ids)
         now = utc_now()
         todo = [
@@ -54,6 +58,8 @@ def write_documents(
             backend.embeddings_of_documents(replaced),
             {record.id: {entry[0] for entry in vectors} for record, _, vectors in todo},
         )
+        _record_versions(backend, todo, replaced, run=run, at=now,
+                         wrote=bool(todo) or deleted > 0)
         # Rows for every table are collected first and inserted with one executemany
         # each: per-document statements cost more than the inserts themselves.
         backend.delete_chunks_of(replaced)
@@ -114,7 +120,7 @@ def write_documents(
         report=WriteReport(
             new=len(todo) - len(replaced), updated=len(replaced),
             unchanged=len(prepared) - len(todo), chunks=len(chunks), vectors=n_vectors,
-            generation=generation,
+            generation=generation, deleted=deleted,
         ),
         added=added, fresh=fresh,
     )
@@ -130,6 +136,7 @@ def prepare(record: DocumentRecord, model_of: Callable[[str], ModelInfo]) -> Pre
     for c in record.chunks:
         if not c.text or not c.text.strip():
             raise InvalidInput(f"document {record.id!r} chunk {c.chunk_index} has empty text")
+    check_stored_labels(record.metadata)
     metadata = codec.metadata_json(record.metadata)
     vectors = []
     for batch in record.vectors:
@@ -242,3 +249,33 @@ def _vectors_to_carry(
         out.setdefault((doc_id, text_hash), {}).setdefault(model_name, (model_name, version, dim,
                                                                         blob, meta))
     return {key: list(models.values()) for key, models in out.items()}
+
+
+def _delete_documents(backend: Backend, ids: Sequence[str], *, run: IngestRun | None) -> int:
+    """Delete documents (a sync's: gone from their sources), their versions ended by ``run``."""
+    if not ids:
+        return 0
+    if run is not None:
+        _record_run(backend, run)
+    backend.close_document_versions(ids, at=utc_now(), run=run.id if run else None,
+                                    ended_by="deleted")
+    return sum(backend.delete_document(doc_id) for doc_id in ids)
+
+
+def _record_versions(
+    backend: Backend, todo: Sequence[Prepared], replaced: Sequence[str], *,
+    run: IngestRun | None, at: str, wrote: bool,
+) -> None:
+    """End the versions the write replaces and open one per written document."""
+    if run is not None and wrote:
+        _record_run(backend, run)
+    run_id = run.id if run else None
+    backend.close_document_versions(replaced, at=at, run=run_id, ended_by="updated")
+    backend.open_document_versions(
+        [(record.id, record.content_hash, record.source_path) for record, _, _ in todo],
+        at=at, run=run_id)
+
+
+def _record_run(backend: Backend, run: IngestRun) -> None:
+    backend.record_ingest_run((run.id, run.started_at, codec.dumps(list(run.sources)),
+                               run.source_digest, run.embedder, run.embedder_version))

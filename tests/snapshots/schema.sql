@@ -22,6 +22,9 @@ CREATE INDEX idx_document_fields_document ON document_fields(document_id);
 -- index idx_document_fields_key
 CREATE INDEX idx_document_fields_key ON document_fields(key, value, document_id);
 
+-- index idx_document_versions_run
+CREATE INDEX idx_document_versions_run ON document_versions(written_by);
+
 -- index idx_documents_hash
 CREATE INDEX idx_documents_hash ON documents(content_hash);
 
@@ -115,6 +118,20 @@ CREATE TABLE document_fields (
     value
 );
 
+-- table document_versions
+CREATE TABLE document_versions (
+    document_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    content_hash TEXT,
+    source_path TEXT NOT NULL,
+    written_at TEXT NOT NULL,
+    written_by TEXT,
+    replaced_at TEXT,
+    replaced_by TEXT,
+    ended_by TEXT,
+    PRIMARY KEY (document_id, version)
+);
+
 -- table documents
 CREATE TABLE documents (
     id TEXT PRIMARY KEY,
@@ -173,6 +190,16 @@ CREATE TABLE generations (
     user_id TEXT,
     trace_id TEXT,
     metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
+);
+
+-- table ingest_runs
+CREATE TABLE ingest_runs (
+    id TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    sources TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(sources)),
+    source_digest TEXT,
+    embedder TEXT,
+    embedder_version TEXT
 );
 
 -- table models

@@ -201,6 +201,13 @@ def schema_version(conn: Any) -> int:
     return int(conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0])
 
 
+def applied_versions(conn: Any) -> set[int]:
+    """The migrations applied to this schema (its ``schema_migrations`` rows)."""
+    if schema_version(conn) == 0:
+        return set()
+    return {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+
+
 def check_version(conn: Any, location: Location) -> int:
     version = schema_version(conn)
     if version > SCHEMA_VERSION:
@@ -233,13 +240,6 @@ def open_schema(conn: Any, location: Location, *, create: bool, read_only: bool)
         check_version(conn, location)
         return
     migrate(conn, location)
-
-
-def applied_versions(conn: Any) -> set[int]:
-    """The migrations applied to the store's schema (none before the first)."""
-    if not schema_version(conn):
-        return set()
-    return {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
 
 
 def migrate(conn: Any, location: Location) -> int:

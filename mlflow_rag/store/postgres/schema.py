@@ -236,9 +236,38 @@ CREATE TABLE feedback (
 CREATE INDEX idx_feedback_generation ON feedback(generation_id);
 """
 
+# Governance (issue 15): the ingest runs that wrote documents, and every version of a
+# document (the current one open, replaced_at NULL), kept after the document is replaced or
+# deleted. No foreign key to documents: history outlives the rows it describes.
+_GOVERNANCE = """
+CREATE TABLE ingest_runs (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    sources TEXT NOT NULL DEFAULT '[]',
+    source_digest TEXT,
+    embedder TEXT,
+    embedder_version TEXT
+);
+
+CREATE TABLE document_versions (
+    document_id TEXT COLLATE "C" NOT NULL,
+    version INTEGER NOT NULL,
+    content_hash TEXT,
+    source_path TEXT NOT NULL,
+    written_at TEXT NOT NULL,
+    written_by TEXT,
+    replaced_at TEXT,
+    replaced_by TEXT,
+    ended_by TEXT,
+    PRIMARY KEY (document_id, version)
+);
+CREATE INDEX idx_document_versions_run ON document_versions(written_by);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _INITIAL),
     Migration(2, "answers", _ANSWERS),
+    Migration(3, "governance", _GOVERNANCE),
     Migration(4, "model_files", _MODEL_FILES),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

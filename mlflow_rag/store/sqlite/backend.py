@@ -33,6 +33,7 @@ from mlflow_rag.store.sqlite.connection import (
     is_storage_failure,
 )
 from mlflow_rag.store.sqlite.filter_sql import condition_ids_sql, fts_query, render_sql
+from mlflow_rag.store.sqlite.governance import SqliteGovernance
 
 # Columns every hydrated hit carries, in the order ``hit_row`` readers expect.
 HIT_COLUMNS = (
@@ -45,7 +46,7 @@ CHUNK_COLUMNS = (
 CHECKPOINT_WAIT_MS = 2_000
 
 
-class SqliteBackend(SqliteAnswers, Backend):
+class SqliteBackend(SqliteAnswers, SqliteGovernance, Backend):
     """A store's database in one SQLite file (``metadata.db`` in the store's folder)."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:

@@ -88,13 +88,16 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
     if version > 0 and not is_store_database(conn):
         raise ForeignStore(f"{path} is an SQLite database but not a mlflow-rag store")
     configure_writer(conn)
+    # Pending: a migration without its row, not one numbered above user_version (numbers are
+    # handed out before changes land, so a store may hold 1 and 3 when 2 arrives).
+    applied = applied_versions(conn)
     for migration in MIGRATIONS:
-        if migration.version <= version:
+        if migration.version in applied:
             continue
         with immediate_transaction(conn):  # a disk failure rolls back and names the file
-            if schema_version(conn) >= migration.version:
-                # Another process applied it since we looked (the version is re-read inside
-                # the write transaction, where nobody else can be migrating).
+            if migration.version in applied_versions(conn):
+                # Another process applied it since we looked (re-read inside the write
+                # transaction, where nobody else can be migrating).
                 version = schema_version(conn)
                 continue
             # executescript would COMMIT our transaction; run statement by statement.
@@ -110,9 +113,17 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
                 "INSERT INTO schema_migrations VALUES (?, ?, ?)",
                 (migration.version, migration.name, utc_now()),
             )
-            conn.execute(f"PRAGMA user_version = {migration.version}")
-        version = migration.version
+            conn.execute(f"PRAGMA user_version = {max(version, migration.version)}")
+        version = max(version, migration.version)
     return version
+
+
+def applied_versions(conn: sqlite3.Connection) -> set[int]:
+    """The migrations applied to this database (its ``schema_migrations`` rows)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                        "AND name = 'schema_migrations'").fetchone():
+        return set()
+    return {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
 
 
 def statements(script: str) -> Iterator[str]:

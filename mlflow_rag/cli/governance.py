@@ -1,0 +1,76 @@
+"""``lineage``: where a document, chunk or logged query came from and where it went."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlflow_rag.cli.group import TRACKING_URI_HELP, echo_json, main, store_option
+
+
+@main.command()
+@click.argument("item_id", metavar="ID")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the chain as a JSON object.")
+@click.option("--runs/--no-runs", default=False, show_default=True,
+              help="Also look up the MLflow runs of the ingest runs (tag mlflow_rag.ingest_id) "
+                   "on the tracking server.")
+@click.option("--tracking-uri", default=None, help=TRACKING_URI_HELP)
+def lineage(item_id: str, store_path: Path | str, as_json: bool, runs: bool,
+            tracking_uri: str | None) -> None:
+    """The chain of a document, chunk or logged query ID: source -> document versions (and
+    the ingest runs that wrote and replaced them) -> chunks -> embeddings (model, version) ->
+    logged queries that retrieved them -> MLflow runs (with --runs).
+
+    For whoever holds the store: lineage is not filtered by principal.
+    """
+    from mlflow_rag.store.store import Store
+
+    with Store.open(store_path, read_only=True) as store:
+        chain = store.lineage(item_id)
+    if runs:
+        from mlflow_rag.tracking import runs_of_ingests
+
+        found = runs_of_ingests([r["id"] for r in chain["ingest_runs"]], tracking_uri=tracking_uri)
+        for entry in chain["ingest_runs"]:
+            entry["mlflow_runs"] = found.get(entry["id"], [])
+    if as_json:
+        echo_json(chain)
+        return
+    click.echo("\n".join(format_lineage(chain)))
+
+
+def format_lineage(chain: dict[str, Any]) -> list[str]:
+    """The chain as indented text, source first."""
+    lines = [f"{chain['kind']} {chain['id']}"]
+    if chain["kind"] == "query":
+        query = chain["query"]
+        lines.append(f"query at {query['timestamp']} (model {query['model'] or 'none: bm25'}), "
+                     f"{len(query['hits'])} hit(s): "
+                     + ", ".join(f"#{h['rank']} {h['chunk_id']}" for h in query["hits"][:10]))
+    for doc in chain["documents"]:
+        state = "" if doc["exists"] else " (deleted)"
+        source = doc["source_path"] or (doc["versions"][-1]["source_path"] if doc["versions"] else "?")
+        lines.append(f"source {source}")
+        lines.append(f"  document {doc['id']}{state}")
+        for v in doc["versions"]:
+            ended = f", {v['ended_by']} {v['replaced_at']} by {v['replaced_by'] or 'the API'}" \
+                if v["replaced_at"] else ", current"
+            lines.append(f"    v{v['version']} {v['content_hash']} written {v['written_at']} "
+                         f"by {v['written_by'] or 'the API'}{ended}")
+        for chunk in doc["chunks"]:
+            models = ", ".join(f"{e['model']}@{e['model_version']} (vector {e['vector_id']})"
+                               for e in chunk["embeddings"]) or "no vectors"
+            lines.append(f"    chunk {chunk['id']}: {models}")
+        for q in doc["queries"]:
+            lines.append(f"      retrieved by query {q['query_id']} at {q['timestamp']} "
+                         f"(chunk {q['chunk_id']}, rank {q['rank']}, score {q['score']:.4f})")
+    for run in chain["ingest_runs"]:
+        lines.append(f"ingest {run['id']} at {run['started_at']}: {run['embedder']}@"
+                     f"{run['embedder_version']}, sources {', '.join(run['sources'])}")
+        for mlflow_run in run.get("mlflow_runs", []):
+            lines.append(f"  MLflow run {mlflow_run['run_id']} (experiment "
+                         f"{mlflow_run['experiment_id']}) {mlflow_run['run_name']}")
+    return lines
