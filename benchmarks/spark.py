@@ -138,7 +138,8 @@ def main() -> None:
         work = Path(tmp)
         os.environ["MLFLOW_RAG_CACHE_DIR"] = str(work / "cache")
         spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
-                 .config("spark.sql.shuffle.partitions", "2").getOrCreate())
+                 .config("spark.sql.shuffle.partitions", "2")
+                 .config("spark.sql.execution.arrow.maxRecordsPerBatch", "1000").getOrCreate())
         spark.sparkContext.setLogLevel("ERROR")
         try:
             retrieval = bench_retrieval(work, args.docs, args.queries, spark)

@@ -58,6 +58,9 @@ ROW_PARAM_COLUMNS = ("k", "mode", "filters")
 # ``mlflow.pyfunc.spark_udf`` gets the one output row per input row a UDF must return.
 OUTPUTS = ("rows", "nested")
 NESTED_COLUMN = "hits"
+# spark_udf hands the model one Arrow batch per call (10,000 rows by default): at most
+# MAX_QUERIES_PER_REQUEST, like any request, so a Spark job sets this to that or less.
+SPARK_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 # The fields of each hit of a nested response, in order; SPARK_RESULT_TYPE is the matching
 # ``result_type`` of ``spark_udf`` (typed, so Spark SQL can explode and select the hits).
 HIT_FIELDS = OUTPUT_COLUMNS[1:]
@@ -130,7 +133,8 @@ def coerce_queries(model_input: Any) -> list[str]:
         raise BadRequest("the request holds no query")
     if len(values) > MAX_QUERIES_PER_REQUEST:
         raise BadRequest(
-            f"the request holds {len(values)} queries; at most {MAX_QUERIES_PER_REQUEST} per request"
+            f"the request holds {len(values)} queries; at most {MAX_QUERIES_PER_REQUEST} per "
+            f"request (with spark_udf, set {SPARK_BATCH_CONF} to {MAX_QUERIES_PER_REQUEST} or less)"
         )
     queries = []
     for i, value in enumerate(values):

@@ -15,7 +15,13 @@ import pandas as pd
 from mlflow_rag.batch_queries import batches, hits_table, nested_hits, read_queries
 from mlflow_rag.engines import ENGINES
 from mlflow_rag.errors import InvalidInput
-from mlflow_rag.serving import QUERY_COLUMN, ROW_PARAM_COLUMNS, SPARK_RESULT_TYPE
+from mlflow_rag.serving import (
+    MAX_QUERIES_PER_REQUEST,
+    QUERY_COLUMN,
+    ROW_PARAM_COLUMNS,
+    SPARK_BATCH_CONF,
+    SPARK_RESULT_TYPE,
+)
 from mlflow_rag.tracking_session import TAG_RUN_TYPE, log_params_once, mlflow_session, start_run
 
 
@@ -79,6 +85,7 @@ def _spark_hits(mlflow: Any, queries: pd.DataFrame, *, model_uri: str,
         raise InvalidInput("--engine spark needs pyspark: pip install 'mlflow-rag[spark]'") from None
     spark = SparkSession.getActiveSession() or (
         SparkSession.builder.appName("mlflow-rag batch-search").getOrCreate())
+    spark.conf.set(SPARK_BATCH_CONF, str(MAX_QUERIES_PER_REQUEST))  # one request per batch
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=SPARK_RESULT_TYPE,
                                   env_manager="local", params=params)
     columns = [c for c in (QUERY_COLUMN, *ROW_PARAM_COLUMNS) if c in queries.columns]

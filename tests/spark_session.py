@@ -38,6 +38,7 @@ def local_spark(work_dir: Path, *, master: str = "local[2]") -> Iterator[Any]:
         .config("spark.local.dir", str(work_dir))
         .config("spark.driver.memory", "1g")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "1000")  # a request each
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")

@@ -255,6 +255,9 @@ BAD_REQUESTS = [
     pytest.param(queries(SECRET), {"k": 0}, "k must be", id="k-zero"),
     pytest.param(queries(SECRET), {"k": 10_001}, "k must be", id="k-too-large"),
     pytest.param(queries(*[SECRET] * 11), {"k": 10_000}, "per request", id="too-many-rows"),
+    pytest.param(queries(*[SECRET] * 1_001), {"k": 1}, "at most 1000 per request (with "
+                 "spark_udf, set spark.sql.execution.arrow.maxRecordsPerBatch to 1000 or less)",
+                 id="too-many-queries"),
     pytest.param(queries(SECRET), {"filters": "{not json"}, "not valid JSON", id="filter-json"),
     pytest.param(queries(SECRET), {"filters": '["UK"]'}, "JSON object", id="filter-not-object"),
     pytest.param(queries(SECRET), {"filters": '{"country": {"$regex": "U"}}'}, "$regex",
