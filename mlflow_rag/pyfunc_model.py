@@ -32,7 +32,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.pyfunc import PythonModel
 
-from mlflow_rag.errors import EmbedderError, InvalidInput, RagError
+from mlflow_rag.errors import DatabaseUnavailable, EmbedderError, InvalidInput, RagError
 from mlflow_rag.search import SearchRequest
 from mlflow_rag.serving import (
     QUERY_LOG_ENV,
@@ -173,6 +173,9 @@ class RetrieverModel(PythonModel):
     def _search(retriever: Retriever, search: SearchRequest, queries: Sequence[str]) -> list[Hit]:
         try:
             return retriever.search_one(search)
+        except DatabaseUnavailable as exc:  # a live store's database is down: 503, try again
+            raise PrivateMlflowException(scrub(str(exc), queries),
+                                         error_code=TEMPORARILY_UNAVAILABLE) from None
         except EmbedderError as exc:  # the embedding service failed, not the request
             raise PrivateMlflowException(
                 scrub(f"the query embedder failed: {exc}", queries),

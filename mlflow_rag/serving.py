@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlflow_rag.errors import InvalidInput, RagError
+from mlflow_rag.errors import DatabaseUnavailable, InvalidInput, RagError
 from mlflow_rag.search import (
     DEFAULT_MODE,
     MODES,
@@ -486,7 +486,15 @@ class Retriever:
         if request.mode not in self.modes:
             raise BadRequest(f"mode {request.mode!r} is unavailable in this bundle "
                              f"({self.dense_error}); choose from {list(self.modes)}")
-        hits = self.searcher.run(request, include_pii=self.include_pii)
+        try:
+            hits = self.searcher.run(request, include_pii=self.include_pii)
+        except DatabaseUnavailable:
+            if not self.live:
+                raise
+            # A live store's server restarted since this worker's last request: the call that
+            # met the dead connection failed, the store reconnects on the next, and a search
+            # is a read, safe to run again once (a database still down fails it again: 503).
+            hits = self.searcher.run(request, include_pii=self.include_pii)
         if self.query_log is not None:
             self.log_query(request.query, hits, k=request.k, mode=request.mode,
                            filters=request.filters)
