@@ -143,6 +143,11 @@ def _write_parquet(
     for i, column in enumerate(columns):
         kind = kinds[column]
         values = [row[i] for row in rows]
+        if kind == "vector" and dimension and None not in values:
+            # One buffer for the whole column: no Python float per component.
+            flat = np.frombuffer(b"".join(values), dtype="<f4")
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), dimension))
+            continue
         if kind == "vector":
             values = [None if v is None else np.frombuffer(v, dtype="<f4") for v in values]
         elif kind == "mixed":
@@ -164,7 +169,14 @@ def _read_parquet(path: Path, columns: Sequence[str], kinds: dict[str, str]) -> 
     decoded: list[list[Any]] = []
     for column in columns:
         kind = kinds[column]
-        values = table.column(column).to_pylist()
+        data = table.column(column)
+        if kind == "vector" and data.null_count == 0 and data.type.list_size > 0:
+            dimension = data.type.list_size
+            flat = data.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            matrix = np.ascontiguousarray(flat, dtype="<f4").reshape(-1, dimension)
+            decoded.append([row.tobytes() for row in matrix])
+            continue
+        values = data.to_pylist()
         if kind == "vector":
             values = [None if v is None else np.asarray(v, dtype="<f4").tobytes() for v in values]
         elif kind == "mixed":
