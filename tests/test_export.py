@@ -153,3 +153,26 @@ def test_an_unfinished_export_and_bad_options_are_refused(exported: Path, tmp_pa
     assert not (tmp_path / "x").exists()
     code, out = run("export", str(exported), "--store", store, "--format", "jsonl", ok=False)
     assert code == 1 and "not an empty folder" in out
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_an_export_moves_a_store_between_backends(
+    speakers: str, pg_cluster: Any, tmp_path: Path
+) -> None:
+    """SQLite -> export -> PostgreSQL, and PostgreSQL -> export -> SQLite."""
+    before = all_rows(speakers)
+    expected = searches(speakers)
+    if speakers.startswith("postgresql://"):
+        target = str(tmp_path / "folder")
+    else:
+        target = str(pg_cluster.dsn(pg_cluster.new_database()))
+    folder = tmp_path / "export"
+    run("export", str(folder), "--store", speakers, "--format", "parquet", "--include-logs")
+    run("import", str(folder), "--store", target)
+    assert all_rows(target) == before
+    found = searches(target)
+    for mode in MODES:  # the same hits; BM25 is summed in another order by each database
+        assert [c for c, _ in found[mode]] == [c for c, _ in expected[mode]], mode
+        assert [s for _, s in found[mode]] == pytest.approx([s for _, s in expected[mode]],
+                                                            rel=1e-12, abs=0), mode
