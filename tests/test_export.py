@@ -170,7 +170,10 @@ def test_an_export_moves_a_store_between_backends(
     folder = tmp_path / "export"
     run("export", str(folder), "--store", speakers, "--format", "parquet", "--include-logs")
     run("import", str(folder), "--store", target)
-    assert all_rows(target) == before
+    after = all_rows(target)
+    for rows in (before, after):  # bookkeeping of SQLite's own (secure_delete is on)
+        rows["store_meta"] = [r for r in rows["store_meta"] if r[0] != "free_pages_zeroed"]
+    assert after == before
     found = searches(target)
     for mode in MODES:  # the same hits; BM25 is summed in another order by each database
         assert [c for c, _ in found[mode]] == [c for c, _ in expected[mode]], mode
