@@ -1,4 +1,4 @@
-"""``delete``, ``stats``, ``check``, ``refit`` and ``purge-queries``: looking after a store."""
+"""``delete``, ``forget``, ``stats``, ``check``, ``refit`` and ``purge-queries``: looking after a store."""
 
 from __future__ import annotations
 
@@ -31,6 +31,45 @@ def delete(doc_id: str, store_path: Path | str, no_refit: bool) -> None:
                 refit_corpus_models(store, on_message=lambda message: click.echo(message, err=True))
             except InvalidInput as exc:  # too little text left to fit on
                 click.echo(f"warning: tfidf not refitted: {exc}", err=True)
+
+
+@main.command()
+@click.argument("doc_ids", nargs=-1, required=True, metavar="DOCUMENT_ID...")
+@store_option
+@click.option("--no-refit", is_flag=True,
+              help="Keep the tfidf vocabulary as it is (the documents' terms stay in it until "
+                   "`mlflow-rag refit`).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was erased as JSON.")
+def forget(doc_ids: tuple[str, ...], store_path: Path | str, no_refit: bool,
+           as_json: bool) -> None:
+    """Erase documents from everywhere in the store: their rows, chunks, metadata fields,
+    vectors, BM25 terms, index files, free pages and WAL; the logged questions that
+    retrieved them, the answers citing them and feedback on those answers read "[erased]";
+    a tfidf model is refitted without their terms. All the ids, or none if one is unknown.
+    Bundles already logged to MLflow are immutable and still hold them (docs/export.md)."""
+    from mlflow_rag.errors import InvalidInput
+    from mlflow_rag.ingest import refit_corpus_models
+    from mlflow_rag.store.erasure import forget_documents
+    from mlflow_rag.store.store import Store
+
+    with Store.open(store_path) as store:
+        report = forget_documents(store, doc_ids)
+        if not no_refit:
+            try:
+                refit_corpus_models(store, on_message=lambda message: click.echo(message, err=True))
+            except InvalidInput as exc:  # too little text left to fit on
+                click.echo(f"warning: tfidf not refitted: {exc}", err=True)
+    if report.incomplete:
+        click.echo(f"warning: {report.incomplete}", err=True)
+    if as_json:
+        echo_json({"documents": list(report.documents), "chunks": report.chunks,
+                   "vectors": report.vectors, "queries_redacted": report.queries_redacted,
+                   "answers_redacted": report.answers_redacted,
+                   "incomplete": report.incomplete})
+        return
+    click.echo(f"forgot {len(report.documents)} documents ({report.chunks} chunks, "
+               f"{report.vectors} vectors); redacted {report.queries_redacted} logged queries "
+               f"and {report.answers_redacted} answers")
 
 
 @main.command()

@@ -359,6 +359,15 @@ class Backend(ABC):
     def feedback_rows(self, generation_id: str) -> list[tuple[Any, ...]]:
         """An answer's feedback (:data:`FEEDBACK_COLUMNS`), oldest first."""
 
+    @abstractmethod
+    def redact_logs_of_documents(
+        self, document_ids: Sequence[str], *, placeholder: str
+    ) -> tuple[int, int]:
+        """Before these documents are erased: replace with ``placeholder`` the text of every
+        logged query that retrieved one of their chunks or was answered from them (its
+        embedding dropped), of those answers and of their feedback comments, and delete the
+        citations naming the documents. In a write transaction; returns (queries, answers)."""
+
     # ------------------------------------------------------------------ fitted embedders
 
     @abstractmethod

@@ -528,7 +528,7 @@ class PostgresBackend(PostgresAnswers, Backend):
         """VACUUM the tables that held the deleted rows, so their space is reused; old row
         versions may stay in the server's files until then, and in its WAL and backups."""
         for table in ("documents", "chunks", "chunk_terms", "document_fields", "chunk_fields",
-                      "embeddings"):
+                      "embeddings", "queries", "retrievals", "generations", "citations", "feedback"):
             self.conn.execute(f"VACUUM {table}")
         return ""
 

@@ -1,0 +1,102 @@
+"""``mlflow-rag forget``: a document erased from everywhere in the store, driven through the
+CLI on the speakers (TF-IDF) with logged searches and a kept answer quoting the document. On
+SQLite the bytes of every file of the store are read afterwards; on PostgreSQL every row of
+every table and every file of the local cache folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlflow_rag.cli import main
+from mlflow_rag.store.backend import TABLES
+from mlflow_rag.store.erasure import ERASED
+from mlflow_rag.store.store import Store
+
+DOC = "Jonathan Passé and Shodhan Sheth"
+# Words of that document only (lower case: tfidf's vocabulary; stems: the BM25 index) and the
+# question whose log retrieved it.
+TRACES = (b"codeconcis", b"shodhan", b"thin slices", b"legacy moderni")
+
+
+def run(*args: str, ok: bool = True) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def speakers(store_location: str, shared_data: Path, tmp_path: Path,
+             monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MLFLOW_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    csv = shared_data / "chatboti" / "2025-09-02-speaker-bio.csv"
+    run("ingest", str(csv), "--store", store_location, "--embedder", "tfidf", "--no-track")
+    for mode in ("dense", "bm25", "hybrid"):
+        run("search", "legacy modernization", "--store", store_location, "--mode", mode,
+            "--log-query", "-k", "3")
+    run("search", "public speaking", "--store", store_location, "--mode", "bm25",
+        "--log-query", "-k", "1")
+    _, out = run("ask", "How are legacy systems modernized?", "--store", store_location,
+                 "--no-track", "--keep-answer-text", "--json")
+    run("feedback", json.loads(out)["output_id"], "--store", store_location, "--thumbs", "up",
+        "--comment", "loved the thin slices", "--no-track")
+    return store_location
+
+
+def rows(location: str) -> dict[str, list[tuple]]:
+    with Store.open(location, read_only=True) as store:
+        return {table: list(store.backend.dump_rows(table)) for table in TABLES}
+
+
+def has_trace(data: bytes) -> list[bytes]:
+    lowered = data.lower()
+    return [t for t in TRACES if t in lowered]
+
+
+@pytest.mark.slow
+def test_forget_erases_a_document_from_every_file_and_log(speakers: str, tmp_path: Path) -> None:
+    before = rows(speakers)
+    chunk_ids = {r[0] for r in before["chunks"] if r[1] == DOC}
+    retrieving = {r[1] for r in before["retrievals"] if r[2] in chunk_ids}
+    answered = {r[1] for r in before["generations"]}
+    assert retrieving and answered and "Shodhan" in before["generations"][0][13]
+
+    _, out = run("forget", DOC, "--store", speakers, "--json")
+    report = json.loads(out[out.index("{"):])
+    assert report["documents"] == [DOC] and report["chunks"] == len(chunk_ids)
+    assert report["vectors"] == len(chunk_ids) and report["answers_redacted"] == 1
+    assert report["queries_redacted"] == len(retrieving | answered) and not report["incomplete"]
+
+    after = rows(speakers)
+    assert len(after["documents"]) == len(before["documents"]) - 1
+    for query_id, text, *_ in after["queries"]:
+        kept = dict((r[0], r[1]) for r in before["queries"])[query_id]
+        assert text == (ERASED if query_id in retrieving | answered else kept)
+    assert not [r for r in after["citations"] if r[3] == DOC]
+    assert not has_trace(repr(after).encode())
+    if speakers.startswith("postgresql://"):
+        files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    else:
+        files = [p for p in Path(speakers).rglob("*") if p.is_file()]
+        assert any(p.name == "metadata.db" for p in files)
+    for path in files:
+        assert not has_trace(path.read_bytes()), path
+
+    for mode in ("dense", "bm25", "hybrid"):
+        _, out = run("search", "legacy modernization CodeConcise", "--store", speakers,
+                     "--mode", mode, "--json")
+        assert all(hit["document_id"] != DOC for hit in json.loads(out))
+    code, out = run("show", DOC, "--store", speakers, ok=False)
+    assert code == 1 and len(out.strip().splitlines()) == 1
+
+
+def test_an_unknown_id_forgets_nothing(speakers: str) -> None:
+    before = rows(speakers)
+    code, out = run("forget", DOC, "no-such-doc", "--store", speakers, ok=False)
+    assert code == 1 and len(out.strip().splitlines()) == 1
+    assert "'no-such-doc'" in out and "nothing was erased" in out
+    assert rows(speakers) == before
