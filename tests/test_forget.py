@@ -65,6 +65,8 @@ def test_forget_erases_a_document_from_every_file_and_log(speakers: str, tmp_pat
     answered = {r[1] for r in before["generations"]}
     assert retrieving and answered and "Shodhan" in before["generations"][0][13]
 
+    with Store.open(speakers, read_only=True) as store:
+        old_version = store.model("tfidf").model_version
     _, out = run("forget", DOC, "--store", speakers, "--json")
     report = json.loads(out[out.index("{"):])
     assert report["documents"] == [DOC] and report["chunks"] == len(chunk_ids)
@@ -78,6 +80,9 @@ def test_forget_erases_a_document_from_every_file_and_log(speakers: str, tmp_pat
         assert text == (ERASED if query_id in retrieving | answered else kept)
     assert not [r for r in after["citations"] if r[3] == DOC]
     assert not has_trace(repr(after).encode())
+    with Store.open(speakers, read_only=True) as store:  # the vocabulary that held its terms
+        assert store.model("tfidf").model_version != old_version
+        assert old_version and not store.backend.model_files("tfidf", old_version)
     if speakers.startswith("postgresql://"):
         files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     else:

@@ -49,7 +49,7 @@ def forget(doc_ids: tuple[str, ...], store_path: Path | str, no_refit: bool,
     Bundles already logged to MLflow are immutable and still hold them (docs/export.md)."""
     from mlflow_rag.errors import InvalidInput
     from mlflow_rag.ingest import refit_corpus_models
-    from mlflow_rag.store.erasure import forget_documents
+    from mlflow_rag.store.erasure import drop_replaced_model_state, forget_documents
     from mlflow_rag.store.store import Store
 
     with Store.open(store_path) as store:
@@ -59,6 +59,9 @@ def forget(doc_ids: tuple[str, ...], store_path: Path | str, no_refit: bool,
                 refit_corpus_models(store, on_message=lambda message: click.echo(message, err=True))
             except InvalidInput as exc:  # too little text left to fit on
                 click.echo(f"warning: tfidf not refitted: {exc}", err=True)
+            problem = drop_replaced_model_state(store)
+            if problem:
+                click.echo(f"warning: {problem}", err=True)
     if report.incomplete:
         click.echo(f"warning: {report.incomplete}", err=True)
     if as_json:

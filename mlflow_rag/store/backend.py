@@ -380,6 +380,11 @@ class Backend(ABC):
     def model_files(self, model_name: str, version: str) -> dict[str, bytes]:
         """The files saved for a model version by :meth:`save_model_files` ({} if none)."""
 
+    @abstractmethod
+    def drop_model_files_except(self, model_name: str, version: str | None) -> None:
+        """Delete the files saved for every other version of a model (an erasure: an old
+        vocabulary holds the terms of erased documents). In a write transaction."""
+
     # ------------------------------------------------------------------ copies
 
     @abstractmethod

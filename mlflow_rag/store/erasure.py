@@ -6,7 +6,9 @@ query and answer logs can hold it too: the questions that retrieved it, answers 
 feedback on them, and citations naming it. :func:`forget_documents` redacts those logs and
 deletes the documents in one transaction, then erases what the deletion left in the files
 (:meth:`Store.erase_deleted`). An embedder fitted on the corpus (tfidf) still holds the
-documents' terms until it is refitted: the CLI does that next, as ``delete`` does.
+documents' terms until it is refitted: the CLI does that next, as ``delete`` does, then
+:func:`drop_replaced_model_state` deletes the state of the versions the refit replaced (a
+database keeps each version's files; a folder's are rewritten in place).
 """
 
 from __future__ import annotations
@@ -55,3 +57,14 @@ def forget_documents(store: Store, document_ids: Sequence[str]) -> ForgetReport:
     return ForgetReport(documents=ids, chunks=chunks, vectors=vectors,
                         queries_redacted=queries, answers_redacted=answers,
                         incomplete=incomplete)
+
+
+def drop_replaced_model_state(store: Store) -> str:
+    """Delete the saved state of every model version but the current one, and erase it.
+    Returns why the erasure could not complete ("" if it did)."""
+    backend = store.backend
+    with store.writer_lock(), backend.immediate_transaction():
+        for info in store.models():
+            backend.drop_model_files_except(info.name, info.model_version)
+    problem = backend.erase_free_space()
+    return f"erasure incomplete: {problem}" if problem else ""
