@@ -15,6 +15,10 @@ from mlflow_rag.cli import main
 from mlflow_rag.store.backend import TABLES
 from mlflow_rag.store.erasure import ERASED
 from mlflow_rag.store.store import Store
+from tests import helpers_mlflow
+
+tracking_template = helpers_mlflow.tracking_template
+tracking_uri = helpers_mlflow.tracking_uri
 
 DOC = "Jonathan Passé and Shodhan Sheth"
 # Words of that document only (lower case: tfidf's vocabulary; stems: the BM25 index) and the
@@ -33,6 +37,8 @@ def run(*args: str, ok: bool = True) -> tuple[int, str]:
 def speakers(store_location: str, shared_data: Path, tmp_path: Path,
              monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # no tracking store here: forget lists no runs
     csv = shared_data / "chatboti" / "2025-09-02-speaker-bio.csv"
     run("ingest", str(csv), "--store", store_location, "--embedder", "tfidf", "--no-track")
     for mode in ("dense", "bm25", "hybrid"):
@@ -72,6 +78,7 @@ def test_forget_erases_a_document_from_every_file_and_log(speakers: str, tmp_pat
     assert report["documents"] == [DOC] and report["chunks"] == len(chunk_ids)
     assert report["vectors"] == len(chunk_ids) and report["answers_redacted"] == 1
     assert report["queries_redacted"] == len(retrieving | answered) and not report["incomplete"]
+    assert report["mlflow_runs"] is None and not (tmp_path / "mlflow.db").exists()
 
     after = rows(speakers)
     assert len(after["documents"]) == len(before["documents"]) - 1
@@ -105,3 +112,20 @@ def test_an_unknown_id_forgets_nothing(speakers: str) -> None:
     assert code == 1 and len(out.strip().splitlines()) == 1
     assert "'no-such-doc'" in out and "nothing was erased" in out
     assert rows(speakers) == before
+
+
+@pytest.mark.slow
+def test_forget_lists_the_mlflow_runs_whose_bundles_hold_the_document(
+    shared_data: Path, tmp_path: Path, tracking_uri: str
+) -> None:
+    csv = shared_data / "chatboti" / "2025-09-02-speaker-bio.csv"
+    store = str(tmp_path / "store")
+    run("ingest", str(csv), "--store", store, "--embedder", "tfidf", "--tracking-uri",
+        tracking_uri)
+    import mlflow
+
+    ingest_runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(ingest_runs) == 1
+    _, out = run("forget", DOC, "--store", store, "--tracking-uri", tracking_uri)
+    assert "MLflow artifacts are immutable: 1 run(s)" in out
+    assert ingest_runs[0].info.run_id in out

@@ -39,14 +39,19 @@ def delete(doc_id: str, store_path: Path | str, no_refit: bool) -> None:
 @click.option("--no-refit", is_flag=True,
               help="Keep the tfidf vocabulary as it is (the documents' terms stay in it until "
                    "`mlflow-rag refit`).")
+@click.option("--tracking-uri", default=None,
+              help="Where to list the MLflow runs and model versions whose bundles of this "
+                   "store may still hold the documents (default: MLFLOW_TRACKING_URI, else "
+                   "./mlflow.db or ./mlruns if there is one).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was erased as JSON.")
 def forget(doc_ids: tuple[str, ...], store_path: Path | str, no_refit: bool,
-           as_json: bool) -> None:
+           tracking_uri: str | None, as_json: bool) -> None:
     """Erase documents from everywhere in the store: their rows, chunks, metadata fields,
     vectors, BM25 terms, index files, free pages and WAL; the logged questions that
     retrieved them, the answers citing them and feedback on those answers read "[erased]";
     a tfidf model is refitted without their terms. All the ids, or none if one is unknown.
-    Bundles already logged to MLflow are immutable and still hold them (docs/export.md)."""
+    Bundles already logged to MLflow are immutable: the runs and model versions that may hold
+    them are listed, to delete (docs/export.md)."""
     from mlflow_rag.errors import InvalidInput
     from mlflow_rag.ingest import refit_corpus_models
     from mlflow_rag.store.erasure import drop_replaced_model_state, forget_documents
@@ -64,15 +69,48 @@ def forget(doc_ids: tuple[str, ...], store_path: Path | str, no_refit: bool,
                 click.echo(f"warning: {problem}", err=True)
     if report.incomplete:
         click.echo(f"warning: {report.incomplete}", err=True)
+    runs, versions = _runs_holding(store.store_id, report.imported_at, tracking_uri)
     if as_json:
         echo_json({"documents": list(report.documents), "chunks": report.chunks,
                    "vectors": report.vectors, "queries_redacted": report.queries_redacted,
                    "answers_redacted": report.answers_redacted,
-                   "incomplete": report.incomplete})
+                   "incomplete": report.incomplete, "mlflow_runs": runs,
+                   "model_versions": versions})
         return
     click.echo(f"forgot {len(report.documents)} documents ({report.chunks} chunks, "
                f"{report.vectors} vectors); redacted {report.queries_redacted} logged queries "
                f"and {report.answers_redacted} answers")
+    if runs is None:
+        click.echo("MLflow: no tracking store here; bundles of this store logged elsewhere "
+                   "still hold the documents (pass --tracking-uri to list them)")
+        return
+    click.echo(f"MLflow artifacts are immutable: {len(runs)} run(s) and {len(versions)} model "
+               "version(s) logged bundles of this store that may hold them; delete these:")
+    for run in runs:
+        click.echo(f"  run {run['run_id']} ({run['run_type'] or 'run'} {run['run_name']}, "
+                   f"experiment {run['experiment_id']})")
+    for version in versions:
+        click.echo(f"  model version models:/{version['name']}/{version['version']} "
+                   f"(run {version['run_id']})")
+
+
+def _runs_holding(
+    store_id: str, since: str, tracking_uri: str | None
+) -> tuple[list[dict[str, str]] | None, list[dict[str, str]]]:
+    """The runs and model versions whose bundles may hold what was erased; (None, []) when
+    no tracking store is named and none is in the working directory (none is created)."""
+    import os
+
+    from mlflow_rag.tracking_session import resolve_tracking_uri
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        uri = resolve_tracking_uri(None)
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+            return None, []
+    from mlflow_rag.tracking_bundles import runs_holding_store
+
+    return runs_holding_store(store_id, since, tracking_uri=uri)
 
 
 @main.command()

@@ -29,6 +29,7 @@ class ForgetReport:
     vectors: int
     queries_redacted: int
     answers_redacted: int
+    imported_at: str  # when the earliest of them was first imported (bundles since hold it)
     incomplete: str  # why the files still hold deleted bytes ("" when the erasure completed)
 
 
@@ -46,6 +47,7 @@ def forget_documents(store: Store, document_ids: Sequence[str]) -> ForgetReport:
         if missing:
             raise DocumentNotFound(f"no document with id {missing[0]!r} in {store.location}; "
                                    "nothing was erased")
+        imported_at = min(str((backend.document_row(d) or ("",) * 5)[4]) for d in ids)
         chunks = sum(len(backend.chunk_rows(d)) for d in ids)
         vectors = len(backend.embeddings_of_documents(list(ids)))
         queries, answers = backend.redact_logs_of_documents(list(ids), placeholder=ERASED)
@@ -56,7 +58,7 @@ def forget_documents(store: Store, document_ids: Sequence[str]) -> ForgetReport:
     incomplete = "; ".join(store.events[events:])
     return ForgetReport(documents=ids, chunks=chunks, vectors=vectors,
                         queries_redacted=queries, answers_redacted=answers,
-                        incomplete=incomplete)
+                        imported_at=imported_at, incomplete=incomplete)
 
 
 def drop_replaced_model_state(store: Store) -> str:
