@@ -143,6 +143,11 @@ def test_a_damaged_export_is_refused_naming_the_file_and_nothing_is_written(
 
 
 def test_an_unfinished_export_and_bad_options_are_refused(exported: Path, tmp_path: Path) -> None:
+    manifest = json.loads((exported / "manifest.json").read_text())
+    del manifest["files"]
+    (exported / "manifest.json").write_text(json.dumps(manifest))
+    code, out = run("import", str(exported), "--store", str(tmp_path / "t"), ok=False)
+    assert code == 1 and "no 'files' object" in out and not (tmp_path / "t").exists()
     (exported / "manifest.json").unlink()
     code, out = run("import", str(exported), "--store", str(tmp_path / "t"), ok=False)
     assert code == 1 and "has no manifest.json" in out and not (tmp_path / "t").exists()
@@ -179,3 +184,18 @@ def test_an_export_moves_a_store_between_backends(
         assert [c for c, _ in found[mode]] == [c for c, _ in expected[mode]], mode
         assert [s for _, s in found[mode]] == pytest.approx([s for _, s in expected[mode]],
                                                             rel=1e-12, abs=0), mode
+
+
+@pytest.mark.parametrize("name", ["../outside.jsonl", "/etc/hostname", "tables/../../x.jsonl"])
+def test_a_manifest_naming_a_file_outside_the_export_is_refused(
+    exported: Path, tmp_path: Path, name: str
+) -> None:
+    manifest = json.loads((exported / "manifest.json").read_text())
+    digest = manifest["files"].pop("tables/documents.jsonl")
+    manifest["files"][name] = digest
+    manifest["tables"]["documents"]["files"] = [name]
+    (exported / "manifest.json").write_text(json.dumps(manifest))
+    target = tmp_path / "imported"
+    code, out = run("import", str(exported), "--store", str(target), ok=False)
+    assert code == 1 and len(out.strip().splitlines()) == 1, out
+    assert not target.exists()

@@ -204,6 +204,9 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     if manifest.get("format_version") != EXPORT_VERSION:
         raise InvalidInput(f"{path}: export format version {manifest.get('format_version')!r}; "
                            f"this version of mlflow-rag reads {EXPORT_VERSION}")
+    for key in ("files", "tables"):
+        if not isinstance(manifest.get(key), dict):
+            raise InvalidInput(f"{path} has no {key!r} object; the manifest is damaged")
     if manifest.get("file_format") not in FORMATS:
         raise UnknownChoice("export file format", str(manifest.get("file_format")), FORMATS)
     return manifest
