@@ -129,3 +129,36 @@ def test_forget_lists_the_mlflow_runs_whose_bundles_hold_the_document(
     _, out = run("forget", DOC, "--store", store, "--tracking-uri", tracking_uri)
     assert "MLflow artifacts are immutable: 1 run(s)" in out
     assert ingest_runs[0].info.run_id in out
+
+
+def test_forget_a_user_deletes_their_questions_answers_and_feedback_from_every_file(
+    store_location: str, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    store = store_location
+    csv = shared_data / "chatboti" / "2025-09-02-speaker-bio.csv"
+    run("ingest", str(csv), "--store", store, "--embedder", "tfidf", "--no-track")
+    answers = {}
+    for user, word in (("u1", "xylophonequestion"), ("u2", "quokkaquestion")):
+        _, out = run("ask", f"legacy {word}?", "--store", store, "--no-track", "--json",
+                     "--keep-answer-text", "--user-id", user, "--session-id", f"s-{user}")
+        answers[user] = json.loads(out)["output_id"]
+    run("feedback", answers["u2"], "--store", store, "--thumbs", "up", "--user-id", "u1",
+        "--comment", "zebracomment", "--no-track")
+
+    _, out = run("forget", "--user-id", "u1", "--store", store, "--json")
+    assert json.loads(out)["logs_deleted"] == {"queries": 1, "feedback": 1}
+    left = repr(rows(store)).encode()
+    assert b"xylophonequestion" not in left and b"zebracomment" not in left
+    assert b"quokkaquestion" in left
+    if not store.startswith("postgresql://"):
+        for path in (p for p in Path(store).rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            assert b"xylophonequestion" not in data and b"zebracomment" not in data, path
+
+    run("forget", "--session-id", "s-u2", "--store", store)
+    assert b"quokkaquestion" not in repr(rows(store)).encode()
+    code, out = run("forget", "--store", store, ok=False)
+    assert code == 1 and "--user-id" in out and len(out.strip().splitlines()) == 1

@@ -360,6 +360,12 @@ class Backend(ABC):
         """An answer's feedback (:data:`FEEDBACK_COLUMNS`), oldest first."""
 
     @abstractmethod
+    def delete_logs_of(self, *, user_id: str | None, session_id: str | None) -> tuple[int, int]:
+        """Delete the questions answered for this user and/or session (both must match when
+        both are given) with their retrievals, answers, citations and feedback, and the
+        feedback the user gave. In a write transaction; returns (queries, feedback rows)."""
+
+    @abstractmethod
     def redact_logs_of_documents(
         self, document_ids: Sequence[str], *, placeholder: str
     ) -> tuple[int, int]:

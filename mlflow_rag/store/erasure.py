@@ -61,6 +61,21 @@ def forget_documents(store: Store, document_ids: Sequence[str]) -> ForgetReport:
                         imported_at=imported_at, incomplete=incomplete)
 
 
+def forget_logs_of(store: Store, *, user_id: str | None, session_id: str | None) -> tuple[int, int]:
+    """Delete a user's or a session's questions, answers and feedback, and erase their
+    bytes from the database's free pages and WAL. Returns (queries, feedback rows)."""
+    if user_id is None and session_id is None:
+        raise InvalidInput("name a user id or a session id whose logs to forget")
+    if store.read_only:
+        raise RagError(f"{store.location} is open read-only")
+    with store.writer_lock(), store.backend.write_transaction():
+        deleted = store.backend.delete_logs_of(user_id=user_id, session_id=session_id)
+    problem = store.backend.erase_free_space()
+    if problem:
+        store.events.append(f"erasure incomplete: {problem}")
+    return deleted
+
+
 def drop_replaced_model_state(store: Store) -> str:
     """Delete the saved state of every model version but the current one, and erase it.
     Returns why the erasure could not complete ("" if it did)."""

@@ -69,6 +69,21 @@ class SqliteAnswers:
         self._each("DELETE FROM citations WHERE document_id IN ({})", docs)
         return len(queries), len(answers)
 
+    def delete_logs_of(self, *, user_id: str | None, session_id: str | None) -> tuple[int, int]:
+        conditions = [(column, value) for column, value in
+                      (("user_id", user_id), ("session_id", session_id)) if value is not None]
+        where = " AND ".join(f"{column} = ?" for column, _ in conditions)
+        rows = self.conn.execute(f"SELECT DISTINCT query_id FROM generations WHERE {where}",
+                                 tuple(value for _, value in conditions)).fetchall()
+        queries = sorted(r[0] for r in rows)
+        # Their retrievals, answers, citations and feedback go with them (ON DELETE CASCADE).
+        self._each("DELETE FROM queries WHERE id IN ({})", queries)
+        feedback = 0
+        if user_id is not None:  # the feedback the user gave, on anyone's answer
+            feedback = self.conn.execute("DELETE FROM feedback WHERE user_id = ?",
+                                         (user_id,)).rowcount
+        return len(queries), int(feedback)
+
     def _ids(self, sql: str, keys: Sequence[str]) -> set[str]:
         found: set[str] = set()
         for start in range(0, len(keys), 500):
