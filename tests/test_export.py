@@ -199,3 +199,20 @@ def test_a_manifest_naming_a_file_outside_the_export_is_refused(
     code, out = run("import", str(exported), "--store", str(target), ok=False)
     assert code == 1 and len(out.strip().splitlines()) == 1, out
     assert not target.exists()
+
+
+def test_rows_the_database_refuses_roll_the_import_back(exported: Path, tmp_path: Path) -> None:
+    """An export edited with its hashes recomputed (chunks of a document it no longer has)."""
+    from mlflow_rag.store.files import sha256_file
+
+    path = exported / "tables" / "documents.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[1:]))
+    manifest = json.loads((exported / "manifest.json").read_text())
+    manifest["files"]["tables/documents.jsonl"] = sha256_file(path)
+    manifest["tables"]["documents"]["rows"] -= 1
+    (exported / "manifest.json").write_text(json.dumps(manifest))
+    target = tmp_path / "imported"
+    code, out = run("import", str(exported), "--store", str(target), ok=False)
+    assert code == 1 and len(out.strip().splitlines()) == 1, out
+    assert "do not load" in out and "nothing was imported" in out
+    assert not target.exists()

@@ -26,6 +26,7 @@ from mlflow_rag.errors import InvalidInput, RagError, UnknownChoice
 from mlflow_rag.store.backend import TABLES, utc_now
 from mlflow_rag.store.export_files import FORMATS, KINDS, column_kinds, read_rows, write_rows
 from mlflow_rag.store.files import confined, sha256_file
+from mlflow_rag.store.opening import is_database_location
 from mlflow_rag.store.store import Store
 
 EXPORT_FORMAT = "mlflow-rag-export"
@@ -216,6 +217,7 @@ def import_store(source: str | Path, target: str | Path) -> ImportReport:
     """Load the export at ``source`` into the new (or empty) store at ``target``."""
     manifest, rows = read_export(source)
     state = _read_model_state(Path(source), manifest)
+    new_folder = not is_database_location(target) and not Path(target).exists()
     dst = Store.open(target, create=True)
     try:
         empty_root = dst.root
@@ -223,9 +225,13 @@ def import_store(source: str | Path, target: str | Path) -> ImportReport:
         with dst.backend.immediate_transaction():
             for table in TABLES:  # TABLES' order: rows after the rows they reference
                 if table in rows:
-                    dst.backend.load_rows(table, rows[table])
-    finally:
+                    _load(dst, table, rows[table], source)
+    except BaseException:
         dst.close(flush=False)
+        if new_folder:  # refused: leave no store behind where there was none
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    dst.close(flush=False)
     with Store.open(target) as dst:
         if dst.root != empty_root:  # a database's cache folder is named by its store id
             shutil.rmtree(empty_root, ignore_errors=True)
@@ -241,6 +247,21 @@ def import_store(source: str | Path, target: str | Path) -> ImportReport:
                             rows={t: len(r) for t, r in rows.items()},
                             documents=stats.documents, chunks=stats.chunks,
                             embeddings=stats.embeddings)
+
+
+def _load(store: Store, table: str, rows: list[tuple[Any, ...]], source: str | Path) -> None:
+    """Rows the database refuses (a chunk of no document: an export edited with its hashes
+    recomputed) roll the import back, named in one line."""
+    try:
+        store.backend.load_rows(table, rows)
+    except RagError:
+        raise
+    except Exception as exc:
+        if store.backend.is_storage_failure(exc):
+            raise store.backend.storage_failure(exc, outcome="nothing was imported") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(f"{source}: the rows of table {table} do not load ({first}); "
+                           "nothing was imported") from exc
 
 
 def _read_model_state(
