@@ -141,3 +141,41 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
+
+
+def runs_holding_store(
+    store_id: str, since: str, *, tracking_uri: str | None = None
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The runs of the store ``store_id`` whose artifacts may hold what it held at or after
+    ``since`` (an ISO-8601 time: an erased document's import): every run tagged with the
+    store that had not ended by then, and the registered model versions made from them.
+    Artifacts are immutable: these are what to delete to erase it from MLflow too."""
+    from datetime import datetime
+
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_rag.tracking_session import TAG_RUN_TYPE, TAG_STORE_ID
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+    since_ms = int(datetime.fromisoformat(since).timestamp() * 1000)
+    try:
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+        runs = []
+        if experiments:
+            found = client.search_runs(experiments, f"tags.`{TAG_STORE_ID}` = '{store_id}'",
+                                       run_view_type=ViewType.ALL, max_results=50000)
+            runs = [r for r in found if r.info.end_time is None or r.info.end_time >= since_ms]
+        versions = []
+        for run in runs:
+            for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+                versions.append({"name": version.name, "version": str(version.version),
+                                 "run_id": run.info.run_id})
+    except Exception as exc:  # MLflow raises many types for an unreachable or broken store
+        raise TrackingError(f"could not list the runs of store {store_id} in {uri}: {exc}") from exc
+    listed = [{"run_id": r.info.run_id, "experiment_id": r.info.experiment_id,
+               "run_type": r.data.tags.get(TAG_RUN_TYPE, ""), "run_name": r.info.run_name or ""}
+              for r in runs]
+    return listed, versions

@@ -1,9 +1,10 @@
-"""``delete``, ``stats``, ``check``, ``refit`` and ``purge-queries``: looking after a store."""
+"""``delete``, ``forget``, ``stats``, ``check``, ``refit`` and ``purge-queries``: looking after a store."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -31,6 +32,117 @@ def delete(doc_id: str, store_path: Path | str, no_refit: bool) -> None:
                 refit_corpus_models(store, on_message=lambda message: click.echo(message, err=True))
             except InvalidInput as exc:  # too little text left to fit on
                 click.echo(f"warning: tfidf not refitted: {exc}", err=True)
+
+
+@main.command()
+@click.argument("doc_ids", nargs=-1, metavar="[DOCUMENT_ID]...")
+@store_option
+@click.option("--user-id", default=None,
+              help="Also forget this user's questions, answers and feedback.")
+@click.option("--session-id", default=None,
+              help="Also forget this session's questions and answers (with --user-id: the "
+                   "user's in this session).")
+@click.option("--no-refit", is_flag=True,
+              help="Keep the tfidf vocabulary as it is (the documents' terms stay in it until "
+                   "`mlflow-rag refit`).")
+@click.option("--tracking-uri", default=None,
+              help="Where to list the MLflow runs and model versions whose bundles of this "
+                   "store may still hold the documents (default: MLFLOW_TRACKING_URI, else "
+                   "./mlflow.db or ./mlruns if there is one).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was erased as JSON.")
+def forget(doc_ids: tuple[str, ...], store_path: Path | str, user_id: str | None,
+           session_id: str | None, no_refit: bool, tracking_uri: str | None,
+           as_json: bool) -> None:
+    """Erase documents from everywhere in the store: their rows, chunks, metadata fields,
+    vectors, BM25 terms, index files, free pages and WAL; the logged questions that
+    retrieved them, the answers citing them and feedback on those answers read "[erased]";
+    a tfidf model is refitted without their terms. All the ids, or none if one is unknown.
+    Bundles already logged to MLflow are immutable: the runs and model versions that may hold
+    them are listed, to delete (docs/export.md). With --user-id/--session-id, a user's or a
+    session's questions, answers and feedback are deleted and erased the same way."""
+    from mlflow_rag.errors import InvalidInput
+    from mlflow_rag.ingest import refit_corpus_models
+    from mlflow_rag.store.erasure import (
+        drop_replaced_model_state,
+        forget_documents,
+        forget_logs_of,
+    )
+    from mlflow_rag.store.store import Store
+
+    if not doc_ids and user_id is None and session_id is None:
+        raise InvalidInput("name the documents to forget, or --user-id or --session-id")
+    output: dict[str, Any] = {}
+    with Store.open(store_path) as store:
+        if user_id is not None or session_id is not None:
+            queries, feedback = forget_logs_of(store, user_id=user_id, session_id=session_id)
+            output.update(logs_deleted={"queries": queries, "feedback": feedback})
+            if not as_json:
+                click.echo(f"forgot {queries} logged questions with their answers, and "
+                           f"{feedback} feedback rows given by the user")
+        if doc_ids:
+            report = forget_documents(store, doc_ids)
+            if not no_refit:
+                try:
+                    refit_corpus_models(store, on_message=lambda m: click.echo(m, err=True))
+                except InvalidInput as exc:  # too little text left to fit on
+                    click.echo(f"warning: tfidf not refitted: {exc}", err=True)
+                problem = drop_replaced_model_state(store)
+                if problem:
+                    click.echo(f"warning: {problem}", err=True)
+            runs, versions = _runs_holding(store.store_id, report.imported_at, tracking_uri)
+            output.update(documents=list(report.documents), chunks=report.chunks,
+                          vectors=report.vectors, queries_redacted=report.queries_redacted,
+                          answers_redacted=report.answers_redacted, mlflow_runs=runs,
+                          model_versions=versions)
+            if not as_json:
+                _echo_forgotten(report.documents, report.chunks, report.vectors,
+                                report.queries_redacted, report.answers_redacted, runs, versions)
+        for event in store.events:
+            if event.startswith("erasure incomplete"):
+                click.echo(f"warning: {event}", err=True)
+        output["incomplete"] = "; ".join(e for e in store.events
+                                         if e.startswith("erasure incomplete"))
+    if as_json:
+        echo_json(output)
+
+
+def _echo_forgotten(
+    documents: tuple[str, ...], chunks: int, vectors: int, queries: int, answers: int,
+    runs: list[dict[str, str]] | None, versions: list[dict[str, str]],
+) -> None:
+    click.echo(f"forgot {len(documents)} documents ({chunks} chunks, {vectors} vectors); "
+               f"redacted {queries} logged queries and {answers} answers")
+    if runs is None:
+        click.echo("MLflow: no tracking store here; bundles of this store logged elsewhere "
+                   "still hold the documents (pass --tracking-uri to list them)")
+        return
+    click.echo(f"MLflow artifacts are immutable: {len(runs)} run(s) and {len(versions)} model "
+               "version(s) logged bundles of this store that may hold them; delete these:")
+    for run in runs:
+        click.echo(f"  run {run['run_id']} ({run['run_type'] or 'run'} {run['run_name']}, "
+                   f"experiment {run['experiment_id']})")
+    for version in versions:
+        click.echo(f"  model version models:/{version['name']}/{version['version']} "
+                   f"(run {version['run_id']})")
+
+
+def _runs_holding(
+    store_id: str, since: str, tracking_uri: str | None
+) -> tuple[list[dict[str, str]] | None, list[dict[str, str]]]:
+    """The runs and model versions whose bundles may hold what was erased; (None, []) when
+    no tracking store is named and none is in the working directory (none is created)."""
+    import os
+
+    from mlflow_rag.tracking_session import resolve_tracking_uri
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        uri = resolve_tracking_uri(None)
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+            return None, []
+    from mlflow_rag.tracking_bundles import runs_holding_store
+
+    return runs_holding_store(store_id, since, tracking_uri=uri)
 
 
 @main.command()

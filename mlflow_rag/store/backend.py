@@ -363,6 +363,21 @@ class Backend(ABC):
     def feedback_rows(self, generation_id: str) -> list[tuple[Any, ...]]:
         """An answer's feedback (:data:`FEEDBACK_COLUMNS`), oldest first."""
 
+    @abstractmethod
+    def delete_logs_of(self, *, user_id: str | None, session_id: str | None) -> tuple[int, int]:
+        """Delete the questions answered for this user and/or session (both must match when
+        both are given) with their retrievals, answers, citations and feedback, and the
+        feedback the user gave. In a write transaction; returns (queries, feedback rows)."""
+
+    @abstractmethod
+    def redact_logs_of_documents(
+        self, document_ids: Sequence[str], *, placeholder: str
+    ) -> tuple[int, int]:
+        """Before these documents are erased: replace with ``placeholder`` the text of every
+        logged query that retrieved one of their chunks or was answered from them (its
+        embedding dropped), of those answers and of their feedback comments, and delete the
+        citations naming the documents. In a write transaction; returns (queries, answers)."""
+
     # ------------------------------------------------------------------ fitted embedders
 
     @abstractmethod
@@ -374,6 +389,11 @@ class Backend(ABC):
     @abstractmethod
     def model_files(self, model_name: str, version: str) -> dict[str, bytes]:
         """The files saved for a model version by :meth:`save_model_files` ({} if none)."""
+
+    @abstractmethod
+    def drop_model_files_except(self, model_name: str, version: str | None) -> None:
+        """Delete the files saved for every other version of a model (an erasure: an old
+        vocabulary holds the terms of erased documents). In a write transaction."""
 
     # ------------------------------------------------------------------ copies
 
@@ -418,6 +438,11 @@ class Backend(ABC):
     def document_version_rows(self, document_id: str) -> list[tuple[Any, ...]]:
         """(version, content_hash, source_path, written_at, written_by, replaced_at,
         replaced_by, ended_by) of every kept version of a document, oldest first."""
+
+    @abstractmethod
+    def forget_document_versions(self, document_ids: Sequence[str]) -> None:
+        """Delete every kept version of these documents (erasure: their ids, hashes and
+        source paths must go too)."""
 
     @abstractmethod
     def lineage_chunk_rows(self, document_id: str) -> list[tuple[Any, ...]]:

@@ -1,4 +1,4 @@
-"""The SQL of the answer half (generations, citations, feedback) in PostgreSQL, mixed into
+"""The SQL of the answer half (generations, citations, feedback; their erasure) in PostgreSQL, mixed into
 :class:`~mlflow_rag.store.postgres.backend.PostgresBackend`."""
 
 from __future__ import annotations
@@ -54,3 +54,51 @@ class PostgresAnswers:
             f"SELECT {_FEEDBACK} FROM feedback WHERE generation_id = %s ORDER BY timestamp, id",
             (generation_id,)).fetchall()
         return [tuple(r) for r in rows]
+
+    def redact_logs_of_documents(
+        self, document_ids: Sequence[str], *, placeholder: str
+    ) -> tuple[int, int]:
+        # The logged queries that retrieved these documents' chunks, the answers citing them,
+        # and each one's answer or question: all may quote or name the documents.
+        docs = list(document_ids)
+        queries = self._ids("SELECT r.query_id FROM retrievals r JOIN chunks c ON "
+                            "c.id = r.chunk_id WHERE c.document_id IN ({})", docs)
+        answers = self._ids("SELECT generation_id FROM citations WHERE document_id IN ({})", docs)
+        answers |= self._ids("SELECT id FROM generations WHERE query_id IN ({})", sorted(queries))
+        queries |= self._ids("SELECT query_id FROM generations WHERE id IN ({})", sorted(answers))
+        self._each("UPDATE queries SET query_text = %s, query_embedding = NULL WHERE id IN ({})",
+                   sorted(queries), placeholder)
+        self._each("UPDATE generations SET answer_text = %s WHERE answer_text IS NOT NULL AND "
+                   "id IN ({})", sorted(answers), placeholder)
+        self._each("UPDATE feedback SET comment = %s WHERE comment IS NOT NULL AND "
+                   "generation_id IN ({})", sorted(answers), placeholder)
+        self._each("DELETE FROM citations WHERE document_id IN ({})", docs)
+        return len(queries), len(answers)
+
+    def delete_logs_of(self, *, user_id: str | None, session_id: str | None) -> tuple[int, int]:
+        conditions = [(column, value) for column, value in
+                      (("user_id", user_id), ("session_id", session_id)) if value is not None]
+        where = " AND ".join(f"{column} = %s" for column, _ in conditions)
+        rows = self.conn.execute(f"SELECT DISTINCT query_id FROM generations WHERE {where}",
+                                 tuple(value for _, value in conditions)).fetchall()
+        queries = sorted(r[0] for r in rows)
+        # Their retrievals, answers, citations and feedback go with them (ON DELETE CASCADE).
+        self._each("DELETE FROM queries WHERE id IN ({})", queries)
+        feedback = 0
+        if user_id is not None:  # the feedback the user gave, on anyone's answer
+            feedback = self.conn.execute("DELETE FROM feedback WHERE user_id = %s",
+                                         (user_id,)).rowcount
+        return len(queries), int(feedback)
+
+    def _ids(self, sql: str, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            part = keys[start:start + 500]
+            found.update(r[0] for r in self.conn.execute(
+                sql.format(", ".join(["%s"] * len(part))), tuple(part)).fetchall())
+        return found
+
+    def _each(self, sql: str, keys: Sequence[str], *first: Any) -> None:
+        for start in range(0, len(keys), 500):
+            part = keys[start:start + 500]
+            self.conn.execute(sql.format(", ".join(["%s"] * len(part))), (*first, *part))

@@ -451,6 +451,10 @@ class PostgresBackend(PostgresAnswers, PostgresGovernance, Backend):
                        "VALUES (%s, %s, %s, %s)",
                        [(model_name, version, path, content) for path, content in files.items()])
 
+    def drop_model_files_except(self, model_name: str, version: str | None) -> None:
+        self.conn.execute("DELETE FROM model_files WHERE model_name = %s AND "
+                          "model_version IS DISTINCT FROM %s", (model_name, version))
+
     def model_files(self, model_name: str, version: str) -> dict[str, bytes]:
         return {r[0]: bytes(r[1]) for r in self._rows(
             "SELECT path, content FROM model_files WHERE model_name = %s AND model_version = %s",
@@ -535,7 +539,8 @@ class PostgresBackend(PostgresAnswers, PostgresGovernance, Backend):
         """VACUUM the tables that held the deleted rows, so their space is reused; old row
         versions may stay in the server's files until then, and in its WAL and backups."""
         for table in ("documents", "chunks", "chunk_terms", "document_fields", "chunk_fields",
-                      "embeddings"):
+                      "embeddings", "queries", "retrievals", "generations", "citations", "feedback",
+                      "model_files"):
             self.conn.execute(f"VACUUM {table}")
         return ""
 

@@ -56,6 +56,10 @@ class PostgresGovernance:
                 f"written_at, written_by) VALUES (%s, {_NEXT}, %s, %s, %s, %s)",
                 (doc_id, doc_id, content_hash, source_path, at, run))
 
+    def forget_document_versions(self, document_ids: Sequence[str]) -> None:
+        self.conn.execute("DELETE FROM document_versions WHERE document_id = ANY(%s)",
+                          (list(document_ids),))
+
     def document_version_rows(self, document_id: str) -> list[tuple[Any, ...]]:
         return list(self.conn.execute(
             f"SELECT {_VERSION_COLUMNS} FROM document_versions WHERE document_id = %s "

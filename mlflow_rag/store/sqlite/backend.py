@@ -625,6 +625,9 @@ class SqliteBackend(SqliteAnswers, SqliteGovernance, Backend):
     def model_files(self, model_name: str, version: str) -> dict[str, bytes]:
         return {}
 
+    def drop_model_files_except(self, model_name: str, version: str | None) -> None:
+        """Nothing kept here: a refit rewrites the files in the store's folder."""
+
     # ------------------------------------------------------------------ copies
 
     def dump_rows(self, table: str) -> Iterator[tuple[Any, ...]]:

@@ -56,6 +56,10 @@ class SqliteGovernance:
                 f"written_at, written_by) VALUES (?, {_NEXT}, ?, ?, ?, ?)",
                 (doc_id, doc_id, content_hash, source_path, at, run))
 
+    def forget_document_versions(self, document_ids: Sequence[str]) -> None:
+        self.conn.executemany("DELETE FROM document_versions WHERE document_id = ?",
+                              [(doc_id,) for doc_id in document_ids])
+
     def document_version_rows(self, document_id: str) -> list[tuple[Any, ...]]:
         return list(self.conn.execute(
             f"SELECT {_VERSION_COLUMNS} FROM document_versions WHERE document_id = ? "
