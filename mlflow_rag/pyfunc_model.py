@@ -42,9 +42,11 @@ from mlflow_rag.serving import (
     body_strings,
     build_requests,
     coerce_queries,
+    decode_json_body,
     normalise_json_body,
     parse_output,
     private_message,
+    request_strings,
     response_frame,
     row_params,
     scrub,
@@ -248,12 +250,16 @@ def guard_scoring_server() -> bool:
 
     @functools.wraps(original)
     def invocations(data: Any, content_type: Any, model: Any, input_schema: Any) -> Any:
-        if not _serves_retriever(model):
+        kind = served_kind(model)
+        if kind is None:
             return original(data, content_type, model, input_schema)
         mime = str(content_type or "").split(";")[0].strip().lower()
         private: list[str] = []
         try:
-            if mime == "application/json":
+            if mime == "application/json" and kind == "rag":
+                # a Responses API request: no params to normalise, only the text to keep out
+                private = request_strings(decode_json_body(data))
+            elif mime == "application/json":
                 data, private = normalise_json_body(data)
             else:
                 private = body_strings(data)
@@ -327,15 +333,28 @@ def _error_code(exc: MlflowException) -> int:
         return INVALID_PARAMETER_VALUE
 
 
-def _serves_retriever(model: Any) -> bool:
-    # By name, not isinstance: the served model runs its own copy of this file (models from
-    # code), a different class object from mlflow_rag.pyfunc_model.RetrieverModel.
+def served_kind(model: Any) -> str | None:
+    """``"retriever"`` or ``"rag"`` for a loaded model of this package, else None.
+
+    By name, not isinstance: the served model runs its own copy of this file (models from
+    code), a different class object from mlflow_rag.pyfunc_model.RetrieverModel. A
+    ``ResponsesAgent`` (the RAG model) sits in a wrapper that ``unwrap_python_model`` does
+    not open; its ``get_raw_model`` does.
+    """
     try:
         python_model = model.unwrap_python_model()
-    except Exception:  # not a pyfunc model of ours (or an MLflow without the method)
-        return False
-    return type(python_model).__name__ == RetrieverModel.__name__ and hasattr(
-        python_model, "retriever")
+    except Exception:  # not a PythonModel: perhaps the wrapper of a ResponsesAgent
+        raw = getattr(getattr(model, "_model_impl", None), "get_raw_model", None)
+        try:
+            python_model = raw() if callable(raw) else None
+        except Exception:
+            python_model = None
+    name = type(python_model).__name__
+    if name == RetrieverModel.__name__ and hasattr(python_model, "retriever"):
+        return "retriever"
+    if name == "RagModel" and hasattr(python_model, "answerer"):
+        return "rag"
+    return None
 
 
 def _flag(value: Any) -> bool:

@@ -295,16 +295,7 @@ def normalise_json_body(data: bytes | str) -> tuple[bytes | str, list[str]]:
     the signature declares (``k`` an integer, ``filters`` a JSON string: a filters *object*
     is accepted too), so MLflow's own check of them cannot fail and quote the request.
     """
-    try:
-        body = json.loads(data)
-    except UnicodeDecodeError as exc:  # a ValueError too: test it first
-        raise BadRequest(f"the request body is not UTF-8 (invalid byte at position {exc.start}); "
-                         "send JSON encoded as UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} "
-                         f"column {exc.colno}") from None
-    except RecursionError:
-        raise BadRequest("the request body is nested too deeply to parse") from None
+    body = decode_json_body(data)
     private = request_strings(body)
     if not isinstance(body, dict) or body.get("params") is None:
         return data, private
@@ -319,6 +310,21 @@ def normalise_json_body(data: bytes | str) -> tuple[bytes | str, list[str]]:
     body["params"] = {**params, "k": k, "mode": mode if params.get("mode") else "",
                       "filters": json.dumps(filters, ensure_ascii=False) if filters else ""}
     return json.dumps(body, ensure_ascii=False).encode("utf-8"), private
+
+
+def decode_json_body(data: bytes | str) -> Any:
+    """A request body decoded, or :class:`BadRequest` (without request text) when it is not
+    UTF-8 JSON."""
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError as exc:  # a ValueError too: test it first
+        raise BadRequest(f"the request body is not UTF-8 (invalid byte at position {exc.start}); "
+                         "send JSON encoded as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno}") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply to parse") from None
 
 
 def body_strings(data: bytes | str) -> list[str]:
