@@ -37,6 +37,7 @@ from mlflow_rag.search import SearchRequest
 from mlflow_rag.serving import (
     QUERY_LOG_ENV,
     REDACTORS,
+    TABLE_HINT,
     TRACE_MODES,
     Retriever,
     body_strings,
@@ -257,8 +258,11 @@ def guard_scoring_server() -> bool:
         private: list[str] = []
         try:
             if mime == "application/json" and kind == "rag":
-                # a Responses API request: no params to normalise, only the text to keep out
-                private = request_strings(decode_json_body(data))
+                # a Responses API request: no params to normalise; checked here, since the
+                # ResponsesAgent loader's own check fails as an anonymous 400 with a stack
+                body = decode_json_body(data)
+                private = request_strings(body)
+                check_responses_request(body)
             elif mime == "application/json":
                 data, private = normalise_json_body(data)
             else:
@@ -269,12 +273,32 @@ def guard_scoring_server() -> bool:
         except RagError as exc:
             raise bad_request(str(exc), private) from None
         except MlflowException as exc:
-            raise PrivateMlflowException(private_message(exc.message, private),
+            hint = RESPONSES_HINT if kind == "rag" else TABLE_HINT
+            raise PrivateMlflowException(private_message(exc.message, private, hint=hint),
                                          error_code=_error_code(exc)) from None
 
     invocations._mlflow_rag_guard = True  # type: ignore[attr-defined]
     setattr(server, "invocations", invocations)  # noqa: B010 (a module found at run time)
     return True
+
+
+RESPONSES_HINT = 'send a Responses API request: {"input": [{"role": "user", "content": QUESTION}]}'
+
+
+def check_responses_request(body: Any) -> Any:
+    """A ``ResponsesAgentRequest`` made of ``body``, or a 400 naming the bad fields, never
+    their values (the question)."""
+    import pydantic
+    from mlflow.types.responses import ResponsesAgentRequest
+
+    if not isinstance(body, dict):
+        raise bad_request(f"the request is not a Responses API request: {RESPONSES_HINT}")
+    try:
+        return ResponsesAgentRequest(**body)
+    except pydantic.ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in error["loc"]) for error in exc.errors()})
+        raise bad_request(f"the request is not a Responses API request (bad fields "
+                          f"{fields[:5]}): {RESPONSES_HINT}") from None
 
 
 def warm_up_serving(*, trace: bool) -> None:

@@ -36,6 +36,7 @@ from mlflow_rag.pyfunc_model import (
     _documents,
     _flag,
     bad_request,
+    check_responses_request,
     guard_scoring_server,
     warm_up_serving,
 )
@@ -125,15 +126,7 @@ def _predict(self: RagModel, request: Any) -> ResponsesAgentResponse:
     """``predict``: a dict is checked against the request schema here, with a message that
     names the bad fields, never their values (the question)."""
     if isinstance(request, Mapping):
-        import pydantic
-
-        try:
-            request = ResponsesAgentRequest(**request)
-        except pydantic.ValidationError as exc:
-            fields = sorted({".".join(str(p) for p in error["loc"]) for error in exc.errors()})
-            raise bad_request(f"the request is not a Responses API request (bad fields "
-                              f"{fields[:5]}); send input: [{{\"role\": \"user\", "
-                              f"\"content\": QUESTION}}]") from None
+        request = check_responses_request(dict(request))
     return self.answer_request(request)
 
 

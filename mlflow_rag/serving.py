@@ -333,14 +333,17 @@ def body_strings(data: bytes | str) -> list[str]:
     return [cell for cell in re.split(r'[,\r\n"]', text) if cell]
 
 
-def private_message(message: str, private: Sequence[str]) -> str:
-    """An MLflow error message about a request, without the request's text."""
+TABLE_HINT = f"send a table with a string column {QUERY_COLUMN!r}, one row per query"
+
+
+def private_message(message: str, private: Sequence[str], *, hint: str = TABLE_HINT) -> str:
+    """An MLflow error message about a request, without the request's text; ``hint`` says
+    what the model takes (its signature's input)."""
     head, sep, inner = message.rpartition(_PREDICT_WRAPPER[1])
     if sep and head.startswith(_PREDICT_WRAPPER[0]):
         message = inner  # the model's (or MLflow's validation's) own message
     if "Failed to enforce schema" in message or "Failed to enforce model input schema" in message:
-        return (f"the input does not match the model's signature: send a table with a string "
-                f"column {QUERY_COLUMN!r}, one row per query")
+        return f"the input does not match the model's signature: {hint}"
     cut = min((i for i in (message.find(m) for m in _QUOTING_MARKERS) if i >= 0), default=-1)
     if cut >= 0:
         message = message[:cut].rstrip(" .:\n") + "." + WITHHELD

@@ -225,7 +225,10 @@ def test_models_serve_answers_a_responses_request_and_400s_bad_ones(
         bad = [
             (ask(""), "query must be a non-empty string"),
             (ask(SECRET, mode="semantic"), "Unknown search mode 'semantic'"),
-            ({"input": SECRET}, ""),  # not a list of messages: MLflow's schema check refuses
+            ({"input": SECRET}, "the request is not a Responses API request (bad fields "
+                                "['input'])"),
+            ({"input": [{"role": "user"}]}, "bad fields"),
+            ({"dataframe_split": {"columns": ["query"], "data": [[SECRET]]}}, "bad fields"),
         ]
         for payload, fragment in bad:
             status, body = post_json(f"{url}/invocations", payload)
