@@ -105,7 +105,8 @@ class RagModel(ResponsesAgent):
                               else ServedTracer(text=self.trace == "text"))
             result = answerer.answer(question, body.get("custom_inputs"), tracer=tracer)
         except (EmbedderError, GeneratorError) as exc:  # a service failed, not the request
-            raise PrivateMlflowException(scrub(f"{type(exc).__name__}: {exc}", [question]),
+            stage = "the query embedder" if isinstance(exc, EmbedderError) else "the generator"
+            raise PrivateMlflowException(scrub(f"{stage} failed: {exc}", [question]),
                                          error_code=TEMPORARILY_UNAVAILABLE) from None
         except (RagError, ValueError) as exc:
             raise bad_request(str(exc), [question]) from None
