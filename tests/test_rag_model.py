@@ -25,6 +25,7 @@ from mlflow_rag.errors import InvalidInput, PromptError, UnknownChoice
 from mlflow_rag.serving import QUERY_LOG_ENV
 from mlflow_rag.tracking_model import log_model
 from tests import helpers_mlflow
+from tests.chat_server import ChatServer
 from tests.helpers_mlflow import (
     PII_EMAIL,
     build_store,
@@ -204,6 +205,29 @@ def test_cli_log_model_kind_rag_registers_an_alias(logged: Logged) -> None:
     assert model.model_config["generator_options"] == {"max_sentences": 1}
     bad = runner.invoke(main, ["log-model", "--store", str(logged.store), "--kind", "chat"])
     assert bad.exit_code == 2 and "'chat' is not one of 'retriever', 'rag'" in bad.output
+
+
+def test_an_openai_rag_model_records_its_prompt_version_and_503s_when_the_chat_api_fails(
+    logged: Logged, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ChatServer() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        info = log_model(logged.store, kind="rag", name="rag-openai", generator="openai:test-model",
+                         generator_options={"max_retries": 0}, tracking_uri=logged.uri)
+        model = mlflow.pyfunc.load_model(info.model_uri)
+        assert model.model_config["prompt"].startswith("prompts:/mlflow-rag-answer/")
+        out = model.predict(ask("how do I fix a flat bicycle tyre?", k=2))
+        assert out["custom_outputs"]["prompt"] == model.model_config["prompt"]
+        assert out["custom_outputs"]["generator"] == "openai:test-model"
+        assert out["custom_outputs"]["citations"][0]["document_id"] == "bikes"
+        assert out["custom_outputs"]["input_tokens"] > 0
+        server.always_fail(500)
+        with pytest.raises(MlflowException) as caught:
+            model.predict(ask(SECRET))
+    assert caught.value.error_code == "TEMPORARILY_UNAVAILABLE"
+    assert caught.value.message.startswith("the generator failed: openai:test-model")
+    assert "confidential" not in caught.value.message
 
 
 @pytest.mark.slow
