@@ -174,7 +174,7 @@ def _model_description(store_name: str, *, store_id: str, generation: int,
 
 
 def _describe_version(client: Any, name: str, version: str, *, description: str,
-                      tags: Mapping[str, str]) -> None:
+                      tags: Mapping[str, str], kind: str = DEFAULT_KIND) -> None:
     """A registered model version's description and tags; the registered model gets a
     description too when it has none."""
     from mlflow.exceptions import MlflowException
@@ -185,8 +185,10 @@ def _describe_version(client: Any, name: str, version: str, *, description: str,
             client.set_model_version_tag(name, version, key, value)
         if not client.get_registered_model(name).description:
             client.update_registered_model(
-                name, description="mlflow-rag retrievers (pyfunc); each version's description "
-                                  "names its store, embedders and ingest run.")
+                name, description=(
+                    "mlflow-rag RAG models (pyfunc ResponsesAgent: retrieve, then answer)"
+                    if kind == "rag" else "mlflow-rag retrievers (pyfunc)")
+                + "; each version's description names its store, embedders and ingest run.")
     except MlflowException as exc:
         raise TrackingError(f"cannot describe {name} version {version}: {exc.message}") from None
 
@@ -322,7 +324,8 @@ def log_model(
             if register:
                 _describe_version(mlflow.MlflowClient(), register,
                                   str(info.registered_model_version), description=description,
-                                  tags={**about, "mlflow_rag.log_model_run_id": run.info.run_id})
+                                  tags={**about, "mlflow_rag.log_model_run_id": run.info.run_id},
+                                  kind=kind)
             if alias and register:
                 version = info.registered_model_version
                 try:

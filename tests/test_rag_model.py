@@ -90,6 +90,7 @@ def test_the_rag_model_is_a_registered_responses_agent_with_its_generator_in_the
     version = client.get_model_version_by_alias("qa", "champion")
     assert str(version.version) == str(logged.info.registered_model_version)
     assert "RAG model" in (version.description or "")
+    assert "RAG models" in (client.get_registered_model("qa").description or "")
     model = mlflow.models.get_model_info("models:/qa@champion")
     assert model.metadata["task"] == "agent/v1/responses"
     assert model.metadata["mlflow_rag"]["kind"] == "rag"
