@@ -238,6 +238,8 @@ def guard_scoring_server() -> bool:
     ``invocations`` function (looked up by name at each request): requests to this model are
     decoded and their params checked by :func:`mlflow_rag.serving.normalise_json_body` first,
     and any message MLflow still raises passes :func:`mlflow_rag.serving.private_message`.
+    The RAG model (``pyfunc_rag_model.py``, a ResponsesAgent) is guarded the same way, its
+    body checked as a Responses API request (:func:`check_responses_request`) instead.
     Requests to other models in the process are passed through untouched. Outside a scoring
     server (``mlflow.pyfunc.load_model`` in Python) nothing is changed. Returns whether the
     process is a scoring server.
