@@ -37,14 +37,17 @@ from mlflow_rag.search import SearchRequest
 from mlflow_rag.serving import (
     QUERY_LOG_ENV,
     REDACTORS,
+    TABLE_HINT,
     TRACE_MODES,
     Retriever,
     body_strings,
     build_requests,
     coerce_queries,
+    decode_json_body,
     normalise_json_body,
     parse_output,
     private_message,
+    request_strings,
     response_frame,
     row_params,
     scrub,
@@ -241,6 +244,8 @@ def guard_scoring_server() -> bool:
     ``invocations`` function (looked up by name at each request): requests to this model are
     decoded and their params checked by :func:`mlflow_rag.serving.normalise_json_body` first,
     and any message MLflow still raises passes :func:`mlflow_rag.serving.private_message`.
+    The RAG model (``pyfunc_rag_model.py``, a ResponsesAgent) is guarded the same way, its
+    body checked as a Responses API request (:func:`check_responses_request`) instead.
     Requests to other models in the process are passed through untouched. Outside a scoring
     server (``mlflow.pyfunc.load_model`` in Python) nothing is changed. Returns whether the
     process is a scoring server.
@@ -254,12 +259,19 @@ def guard_scoring_server() -> bool:
 
     @functools.wraps(original)
     def invocations(data: Any, content_type: Any, model: Any, input_schema: Any) -> Any:
-        if not _serves_retriever(model):
+        kind = served_kind(model)
+        if kind is None:
             return original(data, content_type, model, input_schema)
         mime = str(content_type or "").split(";")[0].strip().lower()
         private: list[str] = []
         try:
-            if mime == "application/json":
+            if mime == "application/json" and kind == "rag":
+                # a Responses API request: no params to normalise; checked here, since the
+                # ResponsesAgent loader's own check fails as an anonymous 400 with a stack
+                body = decode_json_body(data)
+                private = request_strings(body)
+                check_responses_request(body)
+            elif mime == "application/json":
                 data, private = normalise_json_body(data)
             else:
                 private = body_strings(data)
@@ -269,12 +281,32 @@ def guard_scoring_server() -> bool:
         except RagError as exc:
             raise bad_request(str(exc), private) from None
         except MlflowException as exc:
-            raise PrivateMlflowException(private_message(exc.message, private),
+            hint = RESPONSES_HINT if kind == "rag" else TABLE_HINT
+            raise PrivateMlflowException(private_message(exc.message, private, hint=hint),
                                          error_code=_error_code(exc)) from None
 
     invocations._mlflow_rag_guard = True  # type: ignore[attr-defined]
     setattr(server, "invocations", invocations)  # noqa: B010 (a module found at run time)
     return True
+
+
+RESPONSES_HINT = 'send a Responses API request: {"input": [{"role": "user", "content": QUESTION}]}'
+
+
+def check_responses_request(body: Any) -> Any:
+    """A ``ResponsesAgentRequest`` made of ``body``, or a 400 naming the bad fields, never
+    their values (the question)."""
+    import pydantic
+    from mlflow.types.responses import ResponsesAgentRequest
+
+    if not isinstance(body, dict):
+        raise bad_request(f"the request is not a Responses API request: {RESPONSES_HINT}")
+    try:
+        return ResponsesAgentRequest(**body)
+    except pydantic.ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in error["loc"]) for error in exc.errors()})
+        raise bad_request(f"the request is not a Responses API request (bad fields "
+                          f"{fields[:5]}): {RESPONSES_HINT}") from None
 
 
 def warm_up_serving(*, trace: bool) -> None:
@@ -333,15 +365,28 @@ def _error_code(exc: MlflowException) -> int:
         return INVALID_PARAMETER_VALUE
 
 
-def _serves_retriever(model: Any) -> bool:
-    # By name, not isinstance: the served model runs its own copy of this file (models from
-    # code), a different class object from mlflow_rag.pyfunc_model.RetrieverModel.
+def served_kind(model: Any) -> str | None:
+    """``"retriever"`` or ``"rag"`` for a loaded model of this package, else None.
+
+    By name, not isinstance: the served model runs its own copy of this file (models from
+    code), a different class object from mlflow_rag.pyfunc_model.RetrieverModel. A
+    ``ResponsesAgent`` (the RAG model) sits in a wrapper that ``unwrap_python_model`` does
+    not open; its ``get_raw_model`` does.
+    """
     try:
         python_model = model.unwrap_python_model()
-    except Exception:  # not a pyfunc model of ours (or an MLflow without the method)
-        return False
-    return type(python_model).__name__ == RetrieverModel.__name__ and hasattr(
-        python_model, "retriever")
+    except Exception:  # not a PythonModel: perhaps the wrapper of a ResponsesAgent
+        raw = getattr(getattr(model, "_model_impl", None), "get_raw_model", None)
+        try:
+            python_model = raw() if callable(raw) else None
+        except Exception:
+            python_model = None
+    name = type(python_model).__name__
+    if name == RetrieverModel.__name__ and hasattr(python_model, "retriever"):
+        return "retriever"
+    if name == "RagModel" and hasattr(python_model, "answerer"):
+        return "rag"
+    return None
 
 
 def _flag(value: Any) -> bool:

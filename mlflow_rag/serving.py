@@ -326,16 +326,7 @@ def normalise_json_body(data: bytes | str) -> tuple[bytes | str, list[str]]:
     the signature declares (``k`` an integer, ``filters`` a JSON string: a filters *object*
     is accepted too), so MLflow's own check of them cannot fail and quote the request.
     """
-    try:
-        body = json.loads(data)
-    except UnicodeDecodeError as exc:  # a ValueError too: test it first
-        raise BadRequest(f"the request body is not UTF-8 (invalid byte at position {exc.start}); "
-                         "send JSON encoded as UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} "
-                         f"column {exc.colno}") from None
-    except RecursionError:
-        raise BadRequest("the request body is nested too deeply to parse") from None
+    body = decode_json_body(data)
     private = request_strings(body)
     if not isinstance(body, dict) or body.get("params") is None:
         return data, private
@@ -352,20 +343,38 @@ def normalise_json_body(data: bytes | str) -> tuple[bytes | str, list[str]]:
     return json.dumps(body, ensure_ascii=False).encode("utf-8"), private
 
 
+def decode_json_body(data: bytes | str) -> Any:
+    """A request body decoded, or :class:`BadRequest` (without request text) when it is not
+    UTF-8 JSON."""
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError as exc:  # a ValueError too: test it first
+        raise BadRequest(f"the request body is not UTF-8 (invalid byte at position {exc.start}); "
+                         "send JSON encoded as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno}") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply to parse") from None
+
+
 def body_strings(data: bytes | str) -> list[str]:
     """The cells of a non-JSON (CSV) body, to scrub from messages."""
     text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
     return [cell for cell in re.split(r'[,\r\n"]', text) if cell]
 
 
-def private_message(message: str, private: Sequence[str]) -> str:
-    """An MLflow error message about a request, without the request's text."""
+TABLE_HINT = f"send a table with a string column {QUERY_COLUMN!r}, one row per query"
+
+
+def private_message(message: str, private: Sequence[str], *, hint: str = TABLE_HINT) -> str:
+    """An MLflow error message about a request, without the request's text; ``hint`` says
+    what the model takes (its signature's input)."""
     head, sep, inner = message.rpartition(_PREDICT_WRAPPER[1])
     if sep and head.startswith(_PREDICT_WRAPPER[0]):
         message = inner  # the model's (or MLflow's validation's) own message
     if "Failed to enforce schema" in message or "Failed to enforce model input schema" in message:
-        return (f"the input does not match the model's signature: send a table with a string "
-                f"column {QUERY_COLUMN!r}, one row per query")
+        return f"the input does not match the model's signature: {hint}"
     cut = min((i for i in (message.find(m) for m in _QUOTING_MARKERS) if i >= 0), default=-1)
     if cut >= 0:
         message = message[:cut].rstrip(" .:\n") + "." + WITHHELD

@@ -16,7 +16,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow_rag.errors import InvalidInput, RagError
+from mlflow_rag.errors import InvalidInput, RagError, UnknownChoice
 from mlflow_rag.store.manifest import read_manifest
 from mlflow_rag.store.store import Store, store_address
 from mlflow_rag.tracking_bundles import BUNDLE_ARTIFACT_PATH, scratch_dir
@@ -48,17 +48,31 @@ log = logging.getLogger("mlflow_rag.tracking")
 # embedder registry lists for it. Test tools are never here (pytest is a dev extra, and
 # nothing at run time imports it).
 BASE_REQUIREMENTS = ("mlflow", "numpy", "pandas", "faiss-cpu", "scikit-learn", "scipy", "click")
+# The kinds of model ``log-model --kind`` logs, each its models-from-code file: ``retriever``
+# answers search requests with hits (a table); ``rag`` answers questions (retrieve, then
+# generate) as an MLflow ResponsesAgent, with citations.
+MODEL_KINDS: dict[str, str] = {"retriever": "pyfunc_model.py", "rag": "pyfunc_rag_model.py"}
+DEFAULT_KIND = "retriever"
+# What a generator adds to the served model's requirements (its client library).
+GENERATOR_REQUIREMENTS: dict[str, tuple[str, ...]] = {"extractive": (),
+                                                      "openai:<model>": ("openai", "httpx")}
 
 
-def requirement_names(embedders: Sequence[str | None]) -> list[str]:
+def requirement_names(embedders: Sequence[str | None], *, generator: str | None = None
+                      ) -> list[str]:
     """The distributions the served model needs for these embedders (a TF-IDF or BM25-only
-    bundle needs no torch, no sentence-transformers; imported vectors need no embedder)."""
+    bundle needs no torch, no sentence-transformers; imported vectors need no embedder) and,
+    for a RAG model, its generator."""
     from mlflow_rag.embed.registry import find_embedder_kind
+    from mlflow_rag.generate.registry import generator_kind
 
     names = list(BASE_REQUIREMENTS)
     for embedder in embedders:
         kind = find_embedder_kind(embedder)
         extra = kind.requirements if kind is not None else ()
+        names += [name for name in extra if name not in names]
+    if generator is not None:
+        extra = GENERATOR_REQUIREMENTS[generator_kind(generator)]
         names += [name for name in extra if name not in names]
     return names
 
@@ -72,10 +86,11 @@ def public_version(version: str) -> str:
     return version.split("+", 1)[0]
 
 
-def pinned_requirements(embedders: Sequence[str | None]) -> list[str]:
+def pinned_requirements(embedders: Sequence[str | None], *, generator: str | None = None
+                        ) -> list[str]:
     """pip requirements of the served model, pinned to the versions that run here."""
     out = []
-    for name in requirement_names(embedders):
+    for name in requirement_names(embedders, generator=generator):
         try:
             out.append(f"{name}=={public_version(importlib_metadata.version(name))}")
         except importlib_metadata.PackageNotFoundError:
@@ -159,7 +174,7 @@ def _model_description(store_name: str, *, store_id: str, generation: int,
 
 
 def _describe_version(client: Any, name: str, version: str, *, description: str,
-                      tags: Mapping[str, str]) -> None:
+                      tags: Mapping[str, str], kind: str = DEFAULT_KIND) -> None:
     """A registered model version's description and tags; the registered model gets a
     description too when it has none."""
     from mlflow.exceptions import MlflowException
@@ -170,8 +185,10 @@ def _describe_version(client: Any, name: str, version: str, *, description: str,
             client.set_model_version_tag(name, version, key, value)
         if not client.get_registered_model(name).description:
             client.update_registered_model(
-                name, description="mlflow-rag retrievers (pyfunc); each version's description "
-                                  "names its store, embedders and ingest run.")
+                name, description=(
+                    "mlflow-rag RAG models (pyfunc ResponsesAgent: retrieve, then answer)"
+                    if kind == "rag" else "mlflow-rag retrievers (pyfunc)")
+                + "; each version's description names its store, embedders and ingest run.")
     except MlflowException as exc:
         raise TrackingError(f"cannot describe {name} version {version}: {exc.message}") from None
 
@@ -180,7 +197,8 @@ def log_model(
     store_path: str | Path, *, name: str = "retriever", register: str | None = None,
     alias: str | None = None, experiment: str | None = None, tracking_uri: str | None = None,
     model_config: Mapping[str, Any] | None = None, run_name: str | None = None,
-    live: bool = False,
+    live: bool = False, kind: str = DEFAULT_KIND, generator: str | None = None,
+    generator_options: Mapping[str, Any] | None = None, prompt: str | None = None,
 ) -> ModelInfo:
     """Log the store as a pyfunc retriever (models-from-code + the bundle as an artifact).
 
@@ -189,7 +207,18 @@ def log_model(
     ``model_config``: see :class:`mlflow_rag.pyfunc_model.RetrieverModel`. ``live`` (a store
     in a database only): the model names the store (without a password) instead of carrying
     a bundle, so its servers search what the store holds when they answer.
+
+    ``kind`` (:data:`MODEL_KINDS`): ``rag`` logs a model that answers questions (an MLflow
+    ``ResponsesAgent``, docs/serving.md) with ``generator`` (``extractive`` by default: no
+    model, no key), its ``generator_options`` and ``prompt`` (a Prompt Registry URI; the
+    shipped template, registered on first use, for a generator that reads one), all recorded
+    in the model config. ``generator``, its options and ``prompt`` need ``kind="rag"``.
     """
+    if kind not in MODEL_KINDS:
+        raise UnknownChoice("model kind", kind, MODEL_KINDS)
+    if kind != "rag" and (generator or generator_options or prompt):
+        raise InvalidInput("--generator, --generator-option and --prompt need --kind rag "
+                           "(a retriever answers with hits, not with text)")
     if alias and not register:
         raise TrackingError("--alias needs --register NAME (aliases belong to registered models)")
     check_tracking_uri(resolve_tracking_uri(tracking_uri))  # before snapshotting a big store
@@ -197,13 +226,18 @@ def log_model(
     from mlflow.types.schema import ColSpec, DataType, Schema
 
     from mlflow_rag.serving import DEFAULT_MODEL_CONFIG, PARAM_DEFAULTS, QUERY_COLUMN
+    from mlflow_rag.serving_rag import RAG_MODEL_CONFIG
 
-    unknown = sorted(set(model_config or {}) - set(DEFAULT_MODEL_CONFIG))
+    defaults = {**DEFAULT_MODEL_CONFIG, **(RAG_MODEL_CONFIG if kind == "rag" else {})}
+    unknown = sorted(set(model_config or {}) - set(defaults))
     if unknown:
-        raise InvalidInput(
-            f"unknown model_config keys {unknown}; choose from {sorted(DEFAULT_MODEL_CONFIG)}"
-        )
-    config = {**DEFAULT_MODEL_CONFIG, **(model_config or {})}
+        raise InvalidInput(f"unknown model_config keys {unknown}; choose from {sorted(defaults)}")
+    config = {**defaults, **(model_config or {})}
+    if kind == "rag":  # checked (and the prompt registered) before snapshotting the store
+        config.update(rag_config(generator or str(config["generator"]),
+                                 generator_options or config["generator_options"],
+                                 prompt or str(config["prompt"]) or None,
+                                 tracking_uri=tracking_uri, experiment=experiment))
     with Store.open(store_path, read_only=True) as store, scratch_dir(
         store.root, "log_model"
     ) as tmp:
@@ -219,6 +253,7 @@ def log_model(
         documents = store.stats().documents
         example, output = _examples(bundle, embedder=config["embedder"] or None)
         signature = infer_signature(example, output, params=PARAM_DEFAULTS)
+        description = ""
         # The query column is declared optional so that a request without it reaches the
         # model, whose error names the problem (MLflow's own error quotes the request data).
         # The optional k, mode and filters columns override the params row by row (a Spark
@@ -254,24 +289,31 @@ def log_model(
             description = _model_description(
                 store_name, store_id=store.store_id, generation=generation, models=models,
                 documents=documents, ingest_run=ingest_run)
+            if kind == "rag":
+                description = rag_description(description, config)
             run_tags = {TAG_RUN_TYPE: "log_model", **about,
                         TAG_STORE_PATH: store_address(store)}
             if TAG_DESCRIPTION not in run.data.tags:
                 run_tags[TAG_DESCRIPTION] = description
             mlflow.set_tags(run_tags)
+            rag = kind == "rag"
             info = mlflow.pyfunc.log_model(
                 name=name,
-                python_model=str(Path(__file__).resolve().parent / "pyfunc_model.py"),
+                python_model=str(Path(__file__).resolve().parent / MODEL_KINDS[kind]),
                 artifacts={} if live else {"bundle": str(bundle)},
                 code_paths=[str(code)],
-                signature=signature,
-                input_example=example,
-                pip_requirements=pinned_requirements([m.embedder for m in models]),
+                # a ResponsesAgent's signature is MLflow's (the Responses API)
+                signature=None if rag else signature,
+                input_example=rag_example(example) if rag else example,
+                pip_requirements=pinned_requirements(
+                    [m.embedder for m in models],
+                    generator=str(config["generator"]) if rag else None),
                 model_config=config,
                 registered_model_name=register,
                 tags=about,
                 metadata={
                     "mlflow_rag": {
+                        "kind": kind,
                         "store_id": store.store_id,
                         "generation": generation,
                         "models": {m.name: {"embedder": m.embedder, "dimension": m.dimension,
@@ -282,7 +324,8 @@ def log_model(
             if register:
                 _describe_version(mlflow.MlflowClient(), register,
                                   str(info.registered_model_version), description=description,
-                                  tags={**about, "mlflow_rag.log_model_run_id": run.info.run_id})
+                                  tags={**about, "mlflow_rag.log_model_run_id": run.info.run_id},
+                                  kind=kind)
             if alias and register:
                 version = info.registered_model_version
                 try:
@@ -293,3 +336,34 @@ def log_model(
                     ) from None
             log.info("logged %s in run %s", info.model_uri, run.info.run_id)
             return info
+
+
+def rag_config(generator: str, options: Mapping[str, Any], prompt: str | None, *,
+               tracking_uri: str | None, experiment: str | None) -> dict[str, Any]:
+    """A RAG model's config keys: the generator checked (an unknown name or option is one
+    error listing the valid ones) and the prompt resolved to ``prompts:/NAME/VERSION`` (the
+    shipped template registered on first use) for a generator that reads one."""
+    from mlflow_rag.answer import resolve_template
+    from mlflow_rag.generate.registry import get_generator
+
+    gen = get_generator(generator, **dict(options))
+    template = resolve_template(gen, prompt, track=True, tracking_uri=tracking_uri,
+                                experiment=experiment)
+    return {"generator": generator, "generator_options": dict(options),
+            "prompt": template.uri if template is not None else ""}
+
+
+def rag_example(example: Any) -> dict[str, Any]:
+    """The RAG model's input example: a Responses API request asking the retriever's
+    example query (words of the bundle's first chunk)."""
+    question = str(example["query"].iloc[0])
+    return {"input": [{"role": "user", "content": question}], "custom_inputs": {"k": 3}}
+
+
+def rag_description(retriever_description: str, config: Mapping[str, Any]) -> str:
+    about = retriever_description.replace("mlflow-rag retriever over", "mlflow-rag RAG model "
+                                          "(retrieve, then answer) over", 1)
+    about = about.split(" Request params:", 1)[0]
+    prompt = config.get("prompt") or "none"
+    return (f"{about} Generator `{config['generator']}`, prompt `{prompt}`. Requests: the "
+            f"Responses API (`input`: messages; `custom_inputs`: `k`, `mode`, `filters`).")

@@ -11,7 +11,8 @@ PACKAGE = ROOT / "mlflow_rag"
 # The MLflow adapters, as docs/architecture.md lists them; the core never imports MLflow.
 ADAPTERS = {
     "tracking.py", "tracking_session.py", "tracking_bundles.py", "tracking_model.py",
-    "pyfunc_model.py", "eval_tracking.py", "serving.py", "genai_tracking.py",
+    "pyfunc_model.py", "pyfunc_rag_model.py", "eval_tracking.py", "serving.py",
+    "genai_tracking.py",
 }
 
 

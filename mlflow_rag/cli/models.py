@@ -9,9 +9,11 @@ from pathlib import Path
 
 import click
 
+from mlflow_rag.cli.answers import generators_help
 from mlflow_rag.cli.group import (
     EXPERIMENT_HELP,
     TRACKING_URI_HELP,
+    HelpFrom,
     Names,
     check_tracking,
     echo_json,
@@ -37,21 +39,42 @@ from mlflow_rag.cli.group import (
                    "without its password; servers take credentials from PGPASSWORD or "
                    "~/.pgpass) instead of a bundle, so new documents are served without a new "
                    "version.")
+@click.option("--kind", type=Names("mlflow_rag.tracking_model.MODEL_KINDS"),
+              default="retriever", show_default=True,
+              help="retriever: answers search requests with hits; rag: answers questions "
+                   "(retrieve, then generate) with citations, as an MLflow ResponsesAgent.")
+@click.option("--generator", default=None, cls=HelpFrom, help_from=generators_help,
+              metavar="NAME")
+@click.option("--generator-option", "generator_options", multiple=True, metavar="KEY=VALUE",
+              help="--kind rag: a generator option, VALUE as JSON (repeatable), as in ask.")
+@click.option("--prompt", default=None,
+              help="--kind rag with a generator that reads a prompt: prompts:/NAME@ALIAS or "
+                   "prompts:/NAME/VERSION, recorded as NAME/VERSION [default: the shipped one, "
+                   "registered on first use].")
 def log_model_command(
     store_path: Path | str, name: str, register: str | None, alias: str | None,
     experiment: str | None, tracking_uri: str | None, include_pii: bool, live: bool,
+    kind: str, generator: str | None, generator_options: tuple[str, ...], prompt: str | None,
 ) -> None:
-    """Log the store as a pyfunc retriever model (a consistent bundle + models-from-code).
+    """Log the store as a pyfunc model (a consistent bundle + models-from-code): a retriever,
+    or with --kind rag a question answerer.
 
     Serve it with `mlflow models serve -m models:/NAME@ALIAS --env-manager local`.
     """
+    from mlflow_rag.cli.answers import parse_options
     from mlflow_rag.tracking_model import log_model
 
+    options = parse_options(generator_options)
+    if options:
+        from mlflow_rag.generate.registry import check_option_names, generator_kind
+
+        check_option_names(generator_kind(generator or "extractive"), list(options))
     check_tracking(tracking_uri)
     info = log_model(
         store_path, name=name, register=register, alias=alias, experiment=experiment,
         tracking_uri=tracking_uri, model_config={"include_pii": True} if include_pii else None,
-        live=live,
+        live=live, kind=kind, generator=generator, generator_options=options or None,
+        prompt=prompt,
     )
     click.echo(info.model_uri)
     if register:

@@ -1,0 +1,262 @@
+"""The RAG model (`log-model --kind rag`): a ResponsesAgent logged from code with the store's
+bundle, registered with an alias, loaded in process and served by `mlflow models serve`.
+
+Everything is real: a SQLite tracking store in tmp, the models-from-code file, the registry,
+the scoring server (slow test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.exceptions import MlflowException
+
+from mlflow_rag.cli import main
+from mlflow_rag.errors import InvalidInput, PromptError, UnknownChoice
+from mlflow_rag.serving import QUERY_LOG_ENV
+from mlflow_rag.tracking_model import log_model
+from tests import helpers_mlflow
+from tests.chat_server import ChatServer
+from tests.helpers_mlflow import (
+    PII_EMAIL,
+    build_store,
+    copy_tracking_store,
+    free_port,
+    post_json,
+    server_process,
+    subprocess_env,
+)
+
+tracking_template = helpers_mlflow.tracking_template  # a shared fixture
+
+SECRET = "confidential question from alice.private@example.org about green tea"
+
+
+@dataclass(frozen=True)
+class Logged:
+    root: Path
+    uri: str
+    store: Path
+    info: Any
+
+
+@pytest.fixture(scope="module")
+def logged(tracking_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Logged:
+    root = tmp_path_factory.mktemp("rag-model")
+    uri = copy_tracking_store(tracking_template, root)
+    store = build_store(root / "store")
+    previous = Path.cwd()
+    os.chdir(root)  # the artifacts of the new experiment go under root/mlruns
+    try:
+        info = log_model(store, kind="rag", name="rag", register="qa", alias="champion",
+                         experiment="rag", tracking_uri=uri)
+    finally:
+        os.chdir(previous)
+    return Logged(root=root, uri=uri, store=store, info=info)
+
+
+@pytest.fixture(autouse=True)
+def _tracking(logged: Logged, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(logged.root)
+    monkeypatch.delenv(QUERY_LOG_ENV, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged.uri)
+    mlflow.set_tracking_uri(logged.uri)
+
+
+@pytest.fixture(scope="module")
+def champion(logged: Logged) -> Any:
+    mlflow.set_tracking_uri(logged.uri)
+    return mlflow.pyfunc.load_model("models:/qa@champion")
+
+
+def ask(question: str, **custom_inputs: Any) -> dict[str, Any]:
+    return {"input": [{"role": "user", "content": question}],
+            **({"custom_inputs": custom_inputs} if custom_inputs else {})}
+
+
+def test_the_rag_model_is_a_registered_responses_agent_with_its_generator_in_the_config(
+    logged: Logged,
+) -> None:
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("qa", "champion")
+    assert str(version.version) == str(logged.info.registered_model_version)
+    assert "RAG model" in (version.description or "")
+    assert "RAG models" in (client.get_registered_model("qa").description or "")
+    model = mlflow.models.get_model_info("models:/qa@champion")
+    assert model.metadata["task"] == "agent/v1/responses"
+    assert model.metadata["mlflow_rag"]["kind"] == "rag"
+    config = mlflow.pyfunc.load_model("models:/qa@champion").model_config
+    assert config["generator"] == "extractive" and config["prompt"] == ""
+
+
+def test_predict_answers_with_the_text_its_citations_and_the_output_id(champion: Any) -> None:
+    out = champion.predict(ask("how do I fix a flat bicycle tyre?", k=3))
+    item = out["output"][0]
+    text = item["content"][0]["text"]
+    assert "tyre levers" in text and "[bikes#0]" in text
+    extra = out["custom_outputs"]
+    assert extra["output_id"] == item["id"]
+    assert extra["citations"][0] == {"chunk_id": "bikes#0", "document_id": "bikes",
+                                     "source_path": "/data/bikes.md", "title": "Bicycle repair"}
+    assert extra["generator"] == "extractive" and extra["prompt"] is None
+    assert set(extra["latency_ms"]) == {"embed", "retrieve", "generate"}
+
+
+def test_custom_inputs_carry_k_mode_and_filters(champion: Any) -> None:
+    out = champion.predict(ask("honey bees and green tea", mode="bm25", k=2,
+                               filters={"country": "Germany"}))
+    documents = {c["document_id"] for c in out["custom_outputs"]["citations"]}
+    assert documents == {"bees"}
+    out = champion.predict(ask("honey bees", filters='{"country": "Japan"}'))
+    assert "bees" not in {c["document_id"] for c in out["custom_outputs"]["citations"]}
+
+
+def test_only_the_last_user_message_is_the_question(champion: Any) -> None:
+    out = champion.predict({"input": [
+        {"role": "user", "content": "volcano ash clouds"},
+        {"role": "assistant", "content": "Explosive eruptions produce ash clouds."},
+        {"role": "user", "content": [{"type": "input_text", "text": "chess castling king"}]},
+    ]})
+    assert out["custom_outputs"]["citations"][0]["document_id"] == "chess"
+
+
+@pytest.mark.parametrize(("request_body", "fragment"), [
+    (ask("   "), "the last user message: query must be a non-empty string"),
+    (ask(SECRET, mode="semantic"), "Unknown search mode 'semantic'; choose from"),
+    (ask(SECRET, k=0), "k must be"),
+    (ask(SECRET, depth=3), "unknown custom_inputs ['depth']; choose from ['k', 'mode', 'filters']"),
+    (ask(SECRET, filters=["x"]), "filters must be a JSON object"),
+    ({"input": [{"role": "assistant", "content": SECRET}]}, "the request holds no user message"),
+])
+def test_bad_requests_are_one_line_400s_that_do_not_echo_the_question(
+    champion: Any, request_body: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(MlflowException) as caught:
+        champion.predict(request_body)
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    message = caught.value.message
+    assert fragment in message and "\n" not in message
+    assert "confidential" not in message and PII_EMAIL not in message
+
+
+def test_answers_are_written_to_the_query_log_with_their_ids(
+    logged: Logged, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_path = tmp_path / "queries.db"
+    monkeypatch.setenv(QUERY_LOG_ENV, str(log_path))
+    model = mlflow.pyfunc.load_model("models:/qa@champion")
+    out = model.predict(ask(SECRET, k=2))
+    query_log = model._model_impl.get_raw_model().answerer.retriever.query_log
+    assert query_log.flush(timeout=60)  # written off the request path
+    with sqlite3.connect(log_path) as db:
+        rows = db.execute("SELECT id, query_text, metadata FROM queries").fetchall()
+        retrieved = db.execute("SELECT count(*) FROM retrievals").fetchone()[0]
+    assert len(rows) == 1 and retrieved == 2
+    _, text, metadata = rows[0]
+    assert PII_EMAIL not in text and "<email>" in text  # redacted like the retriever's
+    meta = json.loads(metadata)
+    assert meta["answered"] is True and meta["output_id"] == out["custom_outputs"]["output_id"]
+    assert meta["generator"] == "extractive" and meta["k"] == 2
+    assert meta["citations"] == [c["chunk_id"] for c in out["custom_outputs"]["citations"]]
+
+
+def test_a_trace_of_an_answer_holds_ids_but_not_the_question_or_the_answer(
+    champion: Any,
+) -> None:
+    out = champion.predict(ask(SECRET, k=2))
+    trace_id = mlflow.get_last_active_trace_id()
+    assert trace_id is not None
+    trace = mlflow.get_trace(trace_id, flush=True)
+    spans = {span.name: span for span in trace.data.spans}
+    assert set(spans) == {"answer", "retrieve", "generate"}
+    assert spans["answer"].attributes["mlflow_rag.output_id"] == out["custom_outputs"]["output_id"]
+    text = trace.to_json()
+    assert "confidential" not in text and "green tea is brewed" not in text.lower()
+
+
+def test_log_model_refuses_bad_kinds_and_generators_before_logging(logged: Logged) -> None:
+    with pytest.raises(UnknownChoice, match=r"Unknown model kind 'chat'; choose from \['rag', 'retriever'\]"):
+        log_model(logged.store, kind="chat", tracking_uri=logged.uri)
+    with pytest.raises(UnknownChoice, match="generator"):
+        log_model(logged.store, kind="rag", generator="gpt", tracking_uri=logged.uri)
+    with pytest.raises(InvalidInput, match="need --kind rag"):
+        log_model(logged.store, generator="extractive", tracking_uri=logged.uri)
+    with pytest.raises(PromptError, match="uses no prompt"):
+        log_model(logged.store, kind="rag", prompt="prompts:/qa/1", tracking_uri=logged.uri)
+
+
+def test_cli_log_model_kind_rag_registers_an_alias(logged: Logged) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["log-model", "--store", str(logged.store), "--kind", "rag",
+                                  "--generator-option", "max_sentences=1",
+                                  "--register", "qa-cli", "--alias", "champion",
+                                  "--tracking-uri", logged.uri])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == "models:/qa-cli@champion"
+    model = mlflow.pyfunc.load_model("models:/qa-cli@champion")
+    assert model.model_config["generator_options"] == {"max_sentences": 1}
+    bad = runner.invoke(main, ["log-model", "--store", str(logged.store), "--kind", "chat"])
+    assert bad.exit_code == 2 and "'chat' is not one of 'retriever', 'rag'" in bad.output
+
+
+def test_an_openai_rag_model_records_its_prompt_version_and_503s_when_the_chat_api_fails(
+    logged: Logged, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ChatServer() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        info = log_model(logged.store, kind="rag", name="rag-openai", generator="openai:test-model",
+                         generator_options={"max_retries": 0}, tracking_uri=logged.uri)
+        model = mlflow.pyfunc.load_model(info.model_uri)
+        assert model.model_config["prompt"].startswith("prompts:/mlflow-rag-answer/")
+        out = model.predict(ask("how do I fix a flat bicycle tyre?", k=2))
+        assert out["custom_outputs"]["prompt"] == model.model_config["prompt"]
+        assert out["custom_outputs"]["generator"] == "openai:test-model"
+        assert out["custom_outputs"]["citations"][0]["document_id"] == "bikes"
+        assert out["custom_outputs"]["input_tokens"] > 0
+        server.always_fail(500)
+        with pytest.raises(MlflowException) as caught:
+            model.predict(ask(SECRET))
+    assert caught.value.error_code == "TEMPORARILY_UNAVAILABLE"
+    assert caught.value.message.startswith("the generator failed: openai:test-model")
+    assert "confidential" not in caught.value.message
+
+
+@pytest.mark.slow
+def test_models_serve_answers_a_responses_request_and_400s_bad_ones(
+    logged: Logged, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/qa@champion",
+            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    with server_process(args, health_url=f"{url}/ping", log_path=tmp_path / "serve.log",
+                        cwd=logged.root, env=subprocess_env(MLFLOW_TRACKING_URI=logged.uri)):
+        status, body = post_json(f"{url}/invocations",
+                                 ask("which tools fix a flat bicycle tyre?", k=2, mode="hybrid"))
+        assert status == 200, body
+        assert "tyre levers" in body["output"][0]["content"][0]["text"]
+        assert body["custom_outputs"]["output_id"] == body["output"][0]["id"]
+        assert body["custom_outputs"]["citations"][0]["document_id"] == "bikes"
+        bad = [
+            (ask(""), "query must be a non-empty string"),
+            (ask(SECRET, mode="semantic"), "Unknown search mode 'semantic'"),
+            ({"input": SECRET}, "the request is not a Responses API request (bad fields "
+                                "['input'])"),
+            ({"input": [{"role": "user"}]}, "bad fields"),
+            ({"dataframe_split": {"columns": ["query"], "data": [[SECRET]]}}, "bad fields"),
+        ]
+        for payload, fragment in bad:
+            status, body = post_json(f"{url}/invocations", payload)
+            assert status == 400, body
+            assert fragment in body["message"] and "\n" not in body["message"].strip()
+            assert "confidential" not in json.dumps(body)
