@@ -36,13 +36,12 @@ from mlflow_rag.errors import DatabaseUnavailable, EmbedderError, InvalidInput, 
 from mlflow_rag.search import SearchRequest
 from mlflow_rag.serving import (
     QUERY_LOG_ENV,
-    REDACTORS,
     TABLE_HINT,
-    TRACE_MODES,
     Retriever,
     body_strings,
     build_requests,
     coerce_queries,
+    config_choices,
     decode_json_body,
     normalise_json_body,
     parse_output,
@@ -102,13 +101,7 @@ class RetrieverModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
         config = dict(context.model_config or {})
-        redact_name = str(config.get("redact", "emails"))
-        if redact_name not in REDACTORS:
-            raise InvalidInput(f"Unknown redact {redact_name!r}; choose from {sorted(REDACTORS)}")
-        # models logged before the key existed have none: they get the private default
-        self.trace = str(config.get("trace") or "ids")
-        if self.trace not in TRACE_MODES:
-            raise InvalidInput(f"Unknown trace {self.trace!r}; choose from {list(TRACE_MODES)}")
+        redact, self.trace = config_choices(config)
         # A live model names its store in a database (credentials from this process's
         # environment: PGPASSWORD, ~/.pgpass); any other model serves its bundle artifact.
         store = str(config.get("store") or "") or context.artifacts["bundle"]
@@ -116,7 +109,7 @@ class RetrieverModel(PythonModel):
             store,
             include_pii=bool(config.get("include_pii", False)),
             query_log=os.environ.get(QUERY_LOG_ENV) or config.get("query_log") or None,
-            redact=REDACTORS[redact_name],
+            redact=redact,
             embedder=config.get("embedder") or None,
             # models logged before the option existed have no "mmap" key: the default applies
             mmap=_flag(config.get("mmap", True)),

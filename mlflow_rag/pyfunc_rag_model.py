@@ -29,7 +29,7 @@ from mlflow.pyfunc import ResponsesAgent
 from mlflow.types.responses import ResponsesAgentRequest, ResponsesAgentResponse
 
 from mlflow_rag.answer import NoTracer, Tracer
-from mlflow_rag.errors import EmbedderError, GeneratorError, InvalidInput, RagError
+from mlflow_rag.errors import EmbedderError, GeneratorError, RagError
 from mlflow_rag.genai_tracking import SPAN_TYPES, MlflowSpan
 from mlflow_rag.pyfunc_model import (
     PrivateMlflowException,
@@ -40,7 +40,7 @@ from mlflow_rag.pyfunc_model import (
     guard_scoring_server,
     warm_up_serving,
 )
-from mlflow_rag.serving import QUERY_LOG_ENV, REDACTORS, TRACE_MODES, scrub
+from mlflow_rag.serving import QUERY_LOG_ENV, config_choices, scrub
 from mlflow_rag.serving_rag import Answerer, custom_outputs, question_of
 
 log = logging.getLogger("mlflow_rag.pyfunc_model")
@@ -62,12 +62,7 @@ class RagModel(ResponsesAgent):
 
     def load_context(self, context: Any) -> None:
         config = dict(context.model_config or {})
-        redact_name = str(config.get("redact", "emails"))
-        if redact_name not in REDACTORS:
-            raise InvalidInput(f"Unknown redact {redact_name!r}; choose from {sorted(REDACTORS)}")
-        self.trace = str(config.get("trace") or "ids")
-        if self.trace not in TRACE_MODES:
-            raise InvalidInput(f"Unknown trace {self.trace!r}; choose from {list(TRACE_MODES)}")
+        redact, self.trace = config_choices(config)
         template = None
         if config.get("prompt"):  # the registry the model was logged against (MLFLOW_TRACKING_URI)
             from mlflow_rag.genai_tracking import resolve_prompt
@@ -81,7 +76,7 @@ class RagModel(ResponsesAgent):
             template=template,
             include_pii=_flag(config.get("include_pii", False)),
             query_log=os.environ.get(QUERY_LOG_ENV) or config.get("query_log") or None,
-            redact=REDACTORS[redact_name],
+            redact=redact,
             embedder=config.get("embedder") or None,
             mmap=_flag(config.get("mmap", True)),
         )

@@ -86,6 +86,18 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
 TRACE_MODES = ("off", "ids", "text")
 
 
+def config_choices(config: Mapping[str, Any]) -> tuple[Callable[[str], str] | None, str]:
+    """The ``redact`` function and ``trace`` mode a served model's config names (checked; a
+    model logged before a key existed gets its private default)."""
+    redact_name = str(config.get("redact", "emails"))
+    if redact_name not in REDACTORS:
+        raise InvalidInput(f"Unknown redact {redact_name!r}; choose from {sorted(REDACTORS)}")
+    trace = str(config.get("trace") or "ids")
+    if trace not in TRACE_MODES:
+        raise InvalidInput(f"Unknown trace {trace!r}; choose from {list(TRACE_MODES)}")
+    return REDACTORS[redact_name], trace
+
+
 class BadRequest(InvalidInput):
     """A request the model cannot answer as sent (its message never contains query text)."""
 
