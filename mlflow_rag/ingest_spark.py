@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from mlflow_rag.embed.base import Embedder, is_fitted_embedder
+from mlflow_rag.engines import spark_session
 from mlflow_rag.errors import InvalidInput
 from mlflow_rag.ingest import IngestOptions, embed_ahead, ingest_documents
 from mlflow_rag.ingest_embed import EmbeddedAhead, make_embedder
@@ -70,7 +71,7 @@ def ingest_spark(
                 "on it), then --engine spark embeds with that fit")
     # A fit is the store's: partitions never refit (each would fit on its own slice).
     options = dataclasses.replace(options, refit="never") if is_fitted_embedder(model) else options
-    session = spark or _session()
+    session = spark or spark_session("mlflow-rag ingest")
     if _is_spark_frame(sources):
         spark_frame: Any = sources
         frame = spark_frame.select(*[c for c in DOCUMENT_COLUMNS if c in spark_frame.columns])
@@ -180,11 +181,3 @@ def _added_up(reports: list[dict[str, Any]], *, sources: tuple[str, ...],
 def _is_spark_frame(value: Any) -> bool:
     return hasattr(value, "mapInPandas") and hasattr(value, "columns")
 
-
-def _session() -> Any:
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise InvalidInput("--engine spark needs pyspark: pip install 'mlflow-rag[spark]'") from None
-    return SparkSession.getActiveSession() or SparkSession.builder.appName(
-        "mlflow-rag ingest").getOrCreate()

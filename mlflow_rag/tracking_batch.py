@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from mlflow_rag.batch_queries import batches, hits_table, nested_hits, read_queries
-from mlflow_rag.engines import ENGINES
+from mlflow_rag.engines import ENGINES, spark_session
 from mlflow_rag.errors import InvalidInput
 from mlflow_rag.serving import (
     MAX_QUERIES_PER_REQUEST,
@@ -78,13 +78,8 @@ def batch_search(
 
 def _spark_hits(mlflow: Any, queries: pd.DataFrame, *, model_uri: str,
                 params: dict[str, Any]) -> list[list[dict]]:
-    try:
-        from pyspark.sql import SparkSession
-        from pyspark.sql import functions as F
-    except ImportError:
-        raise InvalidInput("--engine spark needs pyspark: pip install 'mlflow-rag[spark]'") from None
-    spark = SparkSession.getActiveSession() or (
-        SparkSession.builder.appName("mlflow-rag batch-search").getOrCreate())
+    spark = spark_session("mlflow-rag batch-search")
+    from pyspark.sql import functions as F
     spark.conf.set(SPARK_BATCH_CONF, str(MAX_QUERIES_PER_REQUEST))  # one request per batch
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=SPARK_RESULT_TYPE,
                                   env_manager="local", params=params)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mlflow_rag.engines import spark_session
 from mlflow_rag.evaluation.harness_types import Candidates
 from mlflow_rag.store.request import Retrieval
 from mlflow_rag.store.store import Store
@@ -30,11 +31,8 @@ def collect_on_spark(
 ) -> Candidates:
     """Search every query (``texts``: BM25; ``vectors``: dense in ``model``'s index) in a
     bundle of ``store`` on the active Spark session, as ``harness._collect`` does locally."""
+    spark = spark_session("mlflow-rag evaluate")
     from pyspark import SparkFiles
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.getActiveSession() or SparkSession.builder.appName(
-        "mlflow-rag evaluate").getOrCreate()
     name = f"bundle-{uuid.uuid4().hex[:12]}"  # addFile refuses a name twice per context
     bundle = store.snapshot(scratch / name)
     spark.sparkContext.addFile(str(bundle), recursive=True)
