@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlflow_rag.embed.base import Embedder, is_fitted_embedder
+from mlflow_rag.embed.base import Embedder, TokenizedEmbedder, is_fitted_embedder
 from mlflow_rag.engines import spark_session
 from mlflow_rag.errors import InvalidInput
 from mlflow_rag.ingest import IngestOptions, embed_ahead, ingest_documents
@@ -116,7 +116,10 @@ def _ingest_partition(batches: Iterator[pd.DataFrame], *, store: str, options: I
         ahead = embed_ahead(documents, opened, model=model, options=options)
         report = ingest_documents(documents, opened, sources=(f"spark partition {partition}",),
                                   options=options, embedder=EmbeddedAhead(model, ahead),
-                                  chunk_tokenizer=getattr(model, "token_spans", None),
+                                  # the model's own tokenizer, as embed_ahead chunked with it
+                                  chunk_tokenizer=(model.token_spans
+                                                   if isinstance(model, TokenizedEmbedder)
+                                                   else None),
                                   progress=False)
     if fail_once:
         marker = Path(fail_once) / f"partition-{partition}"
