@@ -1,0 +1,50 @@
+"""The SQL of ``mlflow-rag report`` in PostgreSQL (read-only aggregates of the query log and
+the answer tables), mixed into :class:`~mlflow_rag.store.postgres.backend.PostgresBackend`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from mlflow_rag.store.postgres import guard
+
+
+@guard.guarded  # its methods fail as the backend's do: one line when the server is gone
+class PostgresMonitoring:
+    """Backend methods a report reads. Each statement runs when called (inside the guard)
+    and its rows are fetched then: psycopg's client-side cursor holds them anyway."""
+
+    @property
+    def conn(self) -> Any:
+        raise NotImplementedError
+
+    def monitoring_query_rows(self, since: str) -> Iterator[tuple[str, str, str, str, int]]:
+        rows = self.conn.execute(
+            "SELECT q.id, q.timestamp, q.query_text, q.metadata, "
+            "(SELECT COUNT(*) FROM retrievals r WHERE r.query_id = q.id) "
+            "FROM queries q WHERE q.timestamp >= %s ORDER BY q.timestamp", (since,)).fetchall()
+        return iter([(r[0], r[1], r[2], r[3], int(r[4])) for r in rows])
+
+    def monitoring_generation_rows(self, since: str) -> Iterator[tuple[Any, ...]]:
+        rows = self.conn.execute(
+            "SELECT id, query_id, timestamp, generator, input_tokens, output_tokens, "
+            "cost_usd, embed_ms, retrieve_ms, generate_ms FROM generations "
+            "WHERE timestamp >= %s ORDER BY timestamp", (since,)).fetchall()
+        return iter([tuple(r) for r in rows])
+
+    def monitoring_feedback_rows(self, since: str) -> Iterator[tuple[str, str, str, float]]:
+        rows = self.conn.execute(
+            "SELECT g.query_id, f.timestamp, f.kind, f.value FROM feedback f "
+            "JOIN generations g ON g.id = f.generation_id WHERE f.timestamp >= %s "
+            "ORDER BY f.timestamp", (since,)).fetchall()
+        return iter([(r[0], r[1], r[2], float(r[3])) for r in rows])
+
+    def monitoring_document_rows(self, since: str) -> Iterator[tuple[str, str, int]]:
+        rows = self.conn.execute(
+            "SELECT d.id, d.source_path, COUNT(DISTINCT x.query_id) FROM documents d "
+            "LEFT JOIN (SELECT c.document_id AS document_id, r.query_id AS query_id "
+            "FROM retrievals r JOIN queries q ON q.id = r.query_id "
+            "JOIN chunks c ON c.id = r.chunk_id WHERE q.timestamp >= %s) x "
+            "ON x.document_id = d.id GROUP BY d.id, d.source_path ORDER BY d.id",
+            (since,)).fetchall()
+        return iter([(r[0], r[1], int(r[2])) for r in rows])
