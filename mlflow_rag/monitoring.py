@@ -64,6 +64,8 @@ def percentiles(values: Sequence[float]) -> dict[str, float] | None:
 
 
 def _search_latency(metadata: str) -> float | None:
+    if "latency_ms" not in metadata:  # most logged queries: no JSON to parse
+        return None
     try:
         value = json.loads(metadata).get("latency_ms") if metadata else None
     except (ValueError, AttributeError):

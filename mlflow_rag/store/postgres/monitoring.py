@@ -40,11 +40,13 @@ class PostgresMonitoring:
         return iter([(r[0], r[1], r[2], float(r[3])) for r in rows])
 
     def monitoring_document_rows(self, since: str) -> Iterator[tuple[str, str, int]]:
+        # Counted per document before the join, as in SQLite (where the other order was 4x
+        # slower at 100K queries).
         rows = self.conn.execute(
-            "SELECT d.id, d.source_path, COUNT(DISTINCT x.query_id) FROM documents d "
-            "LEFT JOIN (SELECT c.document_id AS document_id, r.query_id AS query_id "
-            "FROM retrievals r JOIN queries q ON q.id = r.query_id "
-            "JOIN chunks c ON c.id = r.chunk_id WHERE q.timestamp >= %s) x "
-            "ON x.document_id = d.id GROUP BY d.id, d.source_path ORDER BY d.id",
+            "SELECT d.id, d.source_path, COALESCE(x.n, 0) FROM documents d LEFT JOIN "
+            "(SELECT c.document_id AS document_id, COUNT(DISTINCT r.query_id) AS n "
+            "FROM retrievals r JOIN chunks c ON c.id = r.chunk_id "
+            "JOIN queries q ON q.id = r.query_id WHERE q.timestamp >= %s "
+            "GROUP BY c.document_id) x ON x.document_id = d.id ORDER BY d.id",
             (since,)).fetchall()
         return iter([(r[0], r[1], int(r[2])) for r in rows])
