@@ -3,10 +3,10 @@ functions over the rows a backend streams (``store.monitoring_rows``). Nothing h
 database or imports mlflow; ``tracking_report`` logs the result as a run.
 
 Figures: query volume per (UTC) day, the zero-hit rate, latency percentiles per stage
-(embed, retrieve, generate and their sum for answers; search when a logged query's metadata
-has ``latency_ms``), tokens and cost, the documents most retrieved and those never retrieved,
-feedback per day, and the top failing queries (zero hits or thumbs down), their text as
-stored: already redacted.
+(embed, retrieve, generate and their sum for answers, the served RAG model's included; search
+when a logged query's metadata has a number ``latency_ms``), tokens and cost, the documents
+most retrieved and those never retrieved, feedback per day, and the top failing queries
+(zero hits or thumbs down), their text as stored: already redacted.
 """
 
 from __future__ import annotations
@@ -63,16 +63,56 @@ def percentiles(values: Sequence[float]) -> dict[str, float] | None:
     return out
 
 
-def _search_latency(metadata: str) -> float | None:
-    if "latency_ms" not in metadata:  # most logged queries: no JSON to parse
-        return None
-    try:
-        value = json.loads(metadata).get("latency_ms") if metadata else None
-    except (ValueError, AttributeError):
-        return None
+def _number(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
+
+
+def _metadata(text: str) -> dict[str, Any]:
+    """A logged query's metadata, parsed only when it holds what a report reads (most
+    logged queries do not: no JSON to parse)."""
+    if "latency_ms" not in text and "output_id" not in text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class _Answers:
+    """Answers as they stream by: the ``generations`` rows, and the served RAG model's, which
+    are recorded in their query's metadata only (docs/answers.md, "Served")."""
+
+    def __init__(self, per_day: dict[str, Counter[str]],
+                 latencies: dict[str, list[float]]) -> None:
+        self.per_day, self.latencies = per_day, latencies
+        self.count = self.served = self.input_tokens = self.output_tokens = 0
+        self.cost = 0.0
+        self.generators: Counter[str] = Counter()
+
+    def add(self, *, day: str, generator: str, tokens_in: Any, tokens_out: Any, cost: Any,
+            stage_ms: Sequence[float | None]) -> None:
+        self.count += 1
+        self.per_day[day]["answers"] += 1
+        self.generators[generator] += 1
+        self.input_tokens += int(_number(tokens_in) or 0)
+        self.output_tokens += int(_number(tokens_out) or 0)
+        self.cost += _number(cost) or 0.0
+        for stage, ms in zip(STAGES, stage_ms, strict=True):
+            if ms is not None:  # a stage not recorded is left out, not counted as 0
+                self.latencies[stage].append(float(ms))
+        if all(ms is not None for ms in stage_ms):
+            self.latencies["answer"].append(float(sum(ms for ms in stage_ms if ms is not None)))
+
+    def add_served(self, day: str, metadata: dict[str, Any]) -> None:
+        stages = metadata.get("latency_ms")
+        stages = stages if isinstance(stages, dict) else {}
+        self.served += 1
+        self.add(day=day, generator=str(metadata.get("generator") or "unknown"),
+                 tokens_in=metadata.get("input_tokens"), tokens_out=metadata.get("output_tokens"),
+                 cost=metadata.get("cost_usd"), stage_ms=[_number(stages.get(s)) for s in STAGES])
 
 
 def summarize(rows: MonitoringRows, *, since: str = "", top: int = TOP) -> dict[str, Any]:
@@ -83,25 +123,13 @@ def summarize(rows: MonitoringRows, *, since: str = "", top: int = TOP) -> dict[
                                         if kind == "thumbs" and value == 0)
     per_day: dict[str, Counter[str]] = defaultdict(Counter)
     latencies: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "answer", "search")}
-    input_tokens = output_tokens = answers = 0
-    cost = 0.0
-    generators: Counter[str] = Counter()
-    for _, _, timestamp, generator, tokens_in, tokens_out, cost_usd, *stage_ms in \
-            rows.generations:
-        answers += 1
-        per_day[timestamp[:10]]["answers"] += 1
-        generators[generator] += 1
-        input_tokens += int(tokens_in or 0)
-        output_tokens += int(tokens_out or 0)
-        cost += float(cost_usd or 0.0)
-        for stage, ms in zip(STAGES, stage_ms, strict=True):
-            if ms is not None:
-                latencies[stage].append(float(ms))
-        if all(ms is not None for ms in stage_ms):
-            latencies["answer"].append(float(sum(stage_ms)))
+    answers = _Answers(per_day, latencies)
+    for _, _, timestamp, generator, tokens_in, tokens_out, cost, *stage_ms in rows.generations:
+        answers.add(day=timestamp[:10], generator=generator, tokens_in=tokens_in,
+                    tokens_out=tokens_out, cost=cost, stage_ms=stage_ms)
     queries = zero_hits = 0
     failing: dict[str, Counter[str]] = defaultdict(Counter)
-    for query_id, timestamp, text, metadata, hits in rows.queries:
+    for query_id, timestamp, text, metadata_json, hits in rows.queries:
         queries += 1
         day = per_day[timestamp[:10]]
         day["queries"] += 1
@@ -111,14 +139,17 @@ def summarize(rows: MonitoringRows, *, since: str = "", top: int = TOP) -> dict[
             failing[text]["zero_hits"] += 1
         if query_id in thumbs_down:
             failing[text]["thumbs_down"] += thumbs_down[query_id]
-        search_ms = _search_latency(metadata)
-        if search_ms is not None:
+        metadata = _metadata(metadata_json)
+        if metadata.get("output_id"):  # answered by the served model: no generations row
+            answers.add_served(timestamp[:10], metadata)
+        elif (search_ms := _number(metadata.get("latency_ms"))) is not None:
             latencies["search"].append(search_ms)
     documents = list(rows.documents)
     return {
         "since": since or None,
         "queries": queries,
-        "answers": answers,
+        "answers": answers.count,
+        "served_answers": answers.served,
         "zero_hit_queries": zero_hits,
         "zero_hit_rate": zero_hits / queries if queries else 0.0,
         "volume_per_day": [
@@ -126,9 +157,9 @@ def summarize(rows: MonitoringRows, *, since: str = "", top: int = TOP) -> dict[
              "zero_hit": c["zero_hit"]} for day, c in sorted(per_day.items())],
         "latency_ms": {stage: stats for stage, values in latencies.items()
                        if (stats := percentiles(values)) is not None},
-        "tokens": {"input": input_tokens, "output": output_tokens},
-        "cost_usd": round(cost, 8),
-        "generators": dict(sorted(generators.items())),
+        "tokens": {"input": answers.input_tokens, "output": answers.output_tokens},
+        "cost_usd": round(answers.cost, 8),
+        "generators": dict(sorted(answers.generators.items())),
         "documents": _documents(documents, top=top),
         "feedback": _feedback(feedback),
         "failing_queries": _failing(failing, top=top),
@@ -187,6 +218,7 @@ def metrics(report: dict[str, Any]) -> dict[str, float]:
     """The report's scalar figures, named as MLflow metrics."""
     out: dict[str, float] = {
         "queries": report["queries"], "answers": report["answers"],
+        "served_answers": report["served_answers"],
         "zero_hit_rate": report["zero_hit_rate"],
         "input_tokens": report["tokens"]["input"], "output_tokens": report["tokens"]["output"],
         "cost_usd": report["cost_usd"],
@@ -213,7 +245,8 @@ def render_text(report: dict[str, Any], *, location: str) -> str:
                      + ": log queries with `search --log-query` (or serving's query log) "
                        "and answers with `ask`")
         return "\n".join(lines)
-    lines.append(f"queries: {report['queries']}  answers: {report['answers']}  zero hits: "
+    served = f" ({report['served_answers']} served)" if report["served_answers"] else ""
+    lines.append(f"queries: {report['queries']}  answers: {report['answers']}{served}  zero hits: "
                  f"{report['zero_hit_queries']} ({100 * report['zero_hit_rate']:.1f}%)")
     lines.append("per day:")
     lines += [f"  {d['day']}  queries {d['queries']}  answers {d['answers']}  "

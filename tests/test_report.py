@@ -132,7 +132,12 @@ def test_summarize_on_hand_made_rows() -> None:
     queries = [("q1", "2026-12-01T10:00:00+00:00", "a", '{"latency_ms": 10}', 3),
                ("q2", "2026-12-01T11:00:00+00:00", "b", "{}", 0),
                ("q3", "2026-12-02T09:00:00+00:00", "b", "{}", 0),
-               ("q4", "2026-12-02T09:30:00+00:00", "c", '{"latency_ms": 30}', 2)]
+               ("q4", "2026-12-02T09:30:00+00:00", "c", '{"latency_ms": 30}', 2),
+               # answered by the served RAG model: recorded in the query's metadata only
+               ("q5", "2026-12-03T08:00:00+00:00", "d", json.dumps({
+                   "answered": True, "output_id": "o5", "generator": "extractive",
+                   "input_tokens": 50, "output_tokens": 7, "cost_usd": 0.0,
+                   "latency_ms": {"embed": 2.0, "retrieve": 3.0, "generate": 1.0}}), 4)]
     generations = [("g1", "q4", "2026-12-02T09:30:00+00:00", "openai:gpt-4o-mini", 100, 20,
                     0.5, 1.0, 2.0, 100.0),
                    ("g2", "q1", "2026-12-01T10:00:00+00:00", "extractive", None, None, None,
@@ -145,11 +150,16 @@ def test_summarize_on_hand_made_rows() -> None:
                                       iter(documents)), top=2)
     assert report["volume_per_day"] == [
         {"day": "2026-12-01", "queries": 2, "answers": 1, "zero_hit": 1},
-        {"day": "2026-12-02", "queries": 2, "answers": 1, "zero_hit": 1}]
-    assert report["zero_hit_rate"] == 0.5 and report["cost_usd"] == 0.5
+        {"day": "2026-12-02", "queries": 2, "answers": 1, "zero_hit": 1},
+        {"day": "2026-12-03", "queries": 1, "answers": 1, "zero_hit": 0}]
+    assert (report["answers"], report["served_answers"]) == (3, 1)
+    assert report["generators"] == {"extractive": 2, "openai:gpt-4o-mini": 1}
+    assert report["tokens"] == {"input": 150, "output": 27}
+    assert report["zero_hit_rate"] == 0.4 and report["cost_usd"] == 0.5
     assert report["latency_ms"]["search"] == {"count": 2.0, "p50": 20.0, "p90": 28.0,
                                               "p95": 29.0, "p99": 29.8, "max": 30.0}
-    assert report["latency_ms"]["retrieve"]["count"] == 1  # a missing stage is not a zero
+    assert report["latency_ms"]["retrieve"]["count"] == 2  # a missing stage is not a zero
+    assert report["latency_ms"]["answer"]["count"] == 2
     assert report["latency_ms"]["answer"]["max"] == 103.0
     assert report["failing_queries"] == [{"query": "b", "zero_hits": 2, "thumbs_down": 0},
                                          {"query": "c", "zero_hits": 0, "thumbs_down": 2}]
