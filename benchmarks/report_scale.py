@@ -1,6 +1,6 @@
 """``mlflow-rag report`` on a large log: how long it takes and how much memory it holds.
 
-    python benchmarks/report_scale.py [--queries 100000]
+    python benchmarks/report_scale.py [--queries 100000] [--postgres]
 
 Builds the six-document test corpus (tests/helpers_mlflow.build_store, tfidf) in a temporary
 folder and logs, straight through the backend in one transaction, ``--queries`` queries over
@@ -8,12 +8,14 @@ folder and logs, straight through the backend in one transaction, ``--queries`` 
 one query in five and a thumbs feedback on one answer in four. Then runs
 ``mlflow-rag report --no-track`` on it in a fresh process, for all time and for the last
 7 days, and prints each one's wall time and peak RSS (``/usr/bin/time``). The last line is
-machine-readable: ``all_s=<s> all_rss_mb=<MB> days7_s=<s>``.
+machine-readable: ``all_s=<s> all_rss_mb=<MB> days7_s=<s>``. ``--postgres`` puts the store in
+a throwaway PostgreSQL cluster (``tests/pg_cluster.py``) instead of a SQLite folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -28,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def fill(root: Path, queries: int) -> None:
+def fill(root: Path | str, queries: int) -> None:
     from mlflow_rag.store.backend import FEEDBACK_COLUMNS, GENERATION_COLUMNS, new_id
     from mlflow_rag.store.store import Store
 
@@ -64,7 +66,7 @@ def fill(root: Path, queries: int) -> None:
                 backend.insert_feedback([feedback[c] for c in FEEDBACK_COLUMNS])
 
 
-def timed_report(root: Path, *extra: str) -> tuple[float, float]:
+def timed_report(root: Path | str, *extra: str) -> tuple[float, float]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         ["/usr/bin/time", "-f", "%e %M", sys.executable, "-m", "mlflow_rag.cli", "report",
@@ -77,20 +79,27 @@ def timed_report(root: Path, *extra: str) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=100_000)
+    parser.add_argument("--postgres", action="store_true",
+                        help="the store in a throwaway PostgreSQL cluster")
     args = parser.parse_args()
     from tests.helpers_mlflow import build_store
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = build_store(Path(tmp) / "store")
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        location: Path | str = Path(tmp) / "store"
+        if args.postgres:
+            from tests.pg_cluster import running_cluster
+
+            cluster = stack.enter_context(running_cluster())
+            location = cluster.dsn(cluster.new_database())
+        build_store(location)  # type: ignore[arg-type]  # Store.open takes a DSN too
         started = time.perf_counter()
-        fill(root, args.queries)
+        fill(location, args.queries)
         print(f"logged {args.queries} queries in {time.perf_counter() - started:.1f} s")
-        all_s, all_mb = timed_report(root)
-        days_s, days_mb = timed_report(root, "--days", "7")
+        all_s, all_mb = timed_report(location)
+        days_s, days_mb = timed_report(location, "--days", "7")
         print(f"report (all time): {all_s:.2f} s, peak RSS {all_mb:.0f} MB")
         print(f"report --days 7:   {days_s:.2f} s, peak RSS {days_mb:.0f} MB")
         print(f"all_s={all_s:.2f} all_rss_mb={all_mb:.0f} days7_s={days_s:.2f}")
-
 
 if __name__ == "__main__":
     main()
