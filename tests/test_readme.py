@@ -430,6 +430,12 @@ def check_claims(command: Command, out: str, *, cwd: Path, env: dict[str, str]) 
             assert not re.search(r"[\w.+-]+@[\w-]+\.\w+", json.dumps(hit)), hit
     elif words[:2] == ["mlflow-rag", "search"]:
         assert out.splitlines()[0].startswith("  1. ")
+    elif words[:2] == ["mlflow-rag", "ask"]:
+        assert "Sources:" in out and out.splitlines()[-1].startswith("output id: "), out
+    elif words[:2] == ["mlflow-rag", "feedback"]:  # the output id came from `ask`
+        assert out.startswith("recorded feedback on ") and "(and on its trace)" in out, out
+    elif words[:2] == ["mlflow-rag", "report"]:
+        assert out.splitlines()[-1].startswith("report run "), out
     elif words[:2] == ["mlflow-rag", "evaluate"]:
         assert "best by ndcg_at_10:" in out and "evaluation run " in out
         assert all(name in out for name in ("bm25", "dense-tfidf", "hybrid-tfidf"))

@@ -14,6 +14,7 @@ from mlflow_rag.cli import (  # noqa: F401  (registers the commands)
     maintain,
     models,
     query,
+    report,
 )
 from mlflow_rag.cli.group import main
 

@@ -378,6 +378,28 @@ class Backend(ABC):
         embedding dropped), of those answers and of their feedback comments, and delete the
         citations naming the documents. In a write transaction; returns (queries, answers)."""
 
+    # ------------------------------------------------------------------ monitoring (report)
+    # Generators over the rows logged at or after ``since`` (an ISO-8601 UTC prefix; "" for
+    # all), so a report streams a large log instead of loading it. Read in a read transaction.
+
+    @abstractmethod
+    def monitoring_query_rows(self, since: str) -> Iterator[tuple[str, str, str, str, int]]:
+        """(id, timestamp, query_text, metadata JSON, retrievals) of each logged query."""
+
+    @abstractmethod
+    def monitoring_generation_rows(self, since: str) -> Iterator[tuple[Any, ...]]:
+        """(id, query_id, timestamp, generator, input_tokens, output_tokens, cost_usd,
+        embed_ms, retrieve_ms, generate_ms) of each answer."""
+
+    @abstractmethod
+    def monitoring_feedback_rows(self, since: str) -> Iterator[tuple[str, str, str, float]]:
+        """(query_id, timestamp, kind, value) of each feedback, with its answer's query."""
+
+    @abstractmethod
+    def monitoring_document_rows(self, since: str) -> Iterator[tuple[str, str, int]]:
+        """(document id, source_path, queries since that retrieved one of its chunks) of
+        every stored document, 0 included."""
+
     # ------------------------------------------------------------------ fitted embedders
 
     @abstractmethod

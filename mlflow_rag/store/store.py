@@ -27,7 +27,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -64,6 +64,7 @@ from mlflow_rag.store.index_cache import IndexCache
 from mlflow_rag.store.integrity import EMBED_CHECK_MIN_COSINE
 from mlflow_rag.store.manifest import Manifest
 from mlflow_rag.store.models import ModelFiles, ModelRegistry
+from mlflow_rag.store.monitoring_rows import MonitoringRows, read_monitoring
 from mlflow_rag.store.query_log import purge_query_log, write_query_log
 from mlflow_rag.store.request import Retrieval
 from mlflow_rag.types import (
@@ -79,6 +80,9 @@ from mlflow_rag.types import (
 )
 
 log = logging.getLogger("mlflow_rag.store")
+
+
+_T = TypeVar("_T")
 
 
 class Store:
@@ -691,6 +695,12 @@ class Store:
         """An answer as recorded, with its citations and feedback."""
         with self._lock:
             return answer_log.read_answer(self.backend, output_id)
+
+    def read_monitoring(self, since: str, consume: Callable[[MonitoringRows], _T]) -> _T:
+        """``consume`` the query log, answers, feedback and per-document retrieval counts
+        logged at or after ``since`` ("" for all) in one snapshot (``mlflow-rag report``)."""
+        with self._lock:
+            return read_monitoring(self.backend, since, consume)
 
     def add_feedback(
         self, output_id: str, *, kind: str, value: float, comment: str | None = None,

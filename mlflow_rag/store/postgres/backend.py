@@ -29,6 +29,7 @@ from mlflow_rag.store.postgres.answers import PostgresAnswers
 from mlflow_rag.store.postgres.connection import Location, is_storage_failure
 from mlflow_rag.store.postgres.filter_sql import condition_ids_sql, field_columns, render_sql
 from mlflow_rag.store.postgres.governance import PostgresGovernance
+from mlflow_rag.store.postgres.monitoring import PostgresMonitoring
 from mlflow_rag.store.postgres.session import Session
 
 HIT_COLUMNS = (
@@ -42,7 +43,7 @@ BM25_K1, BM25_B = 1.2, 0.75
 
 
 @guard.guarded
-class PostgresBackend(PostgresAnswers, PostgresGovernance, Backend):
+class PostgresBackend(PostgresAnswers, PostgresGovernance, PostgresMonitoring, Backend):
     """A store's database in one schema of a PostgreSQL database."""
 
     def __init__(self, conn: Any, location: Location, *, read_only: bool = False) -> None:

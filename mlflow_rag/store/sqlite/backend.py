@@ -34,6 +34,7 @@ from mlflow_rag.store.sqlite.connection import (
 )
 from mlflow_rag.store.sqlite.filter_sql import condition_ids_sql, fts_query, render_sql
 from mlflow_rag.store.sqlite.governance import SqliteGovernance
+from mlflow_rag.store.sqlite.monitoring import SqliteMonitoring
 
 # Columns every hydrated hit carries, in the order ``hit_row`` readers expect.
 HIT_COLUMNS = (
@@ -46,7 +47,7 @@ CHUNK_COLUMNS = (
 CHECKPOINT_WAIT_MS = 2_000
 
 
-class SqliteBackend(SqliteAnswers, SqliteGovernance, Backend):
+class SqliteBackend(SqliteAnswers, SqliteGovernance, SqliteMonitoring, Backend):
     """A store's database in one SQLite file (``metadata.db`` in the store's folder)."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
