@@ -1,0 +1,88 @@
+"""Scenarios of `mlflow-rag evaluate-answers` through the CLI, on a store that already holds the
+speakers data (ingested by the CLI, tfidf, offline), checked on a real tracking store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from mlflow_rag.cli import main
+from tests import helpers_mlflow
+
+tracking_template = helpers_mlflow.tracking_template  # shared fixtures
+tracking_uri = helpers_mlflow.tracking_uri
+
+REPO = Path(__file__).resolve().parent.parent
+QA = REPO / "evaluations" / "speakers_qa.jsonl"
+SCORES = {"exact_match", "token_f1", "citation_precision", "citation_recall", "recall_at_5",
+          "ndcg_at_5"}
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture
+def speakers_store(tmp_path: Path, shared_data: Path) -> str:
+    csv = shared_data / "chatboti" / "2025-09-02-speaker-bio.csv"
+    if not csv.is_file():
+        pytest.skip(f"{csv} is absent")
+    location = str(tmp_path / "speakers")
+    result = run("ingest", str(csv), "--store", location, "--embedder", "tfidf", "--no-track")
+    assert result.exit_code == 0, result.output
+    return location
+
+
+def test_extractive_scores_as_child_runs_with_traces(speakers_store: str,
+                                                     tracking_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    result = run("evaluate-answers", "--dataset", str(QA), "--store", speakers_store,
+                 "--experiment", "answers", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["questions"] == 20
+    (variant,) = out["variants"]
+    assert variant["variant"] == "extractive"
+    assert set(variant) - {"variant", "run_id"} == SCORES
+    # The figures reported in docs/answers.md: the extractive answerer is deterministic.
+    assert variant["recall_at_5"] == 1.0
+    assert variant["exact_match"] == 0.0
+    assert 0.1 < variant["token_f1"] < 0.4
+    assert variant["citation_recall"] >= 0.8
+
+    client = MlflowClient(tracking_uri)
+    child = client.get_run(variant["run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == out["run_id"]
+    assert child.data.params["generator"] == "extractive"
+    assert child.data.metrics["token_f1/mean"] == pytest.approx(variant["token_f1"], abs=1e-4)
+    traces = client.search_traces(locations=[out["experiment_id"]],
+                                  run_id=variant["run_id"], max_results=50)
+    assert len(traces) == 20
+    # Each question's trace holds answering's own spans and the scorers' assessments.
+    spans = {span.span_type for span in traces[0].data.spans}
+    assert {"CHAIN", "RETRIEVER", "LLM"} <= spans
+    names = {a.name for a in traces[0].info.assessments}
+    assert {"token_f1", "citation_precision", "recall_at_5"} <= names
+    assert client.get_run(out["run_id"]).data.params["n_questions"] == "20"
+
+
+def test_bad_inputs_are_one_line_errors_and_log_no_run(speakers_store: str, tracking_uri: str,
+                                                       tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    bad = run("evaluate-answers", "--dataset", str(QA), "--store", speakers_store,
+              "--generators", "extractive,bogus")
+    assert bad.exit_code != 0
+    assert "Unknown generator 'bogus'" in bad.output and "extractive" in bad.output
+    broken = tmp_path / "qa.jsonl"
+    broken.write_text('{"id": "a", "question": "q?"}\n')
+    bad = run("evaluate-answers", "--dataset", str(broken), "--store", speakers_store)
+    assert bad.exit_code != 0
+    assert "qa.jsonl:1: missing fields ['reference_answer', 'relevant_ids']" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    assert MlflowClient(tracking_uri).search_runs(
+        [e.experiment_id for e in MlflowClient(tracking_uri).search_experiments()]) == []
