@@ -28,7 +28,7 @@ def _names(text: str) -> list[str]:
               help="Question/answer set: a .jsonl file, one {id, question, reference_answer, "
                    "relevant_ids} a line (evaluations/speakers_qa.jsonl).")
 @store_option
-@click.option("--generators", default="extractive", show_default=True, cls=HelpFrom,
+@click.option("--generators", default="extractive", cls=HelpFrom,
               help_from=lambda: "Comma-separated generators, one variant each. "
                                 + generators_help())
 @click.option("--prompts", default=None,
