@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 
 from mlflow_rag.cli import main
 from tests import helpers_mlflow
+from tests.chat_server import ChatServer
 
 tracking_template = helpers_mlflow.tracking_template  # shared fixtures
 tracking_uri = helpers_mlflow.tracking_uri
@@ -86,3 +87,30 @@ def test_bad_inputs_are_one_line_errors_and_log_no_run(speakers_store: str, trac
     assert len(bad.output.strip().splitlines()) == 1
     assert MlflowClient(tracking_uri).search_runs(
         [e.experiment_id for e in MlflowClient(tracking_uri).search_experiments()]) == []
+
+
+def test_llm_judges_run_against_a_local_chat_server(speakers_store: str, tracking_uri: str,
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    two = tmp_path / "two.jsonl"
+    two.write_text("".join(QA.read_text(encoding="utf-8").splitlines(keepends=True)[:2]),
+                   encoding="utf-8")
+    with ChatServer() as server:
+        # A judge asks for {"result", "rationale"} as JSON; the server gives one verdict.
+        server.reply = lambda body: json.dumps({"result": "yes", "rationale": "supported"})
+        monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        result = run("evaluate-answers", "--dataset", str(two), "--store", speakers_store,
+                     "--judge", "openai:/judge-model", "--json")
+    assert result.exit_code == 0, result.output
+    (variant,) = json.loads(result.stdout)["variants"]
+    judged = {"retrieval_groundedness", "relevance_to_query", "retrieval_sufficiency",
+              "correctness"}
+    assert {name: variant[name] for name in judged} == dict.fromkeys(judged, 1.0)
+    assert set(variant) >= SCORES
+    # 2 questions x 4 judges, each a chat request for the judge model with the passages
+    # of the question's RETRIEVER span (text only: no PII column reaches a judge either).
+    assert len(server.requests) == 8
+    assert {r["model"] for r in server.requests} == {"judge-model"}
+    sent = json.dumps(server.requests)
+    assert "port & mend" in sent and "@" not in sent.replace("json_schema", "")
