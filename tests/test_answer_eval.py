@@ -37,6 +37,13 @@ def speakers_store(tmp_path: Path, shared_data: Path) -> str:
     return location
 
 
+def _first(n: int, tmp_path: Path) -> Path:
+    path = tmp_path / f"first-{n}.jsonl"
+    path.write_text("".join(QA.read_text(encoding="utf-8").splitlines(keepends=True)[:n]),
+                    encoding="utf-8")
+    return path
+
+
 def test_extractive_scores_as_child_runs_with_traces(speakers_store: str,
                                                      tracking_uri: str) -> None:
     from mlflow.tracking import MlflowClient
@@ -89,12 +96,11 @@ def test_bad_inputs_are_one_line_errors_and_log_no_run(speakers_store: str, trac
         [e.experiment_id for e in MlflowClient(tracking_uri).search_experiments()]) == []
 
 
+@pytest.mark.slow
 def test_llm_judges_run_against_a_local_chat_server(speakers_store: str, tracking_uri: str,
                                                     tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    two = tmp_path / "two.jsonl"
-    two.write_text("".join(QA.read_text(encoding="utf-8").splitlines(keepends=True)[:2]),
-                   encoding="utf-8")
+    two = _first(2, tmp_path)
     with ChatServer() as server:
         # A judge asks for {"result", "rationale"} as JSON; the server gives one verdict.
         server.reply = lambda body: json.dumps({"result": "yes", "rationale": "supported"})
@@ -114,3 +120,45 @@ def test_llm_judges_run_against_a_local_chat_server(speakers_store: str, trackin
     assert {r["model"] for r in server.requests} == {"judge-model"}
     sent = json.dumps(server.requests)
     assert "port & mend" in sent and "@" not in sent.replace("json_schema", "")
+
+
+@pytest.mark.slow
+def test_prompt_x_generator_variants_are_child_runs(speakers_store: str, tracking_uri: str,
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.genai.register_prompt(name="qa", template="Q: {{question}}\n{{context}}")
+    mlflow.genai.register_prompt(name="qa", template="Use:\n{{context}}\nfor {{question}}")
+    with ChatServer() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        bad = run("evaluate-answers", "--dataset", str(_first(2, tmp_path)), "--store",
+                  speakers_store, "--generators", "openai:chat", "--prompts", "prompts:/qa/9")
+        assert bad.exit_code != 0 and "no prompt prompts:/qa/9" in bad.output
+        assert "versions [1, 2]" in bad.output and not server.requests
+        result = run("evaluate-answers", "--dataset", str(_first(2, tmp_path)), "--store",
+                     speakers_store, "--generators", "extractive,openai:chat",
+                     "--prompts", "prompts:/qa/1,prompts:/qa/2", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    # extractive reads no prompt: one variant; the chat generator: one per prompt.
+    assert [v["variant"] for v in out["variants"]] == [
+        "extractive", "openai:chat prompts:/qa/1", "openai:chat prompts:/qa/2"]
+    # 2 questions x 2 prompts, plus the one call by which mlflow.genai.evaluate first
+    # checks a predict_fn: each prompt's template reached the server with both questions.
+    users = [r["messages"][-1]["content"] for r in server.requests]
+    assert len(users) == 6
+    for prefix in ("Q: ", "Use:"):
+        asked = [u for u in users if u.startswith(prefix)]
+        assert len(asked) == 3
+        assert {("legacy modernization" in u, "Terraform" in u) for u in asked} == {
+            (True, False), (False, True)}
+    client = MlflowClient(tracking_uri)
+    prompts = {client.get_run(v["run_id"]).data.params["prompt"] for v in out["variants"]}
+    assert prompts == {"", "prompts:/qa/1", "prompts:/qa/2"}
+    for variant in out["variants"]:
+        assert set(variant) - {"variant", "run_id"} == SCORES
+    # The chat server cites the first passage it is given: a real citation.
+    assert out["variants"][1]["citation_precision"] > 0

@@ -80,3 +80,20 @@ def test_a_bad_line_is_one_error_naming_it(tmp_path: Path, line: str, message: s
     with pytest.raises(InvalidInput, match=r"qa\.jsonl:1") as caught:
         load_qa_set(path)
     assert message in str(caught.value)
+
+
+def test_variants_are_generator_x_prompt_without_the_axis_that_does_not_apply(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow_rag.errors import UnknownChoice
+    from mlflow_rag.evaluation.answer_variants import AnswerVariant, answer_variants
+
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    variants = answer_variants(["extractive", "openai:m", "extractive"], ["p/1", "p@prod"])
+    assert variants == (AnswerVariant("extractive"), AnswerVariant("openai:m", "p/1"),
+                        AnswerVariant("openai:m", "p@prod"))
+    assert [v.name for v in variants] == ["extractive", "openai:m p/1", "openai:m p@prod"]
+    assert answer_variants(["openai:m"]) == (AnswerVariant("openai:m"),)
+    with pytest.raises(UnknownChoice, match="'bogus'; choose from"):
+        answer_variants(["bogus"])
+    with pytest.raises(InvalidInput, match="no generator"):
+        answer_variants([])
