@@ -115,7 +115,7 @@ def evaluation_rows(items: Sequence[QAItem]) -> list[dict[str, Any]]:
 
 def evaluate_answers(
     store: Store, items: Sequence[QAItem], variants: Sequence[AnswerVariant], *,
-    k: int = 5, mode: str = "hybrid", judge: str | None = None, dataset: str = "",
+    k: int = 5, judge: str | None = None, dataset: str = "",
     generator_options: Mapping[str, Any] | None = None, tracking_uri: str | None = None,
     experiment: str | None = None, run_name: str | None = None,
 ) -> AnswerEvaluation:
@@ -134,7 +134,7 @@ def evaluate_answers(
         results: list[VariantScores] = []
         with start_run(mlflow, run_name or "answer-evaluation") as parent:
             log_params_once(mlflow, {"dataset": dataset, "n_questions": str(len(items)),
-                                     "k": str(k), "mode": mode, "store": store.location,
+                                     "k": str(k), "store": store.location,
                                      "judge": judge or "",
                                      "variants": ", ".join(v.name for v in variants)})
             mlflow.set_tag("mlflow_rag.kind", "answer-evaluation")
@@ -146,6 +146,7 @@ def evaluate_answers(
 
                 def predict(question: str, gen: Any = gen,
                             template: PromptTemplate | None = template,
+                            mode: str = variant.mode,
                             lock: threading.Lock = lock) -> dict[str, Any]:
                     with lock:
                         result = answer(store, question, generator=gen, prompt=template, k=k,
@@ -159,7 +160,8 @@ def evaluate_answers(
                 with mlflow.start_run(run_name=variant.name, nested=True) as child:
                     mlflow.log_params({"generator": variant.generator,
                                        "prompt": template.uri if template else "",
-                                       "k": str(k), "mode": mode, "dataset": dataset})
+                                       "k": str(k), "mode": variant.mode,
+                                       "dataset": dataset})
                     # MLflow prints its progress and a summary on stdout: they go to
                     # stderr, so that stdout is the command's own (--json) output.
                     with contextlib.redirect_stdout(sys.stderr):

@@ -93,6 +93,9 @@ def test_variants_are_generator_x_prompt_without_the_axis_that_does_not_apply(
                         AnswerVariant("openai:m", "p@prod"))
     assert [v.name for v in variants] == ["extractive", "openai:m p/1", "openai:m p@prod"]
     assert answer_variants(["openai:m"]) == (AnswerVariant("openai:m"),)
+    modes = answer_variants(["extractive"], modes=["hybrid", "bm25", "hybrid"])
+    assert [(v.mode, v.name) for v in modes] == [("hybrid", "extractive hybrid"),
+                                                 ("bm25", "extractive bm25")]
     with pytest.raises(UnknownChoice, match="'bogus'; choose from"):
         answer_variants(["bogus"])
     with pytest.raises(InvalidInput, match="no generator"):

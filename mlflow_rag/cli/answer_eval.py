@@ -39,8 +39,9 @@ def _names(text: str) -> list[str]:
               help="A generator option for every generator, VALUE as JSON (repeatable).")
 @click.option("-k", "k", default=5, show_default=True, type=int,
               help="Chunks to answer from; retrieval recall and nDCG are at this k.")
-@click.option("--mode", default="hybrid", show_default=True,
-              type=Names("mlflow_rag.search.MODES"), help="Ranking of the retrieval.")
+@click.option("--mode", "modes", multiple=True, default=("hybrid",), show_default=True,
+              type=Names("mlflow_rag.search.MODES"),
+              help="Ranking of the retrieval; repeat it to compare modes (each a variant).")
 @click.option("--judge", default=None,
               help="Also run MLflow's LLM judges (groundedness, relevance, sufficiency, "
                    "correctness) on this model, e.g. openai:/gpt-4o-mini [default: none].")
@@ -50,7 +51,7 @@ def _names(text: str) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 def evaluate_answers_command(
     dataset: Path, store_path: Path | str, generators: str, prompts: str | None,
-    generator_options: tuple[str, ...], k: int, mode: str, judge: str | None,
+    generator_options: tuple[str, ...], k: int, modes: tuple[str, ...], judge: str | None,
     tracking_uri: str | None, experiment: str | None, run_name: str | None, as_json: bool,
 ) -> None:
     """Answer every question of --dataset with every generator x prompt and score the answers.
@@ -67,18 +68,19 @@ def evaluate_answers_command(
     from mlflow_rag.store.store import Store
 
     # Everything that can be refused is refused before a run starts.
-    SearchRequest.parse("probe", k=k, mode=mode)
+    for mode in modes:
+        SearchRequest.parse("probe", k=k, mode=mode)
     items = load_qa_set(dataset)
     options = parse_options(generator_options)
     names = _names(generators)
     for name in names:
         check_option_names(generator_kind(name), list(options))
-    variants = answer_variants(names, _names(prompts) if prompts else [None])
+    variants = answer_variants(names, _names(prompts) if prompts else [None], modes)
     check_tracking(tracking_uri)
     from mlflow_rag.answer_eval_tracking import SCORES, evaluate_answers
 
     with Store.open(store_path, read_only=True) as store:
-        outcome = evaluate_answers(store, items, variants, k=k, mode=mode, judge=judge,
+        outcome = evaluate_answers(store, items, variants, k=k, judge=judge,
                                    dataset=str(dataset), generator_options=options,
                                    tracking_uri=tracking_uri, experiment=experiment,
                                    run_name=run_name)
