@@ -139,8 +139,9 @@ def evaluate_answers(
                                      "variants": ", ".join(v.name for v in variants)})
             mlflow.set_tag("mlflow_rag.kind", "answer-evaluation")
             for variant in variants:
-                # Answers one at a time: the store's connection belongs to this thread's
-                # searches, and latencies are not each other's.
+                # MLflow calls predict_fn from worker threads; answers go one at a time,
+                # since the store's connection is not for concurrent use and the latencies
+                # in the traces should not be each other's.
                 lock = threading.Lock()
                 gen, template = generators[variant], templates[variant]
 
