@@ -4,6 +4,7 @@
         server.fail_next(1, status=429, retry_after="0")   # scripted failures
         server.always_fail(500)                            # every request fails
         server.delay = 2.0                                 # slow answers
+        server.reply = lambda body: '{"result": "yes"}'    # a fixed answer (an LLM judge's)
 
 It speaks ``POST /v1/chat/completions`` (``model``, ``messages``, ``max_tokens``) and answers
 with the first sentence of the first passage of the user message, cited by the passage's id
@@ -18,6 +19,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -41,6 +43,8 @@ class ChatServer:
         self.requests: list[dict[str, Any]] = []
         self.statuses: list[int] = []
         self.delay = 0.0
+        # A reply of one's own for every request (given the request body), else answer_for.
+        self.reply: Callable[[dict[str, Any]], str] | None = None
         self._failures: list[_Failure] = []
         self._always: _Failure | None = None
         self._lock = threading.Lock()
@@ -131,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(app.delay)
         messages = body.get("messages") or []
         prompt = messages[-1]["content"] if messages else ""
-        text = ChatServer.answer_for(prompt)
+        text = app.reply(body) if app.reply else ChatServer.answer_for(prompt)
         prompt_tokens = sum(_words(m.get("content") or "") for m in messages)
         self._send(200, {
             "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),

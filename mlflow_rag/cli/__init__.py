@@ -6,6 +6,7 @@ options its commands share; each other module adds one family of commands to it.
 """
 
 from mlflow_rag.cli import (  # noqa: F401  (registers the commands)
+    answer_eval,
     answers,
     batch,
     exports,

@@ -1,0 +1,49 @@
+"""The variants of an answer evaluation: every retrieval mode x generator x prompt (a generator
+that reads no prompt, like ``extractive``, takes no prompt axis, as a grid drops the axes
+that do not apply)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mlflow_rag.errors import InvalidInput
+from mlflow_rag.generate.registry import get_generator
+
+
+@dataclass(frozen=True)
+class AnswerVariant:
+    """``prompt`` None: the shipped template (or none, for a generator that reads none)."""
+
+    generator: str
+    prompt: str | None = None
+    mode: str = "hybrid"
+    # Whether the name shows the mode: only when the evaluation compares modes.
+    named_mode: bool = field(default=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The child run's name: ``extractive``, ``openai:gpt-4o-mini prompts:/qa@prod``,
+        ``extractive bm25`` (the mode when several are compared)."""
+        parts = [self.generator, self.prompt or "", self.mode if self.named_mode else ""]
+        return " ".join(part for part in parts if part)
+
+
+def answer_variants(generators: Sequence[str], prompts: Sequence[str | None] = (None,),
+                    modes: Sequence[str] = ("hybrid",)) -> tuple[AnswerVariant, ...]:
+    """mode x generator x prompt, in the order given, without repeats; an unknown generator
+    is one error listing the valid ones (before anything runs)."""
+    if not generators:
+        raise InvalidInput("no generator to evaluate; give at least one")
+    prompts = list(prompts) or [None]
+    modes = list(dict.fromkeys(modes)) or ["hybrid"]
+    out: list[AnswerVariant] = []
+    for mode in modes:
+        for spec in generators:
+            reads_prompt = get_generator(spec).uses_prompt
+            for prompt in prompts if reads_prompt else [None]:
+                variant = AnswerVariant(generator=spec, prompt=prompt, mode=mode,
+                                        named_mode=len(modes) > 1)
+                if variant not in out:
+                    out.append(variant)
+    return tuple(out)

@@ -1,0 +1,164 @@
+"""Scenarios of `mlflow-rag evaluate-answers` through the CLI, on a store that already holds the
+speakers data (ingested by the CLI, tfidf, offline), checked on a real tracking store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from mlflow_rag.cli import main
+from tests import helpers_mlflow
+from tests.chat_server import ChatServer
+
+tracking_template = helpers_mlflow.tracking_template  # shared fixtures
+tracking_uri = helpers_mlflow.tracking_uri
+
+REPO = Path(__file__).resolve().parent.parent
+QA = REPO / "evaluations" / "speakers_qa.jsonl"
+SCORES = {"exact_match", "token_f1", "citation_precision", "citation_recall", "recall_at_5",
+          "ndcg_at_5"}
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture
+def speakers_store(tmp_path: Path, shared_data: Path) -> str:
+    csv = shared_data / "chatboti" / "2025-09-02-speaker-bio.csv"
+    if not csv.is_file():
+        pytest.skip(f"{csv} is absent")
+    location = str(tmp_path / "speakers")
+    result = run("ingest", str(csv), "--store", location, "--embedder", "tfidf", "--no-track")
+    assert result.exit_code == 0, result.output
+    return location
+
+
+def _first(n: int, tmp_path: Path) -> Path:
+    path = tmp_path / f"first-{n}.jsonl"
+    path.write_text("".join(QA.read_text(encoding="utf-8").splitlines(keepends=True)[:n]),
+                    encoding="utf-8")
+    return path
+
+
+def test_extractive_scores_as_child_runs_with_traces(speakers_store: str,
+                                                     tracking_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    result = run("evaluate-answers", "--dataset", str(QA), "--store", speakers_store,
+                 "--experiment", "answers", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["questions"] == 20
+    (variant,) = out["variants"]
+    assert variant["variant"] == "extractive"
+    assert set(variant) - {"variant", "run_id"} == SCORES
+    # The figures reported in docs/answers.md: the extractive answerer is deterministic.
+    assert variant["recall_at_5"] == 1.0
+    assert variant["exact_match"] == 0.0
+    assert 0.1 < variant["token_f1"] < 0.4
+    assert variant["citation_recall"] >= 0.8
+
+    client = MlflowClient(tracking_uri)
+    child = client.get_run(variant["run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == out["run_id"]
+    assert child.data.params["generator"] == "extractive"
+    assert child.data.metrics["token_f1/mean"] == pytest.approx(variant["token_f1"], abs=1e-4)
+    traces = client.search_traces(locations=[out["experiment_id"]],
+                                  run_id=variant["run_id"], max_results=50)
+    assert len(traces) == 20
+    # Each question's trace holds answering's own spans and the scorers' assessments.
+    spans = {span.span_type for span in traces[0].data.spans}
+    assert {"CHAIN", "RETRIEVER", "LLM"} <= spans
+    names = {a.name for a in traces[0].info.assessments}
+    assert {"token_f1", "citation_precision", "recall_at_5"} <= names
+    assert client.get_run(out["run_id"]).data.params["n_questions"] == "20"
+
+
+def test_bad_inputs_are_one_line_errors_and_log_no_run(speakers_store: str, tracking_uri: str,
+                                                       tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    bad = run("evaluate-answers", "--dataset", str(QA), "--store", speakers_store,
+              "--generators", "extractive,bogus")
+    assert bad.exit_code != 0
+    assert "Unknown generator 'bogus'" in bad.output and "extractive" in bad.output
+    broken = tmp_path / "qa.jsonl"
+    broken.write_text('{"id": "a", "question": "q?"}\n')
+    bad = run("evaluate-answers", "--dataset", str(broken), "--store", speakers_store)
+    assert bad.exit_code != 0
+    assert "qa.jsonl:1: missing fields ['reference_answer', 'relevant_ids']" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    assert MlflowClient(tracking_uri).search_runs(
+        [e.experiment_id for e in MlflowClient(tracking_uri).search_experiments()]) == []
+
+
+@pytest.mark.slow
+def test_llm_judges_run_against_a_local_chat_server(speakers_store: str, tracking_uri: str,
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    two = _first(2, tmp_path)
+    with ChatServer() as server:
+        # A judge asks for {"result", "rationale"} as JSON; the server gives one verdict.
+        server.reply = lambda body: json.dumps({"result": "yes", "rationale": "supported"})
+        monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        result = run("evaluate-answers", "--dataset", str(two), "--store", speakers_store,
+                     "--judge", "openai:/judge-model", "--json")
+    assert result.exit_code == 0, result.output
+    (variant,) = json.loads(result.stdout)["variants"]
+    judged = {"retrieval_groundedness", "relevance_to_query", "retrieval_sufficiency",
+              "correctness"}
+    assert {name: variant[name] for name in judged} == dict.fromkeys(judged, 1.0)
+    assert set(variant) >= SCORES
+    # 2 questions x 4 judges, each a chat request for the judge model with the passages
+    # of the question's RETRIEVER span (text only: no PII column reaches a judge either).
+    assert len(server.requests) == 8
+    assert {r["model"] for r in server.requests} == {"judge-model"}
+    sent = json.dumps(server.requests)
+    assert "port & mend" in sent and "@" not in sent.replace("json_schema", "")
+
+
+@pytest.mark.slow
+def test_prompt_x_generator_variants_are_child_runs(speakers_store: str, tracking_uri: str,
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.genai.register_prompt(name="qa", template="Q: {{question}}\n{{context}}")
+    mlflow.genai.register_prompt(name="qa", template="Use:\n{{context}}\nfor {{question}}")
+    with ChatServer() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        bad = run("evaluate-answers", "--dataset", str(_first(2, tmp_path)), "--store",
+                  speakers_store, "--generators", "openai:chat", "--prompts", "prompts:/qa/9")
+        assert bad.exit_code != 0 and "no prompt prompts:/qa/9" in bad.output
+        assert "versions [1, 2]" in bad.output and not server.requests
+        result = run("evaluate-answers", "--dataset", str(_first(2, tmp_path)), "--store",
+                     speakers_store, "--generators", "extractive,openai:chat",
+                     "--prompts", "prompts:/qa/1,prompts:/qa/2", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    # extractive reads no prompt: one variant; the chat generator: one per prompt.
+    assert [v["variant"] for v in out["variants"]] == [
+        "extractive", "openai:chat prompts:/qa/1", "openai:chat prompts:/qa/2"]
+    # 2 questions x 2 prompts, plus the one call by which mlflow.genai.evaluate first
+    # checks a predict_fn: each prompt's template reached the server with both questions.
+    users = [r["messages"][-1]["content"] for r in server.requests]
+    assert len(users) == 6
+    for prefix in ("Q: ", "Use:"):
+        asked = [u for u in users if u.startswith(prefix)]
+        assert len(asked) == 3
+        assert {("legacy modernization" in u, "Terraform" in u) for u in asked} == {
+            (True, False), (False, True)}
+    client = MlflowClient(tracking_uri)
+    prompts = {client.get_run(v["run_id"]).data.params["prompt"] for v in out["variants"]}
+    assert prompts == {"", "prompts:/qa/1", "prompts:/qa/2"}
+    for variant in out["variants"]:
+        assert set(variant) - {"variant", "run_id"} == SCORES
+    # The chat server cites the first passage it is given: a real citation.
+    assert out["variants"][1]["citation_precision"] > 0
