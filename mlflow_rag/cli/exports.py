@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mlflow_rag.cli.group import STORE_LOCATION, echo_json, main, store_option
+from mlflow_rag.cli.group import STORE_LOCATION, TRACKING_URI_HELP, echo_json, main, store_option
 
 
 @main.command("export")
@@ -56,3 +56,31 @@ def import_command(source: Path, store_path: Path | str, as_json: bool) -> None:
         return
     click.echo(f"imported {report.documents} documents, {report.chunks} chunks and "
                f"{report.embeddings} vectors from {report.source} into {report.target}")
+
+
+@main.command("restore")
+@click.argument("source")
+@click.argument("dest", type=STORE_LOCATION)
+@click.option("--tracking-uri", default=None, help=TRACKING_URI_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print what was restored as JSON.")
+def restore_command(source: str, dest: Path | str, tracking_uri: str | None,
+                    as_json: bool) -> None:
+    """Make a writable store at DEST (a new or empty folder, or
+    postgresql://[USER@]HOST[:PORT]/DB[?schema=NAME]) from a bundle logged to MLflow: an
+    ingest run's (runs:/RUN_ID/store) or a logged retriever's (models:/NAME@ALIAS,
+    models:/NAME/VERSION, runs:/RUN_ID/retriever). Every file of the bundle is checked
+    against its manifest first: a damaged or tampered bundle is refused naming the file, and
+    DEST is not created."""
+    from mlflow_rag.tracking_restore import restore_store
+
+    report = restore_store(source, dest, tracking_uri=tracking_uri)
+    if as_json:
+        echo_json({"source": report.source, "target": report.target,
+                   "store_id": report.store_id, "generation": report.generation,
+                   "files_verified": report.files_verified,
+                   "documents": report.stats.documents, "chunks": report.stats.chunks,
+                   "embeddings": report.stats.embeddings})
+        return
+    click.echo(f"restored {report.stats.documents} documents, {report.stats.chunks} chunks and "
+               f"{report.stats.embeddings} vectors from {report.source} into {report.target} "
+               f"({report.files_verified} files verified)")

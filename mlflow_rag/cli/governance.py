@@ -1,4 +1,5 @@
-"""``lineage``: where a document, chunk or logged query came from and where it went."""
+"""``lineage``: where a document, chunk or logged query came from and where it went;
+``audit``: the opt-in audit log."""
 
 from __future__ import annotations
 
@@ -74,3 +75,46 @@ def format_lineage(chain: dict[str, Any]) -> list[str]:
             lines.append(f"  MLflow run {mlflow_run['run_id']} (experiment "
                          f"{mlflow_run['experiment_id']}) {mlflow_run['run_name']}")
     return lines
+
+
+@main.command("audit")
+@store_option
+@click.option("--enable/--disable", "enable", default=None,
+              help="Turn the store's audit log on or off (off by default). Once on, every "
+                   "process that deletes, forgets, purges, exports or searches as a principal "
+                   "records who, what and when.")
+@click.option("--since", default=None, metavar="ISO",
+              help="List entries at or after this UTC date or time (2026-12-01, "
+                   "2026-12-01T09:30:00+00:00).")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as a JSON list.")
+def audit_command(store_path: Path | str, enable: bool | None, since: str | None,
+                  as_json: bool) -> None:
+    """List the audit log of the store (who, what, when), oldest first; or turn it on or off
+    with --enable/--disable (each is an entry itself). Retention: purge-queries --audit."""
+    from mlflow_rag.store import audit
+    from mlflow_rag.store.store import Store
+
+    if enable is not None:
+        with Store.open(store_path) as store:
+            changed = audit.set_enabled(store.backend, enable)
+        state = "on" if enable else "off"
+        click.echo(f"audit log {'turned' if changed else 'was already'} {state} for {store_path}")
+        return
+    start = audit.parse_since(since) if since else None  # a bad --since before the store opens
+    with Store.open(store_path, read_only=True) as store:
+        enabled = audit.is_enabled(store.backend)
+        rows = audit.entries(store.backend, since=start)
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("no audit entries" + ("" if enabled else " (the audit log is off: "
+                                         "mlflow-rag audit --enable)"))
+    for row in rows:
+        click.echo(f"{row['at']} {row['user']} {row['action']} {codec_text(row['detail'])}")
+
+
+def codec_text(detail: dict[str, Any]) -> str:
+    from mlflow_rag import codec
+
+    return codec.dumps(detail)

@@ -100,8 +100,14 @@ def echo_json(value: Any) -> None:
 
 @click.group(cls=ErrorsAsOneLine, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mlflow-rag")
-def main() -> None:
+@click.option("--user", default=None, metavar="NAME",
+              help="Who the audit log names for this command (a store with `audit --enable`); "
+                   "default MLFLOW_RAG_USER, else the operating-system user.")
+def main(user: str | None) -> None:
     """mlflow-rag: the metadata store, search and evaluation harness for RAG, on MLflow."""
+    from mlflow_rag.store.audit import set_user
+
+    set_user(user)  # None too: a second command in one process must not inherit the first's
 
 
 def split_commas(value: str | None) -> list[str] | None:

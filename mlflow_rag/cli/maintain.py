@@ -211,14 +211,20 @@ def refit(store_path: Path | str, model: str, no_wait: bool) -> None:
 @main.command("purge-queries")
 @store_option
 @click.option("--older-than-days", type=float, required=True, help="Delete logs older than this.")
-def purge_queries(store_path: Path | str, older_than_days: float) -> None:
+@click.option("--audit", "audit_too", is_flag=True,
+              help="Also delete audit-log entries older than this (kept otherwise: an audit "
+                   "usually outlives the logs it audits).")
+def purge_queries(store_path: Path | str, older_than_days: float, audit_too: bool) -> None:
     """Delete logged queries (with their retrievals, answers, citations and feedback) older
-    than N days; reclaim the space."""
+    than N days; reclaim the space. With --audit, the audit log's old entries too."""
+    from mlflow_rag.store import audit
     from mlflow_rag.store.store import Store
 
     with Store.open(store_path) as store:
         deleted = store.delete_queries_older_than(older_than_days)
-    click.echo(f"deleted {deleted} queries")
+        entries = audit.purge(store.backend, older_than_days) if audit_too else None
+    click.echo(f"deleted {deleted} queries"
+               + (f" and {entries} audit entries" if entries is not None else ""))
 
 
 @main.command("copy")

@@ -66,6 +66,10 @@ def search(
         else:
             hits = searcher.run(request, include_pii=include_pii, log=log_query)
         latency_ms = (time.perf_counter() - started) * 1000
+        if request.principal is not None:  # who saw which documents (the query text is not kept)
+            store.audit("search", {
+                "principal": request.principal.name, "groups": sorted(request.principal.groups),
+                "mode": mode, "k": k, "documents": sorted({h.document_id for h in hits})})
         if experiment:  # mlflow is imported only when a run is asked for
             from mlflow_rag.tracking import log_search_run
             from mlflow_rag.tracking_session import TAG_GENERATION, TAG_STORE_ID, quiet_mlflow

@@ -80,6 +80,7 @@ TABLES: dict[str, tuple[str, ...]] = {
                     "embedder_version"),
     "document_versions": ("document_id", "version", "content_hash", "source_path", "written_at",
                           "written_by", "replaced_at", "replaced_by", "ended_by"),
+    "audit_log": ("id", "at", "actor", "action", "detail"),
 }
 
 
@@ -429,6 +430,19 @@ class Backend(ABC):
         key already there takes the row's value)."""
 
     # ------------------------------------------------------------------ governance
+
+    @abstractmethod
+    def append_audit(self, row: tuple[str, str, str, str, str]) -> None:
+        """(id, at, actor, action, detail JSON) of one audit entry (inside a transaction)."""
+
+    @abstractmethod
+    def audit_rows(self, since: str) -> list[tuple[Any, ...]]:
+        """(id, at, actor, action, detail) of the audit entries at or after ``since``, oldest
+        first."""
+
+    @abstractmethod
+    def delete_audit_before(self, cutoff: str) -> int:
+        """Delete the audit entries older than ``cutoff`` (inside a transaction); how many."""
 
     @abstractmethod
     def document_paths(self) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mlflow_rag.errors import DocumentNotFound, InvalidInput, RagError
+from mlflow_rag.store import audit
 from mlflow_rag.store.store import Store
 
 ERASED = "[erased]"  # what a redacted question, answer or comment reads afterwards
@@ -55,6 +56,8 @@ def forget_documents(store: Store, document_ids: Sequence[str]) -> ForgetReport:
             backend.delete_document(document_id)
         # its kept versions hold its id, hash and source path: erased with it
         backend.forget_document_versions(list(ids))
+        audit.record(backend, "forget", {"documents": len(ids), "id_sha256": audit.hashed_ids(ids),
+                                         "chunks": chunks, "vectors": vectors})
     events = len(store.events)
     store.erase_deleted()
     incomplete = "; ".join(store.events[events:])
@@ -72,6 +75,10 @@ def forget_logs_of(store: Store, *, user_id: str | None, session_id: str | None)
         raise RagError(f"{store.location} is open read-only")
     with store.writer_lock(), store.backend.write_transaction():
         deleted = store.backend.delete_logs_of(user_id=user_id, session_id=session_id)
+        audit.record(store.backend, "forget-logs", {
+            "user_id_sha256": audit.hashed_ids((user_id,))[0] if user_id else None,
+            "session_id_sha256": audit.hashed_ids((session_id,))[0] if session_id else None,
+            "queries": deleted[0], "feedback": deleted[1]})
     problem = store.backend.erase_free_space()
     if problem:
         store.events.append(f"erasure incomplete: {problem}")

@@ -34,7 +34,8 @@ EXPORT_VERSION = 1
 MANIFEST = "manifest.json"
 # What a store logged about its use, not what it needs to be rebuilt: exported only when
 # asked. A table added to TABLES is exported unless it is named here.
-LOG_TABLES = frozenset({"queries", "retrievals", "generations", "citations", "feedback"})
+LOG_TABLES = frozenset({"queries", "retrievals", "generations", "citations", "feedback",
+                        "audit_log"})
 VECTORS_TABLE = "embeddings"
 _MODEL_NAME = TABLES[VECTORS_TABLE].index("model_name")
 _STATE_MARKER = ".version"  # the cache folder's own bookkeeping (store.models.ModelFiles)
@@ -92,6 +93,9 @@ def export_store(
             "model_state": state,
             "counts": counts,
         }
+        # the rows have left the store: recorded even if the manifest cannot be written
+        store.audit("export", {"folder": str(folder.resolve()), "format": fmt,
+                               "include_logs": include_logs, "rows": counts})
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     manifest["files"] = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -11,6 +11,7 @@ import numpy as np
 
 from mlflow_rag import codec
 from mlflow_rag.errors import InvalidInput
+from mlflow_rag.store import audit
 from mlflow_rag.store.backend import Backend, new_id, utc_now
 from mlflow_rag.types import Hit
 
@@ -58,6 +59,7 @@ def purge_query_log(backend: Backend, days: float) -> int:
         cutoff = ""
     with backend.immediate_transaction():
         deleted = backend.delete_queries_before(cutoff)
+        audit.record(backend, "purge-queries", {"older_than_days": days, "deleted": deleted})
     try:
         backend.reclaim_space()
     except Exception as exc:

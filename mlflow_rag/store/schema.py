@@ -271,10 +271,24 @@ CREATE TABLE document_versions (
 CREATE INDEX idx_document_versions_run ON document_versions(written_by);
 """
 
+# The opt-in audit log (issue 15): who did what, when (`mlflow-rag audit`). ``detail`` is JSON
+# of ids and counts, never document or query text, so erasure need not chase it.
+_AUDIT = """
+CREATE TABLE audit_log (
+    id TEXT PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(detail))
+);
+CREATE INDEX idx_audit_log_at ON audit_log(at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _INITIAL),
     Migration(2, "answers", ANSWERS),
     Migration(3, "governance", _GOVERNANCE),
+    Migration(5, "audit", _AUDIT),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

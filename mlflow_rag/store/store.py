@@ -42,6 +42,7 @@ from mlflow_rag.errors import (
 from mlflow_rag.index.choose import INDEX_TYPES, choose_index
 from mlflow_rag.store import (
     answer_log,
+    audit,
     bundle,
     integrity,
     layout,
@@ -101,6 +102,7 @@ class Store:
         self._backend: Backend | None = backend
         self.read_only = read_only or immutable
         self.immutable = immutable
+        self._opened_as: str | Path = root
         self.mmap = mmap
         self._lock = threading.RLock()
         # The thread holding the store's lock file through this object (writer_lock, flush):
@@ -147,8 +149,10 @@ class Store:
                 "its index files"
             )
         if opening.is_database_location(path):
-            return cls._open_database(str(path), create=create, read_only=read_only,
-                                      immutable=immutable, verify_files=verify_files, mmap=mmap)
+            store = cls._open_database(str(path), create=create, read_only=read_only,
+                                       immutable=immutable, verify_files=verify_files, mmap=mmap)
+            store._opened_as = str(path)  # with its password, unlike location: audit reopens it
+            return store
         root = Path(path)
         opening.check_exists(root, create=create and not (read_only or immutable))
         verified = bundle.verify_bundle(root) if verify_files else {}
@@ -419,6 +423,7 @@ class Store:
                                                      ended_by="deleted")
             if not self.backend.delete_document(document_id):
                 raise DocumentNotFound(f"no document with id {document_id!r} in {self.location}")
+            audit.record(self.backend, "delete", {"document_id": document_id})
         if erase:
             self.erase_deleted()
 
@@ -664,6 +669,19 @@ class Store:
                 self.backend, text, hits, model_name=model_name, embedding=embedding,
                 metadata=metadata, redact=redact,
             )
+
+    def audit(self, action: str, detail: Mapping[str, Any]) -> None:
+        """An audit entry for something that changed nothing (an export, a search), in a
+        transaction of its own; nothing when the audit is off. A store opened read-only is
+        opened again, writable, for the entry."""
+        if self.immutable or not audit.is_enabled(self.backend):
+            return  # a bundle is a sealed copy: never written, audited where it is served
+        if not self.read_only:
+            with self._lock, self.backend.immediate_transaction():
+                audit.record(self.backend, action, detail)
+            return
+        with Store.open(self._opened_as) as writable:
+            writable.audit(action, detail)
 
     def delete_queries_older_than(self, days: float) -> int:
         """Retention: delete query logs older than ``days`` and reclaim the space."""

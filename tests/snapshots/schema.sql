@@ -1,3 +1,6 @@
+-- index idx_audit_log_at
+CREATE INDEX idx_audit_log_at ON audit_log(at);
+
 -- index idx_chunk_fields_chunk
 CREATE INDEX idx_chunk_fields_chunk ON chunk_fields(chunk_id);
 
@@ -60,6 +63,15 @@ CREATE INDEX idx_retrievals_query ON retrievals(query_id);
 
 -- index idx_vector_deletions_model
 CREATE INDEX idx_vector_deletions_model ON vector_deletions(model_name, generation);
+
+-- table audit_log
+CREATE TABLE audit_log (
+    id TEXT PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(detail))
+);
 
 -- table chunk_fields
 CREATE TABLE chunk_fields (

@@ -16,6 +16,19 @@ _NEXT = "1 + coalesce((SELECT max(version) FROM document_versions WHERE document
 class PostgresGovernance:
     conn: Any
 
+    def append_audit(self, row: tuple[str, str, str, str, str]) -> None:
+        self.conn.execute("INSERT INTO audit_log(id, at, actor, action, detail) "
+                          "VALUES (%s, %s, %s, %s, %s)", row)
+
+    def audit_rows(self, since: str) -> list[tuple[Any, ...]]:
+        return list(self.conn.execute(
+            "SELECT id, at, actor, action, detail FROM audit_log WHERE at >= %s "
+            "ORDER BY at, id", (since,)).fetchall())
+
+    def delete_audit_before(self, cutoff: str) -> int:
+        cursor = self.conn.execute("DELETE FROM audit_log WHERE at < %s", (cutoff,))
+        return int(cursor.rowcount)
+
     def document_paths(self) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in self.conn.execute(
             "SELECT id, source_path FROM documents ORDER BY id").fetchall()]

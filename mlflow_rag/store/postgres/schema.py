@@ -264,10 +264,23 @@ CREATE TABLE document_versions (
 CREATE INDEX idx_document_versions_run ON document_versions(written_by);
 """
 
+# The opt-in audit log (issue 15), as SQLite's migration 5.
+_AUDIT = """
+CREATE TABLE audit_log (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    at TEXT COLLATE "C" NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX idx_audit_log_at ON audit_log(at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _INITIAL),
     Migration(2, "answers", _ANSWERS),
     Migration(3, "governance", _GOVERNANCE),
     Migration(4, "model_files", _MODEL_FILES),
+    Migration(5, "audit", _AUDIT),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
