@@ -239,7 +239,28 @@ def test_lineage_follows_a_document_a_chunk_and_a_query(two_roots) -> None:
     _, text = run("lineage", top["document_id"], "--store", store)
     assert text.startswith(f"document {top['document_id']}") and "ingest " in text
     code, out = run("lineage", "nothing", "--store", store, ok=False)
-    assert code == 1 and "no document, chunk or logged query with id 'nothing'" in out
+    assert code == 1 and "no document, chunk, logged query or answer with id 'nothing'" in out
+
+
+def test_lineage_follows_an_answer_to_its_query_and_the_documents_it_cited(two_roots) -> None:
+    store, _, _ = two_roots
+    _, out = run("ask", "payroll review", "--store", store, "--no-track", "--json")
+    answer = json.loads(out)
+    cited = answer["citations"][0]
+    _, out = run("lineage", answer["output_id"], "--store", store, "--json")
+    chain = json.loads(out)
+    assert chain["kind"] == "answer" and chain["answer"]["query_id"] == answer["query_id"]
+    assert chain["answer"]["generator"] == "extractive"
+    assert cited["chunk_id"] in {c["chunk_id"] for c in chain["answer"]["citations"]}
+    assert cited["document_id"] in {d["id"] for d in chain["documents"]}
+    _, out = run("lineage", cited["document_id"], "--store", store, "--json")
+    [doc] = json.loads(out)["documents"]
+    assert {(a["answer_id"], a["chunk_id"]) for a in doc["answers"]} >= {
+        (answer["output_id"], cited["chunk_id"])}
+    _, text = run("lineage", answer["output_id"], "--store", store)
+    assert text.startswith(f"answer {answer['output_id']}") and "by extractive" in text
+    _, text = run("lineage", cited["document_id"], "--store", store)
+    assert f"cited by answer {answer['output_id']}" in text
 
 
 def test_lineage_ends_at_the_mlflow_run_of_each_ingest(tracking_uri: str, tmp_path: Path) -> None:

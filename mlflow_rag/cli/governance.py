@@ -1,4 +1,4 @@
-"""``lineage``: where a document, chunk or logged query came from and where it went;
+"""``lineage``: where a document, chunk, logged query or answer came from and where it went;
 ``audit``: the opt-in audit log."""
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from mlflow_rag.cli.group import TRACKING_URI_HELP, echo_json, main, store_optio
 @click.option("--tracking-uri", default=None, help=TRACKING_URI_HELP)
 def lineage(item_id: str, store_path: Path | str, as_json: bool, runs: bool,
             tracking_uri: str | None) -> None:
-    """The chain of a document, chunk or logged query ID: source -> document versions (and
-    the ingest runs that wrote and replaced them) -> chunks -> embeddings (model, version) ->
-    logged queries that retrieved them -> MLflow runs (with --runs).
+    """The chain of a document, chunk, logged query or answer (output) ID: source -> document
+    versions (and the ingest runs that wrote and replaced them) -> chunks -> embeddings
+    (model, version) -> logged queries that retrieved them -> answers that cited them
+    (generator, prompt version, trace) -> MLflow runs (with --runs).
 
     For whoever holds the store: lineage is not filtered by principal.
     """
@@ -46,7 +47,14 @@ def lineage(item_id: str, store_path: Path | str, as_json: bool, runs: bool,
 def format_lineage(chain: dict[str, Any]) -> list[str]:
     """The chain as indented text, source first."""
     lines = [f"{chain['kind']} {chain['id']}"]
-    if chain["kind"] == "query":
+    if chain["kind"] == "answer":
+        answer = chain["answer"]
+        prompt = (f", prompt {answer['prompt_name']}/{answer['prompt_version']}"
+                  if answer["prompt_name"] else "")
+        lines.append(f"answer at {answer['timestamp']} by {answer['generator']}{prompt}, trace "
+                     f"{answer['trace_id'] or 'none'}, to query {answer['query_id']}; cites "
+                     + (", ".join(c["chunk_id"] for c in answer["citations"]) or "nothing"))
+    if chain["kind"] in ("query", "answer"):
         query = chain["query"]
         lines.append(f"query at {query['timestamp']} (model {query['model'] or 'none: bm25'}), "
                      f"{len(query['hits'])} hit(s): "
@@ -68,6 +76,9 @@ def format_lineage(chain: dict[str, Any]) -> list[str]:
         for q in doc["queries"]:
             lines.append(f"      retrieved by query {q['query_id']} at {q['timestamp']} "
                          f"(chunk {q['chunk_id']}, rank {q['rank']}, score {q['score']:.4f})")
+        for a in doc["answers"]:
+            lines.append(f"      cited by answer {a['answer_id']} at {a['timestamp']} "
+                         f"({a['generator']}, chunk {a['chunk_id']}, trace {a['trace_id'] or 'none'})")
     for run in chain["ingest_runs"]:
         lines.append(f"ingest {run['id']} at {run['started_at']}: {run['embedder']}@"
                      f"{run['embedder_version']}, sources {', '.join(run['sources'])}")

@@ -489,6 +489,11 @@ class Backend(ABC):
         """(query id, timestamp, model, chunk id, rank, score, query metadata)."""
 
     @abstractmethod
+    def lineage_answer_rows(self, document_id: str) -> list[tuple[Any, ...]]:
+        """(answer id, query id, timestamp, generator, prompt name, prompt version, trace id,
+        cited chunk id, citation rank) of every answer citing the document."""
+
+    @abstractmethod
     def lineage_query_rows(self, query_id: str) -> list[tuple[Any, ...]]:
         """(timestamp, model, query metadata, chunk id, document id, rank, score)."""
 

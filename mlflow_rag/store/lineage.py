@@ -1,6 +1,7 @@
-"""Where a document, chunk or logged query came from and where it went (issue 15), read from
-the store in one snapshot: source -> document versions (and the ingest runs that wrote and
-replaced them) -> chunks -> embeddings (model, version) -> logged queries that retrieved them.
+"""Where a document, chunk, logged query or answer came from and where it went (issue 15),
+read from the store in one snapshot: source -> document versions (and the ingest runs that
+wrote and replaced them) -> chunks -> embeddings (model, version) -> logged queries that
+retrieved them -> answers that cited them (generator, prompt version, trace id).
 The MLflow runs of those ingest runs are looked up by the layer above (it imports mlflow)."""
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ def history(backend: Backend, document_id: str) -> list[DocumentVersion]:
 
 
 def lineage(backend: Backend, item_id: str, *, location: str) -> dict[str, Any]:
-    """The chain for a document, chunk or logged query id (tried in that order). Call inside
-    a read transaction."""
+    """The chain for a document, chunk, logged query or answer (output) id, tried in that
+    order. Call inside a read transaction."""
     if backend.document_row(item_id) is not None or backend.document_version_rows(item_id):
         return {"id": item_id, "kind": "document", "documents": [_document(backend, item_id)],
                 **_runs(backend, [item_id])}
@@ -30,6 +31,15 @@ def lineage(backend: Backend, item_id: str, *, location: str) -> dict[str, Any]:
         doc = _document(backend, document_id, only_chunk=item_id)
         return {"id": item_id, "kind": "chunk", "documents": [doc],
                 **_runs(backend, [document_id])}
+    answer = backend.generation_row(item_id)
+    if answer is not None:  # an answer: its query's chain, and which of its hits it cited
+        chain = lineage(backend, str(answer[1]), location=location)
+        return {**chain, "id": item_id, "kind": "answer",
+                "answer": {"query_id": answer[1], "timestamp": answer[2], "generator": answer[5],
+                           "prompt_name": answer[3], "prompt_version": answer[4],
+                           "trace_id": answer[16],
+                           "citations": [{"rank": rank, "chunk_id": chunk, "document_id": doc}
+                                         for rank, chunk, doc in backend.citation_rows(item_id)]}}
     rows = backend.lineage_query_rows(item_id)
     if rows:
         timestamp, model, metadata = rows[0][:3]
@@ -41,7 +51,8 @@ def lineage(backend: Backend, item_id: str, *, location: str) -> dict[str, Any]:
                           "metadata": codec.loads_object(metadata), "hits": hits},
                 "documents": [_document(backend, doc_id) for doc_id in ids],
                 **_runs(backend, ids)}
-    raise DocumentNotFound(f"no document, chunk or logged query with id {item_id!r} in {location}")
+    raise DocumentNotFound(f"no document, chunk, logged query or answer with id {item_id!r} in "
+                           f"{location}")
 
 
 def _document(backend: Backend, document_id: str, *, only_chunk: str | None = None) -> dict[str, Any]:
@@ -62,12 +73,20 @@ def _document(backend: Backend, document_id: str, *, only_chunk: str | None = No
         for q, ts, model, chunk_id, rank, score, meta in backend.lineage_retrieval_rows(document_id)
         if only_chunk is None or chunk_id == only_chunk
     ]
+    answers = [
+        {"answer_id": answer, "query_id": query, "timestamp": ts, "generator": generator,
+         "prompt_name": prompt, "prompt_version": version, "trace_id": trace,
+         "chunk_id": chunk_id, "citation_rank": rank}
+        for answer, query, ts, generator, prompt, version, trace, chunk_id, rank
+        in backend.lineage_answer_rows(document_id)
+        if only_chunk is None or chunk_id == only_chunk
+    ]
     return {
         "id": document_id, "exists": row is not None,
         "source_path": row[1] if row else None, "source_type": row[2] if row else None,
         "content_hash": row[3] if row else None,
         "versions": [vars(v) for v in history(backend, document_id)],
-        "chunks": list(chunks.values()), "queries": queries,
+        "chunks": list(chunks.values()), "queries": queries, "answers": answers,
     }
 
 

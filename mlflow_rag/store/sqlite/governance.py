@@ -95,6 +95,13 @@ class SqliteGovernance:
             "FROM retrievals r JOIN chunks c ON c.id = r.chunk_id JOIN queries q ON q.id = r.query_id "
             "WHERE c.document_id = ? ORDER BY q.timestamp, r.rank", (document_id,)).fetchall())
 
+    def lineage_answer_rows(self, document_id: str) -> list[tuple[Any, ...]]:
+        return list(self.conn.execute(
+            "SELECT g.id, g.query_id, g.timestamp, g.generator, g.prompt_name, g.prompt_version, "
+            "g.trace_id, c.chunk_id, c.rank FROM citations c JOIN generations g "
+            "ON g.id = c.generation_id WHERE c.document_id = ? ORDER BY g.timestamp, c.rank",
+            (document_id,)).fetchall())
+
     def lineage_query_rows(self, query_id: str) -> list[tuple[Any, ...]]:
         """(timestamp, model, query metadata, chunk id, document id, rank, score) per hit of a
         logged query (one row with chunk None for a query that retrieved nothing)."""
