@@ -521,6 +521,18 @@ class Retriever:
                            filters=request.filters)
         return hits
 
+    @property
+    def served_from(self) -> dict[str, Any]:
+        """What served a logged query (lineage): the bundle's generation, or the live store's
+        at the time, and the embedding model's version."""
+        manifest = self.store.manifest
+        served: dict[str, Any] = {"served_from": "live" if self.live else "bundle",
+                                  "generation": (manifest.generation if manifest is not None
+                                                 else self.store.backend.generation())}
+        if self.model_name:
+            served["model_version"] = self.store.model(self.model_name).model_version
+        return served
+
     def log_query(self, query: str, hits: Sequence[Hit], *, k: int, mode: str,
                   filters: Mapping[str, Any]) -> None:
         assert self.query_log is not None
@@ -528,7 +540,7 @@ class Retriever:
             self.query_log.write(
                 query, hits, model_name=self.model_name if mode != "bm25" else None,
                 metadata={"mode": mode, "k": k, "filters": dict(filters),
-                          "store_id": self.store.store_id},
+                          "store_id": self.store.store_id, **self.served_from},
             )
         except Exception as exc:
             # A failing log must not fail the answer; say so loudly (without the query).

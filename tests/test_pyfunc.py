@@ -375,8 +375,12 @@ def test_query_log_is_opt_in_separate_from_the_bundle_and_redacted(
     rows, retrievals = _logged_queries(log_path)
     assert sorted(r[0] for r in rows) == ["castling the king", "green tea for <email>"]
     assert retrievals == 4
-    assert json.loads(rows[0][2])["mode"] == "bm25"
+    meta = json.loads(rows[0][2])
     retriever = model.unwrap_python_model().retriever
+    # what served it, for lineage: the bundle's generation and the embedding model's version
+    assert meta["mode"] == "bm25" and meta["served_from"] == "bundle"
+    assert meta["generation"] == retriever.store.manifest.generation
+    assert meta["model_version"] == retriever.store.model(retriever.model_name).model_version
     verify_bundle(retriever.bundle)  # the bundle was not written
 
 
