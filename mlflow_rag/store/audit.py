@@ -92,16 +92,22 @@ def entries(backend: Backend, *, since: str | None = None) -> list[dict[str, Any
              "detail": codec.loads_object(r[4])} for r in rows]
 
 
-def purge(backend: Backend, days: float) -> int:
-    """Retention: delete entries older than ``days``; the purge is itself an entry."""
+def retention_cutoff(days: float) -> str:
+    """The UTC timestamp ``days`` ago, as stored timestamps are written: rows before it go
+    (``""`` when it is further back than datetime reaches: nothing is that old)."""
     if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days) \
             or days < 0:
         raise InvalidInput(f"days must be a non-negative number, got {days!r}")
     try:
-        cutoff = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(
+        return (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(
             timespec="microseconds")
-    except OverflowError:  # further back than datetime reaches: nothing is that old
-        cutoff = ""
+    except OverflowError:
+        return ""
+
+
+def purge(backend: Backend, days: float) -> int:
+    """Retention: delete entries older than ``days``; the purge is itself an entry."""
+    cutoff = retention_cutoff(days)
     with backend.immediate_transaction():
         deleted = backend.delete_audit_before(cutoff)
         record(backend, "purge-audit", {"older_than_days": days, "deleted": deleted})

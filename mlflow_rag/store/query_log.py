@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from mlflow_rag import codec
-from mlflow_rag.errors import InvalidInput
 from mlflow_rag.store import audit
 from mlflow_rag.store.backend import Backend, new_id, utc_now
 from mlflow_rag.types import Hit
@@ -46,17 +45,7 @@ def purge_query_log(backend: Backend, days: float) -> int:
     """Delete query logs older than ``days``, VACUUM, and checkpoint the WAL into the main file
     and truncate it: until then the deleted text is still on disk (in the WAL, and in the old
     pages of the main file), and the file does not shrink."""
-    import math
-    from datetime import datetime, timedelta, timezone
-
-    if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days) \
-            or days < 0:
-        raise InvalidInput(f"days must be a non-negative number, got {days!r}")
-    try:
-        cutoff = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(
-            timespec="microseconds")
-    except OverflowError:  # further back than datetime reaches: nothing is that old
-        cutoff = ""
+    cutoff = audit.retention_cutoff(days)
     with backend.immediate_transaction():
         deleted = backend.delete_queries_before(cutoff)
         audit.record(backend, "purge-queries", {"older_than_days": days, "deleted": deleted})
