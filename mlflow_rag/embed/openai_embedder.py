@@ -48,6 +48,23 @@ _RETRYABLE_4XX = frozenset({408, 409, 429})
 INSTALL_HINT = "pip install openai"
 
 
+def openai_api_key(model: str, api_key: str | None) -> str:
+    """The API key for ``openai:<model>`` (the given one, else ``OPENAI_API_KEY``), once the
+    openai package is known to be there; a clear error otherwise. The embedder and the chat
+    generator both ask this before their first request."""
+    import importlib.util
+
+    if importlib.util.find_spec("openai") is None:
+        raise EmbedderUnavailable(f"openai:{model} needs the openai package; run: {INSTALL_HINT}")
+    key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+    if not key:
+        raise EmbedderUnavailable(
+            f"openai:{model} needs an API key: set OPENAI_API_KEY (any non-empty value for a "
+            "local server that checks none)"
+        )
+    return key
+
+
 def takes_dimensions(model: str) -> bool:
     """Whether the model accepts the ``dimensions`` request field (text-embedding-3-*)."""
     return model.startswith("text-embedding-3")
@@ -158,16 +175,7 @@ class OpenAIEmbedder:
             )
         if timeout <= 0 or backoff_base < 0 or backoff_max < 0 or max_retry_after < 0:
             raise InvalidInput("timeout must be > 0 and the backoff settings >= 0")
-        import importlib.util
-
-        if importlib.util.find_spec("openai") is None:
-            raise EmbedderUnavailable(f"openai:{model} needs the openai package; run: {INSTALL_HINT}")
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        if not key:
-            raise EmbedderUnavailable(
-                f"openai:{model} needs an API key: set OPENAI_API_KEY (any non-empty value for a "
-                "local server that checks none)"
-            )
+        key = openai_api_key(model, api_key)
         self.model = model
         self.name = f"openai:{model}"
         self.dimensions = dimensions

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from mlflow_rag.embed.openai_embedder import retry_after_seconds, retryable_status
-from mlflow_rag.errors import EmbedderUnavailable, GeneratorError, InvalidInput
+from mlflow_rag.embed.openai_embedder import openai_api_key, retry_after_seconds, retryable_status
+from mlflow_rag.errors import GeneratorError, InvalidInput
 from mlflow_rag.generate.base import Generation, Passage
 from mlflow_rag.generate.extractive import count_tokens
 
@@ -58,15 +58,7 @@ class OpenAIChatGenerator:
             raise InvalidInput("the openai generator needs a model name, e.g. 'openai:gpt-4o-mini'")
         if max_retries < 0 or timeout <= 0 or max_output_tokens < 1:
             raise InvalidInput("max_retries must be >= 0, timeout > 0 and max_output_tokens >= 1")
-        import importlib.util
-
-        if importlib.util.find_spec("openai") is None:
-            raise EmbedderUnavailable(f"openai:{model} needs the openai package; run: pip install openai")
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        if not key:
-            raise EmbedderUnavailable(
-                f"openai:{model} needs an API key: set OPENAI_API_KEY (any non-empty value for a "
-                "local server that checks none)")
+        key = openai_api_key(model, api_key)
         self.model = model
         self.name = f"{PREFIX}{model}"
         self.temperature = temperature
