@@ -65,6 +65,18 @@ def openai_api_key(model: str, api_key: str | None) -> str:
     return key
 
 
+def backoff_seconds(attempt: int, headers: Mapping[str, str] | None, *, base: float,
+                    ceiling: float, max_retry_after: float) -> float:
+    """Seconds to wait before retry number ``attempt + 1`` (``attempt`` starts at 0): the
+    server's Retry-After (capped), else exponential backoff with jitter. The embedder and
+    the chat generator retry alike."""
+    if headers is not None:
+        requested = retry_after_seconds(headers)
+        if requested is not None:
+            return min(requested, max_retry_after)
+    return min(ceiling, base * (2.0**attempt)) * (0.5 + 0.5 * random.random())
+
+
 def takes_dimensions(model: str) -> bool:
     """Whether the model accepts the ``dimensions`` request field (text-embedding-3-*)."""
     return model.startswith("text-embedding-3")
@@ -240,12 +252,8 @@ class OpenAIEmbedder:
 
     def backoff(self, attempt: int, headers: Mapping[str, str] | None = None) -> float:
         """Seconds to wait before retry number ``attempt + 1`` (``attempt`` starts at 0)."""
-        if headers is not None:
-            requested = retry_after_seconds(headers)
-            if requested is not None:
-                return min(requested, self.max_retry_after)
-        ceiling = min(self.backoff_max, self.backoff_base * (2.0**attempt))
-        return ceiling * (0.5 + 0.5 * random.random())
+        return backoff_seconds(attempt, headers, base=self.backoff_base, ceiling=self.backoff_max,
+                               max_retry_after=self.max_retry_after)
 
     def _request(self, batch: list[str]) -> tuple[Any, int]:
         """One batch through the API with retries: (response, attempts)."""

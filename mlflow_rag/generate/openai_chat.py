@@ -10,13 +10,12 @@ cost from :data:`PRICES` or the ``price_per_million`` option (self-hosted models
 from __future__ import annotations
 
 import os
-import random
 import re
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from mlflow_rag.embed.openai_embedder import openai_api_key, retry_after_seconds, retryable_status
+from mlflow_rag.embed.openai_embedder import backoff_seconds, openai_api_key, retryable_status
 from mlflow_rag.errors import GeneratorError, InvalidInput
 from mlflow_rag.generate.base import Generation, Passage
 from mlflow_rag.generate.extractive import count_tokens
@@ -94,12 +93,8 @@ class OpenAIChatGenerator:
                 "price_per_million": list(self.price_per_million)}
 
     def backoff(self, attempt: int, headers: Mapping[str, str] | None = None) -> float:
-        if headers is not None:
-            requested = retry_after_seconds(headers)
-            if requested is not None:
-                return min(requested, self.max_retry_after)
-        ceiling = min(self.backoff_max, self.backoff_base * (2.0**attempt))
-        return ceiling * (0.5 + 0.5 * random.random())
+        return backoff_seconds(attempt, headers, base=self.backoff_base, ceiling=self.backoff_max,
+                               max_retry_after=self.max_retry_after)
 
     def _request(self, prompt: str) -> tuple[Any, int]:
         import openai
