@@ -83,7 +83,7 @@ def _query_logger(location: str, query: list[float], count: int, barrier: Any,
     barrier.wait()
     began = time.monotonic()
     for i in range(count):
-        store.log_query(f"query {os.getpid()} {i}", hits, model_name=MODEL)
+        store.logs.log_query(f"query {os.getpid()} {i}", hits, model_name=MODEL)
     ended = time.monotonic()
     store.close(flush=False)
     results.put((began, ended))

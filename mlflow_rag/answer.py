@@ -239,7 +239,7 @@ def answer(
             cost_usd=generation.cost_usd, embed_ms=latency["embed"],
             retrieve_ms=latency["retrieve"], generate_ms=latency["generate"],
             metadata={"truncation": truncation} if truncation else {})
-        store.log_answer(
+        store.logs.log_answer(
             output_id=output_id, query_id=query_id, question=request.query, hits=hits,
             model_name=searcher.embedding_model if mode != "bm25" else None, embedding=vector,
             query_metadata={"mode": mode, "k": request.k, "answered": True}, stats=stats,
@@ -277,8 +277,8 @@ def feedback(
         kind, value = "thumbs", 1.0 if thumbs == "up" else 0.0
     else:
         kind, value = "score", score  # type: ignore[assignment]
-    record = store.answer_record(output_id)  # an unknown id fails before anything is stored
-    stored = store.add_feedback(output_id, kind=kind, value=value, comment=comment,
+    record = store.logs.answer_record(output_id)  # an unknown id fails before anything is stored
+    stored = store.logs.add_feedback(output_id, kind=kind, value=value, comment=comment,
                                 user_id=user_id, redact=redact)
     if not (track and record.trace_id):
         return False

@@ -203,7 +203,7 @@ def _gone(
     store: Store, sources: Sequence[str], documents: Sequence[SourceDocument],
     failures: Sequence[LoadFailure],
 ) -> list[str]:
-    return gone_documents(store.document_paths(), sources, loaded_ids={d.id for d in documents},
+    return gone_documents(store.catalog.document_paths(), sources, loaded_ids={d.id for d in documents},
                           failed_paths={f.source_path for f in failures})
 
 
@@ -248,7 +248,7 @@ def embed_ahead(
                         options=options, progress=False)
     texts = {c.text_hash: c.text for _, _, chunks in plan.to_write for c in chunks}
     if model.name in {info.name for info in store.models()}:
-        for text_hash in store.cached_vectors(model.name, list(texts)):
+        for text_hash in store.catalog.cached_vectors(model.name, list(texts)):
             texts.pop(text_hash)
     if not texts:
         return {}
@@ -317,7 +317,7 @@ def _ingest_locked(
     rechunk_losses = dropped.get("rechunk", {})
     if rechunk_losses and not options.rechunk:
         raise _rechunk_refused(plan, rechunk_losses)
-    missing = store.chunks_without_vectors(model.name, plan.unchanged_ids)  # e.g. a new embedder
+    missing = store.catalog.chunks_without_vectors(model.name, plan.unchanged_ids)  # e.g. a new embedder
     replaced_ids = {d.id for d, _, _ in to_write if d.id in plan.states}
     new_texts = [c.text for _, _, chunks in to_write for c in chunks] + [t for _, t, _ in missing]
     if is_fitted_embedder(model):
@@ -329,7 +329,7 @@ def _ingest_locked(
     )
     texts = {c.text_hash: c.text for _, _, chunks in to_write for c in chunks}
     texts.update({text_hash: text for _, text, text_hash in missing})
-    cached = store.cached_vectors(info.name, list(texts))
+    cached = store.catalog.cached_vectors(info.name, list(texts))
     todo = [h for h in texts if h not in cached]
     stages.add("plan", started)
 
@@ -382,7 +382,7 @@ def _chunk_stage(
     Documents that give no chunks are added to ``failures``."""
     from tqdm import tqdm
 
-    states = store.document_states([d.id for d in documents])
+    states = store.catalog.document_states([d.id for d in documents])
     names = chunker_names(documents, states, options.chunker)
     chunk_size = options.chunk_size
     if chunk_size is None and isinstance(model, WindowedEmbedder) and model.max_tokens:
@@ -479,7 +479,7 @@ def _vectors_dropped(
         return {}
     kept = {d.id: {c.text_hash for c in chunks} for d, _, chunks in to_write}
     out: dict[str, dict[str, int]] = {}
-    for doc_id, text_hash, name in store.vectors_on_documents(replaced):
+    for doc_id, text_hash, name in store.catalog.vectors_on_documents(replaced):
         if name != model_name and text_hash not in kept.get(doc_id, ()):
             per_model = out.setdefault(actions[doc_id], {})
             per_model[name] = per_model.get(name, 0) + 1

@@ -145,7 +145,7 @@ def check_id_collisions(documents: Sequence[SourceDocument], store: Store) -> No
     """Refuse, before anything is written, documents that would replace a stored document of
     the same id from another file. The same text from another place (a folder that moved) is
     no loss and passes."""
-    stored = store.document_sources([d.id for d in documents])
+    stored = store.catalog.document_sources([d.id for d in documents])
     clashes = [
         (d, stored[d.id][0]) for d in documents
         if d.id in stored and not same_source(stored[d.id][0], d.source_path)
@@ -173,7 +173,7 @@ def stored_under_other_ids(
     """Split off files that are already stored under another id (``sub/a.txt`` when the folder
     was named, ``a.txt`` when the subfolder is): loading them again would duplicate them."""
     files = [d.source_path for d in documents if d.source_type in _ONE_DOCUMENT_PER_FILE]
-    stored = store.document_ids_by_source(files) if files else {}
+    stored = store.catalog.document_ids_by_source(files) if files else {}
     keep: list[SourceDocument] = []
     failures: list[LoadFailure] = []
     for document in documents:

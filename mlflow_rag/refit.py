@@ -96,7 +96,7 @@ def refit(
     new state. Call it under ``store.writer_lock()``. Returns the number of vectors
     re-embedded."""
     say = say or log.warning
-    stored = store.chunks_with_vectors(model.name)
+    stored = store.catalog.chunks_with_vectors(model.name)
     chunks = [(cid, text) for cid, _, text in stored]
     say(f"refitting {model.name}: {reason}; re-embedding its {len(chunks)} stored vector(s)")
     state_dir = store.model_dir(model.name)

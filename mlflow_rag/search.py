@@ -407,7 +407,7 @@ class Searcher:
             vector = self.embedder.embed_query(query) if vector is None else vector
             hits = self._fused(request, vector, include_pii=include_pii, fusion=fusion)
         if log:
-            self.store.log_query(
+            self.store.logs.log_query(
                 query, hits, model_name=self._model() if mode != "bm25" else None,
                 embedding=vector, metadata=_log_metadata(request), redact=self.redact,
             )

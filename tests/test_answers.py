@@ -51,7 +51,7 @@ def test_an_answer_is_recorded_with_its_query_retrievals_and_citations(store_loc
         assert result.text.startswith("Ada Lovelace speaks about legacy modernization")
         assert [c.chunk_id for c in result.citations] == ["ada#0"]
         assert result.citations[0].document_id == "ada" and result.citations[0].title == "Ada"
-        record = store.answer_record(result.output_id)
+        record = store.logs.answer_record(result.output_id)
         assert record.query_id == result.query_id and record.trace_id is None
         assert record.stats.generator == "extractive" and record.stats.prompt_name is None
         assert record.stats.input_tokens > 0 and record.stats.output_tokens > 0
@@ -71,7 +71,7 @@ def test_answer_text_is_opt_in_and_redacted_like_the_question(store_location: st
         result = _ask(store, "Does ada.l@example.org speak about legacy modernization?",
                       keep_answer_text=True)
         assert "ada.l@example.org" in result.text  # the caller gets the answer as made
-        record = store.answer_record(result.output_id)
+        record = store.logs.answer_record(result.output_id)
         assert record.answer_text is not None and "<email>" in record.answer_text
         assert "example.org" not in record.answer_text
         question = _rows(store, "queries")[0][1]
@@ -84,7 +84,7 @@ def test_feedback_is_recorded_and_bad_feedback_stores_nothing(store_location: st
         assert feedback(store, result.output_id, thumbs="up", comment="mail me at a@b.org",
                         user_id="u-1", track=False) is False
         feedback(store, result.output_id, score=0.25, track=False)
-        stored = store.answer_record(result.output_id).feedback
+        stored = store.logs.answer_record(result.output_id).feedback
         assert [(f.kind, f.value) for f in stored] == [("thumbs", 1.0), ("score", 0.25)]
         assert stored[0].comment == "mail me at <email>" and stored[0].user_id == "u-1"
         with pytest.raises(DocumentNotFound, match="no answer with output id 'nope'"):
@@ -102,11 +102,11 @@ def test_retention_purges_answers_citations_and_feedback(store_location: str) ->
     with _store(store_location) as store:
         result = _ask(store)
         feedback(store, result.output_id, thumbs="down", track=False)
-        assert store.delete_queries_older_than(0) == 1
+        assert store.logs.delete_queries_older_than(0) == 1
         for table in ("queries", "retrievals", "generations", "citations", "feedback"):
             assert _rows(store, table) == [], table
         with pytest.raises(DocumentNotFound):
-            store.answer_record(result.output_id)
+            store.logs.answer_record(result.output_id)
         assert store.stats().documents == 3  # the corpus stays
 
 
@@ -125,7 +125,7 @@ def test_a_context_over_the_window_is_cut_and_recorded(store_location: str) -> N
         options = {"base_url": server.base_url, "api_key": "test-key", "context_window": 160,
                    "max_output_tokens": 50}
         result = _ask(store, generator="openai:llama3", generator_options=options)
-        record = store.answer_record(result.output_id)
+        record = store.logs.answer_record(result.output_id)
         prompt = server.requests[-1]["messages"][-1]["content"]
         assert result.truncation is not None
         assert record.stats.metadata["truncation"] == result.truncation
@@ -171,10 +171,10 @@ def test_a_copy_between_backends_carries_answers(tmp_path, pg_database: str) -> 
     with _store(str(tmp_path / "s")) as store:
         result = _ask(store, keep_answer_text=True)
         feedback(store, result.output_id, score=0.5, track=False)
-        before = store.answer_record(result.output_id)
+        before = store.logs.answer_record(result.output_id)
     copy_store(tmp_path / "s", pg_database)
     with Store.open(pg_database, read_only=True) as copied:
-        assert copied.answer_record(result.output_id) == before
+        assert copied.logs.answer_record(result.output_id) == before
 
 
 def test_redacted_questions_and_answers_are_on_no_byte_of_the_store(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -50,7 +50,7 @@ def test_ask_answers_with_citations_and_records_it(store: str) -> None:
     assert shown["generator"] == "extractive" and shown["trace_id"] is None
     assert set(shown["latency_ms"]) == {"embed", "retrieve", "generate"}
     with Store.open(store, read_only=True) as opened:
-        record = opened.answer_record(shown["output_id"])
+        record = opened.logs.answer_record(shown["output_id"])
         assert record.query_id == shown["query_id"] and record.answer_text is None
         assert opened.stats().queries == 2  # the logged search, then the answer's query
     text = run("ask", QUESTION, "--store", store, "--no-track")
@@ -63,7 +63,7 @@ def test_feedback_through_the_cli(store: str) -> None:
                "--comment", "wrong document", "--no-track")
     assert done.exit_code == 0 and "recorded feedback" in done.stdout
     with Store.open(store, read_only=True) as opened:
-        stored = opened.answer_record(shown["output_id"]).feedback
+        stored = opened.logs.answer_record(shown["output_id"]).feedback
     assert [(f.kind, f.value, f.comment) for f in stored] == [("thumbs", 0.0, "wrong document")]
     missing = run("feedback", "no-such-id", "--store", store, "--score", "1", "--no-track")
     assert missing.exit_code == 1

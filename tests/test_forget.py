@@ -179,6 +179,6 @@ def test_forget_erases_the_documents_kept_versions_too(speakers: str, shared_dat
     with Store.open(speakers, read_only=True) as store:
         versions = store.backend.dump_rows("document_versions")
         assert forgotten not in {row[0] for row in versions}
-        assert store.document_history(kept)
+        assert store.governance.document_history(kept)
     code, out = run("show", forgotten, "--history", "--store", speakers, ok=False)
     assert code == 1 and "no document" in out

@@ -38,7 +38,7 @@ def test_the_shipped_prompt_is_registered_once_and_the_answer_is_one_trace(
                        generator_options=_chat(server), k=3, session_id="s-9", user_id="u-9")
         second = answer(store, QUESTION, generator="openai:gpt-4o-mini",
                         generator_options=_chat(server), k=3)
-        record = store.answer_record(first.output_id)
+        record = store.logs.answer_record(first.output_id)
         prompt_sent = server.requests[0]["messages"][-1]["content"]
     assert first.prompt == second.prompt == f"prompts:/{DEFAULT_PROMPT_NAME}/1"
     assert (record.stats.prompt_name, record.stats.prompt_version) == (DEFAULT_PROMPT_NAME, "1")

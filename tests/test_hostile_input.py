@@ -452,7 +452,7 @@ def test_odd_but_valid_vectors_are_stored_as_unit_float32_and_find_themselves(
     expected = expected / np.max(np.abs(expected))
     expected = expected / np.linalg.norm(expected)
     vector_store.write([make_record("odd", ["odd vector"], vectors=np.asarray(vector).reshape(1, -1))])
-    stored = vector_store.vectors_for_chunks("m", ["odd#0"])["odd#0"]
+    stored = vector_store.catalog.vectors_for_chunks("m", ["odd#0"])["odd#0"]
     assert stored.dtype == np.float32 and np.isfinite(stored).all()
     assert np.allclose(stored, expected, atol=1e-6), (stored, expected)
     hit = vector_store.dense_search(vector, k=1)[0]

@@ -182,7 +182,7 @@ def test_replacing_a_document_carries_other_models_vectors_of_unchanged_text(tmp
         store.write([make_record("d", ["new first", "same text", "new text"],
                                  vectors=rng.normal(size=(3, 8)), model="a")])
         assert vector_counts(store) == {"a": 3, "b": 1}
-        carried = store.vectors_for_chunks("b", ["d#0", "d#1", "d#2"])
+        carried = store.catalog.vectors_for_chunks("b", ["d#0", "d#1", "d#2"])
         assert list(carried) == ["d#1"]  # the chunk that still holds "same text"
         np.testing.assert_allclose(carried["d#1"], kept / np.linalg.norm(kept), rtol=1e-6)
         hits = store.dense_search(kept, model="b", k=1)
@@ -345,7 +345,7 @@ def test_a_refit_whose_commit_fails_puts_the_saved_fit_back(
     with Store.open(tmp_path / "s", create=True) as store:
         ingest([str(folder)], store, options=TFIDF, progress=False)
         saved = {p.name: p.read_bytes() for p in state.iterdir()}
-        vectors = store.vectors_for_chunks("tfidf", ["topic0.txt#0", "topic1.txt#0"])
+        vectors = store.catalog.vectors_for_chunks("tfidf", ["topic0.txt#0", "topic1.txt#0"])
 
         def full_disk(*args: object, **kwargs: object) -> int:
             raise OSError(28, "No space left on device")
@@ -356,7 +356,7 @@ def test_a_refit_whose_commit_fails_puts_the_saved_fit_back(
             ingest([str(folder)], store, options=TFIDF, progress=False)
         assert {p.name: p.read_bytes() for p in state.iterdir()} == saved
         assert store.stats().documents == 2
-        again = store.vectors_for_chunks("tfidf", list(vectors))
+        again = store.catalog.vectors_for_chunks("tfidf", list(vectors))
         assert all(np.array_equal(vectors[k], again[k]) for k in vectors)
 
 

@@ -25,7 +25,7 @@ def test_a_sqlite_store_missing_a_migration_below_its_version_gets_it(tmp_path: 
         rows = store.backend.conn.execute("SELECT version FROM schema_migrations").fetchall()
         assert sorted(r[0] for r in rows) == [1, 2, 3, 5]
         store.write([make_record("kept", ["replaced"])])
-        assert [v.version for v in store.document_history("kept")] == [1, 2]
+        assert [v.version for v in store.governance.document_history("kept")] == [1, 2]
 
 
 @pytest.mark.postgres
@@ -43,5 +43,5 @@ def test_a_store_at_1_and_4_gets_migration_3_on_open(pg_cluster) -> None:
             "SELECT version FROM schema_migrations ORDER BY version").fetchall()
         assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
         store.write([make_record("kept", ["the document, replaced"])])
-        assert [v.version for v in store.document_history("kept")] == [1, 2]
+        assert [v.version for v in store.governance.document_history("kept")] == [1, 2]
         assert store.get_document("kept").raw_text == "the document, replaced"

@@ -65,11 +65,11 @@ def test_a_mapped_index_answers_exactly_like_a_private_copy(tmp_path: Path, kind
     with Store.open(tmp_path / "s", read_only=True) as private, \
             Store.open(tmp_path / "s", read_only=True, mmap=True) as mapped:
         assert _answers(mapped, queries) == _answers(private, queries)
-        index = mapped._index_cache.indexes["m"]
-        assert index.mapped and not private._index_cache.indexes["m"].mapped
+        index = mapped._core.index_cache.indexes["m"]
+        assert index.mapped and not private._core.index_cache.indexes["m"].mapped
         assert mapped.verify(sample=20)["models"]["m"]["ids_equal"]
         if kind != "ivf":  # flat storage: the matrix is a view of the mapped file
-            assert np.array_equal(index.matrix(), private._index_cache.indexes["m"].matrix())
+            assert np.array_equal(index.matrix(), private._core.index_cache.indexes["m"].matrix())
         maps = Path("/proc/self/maps").read_text()
         assert str((tmp_path / "s" / "index" / "m.faiss").resolve()) in maps
 
@@ -100,7 +100,7 @@ def test_a_mapped_index_takes_a_private_copy_for_newer_rows_and_never_writes_the
     before = _file_sha(index_file)
     with Store.open(tmp_path / "s", read_only=True, mmap=True) as reader:
         assert reader.dense_search(vectors[5], k=1)[0].chunk_id == "c5"
-        assert reader._index_cache.indexes["m"].mapped
+        assert reader._core.index_cache.indexes["m"].mapped
         extra = np.random.default_rng(9).normal(size=(2, DIM)).astype(np.float32)
         with Store.open(tmp_path / "s") as writer:  # a writer commits while the reader maps
             writer.write([_record(1000, extra[0]), _record(1001, extra[1])])
@@ -109,7 +109,7 @@ def test_a_mapped_index_takes_a_private_copy_for_newer_rows_and_never_writes_the
         hits = reader.dense_search(extra[1], k=1)
         assert hits[0].chunk_id == "c1001"
         assert "c5" not in [h.chunk_id for h in reader.dense_search(vectors[5], k=5)]
-        assert not reader._index_cache.indexes["m"].mapped  # replayed into a private copy
+        assert not reader._core.index_cache.indexes["m"].mapped  # replayed into a private copy
         assert reader.orphan_hits == 0
 
 

@@ -151,7 +151,7 @@ def test_retention_purges_old_queries_from_every_file_and_shrinks_the_database(
     store.flush()
     size_before = sum(len(p.read_bytes()) for p in store.root.glob("metadata.db*"))
     assert on_disk(store.root, "confidential question number 17")
-    assert store.delete_queries_older_than(30) == 300
+    assert store.logs.delete_queries_older_than(30) == 300
     assert store.stats().queries == 1 and store.stats().retrievals == len(recent) > 0
     size_after = sum(len(p.read_bytes()) for p in store.root.glob("metadata.db*"))
     assert size_after < size_before

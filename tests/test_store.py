@@ -393,16 +393,16 @@ def test_query_log_records_hits_and_redacts_and_retention_deletes(random_store) 
 
     store, vectors = random_store(n_docs=5, per_doc=1, dim=8)
     hits = store.dense_search(vectors[0], k=3)
-    qid = store.log_query("mail me at jane@example.com", hits, model_name="m",
+    qid = store.logs.log_query("mail me at jane@example.com", hits, model_name="m",
                           embedding=vectors[0], redact=redact_emails)
     row = store.backend.conn.execute("SELECT query_text FROM queries WHERE id = ?", (qid,)).fetchone()
     assert row[0] == "mail me at <email>"
     ranks = store.backend.conn.execute(
         "SELECT rank, chunk_id FROM retrievals WHERE query_id = ? ORDER BY rank", (qid,)).fetchall()
     assert ranks == [(h.rank, h.chunk_id) for h in hits]
-    assert store.delete_queries_older_than(1) == 0
+    assert store.logs.delete_queries_older_than(1) == 0
     store.backend.conn.execute("UPDATE queries SET timestamp = '2000-01-01T00:00:00+00:00'")
-    assert store.delete_queries_older_than(1) == 1
+    assert store.logs.delete_queries_older_than(1) == 1
     assert store.stats().retrievals == 0
     store.close()
 
@@ -434,7 +434,7 @@ def test_writes_extend_the_in_memory_index_to_exactly_what_sqlite_holds(
     rng = np.random.default_rng(3)
 
     def check(model: str) -> None:
-        index = store._index_cache.index_for(store.model(model), store.backend.generation())
+        index = store._core.index_cache.index_for(store.model(model), store.backend.generation())
         ids, vectors = _sqlite_state(store, model)
         assert index.ids().tolist() == ids.tolist()
         assert np.array_equal(index.vectors_for(ids), vectors)
@@ -445,7 +445,7 @@ def test_writes_extend_the_in_memory_index_to_exactly_what_sqlite_holds(
         for start in (0, 30, 60):  # a fresh model, then extensions of its in-memory index
             store.write([make_record(f"d{i}", ["a", "b"], vectors=rng.normal(size=(2, 8)))
                          for i in range(start, start + 30)])
-            assert store._index_cache.indexes["m"].generation == store.backend.generation()
+            assert store._core.index_cache.indexes["m"].generation == store.backend.generation()
             check("m")
         store.add_vectors("n", ["d0#0"], rng.normal(size=(1, 4)))
         store.write([make_record("d5", ["changed"], vectors=rng.normal(size=(1, 8)))])  # replace

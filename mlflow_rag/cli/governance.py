@@ -31,7 +31,7 @@ def lineage(item_id: str, store_path: Path | str, as_json: bool, runs: bool,
     from mlflow_rag.store.store import Store
 
     with Store.open(store_path, read_only=True) as store:
-        chain = store.lineage(item_id)
+        chain = store.governance.lineage(item_id)
     if runs:
         from mlflow_rag.tracking import runs_of_ingests
 

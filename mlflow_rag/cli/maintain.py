@@ -221,7 +221,7 @@ def purge_queries(store_path: Path | str, older_than_days: float, audit_too: boo
     from mlflow_rag.store.store import Store
 
     with Store.open(store_path) as store:
-        deleted = store.delete_queries_older_than(older_than_days)
+        deleted = store.logs.delete_queries_older_than(older_than_days)
         entries = audit.purge(store.backend, older_than_days) if audit_too else None
     click.echo(f"deleted {deleted} queries"
                + (f" and {entries} audit entries" if entries is not None else ""))

@@ -67,7 +67,7 @@ def search(
             hits = searcher.run(request, include_pii=include_pii, log=log_query)
         latency_ms = (time.perf_counter() - started) * 1000
         if request.principal is not None:  # who saw which documents (the query text is not kept)
-            store.audit("search", {
+            store.governance.audit("search", {
                 "principal": request.principal.name, "groups": sorted(request.principal.groups),
                 "mode": mode, "k": k, "documents": sorted({h.document_id for h in hits})})
         if experiment:  # mlflow is imported only when a run is asked for
@@ -209,7 +209,7 @@ def _show_history(doc_id: str, store_path: Path | str, *, as_json: bool, reader:
     from mlflow_rag.store.store import Store
 
     with Store.open(store_path, read_only=True) as store:
-        versions = store.document_history(doc_id, principal=reader)
+        versions = store.governance.document_history(doc_id, principal=reader)
     if as_json:
         echo_json({"id": doc_id, "versions": [asdict(v) for v in versions]})
         return

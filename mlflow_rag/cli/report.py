@@ -40,7 +40,7 @@ def report(
     if not no_track:
         check_tracking(tracking_uri)
     with Store.open(store_path, read_only=True) as store:
-        result = store.read_monitoring(bound, partial(summarize, since=bound, top=top))
+        result = store.logs.read_monitoring(bound, partial(summarize, since=bound, top=top))
         store_id = store.store_id
     run_id = None
     if not no_track and not is_empty(result):

@@ -72,7 +72,7 @@ def corpus_problems(store: Store, dataset: EvalDataset) -> tuple[tuple[str, ...]
     relevant = {qid: {d for d, grade in judged.items() if grade > 0}
                 for qid, judged in dataset.qrels.items() if qid in dataset.queries}
     wanted = sorted(set().union(*relevant.values())) if relevant else []
-    present = set(store.document_states(wanted)) if wanted else set()
+    present = set(store.catalog.document_states(wanted)) if wanted else set()
     missing = tuple(d for d in wanted if d not in present)
     hopeless = tuple(q for q, ids in relevant.items() if ids and not ids & present)
     return missing, hopeless

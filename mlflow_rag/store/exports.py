@@ -94,7 +94,7 @@ def export_store(
             "counts": counts,
         }
         # the rows have left the store: recorded even if the manifest cannot be written
-        store.audit("export", {"folder": str(folder.resolve()), "format": fmt,
+        store.governance.audit("export", {"folder": str(folder.resolve()), "format": fmt,
                                "include_logs": include_logs, "rows": counts})
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     manifest["files"] = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}

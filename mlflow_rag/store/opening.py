@@ -70,3 +70,12 @@ def closed_on_failure(backend: Backend) -> Iterator[None]:
         if named is not None:
             raise named from exc
         raise
+
+
+def open_writable_backend(opened_as: str | Path) -> Backend:
+    """A writable backend on the store a read-only one was opened on (``opened_as``: its
+    folder, or its database location with the password), for a write that must land anyway
+    (an audit entry of a read-only search)."""
+    if is_database_location(opened_as):
+        return open_database(str(opened_as), create=False, read_only=False)[1]
+    return open_backend(Path(opened_as), read_only=False, immutable=False)

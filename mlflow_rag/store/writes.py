@@ -1,4 +1,5 @@
-"""Writes: documents with their chunks, metadata fields and vectors in one transaction.
+"""Writes: documents with their chunks, metadata fields and vectors in one transaction, and
+the store's write methods (:class:`StoreWrites`, a part of the Store facade).
 
 Everything is validated before the transaction starts (:func:`prepare`,
 :func:`clean_vectors_of`), so bad input never half-lands; the transaction bumps the store's
@@ -7,6 +8,7 @@ index cache replays."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,12 +16,22 @@ from typing import Any
 import numpy as np
 
 from mlflow_rag import codec
-from mlflow_rag.errors import ChunkNotFound, InvalidInput, InvalidVector, RagError
+from mlflow_rag.errors import (
+    ChunkNotFound,
+    DocumentNotFound,
+    InvalidInput,
+    InvalidVector,
+    RagError,
+)
+from mlflow_rag.store import audit
 from mlflow_rag.store.access import check_stored_labels
 from mlflow_rag.store.backend import Backend, utc_now
 from mlflow_rag.store.checks import PII_KEY, clean_vectors
+from mlflow_rag.store.core import StoreCore
 from mlflow_rag.store.filters import metadata_fields
 from mlflow_rag.types import DocumentRecord, IngestRun, ModelInfo, WriteReport
+
+log = logging.getLogger("mlflow_rag.store")
 
 # A record, its metadata as stored JSON, and per model [name, version, vectors, metadata].
 Prepared = tuple[DocumentRecord, str, list[Any]]
@@ -279,3 +291,151 @@ def _record_versions(
 def _record_run(backend: Backend, run: IngestRun) -> None:
     backend.record_ingest_run((run.id, run.started_at, codec.dumps(list(run.sources)),
                                run.source_digest, run.embedder, run.embedder_version))
+
+class StoreWrites:
+    """The store's writes (a part of :class:`~mlflow_rag.store.store.Store`): documents,
+    vectors and deletions, each checked whole before its one write transaction."""
+
+    _core: StoreCore
+
+    def write(
+        self, records: Sequence[DocumentRecord], *, skip_unchanged: bool = True,
+        delete: Sequence[str] = (), run: IngestRun | None = None,
+    ) -> WriteReport:
+        """Add or replace documents with their chunks and vectors, and delete the documents
+        ``delete`` names, in one transaction; ``run`` (the ingest run writing) is recorded in
+        each written or deleted document's version history.
+
+        A document whose content hash and metadata equal the stored ones is unchanged and
+        skipped; one that differs replaces its chunks and vectors (its previous version is
+        kept in its history: ``store.governance.document_history``).
+        """
+        core = self._core
+        core.require_writable()
+        ids = [r.id for r in records]
+        _check_unique(ids, what="document id", where="one write")
+        both = sorted(set(ids) & set(delete))
+        if both:
+            raise InvalidInput(f"document id {both[0]!r} is both written and deleted in one write")
+        with core.lock:
+            core.registry.refresh(core.backend.generation())
+            prepared = [prepare(record, core.registry.get) for record in records]
+            clean_vectors_of(prepared, core.registry.by_name)
+        with core.lock:
+            written = write_documents(
+                core.backend, prepared, skip_unchanged=skip_unchanged,
+                has_index=lambda name: name in core.index_cache.indexes,
+                delete_ids=list(dict.fromkeys(delete)), run=run,
+            )
+        # Replaced or deleted vectors: the index replays the deletion log on its next use.
+        if not written.report.updated and not written.report.deleted:
+            with core.lock:
+                core.index_cache.advance(written.report.generation, written.added,
+                                         written.fresh, core.registry.by_name)
+        return written.report
+
+    def add_vectors(
+        self, model_name: str, chunk_ids: Sequence[str], vectors: Any, *,
+        model_version: str | None = None, metadata: Sequence[Mapping[str, Any]] | None = None,
+        replace: bool = False,
+    ) -> int:
+        """Add one model's vectors for existing chunks (e.g. a second embedder on a store)."""
+        core = self._core
+        core.require_writable()
+        info = core.model(model_name)
+        matrix = _vectors_for(chunk_ids, vectors, info.dimension, where="one add_vectors call")
+        per_chunk = [codec.metadata_json(m) for m in metadata] if metadata else None
+        with core.lock:
+            return add_model_vectors(
+                core.backend, model_name, chunk_ids, matrix,
+                model_version=model_version or info.model_version, metadata=per_chunk,
+                replace=replace,
+            )
+
+    def replace_model_vectors(
+        self, model_name: str, chunk_ids: Sequence[str], vectors: Any, *, dimension: int,
+        model_version: str | None,
+    ) -> int:
+        """Replace every vector of a model at once (a refitted embedder: a new space, maybe a
+        new dimension): one transaction deletes the old vectors, records the model's new
+        dimension and version and inserts these. Returns the number inserted."""
+        core = self._core
+        core.require_writable()
+        core.model(model_name)  # a clear error for an unknown model
+        matrix = _vectors_for(chunk_ids, vectors, dimension,
+                              where="one replace_model_vectors call")
+        with core.lock:
+            count = replace_model_vectors(
+                core.backend, model_name, chunk_ids, matrix, dimension=dimension,
+                model_version=model_version,
+            )
+            core.registry.invalidate()
+            with core.backend.read_transaction():
+                generation = core.backend.generation()
+                core.registry.refresh(generation)
+                core.index_cache.rebuilt_for_new_space(core.registry.by_name[model_name],
+                                                       generation)
+        return count
+
+    def delete(self, document_id: str, *, erase: bool = True) -> None:
+        """Delete a document; its chunks and vectors cascade, and leave the index.
+
+        ``erase`` (the default) then removes its bytes from every file of the store
+        (:meth:`erase_deleted`); deleting many documents, pass ``erase=False`` and call
+        :meth:`erase_deleted` once at the end."""
+        core = self._core
+        core.require_writable()
+        with core.lock, core.backend.write_transaction():
+            if core.backend.document_row(document_id) is not None:  # its history says so
+                core.backend.close_document_versions([document_id], at=utc_now(), run=None,
+                                                     ended_by="deleted")
+            if not core.backend.delete_document(document_id):
+                raise DocumentNotFound(
+                    f"no document with id {document_id!r} in {core.location}")
+            audit.record(core.backend, "delete", {"document_id": document_id})
+        if erase:
+            self.erase_deleted()
+
+    def erase_deleted(self) -> None:
+        """Remove what deleted rows leave in the files: their terms in the FTS5 segments (a
+        full merge), their vectors in the index files (rewritten), free pages (zeroed by
+        secure_delete; stores made before it get one VACUUM) and old pages in the WAL
+        (checkpointed and truncated). Costs a rewrite of the FTS index and of the index files.
+
+        A reader holding a snapshot keeps the WAL from being truncated: the old pages then stay
+        there until a later checkpoint, and ``events`` says so."""
+        core = self._core
+        core.require_writable()
+        with core.lock:
+            try:
+                core.backend.compact_lexical_index()
+                core.flush()
+                problem = core.backend.erase_free_space()
+            except Exception as exc:
+                if core.backend.is_storage_failure(exc):
+                    raise core.backend.storage_failure(
+                        exc, outcome="the deletion is committed but its bytes are not "
+                        "yet erased; run the delete's erase again (Store.erase_deleted)",
+                    ) from exc
+                raise
+        if problem:
+            message = f"erasure incomplete: {problem}"
+            core.index_cache.events.append(message)
+            log.warning("%s: %s", core.location, message)
+
+
+def _check_unique(ids: Sequence[str], *, what: str, where: str) -> None:
+    seen: set[str] = set()
+    for item in ids:
+        if item in seen:
+            raise InvalidInput(f"{what} {item!r} appears twice in {where}")
+        seen.add(item)
+
+
+def _vectors_for(chunk_ids: Sequence[str], vectors: Any, dimension: int, *, where: str) -> Any:
+    """The checked matrix of ``vectors``, one row per (distinct) chunk id."""
+    _check_unique(chunk_ids, what="chunk id", where=where)
+    matrix = clean_vectors(vectors, dimension)
+    if len(matrix) != len(chunk_ids):
+        raise InvalidInput(f"{len(matrix)} vectors for {len(chunk_ids)} chunk ids")
+    return matrix
