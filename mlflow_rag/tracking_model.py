@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -222,17 +223,7 @@ def log_model(
     if alias and not register:
         raise TrackingError("--alias needs --register NAME (aliases belong to registered models)")
     check_tracking_uri(resolve_tracking_uri(tracking_uri))  # before snapshotting a big store
-    from mlflow.models import infer_signature
-    from mlflow.types.schema import ColSpec, DataType, Schema
-
-    from mlflow_rag.serving import DEFAULT_MODEL_CONFIG, PARAM_DEFAULTS, QUERY_COLUMN
-    from mlflow_rag.serving_rag import RAG_MODEL_CONFIG
-
-    defaults = {**DEFAULT_MODEL_CONFIG, **(RAG_MODEL_CONFIG if kind == "rag" else {})}
-    unknown = sorted(set(model_config or {}) - set(defaults))
-    if unknown:
-        raise InvalidInput(f"unknown model_config keys {unknown}; choose from {sorted(defaults)}")
-    config = {**defaults, **(model_config or {})}
+    config = _model_config(kind, model_config)
     if kind == "rag":  # checked (and the prompt registered) before snapshotting the store
         config.update(rag_config(generator or str(config["generator"]),
                                  generator_options or config["generator_options"],
@@ -246,96 +237,155 @@ def log_model(
                                f"{store.location} is a folder: log its bundle instead")
         if live:
             config["store"] = store.location  # never a password: redacted
-        # A live model logs no bundle, but its input example is answered from one.
-        bundle = store.snapshot(Path(tmp) / "bundle")
-        manifest = read_manifest(bundle)
-        models = store.models()
-        documents = store.stats().documents
-        example, output = _examples(bundle, embedder=config["embedder"] or None)
-        signature = infer_signature(example, output, params=PARAM_DEFAULTS)
-        description = ""
-        # The query column is declared optional so that a request without it reaches the
-        # model, whose error names the problem (MLflow's own error quotes the request data).
-        # The optional k, mode and filters columns override the params row by row (a Spark
-        # DataFrame of queries, each with its own k); MLflow drops columns a schema lacks.
-        # k is a long: MLflow refuses int64 -> double, so a double column would refuse the
-        # common case; an empty cell (pandas floats) is refused by MLflow as a long, so a k
-        # column is whole (docs/serving.md); mode and filters cells may be empty.
-        signature.inputs = Schema([
-            ColSpec(DataType.string, QUERY_COLUMN, required=False),
-            ColSpec(DataType.long, "k", required=False),
-            ColSpec(DataType.string, "mode", required=False),
-            ColSpec(DataType.string, "filters", required=False),
-        ])
-        code = _copy_package(Path(tmp) / "code")
-        store_name = store.name
+        state = _logged_state(store, Path(tmp), embedder=config["embedder"] or None)
         if run_name is None and not os.environ.get("MLFLOW_RUN_ID"):  # not `mlflow run`'s run
-            run_name = f"log-model {store_name}" + (f" -> {register}" if register else "")
+            run_name = f"log-model {state.store_name}" + (f" -> {register}" if register else "")
         with mlflow_session(tracking_uri, experiment) as mlflow, start_run(
             mlflow, run_name
         ) as run:
-            from mlflow.exceptions import MlflowException
-
-            generation = manifest.generation if manifest else -1
-            embedders = ",".join(m.name for m in models)
-            ingest_run = ingest_run_of(mlflow.MlflowClient(), store.store_id, generation)
-            about = {
-                TAG_STORE_ID: store.store_id,
-                TAG_GENERATION: str(generation),
-                TAG_EMBEDDER: embedders,
-                TAG_DOCUMENTS: str(documents),
-                **({TAG_INGEST_RUN_ID: ingest_run[0]} if ingest_run else {}),
-            }
-            description = _model_description(
-                store_name, store_id=store.store_id, generation=generation, models=models,
-                documents=documents, ingest_run=ingest_run)
-            if kind == "rag":
-                description = rag_description(description, config)
-            run_tags = {TAG_RUN_TYPE: "log_model", **about,
-                        TAG_STORE_PATH: store_address(store)}
-            if TAG_DESCRIPTION not in run.data.tags:
-                run_tags[TAG_DESCRIPTION] = description
-            mlflow.set_tags(run_tags)
-            rag = kind == "rag"
-            info = mlflow.pyfunc.log_model(
-                name=name,
-                python_model=str(Path(__file__).resolve().parent / MODEL_KINDS[kind]),
-                artifacts={} if live else {"bundle": str(bundle)},
-                code_paths=[str(code)],
-                # a ResponsesAgent's signature is MLflow's (the Responses API)
-                signature=None if rag else signature,
-                input_example=rag_example(example) if rag else example,
-                pip_requirements=pinned_requirements(
-                    [m.embedder for m in models],
-                    generator=str(config["generator"]) if rag else None),
-                model_config=config,
-                registered_model_name=register,
-                tags=about,
-                metadata={
-                    "mlflow_rag": {
-                        "kind": kind,
-                        "store_id": store.store_id,
-                        "generation": generation,
-                        "models": {m.name: {"embedder": m.embedder, "dimension": m.dimension,
-                                            "index_type": m.index_type} for m in models},
-                    }
-                },
-            )
+            about, description = _describe_run(mlflow, run, state, kind=kind, config=config)
+            info = _log_pyfunc(mlflow, state, name=name, kind=kind, live=live, config=config,
+                               register=register, about=about)
             if register:
                 _describe_version(mlflow.MlflowClient(), register,
                                   str(info.registered_model_version), description=description,
                                   tags={**about, "mlflow_rag.log_model_run_id": run.info.run_id},
                                   kind=kind)
-            if alias and register:
-                version = info.registered_model_version
-                try:
-                    mlflow.MlflowClient().set_registered_model_alias(register, alias, str(version))
-                except MlflowException as exc:
-                    raise TrackingError(
-                        f"cannot set alias {alias!r} on {register} version {version}: {exc.message}"
-                    ) from None
+                if alias:
+                    _set_alias(mlflow.MlflowClient(), register, alias,
+                               str(info.registered_model_version))
             log.info("logged %s in run %s", info.model_uri, run.info.run_id)
             return info
+
+
+@dataclass(frozen=True)
+class _LoggedState:
+    """What a logged model is made of, read from the store in one go: its bundle (a live
+    model's input example is answered from one too), the model code and the store's facts."""
+
+    bundle: Path
+    code: Path
+    generation: int
+    models: list[Any]
+    documents: int
+    store_id: str
+    store_name: str
+    store_address: str
+    example: Any
+    output: Any
+
+
+def _model_config(kind: str, model_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The model config: the kind's defaults updated with ``model_config`` (unknown keys are
+    one error listing the valid ones)."""
+    from mlflow_rag.serving import DEFAULT_MODEL_CONFIG
+    from mlflow_rag.serving_rag import RAG_MODEL_CONFIG
+
+    defaults = {**DEFAULT_MODEL_CONFIG, **(RAG_MODEL_CONFIG if kind == "rag" else {})}
+    unknown = sorted(set(model_config or {}) - set(defaults))
+    if unknown:
+        raise InvalidInput(f"unknown model_config keys {unknown}; choose from {sorted(defaults)}")
+    return {**defaults, **(model_config or {})}
+
+
+def _logged_state(store: Store, tmp: Path, *, embedder: str | None) -> _LoggedState:
+    bundle = store.snapshot(tmp / "bundle")
+    manifest = read_manifest(bundle)
+    example, output = _examples(bundle, embedder=embedder)
+    return _LoggedState(
+        bundle=bundle, code=_copy_package(tmp / "code"),
+        generation=manifest.generation if manifest else -1, models=store.models(),
+        documents=store.stats().documents, store_id=store.store_id, store_name=store.name,
+        store_address=store_address(store), example=example, output=output)
+
+
+def _retriever_signature(example: Any, output: Any) -> Any:
+    from mlflow.models import infer_signature
+    from mlflow.types.schema import ColSpec, DataType, Schema
+
+    from mlflow_rag.serving import PARAM_DEFAULTS, QUERY_COLUMN
+
+    signature = infer_signature(example, output, params=PARAM_DEFAULTS)
+    # The query column is declared optional so that a request without it reaches the
+    # model, whose error names the problem (MLflow's own error quotes the request data).
+    # The optional k, mode and filters columns override the params row by row (a Spark
+    # DataFrame of queries, each with its own k); MLflow drops columns a schema lacks.
+    # k is a long: MLflow refuses int64 -> double, so a double column would refuse the
+    # common case; an empty cell (pandas floats) is refused by MLflow as a long, so a k
+    # column is whole (docs/serving.md); mode and filters cells may be empty.
+    signature.inputs = Schema([
+        ColSpec(DataType.string, QUERY_COLUMN, required=False),
+        ColSpec(DataType.long, "k", required=False),
+        ColSpec(DataType.string, "mode", required=False),
+        ColSpec(DataType.string, "filters", required=False),
+    ])
+    return signature
+
+
+def _describe_run(mlflow: Any, run: Any, state: _LoggedState, *, kind: str,
+                  config: Mapping[str, Any]) -> tuple[dict[str, str], str]:
+    """Tag the run with what the model holds; returns those tags (the model's and its
+    version's too) and the description."""
+    ingest_run = ingest_run_of(mlflow.MlflowClient(), state.store_id, state.generation)
+    about = {
+        TAG_STORE_ID: state.store_id,
+        TAG_GENERATION: str(state.generation),
+        TAG_EMBEDDER: ",".join(m.name for m in state.models),
+        TAG_DOCUMENTS: str(state.documents),
+        **({TAG_INGEST_RUN_ID: ingest_run[0]} if ingest_run else {}),
+    }
+    description = _model_description(
+        state.store_name, store_id=state.store_id, generation=state.generation,
+        models=state.models, documents=state.documents, ingest_run=ingest_run)
+    if kind == "rag":
+        description = rag_description(description, config)
+    run_tags = {TAG_RUN_TYPE: "log_model", **about, TAG_STORE_PATH: state.store_address}
+    if TAG_DESCRIPTION not in run.data.tags:
+        run_tags[TAG_DESCRIPTION] = description
+    mlflow.set_tags(run_tags)
+    return about, description
+
+
+def _log_pyfunc(mlflow: Any, state: _LoggedState, *, name: str, kind: str, live: bool,
+                config: Mapping[str, Any], register: str | None,
+                about: Mapping[str, str]) -> ModelInfo:
+    rag = kind == "rag"
+    info: ModelInfo = mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(Path(__file__).resolve().parent / MODEL_KINDS[kind]),
+        artifacts={} if live else {"bundle": str(state.bundle)},
+        code_paths=[str(state.code)],
+        # a ResponsesAgent's signature is MLflow's (the Responses API)
+        signature=None if rag else _retriever_signature(state.example, state.output),
+        input_example=rag_example(state.example) if rag else state.example,
+        pip_requirements=pinned_requirements(
+            [m.embedder for m in state.models],
+            generator=str(config["generator"]) if rag else None),
+        model_config=dict(config),
+        registered_model_name=register,
+        tags=dict(about),
+        metadata={
+            "mlflow_rag": {
+                "kind": kind,
+                "store_id": state.store_id,
+                "generation": state.generation,
+                "models": {m.name: {"embedder": m.embedder, "dimension": m.dimension,
+                                    "index_type": m.index_type} for m in state.models},
+            }
+        },
+    )
+    return info
+
+
+def _set_alias(client: Any, register: str, alias: str, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_registered_model_alias(register, alias, version)
+    except MlflowException as exc:
+        raise TrackingError(
+            f"cannot set alias {alias!r} on {register} version {version}: {exc.message}"
+        ) from None
 
 
 def rag_config(generator: str, options: Mapping[str, Any], prompt: str | None, *,
