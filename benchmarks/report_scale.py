@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 
 
 def fill(root: Path | str, queries: int) -> None:
-    from mlflow_rag.store.backend import FEEDBACK_COLUMNS, GENERATION_COLUMNS, new_id
     from mlflow_rag.store.store import Store
+    from mlflow_rag.store.tables import FEEDBACK_COLUMNS, GENERATION_COLUMNS, new_id
 
     rng = random.Random(0)
     start = datetime.now(timezone.utc) - timedelta(days=30)

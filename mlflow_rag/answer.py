@@ -26,8 +26,8 @@ from mlflow_rag.generate.prompting import (
 from mlflow_rag.generate.registry import DEFAULT_GENERATOR, get_generator
 from mlflow_rag.search import DEFAULT_MODE, Searcher, SearchRequest, redact_emails
 from mlflow_rag.store.answer_log import GenerationStats
-from mlflow_rag.store.backend import new_id
 from mlflow_rag.store.store import Store
+from mlflow_rag.store.tables import new_id
 from mlflow_rag.tracking_session import TAG_STORE_ID
 
 if TYPE_CHECKING:

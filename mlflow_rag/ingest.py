@@ -67,9 +67,9 @@ from mlflow_rag.refit import (
     refit_reason,
 )
 from mlflow_rag.store.access import parse_labels
-from mlflow_rag.store.backend import utc_now
 from mlflow_rag.store.checks import content_hash
 from mlflow_rag.store.store import Store
+from mlflow_rag.store.tables import utc_now
 from mlflow_rag.types import (
     ChunkRecord,
     DocumentRecord,

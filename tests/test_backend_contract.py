@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from mlflow_rag import codec
-from mlflow_rag.store.backend import Backend, new_id, utc_now
+from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.filters import plan_filter
 from mlflow_rag.store.sqlite.backend import SqliteBackend
+from mlflow_rag.store.tables import new_id, utc_now
 
 OpenBackend = Callable[[], Backend]
 

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from mlflow_rag.cli import main
-from mlflow_rag.store.backend import TABLES
 from mlflow_rag.store.exports import LOG_TABLES
 from mlflow_rag.store.store import Store
+from mlflow_rag.store.tables import TABLES
 
 QUESTION = "legacy modernization"
 MODES = ("dense", "bm25", "hybrid")

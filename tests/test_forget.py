@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from mlflow_rag.cli import main
-from mlflow_rag.store.backend import TABLES
 from mlflow_rag.store.erasure import ERASED
 from mlflow_rag.store.store import Store
+from mlflow_rag.store.tables import TABLES
 from tests import helpers_mlflow
 
 tracking_template = helpers_mlflow.tracking_template

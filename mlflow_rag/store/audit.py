@@ -20,7 +20,8 @@ from typing import Any
 
 from mlflow_rag import codec
 from mlflow_rag.errors import ForeignStore, InvalidInput
-from mlflow_rag.store.backend import Backend, new_id, utc_now
+from mlflow_rag.store.backend import Backend
+from mlflow_rag.store.tables import new_id, utc_now
 
 SETTING = "audit"  # store_meta key: "on" or "off"
 USER_ENV = "MLFLOW_RAG_USER"

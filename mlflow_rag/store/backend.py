@@ -30,11 +30,9 @@ in ``tests/test_backend_contract.py`` hold each backend to it):
 
 from __future__ import annotations
 
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,55 +41,6 @@ import numpy as np
 if TYPE_CHECKING:
     from mlflow_rag.store.files import StorageError
     from mlflow_rag.store.filters import Condition, Plan
-
-STORE_FORMAT = "mlflow-rag-store"
-
-# An answer's record and a feedback's, in the column order of their rows everywhere.
-GENERATION_COLUMNS: tuple[str, ...] = (
-    "id", "query_id", "timestamp", "prompt_name", "prompt_version", "generator", "params",
-    "input_tokens", "output_tokens", "cost_usd", "embed_ms", "retrieve_ms", "generate_ms",
-    "answer_text", "session_id", "user_id", "trace_id", "metadata",
-)
-FEEDBACK_COLUMNS: tuple[str, ...] = (
-    "id", "generation_id", "timestamp", "kind", "value", "comment", "user_id", "metadata",
-)
-
-# The tables a store copies between backends, each with its columns in the order every
-# backend's ``dump_rows``/``load_rows`` use (metadata fields as one ``value``, as written).
-TABLES: dict[str, tuple[str, ...]] = {
-    "store_meta": ("key", "value"),
-    "models": ("name", "slug", "dimension", "embedder", "model_version", "index_type",
-               "index_params", "created_at"),
-    "documents": ("id", "source_path", "source_type", "content_hash", "imported_at",
-                  "updated_at", "metadata", "raw_text"),
-    "document_fields": ("document_id", "key", "value"),
-    "chunks": ("id", "document_id", "chunk_index", "chunk_type", "text", "start_char",
-               "end_char", "token_count", "metadata", "text_hash", "fts_rowid"),
-    "chunk_fields": ("chunk_id", "key", "value"),
-    "embeddings": ("id", "chunk_id", "model_name", "model_version", "vector_dimension",
-                   "vector", "created_at", "metadata", "vector_id"),
-    "vector_deletions": ("vector_id", "model_name", "generation"),
-    "queries": ("id", "query_text", "query_embedding", "model_name", "timestamp", "metadata"),
-    "retrievals": ("id", "query_id", "chunk_id", "rank", "score", "metadata"),
-    "generations": GENERATION_COLUMNS,
-    "citations": ("generation_id", "rank", "chunk_id", "document_id"),
-    "feedback": FEEDBACK_COLUMNS,
-    "ingest_runs": ("id", "started_at", "sources", "source_digest", "embedder",
-                    "embedder_version"),
-    "document_versions": ("document_id", "version", "content_hash", "source_path", "written_at",
-                          "written_by", "replaced_at", "replaced_by", "ended_by"),
-    "audit_log": ("id", "at", "actor", "action", "detail"),
-}
-
-
-def utc_now() -> str:
-    """ISO-8601 UTC with microseconds: sorts lexicographically, filters compare as text."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
 
 class Backend(ABC):
     """One store's database. Rows are tuples in the column orders each method names."""

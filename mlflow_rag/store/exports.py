@@ -1,6 +1,6 @@
 """A store exported to a folder of Parquet or JSON Lines files, and imported back.
 
-An export holds every table of :data:`~mlflow_rag.store.backend.TABLES` (the logs of
+An export holds every table of :data:`~mlflow_rag.store.tables.TABLES` (the logs of
 :data:`LOG_TABLES` only when asked), the vectors in one file per embedding model, the state
 of embedders fitted on the corpus (tfidf), and ``manifest.json``: the format version, the
 store's id and generation, rows per table, each model's name, version, dimension and index,
@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_rag.errors import InvalidInput, RagError, UnknownChoice
-from mlflow_rag.store.backend import TABLES, utc_now
 from mlflow_rag.store.export_files import FORMATS, KINDS, column_kinds, read_rows, write_rows
 from mlflow_rag.store.files import confined, sha256_file
 from mlflow_rag.store.opening import is_database_location
 from mlflow_rag.store.store import Store
+from mlflow_rag.store.tables import TABLES, utc_now
 
 EXPORT_FORMAT = "mlflow-rag-export"
 EXPORT_VERSION = 1

@@ -11,7 +11,8 @@ import numpy as np
 
 from mlflow_rag import codec
 from mlflow_rag.store import audit
-from mlflow_rag.store.backend import Backend, new_id, utc_now
+from mlflow_rag.store.backend import Backend
+from mlflow_rag.store.tables import new_id, utc_now
 from mlflow_rag.types import Hit
 
 

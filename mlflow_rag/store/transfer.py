@@ -4,7 +4,8 @@ snapshot of the source, in one transaction of the target: a copy has every row o
 from __future__ import annotations
 
 from mlflow_rag.errors import InvalidInput
-from mlflow_rag.store.backend import TABLES, Backend
+from mlflow_rag.store.backend import Backend
+from mlflow_rag.store.tables import TABLES
 
 
 def copy_rows(source: Backend, target: Backend) -> dict[str, int]:

@@ -25,10 +25,11 @@ from mlflow_rag.errors import (
 )
 from mlflow_rag.store import audit
 from mlflow_rag.store.access import check_stored_labels
-from mlflow_rag.store.backend import Backend, utc_now
+from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.checks import PII_KEY, clean_vectors
 from mlflow_rag.store.core import StoreCore
 from mlflow_rag.store.filters import metadata_fields
+from mlflow_rag.store.tables import utc_now
 from mlflow_rag.types import DocumentRecord, IngestRun, ModelInfo, WriteReport
 
 log = logging.getLogger("mlflow_rag.store")

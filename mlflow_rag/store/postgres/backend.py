@@ -19,7 +19,7 @@ from typing import Any
 
 from mlflow_rag import codec
 from mlflow_rag.errors import DatabaseUnavailable, ForeignStore, RagError
-from mlflow_rag.store.backend import TABLES, Backend, utc_now
+from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.files import StorageError
 from mlflow_rag.store.filters import Plan
 from mlflow_rag.store.postgres import connection, guard, terms
@@ -30,6 +30,7 @@ from mlflow_rag.store.postgres.governance import PostgresGovernance
 from mlflow_rag.store.postgres.monitoring import PostgresMonitoring
 from mlflow_rag.store.postgres.session import Session
 from mlflow_rag.store.postgres.vectors import HIT_COLUMNS, PostgresVectors
+from mlflow_rag.store.tables import TABLES, utc_now
 
 CHUNK_COLUMNS = (
     "id, document_id, chunk_index, chunk_type, text, start_char, end_char, token_count, metadata"

@@ -24,9 +24,9 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from mlflow_rag.errors import DatabaseUnavailable, ForeignStore, RagError, SchemaTooNew, StoreNotFound
-from mlflow_rag.store.backend import STORE_FORMAT, new_id, utc_now
 from mlflow_rag.store.files import StorageError
 from mlflow_rag.store.postgres.schema import MIGRATIONS, SCHEMA_VERSION
+from mlflow_rag.store.tables import STORE_FORMAT, new_id, utc_now
 
 SCHEMES = ("postgresql://", "postgres://")
 DEFAULT_SCHEMA = "mlflow_rag"

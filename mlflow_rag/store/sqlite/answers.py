@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from mlflow_rag.store.backend import FEEDBACK_COLUMNS, GENERATION_COLUMNS
+from mlflow_rag.store.tables import FEEDBACK_COLUMNS, GENERATION_COLUMNS
 
 _GENERATION = ", ".join(GENERATION_COLUMNS)
 _FEEDBACK = ", ".join(FEEDBACK_COLUMNS)

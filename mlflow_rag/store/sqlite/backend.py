@@ -19,7 +19,7 @@ from typing import Any
 from mlflow_rag import codec
 from mlflow_rag.errors import ForeignStore, RagError
 from mlflow_rag.store import layout
-from mlflow_rag.store.backend import TABLES, Backend, utc_now
+from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.files import StorageError, exclusive_lock
 from mlflow_rag.store.filters import Plan
 from mlflow_rag.store.schema import QUERY_LOG_SCHEMA, SCHEMA_VERSION
@@ -34,6 +34,7 @@ from mlflow_rag.store.sqlite.filter_sql import fts_query, render_sql
 from mlflow_rag.store.sqlite.governance import SqliteGovernance
 from mlflow_rag.store.sqlite.monitoring import SqliteMonitoring
 from mlflow_rag.store.sqlite.vectors import HIT_COLUMNS, SqliteVectors, batches
+from mlflow_rag.store.tables import TABLES, utc_now
 
 CHUNK_COLUMNS = (
     "id, document_id, chunk_index, chunk_type, text, start_char, end_char, token_count, metadata"

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow_rag.errors import ForeignStore, SchemaTooNew
-from mlflow_rag.store.backend import STORE_FORMAT, new_id, utc_now
 from mlflow_rag.store.files import StorageError
 from mlflow_rag.store.schema import MIGRATIONS, SCHEMA_VERSION
+from mlflow_rag.store.tables import STORE_FORMAT, new_id, utc_now
 
 BUSY_TIMEOUT_MS = 30_000
 # store_meta key: set once every free page of the file is known to hold zeros (a new store, or
