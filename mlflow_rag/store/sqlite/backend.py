@@ -54,7 +54,7 @@ class SqliteBackend(SqliteAnswers, SqliteGovernance, SqliteMonitoring, SqliteVec
         """Connect to the store's database, checked (read-only) or migrated (writable)."""
         db_path = root / layout.DB_FILE
         conn = connection.connect(db_path, read_only=read_only, immutable=immutable)
-        with closed_on_failure(conn, db_path):
+        with connection.closed_on_failure(conn, db_path):
             if read_only or immutable:
                 if not connection.is_store_database(conn):
                     raise ForeignStore(f"{db_path} is not a mlflow-rag store database")
@@ -74,7 +74,7 @@ class SqliteBackend(SqliteAnswers, SqliteGovernance, SqliteMonitoring, SqliteVec
         if path.exists():
             raise RagError(f"{path} exists; a copy is written only to a new file")
         conn = connection.connect(path)
-        with closed_on_failure(conn, path):
+        with connection.closed_on_failure(conn, path):
             connection.migrate(conn, path)
         return cls(conn, path)
 
@@ -83,7 +83,7 @@ class SqliteBackend(SqliteAnswers, SqliteGovernance, SqliteMonitoring, SqliteVec
         """A file holding only the query log's tables (a served replica's own log)."""
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
                                timeout=busy_timeout_ms / 1000)
-        with closed_on_failure(conn, path):
+        with connection.closed_on_failure(conn, path):
             conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
@@ -481,30 +481,4 @@ class SqliteBackend(SqliteAnswers, SqliteGovernance, SqliteMonitoring, SqliteVec
         return connection.storage_failure(self.conn, exc, outcome=outcome)
 
     def open_failure(self, exc: Exception) -> Exception | None:
-        return open_failure(exc, self.path)
-
-
-@contextlib.contextmanager
-def closed_on_failure(conn: sqlite3.Connection, db_path: Path) -> Iterator[None]:
-    """Close ``conn`` if the block fails, and name the failure (:func:`open_failure`)."""
-    try:
-        yield
-    except BaseException as exc:
-        conn.close()
-        named = open_failure(exc, db_path) if isinstance(exc, Exception) else None
-        if named is not None:
-            raise named from exc
-        raise
-
-
-def open_failure(exc: Exception, db_path: Path) -> Exception | None:
-    """A failure while opening, named: a full disk or I/O error is a StorageError, a file
-    SQLite cannot read a ForeignStore; None for anything else (raised as it is)."""
-    if isinstance(exc, RagError):
-        return None
-    if is_storage_failure(exc):
-        return StorageError(f"cannot write {db_path}: {exc}; the store was not opened",
-                            filename=str(db_path))
-    if isinstance(exc, sqlite3.DatabaseError):
-        return ForeignStore(f"{db_path} is not a readable SQLite database: {exc}")
-    return None
+        return connection.open_failure(exc, self.path)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mlflow_rag.errors import ForeignStore, SchemaTooNew
+from mlflow_rag.errors import ForeignStore, RagError, SchemaTooNew
 from mlflow_rag.store.files import StorageError
 from mlflow_rag.store.schema import MIGRATIONS, SCHEMA_VERSION
 from mlflow_rag.store.tables import STORE_FORMAT, new_id, utc_now
@@ -222,3 +222,29 @@ def finalize_snapshot(target: Path) -> None:
         conn.execute("PRAGMA journal_mode = DELETE")
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def closed_on_failure(conn: sqlite3.Connection, db_path: Path) -> Iterator[None]:
+    """Close ``conn`` if the block fails, and name the failure (:func:`open_failure`)."""
+    try:
+        yield
+    except BaseException as exc:
+        conn.close()
+        named = open_failure(exc, db_path) if isinstance(exc, Exception) else None
+        if named is not None:
+            raise named from exc
+        raise
+
+
+def open_failure(exc: Exception, db_path: Path) -> Exception | None:
+    """A failure while opening, named: a full disk or I/O error is a StorageError, a file
+    SQLite cannot read a ForeignStore; None for anything else (raised as it is)."""
+    if isinstance(exc, RagError):
+        return None
+    if is_storage_failure(exc):
+        return StorageError(f"cannot write {db_path}: {exc}; the store was not opened",
+                            filename=str(db_path))
+    if isinstance(exc, sqlite3.DatabaseError):
+        return ForeignStore(f"{db_path} is not a readable SQLite database: {exc}")
+    return None
