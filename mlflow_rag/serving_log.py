@@ -21,7 +21,7 @@ from mlflow_rag.errors import InvalidInput
 from mlflow_rag.search import redact_emails
 from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.opening import is_database_location
-from mlflow_rag.store.postgres.connection import redacted
+from mlflow_rag.store.postgres.location import redacted
 from mlflow_rag.store.tables import new_id, utc_now
 from mlflow_rag.types import Hit
 

@@ -31,7 +31,7 @@ def check_exists(root: Path, *, create: bool) -> None:
 
 def is_database_location(path: str | Path) -> bool:
     """True for a ``postgresql://`` location (a store in a database, not a folder)."""
-    from mlflow_rag.store.postgres.connection import is_location
+    from mlflow_rag.store.postgres.location import is_location
 
     return isinstance(path, str) and is_location(path)
 

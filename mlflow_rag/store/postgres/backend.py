@@ -24,9 +24,10 @@ from mlflow_rag.store.files import StorageError
 from mlflow_rag.store.filters import Plan
 from mlflow_rag.store.postgres import connection, guard, terms
 from mlflow_rag.store.postgres.answers import PostgresAnswers
-from mlflow_rag.store.postgres.connection import Location, is_storage_failure
+from mlflow_rag.store.postgres.connection import is_storage_failure
 from mlflow_rag.store.postgres.filter_sql import field_columns, render_sql
 from mlflow_rag.store.postgres.governance import PostgresGovernance
+from mlflow_rag.store.postgres.location import Location, parse_location
 from mlflow_rag.store.postgres.monitoring import PostgresMonitoring
 from mlflow_rag.store.postgres.session import Session
 from mlflow_rag.store.postgres.vectors import HIT_COLUMNS, PostgresVectors
@@ -51,7 +52,7 @@ class PostgresBackend(
     @classmethod
     def open(cls, location: str | Location, *, create: bool, read_only: bool) -> PostgresBackend:
         """Connect, then check (read-only) or migrate the store's schema."""
-        where = location if isinstance(location, Location) else connection.parse_location(location)
+        where = location if isinstance(location, Location) else parse_location(location)
         conn = connection.connect(where)
         try:
             connection.open_schema(conn, where, create=create, read_only=read_only)

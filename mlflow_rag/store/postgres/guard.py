@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mlflow_rag.errors import DatabaseUnavailable
 
 if TYPE_CHECKING:
-    from mlflow_rag.store.postgres.connection import Location
+    from mlflow_rag.store.postgres.location import Location
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from mlflow_rag.errors import DatabaseUnavailable, RagError
 from mlflow_rag.store.postgres import connection, guard
-from mlflow_rag.store.postgres.connection import Location
+from mlflow_rag.store.postgres.location import Location
 
 
 class Session:
