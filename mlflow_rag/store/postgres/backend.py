@@ -37,6 +37,8 @@ CHUNK_COLUMNS = (
     "id, document_id, chunk_index, chunk_type, text, start_char, end_char, token_count, metadata"
 )
 BM25_K1, BM25_B = 1.2, 0.75
+_FILTER_JOIN = ("JOIN chunks c ON c.fts_rowid = sc.fts_rowid "
+                "JOIN documents d ON d.id = c.document_id WHERE ")
 
 
 @guard.guarded
@@ -290,7 +292,7 @@ class PostgresBackend(
         if not counted:
             return []
         query, times = list(counted), list(counted.values())
-        where, params = render_sql(plan) if plan is not None else ("TRUE", [])
+        where, params = render_sql(plan) if plan is not None else ("", [])
         # FTS5's bm25: idf = ln((N - df + 0.5) / (df + 0.5)), floored at 1e-6, summed over the
         # query's terms with tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avg_len)).
         return self._rows(
@@ -306,10 +308,16 @@ class PostgresBackend(
             "c.lex_length / (SELECT tokens::float8 / greatest(chunks, 1) FROM lex_stats)))) "
             "AS score FROM chunk_terms t JOIN weights w ON w.term = t.term "
             "JOIN chunks c ON c.fts_rowid = t.fts_rowid WHERE t.term = ANY(%s) "
-            "GROUP BY t.fts_rowid) "
-            f"SELECT sc.score, {HIT_COLUMNS} FROM scored sc JOIN chunks c "
-            "ON c.fts_rowid = sc.fts_rowid JOIN documents d ON d.id = c.document_id "
-            "WHERE " + where + " ORDER BY sc.score DESC, c.fts_rowid LIMIT %s",
+            "GROUP BY t.fts_rowid), "
+            # Ranked first, hydrated after: only the k best rows fetch their text and
+            # metadata (the filter, when there is one, needs the chunk's and document's
+            # columns, so it joins them while ranking).
+            "top AS (SELECT sc.fts_rowid, sc.score FROM scored sc "
+            + (_FILTER_JOIN + where if plan is not None else "")
+            + " ORDER BY sc.score DESC, sc.fts_rowid LIMIT %s) "
+            f"SELECT top.score, {HIT_COLUMNS} FROM top JOIN chunks c "
+            "ON c.fts_rowid = top.fts_rowid JOIN documents d ON d.id = c.document_id "
+            "ORDER BY top.score DESC, top.fts_rowid",
             (query, times, query, BM25_K1 + 1, BM25_K1, 1 - BM25_B, BM25_B, query, *params,
              k),
         )
