@@ -11,8 +11,8 @@ This module sequences the stages; each lives in its own module:
 - :mod:`mlflow_rag.ingest_report`: seconds per stage and the printed summary.
 
 Nothing is embedded twice: unchanged documents are skipped, and a text a model embedded before
-(keyed by sha256 of the text) reuses the stored vector. The names the CLI and tests use stay
-importable from here.
+(keyed by sha256 of the text) reuses the stored vector. ``__all__`` is the public API
+(docs/python-api.md): the pipeline and the stage functions its users call.
 """
 
 from __future__ import annotations
@@ -30,13 +30,11 @@ from mlflow_rag.chunk.base import TokenSpans
 from mlflow_rag.chunk.registry import DEFAULT_CHUNK_SIZE, get_chunker
 from mlflow_rag.embed.base import Embedder, TokenizedEmbedder, WindowedEmbedder, is_fitted_embedder
 from mlflow_rag.embed.registry import DEFAULT_EMBEDDER
-from mlflow_rag.errors import ChunkingChangeRefused, InvalidInput, LoaderError, RagError, UnknownChoice
+from mlflow_rag.errors import ChunkingChangeRefused, InvalidInput, LoaderError, UnknownChoice
 from mlflow_rag.ingest_embed import embed_all, make_embedder, recorded_embedders
 from mlflow_rag.ingest_plan import (
-    chunk_id,
     chunk_records,
     chunker_names,
-    chunking_identity,
     describe_chunking,
     document_action,
     document_metadata,
@@ -46,25 +44,17 @@ from mlflow_rag.ingest_plan import (
 from mlflow_rag.ingest_report import Stages, format_report, persist_index, printable
 from mlflow_rag.ingest_sources import (
     check_id_collisions,
-    check_id_prefix,
-    document_problem,
     load_sources,
-    loader_options_for,
-    same_source,
-    source_identity,
     stored_under_other_ids,
 )
 from mlflow_rag.ingest_sync import IngestPreview, gone_documents
 from mlflow_rag.legacy_import import import_legacy
 from mlflow_rag.refit import (
-    REFIT_GROWTH,
-    REFIT_NEW_TERMS,
     REFITS,
     fit_if_needed,
     refit,
     refit_corpus_models,
     refit_model,
-    refit_reason,
 )
 from mlflow_rag.store.access import parse_labels
 from mlflow_rag.store.checks import content_hash
@@ -487,39 +477,27 @@ def _vectors_dropped(
 
 
 
-
 __all__ = [
     "EMBEDDER_TOKENIZER",
     "REFITS",
-    "REFIT_GROWTH",
-    "REFIT_NEW_TERMS",
     "IngestOptions",
-    "RagError",
     "check_id_collisions",
-    "check_id_prefix",
-    "chunk_id",
     "chunk_records",
     "chunker_names",
-    "chunking_identity",
     "describe_chunking",
     "document_action",
     "document_metadata",
-    "document_problem",
     "format_report",
     "import_legacy",
     "ingest",
     "load_sources",
-    "loader_options_for",
     "preview_ingest",
     "recorded_embedders",
     "refit",
     "refit_corpus_models",
     "refit_model",
-    "refit_reason",
     "report_chunking",
-    "same_source",
     "source_digest",
-    "source_identity",
     "stored_under_other_ids",
     "write_documents",
 ]
