@@ -1,7 +1,8 @@
 """Serving: what `POST /invocations` adds over an in-process `model.predict`, at 100K chunks.
 
     python benchmarks/serving.py [--n 100000] [--queries 200] [--reps 3] [--mmap both|on|off]
-                                 [--embedder tfidf|minilm]
+                                 [--embedder tfidf|minilm] [--trace on,sync,sampled,off]
+                                 [--sampling-ratio 0.1]
 
 Builds a store of ``n`` chunks (~500 bytes of text each) with precomputed clustered vectors,
 and a TF-IDF/LSA query embedder of the same dimension fitted on a small synthetic corpus (no
@@ -13,6 +14,14 @@ the queries one request each (``predict``), and `mlflow models serve --env-manag
 on 127.0.0.1 (one worker) answers the same requests over HTTP (httpx, one keep-alive
 connection). p50 and p95 per side, the median over ``reps`` rounds; the overhead is
 p50(invocations) - p50(predict). The last line is machine-readable.
+
+Tracing, per ``--trace`` setting (each a server of its own and the in-process model loaded
+under the same settings): ``on`` is the default (model config ``trace: ids``, MLflow's async
+export), ``sync`` the same with ``MLFLOW_ENABLE_ASYNC_TRACE_LOGGING=false``, ``sampled`` with
+``MLFLOW_TRACE_SAMPLING_RATIO`` (``--sampling-ratio``), ``off`` with ``MLFLOW_RAG_TRACE=off``.
+Each setting's overhead is over its own predict (interleaved); ``over_traced_predict_ms`` is
+its ``/invocations`` p50 over the ``on`` setting's predict p50 of the same run (the target:
+served with tracing, against the model in process with tracing).
 
 Start-up, per server: ``ready_s`` is the time from starting `mlflow models serve` to its first
 200 from ``/ping``; ``first_request_ms`` is the first ``/invocations`` after that (dense),
@@ -47,6 +56,14 @@ from benchmarks.common import batched, bench_record, chunk_text, clustered_vecto
 from mlflow_rag.store.store import Store
 
 PARAMS = {"k": 10, "mode": "dense"}
+# The environment of each tracing setting (both in this process and in the server's).
+TRACE_SETTINGS: dict[str, dict[str, str]] = {
+    "on": {},
+    "sync": {"MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false"},
+    "sampled": {"MLFLOW_TRACE_SAMPLING_RATIO": "0.1"},
+    "off": {"MLFLOW_RAG_TRACE": "off"},
+}
+TRACE_VARIABLES = sorted({name for env in TRACE_SETTINGS.values() for name in env})
 
 
 def synthetic_corpus(count: int, *, vocabulary: int = 3000, words: int = 80,
@@ -89,7 +106,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def model_server(uri: str, tracking_uri: str, cwd: Path, config: dict[str, Any],
-                 started: dict[str, float]) -> Iterator[str]:
+                 started: dict[str, float], extra_env: dict[str, str]) -> Iterator[str]:
     """`mlflow models serve` in its own process group, stopped (the group) on exit."""
     import signal
 
@@ -98,7 +115,8 @@ def model_server(uri: str, tracking_uri: str, cwd: Path, config: dict[str, Any],
     port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri,
                MLFLOW_PYFUNC_INFERENCE_CONFIG=json.dumps(config),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               **extra_env)
     log = open(cwd / f"serve-{port}.log", "wb")  # noqa: SIM115 (closed below)
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -132,8 +150,35 @@ def model_server(uri: str, tracking_uri: str, cwd: Path, config: dict[str, Any],
         log.close()
 
 
+@contextlib.contextmanager
+def tracing_env(env: dict[str, str]) -> Iterator[None]:
+    """This process under a tracing setting: its variables set, MLflow's tracer set up anew
+    (it reads them when it is set up), and both undone after."""
+    import mlflow
+
+    saved = {name: os.environ.pop(name, None) for name in TRACE_VARIABLES}
+    os.environ.update(env)
+    mlflow.tracing.reset()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            mlflow.flush_trace_async_logging()
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+        mlflow.tracing.reset()
+
+
 def measure(uri: str, tracking_uri: str, workdir: Path, queries: list[str], reps: int,
-            mmap: bool) -> dict[str, float]:
+            mmap: bool, env: dict[str, str]) -> dict[str, float]:
+    with tracing_env(env):
+        return _measure(uri, tracking_uri, workdir, queries, reps, mmap, env)
+
+
+def _measure(uri: str, tracking_uri: str, workdir: Path, queries: list[str], reps: int,
+             mmap: bool, env: dict[str, str]) -> dict[str, float]:
     import httpx
     import mlflow
     import pandas as pd
@@ -146,7 +191,7 @@ def measure(uri: str, tracking_uri: str, workdir: Path, queries: list[str], reps
     expected = [model.predict(f, params=PARAMS)["chunk_id"].tolist() for f in frames[:5]]
     predict, invoke = [], []
     started: dict[str, float] = {}
-    with model_server(uri, tracking_uri, workdir, config, started) as url, httpx.Client(
+    with model_server(uri, tracking_uri, workdir, config, started, env) as url, httpx.Client(
         base_url=url, timeout=600
     ) as client:
         def post(i: int, params: dict[str, Any] | None = None) -> Any:
@@ -178,6 +223,18 @@ def measure(uri: str, tracking_uri: str, workdir: Path, queries: list[str], reps
             "invocations_p95_ms": statistics.median(t.p95_ms for t in invoke)}
 
 
+def report(label: str, result: dict[str, float]) -> None:
+    print(f"{label}: predict p50 {result['predict_p50_ms']:.2f} ms p95 "
+          f"{result['predict_p95_ms']:.2f} ms | /invocations p50 "
+          f"{result['invocations_p50_ms']:.2f} ms p95 {result['invocations_p95_ms']:.2f} ms | "
+          f"overhead {result['invocations_overhead_ms']:.2f} ms"
+          + (f" ({result['over_traced_predict_ms']:.2f} ms over the traced predict)"
+             if "over_traced_predict_ms" in result else ""))
+    print(f"{label}: start-up: /ping ready after {result['ready_s']:.1f} s; first request "
+          f"{result['first_request_ms']:.1f} ms (first hybrid {result['first_hybrid_ms']:.1f} ms)"
+          f" = {result['first_to_p50']:.2f}x the steady p50")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000)
@@ -187,8 +244,17 @@ def main() -> None:
     parser.add_argument("--mmap", choices=["both", "on", "off"], default="both")
     parser.add_argument("--embedder", choices=["tfidf", "minilm"], default="tfidf",
                         help="the query embedder (minilm: the real model, loaded at start-up)")
+    parser.add_argument("--trace", default="on",
+                        help=f"comma-separated tracing settings from {list(TRACE_SETTINGS)}")
+    parser.add_argument("--sampling-ratio", type=float, default=0.1,
+                        help="MLFLOW_TRACE_SAMPLING_RATIO of the 'sampled' setting")
     args = parser.parse_args()
     settings = {"both": [True, False], "on": [True], "off": [False]}[args.mmap]
+    traces = [t.strip() for t in args.trace.split(",") if t.strip()]
+    unknown = sorted(set(traces) - set(TRACE_SETTINGS))
+    if unknown:
+        parser.error(f"unknown --trace {unknown}; choose from {list(TRACE_SETTINGS)}")
+    TRACE_SETTINGS["sampled"] = {"MLFLOW_TRACE_SAMPLING_RATIO": str(args.sampling_ratio)}
     from mlflow_rag.tracking import log_model
 
     # Traces of the last requests may still be exporting when the folder goes.
@@ -210,19 +276,18 @@ def main() -> None:
             queries = [" ".join(rng.choice(vocabulary, size=6)) for _ in range(args.queries)]
             summary: dict[str, float] = {}
             for mmap in settings:
-                result = measure(info.model_uri, tracking_uri, workdir, queries, args.reps, mmap)
-                tag = "on" if mmap else "off"
-                print(f"mmap {tag}: predict p50 {result['predict_p50_ms']:.2f} ms p95 "
-                      f"{result['predict_p95_ms']:.2f} ms | /invocations p50 "
-                      f"{result['invocations_p50_ms']:.2f} ms p95 "
-                      f"{result['invocations_p95_ms']:.2f} ms | overhead "
-                      f"{result['invocations_overhead_ms']:.2f} ms")
-                print(f"mmap {tag}: start-up: /ping ready after {result['ready_s']:.1f} s; first "
-                      f"request {result['first_request_ms']:.1f} ms (first hybrid "
-                      f"{result['first_hybrid_ms']:.1f} ms) = {result['first_to_p50']:.2f}x the "
-                      f"steady p50")
-                for key, value in result.items():
-                    summary[key if mmap == settings[0] else f"{key}_mmap_{tag}"] = value
+                results = {trace: measure(info.model_uri, tracking_uri, workdir, queries,
+                                          args.reps, mmap, TRACE_SETTINGS[trace])
+                           for trace in traces}
+                for trace, result in results.items():
+                    if "on" in results:
+                        result["over_traced_predict_ms"] = (result["invocations_p50_ms"]
+                                                            - results["on"]["predict_p50_ms"])
+                    label = f"mmap {'on' if mmap else 'off'}, trace {trace}"
+                    report(label, result)
+                    suffix = ("" if trace == traces[0] else f"_trace_{trace}") + (
+                        "" if mmap == settings[0] else f"_mmap_{'on' if mmap else 'off'}")
+                    summary.update({f"{key}{suffix}": value for key, value in result.items()})
         finally:
             with contextlib.suppress(Exception):
                 import mlflow

@@ -134,30 +134,47 @@ class RetrieverModel(PythonModel):
                                       require_principal=retriever.require_principal)
         except RagError as exc:
             raise bad_request(str(exc), queries) from None
-        text = self.trace == "text"
-        redact = retriever.redact or (lambda query: query)
-        # the params of the first query (per-row columns may change them for others)
-        request = _traced_request(searches[0], text=text)
         results: list[list[Hit]] = []
         with self._span("predict", "CHAIN") as root:
-            root.set_inputs({"query": [redact(q) for q in queries], **request, "output": output}
-                            if text else {"queries": len(queries), **request, "output": output})
-            root.set_attributes({"mlflow_rag.store_id": retriever.store.store_id,
-                                 "mlflow_rag.bundle_generation": _generation(retriever),
-                                 "mlflow_rag.trace": self.trace})
-            if retriever.query_log is not None:  # queries the log could not keep (its queue full)
-                root.set_attributes({"mlflow_rag.query_log_dropped": retriever.query_log.dropped})
+            # Sampled out (MLFLOW_TRACE_SAMPLING_RATIO) or off: no child spans, no payloads.
+            tracing = _recording(root)
+            if tracing:
+                self._describe(root, retriever, queries, searches[0], output)
             for index, (query, search) in enumerate(zip(queries, searches, strict=True)):
-                with self._span("retrieve", "RETRIEVER") as span:
-                    asked = _traced_request(search, text=text)
-                    span.set_inputs({"query": redact(query), **asked} if text
-                                    else {"query_index": index, **asked})
+                with (self._span("retrieve", "RETRIEVER") if tracing
+                      else contextlib.nullcontext(_NoSpan())) as span:
+                    if tracing:
+                        span.set_inputs(self._query_inputs(retriever, index, query, search))
                     hits = self._search(retriever, search, queries)
-                    span.set_outputs(_documents(hits, text=text))
+                    if tracing:
+                        span.set_outputs(_documents(hits, text=self.trace == "text"))
                 results.append(hits)
             frame = response_frame(results, output=output)
-            root.set_outputs({"hits": sum(len(hits) for hits in results)})
+            if tracing:
+                root.set_outputs({"hits": sum(len(hits) for hits in results)})
         return frame
+
+    def _describe(self, root: Any, retriever: Retriever, queries: Sequence[str],
+                  first: SearchRequest, output: str) -> None:
+        """The root span's inputs and attributes: the params of the first query (per-row
+        columns may change them for others); the queries themselves only with ``text``."""
+        text = self.trace == "text"
+        request = _traced_request(first, text=text)
+        redact = retriever.redact or (lambda query: query)
+        root.set_inputs({"query": [redact(q) for q in queries], **request, "output": output}
+                        if text else {"queries": len(queries), **request, "output": output})
+        root.set_attributes({"mlflow_rag.store_id": retriever.store.store_id,
+                             "mlflow_rag.bundle_generation": _generation(retriever),
+                             "mlflow_rag.trace": self.trace})
+        if retriever.query_log is not None:  # queries the log could not keep (its queue full)
+            root.set_attributes({"mlflow_rag.query_log_dropped": retriever.query_log.dropped})
+
+    def _query_inputs(self, retriever: Retriever, index: int, query: str,
+                      search: SearchRequest) -> dict[str, Any]:
+        text = self.trace == "text"
+        asked = _traced_request(search, text=text)
+        redact = retriever.redact or (lambda query: query)
+        return {"query": redact(query), **asked} if text else {"query_index": index, **asked}
 
     def _span(self, name: str, span_type: str) -> Any:
         """An MLflow span, or one that records nothing when tracing is off for this model."""
@@ -196,6 +213,14 @@ def _traced_request(search: SearchRequest, *, text: bool) -> dict[str, Any]:
     else:
         request["filtered"] = bool(search.filters)
     return request
+
+
+def _recording(span: Any) -> bool:
+    """Whether a span records: not with tracing off, nor when MLflow's sampler dropped the
+    trace (``MLFLOW_TRACE_SAMPLING_RATIO``), where MLflow hands out a ``NoOpSpan``."""
+    from mlflow.entities.span import NoOpSpan
+
+    return not isinstance(span, (_NoSpan, NoOpSpan))
 
 
 class _NoSpan:

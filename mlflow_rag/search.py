@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mlflow_rag.embed.base import Embedder
-from mlflow_rag.errors import EmbedderUnavailable, InvalidInput, UnknownChoice
+from mlflow_rag.errors import EmbedderUnavailable, InvalidInput, ModelNotFound, UnknownChoice
 from mlflow_rag.store.access import Principal, restrict
 from mlflow_rag.store.checks import MAX_K, check_k
 from mlflow_rag.store.filters import as_plan, parse_filter
@@ -329,10 +329,14 @@ class Searcher:
         """The embedding space: the one asked for, else the store's only one (None if none)."""
         if self.model_name is not None:
             return self.model_name
-        models = self.store.models()
-        if len(models) == 1:
-            return models[0].name
-        return self.store.model(None).name if models else None
+        # Asked on every query: Store.model reads the registry it caches per generation, where
+        # Store.models() counts every model's vectors (a COUNT over embeddings per call).
+        try:
+            return self.store.model(None).name
+        except ModelNotFound:
+            if self.store.models():
+                raise  # several models: the message names them
+            return None
 
     @property
     def embedding_model(self) -> str | None:

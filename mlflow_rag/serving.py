@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -32,18 +33,26 @@ from mlflow_rag.search import (
     redact_emails,
 )
 from mlflow_rag.serving_log import QueryLog
+from mlflow_rag.serving_response import (  # re-exported: the contract's names live here too
+    HIT_FIELDS,
+    NESTED_COLUMN,
+    OUTPUT_COLUMNS,
+    OUTPUTS,
+    hit_metadata,
+    hits_frame,
+    nested_frame,
+    response_frame,
+)
 from mlflow_rag.store.access import Principal
 from mlflow_rag.store.opening import is_database_location
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import Hit
 
+__all__ = ["HIT_FIELDS", "NESTED_COLUMN", "OUTPUTS", "OUTPUT_COLUMNS", "hit_metadata",
+           "hits_frame", "nested_frame", "response_frame"]
+
 log = logging.getLogger("mlflow_rag.serving")
 
-# The response table (a contract): one row per hit.
-OUTPUT_COLUMNS = (
-    "query_index", "rank", "score", "chunk_id", "document_id", "chunk_type", "text",
-    "source_path", "metadata",
-)
 # The signature's defaults, which MLflow fills in for params a request leaves out. "mode": ""
 # stands for the bundle's own default (bundle_modes), known only once the model is loaded.
 # "principal"/"groups": who the request reads as (store/access.py); "" is nobody.
@@ -53,17 +62,11 @@ QUERY_COLUMN = "query"
 # Optional columns of the request table that override a param for their row (a Spark
 # DataFrame of queries with a k, mode or filters each); an empty cell takes the param.
 ROW_PARAM_COLUMNS = ("k", "mode", "filters")
-# The shape of the response (the ``output`` param): "rows", the HTTP contract, one row per hit
-# (OUTPUT_COLUMNS); "nested", one row per query with its ranked hits in a list, so that
-# ``mlflow.pyfunc.spark_udf`` gets the one output row per input row a UDF must return.
-OUTPUTS = ("rows", "nested")
-NESTED_COLUMN = "hits"
 # spark_udf hands the model one Arrow batch per call (10,000 rows by default): at most
 # MAX_QUERIES_PER_REQUEST, like any request, so a Spark job sets this to that or less.
 SPARK_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
-# The fields of each hit of a nested response, in order; SPARK_RESULT_TYPE is the matching
-# ``result_type`` of ``spark_udf`` (typed, so Spark SQL can explode and select the hits).
-HIT_FIELDS = OUTPUT_COLUMNS[1:]
+# The ``result_type`` of ``spark_udf`` matching a nested response (serving_response.HIT_FIELDS;
+# typed, so Spark SQL can explode and select the hits).
 SPARK_RESULT_TYPE = (
     f"struct<{NESTED_COLUMN}:array<struct<rank:bigint,score:double,chunk_id:string,"
     "document_id:string,chunk_type:string,text:string,source_path:string,metadata:string>>>"
@@ -84,17 +87,22 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
 # "ids" (the default) the request's shape and each hit's chunk id, document id, rank and
 # score, "text" also the queries (after redaction) and the hits' text and source paths.
 TRACE_MODES = ("off", "ids", "text")
+# Wins over the model config's "trace" when set (e.g. MLFLOW_RAG_TRACE=off mlflow models serve).
+TRACE_ENV = "MLFLOW_RAG_TRACE"
 
 
 def config_choices(config: Mapping[str, Any]) -> tuple[Callable[[str], str] | None, str]:
     """The ``redact`` function and ``trace`` mode a served model's config names (checked; a
-    model logged before a key existed gets its private default)."""
+    model logged before a key existed gets its private default). :data:`TRACE_ENV`, when set,
+    wins over the config's ``trace`` (as :data:`QUERY_LOG_ENV` over ``query_log``)."""
     redact_name = str(config.get("redact", "emails"))
     if redact_name not in REDACTORS:
         raise InvalidInput(f"Unknown redact {redact_name!r}; choose from {sorted(REDACTORS)}")
-    trace = str(config.get("trace") or "ids")
+    from_env = os.environ.get(TRACE_ENV, "").strip()
+    trace = from_env or str(config.get("trace") or "ids")
     if trace not in TRACE_MODES:
-        raise InvalidInput(f"Unknown trace {trace!r}; choose from {list(TRACE_MODES)}")
+        name = TRACE_ENV if from_env else "trace"
+        raise InvalidInput(f"Unknown {name} {trace!r}; choose from {list(TRACE_MODES)}")
     return REDACTORS[redact_name], trace
 
 
@@ -392,46 +400,6 @@ def private_message(message: str, private: Sequence[str], *, hint: str = TABLE_H
         message = message[:cut].rstrip(" .:\n") + "." + WITHHELD
     message = scrub(message, private)
     return message if message.strip(" .") else "the request could not be read" + WITHHELD
-
-
-def hit_metadata(hit: Hit) -> str:
-    """The ``metadata`` column: document and chunk metadata as one JSON object."""
-    return json.dumps(
-        {
-            "document": dict(hit.document_metadata),
-            "chunk": dict(hit.chunk_metadata),
-            "chunk_index": hit.chunk_index,
-        },
-        ensure_ascii=False, sort_keys=True, default=str,
-    )
-
-
-def hits_frame(hits_per_query: Sequence[Sequence[Hit]]) -> pd.DataFrame:
-    """The response table: one row per hit, columns exactly :data:`OUTPUT_COLUMNS`."""
-    rows = [
-        (i, hit.rank, float(hit.score), hit.chunk_id, hit.document_id, hit.chunk_type, hit.text,
-         hit.source_path, hit_metadata(hit))
-        for i, hits in enumerate(hits_per_query)
-        for hit in hits
-    ]
-    frame = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
-    return frame.astype({"query_index": "int64", "rank": "int64", "score": "float64"})
-
-
-def nested_frame(hits_per_query: Sequence[Sequence[Hit]]) -> pd.DataFrame:
-    """The ``output: nested`` response: one row per query, its hits (dicts of
-    :data:`HIT_FIELDS`, in rank order) in the column :data:`NESTED_COLUMN`."""
-    hits = [[dict(zip(HIT_FIELDS, (hit.rank, float(hit.score), hit.chunk_id, hit.document_id,
-                                   hit.chunk_type, hit.text, hit.source_path,
-                                   hit_metadata(hit)), strict=True))
-             for hit in query_hits]
-            for query_hits in hits_per_query]
-    return pd.DataFrame({NESTED_COLUMN: hits})
-
-
-def response_frame(hits_per_query: Sequence[Sequence[Hit]], *, output: str) -> pd.DataFrame:
-    """The response in the shape ``output`` (one of :data:`OUTPUTS`) asks for."""
-    return nested_frame(hits_per_query) if output == "nested" else hits_frame(hits_per_query)
 
 
 # --------------------------------------------------------------------------- retriever

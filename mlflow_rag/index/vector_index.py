@@ -21,6 +21,7 @@ import numpy as np
 from mlflow_rag.errors import IndexCorrupt
 from mlflow_rag.index.choose import IndexSpec
 from mlflow_rag.index.layout import check_index_file
+from mlflow_rag.index.pages import prefer_huge_pages
 
 # Below this share of the vectors, gather the allowed rows and score only them; above it,
 # scoring everything once and masking is cheaper than the gather.
@@ -119,6 +120,7 @@ class VectorIndex:
         self.max_vector_id = max_vector_id
         self._ids: np.ndarray | None = None
         self._matrix: np.ndarray | None = None
+        self._huge_pages_asked = False
         self.dirty = True  # differs from the file on disk (cleared by the store on persist)
         # Vectors live in a read-only memory map of the index file (shared with every process
         # that maps it). FAISS aborts the process on any write to mapped storage, so mutations
@@ -241,7 +243,16 @@ class VectorIndex:
             if self.spec.kind == "hnsw":
                 inner = faiss.downcast_index(inner.storage)
             self._matrix = _float_view(inner, self.dimension)
+            self._huge_pages_asked = False
         return self._matrix
+
+    def _ask_for_huge_pages(self) -> None:
+        """Once per storage buffer, after an exact search answered (so never before the first
+        answer): collapse the vectors into huge pages in the background (index/pages.py). A
+        file's map stays as the page cache holds it."""
+        if not self._huge_pages_asked and not self.mapped and self._matrix is not None:
+            self._huge_pages_asked = True
+            prefer_huge_pages(self._matrix)
 
     def vectors_for(self, ids: np.ndarray) -> np.ndarray:
         """The stored vectors of ``ids`` (flat and HNSW), for self-checks."""
@@ -260,7 +271,9 @@ class VectorIndex:
         if self.spec.kind == "flat":
             scored = scores(self.matrix(), query)
             best = top_k(scored, k)
-            return SearchResult(self.ids()[best], scored[best])
+            found = SearchResult(self.ids()[best], scored[best])
+            self._ask_for_huge_pages()
+            return found
         if self.spec.kind == "hnsw":
             faiss.downcast_index(self.index.index).hnsw.efSearch = max(
                 self.spec.params["ef_search"], k

@@ -1,0 +1,144 @@
+"""Tracing of the served retriever: the switch (MLFLOW_RAG_TRACE, the model config ``trace``)
+and MLflow's sampling (MLFLOW_TRACE_SAMPLING_RATIO). Off or sampled out, a request records no
+trace and answers exactly what a traced one answers."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pytest
+
+from mlflow_rag.errors import InvalidInput
+from mlflow_rag.serving import QUERY_LOG_ENV, TRACE_ENV
+from tests import helpers_mlflow
+from tests.helpers_mlflow import free_port, log_champion, post_json, server_process, subprocess_env
+
+tracking_template = helpers_mlflow.tracking_template  # a shared fixture
+
+SAMPLING_ENV = "MLFLOW_TRACE_SAMPLING_RATIO"  # MLflow's, read when its tracer is set up
+PARAMS = {"k": 2, "mode": "hybrid"}
+
+
+@pytest.fixture(scope="module")
+def logged(tracking_template: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("tracing")
+    uri, _, _ = log_champion(root, tracking_template)
+    return root, uri
+
+
+@pytest.fixture(autouse=True)
+def _tracking(logged: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    root, uri = logged
+    monkeypatch.chdir(root)
+    for name in (QUERY_LOG_ENV, TRACE_ENV, SAMPLING_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.tracing.enable()
+    yield
+    mlflow.tracing.reset()  # the sampler is read at set-up: the next tracer reads it again
+    mlflow.set_tracking_uri(previous)
+
+
+def queries(*texts: str) -> pd.DataFrame:
+    return pd.DataFrame({"query": list(texts)})
+
+
+def _answer(model: Any) -> pd.DataFrame:
+    return model.predict(queries("green tea brewing", "flat bicycle tyre"), params=PARAMS)
+
+
+def test_mlflow_rag_trace_off_records_no_trace_and_answers_the_same_hits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    traced = mlflow.pyfunc.load_model("models:/rag@champion")
+    before = mlflow.get_last_active_trace_id()
+    want = _answer(traced)
+    traced_id = mlflow.get_last_active_trace_id()
+    assert traced_id is not None and traced_id != before  # the control: on by default
+
+    monkeypatch.setenv(TRACE_ENV, "off")  # wins over the config, as MLFLOW_RAG_QUERY_LOG does
+    quiet = mlflow.pyfunc.load_model("models:/rag@champion", model_config={"trace": "text"})
+    got = _answer(quiet)
+    assert mlflow.get_last_active_trace_id() == traced_id
+    pd.testing.assert_frame_equal(got, want)
+
+
+def test_a_bad_mlflow_rag_trace_names_the_variable_and_the_choices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(TRACE_ENV, "everything")
+    with pytest.raises(InvalidInput, match=r"Unknown MLFLOW_RAG_TRACE 'everything'; choose from "
+                                           r"\['off', 'ids', 'text'\]"):
+        mlflow.pyfunc.load_model("models:/rag@champion")
+
+
+def test_mlflow_trace_sampling_ratio_is_honoured_and_sampled_out_requests_answer_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = mlflow.pyfunc.load_model("models:/rag@champion")
+    want = _answer(model)
+    traced_id = mlflow.get_last_active_trace_id()
+    assert traced_id is not None
+
+    monkeypatch.setenv(SAMPLING_ENV, "0")
+    mlflow.tracing.reset()
+    for _ in range(3):
+        pd.testing.assert_frame_equal(_answer(model), want)
+    assert mlflow.get_last_active_trace_id() == traced_id  # every request sampled out
+
+    monkeypatch.setenv(SAMPLING_ENV, "1")
+    mlflow.tracing.reset()
+    pd.testing.assert_frame_equal(_answer(model), want)
+    last = mlflow.get_last_active_trace_id()
+    assert last != traced_id
+    trace = mlflow.get_trace(last, flush=True)
+    assert trace is not None
+    assert [s.span_type for s in trace.data.spans].count("RETRIEVER") == 2  # one per query
+
+
+@pytest.mark.slow
+def test_a_server_with_tracing_off_exports_no_trace_and_answers_what_predict_does(
+    logged: tuple[Path, str], tmp_path: Path,
+) -> None:
+    root, uri = logged
+    experiment = mlflow.MlflowClient(uri).create_experiment("served-traces")
+    body = {"dataframe_split": {"columns": ["query"], "data": [["green tea brewing"]]},
+            "params": PARAMS}
+    want = mlflow.pyfunc.load_model("models:/rag@champion").predict(
+        queries("green tea brewing"), params=PARAMS).to_dict(orient="records")
+    answers = []
+    for name, env in (("off", {TRACE_ENV: "off"}), ("on", {})):
+        port = free_port()
+        args = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/rag@champion",
+                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
+        with server_process(args, health_url=f"http://127.0.0.1:{port}/ping",
+                            log_path=tmp_path / f"serve-{name}.log", cwd=root,
+                            env=subprocess_env(MLFLOW_TRACKING_URI=uri,
+                                               MLFLOW_EXPERIMENT_ID=experiment, **env)):
+            status, answer = post_json(f"http://127.0.0.1:{port}/invocations", body)
+            assert status == 200, answer
+            answers.append(answer["predictions"])
+            if name == "on":  # the control: this experiment does receive served traces
+                _wait_for_traces(uri, experiment, count=1)
+    assert answers == [want, want]
+    # the server with tracing off stopped (its queue flushed) before the other started
+    assert len(_traces(uri, experiment)) == 1
+
+
+def _traces(uri: str, experiment: str) -> list[Any]:
+    return list(mlflow.MlflowClient(uri).search_traces(locations=[experiment]))
+
+
+def _wait_for_traces(uri: str, experiment: str, *, count: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_traces(uri, experiment)) < count:
+        assert time.monotonic() < deadline, f"no served trace in {timeout:.0f} s"
+        time.sleep(0.5)
