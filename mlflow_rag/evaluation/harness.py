@@ -374,7 +374,7 @@ def _run_variant(
             query_id=qid, query=redact_emails(text),
             retrieved_ids=tuple(ranked[: options.table_depth]), relevant_ids=relevant,
             ndcg_at_10=float(row["ndcg_at_10"]) if row else float("nan"),
-            first_relevant_rank=first, latency_ms=latency,
+            first_relevant_rank=first, latency_ms=latency, scores=dict(row or {}),
         ))
     return metrics, tuple(per_query)
 

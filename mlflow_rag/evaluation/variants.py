@@ -8,6 +8,8 @@ child run)::
     metric: ndcg_at_10           # picks the best variant (the CLI's --metric wins)
     ks: [1, 3, 5, 10, 100]       # metric cutoffs
     candidate_factor: 3          # chunks retrieved per document needed (before roll-up)
+    significance_test: randomization  # paired test of each variant against the best: or t-test
+    alpha: 0.05                  # a difference with p < alpha is called significant
     grid:
       chunker: recursive         # a value or a list of values, on every axis
       chunk_size: 256
@@ -40,6 +42,12 @@ from mlflow_rag.chunk.registry import CHUNKERS, DEFAULT_CHUNK_SIZE, default_over
 from mlflow_rag.embed.registry import DEFAULT_EMBEDDER, embedder_kind
 from mlflow_rag.errors import InvalidInput, UnknownChoice
 from mlflow_rag.evaluation.metrics import DEFAULT_KS, METRICS
+from mlflow_rag.evaluation.significance import (
+    DEFAULT_ALPHA,
+    DEFAULT_TEST,
+    check_alpha,
+    check_test,
+)
 from mlflow_rag.index.choose import INDEX_TYPES
 from mlflow_rag.search import DEFAULT_FUSION, FUSIONS, MODES
 
@@ -59,7 +67,8 @@ AXIS_DEFAULTS: dict[str, Any] = {
     "fusion": DEFAULT_FUSION,
 }
 AXES = tuple(AXIS_DEFAULTS)
-TOP_LEVEL_KEYS = ("name", "description", "grid", "ks", "metric", "split", "candidate_factor")
+TOP_LEVEL_KEYS = ("name", "description", "grid", "ks", "metric", "split", "candidate_factor",
+                  "significance_test", "alpha")
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,8 @@ class Grid:
     candidate_factor: int = DEFAULT_CANDIDATE_FACTOR
     description: str = ""
     source: str | None = None  # the file it came from
+    significance_test: str = DEFAULT_TEST  # one of significance.SIGNIFICANCE_TESTS
+    alpha: float = DEFAULT_ALPHA
 
     @property
     def chunkings(self) -> tuple[Chunking, ...]:
@@ -195,6 +206,8 @@ def parse_grid(data: Any, *, name: str = "grid", source: str | None = None) -> G
         name=str(data.get("name") or name), variants=tuple(variants), ks=ks, metric=metric,
         split=split, candidate_factor=candidate_factor,
         description=str(description or ""), source=source,
+        significance_test=check_test(data.get("significance_test", DEFAULT_TEST)),
+        alpha=check_alpha(data.get("alpha", DEFAULT_ALPHA)),
     )
 
 
