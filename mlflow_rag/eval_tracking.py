@@ -33,6 +33,7 @@ from typing import Any
 from mlflow_rag.embed.registry import DEFAULT_EMBEDDER
 from mlflow_rag.errors import InvalidInput
 from mlflow_rag.evaluation.beir_download import cache_root
+from mlflow_rag.evaluation.cross_validation import cross_validate_result, summary_line
 from mlflow_rag.evaluation.datasets import resolve_dataset
 from mlflow_rag.evaluation.eval_dataset import EvalDataset
 from mlflow_rag.evaluation.harness import run_grid
@@ -61,6 +62,7 @@ TAG_CHAMPION_URI = "mlflow_rag.champion_model_uri"
 PER_QUERY_TABLE = "per_query.json"
 COMPARISON_TABLE = "comparison.json"
 SIGNIFICANCE_FILE = "significance.json"  # each variant against the best: test, p-value
+CROSS_VALIDATION_FILE = "cross_validation.json"  # with the grid's cv_folds: fold by fold
 MAX_DATASET_DIGEST = 36  # MLflow's limit on a dataset digest
 
 # The default grid when no variants file is given: BM25, MiniLM dense and their hybrid.
@@ -198,6 +200,9 @@ def format_comparison(result: EvaluationResult, *, metric: str) -> str:
     grid = result.grid
     lines.append(f"p vs best: {metric} per query against the best variant, paired "
                  f"{grid.significance_test} test; + marks p < {grid.alpha:g} (significant)")
+    cv = cross_validate_result(result, metric)
+    if cv is not None:
+        lines.append(summary_line(cv))
     return "\n".join(lines)
 
 
@@ -292,6 +297,10 @@ def _log_summary(mlflow: Any, result: EvaluationResult, *, metric: str,
                      TAG_BEST_METRIC: metric})
     mlflow.log_metric(f"best_{metric}", best.metrics[metric])
     mlflow.log_dict(significance_json(result, metric=metric), SIGNIFICANCE_FILE)
+    cv = cross_validate_result(result, metric)
+    if cv is not None:  # the held-out estimate of choosing among the variants
+        mlflow.log_dict(cv.to_dict(), CROSS_VALIDATION_FILE)
+        mlflow.log_metric(f"cv_{metric}", cv.mean)
     mlflow.log_metric("seconds_total", result.seconds)
     mlflow.log_metrics({"corpus_failures": float(len(result.corpus_failures)),
                         "relevant_ids_missing": float(len(result.relevant_missing)),

@@ -111,3 +111,12 @@ def test_comparison_table_says_which_differences_are_significant() -> None:
     summary = significance_json(result, metric="ndcg_at_10")
     assert summary["test"] == "randomization" and summary["alpha"] == 0.05
     assert {c["variant"]: c["significant"] for c in summary["comparisons"]}["baseline"] is True
+
+
+def test_a_grid_with_cv_folds_prints_and_logs_the_held_out_estimate() -> None:
+    better = np.clip(BASE + 0.1 + RNG.normal(0, 0.05, BASE.size), 0, 1)
+    result = _result({"baseline": BASE, "better": better, "copy": BASE.copy()})
+    result = replace(result, grid=replace(result.grid, cv_folds=5))
+    text = format_comparison(result, metric="ndcg_at_10")
+    assert "cross-validation (5 folds, 300 queries, choosing among 3 variant(s)" in text
+    assert "chosen: better" in text
