@@ -4,7 +4,9 @@ The harness (:mod:`mlflow_rag.evaluation.harness`) does the work without MLflow;
 records it:
 
 - parent: params (dataset, split, queries, grid file, metric, ks), the dataset as an input
-  with its digest, a comparison table (``comparison.json``), plots (``plots/*.png``), the
+  with its digest, a comparison table (``comparison.json``, with each variant's paired test
+  against the best: ``p_value_vs_best``, ``significant_vs_best``; the test and alpha in
+  ``significance.json``), plots (``plots/*.png``), the
   best variant as tags (:data:`TAG_BEST_VARIANT`, :data:`TAG_BEST_RUN_ID`) and metrics
   (``best_<metric>``), and optionally the best variant's store as a registered model with an
   alias (``champion``).
@@ -31,10 +33,12 @@ from typing import Any
 from mlflow_rag.embed.registry import DEFAULT_EMBEDDER
 from mlflow_rag.errors import InvalidInput
 from mlflow_rag.evaluation.beir_download import cache_root
+from mlflow_rag.evaluation.cross_validation import cross_validate_result, summary_line
 from mlflow_rag.evaluation.datasets import resolve_dataset
 from mlflow_rag.evaluation.eval_dataset import EvalDataset
 from mlflow_rag.evaluation.harness import run_grid
 from mlflow_rag.evaluation.harness_types import EvaluationResult, HarnessOptions, VariantResult
+from mlflow_rag.evaluation.significance import against_best
 from mlflow_rag.evaluation.variants import DEFAULT_METRIC, Grid, check_metric, load_grid, parse_grid
 from mlflow_rag.tracking_session import (
     DEFAULT_EXPERIMENT,
@@ -57,6 +61,8 @@ TAG_EVALUATION_RUN_ID = "mlflow_rag.evaluation_run_id"
 TAG_CHAMPION_URI = "mlflow_rag.champion_model_uri"
 PER_QUERY_TABLE = "per_query.json"
 COMPARISON_TABLE = "comparison.json"
+SIGNIFICANCE_FILE = "significance.json"  # each variant against the best: test, p-value
+CROSS_VALIDATION_FILE = "cross_validation.json"  # with the grid's cv_folds: fold by fold
 MAX_DATASET_DIGEST = 36  # MLflow's limit on a dataset digest
 
 # The default grid when no variants file is given: BM25, MiniLM dense and their hybrid.
@@ -87,12 +93,17 @@ class EvaluationRun:
 
 
 def comparison_rows(result: EvaluationResult, *, metric: str) -> list[dict[str, Any]]:
-    """One row per variant: its axes and every metric, best ``metric`` first."""
+    """One row per variant: its axes, every metric and its paired test against the best by
+    ``metric`` (``p_value_vs_best``, ``significant_vs_best``; None for the best), best first."""
+    tests = against_best(result, metric)
     rows = []
     for r in result.results:
         row: dict[str, Any] = {"variant": r.variant.label}
         row.update({k: v for k, v in r.variant.params().items()})
         row.update(r.metrics)
+        test = tests.get(r.variant.label)
+        row["p_value_vs_best"] = test.p_value if test else None
+        row["significant_vs_best"] = test.significant if test else None
         rows.append(row)
     rows.sort(key=lambda row: -float(row.get(metric, float("-inf"))))
     return rows
@@ -137,6 +148,20 @@ def corpus_problem_lines(result: EvaluationResult, *, shown: int = 5) -> list[st
     return lines
 
 
+def significance_json(result: EvaluationResult, *, metric: str) -> dict[str, Any]:
+    """The parent run's ``significance.json``: the test, alpha and each variant against the best."""
+    grid = result.grid
+    return {
+        "metric": metric, "test": grid.significance_test, "alpha": grid.alpha,
+        "reference": result.best(metric).variant.label,
+        "comparisons": [
+            {"variant": c.variant, "difference": c.difference, "p_value": c.p_value,
+             "significant": c.significant, "queries": c.queries}
+            for c in against_best(result, metric).values()
+        ],
+    }
+
+
 def corpus_problems_json(result: EvaluationResult) -> dict[str, Any]:
     return {
         "failures": [{"source_path": f.source_path, "reason": f.reason}
@@ -151,7 +176,7 @@ def format_comparison(result: EvaluationResult, *, metric: str) -> str:
     columns = [c for c in dict.fromkeys((metric, *SUMMARY_METRICS))
                if any(c in r.metrics for r in result.results)]  # e.g. no recall_at_100 at k=10
     rows = comparison_rows(result, metric=metric)
-    header = ["variant", *columns]
+    header = ["variant", *columns, "p vs best"]
     body = []
     for i, row in enumerate(rows):
         cells = [("* " if i == 0 else "  ") + str(row["variant"])]
@@ -165,13 +190,27 @@ def format_comparison(result: EvaluationResult, *, metric: str) -> str:
                 cells.append(f"{value:.1f}")
             else:
                 cells.append(f"{value:.4f}")
+        cells.append(_p_cell(row))
         body.append(cells)
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
                        for i, (c, w) in enumerate(zip(line, widths, strict=True)))
              for line in [header, *body]]
     lines.insert(1, "-" * len(lines[0]))
+    grid = result.grid
+    lines.append(f"p vs best: {metric} per query against the best variant, paired "
+                 f"{grid.significance_test} test; + marks p < {grid.alpha:g} (significant)")
+    cv = cross_validate_result(result, metric)
+    if cv is not None:
+        lines.append(summary_line(cv))
     return "\n".join(lines)
+
+
+def _p_cell(row: Mapping[str, Any]) -> str:
+    p = row.get("p_value_vs_best")
+    if p is None:
+        return "-"
+    return f"{p:.4f}{'+' if row.get('significant_vs_best') else ' '}"
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -257,6 +296,11 @@ def _log_summary(mlflow: Any, result: EvaluationResult, *, metric: str,
                      TAG_BEST_RUN_ID: child_ids.get(best.variant.label, ""),
                      TAG_BEST_METRIC: metric})
     mlflow.log_metric(f"best_{metric}", best.metrics[metric])
+    mlflow.log_dict(significance_json(result, metric=metric), SIGNIFICANCE_FILE)
+    cv = cross_validate_result(result, metric)
+    if cv is not None:  # the held-out estimate of choosing among the variants
+        mlflow.log_dict(cv.to_dict(), CROSS_VALIDATION_FILE)
+        mlflow.log_metric(f"cv_{metric}", cv.mean)
     mlflow.log_metric("seconds_total", result.seconds)
     mlflow.log_metrics({"corpus_failures": float(len(result.corpus_failures)),
                         "relevant_ids_missing": float(len(result.relevant_missing)),

@@ -7,7 +7,8 @@
 #
 # Environment: MLFLOW_RAG_SHARED_DATA (default ../shared/data), MLFLOW_TRACKING_URI (default
 # MLflow's own, sqlite:///mlflow.db here), EVAL_WORK_DIR (stores, kept for re-runs; default
-# $TMPDIR/mlflow-rag-eval-scifact), EVAL_EXPERIMENT (default scifact).
+# $TMPDIR/mlflow-rag-eval-scifact), EVAL_EXPERIMENT (default scifact), EVAL_VARIANTS (the grid
+# file; default evaluations/scifact.yaml).
 # Exits 0 with a message when the data is absent (CI without the shared data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ if [ -x .venv/bin/mlflow-rag ]; then BIN=.venv/bin; else BIN="$(dirname "$(comma
 TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}"
 WORK_DIR="${EVAL_WORK_DIR:-${TMPDIR:-/tmp}/mlflow-rag-eval-scifact}"
 EXPERIMENT="${EVAL_EXPERIMENT:-scifact}"
-VARIANTS=evaluations/scifact.yaml
+VARIANTS="${EVAL_VARIANTS:-evaluations/scifact.yaml}"
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
 

@@ -14,6 +14,7 @@ from mlflow_rag.cli import main
 from mlflow_rag.eval_tracking import (
     COMPARISON_TABLE,
     PER_QUERY_TABLE,
+    SIGNIFICANCE_FILE,
     TAG_BEST_RUN_ID,
     TAG_BEST_VARIANT,
     evaluate,
@@ -81,7 +82,11 @@ def test_one_parent_run_with_a_child_per_variant_and_metrics_side_by_side(
     assert parent.inputs is not None
     assert parent.inputs.dataset_inputs[0].dataset.digest == outcome.result.dataset.digest[:36]
     paths = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
-    assert COMPARISON_TABLE in paths
+    assert COMPARISON_TABLE in paths and SIGNIFICANCE_FILE in paths
+    comparison = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=outcome.parent_run_id, artifact_path=COMPARISON_TABLE, dst_path=str(tmp_path / "p"),
+    )).read_text())
+    assert {"p_value_vs_best", "significant_vs_best"} <= set(comparison["columns"])
     plots = {a.path for a in client.list_artifacts(outcome.parent_run_id, "plots")}
     assert {"plots/metrics_by_variant.png", "plots/recall_at_k.png"} <= plots
 

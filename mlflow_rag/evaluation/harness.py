@@ -43,6 +43,7 @@ from mlflow_rag.embed.base import Embedder, TokenizedEmbedder
 from mlflow_rag.engines import ENGINES
 from mlflow_rag.errors import InvalidInput, UnknownChoice
 from mlflow_rag.evaluation.eval_dataset import EvalDataset
+from mlflow_rag.evaluation.harness_feedback import ranked_pairs, with_feedback
 from mlflow_rag.evaluation.harness_plan import (
     APPROX_TOKENIZER,
     candidate_depth,
@@ -65,7 +66,7 @@ from mlflow_rag.evaluation.harness_types import (
 from mlflow_rag.evaluation.metrics import evaluate_run
 from mlflow_rag.evaluation.rollup import rollup_to_documents
 from mlflow_rag.evaluation.variants import Chunking, Grid, Variant
-from mlflow_rag.search import fuse, redact_emails
+from mlflow_rag.search import redact_emails
 from mlflow_rag.store.request import Retrieval
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import Hit, LoadFailure
@@ -100,9 +101,7 @@ def run_grid(
     root.mkdir(parents=True, exist_ok=True)
     query_ids = list(dataset.queries)
     texts = [dataset.queries[q] for q in query_ids]
-    query_vectors: dict[tuple[str, str], np.ndarray] = {}
-    query_seconds: dict[tuple[str, str], float] = {}
-    queries_embedded: dict[str, int] = {}
+    queries = _QueryVectors(texts, options=options)  # embedded once per space, for every store
     results: list[VariantResult] = []
     ingests: list[IngestRecord] = []
     failures: tuple[LoadFailure, ...] | None = None  # the corpus's, from the first store
@@ -130,39 +129,14 @@ def run_grid(
             # (ids and scores only) live while this store's variants are scored.
             order = sorted(range(len(variants)),
                            key=lambda i: (variants[i].embedder or "", variants[i].index_type or ""))
-            lists: dict[str, Candidates] = {}
-            doc_of: dict[str, str] = {}  # chunk id -> document id, for the roll-up
+            searches = _Searches(store, models, texts=texts, queries=queries, options=options,
+                                 scratch=root)
             for i in order:
                 variant = variants[i]
                 depth = candidate_depth(variant.k, grid.candidate_factor)
-                lexical = dense = None
-                embed_ms = 0.0
-                if variant.mode in ("bm25", "hybrid"):
-                    lexical_key = f"bm25/{depth}"
-                    if lexical_key not in lists:
-                        lists[lexical_key] = _candidates(
-                            store, texts=texts, request=Retrieval.parse(k=depth), doc_of=doc_of,
-                            desc=f"bm25 top {depth}", options=options, scratch=root)
-                    lexical = lists[lexical_key]
-                if variant.embedder is not None:
-                    embedder = models[variant.embedder]
-                    space = (embedder.name, embedder.version)
-                    if space not in query_vectors:
-                        began = time.perf_counter()
-                        query_vectors[space] = _embed_queries(embedder, texts, options=options)
-                        query_seconds[space] = time.perf_counter() - began
-                        queries_embedded[f"{embedder.name}:{embedder.version}"] = len(texts)
-                    embed_ms = query_seconds[space] * 1000 / len(texts)
-                    _set_index(store, embedder, variant.index_type)
-                    dense_key = f"dense/{embedder.name}/{variant.index_type}/{depth}"
-                    if dense_key not in lists:
-                        lists[dense_key] = _candidates(
-                            store, vectors=query_vectors[space], model=embedder.name,
-                            request=Retrieval.parse(k=depth), doc_of=doc_of,
-                            desc=f"{embedder.name} top {depth}", options=options, scratch=root)
-                    dense = lists[dense_key]
+                lexical, dense, embed_ms = searches.lists_for(variant, depth)
                 metrics, per_query = _run_variant(
-                    variant, dataset, query_ids, texts, lexical, dense, doc_of,
+                    variant, dataset, query_ids, texts, lexical, dense, searches.doc_of,
                     ks=grid.ks_for(variant), depth=depth, options=options,
                 )
                 metrics["query_embed_ms"] = embed_ms
@@ -180,10 +154,77 @@ def run_grid(
     ordered = tuple(by_variant[v] for v in grid.variants)
     return EvaluationResult(
         grid=grid, dataset=dataset, results=ordered, ingests=tuple(ingests),
-        queries_embedded=queries_embedded, seconds=time.perf_counter() - started,
+        queries_embedded=queries.embedded, seconds=time.perf_counter() - started,
         corpus_failures=failures or (), relevant_missing=missing,
         queries_without_relevant=hopeless,
     )
+
+
+class _QueryVectors:
+    """Every query embedded once per embedding space, in batches, shared by all stores."""
+
+    def __init__(self, texts: Sequence[str], *, options: HarnessOptions) -> None:
+        self.texts, self.options = texts, options
+        self.vectors: dict[tuple[str, str], np.ndarray] = {}
+        self.ms_per_query: dict[tuple[str, str], float] = {}
+        self.embedded: dict[str, int] = {}  # embedding space -> query texts embedded
+
+    def of(self, embedder: Embedder) -> tuple[np.ndarray, float]:
+        """The queries' vectors in ``embedder``'s space, and the batch time per query (ms)."""
+        space = (embedder.name, embedder.version)
+        if space not in self.vectors:
+            began = time.perf_counter()
+            self.vectors[space] = _embed_queries(embedder, self.texts, options=self.options)
+            self.ms_per_query[space] = (time.perf_counter() - began) * 1000 / len(self.texts)
+            self.embedded[f"{embedder.name}:{embedder.version}"] = len(self.texts)
+        return self.vectors[space], self.ms_per_query[space]
+
+
+class _Searches:
+    """One store's candidate lists, each searched once (ids and scores only), and what the
+    roll-up and feedback need of the chunks they hold (their documents, their texts)."""
+
+    def __init__(self, store: Store, models: Mapping[str, Embedder], *, texts: Sequence[str],
+                 queries: _QueryVectors, options: HarnessOptions, scratch: Path) -> None:
+        self.store, self.models, self.texts, self.queries = store, models, texts, queries
+        self.options, self.scratch = options, scratch
+        self.lists: dict[str, Candidates] = {}
+        self.doc_of: dict[str, str] = {}  # chunk id -> document id, for the roll-up
+        self.text_of: dict[str, str] = {}  # chunk id -> text, for RM3 feedback
+
+    def lists_for(self, variant: Variant, depth: int) -> tuple[Candidates | None,
+                                                               Candidates | None, float]:
+        """``variant``'s BM25 and dense lists (None where it has none), after its feedback,
+        and the query embedding time per query (ms)."""
+        if variant.feedback != "none" and self.options.engine != "local":
+            raise InvalidInput(f"feedback {variant.feedback!r} runs on the local engine only, "
+                               f"not {self.options.engine!r}")
+        lexical = dense = None
+        vectors, embed_ms = None, 0.0
+        request = Retrieval.parse(k=depth)
+        if variant.mode in ("bm25", "hybrid"):
+            key = f"bm25/{depth}"
+            if key not in self.lists:
+                self.lists[key] = self._search(texts=self.texts, request=request,
+                                               desc=f"bm25 top {depth}")
+            lexical = self.lists[key]
+        if variant.embedder is not None:
+            embedder = self.models[variant.embedder]
+            vectors, embed_ms = self.queries.of(embedder)
+            _set_index(self.store, embedder, variant.index_type)
+            key = f"dense/{embedder.name}/{variant.index_type}/{depth}"
+            if key not in self.lists:
+                self.lists[key] = self._search(vectors=vectors, model=embedder.name,
+                                               request=request, desc=f"{embedder.name} top {depth}")
+            dense = self.lists[key]
+        lexical, dense = with_feedback(variant, lexical, dense, store=self.store, texts=self.texts,
+                                       vectors=vectors, depth=depth, doc_of=self.doc_of,
+                                       text_of=self.text_of)
+        return lexical, dense, embed_ms
+
+    def _search(self, **how: Any) -> Candidates:
+        return _candidates(self.store, doc_of=self.doc_of, text_of=self.text_of,
+                           options=self.options, scratch=self.scratch, **how)
 
 
 def _ingest_chunking(
@@ -287,8 +328,8 @@ def _dense(store: Store, model: str, vectors: np.ndarray, request: Retrieval, q:
 
 def _candidates(
     store: Store, *, texts: Sequence[str] | None = None, vectors: np.ndarray | None = None,
-    model: str | None = None, request: Retrieval, doc_of: dict[str, str], desc: str,
-    options: HarnessOptions, scratch: Path,
+    model: str | None = None, request: Retrieval, doc_of: dict[str, str],
+    text_of: dict[str, str], desc: str, options: HarnessOptions, scratch: Path,
 ) -> Candidates:
     """Every query's candidate list: BM25 of ``texts``, or dense of ``vectors`` in
     ``model``'s index; searched here, or on Spark (``options.engine``)."""
@@ -300,15 +341,15 @@ def _candidates(
     if vectors is not None:
         assert model is not None
         return _collect(partial(_dense, store, model, vectors, request), len(vectors), doc_of,
-                        desc=desc, options=options)
+                        text_of, desc=desc, options=options)
     assert texts is not None
-    return _collect(partial(_lexical, store, texts, request), len(texts), doc_of, desc=desc,
-                    options=options)
+    return _collect(partial(_lexical, store, texts, request), len(texts), doc_of, text_of,
+                    desc=desc, options=options)
 
 
 def _collect(
-    search: Callable[[int], list[Hit]], n: int, doc_of: dict[str, str], *, desc: str,
-    options: HarnessOptions,
+    search: Callable[[int], list[Hit]], n: int, doc_of: dict[str, str],
+    text_of: dict[str, str], *, desc: str, options: HarnessOptions,
 ) -> Candidates:
     """Run ``search`` for queries ``0..n-1``, timing each; keep ids and scores only."""
     pairs: list[tuple[tuple[str, float], ...]] = []
@@ -321,6 +362,7 @@ def _collect(
             latencies.append((time.perf_counter() - began) * 1000)
             pairs.append(tuple((h.chunk_id, h.score) for h in hits))
             doc_of.update((h.chunk_id, h.document_id) for h in hits)
+            text_of.update((h.chunk_id, h.text) for h in hits)
             bar.update(1)
     return Candidates(pairs=tuple(pairs), latency_ms=tuple(latencies))
 
@@ -336,18 +378,11 @@ def _run_variant(
     latencies: list[float] = []
     short = 0  # queries that found fewer than k documents
     for i, qid in enumerate(query_ids):
-        if variant.mode == "bm25":
-            assert lexical is not None
-            pairs, spent = lexical.pairs[i], lexical.latency_ms[i]
-        elif variant.mode == "dense":
-            assert dense is not None
-            pairs, spent = dense.pairs[i], dense.latency_ms[i]
-        else:
-            assert lexical is not None and dense is not None and variant.fusion is not None
-            began = time.perf_counter()
-            # As Searcher.hybrid does: fuse both lists and keep the best ``depth`` chunks.
-            pairs = tuple(fuse([dense.pairs[i], lexical.pairs[i]], method=variant.fusion)[:depth])
-            spent = dense.latency_ms[i] + lexical.latency_ms[i] + (time.perf_counter() - began) * 1000
+        began = time.perf_counter()
+        pairs = ranked_pairs(variant, lexical, dense, i, depth)  # fused, for hybrid
+        # the searches this variant needs (a bm25 variant has no dense list, and so on)
+        spent = sum(c.latency_ms[i] for c in (lexical, dense) if c is not None)
+        spent += (time.perf_counter() - began) * 1000
         began = time.perf_counter()
         documents = rollup_to_documents(((doc_of[c], s) for c, s in pairs), limit=variant.k)
         latencies.append(spent + (time.perf_counter() - began) * 1000)
@@ -374,7 +409,7 @@ def _run_variant(
             query_id=qid, query=redact_emails(text),
             retrieved_ids=tuple(ranked[: options.table_depth]), relevant_ids=relevant,
             ndcg_at_10=float(row["ndcg_at_10"]) if row else float("nan"),
-            first_relevant_rank=first, latency_ms=latency,
+            first_relevant_rank=first, latency_ms=latency, scores=dict(row or {}),
         ))
     return metrics, tuple(per_query)
 

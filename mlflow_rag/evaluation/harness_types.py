@@ -54,6 +54,9 @@ class QueryResult:
     ndcg_at_10: float
     first_relevant_rank: int | None  # within the variant's k; None when none was retrieved
     latency_ms: float
+    # every metric of this query (``ndcg_at_10``...), for paired tests between variants;
+    # empty when the query was not evaluated (no relevant document judged)
+    scores: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

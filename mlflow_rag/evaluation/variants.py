@@ -8,6 +8,9 @@ child run)::
     metric: ndcg_at_10           # picks the best variant (the CLI's --metric wins)
     ks: [1, 3, 5, 10, 100]       # metric cutoffs
     candidate_factor: 3          # chunks retrieved per document needed (before roll-up)
+    significance_test: randomization  # paired test of each variant against the best: or t-test
+    alpha: 0.05                  # a difference with p < alpha is called significant
+    cv_folds: 5                  # choose among the variants on k-1 folds, score the k-th
     grid:
       chunker: recursive         # a value or a list of values, on every axis
       chunk_size: 256
@@ -17,13 +20,19 @@ child run)::
       mode: [bm25, dense, hybrid]
       k: 100                     # documents retrieved per query
       fusion: convex-zscore      # hybrid only: rrf, convex-minmax or convex-zscore
+      fusion_weight: 0.5         # hybrid only: the dense list's weight (BM25's is 1 - it)
+      feedback: none             # pseudo-relevance feedback: none, rm3, rocchio, rm3-rocchio
+      feedback_docs: 3           # feedback only: top chunks taken as relevant
+      feedback_terms: 20         # rm3 only: expansion terms
 
 ``grid`` may also be a list of such mappings: the variants are the union of their products
 (duplicates dropped), so a comparison need not be a full cross product.
 
 Axes that do not apply to a variant are dropped before duplicates are removed: ``bm25`` has
 no embedder, index type or fusion; ``dense`` has no fusion; the ``fields`` chunker has no
-size or overlap. So ``embedder: [minilm, tfidf]`` with ``mode: [bm25, dense, hybrid]`` gives
+size or overlap; ``rm3`` feedback is BM25's and ``rocchio`` the dense list's (``bm25`` with
+``rm3-rocchio`` is ``bm25`` with ``rm3``), and feedback sizes apply only to feedback. So
+``embedder: [minilm, tfidf]`` with ``mode: [bm25, dense, hybrid]`` gives
 five variants, not six.
 """
 
@@ -39,13 +48,29 @@ from typing import Any
 from mlflow_rag.chunk.registry import CHUNKERS, DEFAULT_CHUNK_SIZE, default_overlap
 from mlflow_rag.embed.registry import DEFAULT_EMBEDDER, embedder_kind
 from mlflow_rag.errors import InvalidInput, UnknownChoice
+from mlflow_rag.evaluation.cross_validation import check_folds
 from mlflow_rag.evaluation.metrics import DEFAULT_KS, METRICS
+from mlflow_rag.evaluation.significance import (
+    DEFAULT_ALPHA,
+    DEFAULT_TEST,
+    check_alpha,
+    check_test,
+)
+from mlflow_rag.feedback import (
+    DEFAULT_FEEDBACK,
+    DEFAULT_FEEDBACK_DOCS,
+    DEFAULT_FEEDBACK_TERMS,
+    FEEDBACKS,
+    uses_rm3,
+    uses_rocchio,
+)
 from mlflow_rag.index.choose import INDEX_TYPES
 from mlflow_rag.search import DEFAULT_FUSION, FUSIONS, MODES
 
 DEFAULT_METRIC = "ndcg_at_10"
 DEFAULT_CANDIDATE_FACTOR = 3
 DEFAULT_K = 100
+DEFAULT_FUSION_WEIGHT = 0.5  # equal weights: hybrid search's own
 
 # The axes of a grid, with the value used when the grid leaves one out.
 AXIS_DEFAULTS: dict[str, Any] = {
@@ -57,9 +82,14 @@ AXIS_DEFAULTS: dict[str, Any] = {
     "mode": list(MODES),
     "k": DEFAULT_K,
     "fusion": DEFAULT_FUSION,
+    "fusion_weight": DEFAULT_FUSION_WEIGHT,
+    "feedback": DEFAULT_FEEDBACK,
+    "feedback_docs": DEFAULT_FEEDBACK_DOCS,
+    "feedback_terms": DEFAULT_FEEDBACK_TERMS,
 }
 AXES = tuple(AXIS_DEFAULTS)
-TOP_LEVEL_KEYS = ("name", "description", "grid", "ks", "metric", "split", "candidate_factor")
+TOP_LEVEL_KEYS = ("name", "description", "grid", "ks", "metric", "split", "candidate_factor",
+                  "significance_test", "alpha", "cv_folds")
 
 
 @dataclass(frozen=True)
@@ -95,6 +125,10 @@ class Variant:
     mode: str
     k: int
     fusion: str | None = None
+    fusion_weight: float | None = None  # hybrid only: the dense list's weight
+    feedback: str = DEFAULT_FEEDBACK
+    feedback_docs: int | None = None  # None without feedback
+    feedback_terms: int | None = None  # None without rm3
     label: str = field(default="", compare=False)
 
     @property
@@ -126,6 +160,9 @@ class Grid:
     candidate_factor: int = DEFAULT_CANDIDATE_FACTOR
     description: str = ""
     source: str | None = None  # the file it came from
+    significance_test: str = DEFAULT_TEST  # one of significance.SIGNIFICANCE_TESTS
+    alpha: float = DEFAULT_ALPHA
+    cv_folds: int = 0  # 0: no cross-validation
 
     @property
     def chunkings(self) -> tuple[Chunking, ...]:
@@ -195,6 +232,9 @@ def parse_grid(data: Any, *, name: str = "grid", source: str | None = None) -> G
         name=str(data.get("name") or name), variants=tuple(variants), ks=ks, metric=metric,
         split=split, candidate_factor=candidate_factor,
         description=str(description or ""), source=source,
+        significance_test=check_test(data.get("significance_test", DEFAULT_TEST)),
+        alpha=check_alpha(data.get("alpha", DEFAULT_ALPHA)),
+        cv_folds=check_folds(data.get("cv_folds", 0)),
     )
 
 
@@ -204,46 +244,67 @@ def expand_grid(grid: Mapping[str, Any], *, where: str = "grid") -> list[Variant
     _check_keys(grid, AXES, f"{where} axis")
     values = {axis: _axis_values(grid.get(axis, AXIS_DEFAULTS[axis]), axis, where)
               for axis in AXES}
-    for chunker in values["chunker"]:
-        _check_choice(chunker, CHUNKERS, "chunker")
+    _check_axes(values)
+    out = [_variant(dict(zip(AXES, combo, strict=True)), where)
+           for combo in itertools.product(*(values[axis] for axis in AXES))]
+    return list(dict.fromkeys(out))
+
+
+def _check_axes(values: Mapping[str, Sequence[Any]]) -> None:
+    """Every value of every axis is one its vocabulary holds (one-line errors)."""
+    for axis, choices, kind in (("chunker", CHUNKERS, "chunker"),
+                                ("index_type", INDEX_TYPES, "index type"),
+                                ("mode", MODES, "search mode"), ("fusion", FUSIONS, "fusion"),
+                                ("feedback", FEEDBACKS, "feedback")):
+        for value in values[axis]:
+            _check_choice(value, choices, kind)
     for embedder in values["embedder"]:
         check_embedder(embedder)
-    for index_type in values["index_type"]:
-        _check_choice(index_type, INDEX_TYPES, "index type")
-    for mode in values["mode"]:
-        _check_choice(mode, MODES, "search mode")
-    for fusion in values["fusion"]:
-        _check_choice(fusion, FUSIONS, "fusion")
-    for k in values["k"]:
-        _positive_int(k, "k")
-    for size in values["chunk_size"]:
-        _positive_int(size, "chunk_size")
+    for axis in ("k", "chunk_size", "feedback_docs", "feedback_terms"):
+        for value in values[axis]:
+            _positive_int(value, axis)
     for overlap in values["chunk_overlap"]:
         if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, int)
                                     or overlap < 0):
             raise InvalidInput(f"chunk_overlap must be a non-negative integer, got {overlap!r}")
+    for weight in values["fusion_weight"]:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < 1:
+            raise InvalidInput(f"fusion_weight (the dense list's share) must be a number "
+                               f"between 0 and 1, e.g. 0.5, got {weight!r}")
 
-    out: list[Variant] = []
-    for chunker, size, overlap, embedder, index_type, mode, k, fusion in itertools.product(
-        *(values[axis] for axis in AXES)
-    ):
-        if chunker == "fields":  # one chunk per field: sizes do not apply
-            size = overlap = None
-        else:
-            overlap = default_overlap(size) if overlap is None else overlap
-            if overlap >= size:
-                raise InvalidInput(
-                    f"chunk_overlap must be smaller than chunk_size: chunk_overlap={overlap}, "
-                    f"chunk_size={size} (in {where})"
-                )
-        lexical = mode == "bm25"
-        out.append(Variant(
-            chunker=chunker, chunk_size=size, chunk_overlap=overlap,
-            embedder=None if lexical else embedder,
-            index_type=None if lexical else index_type,
-            mode=mode, k=k, fusion=fusion if mode == "hybrid" else None,
-        ))
-    return list(dict.fromkeys(out))
+
+def _applicable_feedback(feedback: str, mode: str) -> str:
+    """The part of ``feedback`` that ``mode`` has a list for (rm3: BM25, rocchio: dense)."""
+    rm3 = uses_rm3(feedback) and mode != "dense"
+    rocchio = uses_rocchio(feedback) and mode != "bm25"
+    return {(True, True): "rm3-rocchio", (True, False): "rm3",
+            (False, True): "rocchio"}.get((rm3, rocchio), "none")
+
+
+def _variant(axes: Mapping[str, Any], where: str) -> Variant:
+    """One combination of axis values as a variant, the axes that do not apply dropped."""
+    chunker, size, overlap, mode = (axes["chunker"], axes["chunk_size"], axes["chunk_overlap"],
+                                    axes["mode"])
+    if chunker == "fields":  # one chunk per field: sizes do not apply
+        size = overlap = None
+    else:
+        overlap = default_overlap(size) if overlap is None else overlap
+        if overlap >= size:
+            raise InvalidInput(
+                f"chunk_overlap must be smaller than chunk_size: chunk_overlap={overlap}, "
+                f"chunk_size={size} (in {where})"
+            )
+    lexical, hybrid = mode == "bm25", mode == "hybrid"
+    feedback = _applicable_feedback(axes["feedback"], mode)
+    return Variant(
+        chunker=chunker, chunk_size=size, chunk_overlap=overlap,
+        embedder=None if lexical else axes["embedder"],
+        index_type=None if lexical else axes["index_type"],
+        mode=mode, k=axes["k"], fusion=axes["fusion"] if hybrid else None,
+        fusion_weight=float(axes["fusion_weight"]) if hybrid else None, feedback=feedback,
+        feedback_docs=axes["feedback_docs"] if feedback != "none" else None,
+        feedback_terms=axes["feedback_terms"] if uses_rm3(feedback) else None,
+    )
 
 
 def label_variants(variants: Sequence[Variant]) -> list[Variant]:
@@ -256,7 +317,8 @@ def label_variants(variants: Sequence[Variant]) -> list[Variant]:
     # An axis varies when variants it applies to disagree (bm25's None index type does not count).
     varying = {
         axis: len({getattr(v, axis) for v in variants} - {None}) > 1
-        for axis in ("index_type", "k", "fusion")
+        for axis in ("index_type", "k", "fusion", "fusion_weight", "feedback", "feedback_docs",
+                     "feedback_terms")
     }
     chunking_varies = len({v.chunking for v in variants}) > 1
     labels: list[str] = []
@@ -269,6 +331,13 @@ def label_variants(variants: Sequence[Variant]) -> list[Variant]:
             parts.append(v.index_type)
         if varying["fusion"] and v.fusion is not None:
             parts.append(v.fusion)
+        if varying["fusion_weight"] and v.fusion_weight is not None:
+            parts.append(f"w{v.fusion_weight:g}")
+        if varying["feedback"]:
+            parts.append(v.feedback)
+        for axis, prefix in (("feedback_docs", "d"), ("feedback_terms", "t")):
+            if varying[axis] and getattr(v, axis) is not None:
+                parts.append(f"{prefix}{getattr(v, axis)}")
         if varying["k"]:
             parts.append(f"k{v.k}")
         labels.append("/".join(parts))
