@@ -78,7 +78,7 @@ def with_feedback(
                 weights=[2 * RM3_ORIGINAL_WEIGHT, 2 * (1 - RM3_ORIGINAL_WEIGHT)])[:depth]))
         if uses_rocchio(variant.feedback):
             assert vectors is not None and variant.embedder is not None
-            found = store.vectors_for_chunks(variant.embedder, [c for c, _ in top])
+            found = store.catalog.vectors_for_chunks(variant.embedder, [c for c, _ in top])
             rows = np.stack([found[c] for c, _ in top if c in found]) if found else np.empty(0)
             hits = store.dense(rocchio(vectors[i], rows), request, model=variant.embedder)
             _remember(hits, doc_of, text_of)
