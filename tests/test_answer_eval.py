@@ -55,7 +55,7 @@ def test_extractive_scores_as_child_runs_with_traces(speakers_store: str,
     assert out["questions"] == 20
     (variant,) = out["variants"]
     assert variant["variant"] == "extractive"
-    assert set(variant) - {"variant", "run_id"} == SCORES
+    assert set(variant) - {"variant", "run_id", "usage"} == SCORES
     # The figures reported in docs/answers.md: the extractive answerer is deterministic.
     assert variant["recall_at_5"] == 1.0
     assert variant["exact_match"] == 0.0
@@ -76,6 +76,34 @@ def test_extractive_scores_as_child_runs_with_traces(speakers_store: str,
     names = {a.name for a in traces[0].info.assessments}
     assert {"token_f1", "citation_precision", "recall_at_5"} <= names
     assert client.get_run(out["run_id"]).data.params["n_questions"] == "20"
+
+
+def test_each_child_run_logs_tokens_cost_and_latency_per_stage(
+        speakers_store: str, tracking_uri: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    with ChatServer() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        result = run("evaluate-answers", "--dataset", str(_first(2, tmp_path)), "--store",
+                     speakers_store, "--generators", "extractive,openai:gpt-4o-mini",
+                     "--json")  # a model of the price table: the cost is not 0
+    assert result.exit_code == 0, result.output
+    extractive, chat = json.loads(result.stdout)["variants"]
+    client = MlflowClient(tracking_uri)
+    for variant in (extractive, chat):
+        metrics = client.get_run(variant["run_id"]).data.metrics
+        usage = variant["usage"]
+        for name in ("input_tokens", "output_tokens", "cost_usd"):
+            assert metrics[f"{name}/sum"] == pytest.approx(usage[f"{name}/sum"], abs=1e-6)
+            # two questions: MLflow's checking call of predict_fn is not counted twice
+            assert usage[f"{name}/mean"] == pytest.approx(usage[f"{name}/sum"] / 2, abs=1e-6)
+        for stage in ("embed", "retrieve", "generate", "answer"):
+            assert metrics[f"{stage}_ms/mean"] >= 0 and f"{stage}_ms/p95" in metrics
+    assert chat["usage"]["input_tokens/sum"] > 0 and chat["usage"]["output_tokens/sum"] > 0
+    assert chat["usage"]["cost_usd/sum"] > 0
+    assert extractive["usage"]["cost_usd/sum"] == 0.0
 
 
 def test_bad_inputs_are_one_line_errors_and_log_no_run(speakers_store: str, tracking_uri: str,
@@ -159,6 +187,6 @@ def test_prompt_x_generator_variants_are_child_runs(speakers_store: str, trackin
     prompts = {client.get_run(v["run_id"]).data.params["prompt"] for v in out["variants"]}
     assert prompts == {"", "prompts:/qa/1", "prompts:/qa/2"}
     for variant in out["variants"]:
-        assert set(variant) - {"variant", "run_id"} == SCORES
+        assert set(variant) - {"variant", "run_id", "usage"} == SCORES
     # The chat server cites the first passage it is given: a real citation.
     assert out["variants"][1]["citation_precision"] > 0

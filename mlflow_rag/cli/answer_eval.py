@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -77,7 +78,7 @@ def evaluate_answers_command(
         check_option_names(generator_kind(name), list(options))
     variants = answer_variants(names, _names(prompts) if prompts else [None], modes)
     check_tracking(tracking_uri)
-    from mlflow_rag.answer_eval_tracking import SCORES, evaluate_answers
+    from mlflow_rag.answer_eval_tracking import evaluate_answers
 
     with Store.open(store_path, read_only=True) as store:
         outcome = evaluate_answers(store, items, variants, k=k, judge=judge,
@@ -90,8 +91,25 @@ def evaluate_answers_command(
             for v in outcome.variants]
     if as_json:
         echo_json({"run_id": outcome.run_id, "experiment_id": outcome.experiment_id,
-                   "questions": len(items), "variants": rows})
+                   "questions": len(items),
+                   "variants": [{**row, "usage": {name: round(value, 6)
+                                                  for name, value in v.usage.items()}}
+                                for row, v in zip(rows, outcome.variants, strict=True)]})
         return
+    _echo_scores(rows, k=k)
+    for v in outcome.variants:
+        usage = v.usage
+        click.echo(f"{v.variant.name}: {usage.get('input_tokens/mean', 0):.0f} input and "
+                   f"{usage.get('output_tokens/mean', 0):.0f} output tokens per question, "
+                   f"${usage.get('cost_usd/sum', 0):.4f} in all, answer "
+                   f"{usage.get('answer_ms/mean', 0):.1f} ms mean")
+    click.echo(f"\n{len(items)} questions; parent run {outcome.run_id} "
+               f"(experiment {outcome.experiment_id})")
+
+
+def _echo_scores(rows: list[dict[str, Any]], *, k: int) -> None:
+    from mlflow_rag.answer_eval_tracking import SCORES
+
     # The offline scores first, in a fixed order, then the judges' (with --judge).
     order = [*SCORES, f"recall_at_{k}", f"ndcg_at_{k}"]
     found = {c for row in rows for c in row} - {"variant", "run_id"}
@@ -102,5 +120,3 @@ def evaluate_answers_command(
         click.echo(str(row["variant"]).ljust(width) + "".join(
             f"{row[c]:.4f}".rjust(len(c) + 2) if c in row else "-".rjust(len(c) + 2)
             for c in columns))
-    click.echo(f"\n{len(items)} questions; parent run {outcome.run_id} "
-               f"(experiment {outcome.experiment_id})")
