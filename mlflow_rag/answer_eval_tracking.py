@@ -18,16 +18,20 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlflow_rag.answer import answer
 from mlflow_rag.evaluation import answer_metrics
-from mlflow_rag.evaluation.answer_set import QAItem
+from mlflow_rag.evaluation.answer_set import QAItem, as_eval_dataset
 from mlflow_rag.evaluation.answer_variants import AnswerVariant
+from mlflow_rag.evaluation.harness import HarnessOptions, grid_store, set_index
+from mlflow_rag.evaluation.harness_plan import corpus_dir_name
+from mlflow_rag.evaluation.variants import Grid
 from mlflow_rag.genai_tracking import MlflowTracer, resolve_prompt
 from mlflow_rag.generate.prompting import PromptTemplate
 from mlflow_rag.generate.registry import get_generator
-from mlflow_rag.search import Searcher
+from mlflow_rag.search import DEFAULT_FUSION, Searcher
 from mlflow_rag.store.store import Store
 from mlflow_rag.tracking_session import log_params_once, mlflow_session, quiet_mlflow, start_run
 
@@ -231,3 +235,39 @@ def evaluation_run(
             yield run
             mlflow.log_dict([{"variant": r.variant.name, "run_id": r.run_id, **r.metrics,
                               **r.usage} for r in run.results], "comparison.json")
+
+
+def evaluate_answer_grid(
+    grid: Grid, items: Sequence[QAItem], variants: Sequence[AnswerVariant], *,
+    sources: Sequence[str], options: HarnessOptions, k: int = 5, judge: str | None = None,
+    dataset: str = "", generator_options: Mapping[str, Any] | None = None,
+    tracking_uri: str | None = None, experiment: str | None = None,
+    run_name: str | None = None,
+) -> AnswerEvaluation:
+    """Every retrieval variant of ``grid`` (``variants`` made by
+    ``answer_variants.grid_answer_variants``) x generator x prompt: one child run each,
+    answered from the chunking's store, which the retrieval harness builds (and reuses) under
+    ``options.work_dir``. A variant answers from ``k`` chunks: the grid's ``k`` is for
+    ranking documents, not for prompts."""
+    qa = as_eval_dataset(items, name=Path(dataset).stem or "answers", source=dataset)
+    root = Path(options.work_dir) / corpus_dir_name(qa, sources, options.loader_options)
+    root.mkdir(parents=True, exist_ok=True)
+    with evaluation_run(items, variants, k=k, judge=judge, dataset=dataset,
+                        generator_options=generator_options, store=str(root),
+                        tracking_uri=tracking_uri, experiment=experiment,
+                        run_name=run_name, params={"variants_file": grid.source or ""}
+                        ) as evaluation:
+        for chunking in grid.chunkings:
+            with grid_store(grid, chunking, sources, root=root, options=options) as built:
+                for retrieval in (v for v in grid.variants if v.chunking == chunking):
+                    if retrieval.embedder is not None:
+                        set_index(built.store, built.models[retrieval.embedder],
+                                  retrieval.index_type)
+                    searcher = Searcher(built.store, model=retrieval.embedder,
+                                        fusion=retrieval.fusion or DEFAULT_FUSION)
+                    params = {key: value for key, value in retrieval.params().items()
+                              if key != "k"}
+                    for variant in (v for v in variants if v.retrieval == retrieval):
+                        evaluation.run_variant(built.store, variant, searcher=searcher,
+                                               params={**params, "retrieval": retrieval.key})
+    return evaluation.result()

@@ -106,6 +106,64 @@ def test_each_child_run_logs_tokens_cost_and_latency_per_stage(
     assert extractive["usage"]["cost_usd/sum"] == 0.0
 
 
+GRID = """name: answers-small
+grid:
+  chunker: recursive
+  chunk_size: [128, 256]
+  embedder: tfidf
+  mode: [bm25, hybrid]
+"""
+
+
+def test_a_variants_grid_crossed_with_generators_is_one_child_run_each(
+        tracking_uri: str, tmp_path: Path, shared_data: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    csv = shared_data / "chatboti" / "2025-09-02-speaker-bio.csv"
+    if not csv.is_file():
+        pytest.skip(f"{csv} is absent")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID, encoding="utf-8")
+    work = tmp_path / "work"
+    args = ["evaluate-answers", "--dataset", str(_first(2, tmp_path)), "--variants", str(grid),
+            "--corpus", str(csv), "--work-dir", str(work)]
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    # 2 chunkings x (bm25, hybrid with tfidf) x extractive; named by the grid's labels
+    names = [v["variant"] for v in out["variants"]]
+    assert len(names) == 4 and all(n.startswith("extractive [") for n in names)
+    assert any("bm25" in n for n in names) and any("hybrid-tfidf" in n for n in names)
+    client = MlflowClient(tracking_uri)
+    params = [client.get_run(v["run_id"]).data.params for v in out["variants"]]
+    assert {(p["chunk_size"], p["mode"]) for p in params} == {
+        ("128", "bm25"), ("128", "hybrid"), ("256", "bm25"), ("256", "hybrid")}
+    assert all(p["k"] == "5" and p["retrieval"].startswith("chunker=recursive") for p in params)
+    for variant in out["variants"]:
+        assert set(variant) - {"variant", "run_id", "usage"} == SCORES
+        assert variant["recall_at_5"] > 0 and variant["usage"]["input_tokens/sum"] > 0
+    # the harness's stores: one per chunking, under the work dir
+    stores = {p.parent.name for p in work.rglob("metadata.db")}
+    assert len(stores) == 2 and all("recursive" in name for name in stores)
+
+    bad_grid = tmp_path / "bad.yaml"
+    bad_grid.write_text(GRID.replace("recursive", "sentencez"), encoding="utf-8")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    before = len(client.search_runs(experiments))
+    for bad_args, message in [
+        (["--variants", str(bad_grid), "--corpus", str(csv)],
+         "Unknown chunker 'sentencez'; choose from ["),
+        (["--variants", str(grid)], "--variants needs --corpus SOURCE"),
+        (["--variants", str(grid), "--corpus", str(csv), "--mode", "bm25"], "drop --mode"),
+        ([], "give --store STORE, or --variants FILE with --corpus SOURCE"),
+    ]:
+        bad = run("evaluate-answers", "--dataset", str(QA), *bad_args)
+        assert bad.exit_code != 0 and message in bad.output, bad.output
+        assert len([line for line in bad.output.strip().splitlines()
+                    if line.startswith("Error") or line.startswith("error")]) == 1
+    assert len(client.search_runs(experiments)) == before  # no run was made
+
+
 def test_bad_inputs_are_one_line_errors_and_log_no_run(speakers_store: str, tracking_uri: str,
                                                        tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
