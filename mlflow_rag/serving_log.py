@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_rag import codec
-from mlflow_rag.errors import InvalidInput
+from mlflow_rag.errors import DocumentNotFound, InvalidInput
 from mlflow_rag.search import redact_emails
 from mlflow_rag.store.answer_log import (
     Feedback,
@@ -37,6 +37,9 @@ from mlflow_rag.types import Hit
 log = logging.getLogger("mlflow_rag.serving")
 
 DROP_LOG_INTERVAL_S = 10.0  # at most one "queries dropped" warning per interval
+# Feedback on an output id not (yet) in the log looks again for this long, every poll.
+FEEDBACK_FIND_S = 1.0
+FEEDBACK_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -151,12 +154,22 @@ class QueryLog:
         return it with the answer's trace id. This process's queue is written first (at most
         ``wait_s``), so feedback on an answer served a moment ago finds it. An unknown output
         id or a bad value is an error and stores nothing."""
+        give_up = time.monotonic() + min(wait_s, FEEDBACK_FIND_S)
         self.flush(wait_s)
         backend = self._open_backend(busy_timeout_ms=int(wait_s * 1000))
         try:
-            stored = write_feedback(backend, output_id, kind=kind, value=value, comment=comment,
-                                    user_id=user_id, redact=self.redact)
-            return stored, read_answer(backend, output_id).trace_id
+            while True:
+                try:
+                    stored = write_feedback(backend, output_id, kind=kind, value=value,
+                                            comment=comment, user_id=user_id,
+                                            redact=self.redact)
+                    return stored, read_answer(backend, output_id).trace_id
+                except DocumentNotFound:
+                    # Another worker (process) of the server may have given the answer and
+                    # still hold it in its queue, written within milliseconds as a rule.
+                    if time.monotonic() + FEEDBACK_POLL_S > give_up:
+                        raise
+                    time.sleep(FEEDBACK_POLL_S)
         finally:
             backend.close()
 
