@@ -68,6 +68,8 @@ class Answer:
     latency_ms: Mapping[str, float]
     truncation: Mapping[str, Any] | None = None
     hits: tuple[Hit, ...] = field(default=(), repr=False)
+    # the generations row's figures (what a served model's query log records)
+    stats: GenerationStats | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The CLI's ``ask --json`` shape."""
@@ -230,15 +232,15 @@ def answer(
                           "citations": [c.chunk_id for c in citations],
                           "output_id": output_id})
     trace_id = tracer.trace_id
+    stats = GenerationStats(
+        generator=gen.name, params=gen.params(),
+        prompt_name=template.name if template else None,
+        prompt_version=template.version if template else None,
+        input_tokens=generation.input_tokens, output_tokens=generation.output_tokens,
+        cost_usd=generation.cost_usd, embed_ms=latency["embed"],
+        retrieve_ms=latency["retrieve"], generate_ms=latency["generate"],
+        metadata={"truncation": truncation} if truncation else {})
     if record:
-        stats = GenerationStats(
-            generator=gen.name, params=gen.params(),
-            prompt_name=template.name if template else None,
-            prompt_version=template.version if template else None,
-            input_tokens=generation.input_tokens, output_tokens=generation.output_tokens,
-            cost_usd=generation.cost_usd, embed_ms=latency["embed"],
-            retrieve_ms=latency["retrieve"], generate_ms=latency["generate"],
-            metadata={"truncation": truncation} if truncation else {})
         store.logs.log_answer(
             output_id=output_id, query_id=query_id, question=request.query, hits=hits,
             model_name=searcher.embedding_model if mode != "bm25" else None, embedding=vector,
@@ -251,7 +253,8 @@ def answer(
         query_id=query_id if record else None,
         trace_id=trace_id, generator=gen.name, prompt=template.uri if template else None,
         input_tokens=generation.input_tokens, output_tokens=generation.output_tokens,
-        cost_usd=generation.cost_usd, latency_ms=latency, truncation=truncation, hits=hits)
+        cost_usd=generation.cost_usd, latency_ms=latency, truncation=truncation, hits=hits,
+        stats=stats)
 
 
 def _citation(hit: Hit) -> Citation:

@@ -197,12 +197,20 @@ def log_trace_feedback(
     tracking_uri: str | None = None, experiment: str | None = None,
 ) -> None:
     """The feedback as an assessment (HUMAN source) on the answer's trace."""
+    quiet_mlflow()
+    with mlflow_session(tracking_uri, experiment):
+        log_served_feedback(trace_id, value=value, comment=comment, user_id=user_id)
+
+
+def log_served_feedback(trace_id: str, *, value: float | bool, comment: str | None,
+                        user_id: str | None) -> None:
+    """The feedback as an assessment (HUMAN source) on the answer's trace, in the tracking
+    store MLflow points at already (a scoring server's: its configuration is left alone)."""
+    import mlflow
     from mlflow.entities import AssessmentSource, AssessmentSourceType
 
-    quiet_mlflow()
     flush_traces()  # the answer's trace may still be on its way (same process)
-    with mlflow_session(tracking_uri, experiment) as mlflow:
-        mlflow.log_feedback(
-            trace_id=trace_id, name="user_feedback", value=value, rationale=comment,
-            source=AssessmentSource(source_type=AssessmentSourceType.HUMAN,
-                                    source_id=user_id or "mlflow-rag"))
+    mlflow.log_feedback(
+        trace_id=trace_id, name="user_feedback", value=value, rationale=comment,
+        source=AssessmentSource(source_type=AssessmentSourceType.HUMAN,
+                                source_id=user_id or "mlflow-rag"))

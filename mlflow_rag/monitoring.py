@@ -72,7 +72,7 @@ def _number(value: Any) -> float | None:
 def _metadata(text: str) -> dict[str, Any]:
     """A logged query's metadata, parsed only when it holds what a report reads (most
     logged queries do not: no JSON to parse)."""
-    if "latency_ms" not in text and "output_id" not in text:
+    if "latency_ms" not in text and "output_id" not in text and "served_answer" not in text:
         return {}
     try:
         value = json.loads(text)
@@ -82,8 +82,8 @@ def _metadata(text: str) -> dict[str, Any]:
 
 
 class _Answers:
-    """Answers as they stream by: the ``generations`` rows, and the served RAG model's, which
-    are recorded in their query's metadata only (docs/answers.md, "Served")."""
+    """Answers as they stream by: the ``generations`` rows, and the served RAG model's of
+    query logs written before served answers got them (in their query's metadata only)."""
 
     def __init__(self, per_day: dict[str, Counter[str]],
                  latencies: dict[str, list[float]]) -> None:
@@ -140,7 +140,9 @@ def summarize(rows: MonitoringRows, *, since: str = "", top: int = TOP) -> dict[
         if query_id in thumbs_down:
             failing[text]["thumbs_down"] += thumbs_down[query_id]
         metadata = _metadata(metadata_json)
-        if metadata.get("output_id"):  # answered by the served model: no generations row
+        if metadata.get("served_answer") is True:  # its generations row was counted above
+            answers.served += 1
+        elif metadata.get("output_id"):  # served before served answers had generations rows
             answers.add_served(timestamp[:10], metadata)
         elif (search_ms := _number(metadata.get("latency_ms"))) is not None:
             latencies["search"].append(search_ms)

@@ -41,7 +41,14 @@ from mlflow_rag.pyfunc_model import (
     warm_up_serving,
 )
 from mlflow_rag.serving import QUERY_LOG_ENV, config_choices, scrub
-from mlflow_rag.serving_rag import Answerer, custom_outputs, question_of
+from mlflow_rag.serving_rag import (
+    Answerer,
+    ServedFeedback,
+    custom_outputs,
+    is_feedback_request,
+    parse_feedback,
+    question_of,
+)
 
 log = logging.getLogger("mlflow_rag.pyfunc_model")
 
@@ -79,6 +86,7 @@ class RagModel(ResponsesAgent):
             redact=redact,
             embedder=config.get("embedder") or None,
             mmap=_flag(config.get("mmap", True)),
+            keep_answer_text=_flag(config.get("keep_answer_text", False)),
         )
         if guard_scoring_server():
             warm_up_serving(trace=self.trace != "off")
@@ -93,12 +101,17 @@ class RagModel(ResponsesAgent):
             raise MlflowException("the model is not loaded (load_context was not called)",
                                   error_code=INTERNAL_ERROR)
         body = request.model_dump(exclude_none=True)
+        context = body.get("context") or {}
+        if is_feedback_request(body.get("custom_inputs")):
+            return self.feedback_request(answerer, body["custom_inputs"], context)
         question = ""
         try:
             question = question_of(body)
             tracer: Tracer = (NoTracer() if self.trace == "off"
                               else ServedTracer(text=self.trace == "text"))
-            result = answerer.answer(question, body.get("custom_inputs"), tracer=tracer)
+            result = answerer.answer(question, body.get("custom_inputs"), tracer=tracer,
+                                     session_id=context.get("conversation_id"),
+                                     user_id=context.get("user_id"))
         except (EmbedderError, GeneratorError) as exc:  # a service failed, not the request
             stage = "the query embedder" if isinstance(exc, EmbedderError) else "the generator"
             raise PrivateMlflowException(scrub(f"{stage} failed: {exc}", [question]),
@@ -116,6 +129,51 @@ class RagModel(ResponsesAgent):
                 text=result.text, id=result.output_id)],
             custom_outputs=custom_outputs(result),
         )
+
+    def feedback_request(self, answerer: Answerer, custom_inputs: Mapping[str, Any],
+                         context: Mapping[str, Any]) -> ResponsesAgentResponse:
+        """``custom_inputs: {"feedback": {...}}``: stored in the query log beside the answer
+        and logged on its trace (when it has one); the response says so."""
+        comment: list[str] = []
+        try:
+            parsed = parse_feedback(custom_inputs, user_id=context.get("user_id"))
+            comment = [parsed.comment] if parsed.comment else []
+            stored = answerer.feedback(parsed)
+        except (RagError, ValueError) as exc:
+            raise bad_request(str(exc), comment) from None
+        except Exception as exc:  # e.g. the query log's database is down: nothing stored
+            log.exception("feedback failed")
+            raise PrivateMlflowException(
+                f"feedback failed ({type(exc).__name__}); nothing was stored",
+                error_code=TEMPORARILY_UNAVAILABLE) from None
+        traced = self.trace != "off" and _log_on_trace(stored, thumbs=parsed.thumbs)
+        feedback = stored.feedback
+        return ResponsesAgentResponse(
+            output=[self.create_text_output_item(  # type: ignore[list-item]
+                text=f"feedback recorded on {feedback.output_id}", id=feedback.id)],
+            custom_outputs={"feedback_id": feedback.id, "output_id": feedback.output_id,
+                            "kind": feedback.kind, "value": feedback.value,
+                            "trace_id": stored.trace_id, "logged_on_trace": traced},
+        )
+
+
+def _log_on_trace(stored: ServedFeedback, *, thumbs: str | None) -> bool:
+    """``mlflow.log_feedback`` on the answer's trace; stored feedback stays stored if the
+    tracking store refuses (logged in the server log, ``logged_on_trace`` false)."""
+    if not stored.trace_id:
+        return False
+    from mlflow_rag.genai_tracking import log_served_feedback
+
+    feedback = stored.feedback
+    try:
+        log_served_feedback(stored.trace_id,
+                            value=(thumbs == "up") if thumbs else feedback.value,
+                            comment=feedback.comment, user_id=feedback.user_id)
+    except Exception as exc:
+        log.warning("feedback %s is stored but not logged on trace %s: %s", feedback.id,
+                    stored.trace_id, exc)
+        return False
+    return True
 
 
 def _predict(self: RagModel, request: Any) -> ResponsesAgentResponse:

@@ -1,7 +1,9 @@
-"""The served model's opt-in query log: each query and its hits in a SQLite file of its own
-(a bundle is never written), written by a background thread off the request path; a full
-queue or a busy file drops entries (counted, warned about at most every
-``DROP_LOG_INTERVAL_S``) rather than blocking or failing a search."""
+"""The served model's opt-in query log: each query and its hits (and a served answer's
+generation and citations) in a SQLite file of its own (a bundle is never written) or a
+PostgreSQL store, written by a background thread off the request path; a full queue or a
+busy file drops entries (counted, warned about at most every ``DROP_LOG_INTERVAL_S``) rather
+than blocking or failing a search. Feedback on a logged answer is written at once: its
+client waits for the verdict."""
 
 from __future__ import annotations
 
@@ -17,8 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_rag import codec
-from mlflow_rag.errors import InvalidInput
+from mlflow_rag.errors import DocumentNotFound, InvalidInput
 from mlflow_rag.search import redact_emails
+from mlflow_rag.store.answer_log import (
+    Feedback,
+    GenerationStats,
+    citation_rows,
+    generation_row,
+    read_answer,
+    write_feedback,
+)
 from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.opening import is_database_location
 from mlflow_rag.store.postgres.location import redacted
@@ -28,17 +38,36 @@ from mlflow_rag.types import Hit
 log = logging.getLogger("mlflow_rag.serving")
 
 DROP_LOG_INTERVAL_S = 10.0  # at most one "queries dropped" warning per interval
+# Feedback on an output id not (yet) in the log looks again for this long, every poll.
+FEEDBACK_FIND_S = 1.0
+FEEDBACK_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class ServedAnswer:
+    """A served answer to log with its query: its ``generations`` row and citations, as
+    ``ask`` records them (store/answer_log.py); the answer text only when kept (opt-in)."""
+
+    output_id: str
+    stats: GenerationStats
+    citations: tuple[tuple[str, str], ...]  # (chunk id, document id)
+    trace_id: str | None = None
+    answer_text: str | None = None
+    session_id: str | None = None
+    user_id: str | None = None
 
 
 @dataclass(frozen=True)
 class _Entry:
-    """One query to log, as queued: the raw text (redacted when written) and its hits."""
+    """One query to log, as queued: the raw text (redacted when written), its hits and the
+    answer it got, if any (text redacted when written too)."""
 
     text: str
     retrievals: tuple[tuple[str, int, float], ...]  # (chunk id, rank, score)
     model_name: str | None
     metadata: str
     timestamp: str
+    answer: ServedAnswer | None = None
 
 
 class QueryLog:
@@ -101,12 +130,12 @@ class QueryLog:
     # ----------------------------------------------------------------------- request path
 
     def write(self, text: str, hits: Sequence[Hit], *, model_name: str | None,
-              metadata: Mapping[str, Any]) -> None:
-        """Queue one query for the log; never blocks on the file."""
+              metadata: Mapping[str, Any], answer: ServedAnswer | None = None) -> None:
+        """Queue one query (and the answer it got) for the log; never blocks on the file."""
         entry = _Entry(
             text=text, retrievals=tuple((h.chunk_id, h.rank, float(h.score)) for h in hits),
             model_name=model_name, metadata=codec.metadata_json({**metadata, "pid": os.getpid()}),
-            timestamp=utc_now(),
+            timestamp=utc_now(), answer=answer,
         )
         with self._lock:
             if self._closed and self._pid == os.getpid():
@@ -119,6 +148,31 @@ class QueryLog:
                 self._log_drop(f"the queue of {self.max_queued} queries is full")
                 return
             self._queue.put(entry)
+
+    def feedback(self, output_id: str, *, kind: str, value: float, comment: str | None,
+                 user_id: str | None, wait_s: float = 5.0) -> tuple[Feedback, str | None]:
+        """Record feedback on a logged answer, now (the client waits for the verdict), and
+        return it with the answer's trace id. This process's queue is written first (at most
+        ``wait_s``), so feedback on an answer served a moment ago finds it. An unknown output
+        id or a bad value is an error and stores nothing."""
+        give_up = time.monotonic() + min(wait_s, FEEDBACK_FIND_S)
+        self.flush(wait_s)
+        backend = self._open_backend(busy_timeout_ms=int(wait_s * 1000))
+        try:
+            while True:
+                try:
+                    stored = write_feedback(backend, output_id, kind=kind, value=value,
+                                            comment=comment, user_id=user_id,
+                                            redact=self.redact)
+                    return stored, read_answer(backend, output_id).trace_id
+                except DocumentNotFound:
+                    # Another worker (process) of the server may have given the answer and
+                    # still hold it in its queue, written within milliseconds as a rule.
+                    if time.monotonic() + FEEDBACK_POLL_S > give_up:
+                        raise
+                    time.sleep(FEEDBACK_POLL_S)
+        finally:
+            backend.close()
 
     def stats(self) -> dict[str, int]:
         return {"queued": self._queue.qsize(), "written": self.written, "dropped": self.dropped,
@@ -219,21 +273,32 @@ class QueryLog:
                     retrievals=[(new_id(), chunk_id, rank, score, "{}")
                                 for chunk_id, rank, score in entry.retrievals],
                 )
+                if entry.answer is not None:
+                    self._insert_answer(backend, entry.answer, query_id, entry.timestamp)
+
+    def _insert_answer(self, backend: Backend, answer: ServedAnswer, query_id: str,
+                       timestamp: str) -> None:
+        row = generation_row(output_id=answer.output_id, query_id=query_id,
+                             timestamp=timestamp, stats=answer.stats,
+                             answer_text=answer.answer_text, session_id=answer.session_id,
+                             user_id=answer.user_id, trace_id=answer.trace_id,
+                             redact=self.redact)
+        backend.insert_generation(row, citation_rows(answer.citations))
 
     def _connection(self) -> Backend:
         if self._backend is None:
-            if self.database is not None:
-                from mlflow_rag.store.postgres.backend import PostgresBackend
-
-                self._backend = PostgresBackend.open(self.database, create=False,
-                                                     read_only=False)
-            else:
-                from mlflow_rag.store.sqlite.backend import SqliteBackend
-
-                assert isinstance(self.path, Path)
-                self._backend = SqliteBackend.open_query_log(
-                    self.path, busy_timeout_ms=self.WRITER_BUSY_TIMEOUT_MS)
+            self._backend = self._open_backend(busy_timeout_ms=self.WRITER_BUSY_TIMEOUT_MS)
         return self._backend
+
+    def _open_backend(self, *, busy_timeout_ms: int) -> Backend:
+        if self.database is not None:
+            from mlflow_rag.store.postgres.backend import PostgresBackend
+
+            return PostgresBackend.open(self.database, create=False, read_only=False)
+        from mlflow_rag.store.sqlite.backend import SqliteBackend
+
+        assert isinstance(self.path, Path)
+        return SqliteBackend.open_query_log(self.path, busy_timeout_ms=busy_timeout_ms)
 
     def _reset_connection(self) -> None:
         if self._backend is not None:

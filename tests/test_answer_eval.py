@@ -55,7 +55,7 @@ def test_extractive_scores_as_child_runs_with_traces(speakers_store: str,
     assert out["questions"] == 20
     (variant,) = out["variants"]
     assert variant["variant"] == "extractive"
-    assert set(variant) - {"variant", "run_id"} == SCORES
+    assert set(variant) - {"variant", "run_id", "usage"} == SCORES
     # The figures reported in docs/answers.md: the extractive answerer is deterministic.
     assert variant["recall_at_5"] == 1.0
     assert variant["exact_match"] == 0.0
@@ -76,6 +76,92 @@ def test_extractive_scores_as_child_runs_with_traces(speakers_store: str,
     names = {a.name for a in traces[0].info.assessments}
     assert {"token_f1", "citation_precision", "recall_at_5"} <= names
     assert client.get_run(out["run_id"]).data.params["n_questions"] == "20"
+
+
+def test_each_child_run_logs_tokens_cost_and_latency_per_stage(
+        speakers_store: str, tracking_uri: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    with ChatServer() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        result = run("evaluate-answers", "--dataset", str(_first(2, tmp_path)), "--store",
+                     speakers_store, "--generators", "extractive,openai:gpt-4o-mini",
+                     "--json")  # a model of the price table: the cost is not 0
+    assert result.exit_code == 0, result.output
+    extractive, chat = json.loads(result.stdout)["variants"]
+    client = MlflowClient(tracking_uri)
+    for variant in (extractive, chat):
+        metrics = client.get_run(variant["run_id"]).data.metrics
+        usage = variant["usage"]
+        for name in ("input_tokens", "output_tokens", "cost_usd"):
+            assert metrics[f"{name}/sum"] == pytest.approx(usage[f"{name}/sum"], abs=1e-6)
+            # two questions: MLflow's checking call of predict_fn is not counted twice
+            assert usage[f"{name}/mean"] == pytest.approx(usage[f"{name}/sum"] / 2, abs=1e-6)
+        for stage in ("embed", "retrieve", "generate", "answer"):
+            assert metrics[f"{stage}_ms/mean"] >= 0 and f"{stage}_ms/p95" in metrics
+    assert chat["usage"]["input_tokens/sum"] > 0 and chat["usage"]["output_tokens/sum"] > 0
+    assert chat["usage"]["cost_usd/sum"] > 0
+    assert extractive["usage"]["cost_usd/sum"] == 0.0
+
+
+GRID = """name: answers-small
+grid:
+  chunker: recursive
+  chunk_size: [128, 256]
+  embedder: tfidf
+  mode: [bm25, hybrid]
+"""
+
+
+def test_a_variants_grid_crossed_with_generators_is_one_child_run_each(
+        tracking_uri: str, tmp_path: Path, shared_data: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    csv = shared_data / "chatboti" / "2025-09-02-speaker-bio.csv"
+    if not csv.is_file():
+        pytest.skip(f"{csv} is absent")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID, encoding="utf-8")
+    work = tmp_path / "work"
+    args = ["evaluate-answers", "--dataset", str(_first(2, tmp_path)), "--variants", str(grid),
+            "--corpus", str(csv), "--work-dir", str(work)]
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    # 2 chunkings x (bm25, hybrid with tfidf) x extractive; named by the grid's labels
+    names = [v["variant"] for v in out["variants"]]
+    assert len(names) == 4 and all(n.startswith("extractive [") for n in names)
+    assert any("bm25" in n for n in names) and any("hybrid-tfidf" in n for n in names)
+    client = MlflowClient(tracking_uri)
+    params = [client.get_run(v["run_id"]).data.params for v in out["variants"]]
+    assert {(p["chunk_size"], p["mode"]) for p in params} == {
+        ("128", "bm25"), ("128", "hybrid"), ("256", "bm25"), ("256", "hybrid")}
+    assert all(p["k"] == "5" and p["retrieval"].startswith("chunker=recursive") for p in params)
+    for variant in out["variants"]:
+        assert set(variant) - {"variant", "run_id", "usage"} == SCORES
+        assert variant["recall_at_5"] > 0 and variant["usage"]["input_tokens/sum"] > 0
+    # the harness's stores: one per chunking, under the work dir
+    stores = {p.parent.name for p in work.rglob("metadata.db")}
+    assert len(stores) == 2 and all("recursive" in name for name in stores)
+
+    bad_grid = tmp_path / "bad.yaml"
+    bad_grid.write_text(GRID.replace("recursive", "sentencez"), encoding="utf-8")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    before = len(client.search_runs(experiments))
+    for bad_args, message in [
+        (["--variants", str(bad_grid), "--corpus", str(csv)],
+         "Unknown chunker 'sentencez'; choose from ["),
+        (["--variants", str(grid)], "--variants needs --corpus SOURCE"),
+        (["--variants", str(grid), "--corpus", str(csv), "--mode", "bm25"], "drop --mode"),
+        ([], "give --store STORE, or --variants FILE with --corpus SOURCE"),
+    ]:
+        bad = run("evaluate-answers", "--dataset", str(QA), *bad_args)
+        assert bad.exit_code != 0 and message in bad.output, bad.output
+        assert len([line for line in bad.output.strip().splitlines()
+                    if line.startswith("Error") or line.startswith("error")]) == 1
+    assert len(client.search_runs(experiments)) == before  # no run was made
 
 
 def test_bad_inputs_are_one_line_errors_and_log_no_run(speakers_store: str, tracking_uri: str,
@@ -159,6 +245,6 @@ def test_prompt_x_generator_variants_are_child_runs(speakers_store: str, trackin
     prompts = {client.get_run(v["run_id"]).data.params["prompt"] for v in out["variants"]}
     assert prompts == {"", "prompts:/qa/1", "prompts:/qa/2"}
     for variant in out["variants"]:
-        assert set(variant) - {"variant", "run_id"} == SCORES
+        assert set(variant) - {"variant", "run_id", "usage"} == SCORES
     # The chat server cites the first passage it is given: a real citation.
     assert out["variants"][1]["citation_precision"] > 0

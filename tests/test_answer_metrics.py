@@ -15,6 +15,7 @@ from mlflow_rag.evaluation.answer_metrics import (
     normalize_answer,
     retrieval_scores,
     token_f1,
+    usage_summary,
 )
 from mlflow_rag.evaluation.answer_set import load_qa_set
 
@@ -100,3 +101,18 @@ def test_variants_are_generator_x_prompt_without_the_axis_that_does_not_apply(
         answer_variants(["bogus"])
     with pytest.raises(InvalidInput, match="no generator"):
         answer_variants([])
+
+
+def test_usage_summary_sums_and_means_tokens_and_cost_and_times_each_stage() -> None:
+    usages = [
+        {"input_tokens": 10, "output_tokens": 4, "cost_usd": 0.5,
+         "latency_ms": {"embed": 1.0, "retrieve": 2.0, "generate": 3.0}},
+        {"input_tokens": 30, "output_tokens": 6, "cost_usd": 1.5,
+         "latency_ms": {"embed": 3.0, "retrieve": 2.0, "generate": 5.0}},
+    ]
+    out = usage_summary(usages)
+    assert out["input_tokens/sum"] == 40 and out["input_tokens/mean"] == 20
+    assert out["output_tokens/sum"] == 10 and out["cost_usd/mean"] == 1.0
+    assert out["embed_ms/mean"] == 2.0 and out["embed_ms/p95"] == pytest.approx(2.9)
+    assert out["answer_ms/mean"] == 8.0  # 6 and 10
+    assert usage_summary([]) == {}

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from mlflow_rag.errors import DocumentNotFound, InvalidInput
 from mlflow_rag.search import Searcher
-from mlflow_rag.serving_log import QueryLog
+from mlflow_rag.serving_log import QueryLog, ServedAnswer
+from mlflow_rag.store.answer_log import GenerationStats
 from mlflow_rag.store.store import Store
+from mlflow_rag.store.tables import new_id
 from tests.conftest import make_record
 
 
@@ -40,6 +45,43 @@ def test_served_queries_are_logged_into_the_store_and_hits_on_deleted_chunks_are
         assert stats.queries == 2
         assert {row[2] for row in rows} == kept_chunks  # chunk_id column; "gone" dropped
 
+
+
+def test_served_answers_and_feedback_on_them_are_logged_into_either_store(
+        store_location: str) -> None:
+    """The served RAG model's answers are generations rows of the log (here the store's own
+    database, SQLite or PostgreSQL), so feedback, report and lineage find them."""
+    with Store.open(store_location, create=True) as store:
+        store.write([make_record("kept", ["quantum knitting patterns", "wool and yarn"])])
+        hits = Searcher(store).search("quantum knitting", k=2, mode="bm25")
+    postgres = store_location.startswith("postgresql")
+    log = QueryLog(store_location if postgres else str(Path(store_location) / "metadata.db"))
+    output_id = new_id()
+    stats = GenerationStats(generator="extractive", params={}, prompt_name=None,
+                            prompt_version=None, input_tokens=12, output_tokens=5,
+                            cost_usd=0.0, embed_ms=0.1, retrieve_ms=0.2, generate_ms=0.3,
+                            metadata={})
+    try:
+        log.write("knitting from bob@example.org?", hits, model_name=None,
+                  metadata={"answered": True, "served_answer": True},
+                  answer=ServedAnswer(output_id=output_id, stats=stats, trace_id="tr-1",
+                                      citations=((hits[0].chunk_id, "kept"),),
+                                      answer_text="mail bob@example.org", user_id="u1"))
+        stored, trace_id = log.feedback(output_id, kind="thumbs", value=1.0, comment=None,
+                                        user_id="u2")  # the queue is written first
+        assert trace_id == "tr-1" and stored.kind == "thumbs"
+        with pytest.raises(DocumentNotFound, match="'nope'"):
+            log.feedback("nope", kind="score", value=1.0, comment=None, user_id=None)
+        with pytest.raises(InvalidInput, match=r"thumbs feedback is 1 \(up\) or 0 \(down\), got 3"):
+            log.feedback(output_id, kind="thumbs", value=3, comment=None, user_id=None)
+    finally:
+        log.close()
+    with Store.open(store_location, read_only=True) as store:
+        record = store.logs.answer_record(output_id)
+    assert record.stats.input_tokens == 12 and record.trace_id == "tr-1"
+    assert record.citations == ((1, hits[0].chunk_id, "kept"),)
+    assert record.answer_text == "mail <email>" and record.user_id == "u1"
+    assert [(f.kind, f.value, f.user_id) for f in record.feedback] == [("thumbs", 1.0, "u2")]
 
 
 def test_log_model_live_on_a_folder_store_is_one_line_naming_the_store_and_changes_nothing(

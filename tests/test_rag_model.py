@@ -148,25 +148,114 @@ def test_bad_requests_are_one_line_400s_that_do_not_echo_the_question(
     assert "confidential" not in message and PII_EMAIL not in message
 
 
-def test_answers_are_written_to_the_query_log_with_their_ids(
+def test_answers_are_written_to_the_query_log_with_their_generation_and_citations(
     logged: Logged, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log_path = tmp_path / "queries.db"
     monkeypatch.setenv(QUERY_LOG_ENV, str(log_path))
     model = mlflow.pyfunc.load_model("models:/qa@champion")
-    out = model.predict(ask(SECRET, k=2))
+    out = model.predict({**ask(SECRET, k=2),
+                         "context": {"conversation_id": "conv-1", "user_id": "user-1"}})
     query_log = model._model_impl.get_raw_model().answerer.retriever.query_log
     assert query_log.flush(timeout=60)  # written off the request path
     with sqlite3.connect(log_path) as db:
         rows = db.execute("SELECT id, query_text, metadata FROM queries").fetchall()
         retrieved = db.execute("SELECT count(*) FROM retrievals").fetchone()[0]
-    assert len(rows) == 1 and retrieved == 2
-    _, text, metadata = rows[0]
+        generation = db.execute(
+            "SELECT id, query_id, generator, input_tokens, output_tokens, cost_usd, embed_ms, "
+            "retrieve_ms, generate_ms, answer_text, session_id, user_id, trace_id "
+            "FROM generations").fetchall()
+        cited = db.execute("SELECT chunk_id, document_id FROM citations ORDER BY rank").fetchall()
+    assert len(rows) == 1 and retrieved == 2 and len(generation) == 1
+    query_id, text, metadata = rows[0]
     assert PII_EMAIL not in text and "<email>" in text  # redacted like the retriever's
     meta = json.loads(metadata)
-    assert meta["answered"] is True and meta["output_id"] == out["custom_outputs"]["output_id"]
-    assert meta["generator"] == "extractive" and meta["k"] == 2
-    assert meta["citations"] == [c["chunk_id"] for c in out["custom_outputs"]["citations"]]
+    assert meta["answered"] is True and meta["served_answer"] is True and meta["k"] == 2
+    assert meta["served_from"] == "bundle" and "output_id" not in meta
+    extra = out["custom_outputs"]
+    (output_id, gen_query, generator, tokens_in, tokens_out, cost, embed_ms, retrieve_ms,
+     generate_ms, answer_text, session_id, user_id, trace_id) = generation[0]
+    assert output_id == extra["output_id"] and gen_query == query_id
+    assert generator == "extractive" and tokens_in == extra["input_tokens"] > 0
+    assert tokens_out == extra["output_tokens"] and cost == 0.0
+    assert min(embed_ms, retrieve_ms, generate_ms) >= 0
+    assert answer_text is None  # kept only when the model config says keep_answer_text
+    assert (session_id, user_id) == ("conv-1", "user-1")
+    assert trace_id and trace_id.startswith("tr-")
+    assert cited == [(c["chunk_id"], c["document_id"]) for c in extra["citations"]]
+
+
+def feedback_request(**feedback: Any) -> dict[str, Any]:
+    return {"input": [], "custom_inputs": {"feedback": feedback}}
+
+
+def test_feedback_through_the_served_model_is_stored_beside_the_answer_and_on_its_trace(
+    logged: Logged, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A served model whose query log is its store's own database: the answer and the
+    feedback sent through the model are what `feedback`, `report` and `lineage` see."""
+    import shutil
+
+    store = Path(shutil.copytree(logged.store, tmp_path / "store"))
+    monkeypatch.setenv(QUERY_LOG_ENV, str(store / "metadata.db"))
+    model = mlflow.pyfunc.load_model("models:/qa@champion",
+                                     model_config={"keep_answer_text": True})
+    out = model.predict(ask(SECRET, k=2))
+    output_id = out["custom_outputs"]["output_id"]
+    given = model.predict({**feedback_request(output_id=output_id, thumbs="up",
+                                              comment=f"right; ask {PII_EMAIL}"),
+                           "context": {"user_id": "carol"}})
+    extra = given["custom_outputs"]
+    assert extra["output_id"] == output_id and extra["kind"] == "thumbs" and extra["value"] == 1
+    assert extra["logged_on_trace"] is True and given["output"][0]["id"] == extra["feedback_id"]
+    trace = mlflow.get_trace(extra["trace_id"], flush=True)
+    assessments = [a for a in trace.info.assessments if a.name == "user_feedback"]
+    assert [a.feedback.value for a in assessments] == [True]
+    assert assessments[0].source.source_id == "carol"
+
+    bad = [
+        (feedback_request(output_id="nope", thumbs="up"),
+         "no served answer with output id 'nope' in the query log"),
+        (feedback_request(output_id=output_id, thumbs="sideways"),
+         "Unknown feedback thumbs 'sideways'; choose from ['down', 'up']"),
+        (feedback_request(output_id=output_id, score="high"),
+         "feedback score must be a finite number, got 'high'"),
+        (feedback_request(output_id=output_id, score=1, thumbs="up"), "exactly one of thumbs"),
+        (feedback_request(output_id=output_id, stars=5),
+         "unknown feedback keys ['stars']; choose from ['output_id', 'thumbs', 'score', "
+         "'comment', 'user_id']"),
+        ({"input": [], "custom_inputs": {"feedback": {"output_id": output_id, "score": 1},
+                                         "k": 3}}, "got also ['k']"),
+    ]
+    for body, fragment in bad:
+        with pytest.raises(MlflowException) as caught:
+            model.predict(body)
+        assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+        assert fragment in caught.value.message and "\n" not in caught.value.message
+
+    runner = CliRunner()
+    down = runner.invoke(main, ["feedback", output_id, "--store", str(store), "--thumbs",
+                                "down", "--no-track"])
+    assert down.exit_code == 0, down.output
+    report = runner.invoke(main, ["report", "--store", str(store), "--json", "--no-track"])
+    assert report.exit_code == 0, report.output
+    figures = json.loads(report.output)
+    assert figures["answers"] == 1 and figures["served_answers"] == 1
+    assert figures["feedback"]["count"] == 2
+    assert figures["tokens"]["input"] == out["custom_outputs"]["input_tokens"]
+    lineage = runner.invoke(main, ["lineage", output_id, "--store", str(store), "--json"])
+    assert lineage.exit_code == 0, lineage.output
+    chain = json.loads(lineage.output)
+    assert chain["kind"] == "answer"
+    assert chain["answer"]["trace_id"] == extra["trace_id"]
+    assert [c["chunk_id"] for c in chain["answer"]["citations"]] == [
+        c["chunk_id"] for c in out["custom_outputs"]["citations"]]
+    with sqlite3.connect(store / "metadata.db") as db:
+        kept, comment = db.execute("SELECT g.answer_text, f.comment FROM generations g JOIN "
+                                   "feedback f ON f.generation_id = g.id WHERE f.user_id = "
+                                   "'carol'").fetchone()
+    assert kept == out["output"][0]["content"][0]["text"]  # opted in: kept (redacted)
+    assert PII_EMAIL not in comment and "<email>" in comment
 
 
 def test_a_trace_of_an_answer_holds_ids_but_not_the_question_or_the_answer(
@@ -239,14 +328,39 @@ def test_models_serve_answers_a_responses_request_and_400s_bad_ones(
     url = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/qa@champion",
             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    log_path = tmp_path / "queries.db"
+    env = subprocess_env(MLFLOW_TRACKING_URI=logged.uri, **{QUERY_LOG_ENV: str(log_path)})
     with server_process(args, health_url=f"{url}/ping", log_path=tmp_path / "serve.log",
-                        cwd=logged.root, env=subprocess_env(MLFLOW_TRACKING_URI=logged.uri)):
+                        cwd=logged.root, env=env):
         status, body = post_json(f"{url}/invocations",
                                  ask("which tools fix a flat bicycle tyre?", k=2, mode="hybrid"))
         assert status == 200, body
         assert "tyre levers" in body["output"][0]["content"][0]["text"]
-        assert body["custom_outputs"]["output_id"] == body["output"][0]["id"]
+        output_id = body["custom_outputs"]["output_id"]
+        assert output_id == body["output"][0]["id"]
         assert body["custom_outputs"]["citations"][0]["document_id"] == "bikes"
+        # feedback over HTTP, then bad feedback: 400s naming the value, nothing stored
+        status, given = post_json(f"{url}/invocations",
+                                  feedback_request(output_id=output_id, score=4.5,
+                                                   comment="good"))
+        assert status == 200, given
+        assert given["custom_outputs"]["output_id"] == output_id
+        assert given["custom_outputs"]["logged_on_trace"] is True  # mlflow.log_feedback
+        for payload, fragment in [
+            (feedback_request(output_id="nope", score=1), "no served answer with output id 'nope'"),
+            (feedback_request(output_id=output_id, thumbs="meh"),
+             "Unknown feedback thumbs 'meh'; choose from ['down', 'up']"),
+        ]:
+            status, refused = post_json(f"{url}/invocations", payload)
+            assert status == 400, refused
+            assert fragment in refused["message"]
+        with sqlite3.connect(log_path) as db:
+            generation = db.execute("SELECT id, generator, trace_id FROM generations").fetchall()
+            feedback = db.execute("SELECT generation_id, kind, value, comment FROM feedback"
+                                  ).fetchall()
+        assert [(g[0], g[1]) for g in generation] == [(output_id, "extractive")]
+        assert generation[0][2] == given["custom_outputs"]["trace_id"]
+        assert feedback == [(output_id, "score", 4.5, "good")]
         bad = [
             (ask(""), "query must be a non-empty string"),
             (ask(SECRET, mode="semantic"), "Unknown search mode 'semantic'"),

@@ -9,6 +9,7 @@
   claim), and recall 0 unless nothing is relevant.
 - ``retrieval_scores`` is the project's ranking engine (``metrics.evaluate_run``) on one
   question: recall@k and nDCG@k of the retrieved documents.
+- ``usage_summary``: what a variant's answers cost (tokens, cost, latency per stage).
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 from mlflow_rag.errors import InvalidInput
 from mlflow_rag.evaluation.metrics import evaluate_run
@@ -77,3 +81,32 @@ def retrieval_scores(retrieved: Sequence[str], relevant: Iterable[str], *,
     result = evaluate_run({"q": list(retrieved)}, {"q": judged}, ks=(k,),
                           metrics=("recall", "ndcg"))
     return result.per_query["q"]
+
+
+# What answering a question cost, as an evaluation's child run logs it (``<name>/sum`` and
+# ``<name>/mean`` per question; latency per stage as mean and p95).
+USAGE_TOTALS = ("input_tokens", "output_tokens", "cost_usd")
+LATENCY_STAGES = ("embed", "retrieve", "generate")
+
+
+def usage_summary(usages: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Tokens and cost (sum over the questions and mean per question) and latency per stage
+    (``embed_ms/mean``, ``embed_ms/p95``..., and ``answer_ms`` their sum) of the answers'
+    usages: ``{"input_tokens", "output_tokens", "cost_usd", "latency_ms": {stage: ms}}``.
+    Empty when there are none."""
+    if not usages:
+        return {}
+    out: dict[str, float] = {}
+    for name in USAGE_TOTALS:
+        values = [float(u.get(name) or 0) for u in usages]
+        out[f"{name}/sum"] = sum(values)
+        out[f"{name}/mean"] = sum(values) / len(values)
+    stages = {stage: [float(u["latency_ms"][stage]) for u in usages
+                      if stage in (u.get("latency_ms") or {})] for stage in LATENCY_STAGES}
+    stages["answer"] = [sum(float(v) for v in (u.get("latency_ms") or {}).values())
+                        for u in usages]
+    for stage, values in stages.items():
+        if values:
+            out[f"{stage}_ms/mean"] = sum(values) / len(values)
+            out[f"{stage}_ms/p95"] = float(np.percentile(values, 95))
+    return out

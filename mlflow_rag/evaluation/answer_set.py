@@ -4,10 +4,12 @@ answer them (``evaluations/speakers_qa.jsonl``). JSON lines, one question a line
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_rag.errors import InvalidInput
+from mlflow_rag.evaluation.eval_dataset import EvalDataset, dataset_digest
 
 FIELDS = ("id", "question", "reference_answer", "relevant_ids")
 
@@ -60,3 +62,12 @@ def load_qa_set(path: str | Path) -> tuple[QAItem, ...]:
     if not items:
         raise InvalidInput(f"{path}: no questions")
     return tuple(items)
+
+
+def as_eval_dataset(items: Sequence[QAItem], *, name: str, source: str) -> EvalDataset:
+    """The set as the retrieval harness's dataset (questions and binary qrels, no corpus), so
+    ``evaluate-answers --variants`` builds and finds its stores as ``evaluate`` does."""
+    queries = {item.id: item.question for item in items}
+    qrels = {item.id: dict.fromkeys(item.relevant_ids, 1) for item in items}
+    return EvalDataset(name=name, corpus_path=None, queries=queries, qrels=qrels,
+                       digest=dataset_digest(queries, qrels, None), source=source)

@@ -1,6 +1,6 @@
-"""The variants of an answer evaluation: every retrieval mode x generator x prompt (a generator
-that reads no prompt, like ``extractive``, takes no prompt axis, as a grid drops the axes
-that do not apply)."""
+"""The variants of an answer evaluation: every retrieval mode (or retrieval variant of a grid
+file, ``evaluation/variants.py``) x generator x prompt (a generator that reads no prompt,
+like ``extractive``, takes no prompt axis, as a grid drops the axes that do not apply)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mlflow_rag.errors import InvalidInput
+from mlflow_rag.evaluation.variants import Variant
 from mlflow_rag.generate.registry import get_generator
 
 
@@ -20,12 +21,16 @@ class AnswerVariant:
     mode: str = "hybrid"
     # Whether the name shows the mode: only when the evaluation compares modes.
     named_mode: bool = field(default=False, compare=False)
+    # The retrieval variant of a grid file (chunking, embedder, index type, mode), if any.
+    retrieval: Variant | None = None
 
     @property
     def name(self) -> str:
         """The child run's name: ``extractive``, ``openai:gpt-4o-mini prompts:/qa@prod``,
-        ``extractive bm25`` (the mode when several are compared)."""
-        parts = [self.generator, self.prompt or "", self.mode if self.named_mode else ""]
+        ``extractive bm25`` (the mode when several are compared), ``extractive
+        [tfidf/hybrid]`` (a grid's retrieval variant, by its label)."""
+        parts = [self.generator, self.prompt or "", self.mode if self.named_mode else "",
+                 f"[{self.retrieval.label or self.retrieval.key}]" if self.retrieval else ""]
         return " ".join(part for part in parts if part)
 
 
@@ -47,3 +52,13 @@ def answer_variants(generators: Sequence[str], prompts: Sequence[str | None] = (
                 if variant not in out:
                     out.append(variant)
     return tuple(out)
+
+
+def grid_answer_variants(retrieval: Sequence[Variant], generators: Sequence[str],
+                         prompts: Sequence[str | None] = (None,)) -> tuple[AnswerVariant, ...]:
+    """Each retrieval variant of a grid x generator x prompt, in that order."""
+    return tuple(
+        AnswerVariant(generator=v.generator, prompt=v.prompt, mode=grid_variant.mode,
+                      retrieval=grid_variant)
+        for grid_variant in retrieval
+        for v in answer_variants(generators, prompts, (grid_variant.mode,)))

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -109,13 +111,10 @@ def run_grid(
     hopeless: tuple[str, ...] = ()
 
     for chunking in grid.chunkings:
-        embedders = grid.embedders_for(chunking)
-        tokenizer = chunk_tokenizer(embedders)
-        store_path = root / store_dir_name(chunking, tokenizer)
-        with Store.open(store_path, create=True) as store:
-            models, records, load_failures = _ingest_chunking(
-                store, chunking, embedders, tokenizer, sources, options=options
-            )
+        with grid_store(grid, chunking, sources, root=root, options=options) as built:
+            store, models, records, load_failures = (built.store, built.models, built.records,
+                                                     built.failures)
+            tokenizer = built.tokenizer
             if failures is None:  # every store loads the same corpus: check it once
                 failures = tuple(load_failures)
                 missing, hopeless = corpus_problems(store, dataset)
@@ -211,7 +210,7 @@ class _Searches:
         if variant.embedder is not None:
             embedder = self.models[variant.embedder]
             vectors, embed_ms = self.queries.of(embedder)
-            _set_index(self.store, embedder, variant.index_type)
+            set_index(self.store, embedder, variant.index_type)
             key = f"dense/{embedder.name}/{variant.index_type}/{depth}"
             if key not in self.lists:
                 self.lists[key] = self._search(vectors=vectors, model=embedder.name,
@@ -225,6 +224,34 @@ class _Searches:
     def _search(self, **how: Any) -> Candidates:
         return _candidates(self.store, doc_of=self.doc_of, text_of=self.text_of,
                            options=self.options, scratch=self.scratch, **how)
+
+
+@dataclass(frozen=True)
+class GridStore:
+    """One chunking's store of a grid, ingested: its embedders by spec (every one the grid
+    pairs with the chunking), the ingestions run and the corpus items that failed to load."""
+
+    store: Store
+    models: dict[str, Embedder]
+    records: list[IngestRecord]
+    failures: list[LoadFailure]
+    tokenizer: str | None
+
+
+@contextmanager
+def grid_store(grid: Grid, chunking: Chunking, sources: Sequence[str], *, root: Path,
+               options: HarnessOptions) -> Iterator[GridStore]:
+    """The store of ``chunking`` under ``root`` (made, or found from an earlier run), with
+    ``sources`` chunked once and embedded once per embedder; open while the block runs. The
+    retrieval harness and the answer evaluation (``evaluate-answers --variants``) both build
+    their stores here."""
+    embedders = grid.embedders_for(chunking)
+    tokenizer = chunk_tokenizer(embedders)
+    with Store.open(root / store_dir_name(chunking, tokenizer), create=True) as store:
+        models, records, failures = _ingest_chunking(
+            store, chunking, embedders, tokenizer, sources, options=options)
+        yield GridStore(store=store, models=models, records=records, failures=failures,
+                        tokenizer=tokenizer)
 
 
 def _ingest_chunking(
@@ -312,7 +339,7 @@ def _embed_queries(embedder: Embedder, texts: Sequence[str], *, options: Harness
     return out
 
 
-def _set_index(store: Store, embedder: Embedder, index_type: str | None) -> None:
+def set_index(store: Store, embedder: Embedder, index_type: str | None) -> None:
     """Point the model at ``index_type``; the store rebuilds that index from SQLite on use."""
     if index_type is not None and store.model(embedder.name).index_type != index_type:
         store.ensure_model(embedder.name, embedder.dimension, index_type=index_type)

@@ -79,12 +79,10 @@ def write_answer(
     stored_question = redact(question) if redact else question
     if stored_question != question:
         embedding = None
-    stored_answer = (redact(answer_text) if redact else answer_text) if answer_text else None
     now = utc_now()
-    row = (output_id, query_id, now, stats.prompt_name, stats.prompt_version, stats.generator,
-           codec.metadata_json(stats.params), stats.input_tokens, stats.output_tokens,
-           stats.cost_usd, stats.embed_ms, stats.retrieve_ms, stats.generate_ms, stored_answer,
-           session_id, user_id, trace_id, codec.metadata_json(stats.metadata))
+    row = generation_row(output_id=output_id, query_id=query_id, timestamp=now, stats=stats,
+                         answer_text=answer_text, session_id=session_id, user_id=user_id,
+                         trace_id=trace_id, redact=redact)
     with backend.immediate_transaction():
         backend.insert_query(
             query_id=query_id, text=stored_question,
@@ -92,9 +90,28 @@ def write_answer(
             model_name=model_name, timestamp=now, metadata=codec.metadata_json(query_metadata),
             retrievals=[(new_id(), h.chunk_id, h.rank, h.score, "{}") for h in hits],
         )
-        backend.insert_generation(
-            row, [(rank, chunk_id, doc_id)
-                  for rank, (chunk_id, doc_id) in enumerate(citations, start=1)])
+        backend.insert_generation(row, citation_rows(citations))
+
+
+def generation_row(
+    *, output_id: str, query_id: str, timestamp: str, stats: GenerationStats,
+    answer_text: str | None, session_id: str | None, user_id: str | None,
+    trace_id: str | None, redact: Callable[[str], str] | None,
+) -> tuple[Any, ...]:
+    """One ``generations`` row (``GENERATION_COLUMNS``' order); the answer text, kept only
+    when given, redacted like the question. ``ask`` and the served model's query log
+    (serving_log.QueryLog) both write it."""
+    stored_answer = (redact(answer_text) if redact else answer_text) if answer_text else None
+    return (output_id, query_id, timestamp, stats.prompt_name, stats.prompt_version,
+            stats.generator, codec.metadata_json(stats.params), stats.input_tokens,
+            stats.output_tokens, stats.cost_usd, stats.embed_ms, stats.retrieve_ms,
+            stats.generate_ms, stored_answer, session_id, user_id, trace_id,
+            codec.metadata_json(stats.metadata))
+
+
+def citation_rows(citations: Sequence[tuple[str, str]]) -> list[tuple[int, str, str]]:
+    """``(rank, chunk_id, document_id)`` of cited ``(chunk_id, document_id)``s, from rank 1."""
+    return [(rank, chunk_id, doc_id) for rank, (chunk_id, doc_id) in enumerate(citations, 1)]
 
 
 def check_feedback(kind: str, value: Any, comment: str | None) -> float:

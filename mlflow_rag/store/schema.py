@@ -284,6 +284,12 @@ CREATE TABLE audit_log (
 CREATE INDEX idx_audit_log_at ON audit_log(at);
 """
 
+# A served model's own query log file (serving_log.QueryLog) holds the answer tables too: a
+# served answer is a generations row there, so feedback has an output id to attach to. The
+# same tables as migration 2, created if missing (logs written before they existed gain them).
+QUERY_LOG_SCHEMA += ANSWERS.replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ").replace(
+    "CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ")
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _INITIAL),
     Migration(2, "answers", ANSWERS),
