@@ -205,12 +205,23 @@ def log_trace_feedback(
 def log_served_feedback(trace_id: str, *, value: float | bool, comment: str | None,
                         user_id: str | None) -> None:
     """The feedback as an assessment (HUMAN source) on the answer's trace, in the tracking
-    store MLflow points at already (a scoring server's: its configuration is left alone)."""
+    store MLflow points at already (a scoring server's: its configuration is left alone).
+
+    Traces are exported in the background, and flushing that export stops and restarts its
+    thread (about 2 s a call): so the trace is flushed only when the first try fails (the
+    answer's trace not stored yet)."""
     import mlflow
     from mlflow.entities import AssessmentSource, AssessmentSourceType
+    from mlflow.exceptions import MlflowException
 
-    flush_traces()  # the answer's trace may still be on its way (same process)
-    mlflow.log_feedback(
-        trace_id=trace_id, name="user_feedback", value=value, rationale=comment,
-        source=AssessmentSource(source_type=AssessmentSourceType.HUMAN,
-                                source_id=user_id or "mlflow-rag"))
+    def log() -> None:
+        mlflow.log_feedback(
+            trace_id=trace_id, name="user_feedback", value=value, rationale=comment,
+            source=AssessmentSource(source_type=AssessmentSourceType.HUMAN,
+                                    source_id=user_id or "mlflow-rag"))
+
+    try:
+        log()
+    except MlflowException:
+        flush_traces()  # the answer's trace may still be on its way (same process)
+        log()
