@@ -36,19 +36,21 @@ from mlflow_rag.errors import DatabaseUnavailable, EmbedderError, InvalidInput, 
 from mlflow_rag.search import SearchRequest
 from mlflow_rag.serving import (
     QUERY_LOG_ENV,
-    TABLE_HINT,
     Retriever,
-    body_strings,
     build_requests,
     coerce_queries,
     config_choices,
-    decode_json_body,
     normalise_json_body,
     parse_output,
-    private_message,
-    request_strings,
     response_frame,
     row_params,
+)
+from mlflow_rag.serving_body import (
+    TABLE_HINT,
+    body_strings,
+    decode_json_body,
+    private_message,
+    request_strings,
     scrub,
 )
 from mlflow_rag.types import Hit
@@ -261,7 +263,7 @@ def guard_scoring_server() -> bool:
     so the model, loaded by the server's module before the app exists, wraps the server's
     ``invocations`` function (looked up by name at each request): requests to this model are
     decoded and their params checked by :func:`mlflow_rag.serving.normalise_json_body` first,
-    and any message MLflow still raises passes :func:`mlflow_rag.serving.private_message`.
+    and any message MLflow still raises passes :func:`mlflow_rag.serving_body.private_message`.
     The RAG model (``pyfunc_rag_model.py``, a ResponsesAgent) is guarded the same way, its
     body checked as a Responses API request (:func:`check_responses_request`) instead.
     Requests to other models in the process are passed through untouched. Outside a scoring

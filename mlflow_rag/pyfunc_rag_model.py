@@ -40,7 +40,8 @@ from mlflow_rag.pyfunc_model import (
     guard_scoring_server,
     warm_up_serving,
 )
-from mlflow_rag.serving import QUERY_LOG_ENV, config_choices, scrub
+from mlflow_rag.serving import QUERY_LOG_ENV, config_choices
+from mlflow_rag.serving_body import scrub
 from mlflow_rag.serving_rag import (
     Answerer,
     ServedFeedback,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,14 @@ from mlflow_rag.search import (
     SearchRequest,
     check_query,
     redact_emails,
+)
+from mlflow_rag.serving_body import (
+    QUERY_COLUMN,
+    BadRequest,
+    decode_json_body,
+    json_type,
+    request_strings,
+    scrub,
 )
 from mlflow_rag.serving_log import QueryLog
 from mlflow_rag.serving_response import (  # re-exported: the contract's names live here too
@@ -58,7 +65,6 @@ log = logging.getLogger("mlflow_rag.serving")
 # "principal"/"groups": who the request reads as (store/access.py); "" is nobody.
 PARAM_DEFAULTS: dict[str, Any] = {"k": 5, "mode": "", "filters": "", "principal": "",
                                   "groups": "", "output": "rows"}
-QUERY_COLUMN = "query"
 # Optional columns of the request table that override a param for their row (a Spark
 # DataFrame of queries with a k, mode or filters each); an empty cell takes the param.
 ROW_PARAM_COLUMNS = ("k", "mode", "filters")
@@ -104,10 +110,6 @@ def config_choices(config: Mapping[str, Any]) -> tuple[Callable[[str], str] | No
         name = TRACE_ENV if from_env else "trace"
         raise InvalidInput(f"Unknown {name} {trace!r}; choose from {list(TRACE_MODES)}")
     return REDACTORS[redact_name], trace
-
-
-class BadRequest(InvalidInput):
-    """A request the model cannot answer as sent (its message never contains query text)."""
 
 
 def bundle_modes(*, dense: bool) -> tuple[str, tuple[str, ...]]:
@@ -201,7 +203,7 @@ def _parsed(
     if not isinstance(filters, (str, Mapping)):
         SearchRequest.of_checked_query(query, k=k, mode=mode)  # a bad k or mode is named first
         raise BadRequest(
-            f"filters must be a JSON object (or a string holding one), got {_json_type(filters)}"
+            f"filters must be a JSON object (or a string holding one), got {json_type(filters)}"
         )
     # unknown keys or operators of the filter fail here, before any search
     return SearchRequest.of_checked_query(query, k=k, mode=mode, filters=filters,
@@ -293,51 +295,6 @@ def parse_request(
                           require_principal=require_principal)
 
 
-# --------------------------------------------------------------------------- the HTTP body
-# MLflow's scoring server decodes the body and checks params against the signature before the
-# model runs, and its messages quote the request ("Failed to predict data '<the table>'").
-# The model (pyfunc_model.py) routes its requests through these functions first: the body is
-# decoded and the params checked here, with messages that never hold request text, and every
-# message MLflow still produces passes private_message().
-
-# Where MLflow's messages start quoting request data (the body, the table, a value).
-_QUOTING_MARKERS = ("Failed to predict data '", "Failed to enforce schema of data '", "Error: '",
-                    "\nInput:", " for value `", "got `", "Received: ")
-_PREDICT_WRAPPER = ("Failed to predict data '", "'. \nError: ")
-WITHHELD = " (details withheld: they quote the request)"
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-def scrub(message: str, private: Sequence[str]) -> str:
-    """Belt and braces: request text that shows up in a message anyway is cut out."""
-    for text in sorted(private, key=len, reverse=True):
-        if len(text.strip()) >= 3:
-            message = message.replace(text, "<query>")
-    return message
-
-
-def request_strings(body: Any) -> list[str]:
-    """The string values of a decoded JSON body that may be private (queries and the like):
-    not keys, not the column names of ``dataframe_split``."""
-    found: list[str] = []
-    stack = [body]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            if value != QUERY_COLUMN:
-                found.append(value)
-        elif isinstance(value, Mapping):
-            stack.extend(v for key, v in value.items() if key != "columns")
-        elif isinstance(value, list):
-            stack.extend(value)
-    return found
-
-
 def normalise_json_body(data: bytes | str) -> tuple[bytes | str, list[str]]:
     """The JSON body as MLflow's scoring server should see it, and its private strings.
 
@@ -352,7 +309,7 @@ def normalise_json_body(data: bytes | str) -> tuple[bytes | str, list[str]]:
         return data, private
     params = body["params"]
     if not isinstance(params, Mapping):
-        raise BadRequest(f"params must be a JSON object, got {_json_type(params)}")
+        raise BadRequest(f"params must be a JSON object, got {json_type(params)}")
     try:
         k, mode, filters = parse_params(params)
     except RagError as exc:
@@ -361,45 +318,6 @@ def normalise_json_body(data: bytes | str) -> tuple[bytes | str, list[str]]:
     body["params"] = {**params, "k": k, "mode": mode if params.get("mode") else "",
                       "filters": json.dumps(filters, ensure_ascii=False) if filters else ""}
     return json.dumps(body, ensure_ascii=False).encode("utf-8"), private
-
-
-def decode_json_body(data: bytes | str) -> Any:
-    """A request body decoded, or :class:`BadRequest` (without request text) when it is not
-    UTF-8 JSON."""
-    try:
-        return json.loads(data)
-    except UnicodeDecodeError as exc:  # a ValueError too: test it first
-        raise BadRequest(f"the request body is not UTF-8 (invalid byte at position {exc.start}); "
-                         "send JSON encoded as UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} "
-                         f"column {exc.colno}") from None
-    except RecursionError:
-        raise BadRequest("the request body is nested too deeply to parse") from None
-
-
-def body_strings(data: bytes | str) -> list[str]:
-    """The cells of a non-JSON (CSV) body, to scrub from messages."""
-    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
-    return [cell for cell in re.split(r'[,\r\n"]', text) if cell]
-
-
-TABLE_HINT = f"send a table with a string column {QUERY_COLUMN!r}, one row per query"
-
-
-def private_message(message: str, private: Sequence[str], *, hint: str = TABLE_HINT) -> str:
-    """An MLflow error message about a request, without the request's text; ``hint`` says
-    what the model takes (its signature's input)."""
-    head, sep, inner = message.rpartition(_PREDICT_WRAPPER[1])
-    if sep and head.startswith(_PREDICT_WRAPPER[0]):
-        message = inner  # the model's (or MLflow's validation's) own message
-    if "Failed to enforce schema" in message or "Failed to enforce model input schema" in message:
-        return f"the input does not match the model's signature: {hint}"
-    cut = min((i for i in (message.find(m) for m in _QUOTING_MARKERS) if i >= 0), default=-1)
-    if cut >= 0:
-        message = message[:cut].rstrip(" .:\n") + "." + WITHHELD
-    message = scrub(message, private)
-    return message if message.strip(" .") else "the request could not be read" + WITHHELD
 
 
 # --------------------------------------------------------------------------- retriever

@@ -29,7 +29,8 @@ from mlflow_rag.errors import DocumentNotFound, RagError, UnknownChoice
 from mlflow_rag.generate.prompting import PromptTemplate
 from mlflow_rag.generate.registry import DEFAULT_GENERATOR, get_generator
 from mlflow_rag.search import SearchRequest, check_query, redact_emails
-from mlflow_rag.serving import BadRequest, Retriever
+from mlflow_rag.serving import Retriever
+from mlflow_rag.serving_body import BadRequest
 from mlflow_rag.serving_log import ServedAnswer
 from mlflow_rag.store.answer_log import Feedback, check_feedback
 

@@ -303,7 +303,8 @@ def _retriever_signature(example: Any, output: Any) -> Any:
     from mlflow.models import infer_signature
     from mlflow.types.schema import ColSpec, DataType, Schema
 
-    from mlflow_rag.serving import PARAM_DEFAULTS, QUERY_COLUMN
+    from mlflow_rag.serving import PARAM_DEFAULTS
+    from mlflow_rag.serving_body import QUERY_COLUMN
 
     signature = infer_signature(example, output, params=PARAM_DEFAULTS)
     # The query column is declared optional so that a request without it reaches the

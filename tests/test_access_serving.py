@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_rag.serving import BadRequest, Retriever
+from mlflow_rag.serving import Retriever
+from mlflow_rag.serving_body import BadRequest
 from mlflow_rag.store.store import Store
 from tests.conftest import make_record
 

@@ -17,7 +17,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from mlflow_rag.errors import BundleCorrupt, InvalidInput
-from mlflow_rag.serving import OUTPUT_COLUMNS, QUERY_LOG_ENV, BadRequest, Retriever
+from mlflow_rag.serving import OUTPUT_COLUMNS, QUERY_LOG_ENV, Retriever
+from mlflow_rag.serving_body import BadRequest
 from mlflow_rag.store.bundle import verify_bundle
 from mlflow_rag.store.store import Store
 from mlflow_rag.tracking import TAG_RUN_TYPE, TAG_STORE_ID
@@ -664,7 +665,8 @@ def test_the_first_served_request_builds_and_imports_nothing_the_load_could_have
 
 def test_the_body_check_refuses_bad_json_and_params_and_messages_lose_the_request() -> None:
     """The fast half of the served-errors promise (the server test drives it over HTTP)."""
-    from mlflow_rag.serving import normalise_json_body, private_message
+    from mlflow_rag.serving import normalise_json_body
+    from mlflow_rag.serving_body import private_message
 
     body = {"dataframe_split": {"columns": ["query"], "data": [[SECRET]]},
             "params": {"k": 3.0, "filters": {"country": "UK"}, "other": 1}}
