@@ -38,7 +38,7 @@ from mlflow_rag.evaluation.datasets import resolve_dataset
 from mlflow_rag.evaluation.eval_dataset import EvalDataset
 from mlflow_rag.evaluation.harness import run_grid
 from mlflow_rag.evaluation.harness_types import EvaluationResult, HarnessOptions, VariantResult
-from mlflow_rag.evaluation.significance import against_best
+from mlflow_rag.evaluation.significance import against_baseline, against_best
 from mlflow_rag.evaluation.variants import DEFAULT_METRIC, Grid, check_metric, load_grid, parse_grid
 from mlflow_rag.tracking_session import (
     DEFAULT_EXPERIMENT,
@@ -94,8 +94,10 @@ class EvaluationRun:
 
 def comparison_rows(result: EvaluationResult, *, metric: str) -> list[dict[str, Any]]:
     """One row per variant: its axes, every metric and its paired test against the best by
-    ``metric`` (``p_value_vs_best``, ``significant_vs_best``; None for the best), best first."""
+    ``metric`` (``p_value_vs_best``, ``significant_vs_best``; None for the best) and, when the
+    grid names a baseline, against it (``..._vs_baseline``), best first."""
     tests = against_best(result, metric)
+    baseline = against_baseline(result, metric)
     rows = []
     for r in result.results:
         row: dict[str, Any] = {"variant": r.variant.label}
@@ -104,6 +106,10 @@ def comparison_rows(result: EvaluationResult, *, metric: str) -> list[dict[str, 
         test = tests.get(r.variant.label)
         row["p_value_vs_best"] = test.p_value if test else None
         row["significant_vs_best"] = test.significant if test else None
+        if result.grid.baseline is not None:
+            test = baseline.get(r.variant.label)
+            row["p_value_vs_baseline"] = test.p_value if test else None
+            row["significant_vs_baseline"] = test.significant if test else None
         rows.append(row)
     rows.sort(key=lambda row: -float(row.get(metric, float("-inf"))))
     return rows
@@ -149,16 +155,20 @@ def corpus_problem_lines(result: EvaluationResult, *, shown: int = 5) -> list[st
 
 
 def significance_json(result: EvaluationResult, *, metric: str) -> dict[str, Any]:
-    """The parent run's ``significance.json``: the test, alpha and each variant against the best."""
+    """The parent run's ``significance.json``: the test, alpha and each variant against the
+    best (``comparisons``) and the grid's baseline (``baseline_comparisons``, when named)."""
     grid = result.grid
+
+    def rows(tests: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [{"variant": c.variant, "difference": c.difference, "p_value": c.p_value,
+                 "significant": c.significant, "queries": c.queries} for c in tests.values()]
+
     return {
         "metric": metric, "test": grid.significance_test, "alpha": grid.alpha,
         "reference": result.best(metric).variant.label,
-        "comparisons": [
-            {"variant": c.variant, "difference": c.difference, "p_value": c.p_value,
-             "significant": c.significant, "queries": c.queries}
-            for c in against_best(result, metric).values()
-        ],
+        "comparisons": rows(against_best(result, metric)),
+        "baseline": grid.baseline,
+        "baseline_comparisons": rows(against_baseline(result, metric)),
     }
 
 
@@ -176,7 +186,8 @@ def format_comparison(result: EvaluationResult, *, metric: str) -> str:
     columns = [c for c in dict.fromkeys((metric, *SUMMARY_METRICS))
                if any(c in r.metrics for r in result.results)]  # e.g. no recall_at_100 at k=10
     rows = comparison_rows(result, metric=metric)
-    header = ["variant", *columns, "p vs best"]
+    tested = ["best"] + (["baseline"] if result.grid.baseline is not None else [])
+    header = ["variant", *columns, *(f"p vs {name}" for name in tested)]
     body = []
     for i, row in enumerate(rows):
         cells = [("* " if i == 0 else "  ") + str(row["variant"])]
@@ -190,7 +201,7 @@ def format_comparison(result: EvaluationResult, *, metric: str) -> str:
                 cells.append(f"{value:.1f}")
             else:
                 cells.append(f"{value:.4f}")
-        cells.append(_p_cell(row))
+        cells.extend(_p_cell(row, name) for name in tested)
         body.append(cells)
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
@@ -198,7 +209,8 @@ def format_comparison(result: EvaluationResult, *, metric: str) -> str:
              for line in [header, *body]]
     lines.insert(1, "-" * len(lines[0]))
     grid = result.grid
-    lines.append(f"p vs best: {metric} per query against the best variant, paired "
+    against = "the best variant" + (f" / the baseline {grid.baseline}" if grid.baseline else "")
+    lines.append(f"p vs {'/'.join(tested)}: {metric} per query against {against}, paired "
                  f"{grid.significance_test} test; + marks p < {grid.alpha:g} (significant)")
     cv = cross_validate_result(result, metric)
     if cv is not None:
@@ -206,11 +218,11 @@ def format_comparison(result: EvaluationResult, *, metric: str) -> str:
     return "\n".join(lines)
 
 
-def _p_cell(row: Mapping[str, Any]) -> str:
-    p = row.get("p_value_vs_best")
+def _p_cell(row: Mapping[str, Any], reference: str) -> str:
+    p = row.get(f"p_value_vs_{reference}")
     if p is None:
         return "-"
-    return f"{p:.4f}{'+' if row.get('significant_vs_best') else ' '}"
+    return f"{p:.4f}{'+' if row.get(f'significant_vs_{reference}') else ' '}"
 
 
 # --------------------------------------------------------------------------- MLflow

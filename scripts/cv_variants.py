@@ -27,6 +27,9 @@ import click
               help="a regular expression over variant names: one family (repeatable)")
 @click.option("--folds", default=5, show_default=True)
 def main(tracking_uri: str, parent_id: str, patterns: tuple[str, ...], folds: int) -> None:
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
     from mlflow_rag.evaluation.cross_validation import cross_validate, summary_line

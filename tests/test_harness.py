@@ -118,6 +118,24 @@ def test_variants_sharing_chunking_reuse_one_ingestion_and_embed_once(beir: Path
     ]
 
 
+def test_a_subset_of_the_queries_reuses_the_corpus_stores(beir: Path, tmp_path: Path) -> None:
+    # Stores depend on the corpus only: --max-queries (another dataset digest) embeds nothing.
+    grid = small_grid(mode="dense")
+    options = HarnessOptions(work_dir=tmp_path / "w", progress=False)
+    full = run_grid(grid, load_beir_folder(beir), options=options)
+    subset = load_beir_folder(beir, max_queries=1)
+    assert subset.digest != full.dataset.digest
+    again = run_grid(grid, subset, options=options)
+    (reused,) = again.ingests
+    assert reused.report is not None and reused.report.vectors_embedded == 0
+    assert {r.store_path for r in again.results} == {r.store_path for r in full.results}
+    # another corpus (one abstract changed) never shares them
+    corpus = beir / "corpus.jsonl"
+    corpus.write_text(corpus.read_text().replace("tea", "tee", 1))
+    other = run_grid(grid, load_beir_folder(beir), options=options)
+    assert {r.store_path for r in other.results}.isdisjoint(r.store_path for r in full.results)
+
+
 def test_each_chunking_gets_its_own_store(beir: Path, tmp_path: Path) -> None:
     dataset = load_beir_folder(beir)
     grid = small_grid(chunk_size=[32, 64], mode=["bm25", "dense"])

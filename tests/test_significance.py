@@ -120,3 +120,25 @@ def test_a_grid_with_cv_folds_prints_and_logs_the_held_out_estimate() -> None:
     text = format_comparison(result, metric="ndcg_at_10")
     assert "cross-validation (5 folds, 300 queries, choosing among 3 variant(s)" in text
     assert "chosen: better" in text
+
+
+def test_a_grid_baseline_is_tested_against_too() -> None:
+    better = np.clip(BASE + 0.1 + RNG.normal(0, 0.05, BASE.size), 0, 1)
+    result = _result({"baseline": BASE, "better": better, "copy": BASE.copy()})
+    result = replace(result, grid=replace(result.grid, baseline="baseline"))
+    rows = {row["variant"]: row for row in comparison_rows(result, metric="ndcg_at_10")}
+    assert rows["copy"]["p_value_vs_baseline"] == 1.0
+    assert rows["copy"]["significant_vs_baseline"] is False
+    assert rows["better"]["significant_vs_baseline"] is True
+    assert rows["baseline"]["p_value_vs_baseline"] is None
+    text = format_comparison(result, metric="ndcg_at_10")
+    assert "p vs baseline" in text and "the baseline baseline" in text
+    summary = significance_json(result, metric="ndcg_at_10")
+    assert summary["baseline"] == "baseline" and len(summary["baseline_comparisons"]) == 2
+
+
+def test_a_baseline_that_names_no_variant_is_refused() -> None:
+    with pytest.raises(UnknownChoice, match=r"Unknown baseline variant 'hybrid'; choose from "
+                                            r"\['bm25', 'dense-tfidf'\]"):
+        parse_grid({"grid": {"embedder": "tfidf", "mode": ["bm25", "dense"]},
+                    "baseline": "hybrid"})

@@ -44,10 +44,22 @@ def dataset_digest(
     h.update(json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
     h.update(b"\ncorpus\n")
     if corpus_path is not None:
-        with corpus_path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        _update_with_file(h, corpus_path)
     return h.hexdigest()
+
+
+def corpus_digest(corpus_path: Path) -> str:
+    """SHA-256 of the corpus file's bytes: what a store built from it depends on (the queries
+    and judgements do not change a single chunk or vector)."""
+    h = hashlib.sha256()
+    _update_with_file(h, corpus_path)
+    return h.hexdigest()
+
+
+def _update_with_file(h: Any, path: Path) -> None:
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

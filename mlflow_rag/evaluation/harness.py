@@ -218,7 +218,7 @@ class _Searches:
             dense = self.lists[key]
         lexical, dense = with_feedback(variant, lexical, dense, store=self.store, texts=self.texts,
                                        vectors=vectors, depth=depth, doc_of=self.doc_of,
-                                       text_of=self.text_of)
+                                       text_of=self.text_of, progress=self.options.progress)
         return lexical, dense, embed_ms
 
     def _search(self, **how: Any) -> Candidates:

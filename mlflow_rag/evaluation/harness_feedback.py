@@ -53,17 +53,20 @@ def ranked_pairs(variant: Variant, lexical: Candidates | None, dense: Candidates
 def with_feedback(
     variant: Variant, lexical: Candidates | None, dense: Candidates | None, *, store: Store,
     texts: Sequence[str], vectors: np.ndarray | None, depth: int,
-    doc_of: MutableMapping[str, str], text_of: MutableMapping[str, str],
+    doc_of: MutableMapping[str, str], text_of: MutableMapping[str, str], progress: bool = False,
 ) -> tuple[Candidates | None, Candidates | None]:
-    """``variant``'s candidate lists after its feedback (unchanged without feedback)."""
+    """``variant``'s candidate lists after its feedback (unchanged without feedback); with
+    ``progress``, a bar per variant (a second search per query: the grid's slowest part)."""
     if variant.feedback == "none":
         return lexical, dense
+    from tqdm import tqdm
     assert variant.feedback_docs is not None
     request = Retrieval.parse(k=depth)
     new_lexical: list[Pairs] = []
     new_dense: list[Pairs] = []
     spent: list[float] = []
-    for i in range(len(texts)):
+    for i in tqdm(range(len(texts)), desc=f"feedback {variant.label}", unit="query",
+                  disable=not progress, leave=False):
         began = time.perf_counter()
         top = ranked_pairs(variant, lexical, dense, i, depth)[: variant.feedback_docs]
         if uses_rm3(variant.feedback):

@@ -12,7 +12,7 @@ import numpy as np
 
 from mlflow_rag.embed.registry import find_embedder_kind
 from mlflow_rag.errors import InvalidInput
-from mlflow_rag.evaluation.eval_dataset import EvalDataset
+from mlflow_rag.evaluation.eval_dataset import EvalDataset, corpus_digest
 from mlflow_rag.evaluation.variants import Chunking
 from mlflow_rag.store.checks import MAX_K, model_slug
 from mlflow_rag.store.store import Store
@@ -37,8 +37,14 @@ def store_dir_name(chunking: Chunking, tokenizer: str | None) -> str:
 
 
 def dataset_dir_name(dataset: EvalDataset) -> str:
-    """Stores of different datasets (or versions of one) never share a directory."""
-    return f"{model_slug(dataset.name)}-{dataset.digest[:12]}"
+    """The dataset's name and a digest of its corpus file: stores of two corpora (or versions
+    of one) never share a directory, and the stores of one corpus are reused whatever the
+    queries (``--max-queries``, new claims or judgements), which change no chunk or vector.
+    Without a corpus file the name alone (:func:`corpus_dir_name` adds the sources)."""
+    name = model_slug(dataset.name)
+    if dataset.corpus_path is None:
+        return name
+    return f"{name}-{corpus_digest(Path(dataset.corpus_path))[:12]}"
 
 
 def candidate_depth(k: int, factor: int) -> int:

@@ -128,12 +128,22 @@ def compare_to(
 def against_best(result: EvaluationResult, metric: str) -> dict[str, Comparison]:
     """Each variant of an evaluation against the best by ``metric``, with the grid's test and
     alpha, on the per-query values of ``metric`` (label -> comparison; the best has none)."""
+    return _against(result, metric, result.best(metric).variant.label)
+
+
+def against_baseline(result: EvaluationResult, metric: str) -> dict[str, Comparison]:
+    """Each variant against the grid's ``baseline`` variant (empty when it names none)."""
+    if result.grid.baseline is None:
+        return {}
+    return _against(result, metric, result.grid.baseline)
+
+
+def _against(result: EvaluationResult, metric: str, reference: str) -> dict[str, Comparison]:
     scores = {r.variant.label: {q.query_id: q.scores[metric] for q in r.per_query
                                 if metric in q.scores}
               for r in result.results}
-    best = result.best(metric).variant.label
     grid = result.grid
-    return {c.variant: c for c in compare_to(best, scores, test=grid.significance_test,
+    return {c.variant: c for c in compare_to(reference, scores, test=grid.significance_test,
                                              alpha=grid.alpha)}
 
 
@@ -142,6 +152,7 @@ __all__ = [
     "DEFAULT_TEST",
     "SIGNIFICANCE_TESTS",
     "Comparison",
+    "against_baseline",
     "against_best",
     "check_alpha",
     "check_test",

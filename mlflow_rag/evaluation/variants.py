@@ -10,6 +10,7 @@ child run)::
     candidate_factor: 3          # chunks retrieved per document needed (before roll-up)
     significance_test: randomization  # paired test of each variant against the best: or t-test
     alpha: 0.05                  # a difference with p < alpha is called significant
+    baseline: hybrid-minilm      # a variant's name: every variant is also tested against it
     cv_folds: 5                  # choose among the variants on k-1 folds, score the k-th
     grid:
       chunker: recursive         # a value or a list of values, on every axis
@@ -89,7 +90,7 @@ AXIS_DEFAULTS: dict[str, Any] = {
 }
 AXES = tuple(AXIS_DEFAULTS)
 TOP_LEVEL_KEYS = ("name", "description", "grid", "ks", "metric", "split", "candidate_factor",
-                  "significance_test", "alpha", "cv_folds")
+                  "significance_test", "alpha", "cv_folds", "baseline")
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class Grid:
     significance_test: str = DEFAULT_TEST  # one of significance.SIGNIFICANCE_TESTS
     alpha: float = DEFAULT_ALPHA
     cv_folds: int = 0  # 0: no cross-validation
+    baseline: str | None = None  # a variant's label: paired tests against it too
 
     @property
     def chunkings(self) -> tuple[Chunking, ...]:
@@ -235,6 +237,7 @@ def parse_grid(data: Any, *, name: str = "grid", source: str | None = None) -> G
         significance_test=check_test(data.get("significance_test", DEFAULT_TEST)),
         alpha=check_alpha(data.get("alpha", DEFAULT_ALPHA)),
         cv_folds=check_folds(data.get("cv_folds", 0)),
+        baseline=_check_baseline(data.get("baseline"), variants),
     )
 
 
@@ -374,6 +377,14 @@ def check_metric(metric: Any, *, ks: Sequence[int], variants: Sequence[Variant] 
             f"retrieve only {short[0].k} documents"
         )
     return metric
+
+
+def _check_baseline(baseline: Any, variants: Sequence[Variant]) -> str | None:
+    """None, or the name (label) of one of the grid's variants."""
+    labels = [v.label for v in variants]
+    if baseline is not None and baseline not in labels:
+        raise UnknownChoice("baseline variant", baseline, labels)
+    return baseline if baseline is None else str(baseline)
 
 
 def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], kind: str) -> None:
