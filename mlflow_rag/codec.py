@@ -24,13 +24,18 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+# One encoder for every call: json.dumps with options builds a new encoder each time, which
+# cost a fifth of encoding a small metadata object (ingest encodes one per document).
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False,
+    default=_default,
+)
+
+
 def dumps(value: Any) -> str:
     """Compact, deterministic JSON; NaN/inf are refused so every stored column stays valid JSON."""
     try:
-        return json.dumps(
-            value, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-            allow_nan=False, default=_default,
-        )
+        return _ENCODER.encode(value)
     except ValueError as exc:
         raise InvalidInput(f"value is not valid JSON (NaN or infinity?): {exc}") from None
     except TypeError as exc:

@@ -21,6 +21,8 @@ from mlflow_rag.store.schema import MIGRATIONS, SCHEMA_VERSION
 from mlflow_rag.store.tables import STORE_FORMAT, new_id, utc_now
 
 BUSY_TIMEOUT_MS = 30_000
+PAGE_SIZE = 16_384  # bytes, for new files only (configure_writer)
+WRITER_CACHE_KIB = 65_536
 # store_meta key: set once every free page of the file is known to hold zeros (a new store, or
 # after one VACUUM of a store written before secure_delete was turned on).
 FREE_PAGES_ZEROED = "free_pages_zeroed"
@@ -47,10 +49,19 @@ def connect(path: Path, *, read_only: bool = False, immutable: bool = False) -> 
 def configure_writer(conn: sqlite3.Connection) -> None:
     """WAL + full fsync + secure delete. Called only once the file is known to be ours (or
     empty). secure_delete overwrites deleted content with zeros (at a small cost in writes),
-    so a deleted document leaves nothing readable in free pages (see erase_free_pages)."""
+    so a deleted document leaves nothing readable in free pages (see erase_free_pages).
+
+    A new file gets 16 KiB pages (an existing one keeps its own: SQLite ignores the setting
+    once a file has content): a float32 vector row is 1.6 KB at 384 dimensions and 4 KB at
+    1,024, so 4 KiB pages leave a fifth of each page empty or push vectors to overflow pages,
+    and ingest's page writes and reads take a quarter of the system calls. The writer's page
+    cache of 64 MiB holds one write batch's index pages, which it would otherwise spill to
+    the WAL and read back (benchmarks/RESULTS.md, "Ingest with precomputed vectors")."""
+    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA secure_delete = ON")
+    conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
 
 
 def is_store_database(conn: sqlite3.Connection) -> bool:

@@ -63,11 +63,12 @@ class SqliteGovernance:
     def open_document_versions(
         self, rows: Sequence[tuple[str, str | None, str]], *, at: str, run: str | None
     ) -> None:
-        for doc_id, content_hash, source_path in rows:
-            self.conn.execute(
-                "INSERT INTO document_versions(document_id, version, content_hash, source_path, "
-                f"written_at, written_by) VALUES (?, {_NEXT}, ?, ?, ?, ?)",
-                (doc_id, doc_id, content_hash, source_path, at, run))
+        # One statement for the batch: a statement per document cost as much as its rows.
+        self.conn.executemany(
+            "INSERT INTO document_versions(document_id, version, content_hash, source_path, "
+            f"written_at, written_by) VALUES (?, {_NEXT}, ?, ?, ?, ?)",
+            [(doc_id, doc_id, content_hash, source_path, at, run)
+             for doc_id, content_hash, source_path in rows])
 
     def forget_document_versions(self, document_ids: Sequence[str]) -> None:
         self.conn.executemany("DELETE FROM document_versions WHERE document_id = ?",

@@ -1,0 +1,90 @@
+"""The write path's storage settings: page size and cache of the SQLite writer, the cycle
+collector around a batch write, and version rows written as one batch."""
+
+from __future__ import annotations
+
+import gc
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlflow_rag.errors import InvalidInput
+from mlflow_rag.store.sqlite import connection
+from mlflow_rag.store.store import Store
+from tests.conftest import make_record
+
+
+def _page_size(root: Path) -> int:
+    with sqlite3.connect(root / "metadata.db") as conn:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+
+def _write(store: Store, doc_id: str, seed: int) -> None:
+    vectors = np.random.default_rng(seed).normal(size=(2, 8)).astype("float32")
+    store.write([make_record(doc_id, [f"alpha {doc_id}", f"beta {doc_id}"], vectors=vectors,
+                             metadata={"year": 2000 + seed})])
+
+
+def test_a_new_store_gets_16_kib_pages(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s", create=True) as store:
+        store.ensure_model("m", 8, index_type="flat")
+        _write(store, "d1", 1)
+    assert _page_size(tmp_path / "s") == connection.PAGE_SIZE == 16_384
+
+
+def test_a_store_made_with_4_kib_pages_keeps_them_and_takes_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store written by the release before 16 KiB pages: SQLite's default page size.
+    with monkeypatch.context() as patch:
+        patch.setattr(connection, "PAGE_SIZE", 4096)
+        with Store.open(tmp_path / "s", create=True) as store:
+            store.ensure_model("m", 8, index_type="flat")
+            _write(store, "d1", 1)
+    assert _page_size(tmp_path / "s") == 4096
+    with Store.open(tmp_path / "s") as store:
+        _write(store, "d2", 2)
+        assert {view.id for view in store.find_documents('{"year": {"$gte": 2000}}')} \
+            == {"d1", "d2"}
+        assert len(store.governance.document_history("d2")) == 1
+    assert _page_size(tmp_path / "s") == 4096
+    with Store.open(tmp_path / "s") as store:
+        assert store.verify()["models"]["m"]["ids_equal"]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_write_leaves_the_cycle_collector_as_it_found_it(tmp_path: Path, enabled: bool) -> None:
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        with Store.open(tmp_path / "s", create=True) as store:
+            store.ensure_model("m", 8, index_type="flat")
+            _write(store, "d1", 1)
+            assert gc.isenabled() is enabled
+            with pytest.raises(InvalidInput):  # a failed write restores it too
+                store.write([make_record("", ["x"])])
+            assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_a_batch_of_writes_opens_one_version_per_document_after_earlier_ones(
+    store_location: str,
+) -> None:
+    """Version numbers continue a document's history, in one batch of many documents."""
+    with Store.open(store_location, create=True) as store:
+        store.ensure_model("m", 8, index_type="flat")
+        for doc_id in ("a", "b"):
+            _write(store, doc_id, 1)
+        store.delete("a")  # its history outlives it
+        rng = np.random.default_rng(3)
+        store.write([
+            make_record(doc_id, [f"new {doc_id}"], vectors=rng.normal(size=(1, 8)),
+                        metadata={"v": 2})
+            for doc_id in ("a", "b", "c")
+        ])
+        versions = {doc_id: [v.version for v in store.governance.document_history(doc_id)]
+                    for doc_id in ("a", "b", "c")}
+    assert versions == {"a": [1, 2], "b": [1, 2], "c": [1]}
