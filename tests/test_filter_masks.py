@@ -47,7 +47,7 @@ def test_ids_with_a_nul_take_the_dict() -> None:
 
 def test_a_hash_tie_or_a_huge_array_takes_the_dict(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(filter_masks, "_hashes",
-                        lambda ids: np.zeros(len(ids), dtype=np.int64))
+                        lambda strings: np.zeros(len(strings), dtype=np.uint64))
     check(IdNumbers(KEYS))
     monkeypatch.undo()
     monkeypatch.setattr(filter_masks, "MAX_ARRAY_BYTES", 16)

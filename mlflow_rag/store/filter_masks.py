@@ -39,19 +39,19 @@ class IdNumbers:
     def __init__(self, ids: list[str]) -> None:
         distinct = list(dict.fromkeys(ids))
         self.size = len(distinct)
-        self._numbers: dict[str, int] | None = None
-        hashes = _hashes(distinct)
-        order = np.argsort(hashes, kind="stable")
-        self._hashes = hashes[order]
         width = max(map(len, distinct), default=1)
+        self._numbers: dict[str, int] | None = None
+        self._strings = np.zeros(0, dtype="<U1")
+        self._hashes = np.zeros(0, dtype=np.uint64)
+        if 4 * width * self.size <= MAX_ARRAY_BYTES and not _has_nul(distinct):
+            strings = np.array(distinct, dtype=f"<U{width}")
+            hashes = _hashes(strings)
+            order = np.argsort(hashes, kind="stable")
+            self._strings, self._hashes = strings[order], hashes[order]
         # numpy's str arrays drop trailing NULs ("a\0" == "a"): ids holding one take the dict,
         # and so do two ids of one hash.
-        if (4 * width * self.size > MAX_ARRAY_BYTES or _has_nul(distinct)
-                or bool(np.any(self._hashes[1:] == self._hashes[:-1]))):
+        if len(self._strings) < self.size or bool(np.any(self._hashes[1:] == self._hashes[:-1])):
             self._numbers = {i: n for n, i in enumerate(distinct)}
-            self._strings = np.zeros(0, dtype="<U1")
-        else:
-            self._strings = np.array(distinct, dtype=f"<U{width}")[order]
         self.codes = self.lookup(ids)
 
     def lookup(self, wanted: list[str]) -> np.ndarray:
@@ -61,21 +61,34 @@ class IdNumbers:
             return np.fromiter(map(numbers.get, wanted, repeat(-1)), np.int64, len(wanted))
         if not wanted or not self.size:
             return np.full(len(wanted), -1, dtype=np.int64)
-        hashes = _hashes(wanted)
+        strings = np.array(wanted, dtype=str)
+        hashes = _hashes(strings)
         # Binary searches for needles in order walk the array once (10x faster at 50,000).
         order = np.argsort(hashes)
         hashes = hashes[order]
         found = np.searchsorted(self._hashes, hashes)
         found[found == self.size] = 0  # past the end: refused by the hash test below
-        same = (self._hashes[found] == hashes) & (
-            self._strings[found] == np.array(wanted, dtype=str)[order])
+        same = (self._hashes[found] == hashes) & (self._strings[found] == strings[order])
         codes = np.empty(len(wanted), dtype=np.int64)
         codes[order] = np.where(same, found, -1)
         return codes
 
 
-def _hashes(ids: list[str]) -> np.ndarray:
-    return np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
+_PRIME = 0x100000001B3  # FNV's 64-bit prime
+
+
+def _hashes(strings: np.ndarray) -> np.ndarray:
+    """A hash of each string of a fixed-width str array, in numpy (Python's hash() took 7 ms
+    for 50,000 ids): the sum of code point x PRIME**position (mod 2**64). Padding adds zero,
+    so arrays of different widths hash alike; equal hashes are confirmed by comparing strings."""
+    width = strings.dtype.itemsize // 4
+    points = strings.view(np.uint32).reshape(len(strings), width)
+    factors = np.ones(width, dtype=np.uint64)
+    np.cumprod(np.full(width - 1, _PRIME, dtype=np.uint64), out=factors[1:])  # wraps, silently
+    hashes = np.zeros(len(strings), dtype=np.uint64)
+    for position in range(width):
+        hashes += points[:, position] * factors[position]
+    return hashes
 
 
 def _has_nul(ids: list[str]) -> bool:
