@@ -158,3 +158,28 @@ def test_every_index_type_round_trips_and_removes(kind: str) -> None:
         assert copy.ntotal == 299 and 52 not in copy.ids()
     else:
         assert not copy.remove(np.array([52], dtype=np.int64))
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_one_query_runs_on_one_thread_and_leaves_the_threads_setting_as_it_was(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(400, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1, 401, dtype=np.int64)
+    index = VectorIndex.build(choose_index(kind, 400, 8), 8, ids, vectors, generation=1)
+    before = faiss.omp_get_max_threads()
+    seen: list[int] = []
+    search = index.index.search
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(faiss.omp_get_max_threads())
+        return search(*args, **kwargs)
+
+    index.index.search = spy
+    assert index.search(vectors[7], 3).ids[0] == 8
+    assert index.search(vectors[9], 3, allowed=ids[5:20]).ids[0] == 10 or kind != "ivf"
+    assert seen and set(seen) == {1}
+    assert faiss.omp_get_max_threads() == before
+    if kind == "hnsw":  # a k above ef_search raises it, and it stays exact for the next k
+        assert len(index.search(vectors[7], 200).ids) == 200
+        assert index.search(vectors[7], 3).ids[0] == 8

@@ -88,6 +88,22 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
     return ordered[keep]
 
+def one_query(
+    index: faiss.Index, query: np.ndarray, k: int, *, params: faiss.SearchParameters | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` of one query on this thread alone. FAISS opens an OpenMP team for it
+    whose other thread has no query to work on; on a busy machine the team's join waited
+    for a core: HNSW p50 16-20 ms with two threads, 0.3 ms with one (benchmarks/RESULTS.md).
+    omp_set_num_threads sets the calling thread's own setting, so builds elsewhere keep
+    every core; it is restored afterwards for this thread's builds too."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(query.reshape(1, -1), k, params=params)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
 def training_sample(vectors: np.ndarray, nlist: int, *, seed: int = 0) -> np.ndarray:
     """The vectors IVF k-means trains on: all of them, or a seeded sample of
     ``TRAIN_PER_LIST * nlist`` in their original order (a rebuild trains on the same rows)."""
@@ -120,6 +136,7 @@ class VectorIndex:
         self.max_vector_id = max_vector_id
         self._ids: np.ndarray | None = None
         self._matrix: np.ndarray | None = None
+        self._ef_search: tuple[faiss.Index, int] | None = None
         self._huge_pages_asked = False
         self.dirty = True  # differs from the file on disk (cleared by the store on persist)
         # Vectors live in a read-only memory map of the index file (shared with every process
@@ -275,12 +292,17 @@ class VectorIndex:
             self._ask_for_huge_pages()
             return found
         if self.spec.kind == "hnsw":
-            faiss.downcast_index(self.index.index).hnsw.efSearch = max(
-                self.spec.params["ef_search"], k
-            )
-        distances, labels = self.index.search(query.reshape(1, -1), min(k, self.ntotal))
+            self._set_ef_search(max(self.spec.params["ef_search"], k))
+        distances, labels = one_query(self.index, query, min(k, self.ntotal))
         keep = labels[0] >= 0
         return SearchResult(labels[0][keep].astype(np.int64), distances[0][keep])
+
+    def _set_ef_search(self, ef: int) -> None:
+        # The SWIG downcast costs tens of microseconds, a fifth of an HNSW query: set the
+        # parameter only when it changes (k above ef_search), on the index it was read from.
+        if self._ef_search != (self.index, ef):
+            faiss.downcast_index(self.index.index).hnsw.efSearch = ef
+            self._ef_search = (self.index, ef)
 
     def _search_allowed(self, query: np.ndarray, k: int, allowed: np.ndarray) -> SearchResult:
         if len(allowed) == 0:
@@ -292,9 +314,7 @@ class VectorIndex:
             params = faiss.SearchParametersIVF(
                 sel=faiss.IDSelectorBatch(allowed), nprobe=ivf.nlist
             )
-            distances, labels = self.index.search(
-                query.reshape(1, -1), min(k, len(allowed)), params=params
-            )
+            distances, labels = one_query(self.index, query, min(k, len(allowed)), params=params)
             keep = labels[0] >= 0
             return SearchResult(labels[0][keep].astype(np.int64), distances[0][keep])
         ids = self.ids()

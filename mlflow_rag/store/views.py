@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlflow_rag import codec
-from mlflow_rag.store.checks import public_metadata
+from mlflow_rag.store.checks import PII_KEY, public_metadata
 from mlflow_rag.types import ChunkView, DocumentView, Hit
 
 
@@ -35,12 +35,20 @@ def hit(
     row: Sequence[Any], rank: int, score: float, include_pii: bool, vector_id: int | None = None
 ) -> Hit:
     chunk_id, doc_id, ctype, cindex, text, cmeta, source_path, dmeta = row
+    document_metadata = _object(dmeta)
+    if not include_pii and PII_KEY in document_metadata:
+        document_metadata = public_metadata(document_metadata, include_pii=False)
     return Hit(
         rank=rank, score=score, chunk_id=chunk_id, document_id=doc_id, chunk_type=ctype,
         chunk_index=cindex, text=text, source_path=source_path,
-        document_metadata=public_metadata(codec.loads_object(dmeta), include_pii=include_pii),
-        chunk_metadata=codec.loads_object(cmeta), vector_id=vector_id,
+        document_metadata=document_metadata, chunk_metadata=_object(cmeta), vector_id=vector_id,
     )
+
+
+def _object(text: str | None) -> dict[str, Any]:
+    """A metadata column decoded (a fresh dict each call: callers may change theirs). Most
+    chunks' metadata is empty: '{}' skips the JSON parser (a fixed cost per hit)."""
+    return {} if text == "{}" else codec.loads_object(text)
 
 
 

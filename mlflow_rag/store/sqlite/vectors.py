@@ -4,6 +4,7 @@ hydrated search. Mixed into :class:`~mlflow_rag.store.sqlite.backend.SqliteBacke
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -184,7 +185,13 @@ class SqliteVectors:
     def condition_ids(self, condition: Condition) -> list[str]:
         """The document or chunk ids (by ``condition.owner``) one filter condition selects."""
         sql, params = condition_ids_sql(condition)
-        return [r[0] for r in self.conn.execute(sql, params).fetchall()]
+        # One JSON array instead of a row per id: stepping 50,000 one-column rows through
+        # the cursor took ~45 ms, json_group_array and json.loads ~10 (100K store, 50 %).
+        (text,) = self.conn.execute(
+            f"WITH ids(id) AS ({sql}) SELECT json_group_array(id) FROM ids", params
+        ).fetchone()
+        ids: list[str] = json.loads(text)
+        return ids
 
     def hits_by_vector_ids(
         self, vector_ids: Sequence[int]
