@@ -141,11 +141,14 @@ def test_top_k_orders_best_first_and_breaks_ties_by_position() -> None:
     assert top_k(scores, 10).tolist() == [1, 3, 2, 4, 0]
 
 
+def _unit_vectors(n: int, dim: int, *, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_every_index_type_round_trips_and_removes(kind: str) -> None:
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(300, 12)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = _unit_vectors(300, 12, seed=0)
     ids = np.arange(10, 310, dtype=np.int64)
     index = VectorIndex.build(choose_index(kind, 300, 12), 12, ids, vectors, generation=3)
     assert index.ntotal == 300 and index.ids().tolist() == ids.tolist()
@@ -162,9 +165,7 @@ def test_every_index_type_round_trips_and_removes(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_one_query_runs_on_one_thread_and_leaves_the_threads_setting_as_it_was(kind: str) -> None:
-    rng = np.random.default_rng(1)
-    vectors = rng.normal(size=(400, 8)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = _unit_vectors(400, 8, seed=1)
     ids = np.arange(1, 401, dtype=np.int64)
     index = VectorIndex.build(choose_index(kind, 400, 8), 8, ids, vectors, generation=1)
     before = faiss.omp_get_max_threads()
