@@ -1,4 +1,4 @@
-"""The harness's second passes: pseudo-relevance feedback (:mod:`mlflow_rag.feedback`) on a
+"""The harness's second passes: pseudo-relevance feedback (:mod:`mlflow_rag.relevance_feedback`) on a
 variant's candidate lists, and the first-pass ranking it starts from.
 
 A feedback variant ranks its first pass as the plain variant would (the fused list for a
@@ -18,7 +18,7 @@ import numpy as np
 
 from mlflow_rag.evaluation.harness_types import Candidates
 from mlflow_rag.evaluation.variants import Variant
-from mlflow_rag.feedback import (
+from mlflow_rag.relevance_feedback import (
     RM3_ORIGINAL_WEIGHT,
     expansion_terms,
     rocchio,

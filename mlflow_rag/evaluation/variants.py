@@ -57,7 +57,8 @@ from mlflow_rag.evaluation.significance import (
     check_alpha,
     check_test,
 )
-from mlflow_rag.feedback import (
+from mlflow_rag.index.choose import INDEX_TYPES
+from mlflow_rag.relevance_feedback import (
     DEFAULT_FEEDBACK,
     DEFAULT_FEEDBACK_DOCS,
     DEFAULT_FEEDBACK_TERMS,
@@ -65,7 +66,6 @@ from mlflow_rag.feedback import (
     uses_rm3,
     uses_rocchio,
 )
-from mlflow_rag.index.choose import INDEX_TYPES
 from mlflow_rag.search import DEFAULT_FUSION, FUSIONS, MODES
 
 DEFAULT_METRIC = "ndcg_at_10"

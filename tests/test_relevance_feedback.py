@@ -13,7 +13,7 @@ from mlflow_rag.evaluation.cross_validation import assign_folds, cross_validate
 from mlflow_rag.evaluation.datasets import load_beir_folder
 from mlflow_rag.evaluation.harness import HarnessOptions, run_grid
 from mlflow_rag.evaluation.variants import parse_grid
-from mlflow_rag.feedback import check_feedback, expansion_terms, rocchio
+from mlflow_rag.relevance_feedback import check_feedback, expansion_terms, rocchio
 from tests.test_harness import write_beir
 
 
