@@ -24,7 +24,7 @@ from typing import Any
 from mlflow_rag.answer import answer
 from mlflow_rag.evaluation import answer_metrics
 from mlflow_rag.evaluation.answer_set import QAItem, as_eval_dataset
-from mlflow_rag.evaluation.answer_variants import AnswerVariant
+from mlflow_rag.evaluation.answer_variants import AnswerVariant, answer_retrievals
 from mlflow_rag.evaluation.harness import HarnessOptions, grid_store, set_index
 from mlflow_rag.evaluation.harness_plan import corpus_dir_name
 from mlflow_rag.evaluation.variants import Grid
@@ -259,7 +259,8 @@ def evaluate_answer_grid(
                         ) as evaluation:
         for chunking in grid.chunkings:
             with grid_store(grid, chunking, sources, root=root, options=options) as built:
-                for retrieval in (v for v in grid.variants if v.chunking == chunking):
+                for retrieval in (v for v in answer_retrievals(grid.variants)
+                                  if v.chunking == chunking):
                     if retrieval.embedder is not None:
                         set_index(built.store, built.models[retrieval.embedder],
                                   retrieval.index_type)

@@ -112,6 +112,7 @@ grid:
   chunk_size: [128, 256]
   embedder: tfidf
   mode: [bm25, hybrid]
+  k: [10, 20]
 """
 
 
@@ -130,7 +131,8 @@ def test_a_variants_grid_crossed_with_generators_is_one_child_run_each(
     result = run(*args, "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    # 2 chunkings x (bm25, hybrid with tfidf) x extractive; named by the grid's labels
+    # 2 chunkings x (bm25, hybrid with tfidf) x extractive; named by the grid's labels. The
+    # grid's two k answer alike (an answer reads the evaluation's --k chunks): one run for both.
     names = [v["variant"] for v in out["variants"]]
     assert len(names) == 4 and all(n.startswith("extractive [") for n in names)
     assert any("bm25" in n for n in names) and any("hybrid-tfidf" in n for n in names)
@@ -248,3 +250,16 @@ def test_prompt_x_generator_variants_are_child_runs(speakers_store: str, trackin
         assert set(variant) - {"variant", "run_id", "usage"} == SCORES
     # The chat server cites the first passage it is given: a real citation.
     assert out["variants"][1]["citation_precision"] > 0
+
+
+def test_grid_variants_that_differ_only_in_k_answer_once() -> None:
+    from mlflow_rag.evaluation.answer_variants import grid_answer_variants
+    from mlflow_rag.evaluation.variants import parse_grid
+
+    grid = parse_grid({"grid": {"chunker": "recursive", "embedder": "tfidf",
+                                "mode": ["bm25", "hybrid"], "k": [10, 20, 30]}})
+    assert len(grid.variants) == 6
+    variants = grid_answer_variants(grid.variants, ["extractive"])
+    # the first of each (the grid's order), one per mode
+    assert sorted((v.mode, v.retrieval.k) for v in variants if v.retrieval) == [
+        ("bm25", 10), ("hybrid", 10)]

@@ -5,7 +5,7 @@ like ``extractive``, takes no prompt axis, as a grid drops the axes that do not 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mlflow_rag.errors import InvalidInput
 from mlflow_rag.evaluation.variants import Variant
@@ -54,11 +54,25 @@ def answer_variants(generators: Sequence[str], prompts: Sequence[str | None] = (
     return tuple(out)
 
 
+def answer_retrievals(retrieval: Sequence[Variant]) -> tuple[Variant, ...]:
+    """The grid's retrieval variants without those that differ from an earlier one only in
+    ``k``: an answer reads the evaluation's own ``k`` chunks, so they would answer alike."""
+    seen: set[Variant] = set()
+    out: list[Variant] = []
+    for variant in retrieval:
+        identity = replace(variant, k=0)
+        if identity not in seen:
+            seen.add(identity)
+            out.append(variant)
+    return tuple(out)
+
+
 def grid_answer_variants(retrieval: Sequence[Variant], generators: Sequence[str],
                          prompts: Sequence[str | None] = (None,)) -> tuple[AnswerVariant, ...]:
-    """Each retrieval variant of a grid x generator x prompt, in that order."""
+    """Each retrieval variant of a grid (``answer_retrievals``) x generator x prompt, in that
+    order."""
     return tuple(
         AnswerVariant(generator=v.generator, prompt=v.prompt, mode=grid_variant.mode,
                       retrieval=grid_variant)
-        for grid_variant in retrieval
+        for grid_variant in answer_retrievals(retrieval)
         for v in answer_variants(generators, prompts, (grid_variant.mode,)))
