@@ -9,13 +9,13 @@ adapter genai_tracking.py (imported only then: this module imports no mlflow).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mlflow_rag.errors import InvalidInput, PromptError, UnknownChoice
-from mlflow_rag.generate.base import Generator
+from mlflow_rag.generate.base import Generation, Generator
 from mlflow_rag.generate.prompting import (
     SHIPPED,
     PromptTemplate,
@@ -179,13 +179,8 @@ def answer(
         generator, **dict(generator_options or {}))
     template = resolve_template(gen, prompt, track=track, tracking_uri=tracking_uri,
                                 experiment=experiment)
-    if tracer is None:
-        if track:
-            from mlflow_rag.genai_tracking import MlflowTracer
-
-            tracer = MlflowTracer(tracking_uri=tracking_uri, experiment=experiment)
-        else:
-            tracer = NoTracer()
+    tracer = tracer or _default_tracer(track=track, tracking_uri=tracking_uri,
+                                       experiment=experiment)
     searcher = searcher or Searcher(store)
     shown = redact(question) if redact else question
     output_id, query_id = new_id(), new_id()
@@ -204,28 +199,8 @@ def answer(
             hits = tuple(searcher.run(request, vector=vector))
             latency["retrieve"] = (time.perf_counter() - started) * 1000
             span.set_documents(hits)
-        passages = passages_of(hits)
-        truncation = None
-        prompt_text = ""
-        if template is not None:
-            prompt_text, passages, cut = fit_prompt(
-                template.template, question=request.query, passages=passages,
-                window=gen.context_window, reserved=gen.max_output_tokens,
-                count_tokens=gen.count_tokens)
-            truncation = cut.to_dict() if cut else None
-        with tracer.span("generate", "llm", {"generator": gen.name,
-                                              "prompt": template.uri if template else None,
-                                              "passages": [p.chunk_id for p in passages]}) as span:
-            started = time.perf_counter()
-            generation = gen.generate(question=request.query, prompt=prompt_text,
-                                      passages=passages)
-            latency["generate"] = (time.perf_counter() - started) * 1000
-            span.set_usage(input_tokens=generation.input_tokens,
-                           output_tokens=generation.output_tokens,
-                           cost_usd=generation.cost_usd)
-            if truncation:
-                span.set_attributes({"mlflow_rag.truncation": truncation})
-            span.set_outputs(redact(generation.text) if redact else generation.text)
+        generation, truncation = _generate(gen, template, request.query, hits, tracer=tracer,
+                                           latency=latency, redact=redact)
         by_id = {h.chunk_id: h for h in hits}
         citations = tuple(_citation(by_id[c]) for c in generation.citations if c in by_id)
         root.set_outputs({"answer": redact(generation.text) if redact else generation.text,
@@ -255,6 +230,44 @@ def answer(
         input_tokens=generation.input_tokens, output_tokens=generation.output_tokens,
         cost_usd=generation.cost_usd, latency_ms=latency, truncation=truncation, hits=hits,
         stats=stats)
+
+
+def _default_tracer(*, track: bool, tracking_uri: str | None,
+                    experiment: str | None) -> Tracer:
+    if not track:
+        return NoTracer()
+    from mlflow_rag.genai_tracking import MlflowTracer
+
+    return MlflowTracer(tracking_uri=tracking_uri, experiment=experiment)
+
+
+def _generate(
+    gen: Generator, template: PromptTemplate | None, question: str, hits: Sequence[Hit], *,
+    tracer: Tracer, latency: dict[str, float], redact: Callable[[str], str] | None,
+) -> tuple[Generation, dict[str, Any] | None]:
+    """The generation stage: the prompt fitted to the generator's window (what was cut, if
+    anything), then one ``llm`` span; its time goes into ``latency["generate"]``."""
+    passages = passages_of(hits)
+    truncation = None
+    prompt_text = ""
+    if template is not None:
+        prompt_text, passages, cut = fit_prompt(
+            template.template, question=question, passages=passages,
+            window=gen.context_window, reserved=gen.max_output_tokens,
+            count_tokens=gen.count_tokens)
+        truncation = cut.to_dict() if cut else None
+    with tracer.span("generate", "llm", {"generator": gen.name,
+                                          "prompt": template.uri if template else None,
+                                          "passages": [p.chunk_id for p in passages]}) as span:
+        started = time.perf_counter()
+        generation = gen.generate(question=question, prompt=prompt_text, passages=passages)
+        latency["generate"] = (time.perf_counter() - started) * 1000
+        span.set_usage(input_tokens=generation.input_tokens,
+                       output_tokens=generation.output_tokens, cost_usd=generation.cost_usd)
+        if truncation:
+            span.set_attributes({"mlflow_rag.truncation": truncation})
+        span.set_outputs(redact(generation.text) if redact else generation.text)
+    return generation, truncation
 
 
 def _citation(hit: Hit) -> Citation:
