@@ -57,8 +57,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlflow_rag.embed.minilm import MODEL_PACKAGE, MiniLMEmbedder
+from mlflow_rag.embed.minilm_names import MINILM_BACKENDS, MINILM_PREFIX
 from mlflow_rag.embed.onnx_export import ENV_CACHE_DIR, ONNX_INSTALL_HINT, cached_onnx_model, recipe_key
-from mlflow_rag.embed.registry import MINILM_BACKENDS, MINILM_PREFIX
 from mlflow_rag.errors import EmbedderError, EmbedderUnavailable, InvalidInput, UnknownChoice
 
 if TYPE_CHECKING:  # typing only: importing these at run time would pull in torch/onnxruntime

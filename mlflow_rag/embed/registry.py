@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_rag.embed.base import Embedder
+from mlflow_rag.embed.minilm_names import MINILM_BACKENDS, MINILM_PREFIX
 from mlflow_rag.errors import InvalidInput, UnknownChoice
 
 OPENAI_PREFIX = "openai:"
-MINILM_PREFIX = "minilm:"  # minilm:onnx-int8 etc.: "minilm:<backend>", see MINILM_BACKENDS
-#: MiniLM's backends (mlflow_rag.embed.minilm_fast); "torch" is the plain model, "minilm".
-MINILM_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
 
 # What a served model needs to run an embedder's queries (tracking.requirement_names adds
 # the base every bundle needs).
