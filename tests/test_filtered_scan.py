@@ -8,6 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
+from mlflow_rag.index import filtered
 from mlflow_rag.index.choose import choose_index
 from mlflow_rag.index.filtered import (
     FILTERED_STRATEGIES,
@@ -22,7 +23,8 @@ from mlflow_rag.index.vector_index import VectorIndex
 @pytest.mark.parametrize(("kind", "allowed", "total", "strategy"), [
     ("flat", 1, 100_000, "gather"),
     ("flat", 1_000, 100_000, "gather"),  # 1 %
-    ("flat", 1_100, 100_000, "bitmap"),
+    ("flat", 1_999, 100_000, "gather"),
+    ("flat", 2_000, 100_000, "bitmap"),  # 2 %
     ("flat", 10_000, 100_000, "bitmap"),
     ("flat", 100_000, 100_000, "bitmap"),
     ("hnsw", 100, 100_000, "gather"),
@@ -50,6 +52,18 @@ def test_bitmap_is_little_bit_order_as_faiss_reads_it() -> None:
     assert [i for i in range(24) if selector.is_member(i)] == members.tolist()
 
 
+def test_the_gather_scores_in_blocks_equal_the_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlflow_rag.index.filtered.GATHER_BLOCK_FLOATS", 3 * 8)
+    matrix = _unit(50, 8, seed=2)
+    positions = np.array([0, 3, 4, 9, 17, 30, 49])  # three blocks of three rows, the last of one
+    got = filtered.gathered_scores(matrix, positions, matrix[9])
+    assert got == pytest.approx(matrix[positions] @ matrix[9], abs=1e-6)
+    unaligned = np.frombuffer(b"\0\0" + matrix.tobytes(), dtype=np.float32, offset=2)
+    assert not unaligned.flags.aligned
+    assert filtered.gathered_scores(unaligned.reshape(50, 8), positions, matrix[9]) == \
+        pytest.approx(got, abs=1e-6)
+
+
 def _unit(n: int, dim: int, seed: int) -> np.ndarray:
     vectors = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -64,7 +78,7 @@ def _brute(vectors: np.ndarray, ids: np.ndarray, allowed: np.ndarray, query: np.
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
-@pytest.mark.parametrize("share", [0.002, 0.005, 0.05, 0.3, 1.0])
+@pytest.mark.parametrize("share", [0.002, 0.01, 0.05, 0.3, 1.0])
 def test_filtered_search_equals_brute_force_on_the_allowed_subset(kind: str, share: float) -> None:
     n, dim = 3_000, 16
     vectors = _unit(n, dim, seed=3)

@@ -20,7 +20,7 @@ import numpy as np
 
 from mlflow_rag.errors import IndexCorrupt
 from mlflow_rag.index.choose import IndexSpec
-from mlflow_rag.index.filtered import exact_selected, filtered_strategy
+from mlflow_rag.index.filtered import exact_selected, filtered_strategy, gathered_scores
 from mlflow_rag.index.layout import check_index_file
 from mlflow_rag.index.pages import prefer_huge_pages
 
@@ -329,7 +329,7 @@ class VectorIndex:
             return SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32))
         matrix = self.matrix()
         if filtered_strategy(self.spec.kind, allowed=len(positions), total=len(ids)) == "gather":
-            scored = matrix[positions] @ query  # the gather is an aligned copy
+            scored = gathered_scores(matrix, positions, query)
             best = top_k(scored, k)
             return SearchResult(ids[positions[best]], scored[best])
         # "bitmap": FAISS's flat scan of the stored rows (flat, or HNSW's storage) on one thread.
