@@ -1,19 +1,27 @@
 """What the store adds to one dense query, unfiltered (HNSW) and filtered, against raw FAISS +
 SQLite in the same run, with the raw side timed on FAISS's default threads and on one.
 
-    python benchmarks/dense_overhead.py [--n 100000] [--dir /tmp/dense-overhead] [--reps 3]
+    python benchmarks/dense_overhead.py [--n 100000] [--dir /tmp/dense-overhead] [--reps 5]
+        [--queries 200] [--code OTHER_CHECKOUT] [--models flat,hnsw,ivf]
 
-Builds (once, kept in ``--dir``) a store of N clustered 384-d chunks under a flat and an HNSW
-model and the raw SQLite table of scale.py, then reports medians over ``--reps`` repetitions
-(200 queries unfiltered, 50 filtered). Raw HNSW searches the store's own FAISS index object
-(same graph, same efSearch); raw filtered is SQL ids through an index + FAISS flat with an
-``IDSelectorBatch``. "raw 1t" runs FAISS on one OpenMP thread, as the store does per query
-since this benchmark showed two threads waiting 16-20 ms for a core on a busy machine.
+Builds (once, kept in ``--dir``) a store of N clustered 384-d chunks under a flat, an HNSW and
+an IVF model and the raw SQLite table of scale.py. Each row times ours, raw on one thread and
+raw on FAISS's default threads in turn within each of ``--reps`` repetitions (``--queries``
+queries each, per-query median), and reports the median over repetitions of each and of the
+per-repetition ratio ours / raw 1t, by wall time and by the process's CPU time, with the load
+average before and after the row (the machine is shared: a wall-time ratio from one
+repetition can be a scheduler artefact; CPU time counts the work whatever the waiting). Raw HNSW
+searches the store's own FAISS index object (same graph, same efSearch); raw filtered is SQL
+ids through an index + FAISS flat with an ``IDSelectorBatch``. "raw 1t" runs FAISS on one
+OpenMP thread, as the store does per query since this benchmark showed two threads waiting
+16-20 ms for a core on a busy machine. ``--code`` imports mlflow_rag from another checkout
+(an A/B on the same store and queries; the store is opened read-only).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import statistics
 import sys
@@ -25,12 +33,15 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if "--code" in sys.argv:  # before mlflow_rag is imported
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--code") + 1]).resolve()))
 
 from benchmarks.common import chunk_metadata, chunk_text, clustered_vectors, queries_near
 from benchmarks.scale import build_store, hydrate, raw_db
 from mlflow_rag.store.store import Store
 
-SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
+SELECTIVITIES = (0.001, 0.01, 0.02, 0.1, 0.5)
+MODELS = ("flat", "hnsw", "ivf")
 
 
 def prepare(folder: Path, n: int) -> None:
@@ -39,21 +50,34 @@ def prepare(folder: Path, n: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     vectors = clustered_vectors(n, 384)
     texts = [chunk_text(i) for i in range(n)]
-    build_store(folder / "store", vectors, texts, ["flat", "hnsw"]).close()
+    build_store(folder / "store", vectors, texts, list(MODELS)).close()
     raw_db(folder / "raw.tmp", texts).close()
     (folder / "raw.tmp").rename(folder / "raw.db")
 
 
-def median_ms(fn: Callable[[int], object], count: int, reps: int) -> float:
-    out = []
+def timed_rounds(fns: list[Callable[[int], object]], count: int,
+                 reps: int) -> list[list[tuple[float, float]]]:
+    """Per repetition, each function's median (wall ms, CPU ms) over ``count`` queries; the
+    functions take turns within a repetition, so a busy spell weighs on all of them alike.
+    CPU time is the process's (every thread, BLAS's included): on a machine with more
+    runnable threads than cores, wall time is mostly waiting for a core."""
+    rounds = []
     for _ in range(reps):
-        samples = []
-        for i in range(count):
-            start = time.perf_counter()
-            fn(i)
-            samples.append((time.perf_counter() - start) * 1e3)
-        out.append(statistics.median(samples))
-    return statistics.median(out)
+        medians = []
+        for fn in fns:
+            wall, cpu = [], []
+            for i in range(count):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                fn(i)
+                cpu.append((time.process_time() - start_cpu) * 1e3)
+                wall.append((time.perf_counter() - start) * 1e3)
+            medians.append((statistics.median(wall), statistics.median(cpu)))
+        rounds.append(medians)
+    return rounds
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def raw_search(index: faiss.Index, conn: sqlite3.Connection, q: np.ndarray,
@@ -73,30 +97,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/dense-overhead"))
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--code", type=Path, help="import mlflow_rag from this checkout")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="the store's models to time, comma-separated")
     args = parser.parse_args()
+    import mlflow_rag
+    print(f"mlflow_rag from {Path(mlflow_rag.__file__).parent.parent}; load {load()}", flush=True)
     prepare(args.dir, args.n)
     vectors = clustered_vectors(args.n, 384)
-    queries = queries_near(vectors, 200)
+    queries = queries_near(vectors, args.queries)
     buckets = np.array([chunk_metadata(i)["bucket"] for i in range(args.n)])
     store = Store.open(args.dir / "store", read_only=True)
     conn = sqlite3.connect(args.dir / "raw.db")
-    for model in ("flat", "hnsw"):
+    models = args.models.split(",")
+    for model in models:
         store.dense_search(queries[0], model=model, k=10)
     hnsw = store._core.index_cache.indexes["hnsw"].index  # the same graph, searched raw
     flat = faiss.IndexIDMap2(faiss.IndexFlatIP(384))
     flat.add_with_ids(vectors, np.arange(args.n, dtype=np.int64))
     summary: dict[str, float] = {}
+    count = args.queries
 
-    def report(label: str, ours: float, raw1: float, raw: float) -> None:
-        print(f"{label:26s} ours {ours:8.3f} ms  raw 1t {raw1:8.3f} ms ({ours / raw1:.2f}x)  "
-              f"raw {raw:8.3f} ms ({ours / raw:.2f}x)", flush=True)
-        summary[label.split()[0] + "_" + label.split()[-1]] = ours / raw1
+    def report(label: str, ours: Callable[[int], object], raw1: Callable[[int], object],
+               raw: Callable[[int], object]) -> None:
+        before = load()
+        rounds = timed_rounds([ours, raw1, raw], count, args.reps)
+        (o, oc), (r1, r1c), (r, _) = (
+            (statistics.median(w for w, _ in column), statistics.median(c for _, c in column))
+            for column in zip(*rounds, strict=True))
+        ratios = [a[0] / b[0] for a, b, _ in rounds]
+        ratio = statistics.median(ratios)
+        cpu_ratio = statistics.median(a[1] / b[1] for a, b, _ in rounds)
+        print(f"{label:34s} ours {o:8.3f} ms  raw 1t {r1:8.3f} ms  raw {r:8.3f} ms  "
+              f"ours/raw 1t {ratio:.2f}x (reps {min(ratios):.2f}-{max(ratios):.2f}; "
+              f"ours/raw {o / r:.2f}x)  CPU ours {oc:.3f} raw 1t {r1c:.3f} ms "
+              f"({cpu_ratio:.2f}x)  load {before} -> {load()}", flush=True)
+        summary[label.split()[0] + "_" + label.split()[-1]] = ratio
 
     report("hnsw unfiltered",
-           median_ms(lambda i: store.dense_search(queries[i], model="hnsw", k=10), 200, args.reps),
-           median_ms(lambda i: raw_search(hnsw, conn, queries[i], None, 1), 200, args.reps),
-           median_ms(lambda i: raw_search(hnsw, conn, queries[i], None, None), 200, args.reps))
+           lambda i: store.dense_search(queries[i], model="hnsw", k=10),
+           lambda i: raw_search(hnsw, conn, queries[i], None, 1),
+           lambda i: raw_search(hnsw, conn, queries[i], None, None))
     for selectivity in SELECTIVITIES:
         threshold = max(1, int(selectivity * 1000))
         filters = {"bucket": {"$lt": threshold}}
@@ -107,15 +150,16 @@ def main() -> None:
                 "SELECT id FROM chunks WHERE bucket < ?", (t,))), dtype=np.int64)
             return raw_search(flat, conn, queries[i], ids, threads)
 
-        for model in ("flat", "hnsw"):
-            hits = store.dense_search(queries[3], model=model, k=10, filters=filters)
-            want = allowed[np.argsort(-(vectors[allowed] @ queries[3]), kind="stable")[:10]]
-            recall = len({int(h.chunk_id[1:]) for h in hits} & set(want.tolist())) / 10
-            report(f"filtered_{model} {selectivity:.1%} recall {recall:.1f} {selectivity}",
-                   median_ms(lambda i, m=model, f=filters: store.dense_search(
-                       queries[i], model=m, k=10, filters=f), 50, args.reps),
-                   median_ms(lambda i: raw_filtered(i, 1), 50, args.reps),
-                   median_ms(lambda i: raw_filtered(i, None), 50, args.reps))
+        for model in models:
+            recalls = []
+            for q in range(0, count, max(1, count // 20)):  # 20 queries against brute force
+                hits = store.dense_search(queries[q], model=model, k=10, filters=filters)
+                want = allowed[np.argsort(-(vectors[allowed] @ queries[q]), kind="stable")[:10]]
+                recalls.append(len({int(h.chunk_id[1:]) for h in hits} & set(want.tolist())) / 10)
+            report(f"filtered_{model} {selectivity:.1%} recall {min(recalls):.2f} {selectivity}",
+                   lambda i, m=model, f=filters: store.dense_search(
+                       queries[i], model=m, k=10, filters=f),
+                   lambda i: raw_filtered(i, 1), lambda i: raw_filtered(i, None))
     store.close(flush=False)
     print(" ".join(f"{k}_ratio_1t={v:.3f}" for k, v in summary.items()))
 

@@ -6,7 +6,7 @@ the store and the index meet only in the vector id (as txtai's content store and
 Exact ("flat") search is a numpy matrix-vector product over the vectors FAISS holds: one
 query is memory-bandwidth bound, and BLAS uses every core, where FAISS's single-query flat
 scan uses one. An IVF query scans ~1 % of the vectors on one core (see ``IVF_PARALLEL_MODE``).
-Filtered search is always exact: a selector over a graph walk misses results.
+Filtered search is always exact (index/filtered.py): a selector over a graph walk misses results.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ import numpy as np
 
 from mlflow_rag.errors import IndexCorrupt
 from mlflow_rag.index.choose import IndexSpec
+from mlflow_rag.index.filtered import exact_selected, filtered_strategy, gathered_scores
 from mlflow_rag.index.layout import check_index_file
 from mlflow_rag.index.pages import prefer_huge_pages
 
-# Below this share of the vectors, gather the allowed rows and score only them; above it,
-# scoring everything once and masking is cheaper than the gather.
-GATHER_FRACTION = 0.25
 # Rows per block when scoring a matrix numpy cannot hand to BLAS (see scores()): 1.5 MB of
 # 384-d float32, small enough to stay in cache between the copy and the product.
 SCORE_BLOCK_ROWS = 1024
@@ -136,6 +134,7 @@ class VectorIndex:
         self.max_vector_id = max_vector_id
         self._ids: np.ndarray | None = None
         self._matrix: np.ndarray | None = None
+        self._storage: faiss.IndexFlatCodes | None = None
         self._ef_search: tuple[faiss.Index, int] | None = None
         self._huge_pages_asked = False
         self.dirty = True  # differs from the file on disk (cleared by the store on persist)
@@ -223,6 +222,7 @@ class VectorIndex:
     def _invalidate(self) -> None:
         self._ids = None
         self._matrix = None
+        self._storage = None
 
     # ----------------------------------------------------------------- inspection
 
@@ -256,12 +256,18 @@ class VectorIndex:
     def matrix(self) -> np.ndarray:
         """(n, d) float32 view of the stored vectors in id order (flat and HNSW)."""
         if self._matrix is None:
+            self._matrix = _float_view(self._flat_storage(), self.dimension)
+            self._huge_pages_asked = False
+        return self._matrix
+
+    def _flat_storage(self) -> faiss.IndexFlatCodes:
+        """The IndexFlat holding the vectors (flat and HNSW), downcast once per index object."""
+        if self._storage is None:
             inner = faiss.downcast_index(self.index.index)
             if self.spec.kind == "hnsw":
                 inner = faiss.downcast_index(inner.storage)
-            self._matrix = _float_view(inner, self.dimension)
-            self._huge_pages_asked = False
-        return self._matrix
+            self._storage = inner
+        return self._storage
 
     def _ask_for_huge_pages(self) -> None:
         """Once per storage buffer, after an exact search answered (so never before the first
@@ -311,23 +317,28 @@ class VectorIndex:
         if self.spec.kind == "ivf":
             # Probing every list with a selector is an exact scan of the allowed vectors.
             ivf = faiss.extract_index_ivf(self.index)
-            params = faiss.SearchParametersIVF(
-                sel=faiss.IDSelectorBatch(allowed), nprobe=ivf.nlist
-            )
-            distances, labels = one_query(self.index, query, min(k, len(allowed)), params=params)
-            keep = labels[0] >= 0
-            return SearchResult(labels[0][keep].astype(np.int64), distances[0][keep])
+            wanted = sorted_unique(allowed)
+            found, best = exact_selected(
+                lambda n, sel: one_query(self.index, query, n, params=faiss.SearchParametersIVF(
+                    sel=sel, nprobe=ivf.nlist)),
+                wanted, int(wanted[-1]) + 1, k)
+            return SearchResult(found, best)
         ids = self.ids()
         positions = self._positions(allowed)
         if len(positions) == 0:
             return SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32))
         matrix = self.matrix()
-        if len(positions) < GATHER_FRACTION * len(ids):
-            scored = matrix[positions] @ query  # the gather is an aligned copy
-        else:
-            scored = scores(matrix, query)[positions]
-        best = top_k(scored, k)
-        return SearchResult(ids[positions[best]], scored[best])
+        if filtered_strategy(self.spec.kind, allowed=len(positions), total=len(ids)) == "gather":
+            scored = gathered_scores(matrix, positions, query)
+            best = top_k(scored, k)
+            return SearchResult(ids[positions[best]], scored[best])
+        # "bitmap": FAISS's flat scan of the stored rows (flat, or HNSW's storage) on one thread.
+        storage = self._flat_storage()
+        rows, best = exact_selected(
+            lambda n, sel: one_query(storage, query, n, params=faiss.SearchParameters(sel=sel)),
+            positions, len(ids), k)
+        self._ask_for_huge_pages()
+        return SearchResult(ids[rows], best)
 
     def _positions(self, allowed: np.ndarray) -> np.ndarray:
         """Sorted, unique positions of the allowed ids that the index holds."""
