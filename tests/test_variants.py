@@ -205,6 +205,14 @@ def test_shipped_grid_files_parse(name: str) -> None:
     assert {"bm25", "dense", "hybrid"} <= {v.mode for v in grid.variants}
 
 
+@pytest.mark.parametrize("name", ["scifact-ranking.yaml", "scifact-ranking-2.yaml",
+                                  "scifact-ranking-3.yaml"])
+def test_ranking_grids_parse_with_their_baseline_and_cross_validation(name: str) -> None:
+    grid = load_grid(REPO / "evaluations" / name)
+    assert grid.baseline in {v.label for v in grid.variants}
+    assert grid.cv_folds == 5 and grid.split == "train"
+
+
 def test_scifact_grid_compares_bm25_minilm_tfidf_and_hybrid() -> None:
     grid = load_grid(REPO / "evaluations" / "scifact.yaml")
     pairs = {(v.mode, v.embedder) for v in grid.variants}

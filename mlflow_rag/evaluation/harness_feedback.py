@@ -45,8 +45,11 @@ def ranked_pairs(variant: Variant, lexical: Candidates | None, dense: Candidates
         return dense.pairs[i]
     assert lexical is not None and variant.fusion is not None
     weight = 0.5 if variant.fusion_weight is None else variant.fusion_weight
+    # Hybrid search fuses its top ``candidates`` of each list; z-scores and min-max depend on
+    # how deep a list goes, so the depth fused is an axis of its own (None: all retrieved).
+    top = variant.fusion_depth or depth
     # 2w and 2(1 - w): equal weights are (1, 1), exactly what hybrid search uses
-    return tuple(fuse([dense.pairs[i], lexical.pairs[i]], method=variant.fusion,
+    return tuple(fuse([dense.pairs[i][:top], lexical.pairs[i][:top]], method=variant.fusion,
                       weights=[2 * weight, 2 * (1 - weight)])[:depth])
 
 

@@ -22,6 +22,7 @@ child run)::
       k: 100                     # documents retrieved per query
       fusion: convex-zscore      # hybrid only: rrf, convex-minmax or convex-zscore
       fusion_weight: 0.5         # hybrid only: the dense list's weight (BM25's is 1 - it)
+      fusion_depth: 150          # hybrid only: top chunks of each list fused (default: all)
       feedback: none             # pseudo-relevance feedback: none, rm3, rocchio, rm3-rocchio
       feedback_docs: 3           # feedback only: top chunks taken as relevant
       feedback_terms: 20         # rm3 only: expansion terms
@@ -32,7 +33,8 @@ child run)::
 Axes that do not apply to a variant are dropped before duplicates are removed: ``bm25`` has
 no embedder, index type or fusion; ``dense`` has no fusion; the ``fields`` chunker has no
 size or overlap; ``rm3`` feedback is BM25's and ``rocchio`` the dense list's (``bm25`` with
-``rm3-rocchio`` is ``bm25`` with ``rm3``), and feedback sizes apply only to feedback. So
+``rm3-rocchio`` is ``bm25`` with ``rm3``), feedback sizes apply only to feedback, and
+``fusion_depth`` (None: every chunk retrieved) only to hybrid. So
 ``embedder: [minilm, tfidf]`` with ``mode: [bm25, dense, hybrid]`` gives
 five variants, not six.
 """
@@ -67,6 +69,7 @@ from mlflow_rag.relevance_feedback import (
     uses_rocchio,
 )
 from mlflow_rag.search import DEFAULT_FUSION, FUSIONS, MODES
+from mlflow_rag.store.checks import MAX_K
 
 DEFAULT_METRIC = "ndcg_at_10"
 DEFAULT_CANDIDATE_FACTOR = 3
@@ -84,6 +87,7 @@ AXIS_DEFAULTS: dict[str, Any] = {
     "k": DEFAULT_K,
     "fusion": DEFAULT_FUSION,
     "fusion_weight": DEFAULT_FUSION_WEIGHT,
+    "fusion_depth": None,  # every chunk retrieved (k * candidate_factor)
     "feedback": DEFAULT_FEEDBACK,
     "feedback_docs": DEFAULT_FEEDBACK_DOCS,
     "feedback_terms": DEFAULT_FEEDBACK_TERMS,
@@ -127,6 +131,9 @@ class Variant:
     k: int
     fusion: str | None = None
     fusion_weight: float | None = None  # hybrid only: the dense list's weight
+    # hybrid only: the top chunks of each list that are normalised and fused (None: all the
+    # k * candidate_factor retrieved); hybrid search's own is its ``candidates``
+    fusion_depth: int | None = None
     feedback: str = DEFAULT_FEEDBACK
     feedback_docs: int | None = None  # None without feedback
     feedback_terms: int | None = None  # None without rm3
@@ -224,6 +231,7 @@ def parse_grid(data: Any, *, name: str = "grid", source: str | None = None) -> G
             raise InvalidInput(f"{where} must be a mapping of axes, got {type(grid).__name__}")
         variants.extend(expand_grid(grid, where=where))
     variants = label_variants(list(dict.fromkeys(variants)))
+    _check_fusion_depths(variants, candidate_factor)
     metric = data.get("metric", DEFAULT_METRIC)
     check_metric(metric, ks=ks, variants=variants)
     split = data.get("split")
@@ -266,6 +274,9 @@ def _check_axes(values: Mapping[str, Sequence[Any]]) -> None:
     for axis in ("k", "chunk_size", "feedback_docs", "feedback_terms"):
         for value in values[axis]:
             _positive_int(value, axis)
+    for depth in values["fusion_depth"]:
+        if depth is not None:
+            _positive_int(depth, "fusion_depth (top chunks of each list fused; omit it for all)")
     for overlap in values["chunk_overlap"]:
         if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, int)
                                     or overlap < 0):
@@ -304,7 +315,8 @@ def _variant(axes: Mapping[str, Any], where: str) -> Variant:
         embedder=None if lexical else axes["embedder"],
         index_type=None if lexical else axes["index_type"],
         mode=mode, k=axes["k"], fusion=axes["fusion"] if hybrid else None,
-        fusion_weight=float(axes["fusion_weight"]) if hybrid else None, feedback=feedback,
+        fusion_weight=float(axes["fusion_weight"]) if hybrid else None,
+        fusion_depth=axes["fusion_depth"] if hybrid else None, feedback=feedback,
         feedback_docs=axes["feedback_docs"] if feedback != "none" else None,
         feedback_terms=axes["feedback_terms"] if uses_rm3(feedback) else None,
     )
@@ -323,6 +335,8 @@ def label_variants(variants: Sequence[Variant]) -> list[Variant]:
         for axis in ("index_type", "k", "fusion", "fusion_weight", "feedback", "feedback_docs",
                      "feedback_terms")
     }
+    # a hybrid variant's None fusion depth is a value of its own: all it retrieved
+    varying["fusion_depth"] = len({v.fusion_depth for v in variants if v.mode == "hybrid"}) > 1
     chunking_varies = len({v.chunking for v in variants}) > 1
     labels: list[str] = []
     for v in variants:
@@ -336,6 +350,8 @@ def label_variants(variants: Sequence[Variant]) -> list[Variant]:
             parts.append(v.fusion)
         if varying["fusion_weight"] and v.fusion_weight is not None:
             parts.append(f"w{v.fusion_weight:g}")
+        if varying["fusion_depth"] and v.mode == "hybrid":
+            parts.append("c-all" if v.fusion_depth is None else f"c{v.fusion_depth}")
         if varying["feedback"]:
             parts.append(v.feedback)
         for axis, prefix in (("feedback_docs", "d"), ("feedback_terms", "t")):
@@ -377,6 +393,18 @@ def check_metric(metric: Any, *, ks: Sequence[int], variants: Sequence[Variant] 
             f"retrieve only {short[0].k} documents"
         )
     return metric
+
+
+def _check_fusion_depths(variants: Sequence[Variant], candidate_factor: int) -> None:
+    """A fusion depth deeper than the chunks a variant retrieves would fuse them all while
+    naming another number: refused, naming the depth there is."""
+    for v in variants:
+        retrieved = min(v.k * candidate_factor, MAX_K)
+        if v.fusion_depth is not None and v.fusion_depth > retrieved:
+            raise InvalidInput(
+                f"fusion_depth {v.fusion_depth} is deeper than the {retrieved} chunks variant "
+                f"{v.label} retrieves (k x candidate_factor, at most {MAX_K}); give at most "
+                f"{retrieved}, or leave fusion_depth out to fuse them all")
 
 
 def _check_baseline(baseline: Any, variants: Sequence[Variant]) -> str | None:
