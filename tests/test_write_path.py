@@ -88,3 +88,35 @@ def test_a_batch_of_writes_opens_one_version_per_document_after_earlier_ones(
         versions = {doc_id: [v.version for v in store.governance.document_history(doc_id)]
                     for doc_id in ("a", "b", "c")}
     assert versions == {"a": [1, 2], "b": [1, 2], "c": [1]}
+
+
+def test_a_flat_index_takes_the_vectors_of_many_writes_in_one_add(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes defer their vectors to the flat index's next use (FAISS copies its storage to
+    grow it): one add for three writes, and a search right after a write still finds it."""
+    from mlflow_rag.index.vector_index import VectorIndex
+
+    adds: list[int] = []
+    real_add = VectorIndex.add
+
+    def counting_add(self: VectorIndex, ids: np.ndarray, vectors: np.ndarray) -> None:
+        adds.append(len(ids))
+        real_add(self, ids, vectors)
+
+    monkeypatch.setattr(VectorIndex, "add", counting_add)
+    with Store.open(tmp_path / "s", create=True) as store:
+        store.ensure_model("m", 8, index_type="flat")
+        for i in range(4):
+            _write(store, f"d{i}", i)
+        assert adds == [2]  # the first write built the index; the next three wait
+        query = np.random.default_rng(3).normal(size=(2, 8)).astype("float32")[0]
+        assert store.dense_search(query, model="m", k=1)[0].chunk_id == "d3#0"
+        assert adds == [2, 6]
+        _write(store, "d4", 4)
+        store.flush()
+        assert adds == [2, 6, 2]
+    with Store.open(tmp_path / "s") as store:
+        report = store.verify()
+        assert report["models"]["m"]["ids_equal"] and report["models"]["m"]["vectors"] == 10
+        assert not store.events
