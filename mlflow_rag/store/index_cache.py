@@ -25,10 +25,8 @@ from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.files import (
     HASH_BLOCK_BYTES,
     FileStamp,
-    atomic_write_bytes,
-    block_sha256s,
+    atomic_write_stream,
     block_sha256s_fd,
-    sha256_bytes,
     sha256_fd,
 )
 from mlflow_rag.store.filter_masks import VectorKeys
@@ -236,17 +234,17 @@ class IndexCache:
                 assert entry is not None
                 entry.generation = generation
                 continue
-            data = index.serialize()
             relative = layout.index_relative(info)
-            atomic_write_bytes(layout.index_path(self.root, info), data)
+            # FAISS writes the file through one buffer that is hashed on its way to disk.
+            stored = atomic_write_stream(layout.index_path(self.root, info), index.write_to,
+                                         block=HASH_BLOCK_BYTES)
             manifest.models[name] = ModelEntry(
                 slug=info.slug, dimension=info.dimension, embedder=info.embedder,
                 model_version=info.model_version, index_type=index.spec.kind,
                 index_params=dict(index.spec.params), generation=generation,
                 vector_count=index.ntotal, max_vector_id=index.max_vector_id,
-                index_file=relative, sha256=sha256_bytes(data), bytes=len(data),
-                block_sha256=block_sha256s(data, block=HASH_BLOCK_BYTES),
-                block_bytes=HASH_BLOCK_BYTES,
+                index_file=relative, sha256=stored.sha256, bytes=stored.size,
+                block_sha256=stored.block_sha256, block_bytes=HASH_BLOCK_BYTES,
             )
             written.append(index)
         for name in list(manifest.models):
