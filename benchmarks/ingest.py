@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sqlite3
 import statistics
 import sys
@@ -138,16 +139,36 @@ def ingest_raw_store_schema(path: Path, vectors: np.ndarray, texts: list[str]) -
 LOADERS = {"raw": ingest_raw, "raw-schema": ingest_raw_store_schema, "store": ingest_store}
 
 
-def timed_in_turn(rep: int, tmp: Path, vectors: np.ndarray, texts: list[str]) -> dict[str, float]:
-    """Each loader's seconds; the order rotates per repetition and each starts after
-    ``os.sync()``, so none pays for writing back the page cache the one before it dirtied
-    (the last of three otherwise waited on ~1 GB of the others' files at 100K)."""
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, every thread (FAISS's, the hash thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bytes_written() -> int:
+    """Bytes this process handed to write calls (Linux ``/proc/self/io`` wchar; 0 elsewhere)."""
+    try:
+        with open("/proc/self/io") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith("wchar:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def timed_in_turn(
+    rep: int, tmp: Path, vectors: np.ndarray, texts: list[str]
+) -> dict[str, tuple[float, float, int]]:
+    """Each loader's (seconds, CPU seconds, bytes written); the order rotates per repetition
+    and each starts after ``os.sync()``, so none pays for writing back the page cache the
+    one before it dirtied (the last of three otherwise waited on ~1 GB of the others' files
+    at 100K). CPU seconds and bytes are the figures a busy machine disturbs least."""
     names = list(LOADERS)
     names = names[rep % len(names):] + names[:rep % len(names)]
     times = {}
     for name in names:
         os.sync()
-        times[name] = LOADERS[name](tmp / name, vectors, texts)
+        cpu, written = cpu_seconds(), bytes_written()
+        seconds = LOADERS[name](tmp / name, vectors, texts)
+        times[name] = (seconds, cpu_seconds() - cpu, bytes_written() - written)
     return times
 
 
@@ -184,10 +205,18 @@ def main() -> None:
     vectors = clustered_vectors(args.n, args.dim)
     texts = [chunk_text(i) for i in range(args.n)]
     ratios, schema_ratios, ours, raw, raw_schema = [], [], [], [], []
+    cpu_ratios, cpu_schema_ratios = [], []
     for rep in range(args.reps):
         with tempfile.TemporaryDirectory() as tmp:
             times = timed_in_turn(rep, Path(tmp), vectors, texts)
-            t_raw, t_schema, t_ours = times["raw"], times["raw-schema"], times["store"]
+            t_raw, t_schema, t_ours = (times[name][0] for name in ("raw", "raw-schema", "store"))
+            (_, c_raw, w_raw), (_, c_schema, w_schema), (_, c_ours, w_ours) = (
+                times[name] for name in ("raw", "raw-schema", "store"))
+        cpu_ratios.append(c_raw / c_ours)
+        cpu_schema_ratios.append(c_schema / c_ours)
+        print(f"rep {rep}: CPU s store {c_ours:.2f}, raw {c_raw:.2f}, raw into the store's "
+              f"schema {c_schema:.2f}; MB written {w_ours / 1e6:,.0f}, {w_raw / 1e6:,.0f}, "
+              f"{w_schema / 1e6:,.0f}; load {os.getloadavg()[0]:.1f}")
         ours.append(args.n / t_ours)
         raw.append(args.n / t_raw)
         raw_schema.append(args.n / t_schema)
@@ -202,6 +231,8 @@ def main() -> None:
           f"raw into the store's schema {statistics.median(raw_schema):,.0f} chunks/s")
     rate = minilm_throughput(args.minilm_texts) if args.minilm_texts else 0.0
     print(f"ingest_ratio={ratio:.3f} ingest_ratio_same_schema={statistics.median(schema_ratios):.3f} "
+          f"ingest_cpu_ratio={statistics.median(cpu_ratios):.3f} "
+          f"ingest_cpu_ratio_same_schema={statistics.median(cpu_schema_ratios):.3f} "
           f"minilm_chunks_per_s={rate:.1f}")
 
 

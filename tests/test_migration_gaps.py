@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mlflow_rag.store.postgres.schema import MIGRATIONS as PG_MIGRATIONS
+from mlflow_rag.store.schema import MIGRATIONS
 from mlflow_rag.store.store import Store
 from tests.conftest import make_record
 
@@ -23,7 +25,7 @@ def test_a_sqlite_store_missing_a_migration_below_its_version_gets_it(tmp_path: 
         conn.commit()
     with Store.open(tmp_path / "s") as store:
         rows = store.backend.conn.execute("SELECT version FROM schema_migrations").fetchall()
-        assert sorted(r[0] for r in rows) == [1, 2, 3, 5]
+        assert sorted(r[0] for r in rows) == [m.version for m in MIGRATIONS]
         store.write([make_record("kept", ["replaced"])])
         assert [v.version for v in store.governance.document_history("kept")] == [1, 2]
 
@@ -41,7 +43,7 @@ def test_a_store_at_1_and_4_gets_migration_3_on_open(pg_cluster) -> None:
     with Store.open(location) as store:
         rows = store.backend.conn.execute(
             "SELECT version FROM schema_migrations ORDER BY version").fetchall()
-        assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
+        assert [r[0] for r in rows] == [m.version for m in PG_MIGRATIONS]
         store.write([make_record("kept", ["the document, replaced"])])
         assert [v.version for v in store.governance.document_history("kept")] == [1, 2]
         assert store.get_document("kept").raw_text == "the document, replaced"

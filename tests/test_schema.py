@@ -58,7 +58,8 @@ def test_every_table_and_index_of_the_design_exists(tmp_path: Path) -> None:
                                   "timestamp", "metadata"]
     assert columns["retrievals"] == ["id", "query_id", "chunk_id", "rank", "score", "metadata"]
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert {"idx_documents_source", "idx_documents_hash", "idx_chunks_document", "idx_chunks_type",
+    # the design's content-hash index, narrowed to a prefix by migration 6
+    assert {"idx_documents_source", "idx_documents_hash_prefix", "idx_chunks_document", "idx_chunks_type",
             "idx_embeddings_chunk", "idx_embeddings_model", "idx_queries_timestamp",
             "idx_retrievals_query", "idx_retrievals_chunk"} <= indexes
     store.close()

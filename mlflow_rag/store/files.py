@@ -114,7 +114,7 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -150,6 +150,97 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise storage_error(path, exc, action="sync the folder of") from exc
 
 
+#: Index files are hashed in blocks of this size, one sha256 per block, so that opening a
+#: store verifies every byte on all cores at once (hashlib releases the GIL while hashing).
+HASH_BLOCK_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """What :func:`atomic_write_stream` wrote: its size, sha256 and per-block sha256s."""
+
+    size: int
+    sha256: str
+    block_sha256: list[str]
+
+
+class _HashingWriter:
+    """Bytes written to ``fd`` in blocks of ``block`` bytes, each block hashed on its own
+    (the block hashes of :func:`block_sha256s`) and into the whole file's sha256 as it goes.
+
+    The block's sha256 runs on a second thread while this one hashes the whole and writes
+    (hashlib releases the GIL), so the two hashes cost about one pass, and no byte is read
+    back from the file."""
+
+    def __init__(self, fd: int, block: int, pool: ThreadPoolExecutor) -> None:
+        self.fd, self.pool = fd, pool
+        self.buffer = bytearray(block)
+        self.view = memoryview(self.buffer)
+        self.fill = 0
+        self.size = 0
+        self.whole = hashlib.sha256()
+        self.blocks: list[str] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        source = memoryview(data).cast("B")
+        while len(source):
+            take = min(len(source), len(self.buffer) - self.fill)
+            self.view[self.fill : self.fill + take] = source[:take]
+            self.fill += take
+            source = source[take:]
+            if self.fill == len(self.buffer):
+                self.emit()
+
+    def emit(self) -> None:
+        piece = self.view[: self.fill]
+        block = self.pool.submit(lambda: hashlib.sha256(piece).hexdigest())
+        try:
+            self.whole.update(piece)
+            _write_all(self.fd, piece)
+        finally:
+            self.blocks.append(block.result())  # the buffer is reused only once hashed
+        self.size += self.fill
+        self.fill = 0
+
+
+def atomic_write_stream(
+    path: Path, produce: Callable[[Callable[[bytes], None]], None], *,
+    block: int = HASH_BLOCK_BYTES,
+) -> WrittenFile:
+    """:func:`atomic_write_bytes` of what ``produce(write)`` writes, hashed on the way (the
+    whole file and each ``block``), without holding the file's bytes in memory: an index is
+    written by FAISS straight into it. Same guarantees and errors."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(path.parent, exc, action="create") from exc
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                writer = _HashingWriter(fd, block, pool)
+                produce(writer.write)
+                if writer.fill:
+                    writer.emit()  # the last, shorter block
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise storage_error(path, exc) from exc
+        raise
+    try:
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise storage_error(path, exc, action="sync the folder of") from exc
+    return WrittenFile(size=writer.size, sha256=writer.whole.hexdigest(),
+                       block_sha256=writer.blocks)
+
+
 def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -174,10 +265,6 @@ def sha256_fd(fd: int, *, chunk_size: int = 1 << 20) -> str:
             digest.update(view[:count])
     return digest.hexdigest()
 
-
-#: Index files are hashed in blocks of this size, one sha256 per block, so that opening a
-#: store verifies every byte on all cores at once (hashlib releases the GIL while hashing).
-HASH_BLOCK_BYTES = 16 << 20
 
 
 def block_sha256s(data: bytes | bytearray | memoryview, *, block: int = HASH_BLOCK_BYTES) -> list[str]:

@@ -72,7 +72,7 @@ def write_documents(
         carried = _vectors_to_carry(
             backend.embeddings_of_documents(replaced),
             {record.id: {entry[0] for entry in vectors} for record, _, vectors in todo},
-        )
+        ) if replaced else {}
         _record_versions(backend, todo, replaced, run=run, at=now,
                          wrote=bool(todo) or deleted > 0)
         # Rows for every table are collected first and inserted with one executemany

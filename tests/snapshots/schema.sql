@@ -10,8 +10,8 @@ CREATE INDEX idx_chunk_fields_key ON chunk_fields(key, value, chunk_id);
 -- index idx_chunks_document
 CREATE INDEX idx_chunks_document ON chunks(document_id, id);
 
--- index idx_chunks_text_hash
-CREATE INDEX idx_chunks_text_hash ON chunks(text_hash);
+-- index idx_chunks_text_hash_prefix
+CREATE INDEX idx_chunks_text_hash_prefix ON chunks(substr(text_hash, 1, 8));
 
 -- index idx_chunks_type
 CREATE INDEX idx_chunks_type ON chunks(chunk_type);
@@ -28,8 +28,8 @@ CREATE INDEX idx_document_fields_key ON document_fields(key, value, document_id)
 -- index idx_document_versions_run
 CREATE INDEX idx_document_versions_run ON document_versions(written_by);
 
--- index idx_documents_hash
-CREATE INDEX idx_documents_hash ON documents(content_hash);
+-- index idx_documents_hash_prefix
+CREATE INDEX idx_documents_hash_prefix ON documents(substr(content_hash, 1, 8));
 
 -- index idx_documents_source
 CREATE INDEX idx_documents_source ON documents(source_path);

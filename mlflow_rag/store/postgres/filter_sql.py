@@ -16,7 +16,9 @@ from decimal import Decimal
 from typing import Any
 
 from mlflow_rag.store.filters import COMPARISONS, Condition, Plan
+from mlflow_rag.store.schema import HASH_PREFIX_CHARS
 
+PREFIX_INDEXED = frozenset({"d.content_hash"})
 INTEGER_COLUMNS = frozenset({"c.chunk_index", "c.token_count", "c.start_char", "c.end_char"})
 _NUMERIC_TEXT = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
 _INTEGER_TEXT = re.compile(r"\s*[+-]?\d+\s*")
@@ -79,6 +81,16 @@ def decimal(value: bool | int | float) -> Decimal:
 
 
 def _column_test(column: str, op: str, arg: Any) -> tuple[str, tuple[Any, ...]]:
+    if column in PREFIX_INDEXED and op in ("$eq", "$in") and arg is not None:
+        # Indexed by a prefix (schema migration 6): the test names the indexed expression.
+        prefix = f"substr({column}, 1, {HASH_PREFIX_CHARS})"
+        if op == "$in":
+            values = [_sqlite_text(v) for v in arg]
+            return (f"({prefix} = ANY(%s::text[]) AND {column} = ANY(%s::text[]))",
+                    ([v[:HASH_PREFIX_CHARS] for v in values], values))
+        text = _sqlite_text(arg)
+        return (f"({prefix} = %s::text AND {column} = %s::text)",
+                (text[:HASH_PREFIX_CHARS], text))
     if op == "$exists":
         return f"({column} IS {'NOT ' if arg else ''}NULL)", ()
     if arg is None:

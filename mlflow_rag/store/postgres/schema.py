@@ -15,7 +15,7 @@ differences:
 
 from __future__ import annotations
 
-from mlflow_rag.store.schema import Migration
+from mlflow_rag.store.schema import HASH_PREFIX_CHARS, Migration
 
 _INITIAL = """
 CREATE TABLE store_meta (
@@ -276,11 +276,20 @@ CREATE TABLE audit_log (
 CREATE INDEX idx_audit_log_at ON audit_log(at);
 """
 
+# Hash lookups by a prefix, as SQLite's migration 6 (its comment says why).
+_HASH_PREFIXES = f"""
+DROP INDEX idx_documents_hash;
+DROP INDEX idx_chunks_text_hash;
+CREATE INDEX idx_documents_hash_prefix ON documents(substr(content_hash, 1, {HASH_PREFIX_CHARS}));
+CREATE INDEX idx_chunks_text_hash_prefix ON chunks(substr(text_hash, 1, {HASH_PREFIX_CHARS}));
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _INITIAL),
     Migration(2, "answers", _ANSWERS),
     Migration(3, "governance", _GOVERNANCE),
     Migration(4, "model_files", _MODEL_FILES),
     Migration(5, "audit", _AUDIT),
+    Migration(6, "hash_prefixes", _HASH_PREFIXES),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -14,6 +14,7 @@ from mlflow_rag import codec
 from mlflow_rag.store.filters import Condition
 from mlflow_rag.store.postgres import guard
 from mlflow_rag.store.postgres.filter_sql import condition_ids_sql
+from mlflow_rag.store.schema import HASH_PREFIX_CHARS
 
 # Columns every hydrated hit carries, in the order ``hit_row`` readers expect.
 HIT_COLUMNS = (
@@ -95,10 +96,14 @@ class PostgresVectors:
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def cached_vectors(self, model_name: str, text_hashes: Sequence[str]) -> dict[str, bytes]:
+        hashes = list(dict.fromkeys(text_hashes))
+        # The index holds a prefix of each hash (schema migration 6): look up by it, then
+        # compare the whole hash.
         return {r[0]: bytes(r[1]) for r in self._rows(
             "SELECT c.text_hash, e.vector FROM chunks c JOIN embeddings e ON e.chunk_id = c.id "
-            "WHERE e.model_name = %s AND c.text_hash = ANY(%s)",
-            (model_name, list(dict.fromkeys(text_hashes))))}
+            f"WHERE e.model_name = %s AND substr(c.text_hash, 1, {HASH_PREFIX_CHARS}) = ANY(%s) "
+            "AND c.text_hash = ANY(%s)",
+            (model_name, [h[:HASH_PREFIX_CHARS] for h in hashes], hashes))}
 
     def chunks_without_vectors(
         self, model_name: str, document_ids: Sequence[str]

@@ -10,6 +10,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlflow_rag.store.filters import COMPARISONS, Condition, Plan, plan_filter
+from mlflow_rag.store.schema import HASH_PREFIX_CHARS
+
+# Columns indexed by a prefix (schema migration 6): an equality test also names the prefix,
+# the indexed expression, or SQLite scans the table.
+PREFIX_INDEXED = ("d.content_hash",)
 
 
 def compile_filter(spec: str | Mapping[str, Any] | None) -> tuple[str, list[Any]]:
@@ -64,6 +69,18 @@ def condition_ids_sql(node: Condition) -> tuple[str, tuple[Any, ...]]:
 
 
 def _column_test(column: str, op: str, arg: Any) -> tuple[str, tuple[Any, ...]]:
+    if column in PREFIX_INDEXED and op == "$in":
+        prefix = f"substr({column}, 1, {HASH_PREFIX_CHARS})"
+        listed = json.dumps(arg)
+        return (f"({prefix} IN (SELECT substr(value, 1, {HASH_PREFIX_CHARS}) FROM "
+                f"json_each(?)) AND {column} IN (SELECT value FROM json_each(?)))",
+                (listed, listed))
+    if column in PREFIX_INDEXED and op == "$eq" and isinstance(arg, str):
+        # "+": SQLite would otherwise substitute the value for the column in the prefix test
+        # (constant propagation), which then no longer matches the index. A string compares
+        # with a text column alike with or without the column's affinity.
+        return (f"(substr({column}, 1, {HASH_PREFIX_CHARS}) = ? AND +{column} = ?)",
+                (arg[:HASH_PREFIX_CHARS], arg))
     if op == "$exists":
         return f"({column} IS {'NOT ' if arg else ''}NULL)", ()
     if op in ("$in", "$nin"):

@@ -13,6 +13,7 @@ import numpy as np
 
 from mlflow_rag import codec
 from mlflow_rag.store.filters import Condition
+from mlflow_rag.store.schema import HASH_PREFIX_CHARS
 from mlflow_rag.store.sqlite.filter_sql import condition_ids_sql
 
 # Columns every hydrated hit carries, in the order ``hit_row`` readers expect.
@@ -145,10 +146,16 @@ class SqliteVectors:
         out: dict[str, bytes] = {}
         for part in batches(list(dict.fromkeys(text_hashes)), 500):
             marks = ",".join("?" * len(part))
+            # The index holds a prefix of each hash (schema migration 6): look up by it, then
+            # compare the whole hash.
             for text_hash, blob in self.conn.execute(
-                "SELECT c.text_hash, e.vector FROM chunks c JOIN embeddings e ON e.chunk_id = c.id "
-                f"WHERE e.model_name = ? AND c.text_hash IN ({marks})",
-                (model_name, *part),
+                # CROSS JOIN: chunks first, by the prefix index (without statistics SQLite
+                # would walk every vector of the model instead).
+                "SELECT c.text_hash, e.vector FROM chunks c CROSS JOIN embeddings e "
+                f"ON e.chunk_id = c.id WHERE e.model_name = ? "
+                f"AND substr(c.text_hash, 1, {HASH_PREFIX_CHARS}) "
+                f"IN ({marks}) AND c.text_hash IN ({marks})",
+                (model_name, *(h[:HASH_PREFIX_CHARS] for h in part), *part),
             ):
                 out[text_hash] = blob
         return out
