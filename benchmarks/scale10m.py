@@ -1,0 +1,203 @@
+"""10M chunks, raw FAISS: a compressed IVF index (PQ or SQ8) plus an exact re-rank.
+
+    python benchmarks/scale10m.py gen   --dir /work/tmp/scale19 --n 10000000
+    python benchmarks/scale10m.py build --dir /work/tmp/scale19 --factory IVF3162,PQ48
+    python benchmarks/scale10m.py query --dir /work/tmp/scale19 --factory IVF3162,PQ48 \
+        --nprobes 16,32,64 --reranks 0,50,100,200
+
+``gen`` writes the clustered benchmark data (benchmarks/common.py's Gaussian mixture around a
+low-rank subspace, normalised) block by block as a float16 file (``vectors.f16``, 768 B per
+384-d vector, 7.7 GB at 10M), 200 queries near corpus points, and the exact top-10 of each
+query over the float16 vectors (blockwise matmul, no index). The float16 file *is* the
+dataset: the exact re-rank reads the same values the ground truth scored.
+
+``build`` trains the index on a seeded sample (``--train`` vectors), adds every vector in
+blocks read with plain file reads (not a memory map, whose touched pages would count in the
+process's RSS), and writes ``<factory>.faiss``: train and add times, peak RSS, bytes.
+
+``query`` is what a server does, in a fresh process: read the index, map ``vectors.f16``, and
+for each query (one per call, one core) take ``rerank`` candidates from the index, read their
+float16 vectors through the map, score them exactly and keep the top 10. Reported per nprobe x
+rerank: p50 and p95 latency, recall@10 against the exact top-10, and the process's peak RSS
+(VmHWM, which counts the mapped pages it touched). Each line prints the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+DIM = 384
+BLOCK = 250_000
+
+
+def peak_rss_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def load() -> str:
+    return "load %.1f %.1f %.1f" % os.getloadavg()
+
+
+def read_block(path: Path, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of the float16 file as float32, by a plain read (no mapping)."""
+    with path.open("rb") as f:
+        f.seek(start * DIM * 2)
+        raw = np.fromfile(f, dtype=np.float16, count=(stop - start) * DIM)
+    return raw.reshape(-1, DIM).astype(np.float32)
+
+
+def gen(args: argparse.Namespace) -> None:
+    out_dir = Path(args.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n, clusters, rank = args.n, 1000, 64
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(rank, DIM)).astype(np.float32)
+    centers = rng.normal(size=(clusters, rank)).astype(np.float32) @ basis
+    weights = 1.0 / np.arange(1, clusters + 1) ** 0.7
+    assignment = rng.choice(clusters, size=n, p=weights / weights.sum()).astype(np.int32)
+    start_t = time.perf_counter()
+    path = out_dir / "vectors.f16"
+    with path.open("wb") as f:
+        for start in range(0, n, BLOCK):
+            stop = min(n, start + BLOCK)
+            low = rng.normal(size=(stop - start, rank)).astype(np.float32) @ basis * 0.35
+            noise = rng.standard_normal(size=(stop - start, DIM), dtype=np.float32) * 0.6
+            block = centers[assignment[start:stop]] + low + noise
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
+            block.astype(np.float16).tofile(f)
+    print(f"generated {n:,} x {DIM} float16 in {time.perf_counter() - start_t:.0f} s "
+          f"({path.stat().st_size / 1e9:.2f} GB); {load()}", flush=True)
+    qrng = np.random.default_rng(1)
+    rows = np.sort(qrng.choice(n, size=args.queries, replace=False))
+    vectors = np.memmap(path, dtype=np.float16, mode="r", shape=(n, DIM))
+    picks = vectors[rows].astype(np.float32)
+    del vectors
+    q = picks + qrng.normal(size=picks.shape).astype(np.float32) * 0.04
+    queries = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    np.save(out_dir / "queries.npy", queries)
+    start_t = time.perf_counter()
+    best_s = np.full((len(queries), 10), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(queries), 10), dtype=np.int64)
+    for start in range(0, n, BLOCK):
+        stop = min(n, start + BLOCK)
+        s = queries @ read_block(path, start, stop).T
+        top = np.argpartition(-s, 10, axis=1)[:, :10]
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, top, axis=1)], axis=1)
+        cand_i = np.concatenate([best_i, top + start], axis=1)
+        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :10]
+        best_s = np.take_along_axis(cand_s, keep, axis=1)
+        best_i = np.take_along_axis(cand_i, keep, axis=1)
+    np.save(out_dir / "truth.npy", best_i)
+    print(f"exact top-10 of {len(queries)} queries in {time.perf_counter() - start_t:.0f} s; "
+          f"peak RSS {peak_rss_mb():.0f} MB; {load()}", flush=True)
+
+
+def n_vectors(out_dir: Path) -> int:
+    return (out_dir / "vectors.f16").stat().st_size // (DIM * 2)
+
+
+def index_path(out_dir: Path, factory: str) -> Path:
+    return out_dir / (re.sub(r"[^A-Za-z0-9]+", "_", factory) + ".faiss")
+
+
+def build(args: argparse.Namespace) -> None:
+    out_dir = Path(args.dir)
+    path = out_dir / "vectors.f16"
+    n = n_vectors(out_dir)
+    rows = np.sort(np.random.default_rng(0).choice(n, size=min(n, args.train), replace=False))
+    vectors = np.memmap(path, dtype=np.float16, mode="r", shape=(n, DIM))
+    sample = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    del vectors
+    index = faiss.index_factory(DIM, args.factory, faiss.METRIC_INNER_PRODUCT)
+    start_t = time.perf_counter()
+    index.train(sample)
+    trained = time.perf_counter() - start_t
+    del sample
+    print(f"{args.factory}: trained on {len(rows):,} in {trained:.0f} s; {load()}", flush=True)
+    start_t = time.perf_counter()
+    for start in range(0, n, BLOCK):
+        stop = min(n, start + BLOCK)
+        index.add_with_ids(read_block(path, start, stop), np.arange(start, stop, dtype=np.int64))
+    added = time.perf_counter() - start_t
+    out = index_path(out_dir, args.factory)
+    faiss.write_index(index, str(out))
+    record = {"factory": args.factory, "n": n, "train_s": trained, "add_s": added,
+              "build_peak_rss_mb": peak_rss_mb(), "index_bytes": out.stat().st_size,
+              "load": os.getloadavg()[0]}
+    print(f"{args.factory}: added {n:,} in {added:.0f} s; index file {out.stat().st_size / 1e9:.2f} GB;"
+          f" build peak RSS {record['build_peak_rss_mb']:.0f} MB; {load()}", flush=True)
+    print(json.dumps(record), flush=True)
+
+
+def query(args: argparse.Namespace) -> None:
+    out_dir = Path(args.dir)
+    n = n_vectors(out_dir)
+    queries = np.load(out_dir / "queries.npy")[: args.queries]
+    truth = np.load(out_dir / "truth.npy")[: args.queries]
+    start_t = time.perf_counter()
+    index = faiss.read_index(str(index_path(out_dir, args.factory)))
+    opened = time.perf_counter() - start_t
+    vectors = np.memmap(out_dir / "vectors.f16", dtype=np.float16, mode="r", shape=(n, DIM))
+    ivf = faiss.extract_index_ivf(index)
+    faiss.omp_set_num_threads(1)  # one query on one core, as the store searches
+    print(f"{args.factory}: index read in {opened:.1f} s, RSS after read {peak_rss_mb():.0f} MB",
+          flush=True)
+
+    def search(q: np.ndarray, rerank: int) -> np.ndarray:
+        _, labels = index.search(q.reshape(1, -1), max(10, rerank))
+        ids = labels[0][labels[0] >= 0]
+        if rerank == 0:
+            return ids[:10]
+        ids = np.sort(ids)
+        exact = vectors[ids].astype(np.float32) @ q
+        return ids[np.argsort(-exact, kind="stable")[:10]]
+
+    summary = {}
+    for nprobe in (int(s) for s in args.nprobes.split(",")):
+        ivf.nprobe = nprobe
+        for rerank in (int(s) for s in args.reranks.split(",")):
+            search(queries[0], rerank)
+            samples, recalls = [], []
+            for _ in range(args.reps):
+                for q, want in zip(queries, truth, strict=True):
+                    t = time.perf_counter()
+                    got = search(q, rerank)
+                    samples.append((time.perf_counter() - t) * 1000)
+                    recalls.append(len(set(got.tolist()) & set(want.tolist())) / 10)
+            samples.sort()
+            p50 = statistics.median(samples)
+            p95 = samples[int(0.95 * (len(samples) - 1))]
+            recall = statistics.mean(recalls)
+            print(f"  nprobe {nprobe:4d} rerank {rerank:4d}: recall@10 {recall:.3f}  p50 {p50:6.2f} ms"
+                  f"  p95 {p95:6.2f} ms  peak RSS {peak_rss_mb():.0f} MB; {load()}", flush=True)
+            summary[f"nprobe{nprobe}_rerank{rerank}"] = {"recall": recall, "p50_ms": p50, "p95_ms": p95}
+    print(json.dumps({"factory": args.factory, "n": n, "peak_rss_mb": peak_rss_mb(), **summary}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=("gen", "build", "query"))
+    parser.add_argument("--dir", default="/work/tmp/scale19")
+    parser.add_argument("--n", type=int, default=10_000_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--factory", default="IVF3162,PQ48")
+    parser.add_argument("--train", type=int, default=256_000)
+    parser.add_argument("--nprobes", default="16,32,64")
+    parser.add_argument("--reranks", default="0,50,100,200")
+    parser.add_argument("--reps", type=int, default=2)
+    args = parser.parse_args()
+    {"gen": gen, "build": build, "query": query}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
