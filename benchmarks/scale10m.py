@@ -45,7 +45,7 @@ def peak_rss_mb() -> float:
 
 
 def load() -> str:
-    return "load %.1f %.1f %.1f" % os.getloadavg()
+    return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
 def read_block(path: Path, start: int, stop: int) -> np.ndarray:
