@@ -15,6 +15,12 @@ dataset: the exact re-rank reads the same values the ground truth scored.
 blocks read with plain file reads (not a memory map, whose touched pages would count in the
 process's RSS), and writes ``<factory>.faiss``: train and add times, peak RSS, bytes.
 
+``store-build`` writes the first ``--n`` vectors of the same file through ``Store.write``
+(5,000 one-chunk documents per transaction, 200-character texts, model ``auto``) and
+flushes: write time, index build time, peak RSS, bytes of the store. ``store-query`` opens
+it in a fresh process and times ``dense_search`` (top 10, the compressed index's candidates
+re-scored with the vectors SQLite keeps) against the exact top 10 over those ``n`` vectors.
+
 ``query`` is what a server does, in a fresh process: read the index, map ``vectors.f16``, and
 for each query (one per call, one core) take ``rerank`` candidates from the index, read their
 float16 vectors through the map, score them exactly and keep the top 10. Reported per nprobe x
@@ -29,11 +35,14 @@ import json
 import os
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DIM = 384
 BLOCK = 250_000
@@ -184,9 +193,76 @@ def query(args: argparse.Namespace) -> None:
     print(json.dumps({"factory": args.factory, "n": n, "peak_rss_mb": peak_rss_mb(), **summary}))
 
 
+def store_build(args: argparse.Namespace) -> None:
+    from benchmarks.common import bench_record, chunk_text
+    from mlflow_rag.store.store import Store
+
+    out_dir = Path(args.dir)
+    root = out_dir / f"store{args.n}"
+    store = Store.open(root, create=True)
+    store.ensure_model("auto", DIM, index_type=args.index_type)
+    start_t = time.perf_counter()
+    step = 5000
+    for start in range(0, args.n, step):
+        block = read_block(out_dir / "vectors.f16", start, min(args.n, start + step))
+        store.write([bench_record(start + i, chunk_text(start + i, size=200),
+                                  {"auto": block[i:i + 1]}) for i in range(len(block))],
+                    skip_unchanged=False)
+        if start % 250_000 == 0:
+            print(f"  {start + len(block):,} written, {time.perf_counter() - start_t:.0f} s, "
+                  f"RSS peak {peak_rss_mb():.0f} MB; {load()}", flush=True)
+    written = time.perf_counter() - start_t
+    start_t = time.perf_counter()
+    store.flush()
+    flushed = time.perf_counter() - start_t
+    kind = next(m.index_type for m in store.models() if m.name == "auto")
+    store.close()
+    size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    index_bytes = sum(f.stat().st_size for f in root.rglob("*.faiss"))
+    print(f"store {args.n:,}: write {written:.0f} s ({args.n / written:,.0f} chunks/s), flush "
+          f"(index {kind} build + persist) {flushed:.0f} s; peak RSS {peak_rss_mb():.0f} MB; "
+          f"bytes {size / 1e9:.2f} GB (index {index_bytes / 1e9:.3f} GB); {load()}", flush=True)
+
+
+def store_query(args: argparse.Namespace) -> None:
+    from mlflow_rag.store.store import Store
+
+    out_dir = Path(args.dir)
+    queries = np.load(out_dir / "queries.npy")[: args.queries]
+    best_s = np.full((len(queries), 10), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(queries), 10), dtype=np.int64)
+    for start in range(0, args.n, BLOCK):  # exact top 10 over the first n vectors
+        s = queries @ read_block(out_dir / "vectors.f16", start, min(args.n, start + BLOCK)).T
+        top = np.argpartition(-s, 10, axis=1)[:, :10]
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, top, axis=1)], axis=1)
+        cand_i = np.concatenate([best_i, top + start], axis=1)
+        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :10]
+        best_s, best_i = (np.take_along_axis(cand_s, keep, axis=1),
+                          np.take_along_axis(cand_i, keep, axis=1))
+    before = peak_rss_mb()
+    start_t = time.perf_counter()
+    store = Store.open(out_dir / f"store{args.n}", read_only=True)
+    store.dense_search(queries[0], model="auto", k=10)
+    print(f"store {args.n:,}: open + first search {time.perf_counter() - start_t:.1f} s", flush=True)
+    samples, recalls = [], []
+    for _ in range(args.reps):
+        for q, want in zip(queries, best_i, strict=True):
+            t = time.perf_counter()
+            hits = store.dense_search(q, model="auto", k=10)
+            samples.append((time.perf_counter() - t) * 1000)
+            recalls.append(len({int(h.chunk_id[1:]) for h in hits} & set(want.tolist())) / 10)
+    samples.sort()
+    index = store._core.index_cache.indexes["auto"]
+    print(f"store {args.n:,} ({index.spec.kind} {dict(index.spec.params)}): recall@10 "
+          f"{statistics.mean(recalls):.3f}  p50 {statistics.median(samples):.2f} ms  p95 "
+          f"{samples[int(0.95 * (len(samples) - 1))]:.2f} ms; peak RSS {peak_rss_mb():.0f} MB "
+          f"({before:.0f} MB before the store opened); {load()}", flush=True)
+    store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("gen", "build", "query"))
+    parser.add_argument("stage", choices=("gen", "build", "query", "store-build", "store-query"))
     parser.add_argument("--dir", default="/work/tmp/scale19")
     parser.add_argument("--n", type=int, default=10_000_000)
     parser.add_argument("--queries", type=int, default=200)
@@ -195,8 +271,10 @@ def main() -> None:
     parser.add_argument("--nprobes", default="16,32,64")
     parser.add_argument("--reranks", default="0,50,100,200")
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--index-type", default="auto", help="store-build: the model's index type")
     args = parser.parse_args()
-    {"gen": gen, "build": build, "query": query}[args.stage](args)
+    {"gen": gen, "build": build, "query": query, "store-build": store_build,
+     "store-query": store_query}[args.stage](args)
 
 
 if __name__ == "__main__":

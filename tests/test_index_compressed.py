@@ -153,6 +153,7 @@ def test_the_store_reranks_a_forced_compressed_index_to_exact_recall(store_locat
     assert {h.document_id for h in filtered} == {"doc7"} and len(filtered) == 5
     store.delete("doc7")
     assert "doc7" not in {h.document_id for h in store.dense_search(queries[0], model="m", k=10)}
+    want_2 = [h.chunk_id for h in store.dense_search(queries[2], model="m", k=10)]
     store.close()
     again = Store.open(store_location)
     try:
@@ -162,6 +163,11 @@ def test_the_store_reranks_a_forced_compressed_index_to_exact_recall(store_locat
         assert report["ids_equal"] and report["self_found"] == report["sampled"] == 20
     finally:
         again.close()
+    mapped = Store.open(store_location, read_only=True, mmap=True)  # serving's way to open
+    try:
+        assert [h.chunk_id for h in mapped.dense_search(queries[2], model="m", k=10)] == want_2
+    finally:
+        mapped.close()
 
 
 def test_auto_settings_for_ivfpq_are_refused_by_name_when_wrong(tmp_path: Path) -> None:
