@@ -3,11 +3,14 @@ layout, and the store re-scoring its candidates with the exact vectors it keeps.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from mlflow_rag.cli import main
 from mlflow_rag.errors import IndexCorrupt, InvalidInput
 from mlflow_rag.index.choose import (
     COMPRESS_ABOVE_BYTES,
@@ -178,3 +181,28 @@ def test_auto_settings_for_ivfpq_are_refused_by_name_when_wrong(tmp_path: Path) 
         assert store.models() == []  # nothing stored
     finally:
         store.close()
+
+
+def test_the_cli_ingests_into_a_compressed_index_and_searches_it(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"d{i}.txt").write_text(f"document {i} about topic{i % 5} and vector search {i}")
+    runner = CliRunner()
+    store = str(tmp_path / "s")
+    done = runner.invoke(main, ["ingest", str(folder), "--store", store, "--no-track",
+                                "--embedder", "tfidf", "--index-type", "ivfpq",
+                                "--index-param", "rerank=50"])
+    assert done.exit_code == 0, done.output
+    found = runner.invoke(main, ["search", "topic3 vector search", "--store", store,
+                                 "--mode", "dense", "--json", "-k", "3"])
+    assert found.exit_code == 0, found.output
+    assert len(json.loads(found.output)) == 3
+    with Store.open(store, read_only=True) as opened:
+        model = opened.models()[0]
+        assert (model.index_type, model.index_params["rerank"]) == ("ivfpq", 50)
+    bad = runner.invoke(main, ["ingest", str(folder), "--store", str(tmp_path / "t"),
+                               "--no-track", "--embedder", "tfidf", "--index-type", "ivfpq",
+                               "--index-param", "m=7"])
+    assert bad.exit_code == 1 and bad.output.count("\n") == 1
+    assert "ivfpq m must divide the dimension" in bad.output
