@@ -65,6 +65,18 @@ def read_block(path: Path, start: int, stop: int) -> np.ndarray:
     return raw.reshape(-1, DIM).astype(np.float32)
 
 
+def read_rows(path: Path, rows: np.ndarray) -> np.ndarray:
+    """Rows of the float16 file as float32 by reads, not through a map: a sample spread over
+    the whole file touches nearly every page of it, which a map would count in the RSS (the
+    first 10M build, sampling through a map, peaked at 6.2 GB, all of it those pages)."""
+    out = np.empty((len(rows), DIM), dtype=np.float16)
+    with path.open("rb") as f:
+        for i, row in enumerate(rows.tolist()):
+            f.seek(row * DIM * 2)
+            out[i] = np.frombuffer(f.read(DIM * 2), dtype=np.float16)
+    return out.astype(np.float32)
+
+
 def gen(args: argparse.Namespace) -> None:
     out_dir = Path(args.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,22 +123,37 @@ def gen(args: argparse.Namespace) -> None:
           f"peak RSS {peak_rss_mb():.0f} MB; {load()}", flush=True)
 
 
-def n_vectors(out_dir: Path) -> int:
-    return (out_dir / "vectors.f16").stat().st_size // (DIM * 2)
+def n_vectors(out_dir: Path, rows: int = 0) -> int:
+    """The file's vector count, or the first ``rows`` of it (``--rows``: a smaller index)."""
+    total = (out_dir / "vectors.f16").stat().st_size // (DIM * 2)
+    return min(total, rows) if rows else total
 
 
-def index_path(out_dir: Path, factory: str) -> Path:
-    return out_dir / (re.sub(r"[^A-Za-z0-9]+", "_", factory) + ".faiss")
+def exact_top10(out_dir: Path, queries: np.ndarray, n: int) -> np.ndarray:
+    """The exact top 10 of each query over the first ``n`` vectors (blockwise, no index)."""
+    best_s = np.full((len(queries), 10), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(queries), 10), dtype=np.int64)
+    for start in range(0, n, BLOCK):
+        s = queries @ read_block(out_dir / "vectors.f16", start, min(n, start + BLOCK)).T
+        top = np.argpartition(-s, 10, axis=1)[:, :10]
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, top, axis=1)], axis=1)
+        cand_i = np.concatenate([best_i, top + start], axis=1)
+        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :10]
+        best_s = np.take_along_axis(cand_s, keep, axis=1)
+        best_i = np.take_along_axis(cand_i, keep, axis=1)
+    return best_i
+
+
+def index_path(out_dir: Path, factory: str, n: int) -> Path:
+    return out_dir / (re.sub(r"[^A-Za-z0-9]+", "_", factory) + f"_{n}.faiss")
 
 
 def build(args: argparse.Namespace) -> None:
     out_dir = Path(args.dir)
     path = out_dir / "vectors.f16"
-    n = n_vectors(out_dir)
+    n = n_vectors(out_dir, args.rows)
     rows = np.sort(np.random.default_rng(0).choice(n, size=min(n, args.train), replace=False))
-    vectors = np.memmap(path, dtype=np.float16, mode="r", shape=(n, DIM))
-    sample = np.ascontiguousarray(vectors[rows], dtype=np.float32)
-    del vectors
+    sample = read_rows(path, rows)
     index = faiss.index_factory(DIM, args.factory, faiss.METRIC_INNER_PRODUCT)
     start_t = time.perf_counter()
     index.train(sample)
@@ -138,7 +165,7 @@ def build(args: argparse.Namespace) -> None:
         stop = min(n, start + BLOCK)
         index.add_with_ids(read_block(path, start, stop), np.arange(start, stop, dtype=np.int64))
     added = time.perf_counter() - start_t
-    out = index_path(out_dir, args.factory)
+    out = index_path(out_dir, args.factory, n)
     faiss.write_index(index, str(out))
     record = {"factory": args.factory, "n": n, "train_s": trained, "add_s": added,
               "build_peak_rss_mb": peak_rss_mb(), "index_bytes": out.stat().st_size,
@@ -150,11 +177,14 @@ def build(args: argparse.Namespace) -> None:
 
 def query(args: argparse.Namespace) -> None:
     out_dir = Path(args.dir)
-    n = n_vectors(out_dir)
+    n = n_vectors(out_dir, args.rows)
     queries = np.load(out_dir / "queries.npy")[: args.queries]
-    truth = np.load(out_dir / "truth.npy")[: args.queries]
+    if n == n_vectors(out_dir):
+        truth = np.load(out_dir / "truth.npy")[: args.queries]
+    else:
+        truth = exact_top10(out_dir, queries, n)
     start_t = time.perf_counter()
-    index = faiss.read_index(str(index_path(out_dir, args.factory)))
+    index = faiss.read_index(str(index_path(out_dir, args.factory, n)))
     opened = time.perf_counter() - start_t
     vectors = np.memmap(out_dir / "vectors.f16", dtype=np.float16, mode="r", shape=(n, DIM))
     ivf = faiss.extract_index_ivf(index)
@@ -229,28 +259,22 @@ def store_query(args: argparse.Namespace) -> None:
 
     out_dir = Path(args.dir)
     queries = np.load(out_dir / "queries.npy")[: args.queries]
-    best_s = np.full((len(queries), 10), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(queries), 10), dtype=np.int64)
-    for start in range(0, args.n, BLOCK):  # exact top 10 over the first n vectors
-        s = queries @ read_block(out_dir / "vectors.f16", start, min(args.n, start + BLOCK)).T
-        top = np.argpartition(-s, 10, axis=1)[:, :10]
-        cand_s = np.concatenate([best_s, np.take_along_axis(s, top, axis=1)], axis=1)
-        cand_i = np.concatenate([best_i, top + start], axis=1)
-        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :10]
-        best_s, best_i = (np.take_along_axis(cand_s, keep, axis=1),
-                          np.take_along_axis(cand_i, keep, axis=1))
+    best_i = exact_top10(out_dir, queries, args.n)
     before = peak_rss_mb()
     start_t = time.perf_counter()
     store = Store.open(out_dir / f"store{args.n}", read_only=True)
     store.dense_search(queries[0], model="auto", k=10)
     print(f"store {args.n:,}: open + first search {time.perf_counter() - start_t:.1f} s", flush=True)
     samples, recalls = [], []
-    for _ in range(args.reps):
+    for rep in range(args.reps):  # the first pass reads the candidates' rows from disk
+        these = []
         for q, want in zip(queries, best_i, strict=True):
             t = time.perf_counter()
             hits = store.dense_search(q, model="auto", k=10)
-            samples.append((time.perf_counter() - t) * 1000)
+            these.append((time.perf_counter() - t) * 1000)
             recalls.append(len({int(h.chunk_id[1:]) for h in hits} & set(want.tolist())) / 10)
+        print(f"  pass {rep + 1}: p50 {statistics.median(these):.2f} ms; {load()}", flush=True)
+        samples += these
     samples.sort()
     index = store._core.index_cache.indexes["auto"]
     print(f"store {args.n:,} ({index.spec.kind} {dict(index.spec.params)}): recall@10 "
@@ -266,6 +290,8 @@ def main() -> None:
     parser.add_argument("--dir", default="/work/tmp/scale19")
     parser.add_argument("--n", type=int, default=10_000_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--rows", type=int, default=0,
+                        help="build/query: index only the first ROWS vectors (0: all)")
     parser.add_argument("--factory", default="IVF3162,PQ48")
     parser.add_argument("--train", type=int, default=256_000)
     parser.add_argument("--nprobes", default="16,32,64")
