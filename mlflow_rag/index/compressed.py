@@ -3,7 +3,7 @@ candidates are re-scored exactly.
 
 An IVF-PQ index keeps ``m`` bytes per vector (48 for 384-d) instead of ``4 * d`` (1,536), so
 10M vectors fit in ~0.6 GB instead of 15 GB; its scores are approximate (on clustered
-384-d data, PQ alone finds ~0.3-0.4 of the true top 10). The store therefore asks it for
+384-d data, PQ alone finds ~0.27-0.34 of the true top 10). The store therefore asks it for
 ``rerank`` candidates and re-scores them with the exact vectors its database keeps
 (:func:`rerank`), which restores recall to that of the IVF probe (benchmarks/RESULTS.md,
 "10M chunks").

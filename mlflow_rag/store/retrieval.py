@@ -48,8 +48,8 @@ def ranked(
     allowed: np.ndarray | None = None,
 ) -> SearchResult:
     """``index.search``, exact scores included: a compressed index's ``rerank`` candidates
-    are re-scored with their stored vectors (one read of ~200 rows: measured in
-    benchmarks/RESULTS.md, "10M chunks"). Call inside a read transaction."""
+    are re-scored with their stored vectors (one read of ``rerank`` rows, 500 by default:
+    its cost is in benchmarks/RESULTS.md, "10M chunks"). Call inside a read transaction."""
     if index.spec.kind not in COMPRESSED_KINDS:
         return index.search(query, k, allowed=allowed)
     found = index.search(query, compressed.candidates(k, index.spec.params), allowed=allowed)
