@@ -54,7 +54,7 @@ def test_choice_by_requested_type_and_size(requested: str, n: int, kind: str) ->
     ],
 )
 def test_ivf_lists_are_about_sqrt_n_and_probes_about_one_percent(n: int, nlist: int, nprobe: int) -> None:
-    spec = choose_index("auto" if n > EXACT_UP_TO else "ivf", n, 384)
+    spec = choose_index("auto" if EXACT_UP_TO < n <= 1_000_000 else "ivf", n, 384)  # 4M: ivfpq
     assert (spec.kind, spec.params["nlist"], spec.params["nprobe"]) == ("ivf", nlist, nprobe)
 
 

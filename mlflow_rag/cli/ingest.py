@@ -64,7 +64,7 @@ def _report_json(report: Any, run_id: str | None) -> dict[str, Any]:
               help="FAISS index [default: auto by vector count].")
 @click.option("--index-param", "index_params", multiple=True, metavar="KEY=INT",
               help="Index setting, repeatable: M, ef_construction, ef_search (hnsw); "
-                   "nlist, nprobe (ivf).")
+                   "nlist, nprobe (ivf); nlist, nprobe, m, rerank (ivfpq).")
 @click.option("--allow-private-urls", is_flag=True,
               help="Let web sources resolve to private or loopback addresses.")
 @click.option("--id-prefix", default="",

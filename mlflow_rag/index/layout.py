@@ -3,9 +3,10 @@
 FAISS allocates what a file's length fields claim before it reads the data behind them (a
 vector's ``resize(n)`` precedes its read, and it only refuses claims over 1 TB), so a
 hash-consistent file with one patched length made a process reach 2.9-3.9 GB before FAISS
-noticed the file was short. This module walks the three layouts the store writes — flat
-(``IxM2`` > ``IxFI``), HNSW (``IxM2`` > ``IHNf`` > ``IxFI``) and IVF (``IwFl`` > ``IxFI`` +
-``ilar``) — reading only headers and length fields, and requires every count to agree with
+noticed the file was short. This module walks the four layouts the store writes — flat
+(``IxM2`` > ``IxFI``), HNSW (``IxM2`` > ``IHNf`` > ``IxFI``), IVF (``IwFl`` > ``IxFI`` +
+``ilar``) and IVF-PQ (``IwPQ`` > ``IxFI`` + product quantizer + ``ilar``) — reading only
+headers and length fields, and requires every count to agree with
 the manifest (vectors, dimension, lists) and every length to fit in the bytes that are left,
 ending exactly at the end of the file. What FAISS then allocates is bounded by the file's size.
 
@@ -113,10 +114,11 @@ class _Walker:
 
 def check_index_file(
     read_at: ReadAt, size: int, *, kind: str, dimension: int, count: int,
-    nlist: int | None = None, name: str = "index file",
+    nlist: int | None = None, pq_m: int | None = None, name: str = "index file",
 ) -> Layout:
     """Refuse (:class:`IndexCorrupt`) an index file whose layout or counts are not what the
-    store wrote for ``count`` vectors of ``dimension`` (and ``nlist`` lists for IVF)."""
+    store wrote for ``count`` vectors of ``dimension`` (and ``nlist`` lists for IVF, and
+    ``pq_m`` one-byte codes per vector for IVF-PQ)."""
     walk = _Walker(read_at, size, name)
     if kind == "flat":
         walk.header("IxM2", "id map", dimension=dimension, count=count)
@@ -136,14 +138,18 @@ def check_index_file(
         walk.vector(8, "id map ids", expected=count)
     elif kind == "ivf":
         _check_ivf(walk, dimension=dimension, count=count, nlist=nlist)
+    elif kind == "ivfpq":
+        _check_ivf(walk, dimension=dimension, count=count, nlist=nlist, pq_m=pq_m or 0)
     else:
         raise IndexCorrupt(f"{name}: unknown index kind {kind!r}")
     walk.end()
     return walk.layout
 
 
-def _check_ivf(walk: _Walker, *, dimension: int, count: int, nlist: int | None) -> None:
-    walk.header("IwFl", "ivf", dimension=dimension, count=count)
+def _check_ivf(
+    walk: _Walker, *, dimension: int, count: int, nlist: int | None, pq_m: int | None = None
+) -> None:
+    walk.header("IwFl" if pq_m is None else "IwPQ", "ivf", dimension=dimension, count=count)
     lists = walk.number("Q", "ivf nlist")
     if lists < 1 or (nlist is not None and lists != nlist):
         raise walk.fail(f"ivf has {lists:,} lists; the manifest says {nlist}")
@@ -153,12 +159,15 @@ def _check_ivf(walk: _Walker, *, dimension: int, count: int, nlist: int | None) 
     if direct_map != NO_DIRECT_MAP:  # the store never keeps one (ids live in the lists)
         raise walk.fail(f"ivf direct map type is {direct_map}, expected {NO_DIRECT_MAP} (none)")
     walk.vector(8, "ivf direct map", expected=0)
+    code_bytes = dimension * 4
+    if pq_m is not None:
+        code_bytes = _check_pq(walk, dimension=dimension, m=pq_m)
     walk.fourcc("ilar", "ivf inverted lists type")
     if walk.number("Q", "inverted lists nlist") != lists:
         raise walk.fail("the inverted lists and the ivf header disagree on the number of lists")
     code_size = walk.number("Q", "inverted lists code_size")
-    if code_size != dimension * 4:
-        raise walk.fail(f"inverted lists code_size is {code_size}, expected {dimension * 4}")
+    if code_size != code_bytes:
+        raise walk.fail(f"inverted lists code_size is {code_size}, expected {code_bytes}")
     list_type = walk.take(4, "inverted lists sizes type")
     sizes_at = walk.pos
     if list_type == b"full":
@@ -181,3 +190,16 @@ def _check_ivf(walk: _Walker, *, dimension: int, count: int, nlist: int | None) 
     if sum(sizes) != count:
         raise walk.fail(f"inverted lists hold {sum(sizes):,} vectors; the manifest says {count:,}")
     walk.skip(count * (code_size + 8), "inverted lists codes and ids")
+
+
+def _check_pq(walk: _Walker, *, dimension: int, m: int) -> int:
+    """IVF-PQ's own fields (``by_residual``, ``code_size``, the product quantizer's d, M,
+    nbits and centroids) for ``m`` 8-bit codes; returns the code size (bytes per vector)."""
+    walk.skip(1, "ivfpq by_residual")
+    code_size = walk.number("Q", "ivfpq code_size")
+    d, subs, nbits = (walk.number("Q", f"pq {what}") for what in ("d", "M", "nbits"))
+    if (d, subs, nbits, code_size) != (dimension, m, 8, m):
+        raise walk.fail(f"product quantizer is d={d} M={subs} nbits={nbits} code_size="
+                        f"{code_size}; the manifest says d={dimension} M={m} nbits=8")
+    walk.vector(4, "pq centroids", expected=dimension * 256)
+    return code_size

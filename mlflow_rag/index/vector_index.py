@@ -19,7 +19,8 @@ import faiss
 import numpy as np
 
 from mlflow_rag.errors import IndexCorrupt
-from mlflow_rag.index.choose import IndexSpec
+from mlflow_rag.index.choose import IVF_KINDS, IndexSpec
+from mlflow_rag.index.compressed import empty_ivfpq, pq_training
 from mlflow_rag.index.filtered import exact_selected, filtered_strategy, gathered_scores
 from mlflow_rag.index.layout import check_index_file
 from mlflow_rag.index.pages import prefer_huge_pages
@@ -161,6 +162,9 @@ class VectorIndex:
             )
             index.nprobe = spec.params["nprobe"]
             index.parallel_mode = IVF_PARALLEL_MODE
+        elif spec.kind == "ivfpq":
+            index = empty_ivfpq(dimension, spec.params)
+            index.parallel_mode = IVF_PARALLEL_MODE
         else:  # choose_index validated the kind
             raise ValueError(spec.kind)
         return cls(spec, dimension, index, generation=0, max_vector_id=0)
@@ -170,15 +174,15 @@ class VectorIndex:
         cls, spec: IndexSpec, dimension: int, ids: np.ndarray, vectors: np.ndarray, *,
         generation: int,
     ) -> VectorIndex:
-        if spec.kind == "ivf":
+        if spec.kind in IVF_KINDS:
             nlist = max(1, min(spec.params["nlist"], len(ids)))
-            spec = IndexSpec("ivf", {**spec.params, "nlist": nlist,
-                                     "nprobe": min(spec.params["nprobe"], nlist)})
+            spec = IndexSpec(spec.kind, {**spec.params, "nlist": nlist,
+                                         "nprobe": min(spec.params["nprobe"], nlist)})
         built = cls.empty(spec, dimension)
-        if spec.kind == "ivf":
+        if spec.kind in IVF_KINDS:
             training = (training_sample(vectors, spec.params["nlist"]) if len(vectors)
                         else np.zeros((1, dimension), np.float32))
-            built.index.train(training)
+            built.index.train(pq_training(training) if spec.kind == "ivfpq" else training)
         built.add(ids, vectors)
         built.generation = generation
         return built
@@ -233,7 +237,7 @@ class VectorIndex:
     def ids(self) -> np.ndarray:
         """All vector ids in the index (sorted ascending)."""
         if self._ids is None:
-            if self.spec.kind == "ivf":
+            if self.spec.kind in IVF_KINDS:
                 ivf = faiss.extract_index_ivf(self.index)
                 invlists = ivf.invlists
                 parts = []
@@ -314,7 +318,7 @@ class VectorIndex:
         if len(allowed) == 0:
             return SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32))
         allowed = np.asarray(allowed, dtype=np.int64)
-        if self.spec.kind == "ivf":
+        if self.spec.kind in IVF_KINDS:
             # Probing every list with a selector is an exact scan of the allowed vectors.
             ivf = faiss.extract_index_ivf(self.index)
             wanted = sorted_unique(allowed)
@@ -447,7 +451,7 @@ class VectorIndex:
             )
         if spec.kind == "hnsw":
             faiss.downcast_index(index.index).hnsw.efSearch = spec.params["ef_search"]
-        if spec.kind == "ivf":
+        if spec.kind in IVF_KINDS:
             ivf = faiss.extract_index_ivf(index)
             ivf.nprobe = spec.params["nprobe"]
             ivf.parallel_mode = IVF_PARALLEL_MODE  # not part of the file format
@@ -458,7 +462,8 @@ def _check_layout(
     read_at: Callable[[int, int], bytes], size: int, spec: IndexSpec, dimension: int,
     count: int,
 ) -> None:
-    nlist = spec.params.get("nlist") if spec.kind == "ivf" else None
+    nlist = spec.params.get("nlist") if spec.kind in IVF_KINDS else None
+    pq_m = spec.params.get("m") if spec.kind == "ivfpq" else None
     check_index_file(read_at, size, kind=spec.kind, dimension=dimension, count=count,
-                     nlist=nlist)
+                     nlist=nlist, pq_m=pq_m)
 

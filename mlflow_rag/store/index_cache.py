@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlflow_rag.index.choose import IndexSpec, choose_index
+from mlflow_rag.index.choose import COMPRESSED_KINDS, IVF_KINDS, IndexSpec, choose_index
 from mlflow_rag.index.vector_index import VectorIndex, sorted_unique
 from mlflow_rag.store import layout
 from mlflow_rag.store.backend import Backend
@@ -35,6 +35,9 @@ from mlflow_rag.store.schema import SCHEMA_VERSION
 from mlflow_rag.types import ModelInfo
 
 log = logging.getLogger("mlflow_rag.store")
+# first_differing_vector on a compressed index: the largest relative error of a vector's score
+# with itself that still counts as the same vector (PQ codes of 384-d clustered data: a few %).
+COMPRESSED_SELF_TOLERANCE = 0.25
 
 
 class IndexCache:
@@ -183,7 +186,7 @@ class IndexCache:
         wanted = choose_index(info.index_type, count, info.dimension, info.index_params)
         if wanted.kind != entry.index_type:
             return f"index type changes from {entry.index_type} to {wanted.kind}"
-        if wanted.kind != "ivf" and dict(wanted.params) != dict(entry.index_params):
+        if wanted.kind not in IVF_KINDS and dict(wanted.params) != dict(entry.index_params):
             return "index parameters changed"
         return ""
 
@@ -285,7 +288,7 @@ class IndexCache:
             elif index is None and name in fresh:
                 info = models[name]
                 spec = choose_index(info.index_type, len(ids), info.dimension, info.index_params)
-                if spec.kind == "ivf":
+                if spec.kind in IVF_KINDS:
                     continue  # trained at flush on all the vectors, not on this first batch
                 self.indexes[name] = VectorIndex.build(
                     spec, info.dimension, vector_ids, matrix, generation=generation
@@ -306,16 +309,20 @@ def first_differing_vector(
     """Spot-check a loaded index against SQLite: up to ``samples`` vector ids, evenly spread,
     must each score their own SQLite vector at its full length. An index from another store
     whose hash was recomputed, with the same ids, passes every other check. Returns the first
-    id that differs, or None."""
+    id that differs, or None. A compressed index scores its codes, not the vector: there a
+    score may be off by ``COMPRESSED_SELF_TOLERANCE`` of the vector's squared length (PQ's
+    error on 384-d data is a few percent), which still tells unrelated vectors apart."""
     ids = index.ids()
     if len(ids) == 0:
         return None
     picks = ids[sorted_unique(np.linspace(0, len(ids) - 1, num=min(samples, len(ids))).astype(int))]
     stored = backend.vectors_by_ids(picks.tolist(), info.dimension)
+    relative = COMPRESSED_SELF_TOLERANCE if index.spec.kind in COMPRESSED_KINDS else 0.0
     for vector_id, vector in zip(picks.tolist(), stored, strict=True):
         result = index.search(vector, 1, allowed=np.array([vector_id], dtype=np.int64))
+        length = float(vector @ vector)
         if result.ids.tolist() != [vector_id] or abs(
-            float(result.scores[0]) - float(vector @ vector)
-        ) > 1e-4:
+            float(result.scores[0]) - length
+        ) > max(1e-4, relative * length):
             return int(vector_id)
     return None

@@ -11,6 +11,7 @@ import numpy as np
 
 from mlflow_rag.errors import EmbedderUnavailable
 from mlflow_rag.index.vector_index import VectorIndex
+from mlflow_rag.store import retrieval
 from mlflow_rag.store.backend import Backend
 from mlflow_rag.types import ModelInfo
 
@@ -38,7 +39,7 @@ def check_model(
     picks = rng.choice(len(sql_ids), size=min(sample, len(sql_ids)), replace=False)
     found = 0
     for p in picks:
-        result = index.search(vectors[p], 1)
+        result = retrieval.ranked(backend, index, vectors[p], 1)
         top = result.ids[:1].tolist()
         # duplicates (identical vectors) may outrank; accept an equal score
         if top and (top[0] == sql_ids[p] or result.scores[0] >= float(

@@ -1,6 +1,7 @@
 """Dense search inside one read snapshot: a model's index ranks the query (only among the
 vectors a filter allows, exactly, when there is one) and the hits' rows are read in the same
-snapshot, so a hit always has its row."""
+snapshot, so a hit always has its row. A compressed index's candidates are re-scored with the
+exact vectors of the same snapshot."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from mlflow_rag.index.vector_index import VectorIndex
+from mlflow_rag.index import compressed
+from mlflow_rag.index.choose import COMPRESSED_KINDS
+from mlflow_rag.index.vector_index import SearchResult, VectorIndex
 from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.filter_masks import VectorKeys, allowed_vector_ids
 from mlflow_rag.store.filters import Plan
@@ -34,7 +37,21 @@ def dense(
     if plan is not None:
         assert keys is not None
         allowed = allowed_vector_ids(plan, keys, backend.condition_ids)
-    result = index.search(query, k, allowed=allowed)
+    result = ranked(backend, index, query, k, allowed=allowed)
     ids = result.ids.tolist()
     return DenseFound(ids=ids, scores=result.scores.tolist(),
                       rows=backend.hits_by_vector_ids(ids))
+
+
+def ranked(
+    backend: Backend, index: VectorIndex, query: np.ndarray, k: int, *,
+    allowed: np.ndarray | None = None,
+) -> SearchResult:
+    """``index.search``, exact scores included: a compressed index's ``rerank`` candidates
+    are re-scored with their stored vectors (one read of ``rerank`` rows, 500 by default:
+    its cost is in benchmarks/RESULTS.md, "10M chunks"). Call inside a read transaction."""
+    if index.spec.kind not in COMPRESSED_KINDS:
+        return index.search(query, k, allowed=allowed)
+    found = index.search(query, compressed.candidates(k, index.spec.params), allowed=allowed)
+    exact = backend.vectors_by_ids(found.ids.tolist(), index.dimension)
+    return SearchResult(*compressed.rerank(found.ids, exact, query, k))
