@@ -388,7 +388,9 @@ class Store(StoreWrites):
             query = clean_query(vector, info.dimension)
             index = self._core.index_cache.index_for(info, generation)
             keys = self._core.index_cache.vector_keys(info.name, generation) if plan is not None else None
-            found = retrieval.dense(self.backend, index, query, request.k, plan=plan, keys=keys)
+            hit_keys = self._core.index_cache.hit_keys(info.name, generation)
+            found = retrieval.dense(self.backend, index, query, request.k, plan=plan, keys=keys,
+                                    hit_keys=hit_keys)
         hits, orphans = views.dense_hits(found.ids, found.scores, found.rows,
                                          include_pii=include_pii)
         self.orphan_hits += orphans  # cannot happen inside one snapshot: must stay 0

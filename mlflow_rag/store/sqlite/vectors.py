@@ -208,6 +208,45 @@ class SqliteVectors:
         ).fetchall()
         return {row[0]: row[1:] for row in rows}
 
+    def chunk_row_keys(
+        self, model_name: str, after_vector_id: int
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(vector ids, their chunks' rowids, their chunk ids) of the model's vectors with id >
+        ``after_vector_id``. From 0, "+model_name" keeps SQLite off the model index (which
+        reads every embeddings row, 1.5 KB of vector each) and on the covering index
+        (chunk_id, model_name, vector_id), and the chunks' rowids come from their primary key
+        index in the same order; after an id, the vector_id index finds the few new rows."""
+        model_term = "+e.model_name = ?" if after_vector_id <= 0 else "e.model_name = ?"
+        cursor = self.conn.execute(
+            "SELECT e.vector_id, c.rowid, e.chunk_id FROM embeddings e "
+            f"JOIN chunks c ON c.id = e.chunk_id WHERE {model_term} AND e.vector_id > ?",
+            (model_name, after_vector_id),
+        )
+        ids: list[np.ndarray] = []
+        rowids: list[np.ndarray] = []
+        chunk_ids: list[str] = []
+        # In batches: 1M (int, int, str) tuples at once would hold ~150 MB for a moment.
+        while rows := cursor.fetchmany(65_536):
+            ids.append(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+            rowids.append(np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
+            chunk_ids.extend(r[2] for r in rows)
+        empty = np.zeros(0, dtype=np.int64)
+        return (np.concatenate(ids) if ids else empty,
+                np.concatenate(rowids) if rowids else empty, chunk_ids)
+
+    def hits_by_row_keys(self, row_keys: Sequence[int]) -> dict[int, tuple[Any, ...]]:
+        """chunk rowid -> hit row (``HIT_COLUMNS``), in one query: one B-tree descent per
+        chunk instead of three (vector_id index, embeddings row, chunk id index)."""
+        if not row_keys:
+            return {}
+        marks = ",".join("?" * len(row_keys))
+        rows = self.conn.execute(
+            f"SELECT c.rowid, {HIT_COLUMNS} FROM chunks c "
+            f"JOIN documents d ON d.id = c.document_id WHERE c.rowid IN ({marks})",
+            list(row_keys),
+        ).fetchall()
+        return {row[0]: row[1:] for row in rows}
+
 
 def _vectors_from_rows(rows: list[tuple[int, bytes]], dimension: int) -> tuple[np.ndarray, np.ndarray]:
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
