@@ -222,3 +222,16 @@ def test_cli_search_reflects_ingest_delete_and_forget_and_so_does_an_open_reader
     assert (reader._core.index_cache.hit_maps.get(model) is not None) == (
         "://" not in store_location)  # the reader searched through its map (SQLite)
     reader.close()
+
+
+def test_loading_the_indexes_builds_the_map_a_server_answers_with(tmp_path: Path) -> None:
+    store, vectors = _store(str(tmp_path / "store"))
+    store.close()
+    server = Store.open(tmp_path / "store", read_only=True)
+    assert _hit_map(server) is None
+    server.load_indexes()
+    keys = _hit_map(server)
+    assert keys is not None and len(keys.vector_ids) == 90
+    hits = server.dense_search(vectors[2][2], model="m", k=5)
+    assert hits[0].chunk_id == "doc2#2" and _hit_map(server) is keys
+    server.close()

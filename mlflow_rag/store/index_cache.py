@@ -283,16 +283,17 @@ class IndexCache:
             self.keys[model_name] = cached
         return cached[1]
 
-    def hit_keys(self, model_name: str, generation: int) -> HitKeys | None:
+    def hit_keys(self, model_name: str, generation: int, *, now: bool = False) -> HitKeys | None:
         """The model's vector id -> chunk row map at ``generation`` (inside a read
         transaction), or None: hydrate by joining from the vector id. A model's first search
         in this process joins and only notes the model (a one-shot CLI search would pay ~0.2
         s per 100K vectors to build a map it uses once); the second builds the map, and later
-        generations replay into it like the index."""
-        if model_name not in self.hit_maps:
+        generations replay into it like the index. ``now``: build it on this call (a server
+        loading its indexes before it answers)."""
+        if model_name not in self.hit_maps and not now:
             self.hit_maps[model_name] = None
             return None
-        keys = self.hit_maps[model_name]
+        keys = self.hit_maps.get(model_name)
         if keys is not None and not keys.stale and (
             keys.generation == generation
             or (keys.generation < generation and keys.replay(self.backend, model_name, generation))
