@@ -63,12 +63,17 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reader-cache-mib", type=int, default=0,
+                        help="an experiment: the store's read connection's page cache (SQLite's "
+                             "default is 2 MiB)")
     args = parser.parse_args()
     folder = args.dir or Path(f"/tmp/ann-overhead-{args.model}-{args.n}")
     prepare(folder, args.n, args.model)
     vectors = clustered_vectors(args.n, 384)
     queries = queries_near(vectors, args.queries)
     store = Store.open(folder / "store", read_only=True)
+    if args.reader_cache_mib:
+        store.backend.conn.execute(f"PRAGMA cache_size = -{args.reader_cache_mib * 1024}")
     request = Retrieval.parse(k=10, filters=None)
     model = args.model
     store.dense(queries[0], request, model=model)
@@ -113,7 +118,8 @@ def main() -> None:
     recall = statistics.mean(len(set(g) & set(t)) / 10 for g, t in zip(got, truth, strict=True))
     ratios = [o / r for o, r in zip(rounds["ours"], rounds["raw"], strict=True)]
     join_ratios = [o / r for o, r in zip(rounds["ours_join"], rounds["raw"], strict=True)]
-    print(f"n={args.n} model={model} index={index.spec.kind} params={dict(index.spec.params)}")
+    print(f"n={args.n} model={model} index={index.spec.kind} params={dict(index.spec.params)} "
+          f"reader cache {args.reader_cache_mib or 2} MiB")
     print(f"load average per round: {', '.join(f'{v:.1f}' for v in loads)}")
     for name, values in rounds.items():
         print(f"{name:10s} p50 {statistics.median(values):.3f} ms  rounds "
