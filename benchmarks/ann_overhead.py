@@ -79,9 +79,11 @@ def main() -> None:
     store.dense(queries[0], request, model=model)
     cache = store._core.index_cache
     index = cache.indexes[model]
+    rss_before = _rss_mb()
     start = time.perf_counter()
     store.dense(queries[0], request, model=model)  # the second search builds the map
     build_s = time.perf_counter() - start
+    rss_after = _rss_mb()
     hit_map = cache.hit_maps[model]
     conn = sqlite3.connect(folder / "raw.db")
 
@@ -129,12 +131,19 @@ def main() -> None:
           f"{statistics.median(join_ratios):.2f}")
     keys_mb = hit_map.nbytes / 1e6 if hit_map is not None else 0.0
     print(f"recall@10 {recall:.3f} over {check} queries; map built in {build_s:.2f} s "
-          f"(second search), {keys_mb:.1f} MB")
+          f"(second search), {keys_mb:.1f} MB; process RSS {rss_before:.0f} -> {rss_after:.0f} MB "
+          "across the build")
     store.close(flush=False)
     print(f"ann_ratio={statistics.median(ratios):.3f} ann_join_ratio="
           f"{statistics.median(join_ratios):.3f} ours_p50_ms={statistics.median(rounds['ours']):.3f} "
           f"raw_p50_ms={statistics.median(rounds['raw']):.3f} recall={recall:.3f} "
           f"map_mb={keys_mb:.1f} map_build_s={build_s:.2f} load={statistics.median(loads):.1f}")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        line = next(x for x in status if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
 
 
 def _join(store: Store, query: np.ndarray, request: Retrieval, model: str) -> object:
