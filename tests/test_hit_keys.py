@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from mlflow_rag.cli import main
@@ -117,23 +118,27 @@ def test_a_reader_map_follows_another_processes_writes(store_location: str) -> N
     writer.close()
 
 
-def test_a_renumbered_chunk_row_is_caught_and_the_map_rebuilt(tmp_path: Path) -> None:
+@pytest.mark.parametrize("table", ["chunks", "documents"])
+def test_a_renumbered_row_is_caught_and_the_map_rebuilt(tmp_path: Path, table: str) -> None:
     """SQLite's VACUUM may renumber rowids without a new generation. Simulated by swapping
-    two chunks' rowids behind the store's back: the map then points each vector at the other
-    chunk's row, which the chunk id check refuses, so the search joins and the next rebuilds."""
+    two chunks' (or documents') rowids behind the store's back: the map then points a vector
+    at another chunk's row (or its chunk at another document's), which the chunk id check
+    (or the document id join) refuses, so the search joins and the next rebuilds."""
     root = tmp_path / "store"
     store, vectors = _store(str(root))
     query = vectors[4][2]
     expected = _mapped(store, query)
     stale = _hit_map(store)
     assert stale is not None
+    other = next(h for h in expected if h.document_id != "doc4")
+    pair = ("doc4#2", other.chunk_id) if table == "chunks" else ("doc4", other.document_id)
     conn = sqlite3.connect(root / "metadata.db", isolation_level=None)
-    (a,), (b,) = (conn.execute("SELECT rowid FROM chunks WHERE id = ?", (cid,)).fetchone()
-                  for cid in ("doc4#2", expected[1].chunk_id))
+    (a,), (b,) = (conn.execute(f"SELECT rowid FROM {table} WHERE id = ?", (key,)).fetchone()
+                  for key in pair)
     conn.execute("BEGIN IMMEDIATE")
-    conn.execute("UPDATE chunks SET rowid = -1 WHERE rowid = ?", (a,))
-    conn.execute("UPDATE chunks SET rowid = ? WHERE rowid = ?", (a, b))
-    conn.execute("UPDATE chunks SET rowid = ? WHERE rowid = -1", (b,))
+    conn.execute(f"UPDATE {table} SET rowid = -1 WHERE rowid = ?", (a,))
+    conn.execute(f"UPDATE {table} SET rowid = ? WHERE rowid = ?", (a, b))
+    conn.execute(f"UPDATE {table} SET rowid = ? WHERE rowid = -1", (b,))
     conn.execute("COMMIT")
     conn.close()
     assert store.dense_search(query, model="m", k=10) == expected  # joined: right rows
@@ -144,11 +149,11 @@ def test_a_renumbered_chunk_row_is_caught_and_the_map_rebuilt(tmp_path: Path) ->
     store.close()
 
 
-def test_the_map_costs_24_bytes_a_vector(tmp_path: Path) -> None:
+def test_the_map_costs_32_bytes_a_vector(tmp_path: Path) -> None:
     store, vectors = _store(str(tmp_path / "store"), n_docs=10)
     _mapped(store, vectors[0][0])
     keys = _hit_map(store)
-    assert keys is not None and keys.nbytes == 24 * 30
+    assert keys is not None and keys.nbytes == 32 * 30
     store.close()
 
 

@@ -271,17 +271,20 @@ class Backend(ABC):
 
     def chunk_row_keys(
         self, model_name: str, after_vector_id: int
-    ) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-        """(vector ids, the row key of each one's chunk, its chunk id) of the model's vectors
-        with id > ``after_vector_id``, in any order; or None when this backend has no row key
-        cheaper to look up than the vector id (hits are then hydrated by
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None:
+        """(vector ids, the row keys of each one's chunk and document, its chunk id) of the
+        model's vectors with id > ``after_vector_id``, in any order; or None when this backend
+        has no row keys cheaper to look up than the vector id (hits are then hydrated by
         :meth:`hits_by_vector_ids`). A row key may change without a new generation (SQLite's
         VACUUM may renumber rowids): callers check each row's chunk id."""
         return None
 
-    def hits_by_row_keys(self, row_keys: Sequence[int]) -> dict[int, tuple[Any, ...]]:
-        """row key -> hit row (as :meth:`hits_by_vector_ids`) of the chunks still at these
-        keys, in one query; only for a backend whose :meth:`chunk_row_keys` returns keys."""
+    def hits_by_row_keys(
+        self, row_keys: Sequence[tuple[int, int]]
+    ) -> dict[int, tuple[Any, ...]]:
+        """chunk row key -> hit row (as :meth:`hits_by_vector_ids`) for (chunk, document) row
+        key pairs, in one query; a pair whose rows are not (still) a chunk and its document
+        has no entry. Only for a backend whose :meth:`chunk_row_keys` returns keys."""
         raise NotImplementedError(f"{type(self).__name__} has no chunk row keys")
 
     @abstractmethod

@@ -3,16 +3,17 @@
 A dense hit's row used to be read by joining from its vector id: the vector_id index, the
 embeddings row (which holds the 1.5 KB vector), the chunk id index, then the chunk and
 document rows, six B-tree descents per hit where a raw FAISS + SQLite baseline makes one.
-:class:`HitKeys` maps each vector id to its chunk's row key (SQLite's rowid), so a search
-reads its chunks by primary key. It holds no text: every field of a hit is still read from
-the database in the search's read snapshot, so an erased or edited chunk never shows stale.
+:class:`HitKeys` maps each vector id to its chunk's and its document's row keys (SQLite's
+rowids), so a search reads both by primary key: two descents. It holds no text: every field
+of a hit is still read from the database in the search's read snapshot, so an erased or
+edited chunk never shows stale.
 
 The map is stamped with the store generation it reflects and catches up as the index does
 (the deletion log, then the vectors added since: :meth:`HitKeys.replay`). A row key can
 change without a new generation (SQLite's VACUUM may renumber rowids), so the map also holds
 a hash of each vector's chunk id, and a row whose chunk id does not hash to it marks the map
 stale: that search hydrates by the join instead, and the map is rebuilt on the next one.
-Memory: three int64 arrays, 24 bytes per vector (24 MB at 1M vectors).
+Memory: four int64 arrays, 32 bytes per vector (32 MB at 1M vectors).
 """
 
 from __future__ import annotations
@@ -33,14 +34,16 @@ def _hashes(chunk_ids: list[str]) -> np.ndarray:
 
 
 class HitKeys:
-    """vector id -> (chunk row key, hash of the chunk id) for one model, at one generation."""
+    """vector id -> (chunk and document row keys, hash of the chunk id) for one model, at one
+    generation."""
 
     def __init__(self, generation: int, vector_ids: np.ndarray, row_keys: np.ndarray,
-                 checks: np.ndarray) -> None:
+                 document_keys: np.ndarray, checks: np.ndarray) -> None:
         order = np.argsort(vector_ids, kind="stable")
         self.generation = generation
         self.vector_ids = vector_ids[order]
         self.row_keys = row_keys[order]
+        self.document_keys = document_keys[order]
         self.checks = checks[order]
         self.stale = False
 
@@ -51,8 +54,8 @@ class HitKeys:
         found = backend.chunk_row_keys(model_name, 0)
         if found is None:
             return None
-        ids, keys, chunk_ids = found
-        return cls(generation, ids, keys, _hashes(chunk_ids))
+        ids, keys, documents, chunk_ids = found
+        return cls(generation, ids, keys, documents, _hashes(chunk_ids))
 
     @property
     def max_vector_id(self) -> int:
@@ -60,7 +63,8 @@ class HitKeys:
 
     @property
     def nbytes(self) -> int:
-        return int(self.vector_ids.nbytes + self.row_keys.nbytes + self.checks.nbytes)
+        return int(self.vector_ids.nbytes + self.row_keys.nbytes + self.document_keys.nbytes
+                   + self.checks.nbytes)
 
     def replay(self, backend: Backend, model_name: str, generation: int) -> bool:
         """Catch up to ``generation`` (inside a read transaction): drop the vectors deleted
@@ -68,18 +72,18 @@ class HitKeys:
         deleted = backend.deletions_since(model_name, self.generation)
         if len(deleted):
             keep = ~np.isin(self.vector_ids, deleted)
-            self.vector_ids, self.row_keys, self.checks = (
-                self.vector_ids[keep], self.row_keys[keep], self.checks[keep])
+            self._take(self.vector_ids[keep], self.row_keys[keep], self.document_keys[keep],
+                       self.checks[keep])
         found = backend.chunk_row_keys(model_name, self.max_vector_id)
         if found is None:
             return False
-        ids, keys, chunk_ids = found
+        ids, keys, documents, chunk_ids = found
         if len(ids):
             merged = HitKeys(generation, np.concatenate([self.vector_ids, ids]),
                              np.concatenate([self.row_keys, keys]),
+                             np.concatenate([self.document_keys, documents]),
                              np.concatenate([self.checks, _hashes(chunk_ids)]))
-            self.vector_ids, self.row_keys, self.checks = (
-                merged.vector_ids, merged.row_keys, merged.checks)
+            self._take(merged.vector_ids, merged.row_keys, merged.document_keys, merged.checks)
         self.generation = generation
         return True
 
@@ -96,7 +100,8 @@ class HitKeys:
             return None  # not a vector of this map's generation: never expected
         keys = self.row_keys[at].tolist()
         checks = self.checks[at].tolist()
-        by_key = backend.hits_by_row_keys(keys)
+        by_key = backend.hits_by_row_keys(list(zip(keys, self.document_keys[at].tolist(),
+                                                   strict=True)))
         out: dict[int, Row] = {}
         for vector_id, key, check in zip(vector_ids, keys, checks, strict=True):
             row = by_key.get(key)
@@ -105,3 +110,8 @@ class HitKeys:
                 return None
             out[vector_id] = row
         return out
+
+    def _take(self, vector_ids: np.ndarray, row_keys: np.ndarray, document_keys: np.ndarray,
+              checks: np.ndarray) -> None:
+        self.vector_ids, self.row_keys, self.document_keys, self.checks = (
+            vector_ids, row_keys, document_keys, checks)
