@@ -269,6 +269,24 @@ class Backend(ABC):
         """vector_id -> hit row (chunk id, document id, chunk type, chunk index, text, chunk
         metadata, source path, document metadata), in one query."""
 
+    def chunk_row_keys(
+        self, model_name: str, after_vector_id: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None:
+        """(vector ids, the row keys of each one's chunk and document, its chunk id) of the
+        model's vectors with id > ``after_vector_id``, in any order; or None when this backend
+        has no row keys cheaper to look up than the vector id (hits are then hydrated by
+        :meth:`hits_by_vector_ids`). A row key may change without a new generation (SQLite's
+        VACUUM may renumber rowids): callers check each row's chunk id."""
+        return None
+
+    def hits_by_row_keys(
+        self, row_keys: Sequence[tuple[int, int]]
+    ) -> dict[int, tuple[Any, ...]]:
+        """chunk row key -> hit row (as :meth:`hits_by_vector_ids`) for (chunk, document) row
+        key pairs, in one query; a pair whose rows are not (still) a chunk and its document
+        has no entry. Only for a backend whose :meth:`chunk_row_keys` returns keys."""
+        raise NotImplementedError(f"{type(self).__name__} has no chunk row keys")
+
     @abstractmethod
     def bm25_rows(self, text: str, k: int, plan: Plan | None) -> list[tuple[Any, ...]]:
         """(score, *hit row) of the ``k`` chunks matching ``plan`` that rank best by BM25 for

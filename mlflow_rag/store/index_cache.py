@@ -30,6 +30,7 @@ from mlflow_rag.store.files import (
     sha256_fd,
 )
 from mlflow_rag.store.filter_masks import VectorKeys
+from mlflow_rag.store.hit_keys import HitKeys
 from mlflow_rag.store.manifest import Manifest, ModelEntry, read_manifest, write_manifest
 from mlflow_rag.store.schema import SCHEMA_VERSION
 from mlflow_rag.types import ModelInfo
@@ -59,6 +60,7 @@ class IndexCache:
         # (vector ids, matrix) per write, added in one call when the index is next used.
         self.pending: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self.keys: dict[str, tuple[int, VectorKeys]] = {}  # per model: (generation, keys)
+        self.hit_maps: dict[str, HitKeys | None] = {}  # per model; None: join (see hit_keys)
         self.persisted: dict[str, int] = {}  # model -> generation of the file on disk
         self.events: list[str] = []  # rebuilds and repairs, for reports and tests
         self.manifest = read_manifest(root)
@@ -67,17 +69,20 @@ class IndexCache:
         self.indexes.clear()
         self.pending.clear()
         self.keys.clear()
+        self.hit_maps.clear()
 
     def forget(self, name: str) -> None:
         """Drop a model's in-memory index: it is loaded or rebuilt on next use."""
         self.indexes.pop(name, None)
         self.pending.pop(name, None)
+        self.hit_maps.pop(name, None)
 
     def rebuilt_for_new_space(self, info: ModelInfo, generation: int) -> None:
         """A refitted model (another space, maybe another dimension): build its index from
         SQLite now; the file on disk is of the old space, and replacing it is expected, not a
         repair worth a warning. Call inside a read transaction."""
         self.keys.pop(info.name, None)
+        self.hit_maps.pop(info.name, None)
         self.build(info, generation, "")
         self.persisted.pop(info.name, None)
 
@@ -301,6 +306,26 @@ class IndexCache:
             cached = (generation, VectorKeys(*self.backend.vector_keys(model_name)))
             self.keys[model_name] = cached
         return cached[1]
+
+    def hit_keys(self, model_name: str, generation: int, *, now: bool = False) -> HitKeys | None:
+        """The model's vector id -> chunk row map at ``generation`` (inside a read
+        transaction), or None: hydrate by joining from the vector id. A model's first search
+        in this process joins and only notes the model (a one-shot CLI search would pay ~0.2
+        s per 100K vectors to build a map it uses once); the second builds the map, and later
+        generations replay into it like the index. ``now``: build it on this call (a server
+        loading its indexes before it answers)."""
+        if model_name not in self.hit_maps and not now:
+            self.hit_maps[model_name] = None
+            return None
+        keys = self.hit_maps.get(model_name)
+        if keys is not None and not keys.stale and (
+            keys.generation == generation
+            or (keys.generation < generation and keys.replay(self.backend, model_name, generation))
+        ):
+            return keys
+        keys = HitKeys.load(self.backend, model_name, generation)
+        self.hit_maps[model_name] = keys
+        return keys
 
 
 def first_differing_vector(

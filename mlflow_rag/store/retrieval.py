@@ -16,6 +16,7 @@ from mlflow_rag.index.vector_index import SearchResult, VectorIndex
 from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.filter_masks import VectorKeys, allowed_vector_ids
 from mlflow_rag.store.filters import Plan
+from mlflow_rag.store.hit_keys import HitKeys
 
 
 @dataclass(frozen=True)
@@ -29,18 +30,21 @@ class DenseFound:
 
 def dense(
     backend: Backend, index: VectorIndex, query: np.ndarray, k: int, *, plan: Plan | None,
-    keys: VectorKeys | None,
+    keys: VectorKeys | None, hit_keys: HitKeys | None = None,
 ) -> DenseFound:
     """Top ``k`` of ``index`` for ``query``. Call inside a read transaction; ``keys`` (which
-    chunk and document each vector belongs to) are needed with a filter ``plan``."""
+    chunk and document each vector belongs to) are needed with a filter ``plan``; with
+    ``hit_keys`` (each vector's chunk row) the hits are read by primary key."""
     allowed = None
     if plan is not None:
         assert keys is not None
         allowed = allowed_vector_ids(plan, keys, backend.condition_ids)
     result = ranked(backend, index, query, k, allowed=allowed)
     ids = result.ids.tolist()
-    return DenseFound(ids=ids, scores=result.scores.tolist(),
-                      rows=backend.hits_by_vector_ids(ids))
+    rows = hit_keys.rows(backend, ids) if hit_keys is not None else None
+    if rows is None:
+        rows = backend.hits_by_vector_ids(ids)
+    return DenseFound(ids=ids, scores=result.scores.tolist(), rows=rows)
 
 
 def ranked(

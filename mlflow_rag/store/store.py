@@ -280,13 +280,15 @@ class Store(StoreWrites):
         self._core.flush()
 
     def load_indexes(self) -> None:
-        """Load every model's index now (checked, and synced to the current generation), so
-        the first search does not pay for it: a server does this before it answers."""
+        """Load every model's index and hit map now (checked, and synced to the current
+        generation), so the first search does not pay for them: a server does this before it
+        answers."""
         with self._core.lock, self.backend.read_transaction():
             generation = self.backend.generation()
             self._core.registry.refresh(generation)
             for info in self._core.registry.by_name.values():
                 self._core.index_cache.index_for(info, generation)
+                self._core.index_cache.hit_keys(info.name, generation, now=True)
 
     def rebuild_index(self, model: str | None = None) -> None:
         """Drop the in-memory index and rebuild it from SQLite (then persist if writable)."""
@@ -388,7 +390,9 @@ class Store(StoreWrites):
             query = clean_query(vector, info.dimension)
             index = self._core.index_cache.index_for(info, generation)
             keys = self._core.index_cache.vector_keys(info.name, generation) if plan is not None else None
-            found = retrieval.dense(self.backend, index, query, request.k, plan=plan, keys=keys)
+            hit_keys = self._core.index_cache.hit_keys(info.name, generation)
+            found = retrieval.dense(self.backend, index, query, request.k, plan=plan, keys=keys,
+                                    hit_keys=hit_keys)
         hits, orphans = views.dense_hits(found.ids, found.scores, found.rows,
                                          include_pii=include_pii)
         self.orphan_hits += orphans  # cannot happen inside one snapshot: must stay 0

@@ -1,0 +1,117 @@
+"""Hydration by row key: which chunk row each of a model's vectors belongs to, in memory.
+
+A dense hit's row used to be read by joining from its vector id: the vector_id index, the
+embeddings row (which holds the 1.5 KB vector), the chunk id index, then the chunk and
+document rows, six B-tree descents per hit where a raw FAISS + SQLite baseline makes one.
+:class:`HitKeys` maps each vector id to its chunk's and its document's row keys (SQLite's
+rowids), so a search reads both by primary key: two descents. It holds no text: every field
+of a hit is still read from the database in the search's read snapshot, so an erased or
+edited chunk never shows stale.
+
+The map is stamped with the store generation it reflects and catches up as the index does
+(the deletion log, then the vectors added since: :meth:`HitKeys.replay`). A row key can
+change without a new generation (SQLite's VACUUM may renumber rowids), so the map also holds
+a hash of each vector's chunk id, and a row whose chunk id does not hash to it marks the map
+stale: that search hydrates by the join instead, and the map is rebuilt on the next one.
+Memory: four int64 arrays, 32 bytes per vector (32 MB at 1M vectors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mlflow_rag.store.backend import Backend
+
+Row = tuple[Any, ...]
+
+
+def _hashes(chunk_ids: list[str]) -> np.ndarray:
+    # Python's str hash: salted per process, and the map never leaves its process.
+    return np.fromiter(map(hash, chunk_ids), dtype=np.int64, count=len(chunk_ids))
+
+
+class HitKeys:
+    """vector id -> (chunk and document row keys, hash of the chunk id) for one model, at one
+    generation."""
+
+    def __init__(self, generation: int, vector_ids: np.ndarray, row_keys: np.ndarray,
+                 document_keys: np.ndarray, checks: np.ndarray) -> None:
+        order = np.argsort(vector_ids, kind="stable")
+        self.generation = generation
+        self.vector_ids = vector_ids[order]
+        self.row_keys = row_keys[order]
+        self.document_keys = document_keys[order]
+        self.checks = checks[order]
+        self.stale = False
+
+    @classmethod
+    def load(cls, backend: Backend, model_name: str, generation: int) -> HitKeys | None:
+        """The model's map from the database (inside a read transaction at ``generation``), or
+        None when the backend hydrates by vector id only."""
+        found = backend.chunk_row_keys(model_name, 0)
+        if found is None:
+            return None
+        ids, keys, documents, chunk_ids = found
+        return cls(generation, ids, keys, documents, _hashes(chunk_ids))
+
+    @property
+    def max_vector_id(self) -> int:
+        return int(self.vector_ids[-1]) if len(self.vector_ids) else 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.vector_ids.nbytes + self.row_keys.nbytes + self.document_keys.nbytes
+                   + self.checks.nbytes)
+
+    def replay(self, backend: Backend, model_name: str, generation: int) -> bool:
+        """Catch up to ``generation`` (inside a read transaction): drop the vectors deleted
+        since, add those written since. False when the backend stopped returning keys."""
+        deleted = backend.deletions_since(model_name, self.generation)
+        if len(deleted):
+            keep = ~np.isin(self.vector_ids, deleted)
+            self._take(self.vector_ids[keep], self.row_keys[keep], self.document_keys[keep],
+                       self.checks[keep])
+        found = backend.chunk_row_keys(model_name, self.max_vector_id)
+        if found is None:
+            return False
+        ids, keys, documents, chunk_ids = found
+        if len(ids):
+            merged = HitKeys(generation, np.concatenate([self.vector_ids, ids]),
+                             np.concatenate([self.row_keys, keys]),
+                             np.concatenate([self.document_keys, documents]),
+                             np.concatenate([self.checks, _hashes(chunk_ids)]))
+            self._take(merged.vector_ids, merged.row_keys, merged.document_keys, merged.checks)
+        self.generation = generation
+        return True
+
+    def rows(self, backend: Backend, vector_ids: Sequence[int]) -> dict[int, Row] | None:
+        """vector id -> hit row for ``vector_ids`` (inside the search's read transaction), or
+        None when the map cannot answer for all of them (the caller joins instead)."""
+        if not vector_ids:
+            return {}
+        wanted = np.asarray(vector_ids, dtype=np.int64)
+        at = np.searchsorted(self.vector_ids, wanted)
+        if bool((at >= len(self.vector_ids)).any()) or bool(
+            (self.vector_ids[np.minimum(at, len(self.vector_ids) - 1)] != wanted).any()
+        ):
+            return None  # not a vector of this map's generation: never expected
+        keys = self.row_keys[at].tolist()
+        checks = self.checks[at].tolist()
+        by_key = backend.hits_by_row_keys(list(zip(keys, self.document_keys[at].tolist(),
+                                                   strict=True)))
+        out: dict[int, Row] = {}
+        for vector_id, key, check in zip(vector_ids, keys, checks, strict=True):
+            row = by_key.get(key)
+            if row is None or hash(row[0]) != check:  # renumbered rowids (VACUUM)
+                self.stale = True
+                return None
+            out[vector_id] = row
+        return out
+
+    def _take(self, vector_ids: np.ndarray, row_keys: np.ndarray, document_keys: np.ndarray,
+              checks: np.ndarray) -> None:
+        self.vector_ids, self.row_keys, self.document_keys, self.checks = (
+            vector_ids, row_keys, document_keys, checks)

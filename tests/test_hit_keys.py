@@ -1,0 +1,242 @@
+"""Dense hits hydrated through the per-generation vector id -> chunk row map (issue 19).
+
+A long-lived store (a server, a notebook, an evaluation) keeps one map per model from its
+second dense search on; these tests hold it to the join it replaces: the same hits, field for
+field, after writes, replaced chunks, deletes and erasure (in this process or another), and
+never the text of an erased chunk. On PostgreSQL there is no map (hits are joined), so the
+same tests check that path keeps the same promises.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mlflow_rag.cli import main
+from mlflow_rag.store.erasure import forget_documents
+from mlflow_rag.store.hit_keys import HitKeys
+from mlflow_rag.store.store import Store
+from mlflow_rag.types import Hit
+from tests.conftest import make_record
+
+DIM = 16
+
+
+def _store(location: str, n_docs: int = 30) -> tuple[Store, np.ndarray]:
+    rng = np.random.default_rng(7)
+    store = Store.open(location, create=True)
+    store.ensure_model("m", DIM, embedder=None, index_type="hnsw")
+    vectors = rng.normal(size=(n_docs, 3, DIM)).astype(np.float32)
+    store.write([make_record(f"doc{i}", [f"doc {i} chunk {j} words{i * 3 + j}" for j in range(3)],
+                             vectors=vectors[i], metadata={"n": i}) for i in range(n_docs)])
+    return store, vectors
+
+
+def _joined(store: Store, query: np.ndarray, k: int = 10) -> list[Hit]:
+    """The same search with the map dropped: a model's first search joins (hit_keys)."""
+    store._core.index_cache.hit_maps.pop("m", None)
+    return store.dense_search(query, model="m", k=k)
+
+
+def _mapped(store: Store, query: np.ndarray, k: int = 10) -> list[Hit]:
+    store.dense_search(query, model="m", k=k)  # at least a second search: the map is in use
+    return store.dense_search(query, model="m", k=k)
+
+
+def _hit_map(store: Store) -> HitKeys | None:
+    return store._core.index_cache.hit_maps.get("m")
+
+
+def test_mapped_hits_equal_joined_hits_through_writes_deletes_and_erasure(
+    store_location: str,
+) -> None:
+    store, vectors = _store(store_location)
+    sqlite = "://" not in store_location
+    query = vectors[5][1]
+    joined = _joined(store, query)
+    assert _mapped(store, query) == joined and joined[0].chunk_id == "doc5#1"
+    keys = _hit_map(store)
+    assert (keys is not None) == sqlite  # PostgreSQL hydrates by the join
+    if keys is not None:
+        assert keys.generation == store.backend.generation() and len(keys.vector_ids) == 90
+
+    # New chunks: replayed into the map (the same object, not rebuilt), found by the search.
+    store.write([make_record("new", ["a brand new chunk"], vectors=query[None, :] * 2)])
+    hits = _mapped(store, query)
+    assert hits[0].chunk_id == "new#0" and hits[0].text == "a brand new chunk"
+    if keys is not None:
+        assert _hit_map(store) is keys and len(keys.vector_ids) == 91
+        store.write([make_record("doc9", ["doc 9 rewritten"], vectors=vectors[9][:1])],
+                    skip_unchanged=False)
+        _mapped(store, query)
+        assert _hit_map(store) is keys and len(keys.vector_ids) == 89  # replayed the deletions
+        assert not keys.stale and keys.generation == store.backend.generation()
+    assert hits == _joined(store, query)
+
+    # A document rewritten with other text: its old chunk rows are gone, the new text shows.
+    store.write([make_record("doc5", ["doc 5 second version", "and more"],
+                             vectors=vectors[5][1:3])], skip_unchanged=False)
+    hits = _mapped(store, query)
+    assert hits[0].chunk_id == "doc5#0" and hits[0].text == "doc 5 second version"
+    assert "doc 5 chunk 1 words16" not in {h.text for h in hits}
+    assert hits == _joined(store, query)
+
+    # Delete (erasing) and forget: never the erased chunks' text, whatever the map held.
+    erased: set[str] = set()
+    for doc_id, erase in (("doc5", lambda: store.delete("doc5")),
+                          ("new", lambda: forget_documents(store, ["new"]))):
+        assert doc_id in {h.document_id for h in _mapped(store, query, k=30)}
+        erase()
+        erased.add(doc_id)
+        hits = _mapped(store, query, k=30)
+        assert {h.document_id for h in hits}.isdisjoint(erased)
+        assert not any(h.text.startswith("doc 5") for h in hits) and (
+            "new" not in erased or not any("brand new" in h.text for h in hits))
+        assert hits == _joined(store, query, k=30)
+    assert store.orphan_hits == 0
+    store.close()
+
+
+def test_a_reader_map_follows_another_processes_writes(store_location: str) -> None:
+    writer, vectors = _store(store_location)
+    writer.flush()
+    reader = Store.open(store_location, read_only=True)
+    query = vectors[3][0]
+    assert _mapped(reader, query)[0].chunk_id == "doc3#0"
+    writer.delete("doc3")
+    writer.write([make_record("late", ["written after the reader's map"], vectors=query[None, :])])
+    hits = _mapped(reader, query)
+    assert hits[0].chunk_id == "late#0" and "doc3" not in {h.document_id for h in hits}
+    assert hits == _joined(reader, query)
+    assert reader.orphan_hits == 0
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.parametrize("table", ["chunks", "documents"])
+def test_a_renumbered_row_is_caught_and_the_map_rebuilt(tmp_path: Path, table: str) -> None:
+    """SQLite's VACUUM may renumber rowids without a new generation. Simulated by swapping
+    two chunks' (or documents') rowids behind the store's back: the map then points a vector
+    at another chunk's row (or its chunk at another document's), which the chunk id check
+    (or the document id join) refuses, so the search joins and the next rebuilds."""
+    root = tmp_path / "store"
+    store, vectors = _store(str(root))
+    query = vectors[4][2]
+    expected = _mapped(store, query)
+    stale = _hit_map(store)
+    assert stale is not None
+    other = next(h for h in expected if h.document_id != "doc4")
+    pair = ("doc4#2", other.chunk_id) if table == "chunks" else ("doc4", other.document_id)
+    conn = sqlite3.connect(root / "metadata.db", isolation_level=None)
+    (a,), (b,) = (conn.execute(f"SELECT rowid FROM {table} WHERE id = ?", (key,)).fetchone()
+                  for key in pair)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(f"UPDATE {table} SET rowid = -1 WHERE rowid = ?", (a,))
+    conn.execute(f"UPDATE {table} SET rowid = ? WHERE rowid = ?", (a, b))
+    conn.execute(f"UPDATE {table} SET rowid = ? WHERE rowid = -1", (b,))
+    conn.execute("COMMIT")
+    conn.close()
+    assert store.dense_search(query, model="m", k=10) == expected  # joined: right rows
+    assert stale.stale
+    assert store.dense_search(query, model="m", k=10) == expected
+    rebuilt = _hit_map(store)
+    assert rebuilt is not None and rebuilt is not stale and not rebuilt.stale
+    store.close()
+
+
+def test_the_map_costs_32_bytes_a_vector(tmp_path: Path) -> None:
+    store, vectors = _store(str(tmp_path / "store"), n_docs=10)
+    _mapped(store, vectors[0][0])
+    keys = _hit_map(store)
+    assert keys is not None and keys.nbytes == 32 * 30
+    store.close()
+
+
+# ------------------------------------------------------------------ the CLI, on a store with data
+
+def _cli(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _write_corpus(folder: Path, docs: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in docs.items():
+        (folder / f"{name}.txt").write_text(text, encoding="utf-8")
+
+
+def test_cli_search_reflects_ingest_delete_and_forget_and_so_does_an_open_reader(
+    store_location: str, tmp_path: Path,
+) -> None:
+    """The CLI writes (ingest, delete, forget) while a long-lived reader holds its map; CLI
+    dense searches (HNSW) and the reader's both reflect each change."""
+    corpus = tmp_path / "corpus"
+    topics = ["tea", "coffee", "bread", "cheese", "wine", "apples", "rice", "beans"]
+    _write_corpus(corpus, {t: f"All about {t}. {t} is grown, sold and eaten. " * 3 for t in topics})
+    store = ["--store", store_location]
+    _cli("ingest", str(corpus), *store, "--embedder", "tfidf", "--index-type", "hnsw",
+         "--no-track")
+
+    def cli_hits(text: str) -> list[dict]:
+        return json.loads(_cli("search", text, *store, "--mode", "dense", "--json", "-k", "8"))
+
+    reader = Store.open(store_location, read_only=True)
+    model = reader.models()[0].name
+
+    def reader_hits(document_id: str) -> list[Hit]:
+        """The reader's top hits for the stored vector of this document's first chunk."""
+        doc = reader.get_document(document_id)
+        vector = reader.backend.vectors_for_chunks(model, [doc.chunks[0].id])[doc.chunks[0].id]
+        reader.dense_search(vector, model=model, k=8)
+        return reader.dense_search(vector, model=model, k=8)
+
+    tea = cli_hits("tea")[0]
+    assert "tea" in tea["text"]
+    assert reader_hits(tea["document_id"])[0].document_id == tea["document_id"]
+
+    _write_corpus(corpus, {"tea": "All about tea. Green tea and black tea, tea gardens. " * 3,
+                           "saffron": "All about saffron. saffron is grown and sold. " * 3})
+    _cli("ingest", str(corpus), *store, "--embedder", "tfidf", "--no-track")
+    assert any("saffron" in h["text"] for h in cli_hits("saffron"))
+    tea = cli_hits("tea")[0]
+    assert "Green tea" in tea["text"]
+    mine = reader_hits(tea["document_id"])
+    assert mine[0].text == tea["text"] and "Green tea" in mine[0].text
+
+    _cli("delete", tea["document_id"], *store)
+    gone = cli_hits("tea")
+    assert tea["document_id"] not in {h["document_id"] for h in gone}
+    assert not any("Green tea" in h["text"] for h in gone)
+    coffee = next(h for h in cli_hits("coffee") if "coffee" in h["text"])
+    hits = reader_hits(coffee["document_id"])
+    assert tea["document_id"] not in {h.document_id for h in hits}
+    assert not any("Green tea" in h.text for h in hits)
+
+    _cli("forget", coffee["document_id"], *store)
+    assert not any("coffee" in h["text"] for h in cli_hits("coffee"))
+    bread = next(h for h in cli_hits("bread") if "bread" in h["text"])
+    hits = reader_hits(bread["document_id"])
+    assert not any("coffee" in h.text or "Green tea" in h.text for h in hits)
+    assert reader.orphan_hits == 0
+    assert (reader._core.index_cache.hit_maps.get(model) is not None) == (
+        "://" not in store_location)  # the reader searched through its map (SQLite)
+    reader.close()
+
+
+def test_loading_the_indexes_builds_the_map_a_server_answers_with(tmp_path: Path) -> None:
+    store, vectors = _store(str(tmp_path / "store"))
+    store.close()
+    server = Store.open(tmp_path / "store", read_only=True)
+    assert _hit_map(server) is None
+    server.load_indexes()
+    keys = _hit_map(server)
+    assert keys is not None and len(keys.vector_ids) == 90
+    hits = server.dense_search(vectors[2][2], model="m", k=5)
+    assert hits[0].chunk_id == "doc2#2" and _hit_map(server) is keys
+    server.close()
