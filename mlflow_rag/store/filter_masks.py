@@ -8,6 +8,10 @@ scan returning document or chunk ids; the ids become a mask over the vectors thr
 generation), and ``$and`` / ``$or`` / negation are numpy operations on masks, as a search
 engine combines filter bitsets. Both forms come from one plan, and a property test holds
 them to the same answers.
+
+What a plan selected is remembered per store generation (:mod:`~mlflow_rag.store.filter_cache`,
+held by the generation's :class:`VectorKeys`): a repeated filter skips the SQL and the
+numbering.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from itertools import repeat
 
 import numpy as np
 
+from mlflow_rag.store.filter_cache import FilterResults
 from mlflow_rag.store.filters import Condition, Plan
 
 #: The document or chunk ids one condition's test selects (a backend's ``condition_ids``).
@@ -102,6 +107,9 @@ class VectorKeys:
         self.vector_ids = vector_ids
         self._chunk_ids = chunk_ids
         self._document_ids = document_ids
+        # What filters selected among these vectors: valid exactly as long as these keys
+        # (the index cache makes new keys when the store's generation moves).
+        self.results = FilterResults()
 
     def __len__(self) -> int:
         return len(self.vector_ids)
@@ -116,31 +124,47 @@ class VectorKeys:
 
 
 def allowed_vector_ids(plan: Plan, keys: VectorKeys, query: IdQuery) -> np.ndarray:
-    """The vector ids (ascending) whose chunk matches ``plan``."""
-    return keys.vector_ids[_mask(plan, keys, query)]
+    """The vector ids (ascending) whose chunk matches ``plan`` (read-only: it is shared with
+    the next search of the same plan at the same generation)."""
+    key = f"plan {plan!r}"
+    found = keys.results.get(key)
+    if found is None:
+        # A lone condition is remembered as this plan; inside $and/$or each is remembered
+        # as a mask too, so an access-label condition is read once for every filter.
+        mask = _mask(plan, keys, query, remember=not isinstance(plan, Condition))
+        found = keys.results.put(key, keys.vector_ids[mask])
+    return found
 
 
-def _mask(node: Plan, keys: VectorKeys, query: IdQuery) -> np.ndarray:
+def _mask(node: Plan, keys: VectorKeys, query: IdQuery, *, remember: bool) -> np.ndarray:
     if isinstance(node, Condition):
-        mask = _condition_mask(node, keys, query)
+        mask = _condition_mask(node, keys, query, remember=remember)
         return ~mask if node.negate else mask
     if node.op == "AND":
         mask = np.ones(len(keys), dtype=bool)
         for part in node.parts:
             if not mask.any():
                 break  # nothing left to narrow
-            mask &= _mask(part, keys, query)
+            mask &= _mask(part, keys, query, remember=remember)
         return mask
     mask = np.zeros(len(keys), dtype=bool)
     for part in node.parts:
-        mask |= _mask(part, keys, query)
+        mask |= _mask(part, keys, query, remember=remember)
     return mask
 
 
-def _condition_mask(node: Condition, keys: VectorKeys, query: IdQuery) -> np.ndarray:
+def _condition_mask(
+    node: Condition, keys: VectorKeys, query: IdQuery, *, remember: bool
+) -> np.ndarray:
+    # The test without its negation: ~mask serves the negated form from the same entry.
+    key = f"condition {(node.owner, node.column, node.field, node.op, node.arg)!r}"
+    cached = keys.results.get(key) if remember else None
+    if cached is not None:
+        return cached
     numbering = keys.chunks if node.owner == "chunk" else keys.documents
     found = numbering.lookup(query(node))
     # Ids with no vector of this model are -1: they land in one spare slot, then dropped.
     flags = np.zeros(numbering.size + 1, dtype=bool)
     flags[found] = True
-    return flags[:-1][numbering.codes]
+    mask = flags[:-1][numbering.codes]
+    return keys.results.put(key, mask) if remember else mask
