@@ -328,3 +328,20 @@ class QueryLog:
             self._last_drop_log = now
             log.warning("query log %s: %d queries dropped so far (%s)", self.path, self.dropped,
                         why)
+
+
+def feedback_in_file(path: Path, output_id: str, *, kind: str, value: float,
+                     comment: str | None, user_id: str | None,
+                     redact: Callable[[str], str] | None = redact_emails,
+                     ) -> tuple[Feedback, str | None]:
+    """Feedback on an answer a served model logged into its own query-log file
+    (``mlflow-rag feedback --query-log FILE``): stored in the file's ``feedback`` table, as
+    the server stores it; returns it with the answer's trace id. A missing file, one that is
+    not a query log, or an output id it does not hold is a one-line error; nothing stored."""
+    from mlflow_rag.store.sqlite.query_log_file import check_query_log_file
+
+    if "generations" not in check_query_log_file(path):
+        raise DocumentNotFound(f"no answer with output id {output_id!r} in {path} (the query "
+                               "log holds no answers: only a RAG model's are)")
+    return QueryLog(path, redact=redact).feedback(output_id, kind=kind, value=value,
+                                                  comment=comment, user_id=user_id, wait_s=5.0)
