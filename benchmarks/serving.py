@@ -275,7 +275,8 @@ def measure(uri: str, tracking_uri: str, workdir: Path, queries: list[str], reps
         result = _measure(uri, env.get("MLFLOW_TRACKING_URI", tracking_uri), workdir, queries,
                           reps, mmap, env)
     # The server has stopped and this process flushed: what is still to come is in flight.
-    traced = result.pop("requests") if _every_request_traced(env) else 0
+    requests = result.pop("requests")
+    traced = requests if _every_request_traced(env) else 0
     arrived = settled_count(db, before + traced) - before
     result.update({"traces": arrived, "traces_lost": traced - arrived if traced else 0})
     return result
