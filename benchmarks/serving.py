@@ -1,7 +1,8 @@
 """Serving: what `POST /invocations` adds over an in-process `model.predict`, at 100K chunks.
 
     python benchmarks/serving.py [--n 100000] [--queries 200] [--reps 3] [--mmap both|on|off]
-                                 [--embedder tfidf|minilm] [--trace on,sync,sampled,off]
+                                 [--embedder tfidf|minilm]
+                                 [--trace on,sync,sampled,off,single,server,otlp]
                                  [--sampling-ratio 0.1]
 
 Builds a store of ``n`` chunks (~500 bytes of text each) with precomputed clustered vectors,
@@ -18,7 +19,15 @@ p50(invocations) - p50(predict). The last line is machine-readable.
 Tracing, per ``--trace`` setting (each a server of its own and the in-process model loaded
 under the same settings): ``on`` is the default (model config ``trace: ids``, MLflow's async
 export), ``sync`` the same with ``MLFLOW_ENABLE_ASYNC_TRACE_LOGGING=false``, ``sampled`` with
-``MLFLOW_TRACE_SAMPLING_RATIO`` (``--sampling-ratio``), ``off`` with ``MLFLOW_RAG_TRACE=off``.
+``MLFLOW_TRACE_SAMPLING_RATIO`` (``--sampling-ratio``), ``off`` with ``MLFLOW_RAG_TRACE=off``,
+``single`` with one export thread (``MLFLOW_ASYNC_TRACE_LOGGING_MAX_WORKERS=1``) into the SQLite
+file. ``server`` exports to an ``mlflow server`` on 127.0.0.1 over HTTP (MLflow's own exporter,
+``MLFLOW_TRACKING_URI=http://...``; the tracking server writes the same SQLite file), ``otlp``
+to the same server's OTLP endpoint (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://.../v1/traces``,
+``http/protobuf``: OpenTelemetry's batching exporter; needs the package
+``opentelemetry-exporter-otlp-proto-http``). After each setting the traces in the tracking
+store are counted (waiting up to a minute for the last exports): ``traces_lost`` is the
+requests made with every request traced minus the traces that arrived.
 Each setting's overhead is over its own predict (interleaved); ``over_traced_predict_ms`` is
 its ``/invocations`` p50 over the ``on`` setting's predict p50 of the same run (the target:
 served with tracing, against the model in process with tracing).
@@ -62,8 +71,17 @@ TRACE_SETTINGS: dict[str, dict[str, str]] = {
     "sync": {"MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false"},
     "sampled": {"MLFLOW_TRACE_SAMPLING_RATIO": "0.1"},
     "off": {"MLFLOW_RAG_TRACE": "off"},
+    "single": {"MLFLOW_ASYNC_TRACE_LOGGING_MAX_WORKERS": "1"},
+    # Filled in once the tracking server runs (its URL): see with_tracking_server.
+    "server": {},
+    "otlp": {},
 }
-TRACE_VARIABLES = sorted({name for env in TRACE_SETTINGS.values() for name in env})
+# The settings whose traces go through a tracking server, and what they set for it.
+SERVER_SETTINGS = ("server", "otlp")
+TRACE_VARIABLES = sorted({name for env in TRACE_SETTINGS.values() for name in env}
+                         | {"MLFLOW_TRACKING_URI", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                            "OTEL_EXPORTER_OTLP_TRACES_HEADERS"})
 
 
 def synthetic_corpus(count: int, *, vocabulary: int = 3000, words: int = 80,
@@ -113,10 +131,10 @@ def model_server(uri: str, tracking_uri: str, cwd: Path, config: dict[str, Any],
     import httpx
 
     port = free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri,
-               MLFLOW_PYFUNC_INFERENCE_CONFIG=json.dumps(config),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               **extra_env)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "MLFLOW_PYFUNC_INFERENCE_CONFIG": json.dumps(config),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           **extra_env}
     log = open(cwd / f"serve-{port}.log", "wb")  # noqa: SIM115 (closed below)
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -151,13 +169,90 @@ def model_server(uri: str, tracking_uri: str, cwd: Path, config: dict[str, Any],
 
 
 @contextlib.contextmanager
+def tracking_server(backend_uri: str, cwd: Path) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 over the benchmark's SQLite file, as users run one (one
+    worker); stopped (its process group) on exit. Yields its URL."""
+    import signal
+
+    import httpx
+
+    port = free_port()
+    log = open(cwd / f"tracking-{port}.log", "wb")  # noqa: SIM115 (closed below)
+    env = {**os.environ,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tracking server exited: "
+                                   f"{(cwd / f'tracking-{port}.log').read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("tracking server did not come up in 300 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def server_settings(url: str) -> None:
+    """The environments of the settings that export to the tracking server at ``url``."""
+    TRACE_SETTINGS["server"] = {"MLFLOW_TRACKING_URI": url}
+    TRACE_SETTINGS["otlp"] = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{url}/v1/traces",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        # The experiment the tracking server files the spans under (the default one).
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-mlflow-experiment-id=0"}
+
+
+def count_traces(db: Path) -> int:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM trace_info").fetchone()[0])
+
+
+def settled_count(db: Path, want: int, *, patience_s: float = 20, limit_s: float = 120) -> int:
+    """The number of traces once ``want`` arrived, or the count stopped growing for
+    ``patience_s`` (exports still queued when the processes stopped)."""
+    start = last_change = time.monotonic()
+    count = count_traces(db)
+    while count < want and time.monotonic() - last_change < patience_s \
+            and time.monotonic() - start < limit_s:
+        time.sleep(1)
+        now = count_traces(db)
+        if now != count:
+            count, last_change = now, time.monotonic()
+    return count
+
+
+@contextlib.contextmanager
 def tracing_env(env: dict[str, str]) -> Iterator[None]:
     """This process under a tracing setting: its variables set, MLflow's tracer set up anew
     (it reads them when it is set up), and both undone after."""
     import mlflow
 
     saved = {name: os.environ.pop(name, None) for name in TRACE_VARIABLES}
+    saved_uri = mlflow.get_tracking_uri()
     os.environ.update(env)
+    if "MLFLOW_TRACKING_URI" in env:
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     mlflow.tracing.reset()
     try:
         yield
@@ -168,13 +263,27 @@ def tracing_env(env: dict[str, str]) -> Iterator[None]:
             os.environ.pop(name, None)
             if value is not None:
                 os.environ[name] = value
+        mlflow.set_tracking_uri(saved_uri)
         mlflow.tracing.reset()
 
 
 def measure(uri: str, tracking_uri: str, workdir: Path, queries: list[str], reps: int,
             mmap: bool, env: dict[str, str]) -> dict[str, float]:
+    db = workdir / "mlruns.db"
+    before = count_traces(db)
     with tracing_env(env):
-        return _measure(uri, tracking_uri, workdir, queries, reps, mmap, env)
+        result = _measure(uri, env.get("MLFLOW_TRACKING_URI", tracking_uri), workdir, queries,
+                          reps, mmap, env)
+    # The server has stopped and this process flushed: what is still to come is in flight.
+    requests = result.pop("requests")
+    traced = requests if _every_request_traced(env) else 0
+    arrived = settled_count(db, before + traced) - before
+    result.update({"traces": arrived, "traces_lost": traced - arrived if traced else 0})
+    return result
+
+
+def _every_request_traced(env: dict[str, str]) -> bool:
+    return "MLFLOW_TRACE_SAMPLING_RATIO" not in env and env.get("MLFLOW_RAG_TRACE") != "off"
 
 
 def _measure(uri: str, tracking_uri: str, workdir: Path, queries: list[str], reps: int,
@@ -220,7 +329,9 @@ def _measure(uri: str, tracking_uri: str, workdir: Path, queries: list[str], rep
             "first_request_ms": first_ms, "first_hybrid_ms": first_hybrid_ms,
             "first_to_p50": first_ms / i50,
             "predict_p95_ms": statistics.median(t.p95_ms for t in predict),
-            "invocations_p95_ms": statistics.median(t.p95_ms for t in invoke)}
+            "invocations_p95_ms": statistics.median(t.p95_ms for t in invoke),
+            # Every predict and every request made above: one trace each.
+            "requests": len(expected) + 2 + len(got) + reps * 2 * len(queries)}
 
 
 def report(label: str, result: dict[str, float]) -> None:
@@ -233,6 +344,7 @@ def report(label: str, result: dict[str, float]) -> None:
     print(f"{label}: start-up: /ping ready after {result['ready_s']:.1f} s; first request "
           f"{result['first_request_ms']:.1f} ms (first hybrid {result['first_hybrid_ms']:.1f} ms)"
           f" = {result['first_to_p50']:.2f}x the steady p50")
+    print(f"{label}: traces stored {result['traces']:.0f}, lost {result['traces_lost']:.0f}")
 
 
 def main() -> None:
@@ -255,6 +367,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown --trace {unknown}; choose from {list(TRACE_SETTINGS)}")
     TRACE_SETTINGS["sampled"] = {"MLFLOW_TRACE_SAMPLING_RATIO": str(args.sampling_ratio)}
+    if "otlp" in traces:
+        try:
+            import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+        except ImportError:
+            parser.error("--trace otlp needs opentelemetry-exporter-otlp-proto-http "
+                         "(pip install opentelemetry-exporter-otlp-proto-http)")
     from mlflow_rag.tracking import log_model
 
     # Traces of the last requests may still be exporting when the folder goes.
@@ -275,19 +393,25 @@ def main() -> None:
             vocabulary = [f"w{j}" for j in range(300)]
             queries = [" ".join(rng.choice(vocabulary, size=6)) for _ in range(args.queries)]
             summary: dict[str, float] = {}
-            for mmap in settings:
-                results = {trace: measure(info.model_uri, tracking_uri, workdir, queries,
-                                          args.reps, mmap, TRACE_SETTINGS[trace])
-                           for trace in traces}
-                for trace, result in results.items():
-                    if "on" in results:
-                        result["over_traced_predict_ms"] = (result["invocations_p50_ms"]
-                                                            - results["on"]["predict_p50_ms"])
-                    label = f"mmap {'on' if mmap else 'off'}, trace {trace}"
-                    report(label, result)
-                    suffix = ("" if trace == traces[0] else f"_trace_{trace}") + (
-                        "" if mmap == settings[0] else f"_mmap_{'on' if mmap else 'off'}")
-                    summary.update({f"{key}{suffix}": value for key, value in result.items()})
+            server = (tracking_server(tracking_uri, workdir)
+                      if set(traces) & set(SERVER_SETTINGS) else contextlib.nullcontext(""))
+            with server as url:  # up until every setting's traces are counted
+                if url:
+                    server_settings(url)
+                for mmap in settings:
+                    results: dict[str, dict[str, float]] = {}
+                    for trace in traces:
+                        result = results[trace] = measure(
+                            info.model_uri, tracking_uri, workdir, queries, args.reps, mmap,
+                            TRACE_SETTINGS[trace])
+                        if "on" in results:
+                            result["over_traced_predict_ms"] = (
+                                result["invocations_p50_ms"] - results["on"]["predict_p50_ms"])
+                        report(f"mmap {'on' if mmap else 'off'}, trace {trace}", result)
+                        suffix = ("" if trace == traces[0] else f"_trace_{trace}") + (
+                            "" if mmap == settings[0] else f"_mmap_{'on' if mmap else 'off'}")
+                        summary.update({f"{key}{suffix}": value
+                                        for key, value in result.items()})
         finally:
             with contextlib.suppress(Exception):
                 import mlflow

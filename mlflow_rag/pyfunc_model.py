@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -282,6 +283,7 @@ def guard_scoring_server() -> bool:
         kind = served_kind(model)
         if kind is None:
             return original(data, content_type, model, input_schema)
+        flush_at_server_shutdown()
         mime = str(content_type or "").split(";")[0].strip().lower()
         private: list[str] = []
         try:
@@ -308,6 +310,47 @@ def guard_scoring_server() -> bool:
     invocations._mlflow_rag_guard = True  # type: ignore[attr-defined]
     setattr(server, "invocations", invocations)  # noqa: B010 (a module found at run time)
     return True
+
+
+# At most this long, at the server's shutdown, to hand queued traces to the tracking store.
+SHUTDOWN_FLUSH_TIMEOUT_S = 10.0
+
+
+def flush_at_server_shutdown() -> None:
+    """Have the scoring server's shutdown write what this process still holds: queued query
+    log rows and traces (MLflow's async export queue, OpenTelemetry's batch of spans).
+
+    ``atexit`` would not: uvicorn (``mlflow models serve``), after its graceful shutdown,
+    raises the ``SIGTERM`` it caught again with the default handler, and the process ends
+    without running ``atexit``; every trace not yet exported was lost on each stop
+    (benchmarks/serving.py counts them). So the flush is a shutdown handler of the app,
+    added on the first request (the app is built after the model loads); once per process.
+    """
+    module = sys.modules.get("mlflow.pyfunc.scoring_server.app")
+    hooks = getattr(getattr(getattr(module, "app", None), "router", None), "on_shutdown", None)
+    if isinstance(hooks, list) and _flush_served not in hooks:
+        hooks.append(_flush_served)
+
+
+def _flush_served() -> None:
+    from mlflow_rag.serving_log import close_open_logs
+
+    def flush() -> None:
+        close_open_logs()
+        from mlflow.tracing.provider import provider
+
+        tracer_provider = provider.get()  # spans batched for OTLP export (OTEL_EXPORTER_*)
+        if hasattr(tracer_provider, "force_flush"):
+            tracer_provider.force_flush(int(SHUTDOWN_FLUSH_TIMEOUT_S * 1000))
+        mlflow.flush_trace_async_logging(terminate=True)  # MLflow's exporter and its queue
+
+    # in a thread, so that a tracking store that does not answer cannot hold the stop
+    worker = threading.Thread(target=flush, name="mlflow-rag-shutdown-flush", daemon=True)
+    worker.start()
+    worker.join(SHUTDOWN_FLUSH_TIMEOUT_S)
+    if worker.is_alive():
+        log.warning("traces not all exported within %.0f s of the server stopping",
+                    SHUTDOWN_FLUSH_TIMEOUT_S)
 
 
 RESPONSES_HINT = 'send a Responses API request: {"input": [{"role": "user", "content": QUESTION}]}'

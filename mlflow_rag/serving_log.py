@@ -13,6 +13,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,21 @@ DROP_LOG_INTERVAL_S = 10.0  # at most one "queries dropped" warning per interval
 # Feedback on an output id not (yet) in the log looks again for this long, every poll.
 FEEDBACK_FIND_S = 1.0
 FEEDBACK_POLL_S = 0.1
+
+
+# The logs whose writer runs in this process, for close_open_logs.
+_OPEN_LOGS: weakref.WeakSet[QueryLog] = weakref.WeakSet()
+
+
+def close_open_logs() -> None:
+    """Write and close every query log of this process: a scoring server's shutdown hook.
+
+    ``atexit`` does not do it there: uvicorn, after its graceful shutdown, raises the
+    ``SIGTERM`` it caught again with the default handler, which ends the process without
+    running ``atexit`` (measured: traces and queued rows lost on every stop).
+    """
+    for query_log in list(_OPEN_LOGS):
+        query_log.close()
 
 
 @dataclass(frozen=True)
@@ -220,6 +236,7 @@ class QueryLog:
                                         daemon=True)
         self._thread.start()
         atexit.register(self.close)
+        _OPEN_LOGS.add(self)
 
     def _run(self) -> None:
         delay = 0.05
@@ -311,3 +328,20 @@ class QueryLog:
             self._last_drop_log = now
             log.warning("query log %s: %d queries dropped so far (%s)", self.path, self.dropped,
                         why)
+
+
+def feedback_in_file(path: Path, output_id: str, *, kind: str, value: float,
+                     comment: str | None, user_id: str | None,
+                     redact: Callable[[str], str] | None = redact_emails,
+                     ) -> tuple[Feedback, str | None]:
+    """Feedback on an answer a served model logged into its own query-log file
+    (``mlflow-rag feedback --query-log FILE``): stored in the file's ``feedback`` table, as
+    the server stores it; returns it with the answer's trace id. A missing file, one that is
+    not a query log, or an output id it does not hold is a one-line error; nothing stored."""
+    from mlflow_rag.store.sqlite.query_log_file import check_query_log_file
+
+    if "generations" not in check_query_log_file(path):
+        raise DocumentNotFound(f"no answer with output id {output_id!r} in {path} (the query "
+                               "log holds no answers: only a RAG model's are)")
+    return QueryLog(path, redact=redact).feedback(output_id, kind=kind, value=value,
+                                                  comment=comment, user_id=user_id, wait_s=5.0)

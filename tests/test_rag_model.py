@@ -258,6 +258,79 @@ def test_feedback_through_the_served_model_is_stored_beside_the_answer_and_on_it
     assert PII_EMAIL not in comment and "<email>" in comment
 
 
+def test_cli_reads_served_answers_from_a_separate_query_log_file_with_query_log(
+    logged: Logged, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A served model logging into its own file (MLFLOW_RAG_QUERY_LOG, not the store's
+    database): `feedback`, `report` and `lineage` see its answers with --query-log FILE; a
+    missing file or one that is not a query log is a one-line error naming it, nothing
+    stored and nothing created."""
+    log_path = tmp_path / "served.db"
+    monkeypatch.setenv(QUERY_LOG_ENV, str(log_path))
+    model = mlflow.pyfunc.load_model("models:/qa@champion")
+    out = model.predict(ask(SECRET, k=2))
+    output_id = out["custom_outputs"]["output_id"]
+    model.predict({**feedback_request(output_id=output_id, thumbs="up"),
+                   "context": {"user_id": "carol"}})  # stored by the server, in the file
+    store, runner = logged.store, CliRunner()
+    store_db = (store / "metadata.db").read_bytes()
+
+    # without the option, the store's own log does not hold the served answer
+    alone = runner.invoke(main, ["lineage", output_id, "--store", str(store)])
+    assert alone.exit_code == 1 and "no document, chunk, logged query or answer" in alone.output
+    down = runner.invoke(main, ["feedback", output_id, "--store", str(store), "--query-log",
+                                str(log_path), "--thumbs", "down", "--comment",
+                                f"wrong; ask {PII_EMAIL}", "--no-track"])
+    assert down.exit_code == 0, down.output
+    assert f"recorded feedback on {output_id} in {log_path}" in down.output
+    report = runner.invoke(main, ["report", "--store", str(store), "--query-log", str(log_path),
+                                  "--json", "--no-track"])
+    assert report.exit_code == 0, report.output
+    figures = json.loads(report.output)
+    assert figures["answers"] == 1 and figures["served_answers"] == 1
+    assert figures["feedback"]["count"] == 2
+    assert figures["tokens"]["input"] == out["custom_outputs"]["input_tokens"]
+    lineage = runner.invoke(main, ["lineage", output_id, "--store", str(store), "--query-log",
+                                   str(log_path), "--json"])
+    assert lineage.exit_code == 0, lineage.output
+    chain = json.loads(lineage.output)
+    assert chain["kind"] == "answer" and chain["answer"]["trace_id"]
+    assert [c["chunk_id"] for c in chain["answer"]["citations"]] == [
+        c["chunk_id"] for c in out["custom_outputs"]["citations"]]
+    assert chain["documents"]  # the cited documents, from the store
+    with sqlite3.connect(log_path) as db:
+        stored = db.execute("SELECT kind, value, comment FROM feedback ORDER BY timestamp"
+                            ).fetchall()
+    assert [(k, v) for k, v, _ in stored] == [("thumbs", 1.0), ("thumbs", 0.0)]
+    assert PII_EMAIL not in stored[1][2] and "<email>" in stored[1][2]
+
+    not_a_log = tmp_path / "notes.db"
+    with sqlite3.connect(not_a_log) as db:
+        db.execute("CREATE TABLE notes (x TEXT)")
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not a database at all, just some text " * 50)
+    missing = tmp_path / "nope.db"
+    calls = [["feedback", output_id, "--store", str(store), "--thumbs", "up", "--no-track"],
+             ["report", "--store", str(store), "--no-track"],
+             ["lineage", output_id, "--store", str(store)]]
+    for bad, fragment in [(missing, "does not exist"), (not_a_log, "is not a query log"),
+                          (text_file, "is not a query log")]:
+        for call in calls:
+            result = runner.invoke(main, [*call, "--query-log", str(bad)])
+            assert result.exit_code == 1, result.output
+            assert len(result.output.strip().splitlines()) == 1, result.output
+            assert str(bad) in result.output and fragment in result.output
+    unknown = runner.invoke(main, ["feedback", "nope", "--store", str(store), "--query-log",
+                                   str(log_path), "--score", "1", "--no-track"])
+    assert unknown.exit_code == 1 and "no answer with output id 'nope'" in unknown.output
+    assert not missing.exists()
+    with sqlite3.connect(not_a_log) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["notes"]
+    with sqlite3.connect(log_path) as db:
+        assert db.execute("SELECT count(*) FROM feedback").fetchone()[0] == 2
+    assert (store / "metadata.db").read_bytes() == store_db  # the store was only read
+
+
 def test_a_trace_of_an_answer_holds_ids_but_not_the_question_or_the_answer(
     champion: Any,
 ) -> None:

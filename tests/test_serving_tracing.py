@@ -4,6 +4,8 @@ trace and answers exactly what a traced one answers."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -142,3 +144,43 @@ def _wait_for_traces(uri: str, experiment: str, *, count: int, timeout: float = 
     while len(_traces(uri, experiment)) < count:
         assert time.monotonic() < deadline, f"no served trace in {timeout:.0f} s"
         time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_traces_still_queued_when_the_server_stops_are_exported_at_its_shutdown(
+    logged: tuple[Path, str], tmp_path: Path,
+) -> None:
+    """uvicorn ends the process on SIGTERM without running atexit: the model flushes its
+    traces (and query log) at the server's shutdown. Spans held in MLflow's batch (a batch
+    larger than the requests, an interval longer than the test) reach the tracking store
+    only through that flush."""
+    import sqlite3
+
+    root, uri = logged
+    experiment = mlflow.MlflowClient(uri).create_experiment("stopped-server")
+    body = {"dataframe_split": {"columns": ["query"], "data": [["green tea brewing"]]},
+            "params": PARAMS}
+    port, requests = free_port(), 6
+    log_path = tmp_path / "queries.db"
+    args = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/rag@champion",
+            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
+    env = subprocess_env(MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_ID=experiment,
+                         MLFLOW_ASYNC_TRACE_LOGGING_MAX_SPAN_BATCH_SIZE="1000",
+                         MLFLOW_ASYNC_TRACE_LOGGING_MAX_INTERVAL_MILLIS="600000",
+                         **{QUERY_LOG_ENV: str(log_path)})
+    serve_log = tmp_path / "serve.log"
+    with server_process(args, health_url=f"http://127.0.0.1:{port}/ping", log_path=serve_log,
+                        cwd=root, env=env) as proc:
+        for _ in range(requests):
+            status, answer = post_json(f"http://127.0.0.1:{port}/invocations", body)
+            assert status == 200, answer
+        assert _traces(uri, experiment) == []  # all held in the batch
+        os.killpg(proc.pid, signal.SIGTERM)  # as a process manager stops it
+        deadline = time.monotonic() + 60
+        while "Finished server process" not in serve_log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, serve_log.read_text(errors="replace")[-2000:]
+            time.sleep(0.2)
+    _wait_for_traces(uri, experiment, count=requests)
+    assert len(_traces(uri, experiment)) == requests
+    with sqlite3.connect(log_path) as db:
+        assert db.execute("SELECT count(*) FROM queries").fetchone()[0] == requests

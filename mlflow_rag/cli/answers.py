@@ -14,6 +14,7 @@ from mlflow_rag.cli.group import (
     check_tracking,
     echo_json,
     main,
+    query_log_option,
     store_option,
     tracking_options,
 )
@@ -126,23 +127,53 @@ def ask(
               help="Thumbs up or down.")
 @click.option("--comment", default=None, help="A comment (redacted like questions).")
 @click.option("--user-id", default=None, help="Who gives the feedback.")
+@query_log_option
 @tracking_options
 def feedback_command(
     output_id: str, store_path: Path | str, score: float | None, thumbs: str | None,
-    comment: str | None, user_id: str | None, tracking_uri: str | None, no_track: bool,
-    experiment: str | None,
+    comment: str | None, user_id: str | None, query_log: Path | None,
+    tracking_uri: str | None, no_track: bool, experiment: str | None,
 ) -> None:
-    """Record feedback on the answer OUTPUT_ID (printed by `ask`): --score or --thumbs.
+    """Record feedback on the answer OUTPUT_ID (printed by `ask`, or a served answer's
+    output_id): --score or --thumbs.
 
-    Stored in the store, and logged on the answer's MLflow trace unless --no-track.
+    Stored in the store (in the query-log file with --query-log), and logged on the answer's
+    MLflow trace unless --no-track.
     """
     from mlflow_rag.answer import feedback
     from mlflow_rag.store.store import Store
 
     if (score is None) == (thumbs is None):
         raise click.UsageError("give exactly one of --score or --thumbs")
+    if query_log is not None:
+        traced = _served_feedback(query_log, output_id, score=score, thumbs=thumbs,
+                                  comment=comment, user_id=user_id, track=not no_track,
+                                  tracking_uri=tracking_uri, experiment=experiment)
+        click.echo(f"recorded feedback on {output_id} in {query_log}"
+                   + (" (and on its trace)" if traced else ""))
+        return
     with Store.open(store_path) as store:
         traced = feedback(store, output_id, score=score, thumbs=thumbs, comment=comment,
                           user_id=user_id, track=not no_track, tracking_uri=tracking_uri,
                           experiment=experiment)
     click.echo(f"recorded feedback on {output_id}" + (" (and on its trace)" if traced else ""))
+
+
+def _served_feedback(query_log: Path, output_id: str, *, score: float | None,
+                     thumbs: str | None, comment: str | None, user_id: str | None, track: bool,
+                     tracking_uri: str | None, experiment: str | None) -> bool:
+    """Feedback stored in a served model's query-log file; logged on the answer's trace too
+    (when it has one and ``track``); returns whether it was."""
+    from mlflow_rag.serving_log import feedback_in_file
+
+    kind, value = ("thumbs", 1.0 if thumbs == "up" else 0.0) if thumbs else ("score", score)
+    stored, trace_id = feedback_in_file(query_log, output_id, kind=kind, value=float(value or 0),
+                                        comment=comment, user_id=user_id)
+    if not (track and trace_id):
+        return False
+    from mlflow_rag.genai_tracking import log_trace_feedback
+
+    log_trace_feedback(trace_id, value=(thumbs == "up") if thumbs else stored.value,
+                       comment=stored.comment, user_id=user_id, tracking_uri=tracking_uri,
+                       experiment=experiment)
+    return True

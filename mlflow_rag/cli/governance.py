@@ -8,7 +8,13 @@ from typing import Any
 
 import click
 
-from mlflow_rag.cli.group import TRACKING_URI_HELP, echo_json, main, store_option
+from mlflow_rag.cli.group import (
+    TRACKING_URI_HELP,
+    echo_json,
+    main,
+    query_log_option,
+    store_option,
+)
 
 
 @main.command()
@@ -19,8 +25,9 @@ from mlflow_rag.cli.group import TRACKING_URI_HELP, echo_json, main, store_optio
               help="Also look up the MLflow runs of the ingest runs (tag mlflow_rag.ingest_id) "
                    "on the tracking server.")
 @click.option("--tracking-uri", default=None, help=TRACKING_URI_HELP)
+@query_log_option
 def lineage(item_id: str, store_path: Path | str, as_json: bool, runs: bool,
-            tracking_uri: str | None) -> None:
+            tracking_uri: str | None, query_log: Path | None) -> None:
     """The chain of a document, chunk, logged query or answer (output) ID: source -> document
     versions (and the ingest runs that wrote and replaced them) -> chunks -> embeddings
     (model, version) -> logged queries that retrieved them -> answers that cited them
@@ -31,6 +38,8 @@ def lineage(item_id: str, store_path: Path | str, as_json: bool, runs: bool,
     from mlflow_rag.store.store import Store
 
     with Store.open(store_path, read_only=True) as store:
+        if query_log is not None:
+            store.logs.read_from_file(query_log)
         chain = store.governance.lineage(item_id)
     if runs:
         from mlflow_rag.tracking import runs_of_ingests

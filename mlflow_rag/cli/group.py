@@ -94,6 +94,16 @@ def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def query_log_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--query-log", "query_log", default=None, metavar="FILE",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Read served queries, answers and feedback from this query-log file (a served "
+             "model's MLFLOW_RAG_QUERY_LOG) instead of the store's own log [default: the "
+             "store's].",
+    )(func)
+
+
 def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 

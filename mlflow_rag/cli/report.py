@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from mlflow_rag.cli.group import check_tracking, echo_json, main, store_option, tracking_options
+from mlflow_rag.cli.group import (
+    check_tracking,
+    echo_json,
+    main,
+    query_log_option,
+    store_option,
+    tracking_options,
+)
 
 
 @main.command()
@@ -19,10 +26,11 @@ from mlflow_rag.cli.group import check_tracking, echo_json, main, store_option, 
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1),
               help="Rows of the ranked lists (most retrieved documents, failing queries).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@query_log_option
 @tracking_options
 def report(
     store_path: Path | str, since: str | None, days: float | None, top: int, as_json: bool,
-    tracking_uri: str | None, no_track: bool, experiment: str | None,
+    query_log: Path | None, tracking_uri: str | None, no_track: bool, experiment: str | None,
 ) -> None:
     """Report on the store's use from its query log and answers: query volume per day,
     latency percentiles per stage, tokens and cost, zero-hit rate, most and never retrieved
@@ -40,6 +48,8 @@ def report(
     if not no_track:
         check_tracking(tracking_uri)
     with Store.open(store_path, read_only=True) as store:
+        if query_log is not None:
+            store.logs.read_from_file(query_log)
         result = store.logs.read_monitoring(bound, partial(summarize, since=bound, top=top))
         store_id = store.store_id
     run_id = None
@@ -51,6 +61,6 @@ def report(
     if as_json:
         echo_json({**result, "run_id": run_id})
         return
-    click.echo(render_text(result, location=str(store_path)))
+    click.echo(render_text(result, location=str(query_log or store_path)))
     if run_id:
         click.echo(f"report run {run_id}")

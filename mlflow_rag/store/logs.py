@@ -5,6 +5,7 @@ the monitoring read over all of them (``mlflow-rag report``). The SQL is the bac
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -78,6 +79,16 @@ class StoreLogs:
             return answer_log.write_feedback(self._core.backend, output_id, kind=kind,
                                              value=value, comment=comment, user_id=user_id,
                                              redact=redact)
+
+    def read_from_file(self, path: Path) -> None:
+        """Read the query log, answers and feedback from a served model's query-log file
+        (``MLFLOW_RAG_QUERY_LOG``) instead of the store's own tables, for the rest of this
+        opening (a SQLite store opened read-only)."""
+        from mlflow_rag.store.sqlite.query_log_file import read_log_from
+
+        with self._core.lock:
+            read_log_from(self._core.backend, path, read_only=self._core.read_only,
+                          location=self._core.location)
 
     def read_monitoring(self, since: str, consume: Callable[[MonitoringRows], _T]) -> _T:
         """``consume`` the query log, answers, feedback and per-document retrieval counts
