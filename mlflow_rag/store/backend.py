@@ -282,9 +282,8 @@ class Backend(ABC):
     def hits_by_row_keys(
         self, row_keys: Sequence[tuple[int, int]]
     ) -> dict[int, tuple[Any, ...]]:
-        """chunk row key -> hit row (as :meth:`hits_by_vector_ids`) for (chunk, document) row
-        key pairs, in one query; a pair whose rows are not (still) a chunk and its document
-        has no entry. Only for a backend whose :meth:`chunk_row_keys` returns keys."""
+        """chunk row key -> hit row (as :meth:`hits_by_vector_ids`) of (chunk, document) row
+        key pairs that are (still) a chunk and its document, in one query."""
         raise NotImplementedError(f"{type(self).__name__} has no chunk row keys")
 
     @abstractmethod
