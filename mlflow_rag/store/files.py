@@ -124,6 +124,12 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Readers see the old file or the new one, never a torn write; errors leave the old file
     and raise :class:`StorageError` naming ``path``."""
+    _atomic_write(path, lambda fd: _write_all(fd, data))
+
+
+def _atomic_write(path: Path, fill: Callable[[int], None]) -> None:
+    """``fill(fd)`` writes a temporary file beside ``path``, which is synced, then renamed over
+    ``path``, then its folder synced: the old file or the new one, never a torn write."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -133,7 +139,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         # os-level writes: a buffered file would raise the same error again when closed
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            _write_all(fd, data)
+            fill(fd)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -210,33 +216,18 @@ def atomic_write_stream(
     """:func:`atomic_write_bytes` of what ``produce(write)`` writes, hashed on the way (the
     whole file and each ``block``), without holding the file's bytes in memory: an index is
     written by FAISS straight into it. Same guarantees and errors."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise storage_error(path.parent, exc, action="create") from exc
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                writer = _HashingWriter(fd, block, pool)
-                produce(writer.write)
-                if writer.fill:
-                    writer.emit()  # the last, shorter block
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise storage_error(path, exc) from exc
-        raise
-    try:
-        fsync_dir(path.parent)
-    except OSError as exc:
-        raise storage_error(path, exc, action="sync the folder of") from exc
+    writers: list[_HashingWriter] = []
+
+    def fill(fd: int) -> None:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            writer = _HashingWriter(fd, block, pool)
+            writers.append(writer)
+            produce(writer.write)
+            if writer.fill:
+                writer.emit()  # the last, shorter block
+
+    _atomic_write(path, fill)
+    writer = writers[0]
     return WrittenFile(size=writer.size, sha256=writer.whole.hexdigest(),
                        block_sha256=writer.blocks)
 
