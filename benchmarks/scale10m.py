@@ -107,17 +107,7 @@ def gen(args: argparse.Namespace) -> None:
     queries = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
     np.save(out_dir / "queries.npy", queries)
     start_t = time.perf_counter()
-    best_s = np.full((len(queries), 10), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(queries), 10), dtype=np.int64)
-    for start in range(0, n, BLOCK):
-        stop = min(n, start + BLOCK)
-        s = queries @ read_block(path, start, stop).T
-        top = np.argpartition(-s, 10, axis=1)[:, :10]
-        cand_s = np.concatenate([best_s, np.take_along_axis(s, top, axis=1)], axis=1)
-        cand_i = np.concatenate([best_i, top + start], axis=1)
-        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :10]
-        best_s = np.take_along_axis(cand_s, keep, axis=1)
-        best_i = np.take_along_axis(cand_i, keep, axis=1)
+    best_i = exact_top10(out_dir, queries, n)
     np.save(out_dir / "truth.npy", best_i)
     print(f"exact top-10 of {len(queries)} queries in {time.perf_counter() - start_t:.0f} s; "
           f"peak RSS {peak_rss_mb():.0f} MB; {load()}", flush=True)

@@ -122,11 +122,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_group(proc: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """SIGTERM to the server's process group, SIGKILL if it is not gone after ``timeout``."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextlib.contextmanager
 def model_server(uri: str, tracking_uri: str, cwd: Path, config: dict[str, Any],
                  started: dict[str, float], extra_env: dict[str, str]) -> Iterator[str]:
     """`mlflow models serve` in its own process group, stopped (the group) on exit."""
-    import signal
 
     import httpx
 
@@ -157,14 +170,7 @@ def model_server(uri: str, tracking_uri: str, cwd: Path, config: dict[str, Any],
             time.sleep(0.05)  # polling while the server loads (bounds ready_s's error)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, timeout=10)
         log.close()
 
 
@@ -172,7 +178,6 @@ def model_server(uri: str, tracking_uri: str, cwd: Path, config: dict[str, Any],
 def tracking_server(backend_uri: str, cwd: Path) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1 over the benchmark's SQLite file, as users run one (one
     worker); stopped (its process group) on exit. Yields its URL."""
-    import signal
 
     import httpx
 
@@ -200,14 +205,7 @@ def tracking_server(backend_uri: str, cwd: Path) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, timeout=30)
         log.close()
 
 
