@@ -197,7 +197,7 @@ class DocumentView:
     chunks: tuple[ChunkView, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Hit:
     """One search result, hydrated from SQLite. ``rank`` starts at 1."""
 
@@ -212,6 +212,20 @@ class Hit:
     document_metadata: Mapping[str, Any]
     chunk_metadata: Mapping[str, Any]
     vector_id: int | None = None
+
+    def __init__(
+        self, rank: int, score: float, chunk_id: str, document_id: str, chunk_type: str | None,
+        chunk_index: int, text: str, source_path: str, document_metadata: Mapping[str, Any],
+        chunk_metadata: Mapping[str, Any], vector_id: int | None = None,
+    ) -> None:
+        # One dict update instead of the frozen dataclass's __init__, which sets each field
+        # through object.__setattr__: 2.5 instead of 5 us a hit, ten per search (issue 19).
+        self.__dict__.update(
+            rank=rank, score=score, chunk_id=chunk_id, document_id=document_id,
+            chunk_type=chunk_type, chunk_index=chunk_index, text=text, source_path=source_path,
+            document_metadata=document_metadata, chunk_metadata=chunk_metadata,
+            vector_id=vector_id,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The CLI's ``--json`` shape (contract)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,9 @@ def _joined(store: Store, query: np.ndarray, k: int = 10) -> list[Hit]:
 
 
 def _mapped(store: Store, query: np.ndarray, k: int = 10) -> list[Hit]:
-    store.dense_search(query, model="m", k=k)  # at least a second search: the map is in use
+    for _ in range(2):  # at least a second search: the map is being built, or replayed
+        store.dense_search(query, model="m", k=k)
+    store._core.index_cache.wait_for_hit_maps()  # built off the request path: wait for it
     return store.dense_search(query, model="m", k=k)
 
 
@@ -73,7 +76,9 @@ def test_mapped_hits_equal_joined_hits_through_writes_deletes_and_erasure(
         assert _hit_map(store) is keys and len(keys.vector_ids) == 91
         store.write([make_record("doc9", ["doc 9 rewritten"], vectors=vectors[9][:1])],
                     skip_unchanged=False)
-        _mapped(store, query)
+        # (HNSW cannot remove: the rewrite rebuilt the index, whose scores may differ from
+        # the old graph's in the last bits, so the comparison below is of this state's hits.)
+        hits = _mapped(store, query)
         assert _hit_map(store) is keys and len(keys.vector_ids) == 89  # replayed the deletions
         assert not keys.stale and keys.generation == store.backend.generation()
     assert hits == _joined(store, query)
@@ -143,6 +148,8 @@ def test_a_renumbered_row_is_caught_and_the_map_rebuilt(tmp_path: Path, table: s
     conn.close()
     assert store.dense_search(query, model="m", k=10) == expected  # joined: right rows
     assert stale.stale
+    assert store.dense_search(query, model="m", k=10) == expected  # joined, a rebuild started
+    store._core.index_cache.wait_for_hit_maps()
     assert store.dense_search(query, model="m", k=10) == expected
     rebuilt = _hit_map(store)
     assert rebuilt is not None and rebuilt is not stale and not rebuilt.stale
@@ -194,6 +201,8 @@ def test_cli_search_reflects_ingest_delete_and_forget_and_so_does_an_open_reader
         doc = reader.get_document(document_id)
         vector = reader.backend.vectors_for_chunks(model, [doc.chunks[0].id])[doc.chunks[0].id]
         reader.dense_search(vector, model=model, k=8)
+        reader.dense_search(vector, model=model, k=8)
+        reader._core.index_cache.wait_for_hit_maps()
         return reader.dense_search(vector, model=model, k=8)
 
     tea = cli_hits("tea")[0]
@@ -240,3 +249,93 @@ def test_loading_the_indexes_builds_the_map_a_server_answers_with(tmp_path: Path
     hits = server.dense_search(vectors[2][2], model="m", k=5)
     assert hits[0].chunk_id == "doc2#2" and _hit_map(server) is keys
     server.close()
+
+
+# ------------------------------------------------------------------ the map built off the request path
+
+def _blocked_loads(monkeypatch: pytest.MonkeyPatch, release: threading.Event,
+                   fail: bool = False) -> list[int]:
+    """HitKeys.load that reads the keys in its snapshot, then waits for ``release`` (a long
+    build) or raises (a failed one); returns the generations it was called at."""
+    original = HitKeys.load.__func__  # type: ignore[attr-defined]
+    calls: list[int] = []
+
+    def load(cls: type[HitKeys], backend: object, model_name: str, generation: int) -> object:
+        calls.append(generation)
+        if fail:
+            raise sqlite3.OperationalError("disk I/O error")
+        keys = original(cls, backend, model_name, generation)
+        release.wait(30)
+        return keys
+
+    monkeypatch.setattr(HitKeys, "load", classmethod(load))
+    return calls
+
+
+def test_the_map_is_built_off_the_request_path_and_replays_what_was_written_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second search starts the build and answers by the join without waiting for it
+    (the build is held until the end here); writes and a delete committed while it runs are
+    replayed into the map it hands over, which was read in the build's older snapshot."""
+    store, vectors = _store(str(tmp_path / "store"))
+    query = vectors[6][0]
+    release = threading.Event()
+    calls = _blocked_loads(monkeypatch, release)
+    cache = store._core.index_cache
+    first = store.dense_search(query, model="m", k=10)
+    second = store.dense_search(query, model="m", k=10)  # returns while the build is held
+    assert second == first and first[0].chunk_id == "doc6#0" and _hit_map(store) is None
+    build = cache.map_builds["m"]
+    assert not build.finished.is_set()
+    built_at = store.backend.generation()
+    store.write([make_record("late", ["written during the build"], vectors=query[None, :])])
+    store.delete("doc6")
+    during = store.dense_search(query, model="m", k=10)
+    assert during[0].chunk_id == "late#0" and "doc6" not in {h.document_id for h in during}
+    release.set()
+    cache.wait_for_hit_maps()
+    assert build.keys is not None and build.keys.generation == built_at and calls == [built_at]
+    after = store.dense_search(query, model="m", k=10)
+    keys = _hit_map(store)
+    assert keys is build.keys and keys.generation == store.backend.generation()
+    assert after == during == _joined(store, query)
+    assert len(keys.vector_ids) == 88  # 90 + 1 written - doc6's 3
+    assert store.orphan_hits == 0
+    store.close()
+    assert not build._thread.is_alive()
+
+
+def test_a_map_newer_than_the_search_snapshot_waits_for_the_next_search(tmp_path: Path) -> None:
+    store, vectors = _store(str(tmp_path / "store"))
+    _mapped(store, vectors[0][0])
+    keys = _hit_map(store)
+    assert keys is not None
+    cache = store._core.index_cache
+    with store.backend.read_transaction():
+        assert cache.hit_keys("m", keys.generation - 1) is None  # joins; the map is kept
+        assert cache.hit_keys("m", keys.generation) is keys
+    store.close()
+
+
+def test_a_failed_build_is_logged_the_searches_join_and_it_is_retried_after_a_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, vectors = _store(str(tmp_path / "store"))
+    query = vectors[2][1]
+    release = threading.Event()
+    calls = _blocked_loads(monkeypatch, release, fail=True)
+    cache = store._core.index_cache
+    expected = _joined(store, query)
+    for _ in range(3):
+        assert store.dense_search(query, model="m", k=10) == expected
+        cache.wait_for_hit_maps()
+    assert _hit_map(store) is None and len(calls) == 1  # not retried at the same generation
+    assert "building the hit map of m failed" in caplog.text
+    monkeypatch.undo()
+    store.write([make_record("x", ["one more"], vectors=vectors[0][:1])])
+    store.dense_search(query, model="m", k=10)  # a new generation: built again
+    cache.wait_for_hit_maps()
+    assert store.dense_search(query, model="m", k=10)[0].chunk_id == "doc2#1"
+    assert _hit_map(store) is not None
+    store.close()

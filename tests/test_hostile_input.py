@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zlib
@@ -41,7 +42,7 @@ from mlflow_rag.errors import (
 from mlflow_rag.ingest import ingest
 from mlflow_rag.load import web as web_module
 from mlflow_rag.search import MAX_QUERY_CHARS, Searcher
-from mlflow_rag.store.checks import MAX_K, clean_vectors
+from mlflow_rag.store.checks import MAX_K, clean_query, clean_vectors
 from mlflow_rag.store.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_LIST
 from mlflow_rag.store.sqlite.filter_sql import compile_filter
 from mlflow_rag.store.store import Store
@@ -479,6 +480,26 @@ def test_clean_vectors_returns_unit_float32_rows_or_a_clear_error(array: np.ndar
         # same direction as the input, whatever its scale
         cosine = np.sum(cleaned * (source / np.abs(source).max(axis=1, keepdims=True)), axis=1)
         assert (cosine > 0).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(array=hnp.arrays(dtype=np.float32, shape=st.sampled_from([(5,), (1, 5)]),
+                        elements=st.floats(width=32)))  # NaN, infinities, subnormals, +-3e38
+def test_a_float32_query_is_cleaned_as_clean_vectors_cleans_it_or_refused_alike(
+    array: np.ndarray,
+) -> None:
+    """clean_query's one-dot-product path for float32 queries (issue 19) agrees with
+    clean_vectors: the same unit vector, or the same error."""
+    try:
+        expected = clean_vectors(array, 5)[0]
+    except RagError as exc:
+        with pytest.raises(type(exc), match=re.escape(str(exc).replace("vector", "query vector", 1))):
+            clean_query(array, 5)
+        return
+    cleaned = clean_query(array, 5)
+    assert cleaned.dtype == np.float32 and cleaned.shape == (5,) and cleaned.flags.c_contiguous
+    assert np.allclose(cleaned, expected, rtol=0, atol=1e-6)
+    assert cleaned is not array and not np.shares_memory(cleaned, array)
 
 
 def test_a_multi_row_query_is_refused_not_truncated(vector_store: Store) -> None:

@@ -72,6 +72,13 @@ def test_a_mapped_index_answers_exactly_like_a_private_copy(tmp_path: Path, kind
             assert np.array_equal(index.matrix(), private._core.index_cache.indexes["m"].matrix())
         maps = Path("/proc/self/maps").read_text()
         assert str((tmp_path / "s" / "index" / "m.faiss").resolve()) in maps
+        # The database's pages are read through a map too (issue 19), the private open's not.
+        assert str((tmp_path / "s" / "metadata.db").resolve()) in maps
+        assert _mmap_size(mapped) > 0 and _mmap_size(private) == 0
+
+
+def _mmap_size(store: Store) -> int:
+    return int(store.backend.conn.execute("PRAGMA mmap_size").fetchone()[0])  # type: ignore[attr-defined]
 
 
 def test_scores_of_an_unaligned_matrix_equal_blas_on_an_aligned_copy() -> None:
@@ -100,6 +107,7 @@ def test_a_mapped_index_takes_a_private_copy_for_newer_rows_and_never_writes_the
     before = _file_sha(index_file)
     with Store.open(tmp_path / "s", read_only=True, mmap=True) as reader:
         assert reader.dense_search(vectors[5], k=1)[0].chunk_id == "c5"
+        assert _mmap_size(reader) > 0  # the writer's commits below are read through the map
         assert reader._core.index_cache.indexes["m"].mapped
         extra = np.random.default_rng(9).normal(size=(2, DIM)).astype(np.float32)
         with Store.open(tmp_path / "s") as writer:  # a writer commits while the reader maps

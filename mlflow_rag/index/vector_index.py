@@ -290,7 +290,8 @@ class VectorIndex:
 
     def search(self, query: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> SearchResult:
         """Top-k by inner product; with ``allowed`` (vector ids), exact over just those."""
-        if self.ntotal == 0 or k < 1:
+        ntotal = self.ntotal  # a SWIG attribute: read once
+        if ntotal == 0 or k < 1:
             return SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32))
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
         if allowed is not None:
@@ -303,9 +304,11 @@ class VectorIndex:
             return found
         if self.spec.kind == "hnsw":
             self._set_ef_search(max(self.spec.params["ef_search"], k))
-        distances, labels = one_query(self.index, query, min(k, self.ntotal))
+        distances, labels = one_query(self.index, query, min(k, ntotal))
+        if labels.min() >= 0:  # all k found (an approximate index may find fewer)
+            return SearchResult(labels[0], distances[0])
         keep = labels[0] >= 0
-        return SearchResult(labels[0][keep].astype(np.int64), distances[0][keep])
+        return SearchResult(labels[0][keep], distances[0][keep])
 
     def _set_ef_search(self, ef: int) -> None:
         # The SWIG downcast costs tens of microseconds, a fifth of an HNSW query: set the

@@ -84,8 +84,7 @@ class Backend(ABC):
 
     @abstractmethod
     def allocate_ids(self, count: int) -> int:
-        """Reserve ``count`` ids of the never-reused sequence; returns the first. In a write
-        transaction."""
+        """Reserve ``count`` ids of the never-reused sequence; the first (in a write txn)."""
 
     # ------------------------------------------------------------------ models
 
@@ -108,8 +107,7 @@ class Backend(ABC):
 
     @abstractmethod
     def update_model_fit(self, name: str, *, dimension: int, model_version: str | None) -> None:
-        """A refitted model (tfidf): its new dimension and version (its vectors are replaced
-        too)."""
+        """A refitted model (tfidf): its new dimension and version (its vectors replaced too)."""
 
     @abstractmethod
     def delete_model_vectors(self, model_name: str) -> None:
@@ -212,8 +210,7 @@ class Backend(ABC):
 
     @abstractmethod
     def chunks_with_vectors(self, model_name: str) -> list[tuple[str, str, str]]:
-        """(chunk_id, document_id, text) of every chunk holding a vector of this model, by
-        vector id."""
+        """(chunk_id, document_id, text) of every chunk with this model's vector, by vector id."""
 
     @abstractmethod
     def sample_vectors_with_text(
@@ -232,9 +229,7 @@ class Backend(ABC):
         """The float32 vectors of ``vector_ids``, in that order (each id must exist)."""
 
     @abstractmethod
-    def vectors_for_chunks(
-        self, model_name: str, chunk_ids: Sequence[str]
-    ) -> dict[str, np.ndarray]:
+    def vectors_for_chunks(self, model_name: str, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
         """chunk_id -> the model's vector, for the chunks that have one."""
 
     @abstractmethod
@@ -243,8 +238,7 @@ class Backend(ABC):
 
     @abstractmethod
     def cached_vectors(self, model_name: str, text_hashes: Sequence[str]) -> dict[str, bytes]:
-        """text_hash -> vector bytes for texts this model already embedded (the embedding
-        cache)."""
+        """text_hash -> vector bytes of texts this model embedded before (the embedding cache)."""
 
     @abstractmethod
     def chunks_without_vectors(
@@ -272,16 +266,22 @@ class Backend(ABC):
     def chunk_row_keys(
         self, model_name: str, after_vector_id: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None:
-        """(vector ids, the row keys of each one's chunk and document, its chunk id) of the
-        model's vectors with id > ``after_vector_id``, in any order; or None when this backend
-        has no row keys cheaper to look up than the vector id (hits are then hydrated by
-        :meth:`hits_by_vector_ids`). A row key may change without a new generation (SQLite's
-        VACUUM may renumber rowids): callers check each row's chunk id."""
+        """(vector ids, their chunks' and documents' row keys, their chunk ids) of the model's
+        vectors with id > ``after_vector_id``; None when this backend has no row keys (hits
+        are joined by vector id). A row key may change without a new generation (VACUUM may
+        renumber rowids): callers check each row's chunk id."""
         return None
 
-    def hits_by_row_keys(
-        self, row_keys: Sequence[tuple[int, int]]
-    ) -> dict[int, tuple[Any, ...]]:
+    def row_key_reader(self) -> Backend | None:
+        """A new read-only connection to this database, for another thread to read
+        :meth:`chunk_row_keys` off the request path (closed by it); None without row keys."""
+        return None
+
+    def interrupt(self) -> None:
+        """Stop the statement a :meth:`row_key_reader` runs (called from another thread)."""
+        raise NotImplementedError(f"{type(self).__name__} has no row key reader")
+
+    def hits_by_row_keys(self, row_keys: Sequence[tuple[int, int]]) -> dict[int, tuple[Any, ...]]:
         """chunk row key -> hit row (as :meth:`hits_by_vector_ids`) of (chunk, document) row
         key pairs that are (still) a chunk and its document, in one query."""
         raise NotImplementedError(f"{type(self).__name__} has no chunk row keys")

@@ -14,10 +14,17 @@ change without a new generation (SQLite's VACUUM may renumber rowids), so the ma
 a hash of each vector's chunk id, and a row whose chunk id does not hash to it marks the map
 stale: that search hydrates by the join instead, and the map is rebuilt on the next one.
 Memory: four int64 arrays, 32 bytes per vector (32 MB at 1M vectors).
+
+Building a map reads every vector's keys (4.3 s at 1M on a busy machine), so it is never
+done inside a search: :class:`MapBuild` builds it on a thread of its own, over a read-only
+connection of its own and in that connection's snapshot, while searches join; the map it
+hands over is stamped with that snapshot's generation and replays from there like any other.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +32,7 @@ import numpy as np
 
 from mlflow_rag.store.backend import Backend
 
+log = logging.getLogger("mlflow_rag.store")
 Row = tuple[Any, ...]
 
 
@@ -92,11 +100,11 @@ class HitKeys:
         None when the map cannot answer for all of them (the caller joins instead)."""
         if not vector_ids:
             return {}
-        wanted = np.asarray(vector_ids, dtype=np.int64)
-        at = np.searchsorted(self.vector_ids, wanted)
-        if bool((at >= len(self.vector_ids)).any()) or bool(
-            (self.vector_ids[np.minimum(at, len(self.vector_ids) - 1)] != wanted).any()
-        ):
+        if not len(self.vector_ids):
+            return None
+        wanted = np.array(vector_ids, dtype=np.int64)
+        at = self.vector_ids.searchsorted(wanted)
+        if not np.array_equal(self.vector_ids.take(at, mode="clip"), wanted):
             return None  # not a vector of this map's generation: never expected
         keys = self.row_keys[at].tolist()
         checks = self.checks[at].tolist()
@@ -115,3 +123,53 @@ class HitKeys:
               checks: np.ndarray) -> None:
         self.vector_ids, self.row_keys, self.document_keys, self.checks = (
             vector_ids, row_keys, document_keys, checks)
+
+
+class MapBuild:
+    """One model's :class:`HitKeys` built on a daemon thread over ``reader`` (a read-only
+    connection of its own, closed here), in one snapshot of it. ``started_at``: the
+    generation of the search that asked, so a failed build is retried only once the store
+    moves (a failure is logged; searches join meanwhile)."""
+
+    def __init__(self, reader: Backend, model_name: str, started_at: int) -> None:
+        self.reader = reader
+        self.model_name = model_name
+        self.started_at = started_at
+        self.keys: HitKeys | None = None
+        self.failed = False
+        self.finished = threading.Event()
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._run, name=f"mlflow-rag hit map {model_name}",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def lost(self) -> bool:
+        """The thread ended without finishing (the process forked after it started)."""
+        return not self.finished.is_set() and not self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            if not self._cancelled:
+                with self.reader.read_transaction():
+                    generation = self.reader.generation()
+                    self.keys = HitKeys.load(self.reader, self.model_name, generation)
+        except Exception as exc:  # the searches join instead; nothing is lost
+            self.failed = True
+            if not self._cancelled:
+                log.warning("building the hit map of %s failed (searches join instead): %s",
+                            self.model_name, exc)
+        finally:
+            self.reader.close()
+            self.finished.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the build to end (tests, benchmarks); True if it did."""
+        return self.finished.wait(timeout)
+
+    def cancel(self) -> None:
+        """Stop the build (its statement is interrupted) and wait for its thread."""
+        self._cancelled = True
+        self.reader.interrupt()
+        if self._thread is not threading.current_thread():
+            self._thread.join()

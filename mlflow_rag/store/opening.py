@@ -36,11 +36,11 @@ def is_database_location(path: str | Path) -> bool:
     return isinstance(path, str) and is_location(path)
 
 
-def open_backend(root: Path, *, read_only: bool, immutable: bool) -> Backend:
+def open_backend(root: Path, *, read_only: bool, immutable: bool, mmap: bool = False) -> Backend:
     """The store's database in the folder ``root``, checked (read-only) or migrated."""
     from mlflow_rag.store.sqlite.backend import SqliteBackend
 
-    return SqliteBackend.open(root, read_only=read_only, immutable=immutable)
+    return SqliteBackend.open(root, read_only=read_only, immutable=immutable, mmap=mmap)
 
 
 def open_database(location: str, *, create: bool, read_only: bool) -> tuple[Path, Backend, str]:

@@ -144,7 +144,7 @@ class Store(StoreWrites):
         root = Path(path)
         opening.check_exists(root, create=create and not (read_only or immutable))
         verified = bundle.verify_bundle(root) if verify_files else {}
-        backend = opening.open_backend(root, read_only=read_only, immutable=immutable)
+        backend = opening.open_backend(root, read_only=read_only, immutable=immutable, mmap=mmap)
         with opening.closed_on_failure(backend):
             store = cls(root, backend, read_only=read_only, immutable=immutable, mmap=mmap,
                         verified_files=verified)

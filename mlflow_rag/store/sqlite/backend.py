@@ -45,15 +45,20 @@ CHECKPOINT_WAIT_MS = 2_000
 class SqliteBackend(SqliteAnswers, SqliteGovernance, SqliteMonitoring, SqliteVectors, Backend):
     """A store's database in one SQLite file (``metadata.db`` in the store's folder)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, immutable: bool = False) -> None:
         self._conn: sqlite3.Connection | None = conn
         self.path = path
+        self.immutable = immutable
 
     @classmethod
-    def open(cls, root: Path, *, read_only: bool, immutable: bool) -> SqliteBackend:
-        """Connect to the store's database, checked (read-only) or migrated (writable)."""
+    def open(cls, root: Path, *, read_only: bool, immutable: bool, mmap: bool = False
+             ) -> SqliteBackend:
+        """Connect to the store's database, checked (read-only) or migrated (writable).
+        ``mmap`` (read-only or immutable only): read its pages through a memory map
+        (:func:`~mlflow_rag.store.sqlite.connection.connect`)."""
         db_path = root / layout.DB_FILE
-        conn = connection.connect(db_path, read_only=read_only, immutable=immutable)
+        conn = connection.connect(db_path, read_only=read_only, immutable=immutable,
+                                  mmap=mmap and (read_only or immutable))
         with connection.closed_on_failure(conn, db_path):
             if read_only or immutable:
                 if not connection.is_store_database(conn):
@@ -66,7 +71,16 @@ class SqliteBackend(SqliteAnswers, SqliteGovernance, SqliteMonitoring, SqliteVec
                     connection.migrate(conn, db_path)
             else:
                 connection.migrate(conn, db_path)
-        return cls(conn, db_path)
+        return cls(conn, db_path, immutable=immutable)
+
+    def row_key_reader(self) -> SqliteBackend:
+        return SqliteBackend(connection.connect(self.path, read_only=True, immutable=self.immutable),
+                             self.path, immutable=self.immutable)
+
+    def interrupt(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.ProgrammingError):  # closed meanwhile
+                self._conn.interrupt()
 
     @classmethod
     def create_file(cls, path: Path) -> SqliteBackend:

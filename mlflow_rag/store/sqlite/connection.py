@@ -23,6 +23,9 @@ from mlflow_rag.store.tables import STORE_FORMAT, new_id, utc_now
 BUSY_TIMEOUT_MS = 30_000
 PAGE_SIZE = 16_384  # bytes, for new files only (configure_writer)
 WRITER_CACHE_KIB = 65_536
+# A reader's memory map (mmap opens): SQLite caps it at its build's SQLITE_MAX_MMAP_SIZE
+# (2 GB in CPython's builds), and reads the pages beyond through read() as before.
+MMAP_BYTES = 1 << 40
 # store_meta key: set once every free page of the file is known to hold zeros (a new store, or
 # after one VACUUM of a store written before secure_delete was turned on).
 FREE_PAGES_ZEROED = "free_pages_zeroed"
@@ -31,8 +34,16 @@ FREE_PAGES_ZEROED = "free_pages_zeroed"
 # --------------------------------------------------------------------------- connections
 
 
-def connect(path: Path, *, read_only: bool = False, immutable: bool = False) -> sqlite3.Connection:
-    """Open ``path``. Read-only connections never create or change the file."""
+def connect(
+    path: Path, *, read_only: bool = False, immutable: bool = False, mmap: bool = False,
+) -> sqlite3.Connection:
+    """Open ``path``. Read-only connections never create or change the file.
+
+    ``mmap``: read pages through a memory map of the file instead of a read() per page into
+    the connection's 2 MiB cache; a dense search's hits are two page reads each of 16 KiB
+    (benchmarks/RESULTS.md, "ann20"). Only for the opens that already map their index
+    files (``Store.open(..., mmap=True)``): an I/O error under a mapped page ends the
+    process with SIGBUS instead of raising a StorageError (docs/reliability.md, Limits)."""
     if read_only or immutable:
         flags = "mode=ro&immutable=1" if immutable else "mode=ro"
         conn = sqlite3.connect(
@@ -43,6 +54,8 @@ def connect(path: Path, *, read_only: bool = False, immutable: bool = False) -> 
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
+    if mmap:
+        conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
     return conn
 
 
