@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -339,3 +340,34 @@ def test_a_failed_build_is_logged_the_searches_join_and_it_is_retried_after_a_wr
     assert store.dense_search(query, model="m", k=10)[0].chunk_id == "doc2#1"
     assert _hit_map(store) is not None
     store.close()
+
+
+def test_closing_the_store_interrupts_a_running_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A build still reading when the store closes is interrupted (its statement stops), its
+    thread ends and its connection closes; a cancelled build is not logged as a failure."""
+    store, vectors = _store(str(tmp_path / "store"))
+    started = threading.Event()
+    errors: list[str] = []
+
+    def load(cls: type[HitKeys], backend: object, model_name: str, generation: int) -> object:
+        started.set()
+        try:  # a statement of many seconds, standing for the keys of a large store
+            backend.conn.execute(  # type: ignore[attr-defined]
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                "WHERE i < 300000000) SELECT count(*) FROM n").fetchone()
+        except sqlite3.OperationalError as exc:
+            errors.append(str(exc))
+            raise
+        raise AssertionError("the statement ran to its end")
+
+    monkeypatch.setattr(HitKeys, "load", classmethod(load))
+    for _ in range(2):
+        store.dense_search(vectors[1][1], model="m", k=5)
+    build = store._core.index_cache.map_builds["m"]
+    assert started.wait(30)
+    time.sleep(0.3)  # the statement is running
+    store.close()
+    assert not build._thread.is_alive() and build.failed and errors == ["interrupted"]
+    assert "building the hit map" not in caplog.text
