@@ -3,7 +3,8 @@
     python benchmarks/serving.py [--n 100000] [--queries 200] [--reps 3] [--mmap both|on|off]
                                  [--embedder tfidf|minilm]
                                  [--trace on,sync,sampled,off,single,server,otlp]
-                                 [--sampling-ratio 0.1]
+                                 [--sampling-ratio 0.1] [--tracking-workers 1]
+                                 [--otlp-timeout SECONDS] [--keep DIR]
 
 Builds a store of ``n`` chunks (~500 bytes of text each) with precomputed clustered vectors,
 and a TF-IDF/LSA query embedder of the same dimension fitted on a small synthetic corpus (no
