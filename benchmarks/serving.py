@@ -3,7 +3,8 @@
     python benchmarks/serving.py [--n 100000] [--queries 200] [--reps 3] [--mmap both|on|off]
                                  [--embedder tfidf|minilm]
                                  [--trace on,sync,sampled,off,single,server,otlp]
-                                 [--sampling-ratio 0.1]
+                                 [--sampling-ratio 0.1] [--tracking-workers 1]
+                                 [--otlp-timeout SECONDS] [--keep DIR]
 
 Builds a store of ``n`` chunks (~500 bytes of text each) with precomputed clustered vectors,
 and a TF-IDF/LSA query embedder of the same dimension fitted on a small synthetic corpus (no
@@ -81,7 +82,8 @@ SERVER_SETTINGS = ("server", "otlp")
 TRACE_VARIABLES = sorted({name for env in TRACE_SETTINGS.values() for name in env}
                          | {"MLFLOW_TRACKING_URI", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                            "OTEL_EXPORTER_OTLP_TRACES_HEADERS"})
+                            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"})
 
 
 def synthetic_corpus(count: int, *, vocabulary: int = 3000, words: int = 80,
@@ -175,9 +177,9 @@ def model_server(uri: str, tracking_uri: str, cwd: Path, config: dict[str, Any],
 
 
 @contextlib.contextmanager
-def tracking_server(backend_uri: str, cwd: Path) -> Iterator[str]:
+def tracking_server(backend_uri: str, cwd: Path, *, workers: int = 1) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1 over the benchmark's SQLite file, as users run one (one
-    worker); stopped (its process group) on exit. Yields its URL."""
+    worker by default); stopped (its process group) on exit. Yields its URL."""
 
     import httpx
 
@@ -187,7 +189,7 @@ def tracking_server(backend_uri: str, cwd: Path) -> Iterator[str]:
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+         "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)],
         cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -209,14 +211,17 @@ def tracking_server(backend_uri: str, cwd: Path) -> Iterator[str]:
         log.close()
 
 
-def server_settings(url: str) -> None:
-    """The environments of the settings that export to the tracking server at ``url``."""
+def server_settings(url: str, *, otlp_timeout: float | None = None) -> None:
+    """The environments of the settings that export to the tracking server at ``url``;
+    ``otlp_timeout``: OpenTelemetry's export timeout in seconds (its default: 10)."""
     TRACE_SETTINGS["server"] = {"MLFLOW_TRACKING_URI": url}
     TRACE_SETTINGS["otlp"] = {
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{url}/v1/traces",
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
         # The experiment the tracking server files the spans under (the default one).
         "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-mlflow-experiment-id=0"}
+    if otlp_timeout is not None:
+        TRACE_SETTINGS["otlp"]["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"] = str(otlp_timeout)
 
 
 def count_traces(db: Path) -> int:
@@ -358,6 +363,14 @@ def main() -> None:
                         help=f"comma-separated tracing settings from {list(TRACE_SETTINGS)}")
     parser.add_argument("--sampling-ratio", type=float, default=0.1,
                         help="MLFLOW_TRACE_SAMPLING_RATIO of the 'sampled' setting")
+    parser.add_argument("--tracking-workers", type=int, default=1,
+                        help="workers of the tracking server (the server and otlp settings)")
+    parser.add_argument("--otlp-timeout", type=float, default=None,
+                        help="OTEL_EXPORTER_OTLP_TRACES_TIMEOUT of the otlp setting, seconds "
+                             "(unset: OpenTelemetry's 10)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="work in this (new) folder and keep it: the servers' logs, the "
+                             "tracking store")
     args = parser.parse_args()
     settings = {"both": [True, False], "on": [True], "off": [False]}[args.mmap]
     traces = [t.strip() for t in args.trace.split(",") if t.strip()]
@@ -367,15 +380,21 @@ def main() -> None:
     TRACE_SETTINGS["sampled"] = {"MLFLOW_TRACE_SAMPLING_RATIO": str(args.sampling_ratio)}
     if "otlp" in traces:
         try:
-            import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+            # the exporter module itself: MLflow traces nothing (silently) when it cannot be
+            # imported, e.g. a dependency of it missing (812 of 812 traces lost that way)
+            import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
         except ImportError:
             parser.error("--trace otlp needs opentelemetry-exporter-otlp-proto-http "
                          "(pip install opentelemetry-exporter-otlp-proto-http)")
     from mlflow_rag.tracking import log_model
 
     # Traces of the last requests may still be exporting when the folder goes.
-    with tempfile.TemporaryDirectory(prefix="mlflow-rag-serving-", ignore_cleanup_errors=True) as tmp:
-        workdir = Path(tmp)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)
+    with (contextlib.nullcontext(str(args.keep)) if args.keep is not None else
+          tempfile.TemporaryDirectory(prefix="mlflow-rag-serving-", ignore_cleanup_errors=True)
+          ) as tmp:
+        workdir = Path(tmp).resolve()
         start = time.perf_counter()
         dim = build_store(workdir / "store", args.n, args.dim, embedder_name=args.embedder)
         print(f"store: {args.n:,} chunks x {dim}, built in {time.perf_counter() - start:.0f} s")
@@ -391,11 +410,11 @@ def main() -> None:
             vocabulary = [f"w{j}" for j in range(300)]
             queries = [" ".join(rng.choice(vocabulary, size=6)) for _ in range(args.queries)]
             summary: dict[str, float] = {}
-            server = (tracking_server(tracking_uri, workdir)
+            server = (tracking_server(tracking_uri, workdir, workers=args.tracking_workers)
                       if set(traces) & set(SERVER_SETTINGS) else contextlib.nullcontext(""))
             with server as url:  # up until every setting's traces are counted
                 if url:
-                    server_settings(url)
+                    server_settings(url, otlp_timeout=args.otlp_timeout)
                 for mmap in settings:
                     results: dict[str, dict[str, float]] = {}
                     for trace in traces:

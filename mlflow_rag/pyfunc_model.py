@@ -137,12 +137,15 @@ class RetrieverModel(PythonModel):
                                       require_principal=retriever.require_principal)
         except RagError as exc:
             raise bad_request(str(exc), queries) from None
+        if len(searches) == 1:  # the common request: one span, not a CHAIN around one
+            return self._predict_one(retriever, queries[0], searches[0], output)
         results: list[list[Hit]] = []
         with self._span("predict", "CHAIN") as root:
             # Sampled out (MLFLOW_TRACE_SAMPLING_RATIO) or off: no child spans, no payloads.
             tracing = _recording(root)
             if tracing:
-                self._describe(root, retriever, queries, searches[0], output)
+                root.set_inputs(self._request_inputs(retriever, queries, searches[0], output))
+                root.set_attributes(self._attributes(retriever))
             for index, (query, search) in enumerate(zip(queries, searches, strict=True)):
                 with (self._span("retrieve", "RETRIEVER") if tracing
                       else contextlib.nullcontext(_NoSpan())) as span:
@@ -157,20 +160,40 @@ class RetrieverModel(PythonModel):
                 root.set_outputs({"hits": sum(len(hits) for hits in results)})
         return frame
 
-    def _describe(self, root: Any, retriever: Retriever, queries: Sequence[str],
-                  first: SearchRequest, output: str) -> None:
-        """The root span's inputs and attributes: the params of the first query (per-row
-        columns may change them for others); the queries themselves only with ``text``."""
-        text = self.trace == "text"
-        request = _traced_request(first, text=text)
+    def _predict_one(self, retriever: Retriever, query: str, search: SearchRequest,
+                     output: str) -> pd.DataFrame:
+        """A one-query request: its trace is a single RETRIEVER span ``retrieve``, the span
+        a query of a larger request gets, with the request's attributes. MLflow's cost is per
+        span (start, end, attribute JSON, export, a row in the tracking store): a CHAIN span
+        around one retrieve span doubled it for the request most clients send."""
+        with self._span("retrieve", "RETRIEVER") as span:
+            tracing = _recording(span)
+            if tracing:
+                span.set_inputs(self._query_inputs(retriever, 0, query, search))
+                span.set_attributes({**self._attributes(retriever), "mlflow_rag.output": output})
+            hits = self._search(retriever, search, [query])
+            if tracing:
+                span.set_outputs(_documents(hits, text=self.trace == "text"))
+            return response_frame([hits], output=output)
+
+    def _request_inputs(self, retriever: Retriever, queries: Sequence[str],
+                        first: SearchRequest, output: str) -> dict[str, Any]:
+        """The root span's inputs: the params of the first query (per-row columns may change
+        them for others); the queries themselves only with ``text``."""
+        request = _traced_request(first, text=self.trace == "text")
+        if self.trace != "text":
+            return {"queries": len(queries), **request, "output": output}
         redact = retriever.redact or (lambda query: query)
-        root.set_inputs({"query": [redact(q) for q in queries], **request, "output": output}
-                        if text else {"queries": len(queries), **request, "output": output})
-        root.set_attributes({"mlflow_rag.store_id": retriever.store.store_id,
-                             "mlflow_rag.bundle_generation": _generation(retriever),
-                             "mlflow_rag.trace": self.trace})
+        return {"query": [redact(q) for q in queries], **request, "output": output}
+
+    def _attributes(self, retriever: Retriever) -> dict[str, Any]:
+        """What every request's trace carries on its root span."""
+        attributes: dict[str, Any] = {"mlflow_rag.store_id": retriever.store.store_id,
+                                      "mlflow_rag.bundle_generation": _generation(retriever),
+                                      "mlflow_rag.trace": self.trace}
         if retriever.query_log is not None:  # queries the log could not keep (its queue full)
-            root.set_attributes({"mlflow_rag.query_log_dropped": retriever.query_log.dropped})
+            attributes["mlflow_rag.query_log_dropped"] = retriever.query_log.dropped
+        return attributes
 
     def _query_inputs(self, retriever: Retriever, index: int, query: str,
                       search: SearchRequest) -> dict[str, Any]:
@@ -388,6 +411,7 @@ def warm_up_serving(*, trace: bool) -> None:
     steps: list[tuple[str, Callable[[], None]]] = [("response encoding", _warm_up_response)]
     if trace:
         steps.insert(0, ("tracing", _warm_up_tracing))
+        check_otlp_exporter()
     for name, step in steps:
         try:
             step()
@@ -408,6 +432,28 @@ def _warm_up_tracing() -> None:
     _ = TracingClient(mlflow.get_tracking_uri()).store
     is_in_databricks_notebook()  # asked by the exporter; the answer imports IPython
     resolve_env_metadata()  # cached per process; imports git
+
+
+def check_otlp_exporter() -> bool:
+    """Whether MLflow can build the OTLP exporter ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` asks
+    for (True when none is asked for); the server log says so when it cannot.
+
+    MLflow builds it on the first span and, when that fails (the exporter package, or one of
+    its own dependencies, missing), sets up a tracer that records nothing and says so only at
+    debug level: every request of the server's life untraced (benchmarks/serving.py counted
+    812 of 812 traces lost that way)."""
+    from mlflow.tracing.utils.otlp import get_otlp_exporter, should_use_otlp_exporter
+
+    if not should_use_otlp_exporter():
+        return True
+    try:
+        get_otlp_exporter()
+    except Exception as exc:
+        log.error("tracing is on but MLflow cannot build its OTLP exporter, so this server "
+                  "will record no trace: %s (pip install 'mlflow-rag[otlp]')",
+                  str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return False
+    return True
 
 
 def _warm_up_response() -> None:

@@ -335,8 +335,13 @@ def test_by_default_traces_hold_ids_and_scores_but_no_query_or_chunk_text(champi
     dumped = json.dumps(trace.to_dict(), default=str)
     assert "zebraquartz" not in dumped and "Japan" not in dumped
     assert "brewed" not in dumped and "Sencha" not in dumped and "/data/tea.md" not in dumped
-    (span,) = [s for s in trace.data.spans if s.span_type == "RETRIEVER"]
+    # a one-query request is one span: the retrieve span, with the request's attributes
+    (span,) = trace.data.spans
+    assert (span.name, span.span_type, span.parent_id) == ("retrieve", "RETRIEVER", None)
     assert span.inputs == {"query_index": 0, "k": 2, "mode": "hybrid", "filtered": True}
+    assert span.attributes["mlflow_rag.trace"] == "ids"
+    assert span.attributes["mlflow_rag.output"] == "rows"
+    assert span.attributes["mlflow_rag.store_id"]
     assert [d["metadata"]["document_id"] for d in span.outputs] == ["tea", "tea"]
 
 

@@ -103,7 +103,29 @@ def test_mlflow_trace_sampling_ratio_is_honoured_and_sampled_out_requests_answer
     assert last != traced_id
     trace = mlflow.get_trace(last, flush=True)
     assert trace is not None
-    assert [s.span_type for s in trace.data.spans].count("RETRIEVER") == 2  # one per query
+    # two queries: a CHAIN span of the request around one RETRIEVER span per query
+    assert sorted((s.name, s.span_type) for s in trace.data.spans) == [
+        ("predict", "CHAIN"), ("retrieve", "RETRIEVER"), ("retrieve", "RETRIEVER")]
+    (root,) = [s for s in trace.data.spans if s.parent_id is None]
+    assert root.inputs == {"queries": 2, "k": 2, "mode": "hybrid", "filtered": False,
+                           "output": "rows"}
+    assert root.attributes["mlflow_rag.trace"] == "ids"
+
+
+def test_an_otlp_exporter_mlflow_cannot_build_is_an_error_in_the_log_at_load(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """MLflow, unable to build the exporter, traces nothing and says so at debug level only."""
+    from mlflow_rag.pyfunc_model import check_otlp_exporter
+
+    assert check_otlp_exporter()  # no OTLP endpoint: nothing to build
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9/v1/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "carrier-pigeon")
+    with caplog.at_level("ERROR", logger="mlflow_rag.pyfunc_model"):
+        assert not check_otlp_exporter()
+    (record,) = caplog.records
+    assert "will record no trace" in record.getMessage()
+    assert "carrier-pigeon" in record.getMessage()
 
 
 @pytest.mark.slow
@@ -181,6 +203,47 @@ def test_traces_still_queued_when_the_server_stops_are_exported_at_its_shutdown(
             assert time.monotonic() < deadline, serve_log.read_text(errors="replace")[-2000:]
             time.sleep(0.2)
     _wait_for_traces(uri, experiment, count=requests)
-    assert len(_traces(uri, experiment)) == requests
+    traces = _traces(uri, experiment)
+    assert len(traces) == requests
+    # a one-query request: one span per trace, the retrieve span
+    assert {tuple(s.name for s in t.data.spans) for t in traces} == {("retrieve",)}
     with sqlite3.connect(log_path) as db:
         assert db.execute("SELECT count(*) FROM queries").fetchone()[0] == requests
+
+
+@pytest.mark.slow
+def test_every_served_request_is_traced_over_otlp_to_a_tracking_server(
+    logged: tuple[Path, str], tmp_path: Path,
+) -> None:
+    """The recommended setting for every request traced (docs/serving.md, Tracing): spans
+    exported over OTLP to the tracking server's /v1/traces; each request's trace is stored."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    root, uri = logged
+    experiment = mlflow.MlflowClient(uri).create_experiment("served-over-otlp")
+    tracking_port, port, requests = free_port(), free_port(), 20
+    tracking = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+                "--host", "127.0.0.1", "--port", str(tracking_port), "--workers", "1"]
+    serve = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/rag@champion",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
+    otlp = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{tracking_port}/v1/traces",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": f"x-mlflow-experiment-id={experiment}"}
+    with server_process(tracking, health_url=f"http://127.0.0.1:{tracking_port}/health",
+                        log_path=tmp_path / "tracking.log", cwd=root, env=subprocess_env(),
+                        timeout=300):
+        with server_process(serve, health_url=f"http://127.0.0.1:{port}/ping",
+                            log_path=tmp_path / "serve.log", cwd=root,
+                            env=subprocess_env(MLFLOW_TRACKING_URI=uri, **otlp)) as proc:
+            for i in range(requests):
+                body = {"dataframe_split": {"columns": ["query"],
+                                            "data": [[f"green tea brewing {i}"]]},
+                        "params": PARAMS}
+                status, answer = post_json(f"http://127.0.0.1:{port}/invocations", body)
+                assert status == 200, answer
+            os.killpg(proc.pid, signal.SIGTERM)  # the shutdown flush exports the last batch
+            proc.wait(60)
+        _wait_for_traces(uri, experiment, count=requests)
+    traces = _traces(uri, experiment)
+    assert len(traces) == requests
+    assert {tuple(s.name for s in t.data.spans) for t in traces} == {("retrieve",)}
+    assert "cannot build its OTLP exporter" not in (tmp_path / "serve.log").read_text()
