@@ -12,7 +12,7 @@ import gc
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -78,53 +78,23 @@ def write_documents(
         # Rows for every table are collected first and inserted with one executemany
         # each: per-document statements cost more than the inserts themselves.
         backend.delete_chunks_of(replaced)
-        doc_rows = [
-            (record.id, record.source_path, record.source_type, record.content_hash,
-             metadata, record.raw_text)
-            for record, metadata, _ in todo
-        ]
-        backend.upsert_documents(doc_rows, now=now)
-        backend.replace_document_fields(
-            replaced,
-            [(record.id, key, value) for record, _, _ in todo
-             for key, value in metadata_fields(record.metadata, skip=(PII_KEY,))],
-        )
-        chunks = [(record.id, c) for record, _, _ in todo for c in record.chunks]
-        first = backend.allocate_ids(len(chunks))
-        backend.insert_chunks(
-            (
-                (c.id, doc_id, c.chunk_index, c.chunk_type, c.text, c.start_char, c.end_char,
-                 c.token_count, codec.metadata_json(c.metadata), c.text_hash, first + i)
-                for i, (doc_id, c) in enumerate(chunks)
-            ),
-        )
-        backend.insert_chunk_fields(
-            ((c.id, key, value) for _, c in chunks for key, value in metadata_fields(c.metadata)),
-        )
+        n_chunks = sum(len(record.chunks) for record, _, _ in todo)
+        first = backend.allocate_ids(n_chunks)
         n_vectors = sum(len(record.chunks) * len(vectors) for record, _, vectors in todo)
-        embedding_rows: list[tuple[Any, ...]] = []
-        added: dict[str, tuple[list[int], list[np.ndarray]]] = {}
         first_vector = backend.allocate_ids(n_vectors)
-        for record, _, vectors in todo:
-            for model_name, version, matrix, per_chunk in vectors:
-                dim = matrix.shape[1]
-                model_ids, blocks = added.setdefault(model_name, ([], []))
-                model_ids.extend(range(first_vector + len(embedding_rows),
-                                 first_vector + len(embedding_rows) + len(record.chunks)))
-                blocks.append(matrix)
-                for i, c in enumerate(record.chunks):
-                    embedding_rows.append((
-                        f"{c.id}:{model_name}", c.id, model_name, version, dim,
-                        matrix[i].tobytes(), now, per_chunk[i] if per_chunk else "{}",
-                        first_vector + len(embedding_rows),
-                    ))
+        rows = _rows_of(todo, first_chunk=first, first_vector=first_vector, now=now)
+        backend.upsert_documents(rows.documents, now=now)
+        backend.replace_document_fields(replaced, rows.document_fields)
+        backend.insert_chunks(rows.chunks)
+        backend.insert_chunk_fields(rows.chunk_fields)
+        added = rows.added
         # Models this write starts: their whole index is what this write adds.
         fresh = {name for name in added
                  if not has_index(name) and not backend.has_vectors(name)}
-        backend.insert_embeddings(embedding_rows)
+        backend.insert_embeddings(rows.embeddings)
         if carried:
-            kept = [(c.id, row) for doc_id, c in chunks
-                    for row in carried.get((doc_id, c.text_hash), ())]
+            kept = [(c.id, row) for record, _, _ in todo for c in record.chunks
+                    for row in carried.get((record.id, c.text_hash), ())]
             first_kept = backend.allocate_ids(len(kept))
             backend.insert_embeddings((
                 (f"{chunk_id}:{model_name}", chunk_id, model_name, version, dim, blob, now,
@@ -134,32 +104,90 @@ def write_documents(
     return Written(
         report=WriteReport(
             new=len(todo) - len(replaced), updated=len(replaced),
-            unchanged=len(prepared) - len(todo), chunks=len(chunks), vectors=n_vectors,
+            unchanged=len(prepared) - len(todo), chunks=n_chunks, vectors=n_vectors,
             generation=generation, deleted=deleted,
         ),
         added=added, fresh=fresh,
     )
 
 
+@dataclass
+class _Rows:
+    """A write's rows for each table, in the column order of the backend's insert methods."""
+
+    documents: list[tuple[Any, ...]] = field(default_factory=list)
+    document_fields: list[tuple[str, str, Any]] = field(default_factory=list)
+    chunks: list[tuple[Any, ...]] = field(default_factory=list)
+    chunk_fields: list[tuple[str, str, Any]] = field(default_factory=list)
+    embeddings: list[tuple[Any, ...]] = field(default_factory=list)
+    added: dict[str, tuple[list[int], list[np.ndarray]]] = field(default_factory=dict)
+
+
+def _rows_of(todo: Sequence[Prepared], *, first_chunk: int, first_vector: int, now: str) -> _Rows:
+    """Every row of a write in one pass over its documents: chunks take ids from
+    ``first_chunk`` and vectors from ``first_vector`` in document, model, chunk order.
+    Empty metadata (most chunks) is neither encoded nor flattened: its JSON is ``{}`` and it
+    has no field rows."""
+    rows = _Rows()
+    next_chunk, next_vector = first_chunk, first_vector
+    for record, metadata, vectors in todo:
+        doc_id = record.id
+        rows.documents.append((doc_id, record.source_path, record.source_type,
+                               record.content_hash, metadata, record.raw_text))
+        if record.metadata:
+            rows.document_fields.extend(
+                [(doc_id, key, value)
+                 for key, value in metadata_fields(record.metadata, skip=(PII_KEY,))])
+        chunks = record.chunks
+        for c in chunks:
+            meta = c.metadata
+            rows.chunks.append((c.id, doc_id, c.chunk_index, c.chunk_type, c.text, c.start_char,
+                                c.end_char, c.token_count,
+                                codec.metadata_json(meta) if meta else "{}", c.text_hash,
+                                next_chunk))
+            next_chunk += 1
+            if meta:
+                rows.chunk_fields.extend([(c.id, key, value)
+                                          for key, value in metadata_fields(meta)])
+        for model_name, version, matrix, per_chunk in vectors:
+            dim = matrix.shape[1]
+            model_ids, blocks = rows.added.setdefault(model_name, ([], []))
+            model_ids.extend(range(next_vector, next_vector + len(chunks)))
+            blocks.append(matrix)
+            for i, c in enumerate(chunks):
+                rows.embeddings.append((
+                    f"{c.id}:{model_name}", c.id, model_name, version, dim, matrix[i].tobytes(),
+                    now, per_chunk[i] if per_chunk else "{}", next_vector + i,
+                ))
+            next_vector += len(chunks)
+    return rows
+
+
 def prepare(record: DocumentRecord, model_of: Callable[[str], ModelInfo]) -> Prepared:
-    """Validate before the transaction starts, so bad input never half-lands."""
-    if not record.id or not isinstance(record.id, str):
-        raise InvalidInput(f"document id must be a non-empty string, got {record.id!r}")
-    indexes = [c.chunk_index for c in record.chunks]
-    if len(set(indexes)) != len(indexes):
-        raise InvalidInput(f"document {record.id!r} has duplicate chunk_index values")
-    for c in record.chunks:
-        if not c.text or not c.text.strip():
-            raise InvalidInput(f"document {record.id!r} chunk {c.chunk_index} has empty text")
+    """Validate before the transaction starts, so bad input never half-lands.
+
+    Runs once per document of every write: the common case (one chunk, flat metadata, one
+    model) takes no detour (a set per document, a second JSON pass) it does not need."""
+    doc_id = record.id
+    if not doc_id or not isinstance(doc_id, str):
+        raise InvalidInput(f"document id must be a non-empty string, got {doc_id!r}")
+    chunks = record.chunks
+    n_chunks = len(chunks)
+    if n_chunks > 1 and len({c.chunk_index for c in chunks}) != n_chunks:
+        raise InvalidInput(f"document {doc_id!r} has duplicate chunk_index values")
+    for c in chunks:
+        text = c.text
+        if not text or text.isspace():
+            raise InvalidInput(f"document {doc_id!r} chunk {c.chunk_index} has empty text")
     check_stored_labels(record.metadata)
     metadata = codec.metadata_json(record.metadata)
     vectors = []
     for batch in record.vectors:
         info = model_of(batch.model_name)
-        if len(batch.vectors) != len(record.chunks):
+        if len(batch.vectors) != n_chunks:
             raise InvalidInput(
-                f"document {record.id!r}: {len(batch.vectors)} vectors of {batch.model_name!r} "
-                f"for {len(record.chunks)} chunks"
+                f"document {doc_id!r}: {len(batch.vectors)} vectors of {batch.model_name!r} "
+                f"for {n_chunks} chunks"
             )
         per_chunk = [codec.metadata_json(m) for m in batch.metadata] if batch.metadata else None
         vectors.append([info.name, batch.model_version or info.model_version, batch.vectors,
