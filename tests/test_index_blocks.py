@@ -95,6 +95,15 @@ def test_the_store_builds_and_verifies_in_blocks(store_location: str, monkeypatc
     # every read was one block: 2,990 vectors in 12 blocks, twice for the build (training
     # sample, then adding), once for verify
     assert set(limits) == {256} and len(limits) == 3 * 12
+    store.flush()
+    limits.clear()
+    other = Store.open(store_location)  # another writer: this store replays its rows
+    more = _clustered(600, seed=9)
+    other.write([make_record(f"new{d}", [f"new {d} chunk {j}" for j in range(10)],
+                             vectors=more[d * 10:(d + 1) * 10]) for d in range(60)])
+    other.close()
+    assert store.dense_search(more[5], model="m", k=1)[0].chunk_id == "new0#5"
+    assert limits == [256, 256, 256]  # 600 new vectors replayed in blocks
     store.close()
 
 

@@ -207,8 +207,9 @@ class IndexCache:
         deleted = self.backend.deletions_since(info.name, index.generation)
         if len(deleted) and not index.remove(deleted):
             return self.build(info, generation, "")
-        ids, vectors = self.backend.vectors_after(info.name, index.max_vector_id, info.dimension)
-        index.add(ids, vectors)
+        for ids, vectors in vector_blocks(self.backend, info.name, info.dimension,
+                                          after=index.max_vector_id)():
+            index.add(ids, vectors)
         index.generation = generation
         return index
 
@@ -348,15 +349,16 @@ class IndexCache:
 
 
 def vector_blocks(
-    backend: Backend, model_name: str, dimension: int, *, rows: int = 0
+    backend: Backend, model_name: str, dimension: int, *, after: int = 0, rows: int = 0
 ) -> Blocks:
-    """A model's vectors from the database in blocks of ``rows`` (default: ``BUILD_BLOCK_BYTES``
-    of float32), in id order: what a build or ``verify`` holds at once, whatever the store's
-    size (reading all of them at once took 15 GB at 10M x 384)."""
+    """A model's vectors with id > ``after`` from the database in blocks of ``rows`` (default:
+    ``BUILD_BLOCK_BYTES`` of float32), in id order: what a build, a replay or ``verify`` holds
+    at once, whatever the store's size (reading all of them at once took 15 GB at 10M x 384)."""
     rows = rows or max(1, BUILD_BLOCK_BYTES // (4 * dimension))
+    start = after
 
     def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        after = 0
+        after = start
         while True:
             ids, vectors = backend.vectors_after(model_name, after, dimension, limit=rows)
             if len(ids):
