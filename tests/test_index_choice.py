@@ -100,13 +100,13 @@ def test_ivf_built_from_a_training_sample_finds_the_true_neighbours(monkeypatch)
     n, dim = 12_000, 24
     vectors = _clustered(n, dim, clusters=60)
     trained_on = []
-    real_sample = vector_index.training_sample
+    real_sample = vector_index.sample_of_blocks
 
-    def spy(data: np.ndarray, nlist: int, **kw: int) -> np.ndarray:
-        trained_on.append(len(real_sample(data, nlist, **kw)))
-        return real_sample(data, nlist, **kw)
+    def spy(blocks: vector_index.Blocks, count: int, nlist: int, **kw: int) -> np.ndarray:
+        trained_on.append(len(real_sample(blocks, count, nlist, **kw)))
+        return real_sample(blocks, count, nlist, **kw)
 
-    monkeypatch.setattr(vector_index, "training_sample", spy)
+    monkeypatch.setattr(vector_index, "sample_of_blocks", spy)
     spec = choose_index("ivf", n, dim)
     index = VectorIndex.build(spec, dim, np.arange(1, n + 1, dtype=np.int64), vectors, generation=1)
     assert trained_on == [TRAIN_PER_LIST * spec.params["nlist"]] and trained_on[0] < n

@@ -12,7 +12,7 @@ Filtered search is always exact (index/filtered.py): a selector over a graph wal
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import faiss
@@ -38,6 +38,11 @@ TRAIN_PER_LIST = 64
 # 8-16 probes, but 6-30 ms instead of 3-5 ms once a query scans 30K+ vectors on a loaded
 # machine (benchmarks/RESULTS.md), and one core per query leaves the other to a second query.
 IVF_PARALLEL_MODE = 0
+
+
+# A model's vectors as a build reads them: each call starts over and yields (ids, float32
+# vectors) blocks in id order (the store reads them from its database, a block at a time).
+Blocks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -106,11 +111,29 @@ def one_query(
 def training_sample(vectors: np.ndarray, nlist: int, *, seed: int = 0) -> np.ndarray:
     """The vectors IVF k-means trains on: all of them, or a seeded sample of
     ``TRAIN_PER_LIST * nlist`` in their original order (a rebuild trains on the same rows)."""
+    return sample_of_blocks(lambda: iter([(np.zeros(0, np.int64), vectors)]), len(vectors),
+                            nlist, seed=seed)
+
+
+def sample_of_blocks(blocks: Blocks, count: int, nlist: int, *, seed: int = 0) -> np.ndarray:
+    """:func:`training_sample` of the ``count`` vectors ``blocks()`` yields, in one pass that
+    keeps only the sampled rows: the same rows whatever the block size."""
     size = TRAIN_PER_LIST * nlist
-    if len(vectors) <= size:
-        return np.ascontiguousarray(vectors, dtype=np.float32)
-    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=size, replace=False))
-    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    rows = (None if count <= size else
+            np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False)))
+    parts, offset = [], 0
+    for _, vectors in blocks():
+        if rows is None:
+            parts.append(np.asarray(vectors, dtype=np.float32))
+        else:
+            lo, hi = np.searchsorted(rows, [offset, offset + len(vectors)])
+            parts.append(np.asarray(vectors[rows[lo:hi] - offset], dtype=np.float32))
+        offset += len(vectors)
+    if offset != count:
+        raise IndexCorrupt(f"a build counted {count} vectors but read {offset}")
+    if not parts:
+        return np.zeros((0, 0), np.float32)
+    return np.ascontiguousarray(np.concatenate(parts) if len(parts) > 1 else parts[0])
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -174,16 +197,27 @@ class VectorIndex:
         cls, spec: IndexSpec, dimension: int, ids: np.ndarray, vectors: np.ndarray, *,
         generation: int,
     ) -> VectorIndex:
+        return cls.build_from_blocks(spec, dimension, lambda: iter([(ids, vectors)]), len(ids),
+                                     generation=generation)
+
+    @classmethod
+    def build_from_blocks(
+        cls, spec: IndexSpec, dimension: int, blocks: Blocks, count: int, *, generation: int,
+    ) -> VectorIndex:
+        """The index of the ``count`` vectors ``blocks()`` yields, holding one block at a time
+        besides the index: an IVF kind reads them twice, once keeping only its training
+        sample, once to add them. The index is the same whatever the block size."""
         if spec.kind in IVF_KINDS:
-            nlist = max(1, min(spec.params["nlist"], len(ids)))
+            nlist = max(1, min(spec.params["nlist"], count))
             spec = IndexSpec(spec.kind, {**spec.params, "nlist": nlist,
                                          "nprobe": min(spec.params["nprobe"], nlist)})
         built = cls.empty(spec, dimension)
         if spec.kind in IVF_KINDS:
-            training = (training_sample(vectors, spec.params["nlist"]) if len(vectors)
+            training = (sample_of_blocks(blocks, count, spec.params["nlist"]) if count
                         else np.zeros((1, dimension), np.float32))
             built.index.train(pq_training(training) if spec.kind == "ivfpq" else training)
-        built.add(ids, vectors)
+        for ids, vectors in blocks():
+            built.add(ids, vectors)
         built.generation = generation
         return built
 

@@ -220,9 +220,9 @@ class Backend(ABC):
 
     @abstractmethod
     def vectors_after(
-        self, model_name: str, after_vector_id: int, dimension: int
+        self, model_name: str, after_vector_id: int, dimension: int, *, limit: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(vector_ids, float32 matrix) of the model's vectors with id > after, in id order."""
+        """(vector_ids, float32 matrix) of the model's vectors with id > after, by id (first ``limit``)."""
 
     @abstractmethod
     def vectors_by_ids(self, vector_ids: Sequence[int], dimension: int) -> np.ndarray:

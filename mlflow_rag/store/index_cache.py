@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from mlflow_rag.index.choose import COMPRESSED_KINDS, IVF_KINDS, IndexSpec, choose_index
-from mlflow_rag.index.vector_index import VectorIndex, sorted_unique
+from mlflow_rag.index.vector_index import Blocks, VectorIndex, sorted_unique
 from mlflow_rag.store import layout
 from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.files import (
@@ -36,6 +36,9 @@ from mlflow_rag.store.schema import SCHEMA_VERSION
 from mlflow_rag.types import ModelInfo
 
 log = logging.getLogger("mlflow_rag.store")
+# Bytes of float32 vectors a build reads from the database at once (43,690 x 384-d; the
+# rows fetched and joined hold about twice that while a block is read).
+BUILD_BLOCK_BYTES = 64 * 1024 * 1024
 # first_differing_vector on a compressed index: the largest relative error of a vector's score
 # with itself that still counts as the same vector (PQ codes of 384-d clustered data: a few %).
 COMPRESSED_SELF_TOLERANCE = 0.25
@@ -105,12 +108,16 @@ class IndexCache:
         return index
 
     def build(self, info: ModelInfo, generation: int, reason: str) -> VectorIndex:
-        ids, vectors = self.backend.vectors_after(info.name, 0, info.dimension)
-        spec = choose_index(info.index_type, len(ids), info.dimension, info.index_params)
+        """The model's index from SQLite, read a block at a time (see ``vector_blocks``).
+        Call inside a read transaction: every block comes from the same snapshot."""
+        count = self.backend.vector_count(info.name)
+        spec = choose_index(info.index_type, count, info.dimension, info.index_params)
         if reason:
             self.events.append(f"rebuilt index for {info.name!r}: {reason}")
             log.warning("rebuilding the %s index of %s: %s", info.name, self.root, reason)
-        index = VectorIndex.build(spec, info.dimension, ids, vectors, generation=generation)
+        index = VectorIndex.build_from_blocks(
+            spec, info.dimension, vector_blocks(self.backend, info.name, info.dimension), count,
+            generation=generation)
         self.indexes[info.name] = index
         self.pending.pop(info.name, None)  # SQLite's rows include them
         return index
@@ -205,8 +212,9 @@ class IndexCache:
         deleted = self.backend.deletions_since(info.name, index.generation)
         if len(deleted) and not index.remove(deleted):
             return self.build(info, generation, "")
-        ids, vectors = self.backend.vectors_after(info.name, index.max_vector_id, info.dimension)
-        index.add(ids, vectors)
+        for ids, vectors in vector_blocks(self.backend, info.name, info.dimension,
+                                          after=index.max_vector_id)():
+            index.add(ids, vectors)
         index.generation = generation
         return index
 
@@ -287,7 +295,12 @@ class IndexCache:
             matrix = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
             index = self.indexes.get(name)
             if index is not None and index.generation == generation - 1:
-                if index.spec.kind == "flat":
+                if self._outgrown(index, models[name], len(vector_ids)):
+                    # Its next use builds the kind the size now calls for, from the database
+                    # in blocks: growing this one would hold every vector meanwhile (15 GB
+                    # of a flat index at 10M x 384, written in 5,000-chunk transactions).
+                    self.forget(name)
+                elif index.spec.kind == "flat":
                     # Deferred to the index's next use (a search, a flush): FAISS grows its
                     # storage by reallocating and copying it, so one add per write batch
                     # cost 1.4 s of a 100K-chunk ingest, one add per flush a single copy.
@@ -303,6 +316,13 @@ class IndexCache:
                 self.indexes[name] = VectorIndex.build(
                     spec, info.dimension, vector_ids, matrix, generation=generation
                 )
+
+    def _outgrown(self, index: VectorIndex, info: ModelInfo, adding: int) -> bool:
+        """Whether ``adding`` more vectors take the model past what its index's kind is
+        chosen for (``auto``: flat up to 250K, then IVF, then IVF-PQ)."""
+        total = index.ntotal + adding + sum(len(ids) for ids, _ in self.pending.get(info.name, ()))
+        wanted = choose_index(info.index_type, total, info.dimension, info.index_params)
+        return wanted.kind != index.spec.kind
 
     def vector_keys(self, model_name: str, generation: int) -> VectorKeys:
         """Which chunk and document each vector belongs to, as of ``generation`` (cached)."""
@@ -366,6 +386,28 @@ class IndexCache:
         """Wait for the maps being built (tests and benchmarks: a search never waits)."""
         for build in list(self.map_builds.values()):
             build.wait(timeout)
+
+
+def vector_blocks(
+    backend: Backend, model_name: str, dimension: int, *, after: int = 0, rows: int = 0
+) -> Blocks:
+    """A model's vectors with id > ``after`` from the database in blocks of ``rows`` (default:
+    ``BUILD_BLOCK_BYTES`` of float32), in id order: what a build, a replay or ``verify`` holds
+    at once, whatever the store's size (reading all of them at once took 15 GB at 10M x 384)."""
+    rows = rows or max(1, BUILD_BLOCK_BYTES // (4 * dimension))
+    start = after
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        after = start
+        while True:
+            ids, vectors = backend.vectors_after(model_name, after, dimension, limit=rows)
+            if len(ids):
+                yield ids, vectors
+            if len(ids) < rows:
+                return
+            after = int(ids[-1])
+
+    return blocks
 
 
 def first_differing_vector(

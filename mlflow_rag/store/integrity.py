@@ -13,6 +13,7 @@ from mlflow_rag.errors import EmbedderUnavailable
 from mlflow_rag.index.vector_index import VectorIndex
 from mlflow_rag.store import retrieval
 from mlflow_rag.store.backend import Backend
+from mlflow_rag.store.index_cache import vector_blocks
 from mlflow_rag.types import ModelInfo
 
 # verify(): a re-embedded sample must match its stored vector this closely. Deterministic
@@ -33,10 +34,11 @@ def check_model(
     vector (``embed_mismatches`` counts those that do not; an embedder that cannot run or
     gives another dimension fails them all). Vectors from another fit of a tfidf model, or
     another model's, fail it; the self-retrieval check alone cannot tell."""
-    sql_ids, vectors = backend.vectors_after(info.name, 0, info.dimension)
+    count = backend.vector_count(info.name)
     index_ids = index.ids()
     rng = np.random.default_rng(seed)
-    picks = rng.choice(len(sql_ids), size=min(sample, len(sql_ids)), replace=False)
+    picks = rng.choice(count, size=min(sample, count), replace=False)
+    sql_ids, vectors = _ids_and_rows(backend, info, picks)
     found = 0
     for p in picks:
         result = retrieval.ranked(backend, index, vectors[p], 1)
@@ -57,6 +59,23 @@ def check_model(
         rows = backend.sample_vectors_with_text(info.name, sql_ids[spread].tolist())
         report.update(_embed_check(embed, rows, info.dimension, min_cosine))
     return report
+
+
+def _ids_and_rows(
+    backend: Backend, info: ModelInfo, positions: np.ndarray
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """All of the model's vector ids, and the vectors at ``positions`` (in id order), read
+    a block at a time: ``verify`` holds the ids (8 B each), never every vector."""
+    wanted = np.sort(positions)
+    parts: list[np.ndarray] = []
+    rows: dict[int, np.ndarray] = {}
+    offset = 0
+    for ids, vectors in vector_blocks(backend, info.name, info.dimension)():
+        parts.append(ids)
+        lo, hi = np.searchsorted(wanted, [offset, offset + len(ids)])
+        rows.update((int(p), vectors[int(p) - offset].copy()) for p in wanted[lo:hi])
+        offset += len(ids)
+    return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), rows
 
 
 def _embed_check(

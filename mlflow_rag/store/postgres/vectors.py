@@ -67,11 +67,12 @@ class PostgresVectors:
             "ORDER BY e.vector_id", (model_name, [int(v) for v in vector_ids]))]
 
     def vectors_after(
-        self, model_name: str, after_vector_id: int, dimension: int
+        self, model_name: str, after_vector_id: int, dimension: int, *, limit: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
         rows = self._rows(
             "SELECT vector_id, vector FROM embeddings WHERE model_name = %s AND vector_id > %s "
-            "ORDER BY vector_id", (model_name, after_vector_id))
+            "ORDER BY vector_id" + (" LIMIT %s" if limit > 0 else ""),
+            (model_name, after_vector_id, *((limit,) if limit > 0 else ())))
         return _vectors_from_rows(rows, dimension)
 
     def vectors_by_ids(self, vector_ids: Sequence[int], dimension: int) -> np.ndarray:

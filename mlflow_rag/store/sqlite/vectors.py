@@ -91,17 +91,22 @@ class SqliteVectors:
         return out
 
     def vectors_after(
-        self, model_name: str, after_vector_id: int, dimension: int
+        self, model_name: str, after_vector_id: int, dimension: int, *, limit: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(vector_ids, float32 matrix) of the model's vectors with id > after, in id order."""
-        # From 0 (a build), walk the model's index. After an id (replaying new rows), walk the
-        # vector_id index from that id: left to itself SQLite picks the model index, which reads
-        # every vector of the model (0.25 s at 100K) to find the usually empty rest ("+" stops it).
-        model_term = "model_name = ?" if after_vector_id <= 0 else "+model_name = ?"
+        """(vector_ids, float32 matrix) of the model's vectors with id > after, in id order;
+        the first ``limit`` of them if ``limit`` > 0."""
+        # From 0 (a build), walk the model's index. After an id (replaying new rows, or the
+        # next block of a build), walk the vector_id index from that id: left to itself SQLite
+        # picks the model index, which reads every vector of the model (0.25 s at 100K) to
+        # find the usually empty rest ("+" stops it).
+        # A block (``limit``) walks the vector_id index too: by the model index SQLite would
+        # sort all of the model's rows to find the first few.
+        by_model = after_vector_id <= 0 and limit <= 0
+        model_term = "model_name = ?" if by_model else "+model_name = ?"
         rows = self.conn.execute(
             f"SELECT vector_id, vector FROM embeddings WHERE vector_id > ? AND {model_term} "
-            "ORDER BY vector_id",
-            (after_vector_id, model_name),
+            "ORDER BY vector_id" + (" LIMIT ?" if limit > 0 else ""),
+            (after_vector_id, model_name, *((limit,) if limit > 0 else ())),
         ).fetchall()
         return _vectors_from_rows(rows, dimension)
 
