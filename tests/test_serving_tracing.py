@@ -161,6 +161,14 @@ def _traces(uri: str, experiment: str) -> list[Any]:
     return list(mlflow.MlflowClient(uri).search_traces(locations=[experiment]))
 
 
+def _wait_for_stop(serve_log: Path) -> None:
+    """Until uvicorn has run the app's shutdown hooks and ended."""
+    deadline = time.monotonic() + 60
+    while "Finished server process" not in serve_log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, serve_log.read_text(errors="replace")[-2000:]
+        time.sleep(0.2)
+
+
 def _wait_for_traces(uri: str, experiment: str, *, count: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while len(_traces(uri, experiment)) < count:
@@ -198,10 +206,7 @@ def test_traces_still_queued_when_the_server_stops_are_exported_at_its_shutdown(
             assert status == 200, answer
         assert _traces(uri, experiment) == []  # all held in the batch
         os.killpg(proc.pid, signal.SIGTERM)  # as a process manager stops it
-        deadline = time.monotonic() + 60
-        while "Finished server process" not in serve_log.read_text(errors="replace"):
-            assert time.monotonic() < deadline, serve_log.read_text(errors="replace")[-2000:]
-            time.sleep(0.2)
+        _wait_for_stop(serve_log)
     _wait_for_traces(uri, experiment, count=requests)
     traces = _traces(uri, experiment)
     assert len(traces) == requests
@@ -241,7 +246,9 @@ def test_every_served_request_is_traced_over_otlp_to_a_tracking_server(
                 status, answer = post_json(f"http://127.0.0.1:{port}/invocations", body)
                 assert status == 200, answer
             os.killpg(proc.pid, signal.SIGTERM)  # the shutdown flush exports the last batch
-            proc.wait(60)
+            # not proc.wait(): proc is the `mlflow models serve` parent, which exits at once;
+            # uvicorn, its child, is still shutting down (and flushing) when it does
+            _wait_for_stop(tmp_path / "serve.log")
         _wait_for_traces(uri, experiment, count=requests)
     traces = _traces(uri, experiment)
     assert len(traces) == requests
