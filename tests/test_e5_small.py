@@ -176,3 +176,58 @@ def test_a_user_ingests_with_e5_small_and_search_finds_the_relevant_file(
                                           "--store", store, "--mode", mode, "-k", "1"])
         assert found.exit_code == 0, found.output
         assert "pressure.txt" in found.output and "statins.txt" not in found.output
+
+
+@pytest.mark.slow  # two real models embed and re-embed (check): ~30 s on an idle machine
+def test_e5_small_added_to_a_minilm_store_keeps_minilm_vectors_and_both_search(
+    real: E5SmallEmbedder, tmp_path: Path,
+) -> None:
+    """The path ``evaluations/scifact-ranking-4.yaml`` takes, as a user runs it: a store already
+    holds MiniLM vectors; a second ingest with ``--embedder e5-small`` embeds the same chunks
+    again and must leave MiniLM's vectors, its search and ``check`` as they were."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mlflow_rag.cli import main
+
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    for name, text in {"pressure.txt": "Regular aerobic exercise lowers resting blood pressure.",
+                       "p53.txt": "Tumour suppressor genes halt the cell cycle on DNA damage.",
+                       "statins.txt": "Statins reduce LDL cholesterol."}.items():
+        (corpus / name).write_text(text, "utf-8")
+    store = str(tmp_path / "store")
+    run = CliRunner().invoke
+
+    def search(embedder: str) -> str:
+        found = run(main, ["search", "does working out bring down blood pressure", "--store",
+                           store, "--mode", "dense", "-k", "3", "--embedder", embedder])
+        assert found.exit_code == 0, found.output
+        return found.output
+
+    def vectors() -> dict[str, int]:
+        stats = run(main, ["stats", "--store", store, "--json"])
+        assert stats.exit_code == 0, stats.output
+        return {name: m["vector_count"] for name, m in json.loads(stats.output)["models"].items()}
+
+    first = run(main, ["ingest", str(corpus), "--store", store, "--embedder", "minilm",
+                       "--no-track"])
+    assert first.exit_code == 0 and "3 embedded" in first.output, first.output
+    minilm_before = search("minilm")
+    assert vectors() == {"minilm": 3}
+
+    second = run(main, ["ingest", str(corpus), "--store", store, "--embedder", "e5-small",
+                        "--no-track"])
+    assert second.exit_code == 0, second.output
+    assert "3 embedded" in second.output and "3 unchanged" in second.output, second.output
+    assert vectors() == {"minilm": 3, "e5-small": 3}
+    assert search("minilm") == minilm_before  # same hits, same order, same scores
+    e5 = search("e5-small")
+    assert e5.index("pressure.txt") < min(e5.index("p53.txt"), e5.index("statins.txt"))
+    checked = run(main, ["check", "--store", store])
+    assert checked.exit_code == 0, checked.output
+    models = json.loads(checked.output)["models"]
+    for name in ("minilm", "e5-small"):  # each model's sample re-embedded by its own embedder
+        assert models[name]["ids_equal"] and models[name]["embed_checked"] == 3, models[name]
+        assert models[name]["embed_mismatches"] == 0, models[name]

@@ -173,7 +173,7 @@ def stats(store_path: Path | str, as_json: bool) -> None:
 def check(store_path: Path | str, no_embed_check: bool) -> None:
     """Verify the store: SQLite integrity, FTS, index ids == SQLite ids, self-retrieval, and
     that sampled vectors are what each model's recorded embedder gives for their text (local
-    embedders: tfidf, minilm; openai models are not re-embedded)."""
+    embedders: tfidf, minilm, e5-small; openai models are not re-embedded)."""
     from mlflow_rag.ingest import recorded_embedders
     from mlflow_rag.store.store import Store
 
