@@ -129,7 +129,8 @@ def test_a_renumbered_row_is_caught_and_the_map_rebuilt(tmp_path: Path, table: s
     """SQLite's VACUUM may renumber rowids without a new generation. Simulated by swapping
     two chunks' (or documents') rowids behind the store's back: the map then points a vector
     at another chunk's row (or its chunk at another document's), which the chunk id check
-    (or the document id join) refuses, so the search joins and the next rebuilds."""
+    (or the document id join, when a document is read again) refuses, so the search joins
+    and the next rebuilds."""
     root = tmp_path / "store"
     store, vectors = _store(str(root))
     query = vectors[4][2]
@@ -148,6 +149,13 @@ def test_a_renumbered_row_is_caught_and_the_map_rebuilt(tmp_path: Path, table: s
     conn.execute("COMMIT")
     conn.close()
     assert store.dense_search(query, model="m", k=10) == expected  # joined: right rows
+    if table == "documents":
+        # The hits' documents were remembered at this generation, keyed by the rowids they
+        # were read by and checked against each chunk's document id: still the right rows,
+        # read without them. A document read again by its (renumbered) key is refused.
+        assert not stale.stale
+        stale.documents.clear()
+        assert store.dense_search(query, model="m", k=10) == expected
     assert stale.stale
     assert store.dense_search(query, model="m", k=10) == expected  # joined, a rebuild started
     store._core.index_cache.wait_for_hit_maps()

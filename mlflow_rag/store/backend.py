@@ -286,6 +286,12 @@ class Backend(ABC):
         key pairs that are (still) a chunk and its document, in one query."""
         raise NotImplementedError(f"{type(self).__name__} has no chunk row keys")
 
+    def chunk_rows_by_row_keys(self, row_keys: Sequence[int]) -> dict[int, tuple[Any, ...]]:
+        """chunk row key -> (chunk id, document id, chunk type, chunk index, text, chunk
+        metadata) of these chunk rows, in one query of the chunks table alone (the document
+        fields come from :mod:`~mlflow_rag.store.hit_documents`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no chunk row keys")
+
     @abstractmethod
     def bm25_rows(self, text: str, k: int, plan: Plan | None) -> list[tuple[Any, ...]]:
         """(score, *hit row) of the ``k`` chunks matching ``plan`` that rank best by BM25 for

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from mlflow_rag.store.backend import Backend
+from mlflow_rag.store.hit_documents import HitDocuments
 
 log = logging.getLogger("mlflow_rag.store")
 Row = tuple[Any, ...]
@@ -54,6 +55,7 @@ class HitKeys:
         self.document_keys = document_keys[order]
         self.checks = checks[order]
         self.stale = False
+        self.documents = HitDocuments()  # this generation's document fields (hit_documents)
 
     @classmethod
     def load(cls, backend: Backend, model_name: str, generation: int) -> HitKeys | None:
@@ -77,6 +79,8 @@ class HitKeys:
     def replay(self, backend: Backend, model_name: str, generation: int) -> bool:
         """Catch up to ``generation`` (inside a read transaction): drop the vectors deleted
         since, add those written since. False when the backend stopped returning keys."""
+        if generation != self.generation:
+            self.documents.clear()  # every write bumps the generation: fields may have changed
         deleted = backend.deletions_since(model_name, self.generation)
         if len(deleted):
             keep = ~np.isin(self.vector_ids, deleted)
@@ -97,7 +101,9 @@ class HitKeys:
 
     def rows(self, backend: Backend, vector_ids: Sequence[int]) -> dict[int, Row] | None:
         """vector id -> hit row for ``vector_ids`` (inside the search's read transaction), or
-        None when the map cannot answer for all of them (the caller joins instead)."""
+        None when the map cannot answer for all of them (the caller joins instead). A row's
+        last field is its :class:`HitDocument`: when every hit's document is remembered at
+        this generation, only the chunk rows are read."""
         if not vector_ids:
             return {}
         if not len(self.vector_ids):
@@ -108,15 +114,28 @@ class HitKeys:
             return None  # not a vector of this map's generation: never expected
         keys = self.row_keys[at].tolist()
         checks = self.checks[at].tolist()
-        by_key = backend.hits_by_row_keys(list(zip(keys, self.document_keys[at].tolist(),
-                                                   strict=True)))
+        document_keys = self.document_keys[at].tolist()
+        documents = self.documents.all_of(document_keys)
         out: dict[int, Row] = {}
-        for vector_id, key, check in zip(vector_ids, keys, checks, strict=True):
+        if documents is not None:
+            chunks = backend.chunk_rows_by_row_keys(keys)
+            for vector_id, key, check, document in zip(vector_ids, keys, checks, documents,
+                                                       strict=True):
+                row = chunks.get(key)
+                if row is None or hash(row[0]) != check or row[1] != document.document_id:
+                    self.stale = True  # renumbered rowids (VACUUM)
+                    return None
+                out[vector_id] = (*row, document.source_path, document)
+            return out
+        by_key = backend.hits_by_row_keys(list(zip(keys, document_keys, strict=True)))
+        for vector_id, key, check, document_key in zip(vector_ids, keys, checks, document_keys,
+                                                       strict=True):
             row = by_key.get(key)
             if row is None or hash(row[0]) != check:  # renumbered rowids (VACUUM)
                 self.stale = True
                 return None
-            out[vector_id] = row
+            document = self.documents.put(document_key, row[1], row[6], row[7])
+            out[vector_id] = (*row[:7], document)
         return out
 
     def _take(self, vector_ids: np.ndarray, row_keys: np.ndarray, document_keys: np.ndarray,
