@@ -165,12 +165,28 @@ def test_a_renumbered_row_is_caught_and_the_map_rebuilt(tmp_path: Path, table: s
     store.close()
 
 
-def test_the_map_costs_32_bytes_a_vector(tmp_path: Path) -> None:
+def test_the_map_costs_32_bytes_a_vector_and_4_an_id_of_its_span(tmp_path: Path) -> None:
     store, vectors = _store(str(tmp_path / "store"), n_docs=10)
     _mapped(store, vectors[0][0])
     keys = _hit_map(store)
-    assert keys is not None and keys.nbytes == 32 * 30
+    assert keys is not None and keys.slots is not None and len(keys.slots) == 30
+    assert keys.nbytes == 32 * 30 + 4 * 30
     store.close()
+
+
+def test_ids_are_found_by_the_table_or_by_binary_search_alike() -> None:
+    """A map whose ids spread too widely for a table by id finds them by binary search; both
+    refuse an id the map does not hold (the search then joins)."""
+    dense = np.setdiff1d(np.arange(100, 200, dtype=np.int64), [150])  # a deleted vector: 150
+    sparse = np.arange(100, dtype=np.int64) * 1_000_003 + 5
+    for ids, table in ((dense, True), (sparse, False)):
+        shuffled = np.random.default_rng(0).permutation(ids)
+        keys = HitKeys(1, shuffled, shuffled * 2, shuffled * 3, shuffled * 5)
+        assert (keys.slots is not None) == table
+        wanted = [int(ids[7]), int(ids[0]), int(ids[-1])]
+        assert keys.keys_of(wanted) == [(2 * i, 3 * i, 5 * i) for i in wanted]
+        for missing in (int(ids[0]) - 1, int(ids[-1]) + 1, 150 if table else int(ids[3]) + 1, -5):
+            assert keys.keys_of([int(ids[1]), missing]) is None
 
 
 # ------------------------------------------------------------------ the CLI, on a store with data
