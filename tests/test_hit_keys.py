@@ -129,7 +129,8 @@ def test_a_renumbered_row_is_caught_and_the_map_rebuilt(tmp_path: Path, table: s
     """SQLite's VACUUM may renumber rowids without a new generation. Simulated by swapping
     two chunks' (or documents') rowids behind the store's back: the map then points a vector
     at another chunk's row (or its chunk at another document's), which the chunk id check
-    (or the document id join) refuses, so the search joins and the next rebuilds."""
+    (or the document id join, when a document is read again) refuses, so the search joins
+    and the next rebuilds."""
     root = tmp_path / "store"
     store, vectors = _store(str(root))
     query = vectors[4][2]
@@ -148,6 +149,13 @@ def test_a_renumbered_row_is_caught_and_the_map_rebuilt(tmp_path: Path, table: s
     conn.execute("COMMIT")
     conn.close()
     assert store.dense_search(query, model="m", k=10) == expected  # joined: right rows
+    if table == "documents":
+        # The hits' documents were remembered at this generation, keyed by the rowids they
+        # were read by and checked against each chunk's document id: still the right rows,
+        # read without them. A document read again by its (renumbered) key is refused.
+        assert not stale.stale
+        stale.documents.clear()
+        assert store.dense_search(query, model="m", k=10) == expected
     assert stale.stale
     assert store.dense_search(query, model="m", k=10) == expected  # joined, a rebuild started
     store._core.index_cache.wait_for_hit_maps()
@@ -157,12 +165,28 @@ def test_a_renumbered_row_is_caught_and_the_map_rebuilt(tmp_path: Path, table: s
     store.close()
 
 
-def test_the_map_costs_32_bytes_a_vector(tmp_path: Path) -> None:
+def test_the_map_costs_32_bytes_a_vector_and_4_an_id_of_its_span(tmp_path: Path) -> None:
     store, vectors = _store(str(tmp_path / "store"), n_docs=10)
     _mapped(store, vectors[0][0])
     keys = _hit_map(store)
-    assert keys is not None and keys.nbytes == 32 * 30
+    assert keys is not None and keys.slots is not None and len(keys.slots) == 30
+    assert keys.nbytes == 32 * 30 + 4 * 30
     store.close()
+
+
+def test_ids_are_found_by_the_table_or_by_binary_search_alike() -> None:
+    """A map whose ids spread too widely for a table by id finds them by binary search; both
+    refuse an id the map does not hold (the search then joins)."""
+    dense = np.setdiff1d(np.arange(100, 200, dtype=np.int64), [150])  # a deleted vector: 150
+    sparse = np.arange(100, dtype=np.int64) * 1_000_003 + 5
+    for ids, table in ((dense, True), (sparse, False)):
+        shuffled = np.random.default_rng(0).permutation(ids)
+        keys = HitKeys(1, shuffled, shuffled * 2, shuffled * 3, shuffled * 5)
+        assert (keys.slots is not None) == table
+        wanted = [int(ids[7]), int(ids[0]), int(ids[-1])]
+        assert keys.keys_of(wanted) == [(2 * i, 3 * i, 5 * i) for i in wanted]
+        for missing in (int(ids[0]) - 1, int(ids[-1]) + 1, 150 if table else int(ids[3]) + 1, -5):
+            assert keys.keys_of([int(ids[1]), missing]) is None
 
 
 # ------------------------------------------------------------------ the CLI, on a store with data

@@ -327,7 +327,10 @@ class VectorIndex:
         ntotal = self.ntotal  # a SWIG attribute: read once
         if ntotal == 0 or k < 1:
             return SearchResult(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        if not (isinstance(query, np.ndarray) and query.dtype == np.float32 and query.ndim == 1
+                and query.flags.c_contiguous):
+            # (A checked query is one already: two numpy calls saved, 3-6 us a search.)
+            query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
         if allowed is not None:
             return self._search_allowed(query, k, allowed)
         if self.spec.kind == "flat":

@@ -176,8 +176,7 @@ class Backend(ABC):
 
     @abstractmethod
     def neighbour_rows(self, chunk_id: str, n: int) -> list[tuple[Any, ...]]:
-        """The chunk and up to ``n`` chunks either side of it in its document, as
-        :meth:`chunk_rows`."""
+        """The chunk and up to ``n`` either side of it in its document, as :meth:`chunk_rows`."""
 
     @abstractmethod
     def find_document_rows(self, plan: Plan | None, limit: int) -> list[tuple[Any, ...]]:
@@ -244,8 +243,7 @@ class Backend(ABC):
     def chunks_without_vectors(
         self, model_name: str, document_ids: Sequence[str]
     ) -> list[tuple[str, str, str]]:
-        """(chunk_id, text, text_hash) of the documents' chunks that lack this model's
-        vector."""
+        """(chunk_id, text, text_hash) of the documents' chunks lacking this model's vector."""
 
     @abstractmethod
     def vector_keys(self, model_name: str) -> tuple[np.ndarray, list[str], list[str]]:
@@ -273,8 +271,7 @@ class Backend(ABC):
         return None
 
     def row_key_reader(self) -> Backend | None:
-        """A new read-only connection to this database, for another thread to read
-        :meth:`chunk_row_keys` off the request path (closed by it); None without row keys."""
+        """A read-only connection of its own, closed by the thread that reads keys with it."""
         return None
 
     def interrupt(self) -> None:
@@ -282,8 +279,11 @@ class Backend(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no row key reader")
 
     def hits_by_row_keys(self, row_keys: Sequence[tuple[int, int]]) -> dict[int, tuple[Any, ...]]:
-        """chunk row key -> hit row (as :meth:`hits_by_vector_ids`) of (chunk, document) row
-        key pairs that are (still) a chunk and its document, in one query."""
+        """chunk row key -> hit row of (chunk, document) key pairs still chunk and document."""
+        raise NotImplementedError(f"{type(self).__name__} has no chunk row keys")
+
+    def chunk_rows_by_row_keys(self, row_keys: Sequence[int]) -> dict[int, tuple[Any, ...]]:
+        """:meth:`hits_by_row_keys` from the chunks table alone: hit rows less the last two."""
         raise NotImplementedError(f"{type(self).__name__} has no chunk row keys")
 
     @abstractmethod

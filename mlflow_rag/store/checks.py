@@ -94,7 +94,7 @@ def clean_query(vector: Any, dimension: int) -> np.ndarray:
     what is wrong or rescale first (issue 19: 38 -> 3 us a query on a busy machine)."""
     if (isinstance(vector, np.ndarray) and vector.dtype == np.float32
             and vector.shape in ((dimension,), (1, dimension))):
-        flat = vector.reshape(-1)
+        flat = vector if vector.ndim == 1 else vector.reshape(-1)  # (a numpy call: 2-4 us)
         wide = flat.astype(np.float64)
         squared = float(np.dot(wide, wide))
         if _MIN_SQUARED_LENGTH < squared < math.inf:
