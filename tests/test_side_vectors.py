@@ -15,7 +15,13 @@ from click.testing import CliRunner
 
 from mlflow_rag.cli import main
 from mlflow_rag.index.compressed import rerank
-from mlflow_rag.index.side_vectors import SIDE_DTYPE, SideVectors, float16_rows, rerank_bounded
+from mlflow_rag.index.side_vectors import (
+    SIDE_DTYPE,
+    SideVectors,
+    carried,
+    float16_rows,
+    rerank_bounded,
+)
 from mlflow_rag.store import layout
 from mlflow_rag.store.files import block_sha256s
 from mlflow_rag.store.manifest import read_manifest, write_manifest
@@ -74,6 +80,21 @@ def test_the_file_is_addressed_by_vector_id_with_nan_rows_for_ids_it_does_not_ho
     lower, upper = side.bounds(np.array([3, 6, 14, 2]), vectors[0])
     assert lower[0] <= float(vectors[0] @ vectors[0]) <= upper[0]
     assert np.isinf(lower[1:]).all() and np.isinf(upper[1:]).all()  # NaN row, beyond, before
+
+
+def test_the_next_file_carries_the_old_rows_erases_the_deleted_and_appends_the_new() -> None:
+    vectors = _clustered(12)
+    old = SideVectors(vectors[:8].astype(SIDE_DTYPE), base=5, generation=3)  # ids 5..12
+    newer = [(np.array([14, 15]), vectors[8:10]), (np.array([17]), vectors[10:11])]
+    out = bytearray()
+    base, rows = float16_rows(carried(old, np.array([6, 11, 15]), lambda: iter(newer), rows=3),
+                              DIM, out.extend)
+    got = np.frombuffer(bytes(out), SIDE_DTYPE).reshape(rows, DIM)
+    assert (base, rows) == (5, 13)
+    assert np.isnan(got[[1, 6, 8, 11]]).all()  # deleted 6 and 11; 13 and 16 never held
+    keep = [0, 2, 3, 4, 5, 7]
+    assert np.array_equal(got[keep], vectors[keep].astype(SIDE_DTYPE))
+    assert np.array_equal(got[[9, 12]], vectors[[8, 10]].astype(SIDE_DTYPE))
 
 
 # ------------------------------------------------------------------ through the store

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mlflow_rag.index.choose import COMPRESSED_KINDS, IVF_KINDS, IndexSpec, choose_index
-from mlflow_rag.index.side_vectors import SideVectors
+from mlflow_rag.index.side_vectors import SideVectors, carried
 from mlflow_rag.index.vector_index import Blocks, VectorIndex, sorted_unique
 from mlflow_rag.store import layout, side_files
 from mlflow_rag.store.backend import Backend
@@ -314,11 +314,18 @@ class IndexCache:
             self.persisted[name] = generation
 
     def _write_side(self, info: ModelInfo, entry: ModelEntry) -> None:
-        """Write the model's side file from the database, a block at a time in one snapshot."""
+        """Write the model's side file in one snapshot: the checked file it replaces, its
+        deleted rows erased, plus the vectors added since from the database; without one, all
+        of them from the database. A block at a time either way."""
         with self.backend.read_transaction():
             generation = self.backend.generation()
-            side = side_files.write(self.root, info, entry, vector_blocks(
-                self.backend, info.name, info.dimension), generation=generation)
+            blocks = vector_blocks(self.backend, info.name, info.dimension)
+            old = self.sides.get(info.name)
+            if old is not None and old.dimension == info.dimension and len(old.rows):
+                blocks = carried(old, self.backend.deletions_since(info.name, old.generation),
+                                 vector_blocks(self.backend, info.name, info.dimension,
+                                               after=old.max_vector_id))
+            side = side_files.write(self.root, info, entry, blocks, generation=generation)
         self.sides[info.name] = side
         index = self.indexes.get(info.name)
         if index is not None:

@@ -55,7 +55,7 @@ def write(root: Path, info: ModelInfo, entry: ModelEntry, blocks: Blocks, *,
     entry.vectors_rows = rows
     entry.vectors_generation = generation
     with open(path, "rb") as handle:  # the store's lock is held: no one replaced it since
-        return _mapped(handle.fileno(), base, rows, info.dimension)
+        return _mapped(handle.fileno(), base, rows, info.dimension, generation)
 
 
 def clear(root: Path, info: ModelInfo, entry: ModelEntry | None) -> None:
@@ -93,7 +93,8 @@ def load(
         if not hashed and block_sha256s_fd(fd, size, block=HASH_BLOCK_BYTES) \
                 != entry.vectors_block_sha256:
             return None, f"{relative} does not match its sha256 (block hashes)"
-        side = _mapped(fd, entry.vectors_base, entry.vectors_rows, info.dimension)
+        side = _mapped(fd, entry.vectors_base, entry.vectors_rows, info.dimension,
+                       entry.vectors_generation)
     differs = first_differing_row(side, backend, live_ids, info.dimension)
     if differs is not None:
         return None, f"{relative}: vector {differs} differs from the database (a foreign file?)"
@@ -120,8 +121,9 @@ def first_differing_row(
     return None
 
 
-def _mapped(fd: int, base: int, rows: int, dimension: int) -> SideVectors:
+def _mapped(fd: int, base: int, rows: int, dimension: int, generation: int) -> SideVectors:
     if rows == 0:
-        return SideVectors(np.zeros((0, dimension), SIDE_DTYPE), base)
+        return SideVectors(np.zeros((0, dimension), SIDE_DTYPE), base, generation=generation)
     view = mmap.mmap(fd, rows * dimension * SIDE_DTYPE.itemsize, prot=mmap.PROT_READ)
-    return SideVectors(np.frombuffer(view, dtype=SIDE_DTYPE).reshape(rows, dimension), base)
+    return SideVectors(np.frombuffer(view, dtype=SIDE_DTYPE).reshape(rows, dimension), base,
+                       generation=generation)
