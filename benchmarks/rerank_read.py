@@ -14,6 +14,7 @@ query, and checks that both give the same top 10 (ids and scores).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -40,6 +41,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=250_000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--mmap", action="store_true", help="open as serving does")
+    parser.add_argument("--cold", action="store_true",
+                        help="drop the database's and the side file's pages from the page "
+                             "cache before each query (posix_fadvise DONTNEED; no root needed)")
     args = parser.parse_args()
     out_dir = Path(args.dir)
     root = out_dir / f"store{args.n}"
@@ -52,6 +56,15 @@ def main() -> None:
     backend = store.backend
     depth = compressed.candidates(10, index.spec.params)
     candidates = [index.search(q, depth).ids for q in queries]
+    files = [root / "metadata.db", *root.glob("index/*.f16")]
+
+    def evict() -> None:
+        for path in files:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
     def database(ids: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         exact = backend.vectors_by_ids(ids.tolist(), DIM)
@@ -69,6 +82,8 @@ def main() -> None:
             for name, rank in ways.items():
                 wall, cpu, rows, tops[name] = [], [], [], []
                 for q, ids in zip(queries, candidates, strict=True):
+                    if args.cold:
+                        evict()
                     t, c = time.perf_counter(), time.process_time()
                     found, scores, read = rank(ids, q)
                     wall.append(time.perf_counter() - t)

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlflow_rag.cli import main
+from mlflow_rag.errors import BundleCorrupt
 from mlflow_rag.index.compressed import rerank
 from mlflow_rag.index.side_vectors import (
     SIDE_DTYPE,
@@ -288,3 +289,25 @@ def test_cli_a_store_from_before_the_side_file_gets_one_and_searches_the_same(
     with Store.open(store, read_only=True) as opened:
         assert not [e for e in opened._core.index_cache.events if "side file" in e]
         assert opened.verify(sample=10)["models"][name]["side_file"] == "used"
+
+
+def test_a_bundle_carries_its_side_file_hashed_and_a_damaged_one_is_refused(tmp_path: Path) -> None:
+    store, vectors = _two_models(str(tmp_path / "store"), 1_000)
+    queries = vectors[::97] + np.float32(0.01)
+    want = _hits(store, queries)
+    bundle = store.snapshot(tmp_path / "bundle")
+    store.close()
+    name = layout.vectors_relative(store._core.registry.get("m"))
+    assert name in read_manifest(bundle).files  # hashed with every other file
+    opened = Store.open(bundle, immutable=True, verify_files=True, mmap=True)
+    try:
+        assert _hits(opened, queries) == want
+        assert opened._core.index_cache.indexes["m"].side is not None
+        assert not opened._core.index_cache.events
+    finally:
+        opened.close()
+    with open(bundle / name, "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\x00\x7c")  # float16 inf
+    with pytest.raises(BundleCorrupt, match=f"bundle file {name} does not match"):
+        Store.open(bundle, immutable=True, verify_files=True)
