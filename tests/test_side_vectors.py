@@ -42,15 +42,26 @@ def _clustered(n: int, *, seed: int = 0) -> np.ndarray:
 # ------------------------------------------------------------------ the format and the bound
 
 
+def _side_of(blocks: list[tuple[np.ndarray, np.ndarray]]) -> SideVectors:
+    """A side file written to memory from ``blocks``, read back as the store maps it."""
+    out = bytearray()
+    rows, runs = float16_rows(lambda: iter(blocks), DIM, out.extend)
+    assert len(out) == rows * DIM * 2 + runs * 16
+    return SideVectors(np.frombuffer(bytes(out[: rows * DIM * 2]), SIDE_DTYPE).reshape(-1, DIM),
+                       np.frombuffer(bytes(out[rows * DIM * 2:]), "<i8").reshape(-1, 2))
+
+
 def test_bounded_rerank_equals_the_full_rerank_and_reads_few() -> None:
     vectors = _clustered(3_000)
     # near-ties float16 cannot order: exact duplicates and copies moved by less than its ulp
     vectors[1::7] = vectors[::7][: len(vectors[1::7])]
     vectors[2::11] += np.float32(1e-5)
+    vectors[3] = 7e4  # beyond float16: inf in the file, so read from the database
     ids = np.arange(101, 101 + len(vectors), dtype=np.int64)
-    rows = vectors.astype(SIDE_DTYPE)
-    rows[5::50] = np.nan  # rows the file does not hold: read from the database
-    side = SideVectors(rows[:-100], base=101)  # the last 100 ids are newer than the file
+    held = np.ones(len(ids), bool)
+    held[5::50] = False  # deleted before the file was written (after this snapshot)
+    held[-100:] = False  # newer than the file
+    side = _side_of([(ids[held], vectors[held])])
     exact_of = dict(zip(ids.tolist(), vectors, strict=True))
     rng = np.random.default_rng(1)
     read = []
@@ -67,35 +78,31 @@ def test_bounded_rerank_equals_the_full_rerank_and_reads_few() -> None:
     assert np.mean(read) < 0.35  # float16 settles most candidates without the database
 
 
-def test_the_file_is_addressed_by_vector_id_with_nan_rows_for_ids_it_does_not_hold() -> None:
+def test_rows_are_found_by_vector_id_through_the_run_table() -> None:
     vectors = _clustered(6)
-    blocks = [(np.array([3, 4, 5]), vectors[:3]), (np.array([9, 10]), vectors[3:5]),
-              (np.array([13]), vectors[5:])]
-    out = bytearray()
-    base, rows = float16_rows(lambda: iter(blocks), DIM, out.extend)
-    assert (base, rows) == (3, 11) and len(out) == 11 * DIM * 2
-    side = SideVectors(np.frombuffer(bytes(out), SIDE_DTYPE).reshape(rows, DIM), base)
-    assert side.max_vector_id == 13
-    assert np.array_equal(side.rows[[0, 6, 10]], vectors[[0, 3, 5]].astype(SIDE_DTYPE))
-    assert np.isnan(side.rows[[3, 4, 5, 8, 9]]).all()
+    side = _side_of([(np.array([3, 4, 5]), vectors[:3]), (np.array([9, 10]), vectors[3:5]),
+                     (np.array([11]), vectors[5:])])  # 9..11 is one run across two blocks
+    assert side.rows.shape == (6, DIM) and side.run_ids.tolist() == [3, 9]
+    assert side.max_vector_id == 11 and not side.problem()
+    assert side.positions(np.array([3, 5, 9, 11, 6, 2, 12, 0])).tolist() == [0, 2, 3, 5] + [-1] * 4
+    assert np.array_equal(side.rows, vectors.astype(SIDE_DTYPE))
     lower, upper = side.bounds(np.array([3, 6, 14, 2]), vectors[0])
     assert lower[0] <= float(vectors[0] @ vectors[0]) <= upper[0]
-    assert np.isinf(lower[1:]).all() and np.isinf(upper[1:]).all()  # NaN row, beyond, before
+    assert np.isinf(lower[1:]).all() and np.isinf(upper[1:]).all()  # not held: the database
+    bad = SideVectors(side.rows, np.array([[3, 0], [4, 3]]))  # id 4 inside the first run
+    assert "out of order" in bad.problem()
 
 
 def test_the_next_file_carries_the_old_rows_erases_the_deleted_and_appends_the_new() -> None:
     vectors = _clustered(12)
-    old = SideVectors(vectors[:8].astype(SIDE_DTYPE), base=5, generation=3)  # ids 5..12
-    newer = [(np.array([14, 15]), vectors[8:10]), (np.array([17]), vectors[10:11])]
-    out = bytearray()
-    base, rows = float16_rows(carried(old, np.array([6, 11, 15]), lambda: iter(newer), rows=3),
-                              DIM, out.extend)
-    got = np.frombuffer(bytes(out), SIDE_DTYPE).reshape(rows, DIM)
-    assert (base, rows) == (5, 13)
-    assert np.isnan(got[[1, 6, 8, 11]]).all()  # deleted 6 and 11; 13 and 16 never held
-    keep = [0, 2, 3, 4, 5, 7]
-    assert np.array_equal(got[keep], vectors[keep].astype(SIDE_DTYPE))
-    assert np.array_equal(got[[9, 12]], vectors[[8, 10]].astype(SIDE_DTYPE))
+    old = _side_of([(np.arange(5, 13), vectors[:8])])  # ids 5..12
+    newer = [(np.array([14]), vectors[8:9]), (np.array([17]), vectors[10:11])]  # from the db
+    side = _side_of(list(carried(old, np.array([6, 11, 15]), lambda: iter(newer))()))
+    assert side.run_ids.tolist() == [5, 7, 12, 14, 17]
+    want = {5: 0, 7: 2, 8: 3, 9: 4, 10: 5, 12: 7, 14: 8, 17: 10}
+    assert side.positions(np.array(list(want))).tolist() == list(range(8))
+    assert np.array_equal(side.rows, vectors[list(want.values())].astype(SIDE_DTYPE))
+    assert (side.positions(np.array([6, 11, 13, 15, 16])) == -1).all()  # erased, never held
 
 
 # ------------------------------------------------------------------ through the store
@@ -144,8 +151,9 @@ def test_the_side_file_reranks_as_the_database_does_through_writes_deletes_and_e
     queries = vectors[::157] + np.float32(0.01)
     entry = read_manifest(store.root).models["m"]
     assert entry.vectors_file == "index/" + store._core.registry.get("m").slug + ".f16"
-    assert _side_path(store).stat().st_size == entry.vectors_bytes == entry.vectors_rows * DIM * 2
-    assert entry.vectors_rows > 3_000  # vector-id addressed: the other model's ids are gaps
+    assert _side_path(store).stat().st_size == entry.vectors_bytes \
+        == entry.vectors_rows * DIM * 2 + entry.vectors_runs * 16
+    assert entry.vectors_rows == 3_000 and entry.vectors_runs > 1  # ids interleave: runs
     reads: list[int] = []
     real = store.backend.vectors_by_ids
     monkeypatch.setattr(store.backend, "vectors_by_ids",
@@ -163,11 +171,13 @@ def test_the_side_file_reranks_as_the_database_does_through_writes_deletes_and_e
     assert _hits(store, more[::10])[0][0][0] == "new0#0"
     assert _hits(store, more[::10]) == _database_read(store, more[::10])
     doomed = store.backend.vectors_after("m", 0, DIM)[0][10:20]  # document m1's vector ids
+    erased = store.backend.vectors_by_ids(doomed.tolist(), DIM).astype(SIDE_DTYPE).tobytes()
     store.delete("m1", erase=True)  # erasure flushes: the file is written again
     entry = read_manifest(store.root).models["m"]
-    rows = np.fromfile(_side_path(store), dtype=SIDE_DTYPE).reshape(-1, DIM)
-    assert np.isnan(rows[doomed - entry.vectors_base]).all()  # its vectors are gone
-    assert entry.vectors_base + entry.vectors_rows - 1 == entry.max_vector_id
+    side = store._core.index_cache.sides["m"]
+    assert entry.vectors_rows == 3_190 and (side.positions(doomed) == -1).all()
+    assert erased[:64] not in _side_path(store).read_bytes()  # its vectors are gone
+    assert side.max_vector_id == entry.max_vector_id
     assert _hits(store, queries) == _database_read(store, queries)
     assert "m1#0" not in {c for hits in _hits(store, queries, k=50) for c, _ in hits}
     report = store.verify(sample=20)["models"]["m"]
@@ -195,11 +205,12 @@ def _damage_cases(store: Store, tmp_path: Path) -> dict[str, Any]:
         path.write_bytes(bytes(data))
 
     def foreign() -> None:  # other vectors, the manifest's hashes recomputed
-        data = np.frombuffer(old_bytes, SIDE_DTYPE).copy()
-        data[np.isfinite(data)] *= np.float16(-1)
-        path.write_bytes(data.tobytes())
         manifest = read_manifest(store.root)
-        manifest.models["m"].vectors_block_sha256 = block_sha256s(data.tobytes())
+        split = manifest.models["m"].vectors_rows * DIM * 2
+        rows = -np.frombuffer(old_bytes[:split], SIDE_DTYPE)
+        data = rows.tobytes() + old_bytes[split:]
+        path.write_bytes(data)
+        manifest.models["m"].vectors_block_sha256 = block_sha256s(data)
         write_manifest(store.root, manifest)
 
     def missing() -> None:

@@ -77,14 +77,15 @@ def check_model(
 
 def side_rows_differing(side: SideVectors, ids: np.ndarray, vectors: np.ndarray) -> int:
     """How many of ``ids`` the side file holds with another value than the float16 of their
-    database vector (a NaN row, an id it never held or was written without, is not wrong:
-    the re-rank reads those from the database)."""
-    inside = (ids >= side.base) & (ids <= side.max_vector_id)
-    rows = side.rows[ids[inside] - side.base]
+    database vector (an id it does not hold is not wrong: the re-rank reads it from the
+    database)."""
+    where = side.positions(ids)
+    inside = where >= 0
+    rows = side.rows[where[inside]]
     with np.errstate(over="ignore"):
         want = vectors[inside].astype(SIDE_DTYPE)
     same = np.all((rows == want) | (np.isnan(rows) & np.isnan(want)), axis=1)
-    return int((~same & ~np.all(np.isnan(rows), axis=1)).sum())
+    return int((~same).sum())
 
 
 def _ids_and_rows(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlflow_rag.index.side_vectors import SIDE_DTYPE, SideVectors, float16_rows
+from mlflow_rag.index.side_vectors import RUN_DTYPE, SIDE_DTYPE, SideVectors, float16_rows
 from mlflow_rag.index.vector_index import sorted_unique
 from mlflow_rag.store import layout
 from mlflow_rag.store.backend import Backend
@@ -47,22 +47,22 @@ def write(root: Path, info: ModelInfo, entry: ModelEntry, blocks: Blocks, *,
 
     path = layout.vectors_path(root, info)
     stored = atomic_write_stream(path, produce, block=HASH_BLOCK_BYTES)
-    base, rows = shape
+    rows, runs = shape
     entry.vectors_file = layout.vectors_relative(info)
     entry.vectors_bytes = stored.size
     entry.vectors_block_sha256 = stored.block_sha256
-    entry.vectors_base = base
     entry.vectors_rows = rows
+    entry.vectors_runs = runs
     entry.vectors_generation = generation
     with open(path, "rb") as handle:  # the store's lock is held: no one replaced it since
-        return _mapped(handle.fileno(), base, rows, info.dimension, generation)
+        return _mapped(handle.fileno(), rows, runs, info.dimension, generation)
 
 
 def clear(root: Path, info: ModelInfo, entry: ModelEntry | None) -> None:
     """Forget the model's side file (its index is no longer compressed)."""
     if entry is not None:
         entry.vectors_file, entry.vectors_bytes, entry.vectors_block_sha256 = "", 0, []
-        entry.vectors_base = entry.vectors_rows = entry.vectors_generation = 0
+        entry.vectors_rows = entry.vectors_runs = entry.vectors_generation = 0
     layout.vectors_path(root, info).unlink(missing_ok=True)
 
 
@@ -78,7 +78,8 @@ def load(
     if entry.vectors_file != relative:  # never opened: the manifest may name only this file
         return None, f"the manifest names the side file {entry.vectors_file!r}, not {relative}"
     row_bytes = info.dimension * SIDE_DTYPE.itemsize
-    if entry.vectors_bytes != entry.vectors_rows * row_bytes:
+    if entry.vectors_bytes != entry.vectors_rows * row_bytes \
+            + entry.vectors_runs * 2 * RUN_DTYPE.itemsize:
         return None, f"{relative}: the manifest's size and rows disagree"
     path = layout.vectors_path(root, info)
     if not path.is_file():
@@ -93,8 +94,10 @@ def load(
         if not hashed and block_sha256s_fd(fd, size, block=HASH_BLOCK_BYTES) \
                 != entry.vectors_block_sha256:
             return None, f"{relative} does not match its sha256 (block hashes)"
-        side = _mapped(fd, entry.vectors_base, entry.vectors_rows, info.dimension,
+        side = _mapped(fd, entry.vectors_rows, entry.vectors_runs, info.dimension,
                        entry.vectors_generation)
+    if side.problem():
+        return None, f"{relative}: {side.problem()}"
     differs = first_differing_row(side, backend, live_ids, info.dimension)
     if differs is not None:
         return None, f"{relative}: vector {differs} differs from the database (a foreign file?)"
@@ -105,25 +108,30 @@ def first_differing_row(
     side: SideVectors, backend: Backend, live_ids: np.ndarray, dimension: int
 ) -> int | None:
     """Up to ``SPOT_CHECKS`` spread ids the file holds must each be the float16 of their
-    database vector, or NaN (deleted when the file was written, after this snapshot)."""
-    held = live_ids[(live_ids >= side.base) & (live_ids <= side.max_vector_id)]
+    database vector (ids it does not hold were deleted when it was written, after this
+    snapshot, or are newer)."""
+    where = side.positions(live_ids)
+    held = np.flatnonzero(where >= 0)
     if len(held) == 0:
         return None
     picks = held[sorted_unique(np.linspace(0, len(held) - 1,
                                            num=min(SPOT_CHECKS, len(held))).astype(int))]
-    stored = backend.vectors_by_ids(picks.tolist(), dimension)
+    stored = backend.vectors_by_ids(live_ids[picks].tolist(), dimension)
     with np.errstate(over="ignore"):
         expected = stored.astype(SIDE_DTYPE)
-    for vector_id, want in zip(picks.tolist(), expected, strict=True):
-        row = side.rows[vector_id - side.base]
-        if not (np.isnan(row).all() or np.array_equal(row, want)):
-            return int(vector_id)
+    for pick, want in zip(picks.tolist(), expected, strict=True):
+        if not np.array_equal(side.rows[where[pick]], want, equal_nan=True):
+            return int(live_ids[pick])
     return None
 
 
-def _mapped(fd: int, base: int, rows: int, dimension: int, generation: int) -> SideVectors:
+def _mapped(fd: int, rows: int, runs: int, dimension: int, generation: int) -> SideVectors:
+    """The rows mapped; the run table (16 B a run) read into memory."""
+    row_bytes = rows * dimension * SIDE_DTYPE.itemsize
+    table = np.frombuffer(os.pread(fd, runs * 2 * RUN_DTYPE.itemsize, row_bytes),
+                          dtype=RUN_DTYPE).reshape(-1, 2)
     if rows == 0:
-        return SideVectors(np.zeros((0, dimension), SIDE_DTYPE), base, generation=generation)
-    view = mmap.mmap(fd, rows * dimension * SIDE_DTYPE.itemsize, prot=mmap.PROT_READ)
-    return SideVectors(np.frombuffer(view, dtype=SIDE_DTYPE).reshape(rows, dimension), base,
+        return SideVectors(np.zeros((0, dimension), SIDE_DTYPE), table, generation=generation)
+    view = mmap.mmap(fd, row_bytes, prot=mmap.PROT_READ)
+    return SideVectors(np.frombuffer(view, dtype=SIDE_DTYPE).reshape(rows, dimension), table,
                        generation=generation)
