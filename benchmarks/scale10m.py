@@ -275,7 +275,11 @@ def store_query(args: argparse.Namespace) -> None:
     start_t = time.perf_counter()
     store = Store.open(out_dir / f"store{args.n}", read_only=True)
     store.dense_search(queries[0], model="auto", k=10)
-    print(f"store {args.n:,}: open + first search {time.perf_counter() - start_t:.1f} s", flush=True)
+    cache = store._core.index_cache
+    if args.no_side:  # re-rank as before the side file: every candidate from the database
+        cache.sides["auto"] = cache.indexes["auto"].side = None
+    side = "database read" if cache.indexes["auto"].side is None else "side file"
+    print(f"store {args.n:,} ({side}): open + first search {time.perf_counter() - start_t:.1f} s", flush=True)
     samples, recalls = [], []
     for rep in range(args.reps):  # the first pass reads the candidates' rows from disk
         these = []
@@ -288,7 +292,7 @@ def store_query(args: argparse.Namespace) -> None:
         samples += these
     samples.sort()
     index = store._core.index_cache.indexes["auto"]
-    print(f"store {args.n:,} ({index.spec.kind} {dict(index.spec.params)}): recall@10 "
+    print(f"store {args.n:,} ({index.spec.kind} {dict(index.spec.params)}, {side}): recall@10 "
           f"{statistics.mean(recalls):.3f}  p50 {statistics.median(samples):.2f} ms  p95 "
           f"{samples[int(0.95 * (len(samples) - 1))]:.2f} ms; peak RSS {peak_rss_mb():.0f} MB "
           f"({before:.0f} MB before the store opened); {load()}", flush=True)
@@ -309,6 +313,8 @@ def main() -> None:
     parser.add_argument("--reranks", default="0,50,100,200")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--index-type", default="auto", help="store-build: the model's index type")
+    parser.add_argument("--no-side", action="store_true",
+                        help="store-query: re-rank from the database, not the float16 side file")
     parser.add_argument("--step", type=int, default=5000, help="store-build: chunks per write")
     args = parser.parse_args()
     {"gen": gen, "build": build, "query": query, "store-build": store_build,

@@ -449,6 +449,42 @@ def test_sigkill_at_every_file_step_of_persisting_a_rebuild(
     print(f"rebuild self-kills at file steps survived: {total} (flat, hnsw, ivf)")
 
 
+def check_side_after_kill(path: Path) -> list[str]:
+    """:func:`check_after_kill` of a compressed store, whose writable reopen wrote its side
+    file again if the kill left it unvouched for: the next open uses it, every row right, and
+    ranks as the database read does."""
+    events = check_after_kill(path)
+    with Store.open(path, read_only=True) as store:
+        query = np.random.default_rng(1).normal(size=32).astype(np.float32)
+        hits = [(h.chunk_id, h.score) for h in store.dense_search(query, k=10)]
+        cache = store._core.index_cache
+        assert cache.indexes["m"].side is not None, store.events
+        assert store.verify(sample=10)["models"]["m"]["side_rows_differing"] == 0
+        cache.sides["m"] = cache.indexes["m"].side = None
+        assert [(h.chunk_id, h.score) for h in store.dense_search(query, k=10)] == hits
+    return events
+
+
+def test_sigkill_while_persisting_a_compressed_rebuild_never_ranks_by_a_torn_side_file(
+    rebuild_stores: RebuildStores, tmp_path: Path
+) -> None:
+    # the side file's write and replace, after the index's four steps (a rebuild writes the
+    # same bytes again, so the manifest is not rewritten)
+    kills = sweep_selfkill(rebuild_stores["ivfpq"], tmp_path, "rebuild", check_side_after_kill,
+                           [5, 7])
+    assert kills == 2
+
+
+@pytest.mark.slow
+def test_sigkill_at_every_file_step_of_persisting_a_compressed_rebuild(
+    rebuild_stores: RebuildStores, tmp_path: Path
+) -> None:
+    kills = sweep_selfkill(rebuild_stores["ivfpq"], tmp_path, "rebuild", check_side_after_kill,
+                           range(1, 20))
+    assert kills == 8  # index and side file: write, fsync, replace, fsync(dir) each
+    print(f"compressed rebuild self-kills at file steps survived: {kills}")
+
+
 def kill_rebuilds(
     stores: RebuildStores, kinds: list[str], tmp_path: Path, rounds: int
 ) -> dict[str, int]:

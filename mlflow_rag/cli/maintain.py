@@ -182,6 +182,7 @@ def check(store_path: Path | str, no_embed_check: bool) -> None:
     echo_json(report)
     bad = report["integrity_check"] != "ok" or any(
         not m["ids_equal"] or m["self_found"] < m["sampled"] or m.get("embed_mismatches", 0)
+        or m.get("side_rows_differing", 0)
         for m in report["models"].values()
     )
     sys.exit(1 if bad else 0)

@@ -48,9 +48,15 @@ def rerank(
     ids: np.ndarray, vectors: np.ndarray, query: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top ``k`` of candidate ``ids`` (with their exact ``vectors``, in the same order)
-    by exact inner product with ``query``: (ids, scores), best first; ties by id."""
+    by exact inner product with ``query``: (ids, scores), best first; ties by id.
+
+    Scored in float64 and rounded to float32, so a candidate's score does not depend on
+    which other candidates are scored with it (a float32 product's rounding may follow the
+    BLAS kernel the row count picks): the side file's re-rank scores a subset of the
+    candidates and must give the same scores (index/side_vectors.py)."""
     if len(ids) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    exact = np.asarray(vectors, dtype=np.float32) @ np.asarray(query, dtype=np.float32)
+    exact = (np.asarray(vectors, dtype=np.float32).astype(np.float64)
+             @ np.asarray(query, dtype=np.float32).astype(np.float64)).astype(np.float32)
     order = np.lexsort((ids, -exact))[:k]
     return ids[order].astype(np.int64), exact[order].astype(np.float32)

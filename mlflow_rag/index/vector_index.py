@@ -24,6 +24,7 @@ from mlflow_rag.index.compressed import empty_ivfpq, pq_training
 from mlflow_rag.index.filtered import exact_selected, filtered_strategy, gathered_scores
 from mlflow_rag.index.layout import check_index_file
 from mlflow_rag.index.pages import prefer_huge_pages
+from mlflow_rag.index.side_vectors import SideVectors
 
 # Rows per block when scoring a matrix numpy cannot hand to BLAS (see scores()): 1.5 MB of
 # 384-d float32, small enough to stay in cache between the copy and the product.
@@ -166,6 +167,8 @@ class VectorIndex:
         # that maps it). FAISS aborts the process on any write to mapped storage, so mutations
         # first take a private copy (_unmap).
         self.mapped = False
+        # A compressed index's float16 vectors, for its re-rank (attached by the store).
+        self.side: SideVectors | None = None
 
     # ----------------------------------------------------------------- construction
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from mlflow_rag.index.choose import COMPRESSED_KINDS, IVF_KINDS, IndexSpec, choose_index
+from mlflow_rag.index.side_vectors import SideVectors, carried
 from mlflow_rag.index.vector_index import Blocks, VectorIndex, sorted_unique
-from mlflow_rag.store import layout
+from mlflow_rag.store import layout, side_files
 from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.files import (
     HASH_BLOCK_BYTES,
@@ -66,6 +67,9 @@ class IndexCache:
         self.hit_maps: dict[str, HitKeys | None] = {}  # per model; None: join (see hit_keys)
         self.map_builds: dict[str, MapBuild] = {}  # per model: its map being built off-request
         self.persisted: dict[str, int] = {}  # model -> generation of the file on disk
+        # Per compressed model: its float16 side file mapped, or None (checked and not
+        # usable: the re-rank reads the database, and the next persist writes the file).
+        self.sides: dict[str, SideVectors | None] = {}
         self.events: list[str] = []  # rebuilds and repairs, for reports and tests
         self.manifest = read_manifest(root)
 
@@ -76,12 +80,14 @@ class IndexCache:
         self.pending.clear()
         self.keys.clear()
         self.hit_maps.clear()
+        self.sides.clear()
 
     def forget(self, name: str) -> None:
         """Drop a model's in-memory index: it is loaded or rebuilt on next use."""
         self.indexes.pop(name, None)
         self.pending.pop(name, None)
         self.hit_maps.pop(name, None)
+        self.sides.pop(name, None)
         self._cancel_build(name)
 
     def rebuilt_for_new_space(self, info: ModelInfo, generation: int) -> None:
@@ -90,6 +96,7 @@ class IndexCache:
         repair worth a warning. Call inside a read transaction."""
         self.keys.pop(info.name, None)
         self.hit_maps.pop(info.name, None)
+        self.sides[info.name] = None  # of the old space: the next persist writes it anew
         self._cancel_build(info.name)
         self.build(info, generation, "")
         self.persisted.pop(info.name, None)
@@ -105,7 +112,26 @@ class IndexCache:
             self.indexes[info.name] = index
         if index.generation != generation:
             index = self.sync(info, index, generation)
+        if index.spec.kind in COMPRESSED_KINDS and index.side is None:
+            index.side = self._side(info, index)
         return index
+
+    def _side(self, info: ModelInfo, index: VectorIndex) -> SideVectors | None:
+        """The model's side file, checked once per process and file (inside a read
+        transaction). Rows are immutable per vector id, so a file older than the index
+        still holds right rows; ids it lacks are read from the database."""
+        if info.name in self.sides:
+            side = self.sides[info.name]
+            return side if side is not None and side.dimension == info.dimension else None
+        entry = self.manifest.models.get(info.name) if self.manifest else None
+        side, reason = (None, "no side file recorded") if entry is None else side_files.load(
+            self.root, info, entry, self.backend, index.ids(), verified_files=self.verified_files)
+        if side is None and entry is not None and entry.vectors_file:
+            self.events.append(f"side file of {info.name!r} not used: {reason}")
+            log.warning("not using the side file of %s in %s (re-ranking reads the database "
+                        "until a flush writes it again): %s", info.name, self.root, reason)
+        self.sides[info.name] = side
+        return side
 
     def build(self, info: ModelInfo, generation: int, reason: str) -> VectorIndex:
         """The model's index from SQLite, read a block at a time (see ``vector_blocks``).
@@ -268,6 +294,11 @@ class IndexCache:
                 block_sha256=stored.block_sha256, block_bytes=HASH_BLOCK_BYTES,
             )
             written.append(index)
+        for name, index in current.items():
+            if index.spec.kind not in COMPRESSED_KINDS:
+                side_files.clear(self.root, models[name], manifest.models.get(name))
+            elif index in written or self.sides.get(name) is None:
+                self._write_side(models[name], manifest.models[name])
         for name in list(manifest.models):
             if name not in current:
                 del manifest.models[name]
@@ -281,6 +312,24 @@ class IndexCache:
             index.dirty = False
         for name in current:
             self.persisted[name] = generation
+
+    def _write_side(self, info: ModelInfo, entry: ModelEntry) -> None:
+        """Write the model's side file in one snapshot: the checked file it replaces, its
+        deleted rows erased, plus the vectors added since from the database; without one, all
+        of them from the database. A block at a time either way."""
+        with self.backend.read_transaction():
+            generation = self.backend.generation()
+            blocks = vector_blocks(self.backend, info.name, info.dimension)
+            old = self.sides.get(info.name)
+            if old is not None and old.dimension == info.dimension and len(old.rows):
+                blocks = carried(old, self.backend.deletions_since(info.name, old.generation),
+                                 vector_blocks(self.backend, info.name, info.dimension,
+                                               after=old.max_vector_id))
+            side = side_files.write(self.root, info, entry, blocks, generation=generation)
+        self.sides[info.name] = side
+        index = self.indexes.get(info.name)
+        if index is not None:
+            index.side = side
 
     def advance(
         self, generation: int, added: Mapping[str, tuple[list[int], list[np.ndarray]]],

@@ -2,6 +2,7 @@
 
     STORE/metadata.db            documents, chunks, embeddings, queries, retrievals (+ FTS5)
     STORE/index/<model-slug>.faiss
+    STORE/index/<model-slug>.f16 a compressed index's vectors as float16, by vector id
     STORE/manifest.json          schema/package versions; per model: dimension, index type and
                                  parameters, generation, vector count, sha256 of the index file
     STORE/models/<model-slug>/   embedder state fitted at ingest (tfidf), if any
@@ -47,6 +48,16 @@ def index_relative(info: ModelInfo) -> str:
 
 def index_path(root: Path, info: ModelInfo) -> Path:
     return confined(root, index_relative(info), what=f"index file of model {info.name!r}")
+
+
+def vectors_relative(info: ModelInfo) -> str:
+    """The one float16 side file name a manifest may record for this model (its compressed
+    index's exact vectors, store/side_files.py)."""
+    return f"{INDEX_DIR}/{info.slug}.f16"
+
+
+def vectors_path(root: Path, info: ModelInfo) -> Path:
+    return confined(root, vectors_relative(info), what=f"vector file of model {info.name!r}")
 
 
 def model_dir(root: Path, *, slug: str, name: str) -> Path:

@@ -40,6 +40,15 @@ class ModelEntry:
     # is checked instead.
     block_sha256: list[str] = field(default_factory=list)
     block_bytes: int = 0
+    # A compressed index's float16 side file (store/side_files.py): its name, size, block
+    # hashes (of ``block_bytes``), rows, runs of its run table and the generation it was
+    # read at; empty for other kinds and for manifests written before it existed.
+    vectors_file: str = ""
+    vectors_bytes: int = 0
+    vectors_block_sha256: list[str] = field(default_factory=list)
+    vectors_rows: int = 0
+    vectors_runs: int = 0
+    vectors_generation: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelEntry:

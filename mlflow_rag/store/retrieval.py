@@ -12,6 +12,7 @@ import numpy as np
 
 from mlflow_rag.index import compressed
 from mlflow_rag.index.choose import COMPRESSED_KINDS
+from mlflow_rag.index.side_vectors import rerank_bounded
 from mlflow_rag.index.vector_index import SearchResult, VectorIndex
 from mlflow_rag.store.backend import Backend
 from mlflow_rag.store.filter_masks import VectorKeys, allowed_vector_ids
@@ -52,10 +53,18 @@ def ranked(
     allowed: np.ndarray | None = None,
 ) -> SearchResult:
     """``index.search``, exact scores included: a compressed index's ``rerank`` candidates
-    are re-scored with their stored vectors (one read of ``rerank`` rows, 500 by default:
-    its cost is in benchmarks/RESULTS.md, "10M chunks"). Call inside a read transaction."""
+    are re-scored with their stored vectors: from the float16 side file when it is there,
+    reading from the database only the few candidates float16 cannot rank for sure, else
+    one read of ``rerank`` rows, 500 by default (benchmarks/RESULTS.md, "10M chunks"). Call
+    inside a read transaction."""
     if index.spec.kind not in COMPRESSED_KINDS:
         return index.search(query, k, allowed=allowed)
     found = index.search(query, compressed.candidates(k, index.spec.params), allowed=allowed)
+    if index.side is not None:
+        # float16 rules out all but ~k candidates; only those are read (the same result).
+        ids, scores, _read = rerank_bounded(
+            found.ids, index.side, query, k,
+            lambda keep: backend.vectors_by_ids(keep.tolist(), index.dimension))
+        return SearchResult(ids, scores)
     exact = backend.vectors_by_ids(found.ids.tolist(), index.dimension)
     return SearchResult(*compressed.rerank(found.ids, exact, query, k))

@@ -297,6 +297,7 @@ class Store(StoreWrites):
             self._core.registry.refresh(generation)
             info = self._core.registry.get(model)
             self._core.index_cache.build(info, generation, "asked for")
+            self._core.index_cache.sides[info.name] = None  # its side file too, from SQLite
         self.flush()
 
     # ----------------------------------------------------------------- reads
