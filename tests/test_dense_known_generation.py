@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from mlflow_rag.errors import DimensionMismatch
+from mlflow_rag.store.hit_documents import HitDocuments
 from mlflow_rag.store.store import Store
 from mlflow_rag.types import Hit
 from tests.conftest import make_record
@@ -68,7 +69,8 @@ def test_another_connections_write_is_seen_by_the_next_search(tmp_path: Path) ->
     other.write([_record(30, np.stack([vectors[4] * 2] * 31))])  # doc30's chunks where doc4's were
     opened = _count_transactions(store)
     hits = store.dense_search(query, model="m", k=10)
-    assert len(opened) == 1  # the store moved on: searched again in a transaction
+    # The store moved on: one transaction finds that, the search is made again in another.
+    assert len(opened) == 2
     assert hits[0].chunk_id == "doc30#0" and not any(h.document_id == "doc4" for h in hits)
     assert hits == _joined(store, query)
     other.close()
@@ -108,7 +110,7 @@ def test_a_write_landing_between_faiss_and_the_rows_is_never_half_seen(
     index.search = search_then_delete  # type: ignore[method-assign]
     opened = _count_transactions(store)
     hits = store.dense_search(query, model="m", k=10)
-    assert landed and len(opened) == 1  # the rows' generation was not the index's: again
+    assert landed and len(opened) == 2  # the rows' generation was not the index's: again
     if change == "delete":
         assert hits and not any(h.document_id == "doc4" for h in hits)
     elif change == "new":
@@ -120,4 +122,29 @@ def test_a_write_landing_between_faiss_and_the_rows_is_never_half_seen(
     index.search = search  # type: ignore[method-assign]
     assert hits == _joined(store, query)
     other.close()
+    store.close()
+
+
+def test_documents_not_remembered_yet_are_read_in_a_transaction_without_a_second_faiss_search(
+    tmp_path: Path,
+) -> None:
+    store, vectors = _store(str(tmp_path / "store"))
+    query = vectors[7][1]
+    expected = _search(store, query)
+    keys = store._core.index_cache.hit_maps["m"]
+    keys.documents = HitDocuments()  # as after a first pass: no document remembered
+    index = store._core.index_cache.indexes["m"]
+    search = index.search
+    asked: list[int] = []
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        asked.append(1)
+        return search(*args, **kwargs)
+
+    index.search = counted  # type: ignore[method-assign]
+    opened = _count_transactions(store)
+    assert store.dense_search(query, model="m", k=10) == expected
+    assert len(asked) == 1 and len(opened) == 1 and len(keys.documents) > 0
+    assert store.dense_search(query, model="m", k=10) == expected  # now remembered: no transaction
+    assert len(asked) == 2 and len(opened) == 1
     store.close()

@@ -38,7 +38,6 @@ from mlflow_rag.errors import (
     ChunkNotFound,
     DocumentNotFound,
     InvalidInput,
-    RagError,
     UnknownChoice,
 )
 from mlflow_rag.index.choose import INDEX_TYPES, choose_index
@@ -384,10 +383,13 @@ class Store(StoreWrites):
     ) -> list[Hit]:
         """:meth:`dense_search` for a request parsed already (``k`` checked, filter compiled)."""
         plan = request.plan
-        if plan is None:
-            hits = self._dense_at_known_generation(vector, request.k, model, include_pii)
-            if hits is not None:
-                return hits
+        known = None if plan is not None else retrieval.dense_at_known_generation(
+            self._core, vector, request.k, model=model)
+        if known is not None:
+            hits, orphans = views.dense_hits(known.ids, known.scores, known.rows,
+                                             include_pii=include_pii)
+            self.orphan_hits += orphans
+            return hits
         with self._core.lock, self.backend.read_transaction():
             generation = self.backend.generation()
             self._core.registry.refresh(generation)
@@ -401,46 +403,6 @@ class Store(StoreWrites):
         hits, orphans = views.dense_hits(found.ids, found.scores, found.rows,
                                          include_pii=include_pii)
         self.orphan_hits += orphans  # cannot happen inside one snapshot: must stay 0
-        return hits
-
-    def _dense_at_known_generation(
-        self, vector: Any, k: int, model: str | None, include_pii: bool
-    ) -> list[Hit] | None:
-        """An unfiltered search without a read transaction, when the model's index and hit map
-        are those of the generation the last search read (or None: :meth:`dense` searches in
-        one). The hits' rows and the store's generation are read by one statement; if the
-        store has moved on meanwhile, the answer is dropped and the search made again."""
-        # (SQLite's: PostgreSQL's searches join, in a transaction, with no hit map.)
-        read_at_generation = getattr(self.backend, "chunk_rows_at_generation", None)
-        if read_at_generation is None:
-            return None
-        core = self._core
-        cache = core.index_cache
-        with core.lock:
-            generation = core.registry.generation
-            by_name = core.registry.by_name
-            info = by_name.get(model) if model is not None else (
-                next(iter(by_name.values())) if len(by_name) == 1 else None)
-            if info is None:
-                return None  # (dense names what is wrong)
-            index = cache.indexes.get(info.name)
-            keys = cache.hit_maps.get(info.name)
-            if (index is None or keys is None or keys.stale or index.generation != generation
-                    or keys.generation != generation or info.name in cache.pending
-                    or index.dimension != info.dimension
-                    or index.spec.kind in retrieval.COMPRESSED_KINDS):
-                return None
-            try:
-                query = clean_query(vector, info.dimension)
-            except RagError:
-                return None  # refused by dense, against the models of the store as it is now
-            found = index.search(query, k)
-            ids = found.ids.tolist()
-            rows = keys.rows_at_generation(read_at_generation, ids)
-            if rows is None:
-                return None
-        hits, orphans = views.dense_hits(ids, found.scores.tolist(), rows, include_pii=include_pii)
-        self.orphan_hits += orphans
         return hits
 
     def lexical_search(
