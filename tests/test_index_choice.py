@@ -184,3 +184,22 @@ def test_one_query_runs_on_one_thread_and_leaves_the_threads_setting_as_it_was(k
     if kind == "hnsw":  # a k above ef_search raises it, and it stays exact for the next k
         assert len(index.search(vectors[7], 200).ids) == 200
         assert index.search(vectors[7], 3).ids[0] == 8
+
+
+@pytest.mark.parametrize("kind", ["ivf", "flat"])
+def test_an_index_finding_fewer_than_k_returns_only_what_it_found(kind: str) -> None:
+    # One list probed of 4 (IVF): the lists probed hold fewer than k vectors, so FAISS pads its
+    # answer with -1; the search returns the found ones, best first, and never a -1.
+    vectors = _unit_vectors(200, 8, seed=2)
+    ids = np.arange(1000, 1200, dtype=np.int64)
+    spec = choose_index(kind, 200, 8, {"nlist": 4, "nprobe": 1} if kind == "ivf" else None)
+    index = VectorIndex.build(spec, 8, ids, vectors, generation=1)
+    result = index.search(vectors[3], 150)
+    found = result.ids.tolist()
+    if kind == "ivf":
+        assert 0 < len(found) < 150
+    else:
+        assert len(found) == 150
+    assert found[0] == 1003 and min(found) >= 1000 and len(set(found)) == len(found)
+    assert len(result.scores) == len(found) and np.all(np.diff(result.scores) <= 0)
+    assert -1 not in index.search(vectors[3], 200).ids.tolist()

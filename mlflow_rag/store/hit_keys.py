@@ -26,16 +26,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from mlflow_rag.store.backend import Backend
-from mlflow_rag.store.hit_documents import HitDocuments
+from mlflow_rag.store.hit_documents import HitDocument, HitDocuments
 
 log = logging.getLogger("mlflow_rag.store")
 Row = tuple[Any, ...]
+# The SQLite backend's chunk_rows_at_generation: chunk rows by rowid and the store's
+# generation, read by one statement; None unless that generation is the one asked for.
+ChunkRowsAt = Callable[[Sequence[int], int], Mapping[int, Row] | None]
 
 
 def _hashes(chunk_ids: list[str]) -> np.ndarray:
@@ -168,17 +171,14 @@ class HitKeys:
         keys = [row[0] for row in picked]
         document_keys = [row[1] for row in picked]
         documents = self.documents.all_of(document_keys)
-        out: dict[int, Row] = {}
+        out: dict[int, Row] | None
         if documents is not None:
-            chunks = backend.chunk_rows_by_row_keys(keys)
-            for vector_id, (key, _, check), document in zip(vector_ids, picked, documents,
-                                                            strict=True):
-                row = chunks.get(key)
-                if row is None or hash(row[0]) != check or row[1] != document.document_id:
-                    self.stale = True  # renumbered rowids (VACUUM)
-                    return None
-                out[vector_id] = (*row, document.source_path, document)
+            out = _with_documents(vector_ids, picked, documents,
+                                  backend.chunk_rows_by_row_keys(keys))
+            if out is None:
+                self.stale = True  # renumbered rowids (VACUUM)
             return out
+        out = {}
         by_key = backend.hits_by_row_keys(list(zip(keys, document_keys, strict=True)))
         for vector_id, (key, document_key, check) in zip(vector_ids, picked, strict=True):
             row = by_key.get(key)
@@ -188,6 +188,41 @@ class HitKeys:
             document = self.documents.put(document_key, row[1], row[6], row[7])
             out[vector_id] = (*row[:7], document)
         return out
+
+    def rows_at_generation(
+        self, chunk_rows_at_generation: ChunkRowsAt, vector_ids: Sequence[int]
+    ) -> dict[int, Row] | None:
+        """:meth:`rows` outside a read transaction, for a search of the index at this map's
+        generation: the chunk rows and the store's generation come from one statement, so
+        from one snapshot, and that snapshot is this generation's if the generation read
+        equals it (every write moves it). None if the store has moved on, a document is not
+        remembered, no row came back or one does not check: the caller searches again in a
+        read transaction (which marks a renumbered map stale); nothing here has changed."""
+        picked = self.keys_of(vector_ids) if vector_ids and len(self.vector_ids) else None
+        if picked is None:
+            return None
+        documents = self.documents.all_of([row[1] for row in picked])
+        if documents is None:
+            return None
+        chunks = chunk_rows_at_generation([row[0] for row in picked], self.generation)
+        if chunks is None:
+            return None
+        return _with_documents(vector_ids, picked, documents, chunks)
+
+
+def _with_documents(
+    vector_ids: Sequence[int], picked: Sequence[tuple[int, int, int]],
+    documents: Sequence[HitDocument], chunks: Mapping[int, tuple[Any, ...]],
+) -> dict[int, Row] | None:
+    """Hit rows of chunk rows and their remembered documents, or None if a row is missing or
+    is not the chunk the map names (renumbered rowids)."""
+    out: dict[int, Row] = {}
+    for vector_id, (key, _, check), document in zip(vector_ids, picked, documents, strict=True):
+        row = chunks.get(key)
+        if row is None or hash(row[0]) != check or row[1] != document.document_id:
+            return None
+        out[vector_id] = (*row, document.source_path, document)
+    return out
 
 
 class MapBuild:

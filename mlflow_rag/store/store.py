@@ -384,6 +384,13 @@ class Store(StoreWrites):
     ) -> list[Hit]:
         """:meth:`dense_search` for a request parsed already (``k`` checked, filter compiled)."""
         plan = request.plan
+        known = None if plan is not None else retrieval.dense_at_known_generation(
+            self._core, vector, request.k, model=model)
+        if known is not None:
+            hits, orphans = views.dense_hits(known.ids, known.scores, known.rows,
+                                             include_pii=include_pii)
+            self.orphan_hits += orphans
+            return hits
         with self._core.lock, self.backend.read_transaction():
             generation = self.backend.generation()
             self._core.registry.refresh(generation)

@@ -279,6 +279,24 @@ class SqliteVectors:
         ).fetchall()
         return {row[0]: row[1:] for row in rows}
 
+    def chunk_rows_at_generation(
+        self, row_keys: Sequence[int], generation: int
+    ) -> dict[int, tuple[Any, ...]] | None:
+        # The scalar subquery is evaluated once, in the statement's snapshot: its rows are
+        # that generation's. (Outside a transaction this one statement stands for BEGIN, the
+        # generation's SELECT and COMMIT of a read transaction: ~30 us a search under load.)
+        if not row_keys:
+            return None
+        rows = self.conn.execute(
+            "SELECT rowid, id, document_id, chunk_type, chunk_index, text, metadata, "
+            "(SELECT value FROM store_meta WHERE key = 'generation') FROM chunks "
+            f"WHERE rowid IN ({','.join('?' * len(row_keys))})",
+            list(row_keys),
+        ).fetchall()
+        if not rows or int(rows[0][7]) != generation:
+            return None
+        return {row[0]: row[1:7] for row in rows}
+
 
 def _vectors_from_rows(rows: list[tuple[int, bytes]], dimension: int) -> tuple[np.ndarray, np.ndarray]:
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
