@@ -5,8 +5,9 @@ parsing and JSON encoding: the same model call, the same response text.
 twice, a frame built and cast to the signature) and writes every answer with
 ``predictions_to_json`` (``DataFrame.to_dict`` then the pure-Python JSON encoder). For the
 request nearly every client sends (one string column ``query`` and params, which the model's
-guard has already decoded and checked) that was ~2.5 ms of each request where the search took
-~12 (benchmarks/RESULTS.md, issue 19, helper serve21). The guard in ``pyfunc_model.py`` hands
+guard has already decoded and checked) that cost 1.6-2.4 ms of each request over ``predict``
+where the search took ~12; answered here, 0.8-1.0 ms (benchmarks/RESULTS.md, issue 19,
+helper serve21). The guard in ``pyfunc_model.py`` hands
 such requests here; any other body, and any answer :func:`records_json` cannot write exactly
 as MLflow would, still goes MLflow's way.
 """

@@ -97,7 +97,7 @@ def response_frame(hits_per_query: Sequence[Sequence[Hit]], *, output: str) -> p
     return nested_frame(hits_per_query) if output == "nested" else hits_frame(hits_per_query)
 
 
-# The column types whose ``tolist()`` values are the ones ``DataFrame.to_dict("records")``
+# The column types whose values as objects are the ones ``DataFrame.to_dict("records")``
 # gives (Python scalars; NaN for a missing string): bool, integer, float, object, string.
 _LISTED_KINDS = frozenset("biufO")
 
@@ -117,24 +117,22 @@ def records_json(frame: pd.DataFrame) -> str | None:
     ``mlflow models serve`` answers ``json.dump({"predictions": frame.to_dict("records")},
     cls=NumpyEncoder)``: pandas builds the records cell by cell through ``itertuples`` and the
     encoder is the pure-Python one (``json.dump`` streams). For the ten-hit response that was
-    ~1.7 ms of each request on a machine where the search took ~12. Here the rows are zipped
-    from the columns' ``tolist()`` and encoded in one piece by the C encoder: the same
+    1.6-1.8 ms of each request on a machine where the search took ~12. Here the rows are zipped
+    from the frame as one object array and encoded in one piece by the C encoder: the same
     separators, escapes, float reprs and ``NaN``; the keys in column order. A value the
     standard encoder has no rule for (anything MLflow's ``NumpyEncoder`` would convert) makes
     this return None, so that the caller writes the response MLflow's way.
     """
     if not frame.columns.is_unique:  # to_dict keeps the last of equal names, with a warning
         return None
+    if not all(dtype.kind in _LISTED_KINDS or isinstance(dtype, pd.StringDtype)
+               for dtype in frame.dtypes.tolist()):
+        return None
     columns = frame.columns.tolist()
-    values: list[list[Any]] = []
-    for _, column in frame.items():
-        if column.dtype.kind not in _LISTED_KINDS and not isinstance(column.dtype,
-                                                                     pd.StringDtype):
-            return None
-        values.append(column.tolist())
-    records = [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
-    if not columns:  # no columns: to_dict gives one empty record per row
-        records = [{} for _ in range(len(frame))]
+    # One object array for the whole frame, not a Series per column (~40 us each in pandas)
+    records = [dict(zip(columns, row, strict=True))
+               for row in frame.to_numpy(dtype=object).tolist()] if columns else \
+        [{} for _ in range(len(frame))]  # no columns: to_dict gives one empty record per row
     try:
         return json.dumps({"predictions": records}, default=_refuse)
     except _NotPlainJson:
