@@ -33,7 +33,8 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.pyfunc import PythonModel
 
-from mlflow_rag.errors import DatabaseUnavailable, EmbedderError, InvalidInput, RagError
+from mlflow_rag.errors import DatabaseUnavailable, EmbedderError, RagError
+from mlflow_rag.pyfunc_serving import answer_plain_table, plain_json
 from mlflow_rag.search import SearchRequest
 from mlflow_rag.serving import (
     QUERY_LOG_ENV,
@@ -41,8 +42,9 @@ from mlflow_rag.serving import (
     build_requests,
     coerce_queries,
     config_choices,
-    normalise_json_body,
+    config_flag,
     parse_output,
+    read_json_body,
     response_frame,
     row_params,
 )
@@ -115,8 +117,8 @@ class RetrieverModel(PythonModel):
             redact=redact,
             embedder=config.get("embedder") or None,
             # models logged before the option existed have no "mmap" key: the default applies
-            mmap=_flag(config.get("mmap", True)),
-            require_principal=_flag(config.get("require_principal", False)),
+            mmap=config_flag(config.get("mmap", True)),
+            require_principal=config_flag(config.get("require_principal", False)),
         )
         if guard_scoring_server():
             warm_up_serving(trace=self.trace != "off")
@@ -286,8 +288,9 @@ def guard_scoring_server() -> bool:
     when it is not JSON, the input table when params do not match. It has no hook for that,
     so the model, loaded by the server's module before the app exists, wraps the server's
     ``invocations`` function (looked up by name at each request): requests to this model are
-    decoded and their params checked by :func:`mlflow_rag.serving.normalise_json_body` first,
-    and any message MLflow still raises passes :func:`mlflow_rag.serving_body.private_message`.
+    decoded and their params checked by :func:`mlflow_rag.serving.read_json_body` first (a plain
+    table of queries is then answered by :mod:`mlflow_rag.pyfunc_serving`, the same response
+    faster), and any message MLflow still raises passes :func:`~mlflow_rag.serving_body.private_message`.
     The RAG model (``pyfunc_rag_model.py``, a ResponsesAgent) is guarded the same way, its
     body checked as a Responses API request (:func:`check_responses_request`) instead.
     Requests to other models in the process are passed through untouched. Outside a scoring
@@ -317,7 +320,12 @@ def guard_scoring_server() -> bool:
                 private = request_strings(body)
                 check_responses_request(body)
             elif mime == "application/json":
-                data, private = normalise_json_body(data)
+                request = read_json_body(data)
+                private = request.private
+                queries = request.plain_queries()
+                if queries is not None and plain_json(content_type):  # what most clients send
+                    return answer_plain_table(server, model, queries, request.params())
+                data = request.encoded(data)
             else:
                 private = body_strings(data)
             return original(data, content_type, model, input_schema)
@@ -496,17 +504,6 @@ def served_kind(model: Any) -> str | None:
     if name == "RagModel" and hasattr(python_model, "answerer"):
         return "rag"
     return None
-
-
-def _flag(value: Any) -> bool:
-    """A boolean model_config value; MLFLOW_PYFUNC_INFERENCE_CONFIG may carry it as text."""
-    if isinstance(value, str):
-        if value.strip().lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.strip().lower() in ("0", "false", "no", "off", ""):
-            return False
-        raise InvalidInput(f"model_config mmap must be true or false, got {value!r}")
-    return bool(value)
 
 
 def _generation(retriever: Retriever) -> int:

@@ -34,13 +34,12 @@ from mlflow_rag.genai_tracking import SPAN_TYPES, MlflowSpan
 from mlflow_rag.pyfunc_model import (
     PrivateMlflowException,
     _documents,
-    _flag,
     bad_request,
     check_responses_request,
     guard_scoring_server,
     warm_up_serving,
 )
-from mlflow_rag.serving import QUERY_LOG_ENV, config_choices
+from mlflow_rag.serving import QUERY_LOG_ENV, config_choices, config_flag
 from mlflow_rag.serving_body import scrub
 from mlflow_rag.serving_rag import (
     Answerer,
@@ -82,12 +81,12 @@ class RagModel(ResponsesAgent):
             generator=str(config.get("generator") or "extractive"),
             generator_options=dict(options) if isinstance(options, Mapping) else {},
             template=template,
-            include_pii=_flag(config.get("include_pii", False)),
+            include_pii=config_flag(config.get("include_pii", False)),
             query_log=os.environ.get(QUERY_LOG_ENV) or config.get("query_log") or None,
             redact=redact,
             embedder=config.get("embedder") or None,
-            mmap=_flag(config.get("mmap", True)),
-            keep_answer_text=_flag(config.get("keep_answer_text", False)),
+            mmap=config_flag(config.get("mmap", True)),
+            keep_answer_text=config_flag(config.get("keep_answer_text", False)),
         )
         if guard_scoring_server():
             warm_up_serving(trace=self.trace != "off")

@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -110,6 +110,17 @@ def config_choices(config: Mapping[str, Any]) -> tuple[Callable[[str], str] | No
         name = TRACE_ENV if from_env else "trace"
         raise InvalidInput(f"Unknown {name} {trace!r}; choose from {list(TRACE_MODES)}")
     return REDACTORS[redact_name], trace
+
+
+def config_flag(value: Any) -> bool:
+    """A boolean model_config value; MLFLOW_PYFUNC_INFERENCE_CONFIG may carry it as text."""
+    if isinstance(value, str):
+        if value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise InvalidInput(f"model_config mmap must be true or false, got {value!r}")
+    return bool(value)
 
 
 def bundle_modes(*, dense: bool) -> tuple[str, tuple[str, ...]]:
@@ -303,10 +314,54 @@ def normalise_json_body(data: bytes | str) -> tuple[bytes | str, list[str]]:
     the signature declares (``k`` an integer, ``filters`` a JSON string: a filters *object*
     is accepted too), so MLflow's own check of them cannot fail and quote the request.
     """
+    body = read_json_body(data)
+    return body.encoded(data), body.private
+
+
+class JsonBody(NamedTuple):
+    """A decoded request body: its params normalised (see :func:`normalise_json_body`)."""
+
+    body: Any
+    private: list[str]
+    rewritten: bool  # params were normalised: the server must get the body encoded anew
+
+    def encoded(self, data: bytes | str) -> bytes | str:
+        """The body to hand MLflow's scoring server (``data``, the body as it came, if the
+        params did not change)."""
+        return json.dumps(self.body, ensure_ascii=False).encode("utf-8") if self.rewritten \
+            else data
+
+    def plain_queries(self) -> list[str] | None:
+        """The queries of the request nearly every client sends: a table of one string column
+        ``query`` (``dataframe_split`` without an index, or ``dataframe_records``) and
+        perhaps ``params``; None for any other body, which MLflow's parser must read."""
+        body = self.body
+        if not isinstance(body, dict) or len(body) != 1 + ("params" in body):
+            return None
+        if isinstance(split := body.get("dataframe_split"), dict):
+            if split.keys() != {"columns", "data"} or split["columns"] != [QUERY_COLUMN] or \
+                    not isinstance(split["data"], list):
+                return None
+            cells = [row[0] if isinstance(row, list) and len(row) == 1 else None
+                     for row in split["data"]]
+        elif isinstance(records := body.get("dataframe_records"), list):
+            cells = [row.get(QUERY_COLUMN) if isinstance(row, dict) and len(row) == 1 else None
+                     for row in records]
+        else:
+            return None
+        queries = [cell for cell in cells if isinstance(cell, str)]
+        return queries if queries and len(queries) == len(cells) else None
+
+    def params(self) -> dict[str, Any] | None:
+        return self.body.get("params") if isinstance(self.body, dict) else None
+
+
+def read_json_body(data: bytes | str) -> JsonBody:
+    """The body decoded, with its params checked and normalised (:func:`normalise_json_body`)."""
     body = decode_json_body(data)
     private = request_strings(body)
     if not isinstance(body, dict) or body.get("params") is None:
-        return data, private
+        return JsonBody(body, private, rewritten=False)
     params = body["params"]
     if not isinstance(params, Mapping):
         raise BadRequest(f"params must be a JSON object, got {json_type(params)}")
@@ -317,7 +372,7 @@ def normalise_json_body(data: bytes | str) -> tuple[bytes | str, list[str]]:
     # a missing mode stays empty: the model, which knows what its bundle can answer, decides
     body["params"] = {**params, "k": k, "mode": mode if params.get("mode") else "",
                       "filters": json.dumps(filters, ensure_ascii=False) if filters else ""}
-    return json.dumps(body, ensure_ascii=False).encode("utf-8"), private
+    return JsonBody(body, private, rewritten=True)
 
 
 # --------------------------------------------------------------------------- retriever

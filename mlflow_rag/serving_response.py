@@ -5,6 +5,8 @@ casting its number columns cost ~1.3 ms for ten hits (pandas infers and converts
 column of a list of tuples), more than the top-k search at 100K chunks; columns cost ~0.2 ms.
 The frame is the same (the same dtypes: pandas infers its string dtype from the object
 arrays) and so is its JSON, byte for byte (tests/test_serving_response.py).
+
+:func:`records_json` is that JSON as ``mlflow models serve`` writes it, written faster.
 """
 
 from __future__ import annotations
@@ -93,3 +95,45 @@ def nested_frame(hits_per_query: Sequence[Sequence[Hit]]) -> pd.DataFrame:
 def response_frame(hits_per_query: Sequence[Sequence[Hit]], *, output: str) -> pd.DataFrame:
     """The response in the shape ``output`` (one of :data:`OUTPUTS`) asks for."""
     return nested_frame(hits_per_query) if output == "nested" else hits_frame(hits_per_query)
+
+
+# The column types whose values as objects are the ones ``DataFrame.to_dict("records")``
+# gives (Python scalars; NaN for a missing string): bool, integer, float, object, string.
+_LISTED_KINDS = frozenset("biufO")
+
+
+class _NotPlainJson(TypeError):
+    """A value the standard encoder cannot write as it is (a NumPy scalar in an object cell)."""
+
+
+def _refuse(value: Any) -> Any:
+    raise _NotPlainJson(type(value).__name__)
+
+
+def records_json(frame: pd.DataFrame) -> str | None:
+    """The scoring server's response body for ``frame``, the same text, or None when the frame
+    holds a value this does not encode exactly as the server would.
+
+    ``mlflow models serve`` answers ``json.dump({"predictions": frame.to_dict("records")},
+    cls=NumpyEncoder)``: pandas builds the records cell by cell through ``itertuples`` and the
+    encoder is the pure-Python one (``json.dump`` streams). For the ten-hit response that was
+    1.6-1.8 ms of each request on a machine where the search took ~12. Here the rows are zipped
+    from the frame as one object array and encoded in one piece by the C encoder: the same
+    separators, escapes, float reprs and ``NaN``; the keys in column order. A value the
+    standard encoder has no rule for (anything MLflow's ``NumpyEncoder`` would convert) makes
+    this return None, so that the caller writes the response MLflow's way.
+    """
+    if not frame.columns.is_unique:  # to_dict keeps the last of equal names, with a warning
+        return None
+    if not all(dtype.kind in _LISTED_KINDS or isinstance(dtype, pd.StringDtype)
+               for dtype in frame.dtypes.tolist()):
+        return None
+    columns = frame.columns.tolist()
+    # One object array for the whole frame, not a Series per column (~40 us each in pandas)
+    records = [dict(zip(columns, row, strict=True))
+               for row in frame.to_numpy(dtype=object).tolist()] if columns else \
+        [{} for _ in range(len(frame))]  # no columns: to_dict gives one empty record per row
+    try:
+        return json.dumps({"predictions": records}, default=_refuse)
+    except _NotPlainJson:
+        return None

@@ -12,7 +12,7 @@ PACKAGE = ROOT / "mlflow_rag"
 ADAPTERS = {
     "tracking.py", "tracking_session.py", "tracking_bundles.py", "tracking_model.py",
     "pyfunc_model.py", "pyfunc_rag_model.py", "eval_tracking.py", "serving.py",
-    "genai_tracking.py", "answer_eval_tracking.py", "tracking_restore.py",
+    "genai_tracking.py", "answer_eval_tracking.py", "tracking_restore.py", "pyfunc_serving.py",
 }
 
 

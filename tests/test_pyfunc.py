@@ -693,3 +693,30 @@ def test_the_body_check_refuses_bad_json_and_params_and_messages_lose_the_reques
                     f"something about {SECRET}"):
         cleaned = private_message(message, private)
         assert SECRET not in cleaned and "confidential" not in cleaned and cleaned.strip()
+
+
+def test_only_the_plain_table_of_queries_skips_mlflows_parser() -> None:
+    """The guard answers these itself (pyfunc_serving); anything else MLflow parses, with its
+    own errors and casts (tests/test_serving.py: the same bytes either way)."""
+    from mlflow_rag.pyfunc_serving import plain_json
+    from mlflow_rag.serving import read_json_body
+
+    def queries(body: Any) -> list[str] | None:
+        return read_json_body(json.dumps(body).encode()).plain_queries()
+
+    split = {"columns": ["query"], "data": [["a"], ["b"]]}
+    assert queries({"dataframe_split": split, "params": {"k": 2}}) == ["a", "b"]
+    assert queries({"dataframe_split": split}) == ["a", "b"]
+    assert queries({"dataframe_records": [{"query": "a"}], "params": None}) == ["a"]
+    for other in ({"dataframe_split": {**split, "index": [0, 1]}},
+                  {"dataframe_split": {**split, "columns": ["query", "k"]}},
+                  {"dataframe_split": {"columns": ["query"], "data": [[1]]}},
+                  {"dataframe_split": {"columns": ["query"], "data": []}},
+                  {"dataframe_split": split, "extra": 1},
+                  {"dataframe_records": [{"query": "a", "k": 3}]},
+                  {"inputs": {"query": ["a"]}}, {"messages": []}, ["a"]):
+        assert queries(other) is None, other
+    assert plain_json("application/json") and plain_json("application/json; charset=UTF-8")
+    for refused in ("Application/JSON", "application/json; charset=latin-1",
+                    "application/json; format=pandas-split", "application/json;", "text/csv", None):
+        assert not plain_json(refused), refused

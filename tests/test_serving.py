@@ -124,6 +124,38 @@ def test_models_serve_answers_queries_and_rejects_bad_ones_with_400(
             assert SECRET not in text and PII_EMAIL not in text and "confidential" not in text
 
 
+def test_the_plain_request_gets_the_bytes_mlflows_own_parser_and_encoder_write(
+    champion: Champion, tmp_path: Path
+) -> None:
+    """The guard answers the plain table itself (pyfunc_serving); the same table with an index
+    goes through MLflow's parser and predictions_to_json: the same status and the same bytes."""
+    import httpx
+
+    cases = [(["green tea brewing"], {"k": 3}),
+             (["honey bees", "flat bicycle tyre"], {"k": 2, "mode": "bm25"}),
+             (["green tea", "bees"], {"k": 2, "output": "nested"}),
+             (["tea"], {"k": 2, "filters": '{"country": "Germany"}'}),
+             (["zzzz qqqq"], {"k": 2, "mode": "bm25"}),
+             (["tea"], {})]
+    with model_server(champion, tmp_path) as url, httpx.Client(base_url=url) as client:
+        for queries, params in cases:
+            plain = request(queries, **params)
+            indexed = {**plain, "dataframe_split": {**plain["dataframe_split"],
+                                                    "index": list(range(len(queries)))}}
+            records = {"dataframe_records": [{"query": q} for q in queries], "params": params}
+            stock = client.post("/invocations", json=indexed)
+            assert stock.status_code == 200, stock.text
+            for body, content_type in ((plain, "application/json"), (records, "application/json"),
+                                       (plain, "application/json; charset=UTF-8")):
+                fast = client.post("/invocations", content=json.dumps(body),
+                                   headers={"content-type": content_type})
+                assert (fast.status_code, fast.headers["content-type"], fast.content) == (
+                    stock.status_code, stock.headers["content-type"], stock.content)
+        refused = client.post("/invocations", content=json.dumps(request(["tea"])),
+                              headers={"content-type": "application/json; charset=latin-1"})
+        assert refused.status_code == 415  # MLflow's answer, as before
+
+
 def test_a_served_bm25_only_model_answers_requests_without_a_mode_and_400s_dense(
     champion: Champion, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,7 +13,13 @@ import pytest
 from mlflow.pyfunc.scoring_server import predictions_to_json
 
 from mlflow_rag.serving import hits_frame as exported_hits_frame
-from mlflow_rag.serving_response import OUTPUT_COLUMNS, hit_metadata, hits_frame
+from mlflow_rag.serving_response import (
+    OUTPUT_COLUMNS,
+    hit_metadata,
+    hits_frame,
+    records_json,
+    response_frame,
+)
 from mlflow_rag.types import Hit
 
 
@@ -68,3 +74,39 @@ def test_a_missing_chunk_type_is_what_it_always_was_on_the_wire() -> None:
     body = _json(hits_frame([[_hit(1, chunk_type=None)]]))
     assert '"chunk_type": NaN' in body  # pandas' missing string, as before: clients parse it
     assert json.loads(body)["predictions"][0]["rank"] == 1
+
+
+@pytest.mark.parametrize("hits", list(CASES.values()), ids=list(CASES))
+@pytest.mark.parametrize("output", ["rows", "nested"])
+def test_the_fast_response_text_is_the_scoring_servers_own(hits: list[list[Hit]],
+                                                           output: str) -> None:
+    frame = response_frame(hits, output=output)
+    assert records_json(frame) == _json(frame)
+
+
+OTHER_FRAMES = {
+    "numbers, booleans, missing strings": pd.DataFrame(
+        {"i": [1, 2], "u": np.array([1, 2], dtype=np.uint8), "f": [0.1, float("nan")],
+         "f32": np.array([0.1, np.inf], dtype=np.float32), "b": [True, False],
+         "s": pd.array(["x", None], dtype="str")}),
+    "no columns": pd.DataFrame(index=range(3)),
+    "no rows": pd.DataFrame({"a": np.empty(0, dtype=np.int64)}),
+    "nested values": pd.DataFrame({"o": [[{"a": None, "b": [1.5]}], []]}),
+}
+# Values MLflow's NumpyEncoder converts (or pandas boxes): written MLflow's way instead.
+NOT_PLAIN = {
+    "a NumPy scalar in an object cell": pd.DataFrame({"o": [np.int64(3), "x"]}),
+    "a nullable integer with NA": pd.DataFrame({"a": pd.array([1, None], dtype="Int64")}),
+    "timestamps": pd.DataFrame({"t": pd.to_datetime(["2020-01-01"])}),
+    "repeated column names": pd.DataFrame([[1, 2]], columns=["a", "a"]),
+}
+
+
+@pytest.mark.parametrize("frame", list(OTHER_FRAMES.values()), ids=list(OTHER_FRAMES))
+def test_the_fast_text_matches_for_any_plain_frame(frame: pd.DataFrame) -> None:
+    assert records_json(frame) == _json(frame)
+
+
+@pytest.mark.parametrize("frame", list(NOT_PLAIN.values()), ids=list(NOT_PLAIN))
+def test_a_frame_the_fast_text_cannot_match_is_left_to_mlflow(frame: pd.DataFrame) -> None:
+    assert records_json(frame) is None
