@@ -17,6 +17,17 @@ from tests.pg_cluster import PgCluster, PostgresUnavailable, running_cluster
 REPO = Path(__file__).resolve().parent.parent
 
 
+def clustered_unit_vectors(
+    n: int, dim: int, *, clusters: int, spread: float, seed: int = 0
+) -> np.ndarray:
+    """``n`` unit float32 vectors around ``clusters`` random centres, ``spread`` the noise's
+    scale: the clustered data IVF and PQ are built for, the same for the same arguments."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, dim))
+    points = centers[rng.integers(clusters, size=n)] + rng.normal(size=(n, dim)) * spread
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("MLFLOW_RAG_SHARED_DATA", REPO.parent / "shared" / "data"))
 

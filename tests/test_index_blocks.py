@@ -3,6 +3,7 @@ at once took 15 GB at 10M x 384): the block size changes neither the index nor t
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -13,16 +14,12 @@ from mlflow_rag.index.choose import choose_index
 from mlflow_rag.index.vector_index import VectorIndex, sample_of_blocks, training_sample
 from mlflow_rag.store import index_cache
 from mlflow_rag.store.store import Store
-from tests.conftest import make_record
+from tests.conftest import clustered_unit_vectors, make_record
 
 DIM = 16
 
 
-def _clustered(n: int, *, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(30, DIM))
-    points = centers[rng.integers(30, size=n)] + rng.normal(size=(n, DIM)) * 0.4
-    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+_clustered = functools.partial(clustered_unit_vectors, dim=DIM, clusters=30, spread=0.4)
 
 
 def _blocks(ids: np.ndarray, vectors: np.ndarray, rows: int) -> Any:

@@ -3,6 +3,7 @@ layout, and the store re-scoring its candidates with the exact vectors it keeps.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -23,17 +24,12 @@ from mlflow_rag.index.compressed import candidates, rerank
 from mlflow_rag.index.layout import check_index_file
 from mlflow_rag.index.vector_index import VectorIndex, top_k
 from mlflow_rag.store.store import Store
-from tests.conftest import make_record
+from tests.conftest import clustered_unit_vectors, make_record
 
 DIM = 32
 
 
-def _clustered(n: int, dim: int, *, clusters: int = 40, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(clusters, dim))
-    points = centers[rng.integers(clusters, size=n)] + rng.normal(size=(n, dim)) * 0.5
-    points /= np.linalg.norm(points, axis=1, keepdims=True)
-    return points.astype(np.float32)
+_clustered = functools.partial(clustered_unit_vectors, clusters=40, spread=0.5)
 
 
 def _queries(vectors: np.ndarray, count: int, *, seed: int = 3) -> np.ndarray:

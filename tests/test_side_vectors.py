@@ -4,6 +4,7 @@ file is detected, never used to rank, and written again."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -27,16 +28,12 @@ from mlflow_rag.store import layout
 from mlflow_rag.store.files import block_sha256s
 from mlflow_rag.store.manifest import read_manifest, write_manifest
 from mlflow_rag.store.store import Store
-from tests.conftest import make_record
+from tests.conftest import clustered_unit_vectors, make_record
 
 DIM = 32
 
 
-def _clustered(n: int, *, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(20, DIM))
-    points = centers[rng.integers(20, size=n)] + rng.normal(size=(n, DIM)) * 0.3
-    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+_clustered = functools.partial(clustered_unit_vectors, dim=DIM, clusters=20, spread=0.3)
 
 
 # ------------------------------------------------------------------ the format and the bound
