@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from mlflow_rag.index.choose import (
 from mlflow_rag.index.compressed import candidates, rerank
 from mlflow_rag.index.layout import check_index_file
 from mlflow_rag.index.vector_index import VectorIndex, top_k
+from mlflow_rag.store.manifest import read_manifest, write_manifest
 from mlflow_rag.store.store import Store
 from tests.conftest import clustered_unit_vectors, make_record
 
@@ -202,3 +204,35 @@ def test_the_cli_ingests_into_a_compressed_index_and_searches_it(tmp_path: Path)
                                "--index-param", "m=7"])
     assert bad.exit_code == 1 and bad.output.count("\n") == 1
     assert "ivfpq m must divide the dimension" in bad.output
+
+
+def test_a_spread_out_compressed_store_reopens_without_a_rebuild_but_a_foreign_index_is_caught(
+    tmp_path: Path,
+) -> None:
+    """PQ codes of spread-out vectors score them up to ~30 % off their length: the open's spot
+    check compares a code's score with the same vector encoded and decoded by that index, so
+    such a store is not rebuilt at every open (it was, as "a foreign index?"), while an index
+    of other vectors under the same ids, its hash recomputed, still is."""
+    spread_out = functools.partial(clustered_unit_vectors, 2_000, DIM, clusters=40, spread=5.0)
+    for name, seed in (("a", 0), ("b", 9)):
+        store = _store_with(str(tmp_path / name), spread_out(seed=seed), "ivfpq")
+        store.flush()
+        store.close()
+    query = spread_out()[17]
+    for _ in range(2):
+        with Store.open(tmp_path / "a") as store:
+            assert store.dense_search(query, model="m", k=1)[0].chunk_id == "doc1#7"
+            assert not store._core.index_cache.events, store._core.index_cache.events
+
+    # b's index file under a's name, with the hashes b's manifest vouches for it by
+    ours, theirs = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
+    entry, other = ours.models["m"], theirs.models["m"]
+    assert (entry.vector_count, entry.max_vector_id) == (other.vector_count, other.max_vector_id)
+    shutil.copyfile(tmp_path / "b" / other.index_file, tmp_path / "a" / entry.index_file)
+    for name in ("sha256", "bytes", "block_sha256", "block_bytes"):
+        setattr(entry, name, getattr(other, name))
+    write_manifest(tmp_path / "a", ours)
+    with Store.open(tmp_path / "a") as store:
+        assert store.dense_search(query, model="m", k=1)[0].chunk_id == "doc1#7"
+        assert any("differs from SQLite (a foreign index?)" in event
+                   for event in store._core.index_cache.events), store._core.index_cache.events

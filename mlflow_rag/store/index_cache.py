@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mlflow_rag.index.choose import COMPRESSED_KINDS, IVF_KINDS, IndexSpec, choose_index
+from mlflow_rag.index.compressed import as_coded
 from mlflow_rag.index.side_vectors import SideVectors, carried
 from mlflow_rag.index.vector_index import Blocks, VectorIndex, sorted_unique
 from mlflow_rag.store import layout, side_files
@@ -40,9 +41,9 @@ log = logging.getLogger("mlflow_rag.store")
 # Bytes of float32 vectors a build reads from the database at once (43,690 x 384-d; the
 # rows fetched and joined hold about twice that while a block is read).
 BUILD_BLOCK_BYTES = 64 * 1024 * 1024
-# first_differing_vector on a compressed index: the largest relative error of a vector's score
-# with itself that still counts as the same vector (PQ codes of 384-d clustered data: a few %).
-COMPRESSED_SELF_TOLERANCE = 0.25
+# first_differing_vector on a compressed index: the relative float32 rounding allowed between
+# the index's score of a vector's code and the same code decoded (sums of 8-bit PQ tables).
+COMPRESSED_SELF_TOLERANCE = 1e-5
 
 
 class IndexCache:
@@ -465,20 +466,21 @@ def first_differing_vector(
     """Spot-check a loaded index against SQLite: up to ``samples`` vector ids, evenly spread,
     must each score their own SQLite vector at its full length. An index from another store
     whose hash was recomputed, with the same ids, passes every other check. Returns the first
-    id that differs, or None. A compressed index scores its codes, not the vector: there a
-    score may be off by ``COMPRESSED_SELF_TOLERANCE`` of the vector's squared length (PQ's
-    error on 384-d data is a few percent), which still tells unrelated vectors apart."""
+    id that differs, or None. A compressed index scores its codes, not the vector: there the
+    score must be that of the vector encoded and decoded by the same index (``as_coded``),
+    which a foreign index's code of another vector is not."""
     ids = index.ids()
     if len(ids) == 0:
         return None
     picks = ids[sorted_unique(np.linspace(0, len(ids) - 1, num=min(samples, len(ids))).astype(int))]
     stored = backend.vectors_by_ids(picks.tolist(), info.dimension)
-    relative = COMPRESSED_SELF_TOLERANCE if index.spec.kind in COMPRESSED_KINDS else 0.0
+    coded = index.spec.kind in COMPRESSED_KINDS
+    relative = COMPRESSED_SELF_TOLERANCE if coded else 0.0
     for vector_id, vector in zip(picks.tolist(), stored, strict=True):
         result = index.search(vector, 1, allowed=np.array([vector_id], dtype=np.int64))
-        length = float(vector @ vector)
+        expected = float(vector @ (as_coded(index.index, vector) if coded else vector))
         if result.ids.tolist() != [vector_id] or abs(
-            float(result.scores[0]) - length
-        ) > max(1e-4, relative * length):
+            float(result.scores[0]) - expected
+        ) > max(1e-4, relative * abs(expected)):
             return int(vector_id)
     return None
